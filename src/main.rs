@@ -1,0 +1,113 @@
+//! The `huddle` binary: parses the command line and hands off to the library.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use huddle::signaling::{self, protocol, server::RateLimit};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "huddle", version, about = "Native desktop video chat")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the signaling server.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8787")]
+    bind: SocketAddr,
+    /// ICE server announced to clients: `stun:HOST:PORT` or `turn:USER:PASS@HOST:PORT`. Repeatable.
+    #[arg(long = "ice-server", value_parser = protocol::parse_ice_server)]
+    ice_servers: Vec<protocol::IceServer>,
+    /// Most people in one room.
+    #[arg(long, default_value_t = 6)]
+    max_room_size: usize,
+    /// Most rooms on this server.
+    #[arg(long, default_value_t = 1000)]
+    max_rooms: usize,
+    /// Most simultaneous connections.
+    #[arg(long, default_value_t = 20_000)]
+    max_connections: usize,
+    /// Seconds between heartbeats; a client silent for three is dropped.
+    #[arg(long, default_value_t = 10.0)]
+    heartbeat_secs: f64,
+    /// Sustained messages per second allowed from one connection.
+    #[arg(long, default_value_t = 50.0)]
+    rate: f64,
+    /// Burst of messages allowed from one connection.
+    #[arg(long, default_value_t = 200.0)]
+    burst: f64,
+}
+
+fn main() -> anyhow::Result<()> {
+    init_tracing();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Serve(args)) => serve(args),
+        None => {
+            use clap::CommandFactory;
+            // A closed stdout (e.g. piped into `head`) is not worth an error.
+            let _ = Cli::command().print_help();
+            Ok(())
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.heartbeat_secs > 0.0,
+        "--heartbeat-secs must be positive"
+    );
+    anyhow::ensure!(
+        args.max_room_size >= 2,
+        "--max-room-size must be at least 2"
+    );
+    let heartbeat = Duration::from_secs_f64(args.heartbeat_secs);
+    let config = signaling::ServerConfig {
+        bind: args.bind,
+        ice_servers: args.ice_servers,
+        hub: signaling::hub::HubConfig {
+            max_room_size: args.max_room_size,
+            max_rooms: args.max_rooms,
+            ..Default::default()
+        },
+        max_connections: args.max_connections,
+        heartbeat_interval: heartbeat,
+        heartbeat_timeout: heartbeat * 3,
+        rate_limit: RateLimit {
+            per_second: args.rate,
+            burst: args.burst,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    runtime.block_on(async {
+        let server = signaling::server::start(config).await?;
+        println!("huddle signaling server on {}", server.url());
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
+        tracing::info!("Ctrl-C: shutting down");
+        server.shutdown().await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}

@@ -1,0 +1,369 @@
+//! The audio pipeline threads. Sending: one thread pulls 20 ms frames from the source, measures
+//! the level, and (unless muted) encodes them once with Opus for every peer. Receiving: one
+//! playout thread pulls a frame per remote stream from its jitter buffer every 20 ms, decodes
+//! (concealing losses), measures each stream, mixes them and hands the mix to the sink.
+
+use super::analysis::{click_onsets, dbfs, estimate_frequency};
+use super::audio::{AudioSink, AudioSource};
+use super::codec::{EncodedAudio, FRAME_SAMPLES, OpusDecoder, OpusEncoder, SAMPLE_RATE};
+use super::jitter::{JitterBuffer, JitterConfig, JitterStats, Playout};
+use super::video::Samples;
+use super::{MediaError, Stopper, now_us};
+use bytes::Bytes;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Instant;
+use tokio::sync::broadcast;
+
+/// Opus bitrate for voice.
+pub const VOICE_BITRATE: i32 = 32_000;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Shared state of the sending thread.
+struct SendShared {
+    muted: AtomicBool,
+    /// dBFS of the last captured frame, as f32 bits (before muting: drives the local meter).
+    level: AtomicU32,
+    next_source: Mutex<Option<Option<Box<dyn AudioSource>>>>,
+    description: Mutex<String>,
+    /// Wall-clock times (µs) at which click frames were captured, for latency measurement.
+    clicks: Mutex<Samples>,
+    frames_sent: AtomicU32,
+}
+
+/// Local audio: source → Opus → subscribers. Dropping it stops the thread.
+pub struct AudioSender {
+    thread: Option<JoinHandle<()>>,
+    stop: Stopper,
+    shared: Arc<SendShared>,
+    encoded: broadcast::Sender<Arc<EncodedAudio>>,
+}
+
+impl AudioSender {
+    /// `source: None` sends nothing (no microphone) but keeps the pipeline ready for one.
+    pub fn start(source: Option<Box<dyn AudioSource>>) -> Result<Self, MediaError> {
+        let (encoded, _) = broadcast::channel(16);
+        let shared = Arc::new(SendShared {
+            muted: AtomicBool::new(false),
+            level: AtomicU32::new((-100.0f32).to_bits()),
+            next_source: Mutex::new(None),
+            description: Mutex::new(
+                source
+                    .as_ref()
+                    .map(|s| s.describe())
+                    .unwrap_or_else(|| "none".into()),
+            ),
+            clicks: Mutex::new(Samples::with_capacity(10_000)),
+            frames_sent: AtomicU32::new(0),
+        });
+        let stop = Stopper::new();
+        let mut encoder = OpusEncoder::new(VOICE_BITRATE)?;
+        let thread = {
+            let shared = shared.clone();
+            let stop = stop.clone();
+            let encoded = encoded.clone();
+            std::thread::Builder::new()
+                .name("audio-send".into())
+                .spawn(move || {
+                    let mut source = source;
+                    let mut silence = super::audio::SilenceSource::new();
+                    let mut frame = vec![0f32; FRAME_SAMPLES];
+                    while !stop.is_stopped() {
+                        if let Some(replacement) = lock(&shared.next_source).take() {
+                            *lock(&shared.description) = replacement
+                                .as_ref()
+                                .map(|s| s.describe())
+                                .unwrap_or_else(|| "none".into());
+                            source = replacement;
+                        }
+                        let is_click = source.as_ref().is_some_and(|s| s.next_frame_is_marker());
+                        let captured = match source.as_mut() {
+                            Some(s) => s.next_frame(&mut frame),
+                            None => silence.next_frame(&mut frame),
+                        };
+                        let capture_us = now_us();
+                        if let Err(e) = captured {
+                            tracing::warn!(error = %e, "audio source failed; sending silence");
+                            source = None;
+                            continue;
+                        }
+                        shared
+                            .level
+                            .store(dbfs(&frame).to_bits(), Ordering::Relaxed);
+                        if source.is_none() || shared.muted.load(Ordering::Relaxed) {
+                            continue;
+                        }
+                        match encoder.encode(&frame) {
+                            Ok(data) => {
+                                if is_click {
+                                    lock(&shared.clicks).push(capture_us as i64);
+                                }
+                                shared.frames_sent.fetch_add(1, Ordering::Relaxed);
+                                let _ = encoded.send(Arc::new(EncodedAudio { data, capture_us }));
+                            }
+                            Err(e) => tracing::warn!(error = %e, "opus encode failed"),
+                        }
+                    }
+                })
+                .map_err(|e| MediaError::Thread(e.to_string()))?
+        };
+        Ok(AudioSender {
+            thread: Some(thread),
+            stop,
+            shared,
+            encoded,
+        })
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<EncodedAudio>> {
+        self.encoded.subscribe()
+    }
+
+    /// Muted: frames are still captured (for the local meter) but nothing is sent.
+    pub fn set_muted(&self, muted: bool) {
+        self.shared.muted.store(muted, Ordering::Relaxed);
+    }
+
+    pub fn is_muted(&self) -> bool {
+        self.shared.muted.load(Ordering::Relaxed)
+    }
+
+    /// Level of the local microphone in dBFS.
+    pub fn level_dbfs(&self) -> f32 {
+        f32::from_bits(self.shared.level.load(Ordering::Relaxed))
+    }
+
+    /// Replaces the source at the next frame boundary; the Opus stream continues unbroken.
+    pub fn set_source(&self, source: Option<Box<dyn AudioSource>>) {
+        *lock(&self.shared.next_source) = Some(source);
+    }
+
+    pub fn source_description(&self) -> String {
+        lock(&self.shared.description).clone()
+    }
+
+    /// Capture times (µs since the epoch) of the click frames sent so far.
+    pub fn click_times(&self) -> Vec<i64> {
+        lock(&self.shared.clicks).values()
+    }
+
+    pub fn frames_sent(&self) -> u32 {
+        self.shared.frames_sent.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for AudioSender {
+    fn drop(&mut self) {
+        self.stop.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Measurements of one remote audio stream.
+#[derive(Debug, Clone, Default)]
+pub struct RemoteAudioStats {
+    /// dBFS of the last played frame (-100 for silence).
+    pub level_dbfs: f32,
+    /// Estimated tone frequency over the last second, if there is a steady tone.
+    pub frequency: Option<f32>,
+    /// Frames with sound (not silence) played.
+    pub frames_played: u64,
+    pub jitter: JitterStats,
+    pub target_delay_ms: u32,
+}
+
+struct RemoteStream {
+    jitter: JitterBuffer,
+    decoder: OpusDecoder,
+    recent: VecDeque<f32>,
+    stats: RemoteAudioStats,
+    frames_since_estimate: u32,
+}
+
+struct PlayoutShared {
+    streams: Mutex<HashMap<String, RemoteStream>>,
+    next_sink: Mutex<Option<Box<dyn AudioSink>>>,
+    sink_description: Mutex<String>,
+    detect_clicks: bool,
+    /// Wall-clock times (µs) at which click onsets were played.
+    onsets: Mutex<Samples>,
+}
+
+/// Remote audio: jitter buffers, decoding, mixing, sink. Dropping it stops the thread.
+pub struct AudioPlayout {
+    thread: Option<JoinHandle<()>>,
+    stop: Stopper,
+    shared: Arc<PlayoutShared>,
+}
+
+impl AudioPlayout {
+    pub fn start(sink: Box<dyn AudioSink>, detect_clicks: bool) -> Result<Self, MediaError> {
+        let shared = Arc::new(PlayoutShared {
+            streams: Mutex::new(HashMap::new()),
+            next_sink: Mutex::new(None),
+            sink_description: Mutex::new(sink.describe()),
+            detect_clicks,
+            onsets: Mutex::new(Samples::with_capacity(10_000)),
+        });
+        let stop = Stopper::new();
+        let thread = {
+            let shared = shared.clone();
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("audio-playout".into())
+                .spawn(move || playout_loop(sink, shared, stop))
+                .map_err(|e| MediaError::Thread(e.to_string()))?
+        };
+        Ok(AudioPlayout {
+            thread: Some(thread),
+            stop,
+            shared,
+        })
+    }
+
+    pub fn add_stream(&self, key: &str) -> Result<(), MediaError> {
+        let stream = RemoteStream {
+            jitter: JitterBuffer::new(JitterConfig::default()),
+            decoder: OpusDecoder::new()?,
+            recent: VecDeque::with_capacity(SAMPLE_RATE as usize),
+            stats: RemoteAudioStats {
+                level_dbfs: -100.0,
+                ..Default::default()
+            },
+            frames_since_estimate: 0,
+        };
+        lock(&self.shared.streams).insert(key.to_owned(), stream);
+        Ok(())
+    }
+
+    pub fn remove_stream(&self, key: &str) {
+        lock(&self.shared.streams).remove(key);
+    }
+
+    /// Hands a received Opus packet to its stream's jitter buffer.
+    pub fn push(&self, key: &str, seq: u16, rtp_timestamp: u32, payload: Bytes) {
+        if let Some(stream) = lock(&self.shared.streams).get_mut(key) {
+            stream
+                .jitter
+                .push(seq, rtp_timestamp, payload, Instant::now());
+        }
+    }
+
+    pub fn stream_stats(&self, key: &str) -> Option<RemoteAudioStats> {
+        lock(&self.shared.streams).get(key).map(|s| s.stats.clone())
+    }
+
+    /// Replaces the sink at the next frame boundary.
+    pub fn set_sink(&self, sink: Box<dyn AudioSink>) {
+        *lock(&self.shared.sink_description) = sink.describe();
+        *lock(&self.shared.next_sink) = Some(sink);
+    }
+
+    pub fn sink_description(&self) -> String {
+        lock(&self.shared.sink_description).clone()
+    }
+
+    /// Wall-clock times (µs since the epoch) at which click onsets reached the sink.
+    pub fn click_onset_times(&self) -> Vec<i64> {
+        lock(&self.shared.onsets).values()
+    }
+}
+
+impl Drop for AudioPlayout {
+    fn drop(&mut self) {
+        self.stop.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn playout_loop(mut sink: Box<dyn AudioSink>, shared: Arc<PlayoutShared>, stop: Stopper) {
+    let mut mix = vec![0f32; FRAME_SAMPLES];
+    let mut frame = vec![0f32; FRAME_SAMPLES];
+    // Samples since the last click seen, so one click is not counted twice across frames.
+    let mut quiet_run = usize::MAX / 2;
+    while !stop.is_stopped() {
+        if let Some(replacement) = lock(&shared.next_sink).take() {
+            sink = replacement;
+        }
+        mix.fill(0.0);
+        {
+            let mut streams = lock(&shared.streams);
+            for stream in streams.values_mut() {
+                let played = match stream.jitter.pop() {
+                    Playout::Frame(packet) => stream.decoder.decode(Some(&packet), &mut frame),
+                    Playout::Conceal { next: Some(next) } => {
+                        stream.decoder.decode_fec(&next, &mut frame)
+                    }
+                    Playout::Conceal { next: None } => stream.decoder.decode(None, &mut frame),
+                    Playout::Silence => {
+                        frame.fill(0.0);
+                        Ok(0)
+                    }
+                };
+                if played.is_err() {
+                    frame.fill(0.0);
+                }
+                for (m, s) in mix.iter_mut().zip(&frame) {
+                    *m += s;
+                }
+                measure(stream, &frame);
+            }
+        }
+        for m in mix.iter_mut() {
+            *m = m.clamp(-1.0, 1.0);
+        }
+        let played_at = now_us();
+        if shared.detect_clicks {
+            let onsets = click_onsets(&mix, 0.2, 0);
+            if let Some(&first) = onsets.first() {
+                if quiet_run >= SAMPLE_RATE as usize / 10 {
+                    let at = played_at + first as u64 * 1_000_000 / SAMPLE_RATE as u64;
+                    lock(&shared.onsets).push(at as i64);
+                }
+                quiet_run = 0;
+            } else {
+                quiet_run += FRAME_SAMPLES;
+            }
+        }
+        if let Err(e) = sink.play(&mix) {
+            tracing::warn!(error = %e, "audio output failed");
+            // Keep time moving so jitter buffers do not overflow while the sink is broken.
+            std::thread::sleep(super::audio::FRAME_DURATION);
+        }
+    }
+}
+
+fn measure(stream: &mut RemoteStream, frame: &[f32]) {
+    let level = dbfs(frame);
+    stream.stats.level_dbfs = level;
+    if level > -90.0 {
+        stream.stats.frames_played += 1;
+    }
+    for &s in frame {
+        if stream.recent.len() == SAMPLE_RATE as usize {
+            stream.recent.pop_front();
+        }
+        stream.recent.push_back(s);
+    }
+    stream.frames_since_estimate += 1;
+    // Once every 250 ms is plenty for a meter and for tests.
+    if stream.frames_since_estimate >= 12 {
+        stream.frames_since_estimate = 0;
+        let (a, b) = stream.recent.as_slices();
+        let mut joined = Vec::with_capacity(a.len() + b.len());
+        joined.extend_from_slice(a);
+        joined.extend_from_slice(b);
+        stream.stats.frequency = estimate_frequency(&joined, SAMPLE_RATE);
+        stream.stats.jitter = stream.jitter.stats().clone();
+        stream.stats.target_delay_ms = stream.jitter.target_delay().as_millis() as u32;
+    }
+}

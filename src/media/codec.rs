@@ -1,0 +1,331 @@
+//! Codecs: H.264 constrained baseline through openh264 (what Chromium negotiates as 42e01f,
+//! packetization-mode 1) and Opus at 48 kHz mono in 20 ms frames.
+
+use super::MediaError;
+use super::frame::{I420Frame, RgbaFrame};
+use bytes::Bytes;
+use openh264::OpenH264API;
+use openh264::decoder::Decoder;
+use openh264::encoder::{
+    BitRate, Complexity, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod, Level,
+    Profile, RateControlMode, UsageType,
+};
+use openh264::formats::YUVSource;
+
+/// Audio sample rate used everywhere inside Huddle.
+pub const SAMPLE_RATE: u32 = 48_000;
+/// Samples in one 20 ms mono frame.
+pub const FRAME_SAMPLES: usize = 960;
+/// Largest Opus packet we produce or accept.
+pub const MAX_OPUS_PACKET: usize = 1500;
+
+/// One encoded video access unit (Annex-B, SPS/PPS included before keyframes).
+#[derive(Clone, Debug)]
+pub struct EncodedVideo {
+    pub data: Bytes,
+    pub keyframe: bool,
+    pub capture_us: u64,
+    pub width: usize,
+    pub height: usize,
+}
+
+/// One encoded 20 ms Opus frame.
+#[derive(Clone, Debug)]
+pub struct EncodedAudio {
+    pub data: Bytes,
+    pub capture_us: u64,
+}
+
+struct FrameRef<'a>(&'a I420Frame);
+
+impl YUVSource for FrameRef<'_> {
+    fn dimensions(&self) -> (usize, usize) {
+        (self.0.width, self.0.height)
+    }
+    fn strides(&self) -> (usize, usize, usize) {
+        let cw = self.0.width.div_ceil(2);
+        (self.0.width, cw, cw)
+    }
+    fn y(&self) -> &[u8] {
+        self.0.y()
+    }
+    fn u(&self) -> &[u8] {
+        self.0.u()
+    }
+    fn v(&self) -> &[u8] {
+        self.0.v()
+    }
+}
+
+/// A target bitrate that suits a resolution at 30 fps.
+pub fn default_bitrate(width: usize, height: usize) -> u32 {
+    match width * height {
+        p if p <= 320 * 240 => 400_000,
+        p if p <= 640 * 480 => 1_500_000,
+        _ => 2_500_000,
+    }
+}
+
+pub struct H264Encoder {
+    inner: Encoder,
+    width: usize,
+    height: usize,
+    frames: u64,
+}
+
+impl H264Encoder {
+    pub fn new(
+        width: usize,
+        height: usize,
+        bitrate_bps: u32,
+        fps: f32,
+    ) -> Result<Self, MediaError> {
+        if !width.is_multiple_of(2) || !height.is_multiple_of(2) || width == 0 || height == 0 {
+            return Err(MediaError::Codec(format!(
+                "H.264 needs even, non-zero dimensions, got {width}x{height}"
+            )));
+        }
+        let config = EncoderConfig::new()
+            .usage_type(UsageType::CameraVideoRealTime)
+            .profile(Profile::Baseline)
+            .level(Level::Level_3_1)
+            .rate_control_mode(RateControlMode::Bitrate)
+            .bitrate(BitRate::from_bps(bitrate_bps))
+            .max_frame_rate(FrameRate::from_hz(fps))
+            .complexity(Complexity::Low)
+            // A keyframe every 5 s caps how long a lost PLI can leave a receiver frozen.
+            .intra_frame_period(IntraFramePeriod::from_num_frames((fps * 5.0) as u32))
+            .skip_frames(false)
+            .num_threads(1);
+        let inner = Encoder::with_api_config(OpenH264API::from_source(), config)
+            .map_err(|e| MediaError::Codec(format!("openh264 encoder: {e}")))?;
+        Ok(H264Encoder {
+            inner,
+            width,
+            height,
+            frames: 0,
+        })
+    }
+
+    pub fn size(&self) -> (usize, usize) {
+        (self.width, self.height)
+    }
+
+    /// Encodes one frame; `None` when the encoder chose to skip it.
+    pub fn encode(
+        &mut self,
+        frame: &I420Frame,
+        force_keyframe: bool,
+    ) -> Result<Option<EncodedVideo>, MediaError> {
+        if (frame.width, frame.height) != (self.width, self.height) {
+            return Err(MediaError::Codec(format!(
+                "frame is {}x{}, encoder is {}x{}",
+                frame.width, frame.height, self.width, self.height
+            )));
+        }
+        if force_keyframe || self.frames == 0 {
+            self.inner.force_intra_frame();
+        }
+        self.frames += 1;
+        let stream = self
+            .inner
+            .encode(&FrameRef(frame))
+            .map_err(|e| MediaError::Codec(format!("openh264 encode: {e}")))?;
+        let kind = stream.frame_type();
+        if matches!(kind, FrameType::Skip | FrameType::Invalid) {
+            return Ok(None);
+        }
+        let data = stream.to_vec();
+        if data.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(EncodedVideo {
+            data: Bytes::from(data),
+            keyframe: matches!(kind, FrameType::IDR | FrameType::I),
+            capture_us: frame.capture_us,
+            width: self.width,
+            height: self.height,
+        }))
+    }
+}
+
+pub struct H264Decoder {
+    inner: Decoder,
+}
+
+impl H264Decoder {
+    pub fn new() -> Result<Self, MediaError> {
+        let inner =
+            Decoder::new().map_err(|e| MediaError::Codec(format!("openh264 decoder: {e}")))?;
+        Ok(H264Decoder { inner })
+    }
+
+    /// Decodes one access unit into `out`; `Ok(false)` when it produced no picture yet.
+    pub fn decode(&mut self, access_unit: &[u8], out: &mut RgbaFrame) -> Result<bool, MediaError> {
+        let decoded = self
+            .inner
+            .decode(access_unit)
+            .map_err(|e| MediaError::Codec(format!("openh264 decode: {e}")))?;
+        let Some(yuv) = decoded else {
+            return Ok(false);
+        };
+        let (w, h) = yuv.dimensions();
+        out.width = w;
+        out.height = h;
+        out.pixels.resize(w * h * 4, 0);
+        yuv.write_rgba8(&mut out.pixels);
+        Ok(true)
+    }
+}
+
+pub struct OpusEncoder {
+    inner: opus::Encoder,
+    packet: Vec<u8>,
+}
+
+impl OpusEncoder {
+    pub fn new(bitrate_bps: i32) -> Result<Self, MediaError> {
+        let mut inner =
+            opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)
+                .map_err(|e| MediaError::Codec(format!("opus encoder: {e}")))?;
+        inner
+            .set_bitrate(opus::Bitrate::Bits(bitrate_bps))
+            .map_err(|e| MediaError::Codec(format!("opus bitrate: {e}")))?;
+        // In-band FEC lets a receiver rebuild a lost frame from the next one.
+        let _ = inner.set_inband_fec(true);
+        let _ = inner.set_packet_loss_perc(5);
+        Ok(OpusEncoder {
+            inner,
+            packet: vec![0; MAX_OPUS_PACKET],
+        })
+    }
+
+    /// Encodes exactly one 20 ms frame of samples in -1.0..=1.0.
+    pub fn encode(&mut self, samples: &[f32]) -> Result<Bytes, MediaError> {
+        if samples.len() != FRAME_SAMPLES {
+            return Err(MediaError::Codec(format!(
+                "opus frames are {FRAME_SAMPLES} samples, got {}",
+                samples.len()
+            )));
+        }
+        let n = self
+            .inner
+            .encode_float(samples, &mut self.packet)
+            .map_err(|e| MediaError::Codec(format!("opus encode: {e}")))?;
+        Ok(Bytes::copy_from_slice(&self.packet[..n]))
+    }
+}
+
+pub struct OpusDecoder {
+    inner: opus::Decoder,
+}
+
+impl OpusDecoder {
+    pub fn new() -> Result<Self, MediaError> {
+        let inner = opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono)
+            .map_err(|e| MediaError::Codec(format!("opus decoder: {e}")))?;
+        Ok(OpusDecoder { inner })
+    }
+
+    /// Decodes a packet into `out` (one frame). `None` conceals a lost frame.
+    pub fn decode(&mut self, packet: Option<&[u8]>, out: &mut [f32]) -> Result<usize, MediaError> {
+        self.inner
+            .decode_float(packet.unwrap_or(&[]), out, false)
+            .map_err(|e| MediaError::Codec(format!("opus decode: {e}")))
+    }
+
+    /// Rebuilds the frame before `next_packet` from its in-band FEC data.
+    pub fn decode_fec(&mut self, next_packet: &[u8], out: &mut [f32]) -> Result<usize, MediaError> {
+        self.inner
+            .decode_float(next_packet, out, true)
+            .map_err(|e| MediaError::Codec(format!("opus fec: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::pattern::TestPattern;
+    use crate::media::stamp::read_stamp;
+
+    #[test]
+    fn h264_round_trip_keeps_the_stamp() {
+        let mut pattern = TestPattern::new(640, 480, 4);
+        let mut enc = H264Encoder::new(640, 480, 1_500_000, 30.0).unwrap();
+        let mut dec = H264Decoder::new().unwrap();
+        let mut out = RgbaFrame::default();
+        let mut decoded = 0;
+        for i in 0..30u64 {
+            let frame = pattern.render(1_000_000 + i * 33_333);
+            let encoded = enc.encode(&frame, i == 15).unwrap().expect("not skipped");
+            if i == 0 || i == 15 {
+                assert!(encoded.keyframe, "frame {i} is a keyframe");
+                // SPS (type 7) precedes the IDR.
+                assert!(
+                    encoded
+                        .data
+                        .windows(5)
+                        .any(|w| w[..4] == [0, 0, 0, 1] && w[4] & 0x1f == 7)
+                );
+            } else {
+                assert!(!encoded.keyframe);
+            }
+            if dec.decode(&encoded.data, &mut out).unwrap() {
+                decoded += 1;
+                assert_eq!((out.width, out.height), (640, 480));
+                let stamp = read_stamp(&out).expect("stamp survives H.264");
+                assert_eq!(stamp.number as u64, i);
+                assert_eq!(stamp.source, 4);
+            }
+        }
+        assert_eq!(decoded, 30);
+    }
+
+    #[test]
+    fn encoder_rejects_bad_sizes() {
+        assert!(H264Encoder::new(641, 480, 1_000_000, 30.0).is_err());
+        let mut enc = H264Encoder::new(320, 240, 400_000, 30.0).unwrap();
+        assert!(enc.encode(&I420Frame::new(640, 480), false).is_err());
+    }
+
+    #[test]
+    fn decoder_survives_garbage() {
+        let mut dec = H264Decoder::new().unwrap();
+        let mut out = RgbaFrame::default();
+        for junk in [
+            &[][..],
+            &[0, 0, 0, 1, 0xff, 0xff][..],
+            &[1, 2, 3, 4, 5, 6, 7, 8][..],
+        ] {
+            // An error or no picture, never a panic.
+            let _ = dec.decode(junk, &mut out);
+        }
+    }
+
+    #[test]
+    fn opus_round_trip_of_a_tone() {
+        let mut enc = OpusEncoder::new(32_000).unwrap();
+        let mut dec = OpusDecoder::new().unwrap();
+        let mut out = vec![0f32; FRAME_SAMPLES];
+        let mut energy = 0.0;
+        for f in 0..25 {
+            let frame: Vec<f32> = (0..FRAME_SAMPLES)
+                .map(|i| {
+                    let t = (f * FRAME_SAMPLES + i) as f32 / SAMPLE_RATE as f32;
+                    0.5 * (2.0 * std::f32::consts::PI * 440.0 * t).sin()
+                })
+                .collect();
+            let packet = enc.encode(&frame).unwrap();
+            assert!(packet.len() < 400);
+            assert_eq!(dec.decode(Some(&packet), &mut out).unwrap(), FRAME_SAMPLES);
+            if f > 5 {
+                energy += out.iter().map(|s| s * s).sum::<f32>();
+            }
+        }
+        let rms = (energy / (19 * FRAME_SAMPLES) as f32).sqrt();
+        assert!((rms - 0.354).abs() < 0.05, "rms {rms}");
+        // Concealment of a lost frame produces a frame too.
+        assert_eq!(dec.decode(None, &mut out).unwrap(), FRAME_SAMPLES);
+        assert!(enc.encode(&[0.0; 10]).is_err());
+    }
+}

@@ -1,0 +1,363 @@
+//! Adaptive audio jitter buffer as a state machine without I/O: packets go in with their RTP
+//! sequence number, timestamp and arrival time; every 20 ms the playout asks for the next frame.
+//! The target delay follows the measured inter-arrival jitter (RFC 3550) between 20 and 80 ms.
+
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub struct JitterConfig {
+    pub frame: Duration,
+    pub min_delay: Duration,
+    pub max_delay: Duration,
+    /// RTP clock rate of the stream.
+    pub clock_rate: u32,
+}
+
+impl Default for JitterConfig {
+    fn default() -> Self {
+        JitterConfig {
+            frame: Duration::from_millis(20),
+            min_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(80),
+            clock_rate: 48_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Playout {
+    /// The next packet, in order.
+    Frame(Bytes),
+    /// A packet is missing: conceal it (Opus PLC or FEC from `next`, when given).
+    Conceal { next: Option<Bytes> },
+    /// Nothing to play (not started, or the sender went quiet).
+    Silence,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct JitterStats {
+    pub received: u64,
+    pub played: u64,
+    pub concealed: u64,
+    pub late: u64,
+    pub duplicates: u64,
+    pub underruns: u64,
+    pub dropped_for_latency: u64,
+}
+
+pub struct JitterBuffer {
+    config: JitterConfig,
+    packets: BTreeMap<u64, Bytes>,
+    highest: Option<u64>,
+    /// Next sequence number to play; `None` while (re)buffering.
+    next: Option<u64>,
+    missing_run: u32,
+    jitter_secs: f64,
+    last_transit: Option<f64>,
+    last_arrival: Option<Instant>,
+    epoch: Option<Instant>,
+    stats: JitterStats,
+}
+
+/// Concealed frames in a row, with nothing buffered, before we decide the sender went quiet.
+const MAX_CONCEAL_WITH_EMPTY_BUFFER: u32 = 3;
+/// A sequence jump this large is a new stream, not loss.
+const RESET_JUMP: u64 = 500;
+/// A pause this long starts a new talk spurt (the sender was muted or silent): its arrival
+/// offset says nothing about network jitter.
+const TALK_SPURT_GAP: Duration = Duration::from_millis(200);
+
+impl JitterBuffer {
+    pub fn new(config: JitterConfig) -> Self {
+        JitterBuffer {
+            config,
+            packets: BTreeMap::new(),
+            highest: None,
+            next: None,
+            missing_run: 0,
+            jitter_secs: 0.0,
+            last_transit: None,
+            last_arrival: None,
+            epoch: None,
+            stats: JitterStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &JitterStats {
+        &self.stats
+    }
+
+    pub fn buffered(&self) -> usize {
+        self.packets.len()
+    }
+
+    /// Current target delay, a whole number of frames.
+    pub fn target_delay(&self) -> Duration {
+        self.config.frame * self.target_frames() as u32
+    }
+
+    fn target_frames(&self) -> usize {
+        let frame = self.config.frame.as_secs_f64();
+        let wanted = frame + 3.0 * self.jitter_secs;
+        let min = (self.config.min_delay.as_secs_f64() / frame)
+            .round()
+            .max(1.0) as usize;
+        let max = (self.config.max_delay.as_secs_f64() / frame).round() as usize;
+        ((wanted / frame).ceil() as usize).clamp(min, max.max(min))
+    }
+
+    fn unwrap_seq(&self, seq: u16) -> u64 {
+        match self.highest {
+            None => seq as u64 + (1 << 16),
+            Some(h) => {
+                let diff = seq.wrapping_sub(h as u16) as i16 as i64;
+                (h as i64 + diff).max(0) as u64
+            }
+        }
+    }
+
+    pub fn push(&mut self, seq: u16, rtp_timestamp: u32, payload: Bytes, now: Instant) {
+        self.stats.received += 1;
+        let mut ext = self.unwrap_seq(seq);
+        if let Some(h) = self.highest
+            && ext.abs_diff(h) > RESET_JUMP
+        {
+            // The sender restarted: start over rather than conceal hundreds of frames.
+            self.packets.clear();
+            self.next = None;
+            self.highest = None;
+            self.last_transit = None;
+            ext = self.unwrap_seq(seq);
+        }
+        self.highest = Some(self.highest.map_or(ext, |h| h.max(ext)));
+
+        // Inter-arrival jitter, RFC 3550 section 6.4.1.
+        let epoch = *self.epoch.get_or_insert(now);
+        let arrival = now.saturating_duration_since(epoch).as_secs_f64();
+        let transit = arrival - rtp_timestamp as f64 / self.config.clock_rate as f64;
+        if self
+            .last_arrival
+            .is_some_and(|t| now.saturating_duration_since(t) > TALK_SPURT_GAP)
+        {
+            self.last_transit = None;
+        }
+        self.last_arrival = Some(now);
+        if let Some(last) = self.last_transit {
+            let d = (transit - last).abs();
+            // Ignore timestamp wraps and stream restarts.
+            if d < 10.0 {
+                self.jitter_secs += (d - self.jitter_secs) / 16.0;
+            }
+        }
+        self.last_transit = Some(transit);
+
+        if self.next.is_some_and(|n| ext < n) {
+            self.stats.late += 1;
+            return;
+        }
+        if self.packets.insert(ext, payload).is_some() {
+            self.stats.duplicates += 1;
+        }
+    }
+
+    /// The frame to play now. Call once per frame period.
+    pub fn pop(&mut self) -> Playout {
+        let target = self.target_frames();
+        let Some(next) = self.next else {
+            if self.packets.len() < target {
+                return Playout::Silence;
+            }
+            let Some((&first, _)) = self.packets.first_key_value() else {
+                return Playout::Silence;
+            };
+            self.next = Some(first);
+            self.missing_run = 0;
+            return self.pop();
+        };
+        // Too much queued (a burst, or the sender's clock runs fast): skip ahead.
+        let mut next = next;
+        if self.packets.len() > target + 2 {
+            while self.packets.len() > target {
+                self.packets.pop_first();
+                self.stats.dropped_for_latency += 1;
+            }
+            if let Some((&first, _)) = self.packets.first_key_value() {
+                next = next.max(first);
+            }
+        }
+        if let Some(payload) = self.packets.remove(&next) {
+            self.next = Some(next + 1);
+            self.missing_run = 0;
+            self.stats.played += 1;
+            return Playout::Frame(payload);
+        }
+        if self.packets.is_empty() {
+            self.missing_run += 1;
+            if self.missing_run > MAX_CONCEAL_WITH_EMPTY_BUFFER {
+                self.next = None;
+                self.stats.underruns += 1;
+                return Playout::Silence;
+            }
+        } else {
+            self.missing_run = 0;
+        }
+        self.next = Some(next + 1);
+        self.stats.concealed += 1;
+        Playout::Conceal {
+            next: self.packets.get(&(next + 1)).cloned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Sim {
+        jb: JitterBuffer,
+        start: Instant,
+    }
+
+    impl Sim {
+        fn new() -> Self {
+            Sim {
+                jb: JitterBuffer::new(JitterConfig::default()),
+                start: Instant::now(),
+            }
+        }
+        fn push_at(&mut self, seq: u16, ms: u64) {
+            let ts = (seq as u32).wrapping_mul(960);
+            self.jb.push(
+                seq,
+                ts,
+                Bytes::from(seq.to_be_bytes().to_vec()),
+                self.start + Duration::from_millis(ms),
+            );
+        }
+    }
+
+    fn seq_of(p: &Playout) -> Option<u16> {
+        match p {
+            Playout::Frame(b) => Some(u16::from_be_bytes([b[0], b[1]])),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn steady_stream_plays_in_order_with_minimum_delay() {
+        let mut s = Sim::new();
+        let mut played = Vec::new();
+        for i in 0..50u16 {
+            s.push_at(i, i as u64 * 20);
+            played.push(seq_of(&s.jb.pop()));
+        }
+        assert_eq!(played[0], Some(0));
+        assert!(played.iter().zip(0..).all(|(p, i)| *p == Some(i)));
+        assert_eq!(s.jb.target_delay(), Duration::from_millis(20));
+        assert_eq!(s.jb.stats().concealed, 0);
+    }
+
+    #[test]
+    fn reordering_inside_the_buffer_is_repaired() {
+        let mut s = Sim::new();
+        for (seq, ms) in [(0u16, 0u64), (2, 40), (1, 41), (3, 60)] {
+            s.push_at(seq, ms);
+        }
+        let out: Vec<_> = (0..4).map(|_| seq_of(&s.jb.pop())).collect();
+        assert_eq!(out, [Some(0), Some(1), Some(2), Some(3)]);
+    }
+
+    #[test]
+    fn loss_is_concealed_and_late_packets_dropped() {
+        let mut s = Sim::new();
+        s.push_at(0, 0);
+        assert_eq!(seq_of(&s.jb.pop()), Some(0));
+        s.push_at(2, 40);
+        // 1 never came: conceal, offering 2 for FEC.
+        assert_eq!(
+            s.jb.pop(),
+            Playout::Conceal {
+                next: Some(Bytes::from(2u16.to_be_bytes().to_vec()))
+            }
+        );
+        assert_eq!(seq_of(&s.jb.pop()), Some(2));
+        s.push_at(1, 70); // too late now
+        assert_eq!(s.jb.stats().late, 1);
+        s.push_at(3, 60);
+        s.push_at(3, 61);
+        assert_eq!(s.jb.stats().duplicates, 1);
+        assert_eq!(seq_of(&s.jb.pop()), Some(3));
+    }
+
+    #[test]
+    fn silence_after_the_sender_stops_then_rebuffers() {
+        let mut s = Sim::new();
+        for i in 0..5u16 {
+            s.push_at(i, i as u64 * 20);
+            s.jb.pop();
+        }
+        let quiet: Vec<_> = (0..6).map(|_| s.jb.pop()).collect();
+        assert!(matches!(quiet[0], Playout::Conceal { next: None }));
+        assert_eq!(quiet[5], Playout::Silence);
+        assert_eq!(s.jb.stats().underruns, 1);
+        // The sender resumes (muted senders keep their sequence numbers running on).
+        s.push_at(5, 500);
+        assert_eq!(seq_of(&s.jb.pop()), Some(5));
+        // The pause is not mistaken for network jitter.
+        assert_eq!(s.jb.target_delay(), Duration::from_millis(20));
+    }
+
+    #[test]
+    fn jitter_raises_the_target_within_bounds() {
+        let mut s = Sim::new();
+        // Packets arrive in pairs every 40 ms, +-20 ms off their schedule.
+        for i in 0..200u16 {
+            let ms = (i as u64 / 2) * 40 + if i % 2 == 0 { 0 } else { 1 } + (i as u64 % 5) * 9;
+            s.push_at(i, ms);
+            if i % 2 == 1 {
+                s.jb.pop();
+                s.jb.pop();
+            }
+        }
+        let target = s.jb.target_delay();
+        assert!(target > Duration::from_millis(20), "{target:?}");
+        assert!(target <= Duration::from_millis(80), "{target:?}");
+    }
+
+    #[test]
+    fn a_burst_is_trimmed_to_keep_latency_low() {
+        let mut s = Sim::new();
+        for i in 0..20u16 {
+            s.push_at(i, 0);
+        }
+        let first = seq_of(&s.jb.pop()).unwrap();
+        assert!(first >= 14, "skipped ahead to {first}");
+        assert!(s.jb.stats().dropped_for_latency > 0);
+    }
+
+    #[test]
+    fn sequence_numbers_wrap() {
+        let mut s = Sim::new();
+        let seqs = [65_534u16, 65_535, 0, 1];
+        let out: Vec<_> = seqs
+            .iter()
+            .enumerate()
+            .map(|(i, seq)| {
+                s.push_at(*seq, i as u64 * 20);
+                seq_of(&s.jb.pop())
+            })
+            .collect();
+        assert_eq!(out, seqs.map(Some));
+    }
+
+    #[test]
+    fn a_restarted_stream_resets() {
+        let mut s = Sim::new();
+        s.push_at(100, 0);
+        s.jb.pop();
+        s.push_at(30_000, 20);
+        assert_eq!(seq_of(&s.jb.pop()), Some(30_000));
+    }
+}

@@ -1,0 +1,582 @@
+//! The video pipeline threads. Sending: a capture thread (test pattern or camera) puts I420
+//! frames into a latest-wins slot; one encoder thread encodes each frame once and publishes it to
+//! every peer. Receiving: one decoder thread per remote stream turns access units into RGBA
+//! frames, delivered latest-wins, with counters and (optionally) stamp readings.
+
+use super::MediaError;
+use super::codec::{EncodedVideo, H264Decoder, H264Encoder, default_bitrate};
+use super::frame::{I420Frame, RgbaFrame};
+use super::pattern::TestPattern;
+use super::slot::LatestSlot;
+use super::stamp::{FrameStamp, read_stamp};
+use super::{Stopper, now_us};
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
+
+/// Where local video comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum VideoSourceSpec {
+    /// The synthetic moving pattern; `source_id` goes into every frame's stamp.
+    TestPattern {
+        width: usize,
+        height: usize,
+        fps: u32,
+        source_id: u8,
+    },
+}
+
+impl VideoSourceSpec {
+    pub fn test_pattern(source_id: u8) -> Self {
+        VideoSourceSpec::TestPattern {
+            width: 640,
+            height: 480,
+            fps: 30,
+            source_id,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            VideoSourceSpec::TestPattern {
+                width,
+                height,
+                fps,
+                source_id,
+            } => format!("test pattern {source_id} ({width}x{height}@{fps})"),
+        }
+    }
+}
+
+/// Keeps the last `N` samples of a measurement for percentiles.
+#[derive(Debug, Clone, Default)]
+pub struct Samples {
+    values: VecDeque<i64>,
+    capacity: usize,
+}
+
+impl Samples {
+    pub fn with_capacity(capacity: usize) -> Self {
+        Samples {
+            values: VecDeque::with_capacity(capacity.min(4096)),
+            capacity,
+        }
+    }
+    pub fn push(&mut self, v: i64) {
+        if self.values.len() == self.capacity.max(1) {
+            self.values.pop_front();
+        }
+        self.values.push_back(v);
+    }
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+    pub fn values(&self) -> Vec<i64> {
+        self.values.iter().copied().collect()
+    }
+    pub fn clear(&mut self) {
+        self.values.clear();
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EncoderStats {
+    pub frames: u64,
+    pub keyframes: u64,
+    pub bytes: u64,
+    pub encode_us: Samples,
+    pub width: usize,
+    pub height: usize,
+}
+
+/// The local video: capture thread + encoder thread. Encoded frames go to `subscribe()`rs.
+pub struct VideoSender {
+    frames: Arc<LatestSlot<I420Frame>>,
+    capture: Option<CaptureThread>,
+    spec: VideoSourceSpec,
+    /// Patterns keep their frame numbering when capture stops and restarts.
+    parked_pattern: Option<TestPattern>,
+    encoder: Option<JoinHandle<()>>,
+    encoder_stop: Stopper,
+    encoded: broadcast::Sender<Arc<EncodedVideo>>,
+    keyframe: Arc<AtomicBool>,
+    stats: Arc<Mutex<EncoderStats>>,
+    self_view: Option<Arc<LatestSlot<Arc<RgbaFrame>>>>,
+    enabled: bool,
+}
+
+struct CaptureThread {
+    stop: Stopper,
+    handle: Option<JoinHandle<Option<TestPattern>>>,
+}
+
+impl CaptureThread {
+    fn finish(mut self) -> Option<TestPattern> {
+        self.stop.stop();
+        self.handle.take().and_then(|h| h.join().ok()).flatten()
+    }
+}
+
+impl Drop for CaptureThread {
+    fn drop(&mut self) {
+        self.stop.stop();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl VideoSender {
+    /// Starts encoding at `bitrate_bps` (`None`: chosen per resolution). With `self_view`, every
+    /// captured frame is also converted to RGBA for local display.
+    pub fn start(
+        spec: VideoSourceSpec,
+        bitrate_bps: Option<u32>,
+        self_view: Option<Arc<LatestSlot<Arc<RgbaFrame>>>>,
+    ) -> Result<Self, MediaError> {
+        let frames = Arc::new(LatestSlot::new());
+        let (encoded, _) = broadcast::channel(8);
+        let keyframe = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(Mutex::new(EncoderStats {
+            encode_us: Samples::with_capacity(10_000),
+            ..Default::default()
+        }));
+        let encoder_stop = Stopper::new();
+        let encoder = {
+            let frames = frames.clone();
+            let encoded = encoded.clone();
+            let keyframe = keyframe.clone();
+            let stats = stats.clone();
+            let stop = encoder_stop.clone();
+            let self_view = self_view.clone();
+            std::thread::Builder::new()
+                .name("video-encoder".into())
+                .spawn(move || {
+                    encoder_loop(
+                        frames,
+                        encoded,
+                        keyframe,
+                        stats,
+                        stop,
+                        bitrate_bps,
+                        self_view,
+                    )
+                })
+                .map_err(|e| MediaError::Thread(e.to_string()))?
+        };
+        let mut sender = VideoSender {
+            frames,
+            capture: None,
+            spec,
+            parked_pattern: None,
+            encoder: Some(encoder),
+            encoder_stop,
+            encoded,
+            keyframe,
+            stats,
+            self_view,
+            enabled: false,
+        };
+        sender.set_enabled(true)?;
+        Ok(sender)
+    }
+
+    /// A new receiver of encoded frames (one per peer).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<EncodedVideo>> {
+        self.encoded.subscribe()
+    }
+
+    /// Asks for the next encoded frame to be a keyframe (new peer, PLI, lost frames).
+    pub fn request_keyframe(&self) {
+        self.keyframe.store(true, Ordering::Relaxed);
+    }
+
+    /// A handle that requests keyframes, for other threads and tasks.
+    pub fn keyframe_requester(&self) -> Arc<AtomicBool> {
+        self.keyframe.clone()
+    }
+
+    pub fn stats(&self) -> EncoderStats {
+        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    pub fn spec(&self) -> &VideoSourceSpec {
+        &self.spec
+    }
+
+    /// Camera on/off. Off stops the capture thread (releasing a real camera); the encoder idles.
+    pub fn set_enabled(&mut self, enabled: bool) -> Result<(), MediaError> {
+        if enabled == self.enabled {
+            return Ok(());
+        }
+        if enabled {
+            self.capture = Some(self.spawn_capture()?);
+            self.request_keyframe();
+        } else if let Some(capture) = self.capture.take() {
+            self.parked_pattern = capture.finish();
+            if let Some(view) = &self.self_view {
+                view.take();
+            }
+        }
+        self.enabled = enabled;
+        Ok(())
+    }
+
+    /// Switches the source under the running encoder: no renegotiation; the next frame from the
+    /// new source is a keyframe.
+    pub fn set_source(&mut self, spec: VideoSourceSpec) -> Result<(), MediaError> {
+        if let Some(capture) = self.capture.take() {
+            capture.finish();
+        }
+        self.parked_pattern = None;
+        self.spec = spec;
+        if self.enabled {
+            self.capture = Some(self.spawn_capture()?);
+            self.request_keyframe();
+        }
+        Ok(())
+    }
+
+    fn spawn_capture(&mut self) -> Result<CaptureThread, MediaError> {
+        let stop = Stopper::new();
+        let frames = self.frames.clone();
+        let handle = match self.spec.clone() {
+            VideoSourceSpec::TestPattern {
+                width,
+                height,
+                fps,
+                source_id,
+            } => {
+                let mut pattern = self
+                    .parked_pattern
+                    .take()
+                    .filter(|p| p.size() == (width & !1, height & !1))
+                    .unwrap_or_else(|| TestPattern::new(width, height, source_id));
+                let stop = stop.clone();
+                let period = Duration::from_secs_f64(1.0 / fps.clamp(1, 120) as f64);
+                std::thread::Builder::new()
+                    .name("video-capture".into())
+                    .spawn(move || {
+                        let mut pacer = super::audio::Pacer::new(period);
+                        while !stop.is_stopped() {
+                            pacer.wait();
+                            frames.put(pattern.render(now_us()));
+                        }
+                        Some(pattern)
+                    })
+                    .map_err(|e| MediaError::Thread(e.to_string()))?
+            }
+        };
+        Ok(CaptureThread {
+            stop,
+            handle: Some(handle),
+        })
+    }
+}
+
+impl Drop for VideoSender {
+    fn drop(&mut self) {
+        self.capture.take();
+        self.encoder_stop.stop();
+        if let Some(h) = self.encoder.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn encoder_loop(
+    frames: Arc<LatestSlot<I420Frame>>,
+    encoded: broadcast::Sender<Arc<EncodedVideo>>,
+    keyframe: Arc<AtomicBool>,
+    stats: Arc<Mutex<EncoderStats>>,
+    stop: Stopper,
+    bitrate_bps: Option<u32>,
+    self_view: Option<Arc<LatestSlot<Arc<RgbaFrame>>>>,
+) {
+    let mut encoder: Option<H264Encoder> = None;
+    let mut view_pool = FramePool::default();
+    while !stop.is_stopped() {
+        let Some(frame) = frames.take_timeout(Duration::from_millis(50)) else {
+            continue;
+        };
+        if let Some(view) = &self_view {
+            let mut rgba = view_pool.get();
+            if let Some(buf) = Arc::get_mut(&mut rgba) {
+                frame.to_rgba(buf);
+            }
+            view_pool.publish(rgba.clone());
+            view.put(rgba);
+        }
+        let size = (frame.width, frame.height);
+        if encoder.as_ref().map(|e| e.size()) != Some(size) {
+            let bitrate = bitrate_bps.unwrap_or_else(|| default_bitrate(size.0, size.1));
+            match H264Encoder::new(size.0, size.1, bitrate, 30.0) {
+                Ok(e) => encoder = Some(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot create video encoder");
+                    continue;
+                }
+            }
+        }
+        let Some(enc) = encoder.as_mut() else {
+            continue;
+        };
+        let force = keyframe.swap(false, Ordering::Relaxed);
+        let started = Instant::now();
+        match enc.encode(&frame, force) {
+            Ok(Some(out)) => {
+                if let Ok(mut s) = stats.lock() {
+                    s.frames += 1;
+                    s.keyframes += out.keyframe as u64;
+                    s.bytes += out.data.len() as u64;
+                    s.encode_us.push(started.elapsed().as_micros() as i64);
+                    (s.width, s.height) = size;
+                }
+                // No subscribers (nobody in the call) is not an error.
+                let _ = encoded.send(Arc::new(out));
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "video encode failed"),
+        }
+    }
+}
+
+/// Reuses RGBA buffers the display has let go of, instead of allocating one per frame.
+#[derive(Default)]
+struct FramePool {
+    recent: VecDeque<Arc<RgbaFrame>>,
+}
+
+impl FramePool {
+    fn get(&mut self) -> Arc<RgbaFrame> {
+        if let Some(i) = self.recent.iter().position(|f| Arc::strong_count(f) == 1)
+            && let Some(f) = self.recent.remove(i)
+        {
+            return f;
+        }
+        Arc::new(RgbaFrame::default())
+    }
+    fn publish(&mut self, frame: Arc<RgbaFrame>) {
+        self.recent.push_back(frame);
+        while self.recent.len() > 3 {
+            self.recent.pop_front();
+        }
+    }
+}
+
+/// One H.264 access unit received from the network.
+#[derive(Debug, Clone)]
+pub struct AccessUnit {
+    pub data: Bytes,
+    pub received_at: Instant,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct VideoRecvStats {
+    pub units_received: u64,
+    pub units_dropped: u64,
+    pub frames_decoded: u64,
+    pub decode_errors: u64,
+    pub bytes: u64,
+    pub width: usize,
+    pub height: usize,
+    pub first_frame_at: Option<Instant>,
+    pub last_frame_at: Option<Instant>,
+    pub last_stamp: Option<FrameStamp>,
+    pub stamps_read: u64,
+    /// Stamps whose number did not increase over the previous one from the same source.
+    pub out_of_order: u64,
+    /// Capture → decoded, from stamps, microseconds.
+    pub latency_us: Samples,
+    pub decode_us: Samples,
+    /// Distinct stamp sources seen, in order of first appearance.
+    pub sources: Vec<u8>,
+}
+
+/// What a decoder thread shares with its readers.
+pub struct RemoteVideo {
+    pub latest: LatestSlot<Arc<RgbaFrame>>,
+    stats: Mutex<VideoRecvStats>,
+    pub read_stamps: bool,
+}
+
+impl RemoteVideo {
+    pub fn stats(&self) -> VideoRecvStats {
+        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Clears the latency and decode-time samples (e.g. after warm-up in a benchmark).
+    pub fn reset_samples(&self) {
+        if let Ok(mut s) = self.stats.lock() {
+            s.latency_us.clear();
+            s.decode_us.clear();
+        }
+    }
+}
+
+pub type Callback = Arc<dyn Fn() + Send + Sync>;
+
+/// The decoder thread of one remote video stream. Dropping it stops the thread.
+pub struct VideoReceiver {
+    input: Option<SyncSender<AccessUnit>>,
+    thread: Option<JoinHandle<()>>,
+    output: Arc<RemoteVideo>,
+    on_keyframe_needed: Callback,
+}
+
+/// Access units queued for decoding before new ones are dropped.
+const DECODE_QUEUE: usize = 8;
+
+impl VideoReceiver {
+    /// `on_frame` runs on the decoder thread after each new picture (keep it cheap: wake a UI).
+    /// `on_keyframe_needed` asks the sender for a keyframe (PLI).
+    pub fn start(
+        name: &str,
+        read_stamps: bool,
+        on_frame: Callback,
+        on_keyframe_needed: Callback,
+    ) -> Result<Self, MediaError> {
+        let (tx, rx) = sync_channel(DECODE_QUEUE);
+        let output = Arc::new(RemoteVideo {
+            latest: LatestSlot::new(),
+            stats: Mutex::new(VideoRecvStats {
+                latency_us: Samples::with_capacity(20_000),
+                decode_us: Samples::with_capacity(20_000),
+                ..Default::default()
+            }),
+            read_stamps,
+        });
+        let thread = {
+            let output = output.clone();
+            let keyframe = on_keyframe_needed.clone();
+            std::thread::Builder::new()
+                .name(format!("video-decoder-{name}"))
+                .spawn(move || decoder_loop(rx, output, on_frame, keyframe))
+                .map_err(|e| MediaError::Thread(e.to_string()))?
+        };
+        Ok(VideoReceiver {
+            input: Some(tx),
+            thread: Some(thread),
+            output,
+            on_keyframe_needed,
+        })
+    }
+
+    pub fn output(&self) -> Arc<RemoteVideo> {
+        self.output.clone()
+    }
+
+    /// Queues an access unit. When the decoder is behind, the unit is dropped and a keyframe
+    /// requested, since later P-frames would reference what was dropped.
+    pub fn push(&self, unit: AccessUnit) {
+        let Some(input) = &self.input else { return };
+        if let Ok(mut s) = self.output.stats.lock() {
+            s.units_received += 1;
+            s.bytes += unit.data.len() as u64;
+        }
+        match input.try_send(unit) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                if let Ok(mut s) = self.output.stats.lock() {
+                    s.units_dropped += 1;
+                }
+                (self.on_keyframe_needed)();
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+impl Drop for VideoReceiver {
+    fn drop(&mut self) {
+        self.input.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn decoder_loop(
+    rx: Receiver<AccessUnit>,
+    output: Arc<RemoteVideo>,
+    on_frame: Callback,
+    on_keyframe_needed: Callback,
+) {
+    let mut decoder = match H264Decoder::new() {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %e, "no video decoder");
+            return;
+        }
+    };
+    let mut pool = FramePool::default();
+    let mut last_keyframe_request: Option<Instant> = None;
+    while let Ok(unit) = rx.recv() {
+        let mut frame = pool.get();
+        let Some(buf) = Arc::get_mut(&mut frame) else {
+            continue;
+        };
+        let started = Instant::now();
+        let result = decoder.decode(&unit.data, buf);
+        let decode_us = started.elapsed().as_micros() as i64;
+        match result {
+            Ok(true) => {
+                let done_us = now_us();
+                let stamp = output.read_stamps.then(|| read_stamp(buf)).flatten();
+                if let Some(s) = stamp {
+                    buf.capture_us = s.capture_us;
+                }
+                if let Ok(mut s) = output.stats.lock() {
+                    let now = Instant::now();
+                    s.frames_decoded += 1;
+                    s.first_frame_at.get_or_insert(now);
+                    s.last_frame_at = Some(now);
+                    (s.width, s.height) = (buf.width, buf.height);
+                    s.decode_us.push(decode_us);
+                    if let Some(stamp) = stamp {
+                        s.stamps_read += 1;
+                        if let Some(prev) = s.last_stamp
+                            && prev.source == stamp.source
+                            && stamp.number <= prev.number
+                        {
+                            s.out_of_order += 1;
+                        }
+                        if !s.sources.contains(&stamp.source) {
+                            s.sources.push(stamp.source);
+                        }
+                        s.latency_us.push(stamp.age_us(done_us));
+                        s.last_stamp = Some(stamp);
+                    }
+                }
+                pool.publish(frame.clone());
+                output.latest.put(frame);
+                on_frame();
+            }
+            Ok(false) => {}
+            Err(_) => {
+                if let Ok(mut s) = output.stats.lock() {
+                    s.decode_errors += 1;
+                }
+                // Ask for a keyframe, at most every 250 ms.
+                let due =
+                    last_keyframe_request.is_none_or(|t| t.elapsed() > Duration::from_millis(250));
+                if due {
+                    last_keyframe_request = Some(Instant::now());
+                    on_keyframe_needed();
+                }
+            }
+        }
+    }
+}

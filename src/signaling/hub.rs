@@ -1,0 +1,761 @@
+//! Room membership, room list, chat history and relay rules of one signaling server, as a state
+//! machine without I/O: `handle(input, now_ms, &mut outputs)`. The server's hub actor drives it.
+//! Depends only on `signaling::protocol`.
+
+use super::protocol::{
+    ChatMessage, ClientMessage, ErrorCode, LeaveReason, PeerId, PeerInfo, RoomInfo, ServerMessage,
+    validate_chat, validate_nickname, validate_room_name,
+};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+/// A connection's handle inside one server process.
+pub type ConnId = u64;
+
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    pub max_room_size: usize,
+    pub max_rooms: usize,
+    pub history_len: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            max_room_size: 6,
+            max_rooms: 1000,
+            history_len: super::protocol::CHAT_HISTORY_LEN,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum HubInput {
+    /// A connection finished its hello and was given `peer_id`.
+    Connected {
+        conn: ConnId,
+        peer_id: PeerId,
+    },
+    /// A decoded message other than `hello`, which the connection handles itself.
+    Message {
+        conn: ConnId,
+        msg: ClientMessage,
+    },
+    Disconnected {
+        conn: ConnId,
+        reason: LeaveReason,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum HubOutput {
+    /// Deliver one message to each listed connection (encode once, send to all).
+    Deliver { to: Vec<ConnId>, msg: ServerMessage },
+}
+
+struct Conn {
+    peer_id: PeerId,
+    nickname: Option<String>,
+    /// Key of the room this connection is in.
+    room: Option<String>,
+}
+
+struct Room {
+    /// The name as its creator spelled it.
+    display_name: String,
+    /// Members in join order.
+    members: Vec<ConnId>,
+    history: VecDeque<ChatMessage>,
+}
+
+#[derive(Default)]
+pub struct Hub {
+    config: HubConfig,
+    conns: HashMap<ConnId, Conn>,
+    by_peer: HashMap<PeerId, ConnId>,
+    /// Keyed by the lower-cased name so "Team" and "team" are one room.
+    rooms: BTreeMap<String, Room>,
+    subscribers: HashSet<ConnId>,
+    next_chat_id: u64,
+}
+
+impl Hub {
+    pub fn new(config: HubConfig) -> Self {
+        Hub {
+            config,
+            next_chat_id: 1,
+            ..Default::default()
+        }
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Public rooms with their head counts, sorted by name.
+    pub fn room_list(&self) -> Vec<RoomInfo> {
+        self.rooms.values().map(|r| self.room_info(r)).collect()
+    }
+
+    pub fn handle(&mut self, input: HubInput, now_ms: u64, out: &mut Vec<HubOutput>) {
+        match input {
+            HubInput::Connected { conn, peer_id } => {
+                self.by_peer.insert(peer_id.clone(), conn);
+                self.conns.insert(
+                    conn,
+                    Conn {
+                        peer_id,
+                        nickname: None,
+                        room: None,
+                    },
+                );
+            }
+            HubInput::Disconnected { conn, reason } => {
+                self.subscribers.remove(&conn);
+                self.remove_from_room(conn, reason, out);
+                if let Some(c) = self.conns.remove(&conn) {
+                    self.by_peer.remove(&c.peer_id);
+                }
+            }
+            HubInput::Message { conn, msg } => {
+                if !self.conns.contains_key(&conn) {
+                    return;
+                }
+                self.handle_message(conn, msg, now_ms, out);
+            }
+        }
+    }
+
+    fn handle_message(
+        &mut self,
+        conn: ConnId,
+        msg: ClientMessage,
+        now_ms: u64,
+        out: &mut Vec<HubOutput>,
+    ) {
+        match msg {
+            ClientMessage::ListRooms => send(
+                out,
+                conn,
+                ServerMessage::RoomList {
+                    rooms: self.room_list(),
+                },
+            ),
+            ClientMessage::SubscribeRooms => {
+                self.subscribers.insert(conn);
+                send(
+                    out,
+                    conn,
+                    ServerMessage::RoomList {
+                        rooms: self.room_list(),
+                    },
+                );
+            }
+            ClientMessage::UnsubscribeRooms => {
+                self.subscribers.remove(&conn);
+            }
+            ClientMessage::Join { room, nickname } => self.join(conn, &room, &nickname, out),
+            ClientMessage::Leave => {
+                let Some(room_name) = self.room_display_name(conn) else {
+                    return error(out, conn, ErrorCode::NotInRoom, "you are not in a room");
+                };
+                self.remove_from_room(conn, LeaveReason::Left, out);
+                send(out, conn, ServerMessage::Left { room: room_name });
+            }
+            ClientMessage::Chat { text } => self.chat(conn, &text, now_ms, out),
+            ClientMessage::Relay { to, from, payload } => self.relay(conn, to, from, payload, out),
+            ClientMessage::SetNickname { nickname } => self.set_nickname(conn, &nickname, out),
+            // Answered here, not by the connection, so the pong follows everything the hub has
+            // already queued for this client: a ping is an ordering barrier.
+            ClientMessage::Ping { nonce } => send(out, conn, ServerMessage::Pong { nonce }),
+            // The connection handles hello itself; it never reaches the hub.
+            ClientMessage::Hello { .. } => {}
+        }
+    }
+
+    fn join(&mut self, conn: ConnId, room: &str, nickname: &str, out: &mut Vec<HubOutput>) {
+        if self.conns.get(&conn).is_some_and(|c| c.room.is_some()) {
+            return error(
+                out,
+                conn,
+                ErrorCode::AlreadyInRoom,
+                "you are already in a room; leave it first",
+            );
+        }
+        let room_name = match validate_room_name(room) {
+            Ok(n) => n,
+            Err(why) => return error(out, conn, ErrorCode::BadRoomName, &why),
+        };
+        let nickname = match validate_nickname(nickname) {
+            Ok(n) => n,
+            Err(why) => return error(out, conn, ErrorCode::BadNickname, &why),
+        };
+        let key = room_name.to_lowercase();
+        match self.rooms.get(&key) {
+            Some(existing) => {
+                if existing.members.len() >= self.config.max_room_size {
+                    return error(
+                        out,
+                        conn,
+                        ErrorCode::RoomFull,
+                        &format!(
+                            "room {:?} is full ({} of {})",
+                            existing.display_name,
+                            existing.members.len(),
+                            self.config.max_room_size
+                        ),
+                    );
+                }
+                let wanted = nickname.to_lowercase();
+                let taken = existing.members.iter().any(|m| {
+                    self.conns
+                        .get(m)
+                        .and_then(|c| c.nickname.as_ref())
+                        .is_some_and(|n| n.to_lowercase() == wanted)
+                });
+                if taken {
+                    return error(
+                        out,
+                        conn,
+                        ErrorCode::NicknameTaken,
+                        &format!("someone in this room is already called {nickname:?}"),
+                    );
+                }
+            }
+            None => {
+                if self.rooms.len() >= self.config.max_rooms {
+                    return error(
+                        out,
+                        conn,
+                        ErrorCode::TooManyRooms,
+                        &format!(
+                            "the server already has {} rooms, its limit",
+                            self.config.max_rooms
+                        ),
+                    );
+                }
+                self.rooms.insert(
+                    key.clone(),
+                    Room {
+                        display_name: room_name.clone(),
+                        members: Vec::new(),
+                        history: VecDeque::new(),
+                    },
+                );
+            }
+        }
+
+        let Some(me) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        me.nickname = Some(nickname.clone());
+        me.room = Some(key.clone());
+        let you = PeerInfo {
+            id: me.peer_id.clone(),
+            nickname,
+        };
+        let Some(room) = self.rooms.get_mut(&key) else {
+            return;
+        };
+        let others = room.members.clone();
+        room.members.push(conn);
+        let peers = others
+            .iter()
+            .filter_map(|m| self.peer_info(*m))
+            .collect::<Vec<_>>();
+        let Some(room) = self.rooms.get(&key) else {
+            return;
+        };
+        send(
+            out,
+            conn,
+            ServerMessage::Joined {
+                room: room.display_name.clone(),
+                you: you.clone(),
+                peers,
+                history: room.history.iter().cloned().collect(),
+                capacity: self.config.max_room_size,
+            },
+        );
+        if !others.is_empty() {
+            out.push(HubOutput::Deliver {
+                to: others,
+                msg: ServerMessage::PeerJoined {
+                    room: room.display_name.clone(),
+                    peer: you,
+                },
+            });
+        }
+        self.announce_room(&key, out);
+    }
+
+    fn chat(&mut self, conn: ConnId, text: &str, now_ms: u64, out: &mut Vec<HubOutput>) {
+        let Some((key, peer_id, nickname)) = self
+            .conns
+            .get(&conn)
+            .and_then(|c| Some((c.room.clone()?, c.peer_id.clone(), c.nickname.clone()?)))
+        else {
+            return error(
+                out,
+                conn,
+                ErrorCode::NotInRoom,
+                "join a room before chatting",
+            );
+        };
+        let text = match validate_chat(text) {
+            Ok(t) => t,
+            Err(why) => return error(out, conn, ErrorCode::BadChat, &why),
+        };
+        let Some(room) = self.rooms.get_mut(&key) else {
+            return;
+        };
+        let message = ChatMessage {
+            id: self.next_chat_id,
+            from: peer_id,
+            nickname,
+            text,
+            time_ms: now_ms,
+        };
+        self.next_chat_id += 1;
+        room.history.push_back(message.clone());
+        while room.history.len() > self.config.history_len {
+            room.history.pop_front();
+        }
+        out.push(HubOutput::Deliver {
+            to: room.members.clone(),
+            msg: ServerMessage::Chat { message },
+        });
+    }
+
+    fn relay(
+        &mut self,
+        conn: ConnId,
+        to: PeerId,
+        claimed_from: Option<PeerId>,
+        payload: serde_json::Value,
+        out: &mut Vec<HubOutput>,
+    ) {
+        let Some(me) = self.conns.get(&conn) else {
+            return;
+        };
+        if let Some(claimed) = claimed_from
+            && claimed != me.peer_id
+        {
+            return error(
+                out,
+                conn,
+                ErrorCode::ForgedSender,
+                "the \"from\" field must be your own peer id; the message was not delivered",
+            );
+        }
+        let Some(my_room) = me.room.as_ref() else {
+            return error(
+                out,
+                conn,
+                ErrorCode::NotInRoom,
+                "join a room before relaying",
+            );
+        };
+        let target = self
+            .by_peer
+            .get(&to)
+            .copied()
+            .filter(|t| *t != conn)
+            .filter(|t| {
+                self.conns
+                    .get(t)
+                    .is_some_and(|c| c.room.as_ref() == Some(my_room))
+            });
+        let Some(target) = target else {
+            return error(
+                out,
+                conn,
+                ErrorCode::PeerNotFound,
+                &format!("no other peer {to} in your room"),
+            );
+        };
+        send(
+            out,
+            target,
+            ServerMessage::Relay {
+                from: me.peer_id.clone(),
+                payload,
+            },
+        );
+    }
+
+    fn set_nickname(&mut self, conn: ConnId, nickname: &str, out: &mut Vec<HubOutput>) {
+        let nickname = match validate_nickname(nickname) {
+            Ok(n) => n,
+            Err(why) => return error(out, conn, ErrorCode::BadNickname, &why),
+        };
+        let Some(me) = self.conns.get(&conn) else {
+            return;
+        };
+        let peer_id = me.peer_id.clone();
+        let recipients = match me.room.as_ref().and_then(|k| self.rooms.get(k)) {
+            Some(room) => {
+                let wanted = nickname.to_lowercase();
+                let taken = room.members.iter().filter(|m| **m != conn).any(|m| {
+                    self.conns
+                        .get(m)
+                        .and_then(|c| c.nickname.as_ref())
+                        .is_some_and(|n| n.to_lowercase() == wanted)
+                });
+                if taken {
+                    return error(
+                        out,
+                        conn,
+                        ErrorCode::NicknameTaken,
+                        &format!("someone in this room is already called {nickname:?}"),
+                    );
+                }
+                room.members.clone()
+            }
+            None => vec![conn],
+        };
+        if let Some(me) = self.conns.get_mut(&conn) {
+            me.nickname = Some(nickname.clone());
+        }
+        out.push(HubOutput::Deliver {
+            to: recipients,
+            msg: ServerMessage::NicknameChanged { peer_id, nickname },
+        });
+    }
+
+    /// Takes `conn` out of its room (if any), tells the others, and closes an emptied room.
+    fn remove_from_room(&mut self, conn: ConnId, reason: LeaveReason, out: &mut Vec<HubOutput>) {
+        let Some(me) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let Some(key) = me.room.take() else {
+            return;
+        };
+        let peer_id = me.peer_id.clone();
+        let Some(room) = self.rooms.get_mut(&key) else {
+            return;
+        };
+        room.members.retain(|m| *m != conn);
+        if room.members.is_empty() {
+            let name = room.display_name.clone();
+            self.rooms.remove(&key);
+            self.announce(ServerMessage::RoomClosed { name }, out);
+            return;
+        }
+        out.push(HubOutput::Deliver {
+            to: room.members.clone(),
+            msg: ServerMessage::PeerLeft {
+                room: room.display_name.clone(),
+                peer_id,
+                reason,
+            },
+        });
+        self.announce_room(&key, out);
+    }
+
+    /// Tells room-list subscribers about the current head count of room `key`.
+    fn announce_room(&self, key: &str, out: &mut Vec<HubOutput>) {
+        if let Some(room) = self.rooms.get(key) {
+            let room = self.room_info(room);
+            self.announce(ServerMessage::RoomUpdated { room }, out);
+        }
+    }
+
+    fn announce(&self, msg: ServerMessage, out: &mut Vec<HubOutput>) {
+        if self.subscribers.is_empty() {
+            return;
+        }
+        let mut to: Vec<ConnId> = self.subscribers.iter().copied().collect();
+        to.sort_unstable();
+        out.push(HubOutput::Deliver { to, msg });
+    }
+
+    fn room_info(&self, room: &Room) -> RoomInfo {
+        RoomInfo {
+            name: room.display_name.clone(),
+            people: room.members.len(),
+            capacity: self.config.max_room_size,
+        }
+    }
+
+    fn room_display_name(&self, conn: ConnId) -> Option<String> {
+        let key = self.conns.get(&conn)?.room.as_ref()?;
+        Some(self.rooms.get(key)?.display_name.clone())
+    }
+
+    fn peer_info(&self, conn: ConnId) -> Option<PeerInfo> {
+        let c = self.conns.get(&conn)?;
+        Some(PeerInfo {
+            id: c.peer_id.clone(),
+            nickname: c.nickname.clone()?,
+        })
+    }
+}
+
+fn send(out: &mut Vec<HubOutput>, to: ConnId, msg: ServerMessage) {
+    out.push(HubOutput::Deliver { to: vec![to], msg });
+}
+
+fn error(out: &mut Vec<HubOutput>, to: ConnId, code: ErrorCode, message: &str) {
+    send(
+        out,
+        to,
+        ServerMessage::Error {
+            code,
+            message: message.to_owned(),
+            fatal: false,
+        },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Harness {
+        hub: Hub,
+        out: Vec<HubOutput>,
+        now: u64,
+    }
+
+    impl Harness {
+        fn new(config: HubConfig) -> Self {
+            Harness {
+                hub: Hub::new(config),
+                out: Vec::new(),
+                now: 1_000,
+            }
+        }
+        fn connect(&mut self, conn: ConnId) {
+            self.input(HubInput::Connected {
+                conn,
+                peer_id: PeerId(format!("p{conn}")),
+            });
+        }
+        fn msg(&mut self, conn: ConnId, msg: ClientMessage) -> Vec<HubOutput> {
+            self.input(HubInput::Message { conn, msg })
+        }
+        fn input(&mut self, input: HubInput) -> Vec<HubOutput> {
+            self.now += 1;
+            self.hub.handle(input, self.now, &mut self.out);
+            std::mem::take(&mut self.out)
+        }
+        fn join(&mut self, conn: ConnId, room: &str, nick: &str) -> Vec<HubOutput> {
+            self.msg(
+                conn,
+                ClientMessage::Join {
+                    room: room.into(),
+                    nickname: nick.into(),
+                },
+            )
+        }
+    }
+
+    fn to_conn(outs: &[HubOutput], conn: ConnId) -> Vec<&ServerMessage> {
+        outs.iter()
+            .filter_map(|HubOutput::Deliver { to, msg }| to.contains(&conn).then_some(msg))
+            .collect()
+    }
+
+    fn error_code(outs: &[HubOutput], conn: ConnId) -> Option<ErrorCode> {
+        to_conn(outs, conn).into_iter().find_map(|m| match m {
+            ServerMessage::Error { code, .. } => Some(*code),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn join_announces_to_room_and_subscribers() {
+        let mut h = Harness::new(HubConfig::default());
+        for c in 1..=3 {
+            h.connect(c);
+        }
+        h.msg(3, ClientMessage::SubscribeRooms);
+        let outs = h.join(1, "Standup", "ann");
+        assert!(
+            matches!(to_conn(&outs, 1)[0], ServerMessage::Joined { peers, .. } if peers.is_empty())
+        );
+        assert!(to_conn(&outs, 3).iter().any(|m| matches!(m,
+            ServerMessage::RoomUpdated { room } if room.people == 1 && room.name == "Standup")));
+        let outs = h.join(2, "standup", "bob");
+        match to_conn(&outs, 2)[0] {
+            ServerMessage::Joined { room, peers, .. } => {
+                assert_eq!(room, "Standup");
+                assert_eq!(peers.len(), 1);
+                assert_eq!(peers[0].nickname, "ann");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(to_conn(&outs, 1).iter().any(|m| matches!(m,
+            ServerMessage::PeerJoined { peer, .. } if peer.nickname == "bob")));
+    }
+
+    #[test]
+    fn capacity_and_nickname_rules() {
+        let mut h = Harness::new(HubConfig {
+            max_room_size: 2,
+            ..HubConfig::default()
+        });
+        for c in 1..=4 {
+            h.connect(c);
+        }
+        h.join(1, "r", "Ann");
+        let outs = h.join(2, "r", "ann");
+        assert_eq!(error_code(&outs, 2), Some(ErrorCode::NicknameTaken));
+        h.join(2, "r", "bob");
+        let outs = h.join(3, "r", "cat");
+        assert_eq!(error_code(&outs, 3), Some(ErrorCode::RoomFull));
+        let outs = h.join(4, "../etc", "dan");
+        assert_eq!(error_code(&outs, 4), Some(ErrorCode::BadRoomName));
+        let outs = h.join(4, "ok", "");
+        assert_eq!(error_code(&outs, 4), Some(ErrorCode::BadNickname));
+        let outs = h.join(1, "other", "ann");
+        assert_eq!(error_code(&outs, 1), Some(ErrorCode::AlreadyInRoom));
+    }
+
+    #[test]
+    fn history_is_capped_and_given_to_late_joiners() {
+        let mut h = Harness::new(HubConfig {
+            history_len: 3,
+            ..HubConfig::default()
+        });
+        h.connect(1);
+        h.connect(2);
+        h.join(1, "r", "ann");
+        for i in 0..5 {
+            h.msg(
+                1,
+                ClientMessage::Chat {
+                    text: format!("m{i}"),
+                },
+            );
+        }
+        let outs = h.join(2, "r", "bob");
+        match to_conn(&outs, 2)[0] {
+            ServerMessage::Joined { history, .. } => {
+                let texts: Vec<_> = history.iter().map(|m| m.text.as_str()).collect();
+                assert_eq!(texts, ["m2", "m3", "m4"]);
+                assert!(history.windows(2).all(|w| w[0].id < w[1].id));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn relay_stays_inside_the_room_and_stamps_sender() {
+        let mut h = Harness::new(HubConfig::default());
+        for c in 1..=3 {
+            h.connect(c);
+        }
+        h.join(1, "a", "ann");
+        h.join(2, "a", "bob");
+        h.join(3, "b", "cat");
+        let payload = serde_json::json!({"kind": "offer"});
+        let outs = h.msg(
+            1,
+            ClientMessage::Relay {
+                to: "p2".into(),
+                from: None,
+                payload: payload.clone(),
+            },
+        );
+        assert_eq!(
+            to_conn(&outs, 2),
+            vec![&ServerMessage::Relay {
+                from: "p1".into(),
+                payload: payload.clone()
+            }]
+        );
+        let outs = h.msg(
+            1,
+            ClientMessage::Relay {
+                to: "p3".into(),
+                from: None,
+                payload: payload.clone(),
+            },
+        );
+        assert_eq!(error_code(&outs, 1), Some(ErrorCode::PeerNotFound));
+        assert!(to_conn(&outs, 3).is_empty());
+        let outs = h.msg(
+            1,
+            ClientMessage::Relay {
+                to: "p2".into(),
+                from: Some("p3".into()),
+                payload: payload.clone(),
+            },
+        );
+        assert_eq!(error_code(&outs, 1), Some(ErrorCode::ForgedSender));
+        assert!(to_conn(&outs, 2).is_empty());
+        let outs = h.msg(
+            1,
+            ClientMessage::Relay {
+                to: "nobody".into(),
+                from: None,
+                payload,
+            },
+        );
+        assert_eq!(error_code(&outs, 1), Some(ErrorCode::PeerNotFound));
+    }
+
+    #[test]
+    fn leaving_and_disconnecting_close_empty_rooms() {
+        let mut h = Harness::new(HubConfig::default());
+        for c in 1..=3 {
+            h.connect(c);
+        }
+        h.msg(3, ClientMessage::SubscribeRooms);
+        h.join(1, "r", "ann");
+        h.join(2, "r", "bob");
+        let outs = h.input(HubInput::Disconnected {
+            conn: 2,
+            reason: LeaveReason::TimedOut,
+        });
+        assert!(to_conn(&outs, 1).iter().any(|m| matches!(m,
+            ServerMessage::PeerLeft { peer_id, reason: LeaveReason::TimedOut, .. } if peer_id.as_str() == "p2")));
+        let outs = h.msg(1, ClientMessage::Leave);
+        assert!(matches!(to_conn(&outs, 1)[0], ServerMessage::Left { .. }));
+        assert!(
+            to_conn(&outs, 3)
+                .iter()
+                .any(|m| matches!(m, ServerMessage::RoomClosed { name } if name == "r"))
+        );
+        assert_eq!(h.hub.room_count(), 0);
+        let outs = h.msg(1, ClientMessage::Leave);
+        assert_eq!(error_code(&outs, 1), Some(ErrorCode::NotInRoom));
+    }
+
+    #[test]
+    fn room_limit_and_nickname_change() {
+        let mut h = Harness::new(HubConfig {
+            max_rooms: 1,
+            ..HubConfig::default()
+        });
+        for c in 1..=3 {
+            h.connect(c);
+        }
+        h.join(1, "one", "ann");
+        let outs = h.join(2, "two", "bob");
+        assert_eq!(error_code(&outs, 2), Some(ErrorCode::TooManyRooms));
+        h.join(2, "one", "bob");
+        let outs = h.msg(
+            2,
+            ClientMessage::SetNickname {
+                nickname: "ANN".into(),
+            },
+        );
+        assert_eq!(error_code(&outs, 2), Some(ErrorCode::NicknameTaken));
+        let outs = h.msg(
+            2,
+            ClientMessage::SetNickname {
+                nickname: "bobby".into(),
+            },
+        );
+        assert!(to_conn(&outs, 1).iter().any(|m| matches!(m,
+            ServerMessage::NicknameChanged { nickname, .. } if nickname == "bobby")));
+        let outs = h.msg(3, ClientMessage::Chat { text: "hi".into() });
+        assert_eq!(error_code(&outs, 3), Some(ErrorCode::NotInRoom));
+    }
+}

@@ -1,0 +1,9 @@
+//! Signaling: the WebSocket protocol (`protocol`), the room state machine (`hub`), the server
+//! (`server`) and the client actor (`client`). Depends on nothing else in the crate.
+
+pub mod hub;
+pub mod protocol;
+pub mod server;
+
+pub use protocol::{PROTOCOL_VERSION, PeerId};
+pub use server::{ServerConfig, ServerHandle};

@@ -1,0 +1,648 @@
+//! The signaling server: accept loop, one task per WebSocket connection, and the hub actor that
+//! owns the room state machine (`hub.rs`). Depends on `signaling::{protocol, hub}` only.
+//!
+//! Shape: connection tasks decode, rate-limit and answer `hello` themselves, then forward
+//! messages to the hub over a bounded channel. The hub encodes each outgoing message once and
+//! hands it to every recipient's bounded outbox with `try_send`; a full outbox means the client
+//! cannot keep up and it is dropped, so no client can make the server buffer without bound.
+
+use super::hub::{ConnId, Hub, HubConfig, HubInput, HubOutput};
+use super::protocol::{
+    self, ClientMessage, ErrorCode, IceServer, LeaveReason, Limits, PeerId, ServerMessage,
+};
+use futures_util::{SinkExt, StreamExt};
+use rand::Rng;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Token-bucket parameters for one connection's incoming messages.
+#[derive(Clone, Debug)]
+pub struct RateLimit {
+    /// Sustained messages per second.
+    pub per_second: f64,
+    /// Messages allowed in a burst.
+    pub burst: f64,
+    /// Rejected messages, without the bucket refilling in between, before the client is dropped.
+    pub max_strikes: u32,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        // Generous enough for a mesh join (offers plus trickled candidates to five peers).
+        RateLimit {
+            per_second: 50.0,
+            burst: 200.0,
+            max_strikes: 100,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub bind: SocketAddr,
+    pub ice_servers: Vec<IceServer>,
+    pub hub: HubConfig,
+    pub max_connections: usize,
+    /// How often the server pings an idle client.
+    pub heartbeat_interval: Duration,
+    /// A client silent for this long (no frame, no pong) is dropped and leaves its room.
+    pub heartbeat_timeout: Duration,
+    /// Time allowed from TCP accept to a valid `hello`.
+    pub hello_timeout: Duration,
+    /// Time allowed for one write to a client before it counts as stalled.
+    pub write_timeout: Duration,
+    pub rate_limit: RateLimit,
+    /// Messages queued for one client before it is dropped as too slow.
+    pub outbox_len: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8787)),
+            ice_servers: Vec::new(),
+            hub: HubConfig::default(),
+            max_connections: 20_000,
+            heartbeat_interval: Duration::from_secs(10),
+            heartbeat_timeout: Duration::from_secs(30),
+            hello_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            rate_limit: RateLimit::default(),
+            outbox_len: 256,
+        }
+    }
+}
+
+/// A running server. Dropping it stops the server; `shutdown` stops it and waits.
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    cancel: CancellationToken,
+    tasks: Option<JoinSet<()>>,
+}
+
+impl ServerHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// `ws://` URL of this server, for clients.
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.local_addr)
+    }
+
+    /// Stops accepting, tells every client the server is going away, and waits for all tasks.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        if let Some(mut tasks) = self.tasks.take() {
+            while tasks.join_next().await.is_some() {}
+        }
+    }
+
+    /// Resolves when the server has stopped for any reason.
+    pub async fn stopped(&self) {
+        self.cancel.cancelled().await
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Binds and starts the server on the current tokio runtime.
+pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
+    let listener = TcpListener::bind(config.bind)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.bind,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: config.bind,
+        source,
+    })?;
+    let cancel = CancellationToken::new();
+    let (hub_tx, hub_rx) = mpsc::channel(4096);
+    let config = Arc::new(config);
+    let mut tasks = JoinSet::new();
+    tasks.spawn(run_hub(
+        Hub::new(config.hub.clone()),
+        hub_rx,
+        cancel.clone(),
+    ));
+    tasks.spawn(accept_loop(listener, config, hub_tx, cancel.clone()));
+    info!(%local_addr, "signaling server listening");
+    Ok(ServerHandle {
+        local_addr,
+        cancel,
+        tasks: Some(tasks),
+    })
+}
+
+/// What a connection task sends the hub actor. Registration carries the outbox, which the
+/// state machine never sees.
+enum HubMsg {
+    Register {
+        conn: ConnId,
+        peer_id: PeerId,
+        outbox: mpsc::Sender<Utf8Bytes>,
+    },
+    Input(HubInput),
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    hub_tx: mpsc::Sender<HubMsg>,
+    cancel: CancellationToken,
+) {
+    let mut connections = JoinSet::new();
+    let mut next_conn: ConnId = 1;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => {
+                let (stream, addr) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Usually EMFILE; back off briefly instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let conn = next_conn;
+                next_conn += 1;
+                let over_capacity = connections.len() >= config.max_connections;
+                if over_capacity && connections.len() >= config.max_connections + 64 {
+                    // Not even room to say why: close the socket.
+                    drop(stream);
+                    continue;
+                }
+                let config = config.clone();
+                let hub_tx = hub_tx.clone();
+                let cancel = cancel.clone();
+                connections.spawn(async move {
+                    if over_capacity {
+                        reject(stream, &config, ErrorCode::ServerFull, "the server is at its connection limit").await;
+                    } else {
+                        serve_connection(stream, addr, conn, config, hub_tx, cancel).await;
+                    }
+                });
+            }
+        }
+    }
+    // Connection tasks see the same cancellation and close with `shutting_down`.
+    let drain = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .is_err()
+    {
+        connections.abort_all();
+    }
+}
+
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(protocol::MAX_FRAME_BYTES))
+        .max_frame_size(Some(protocol::MAX_FRAME_BYTES))
+}
+
+async fn handshake(stream: TcpStream, config: &ServerConfig) -> Option<WebSocketStream<TcpStream>> {
+    let accept = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config()));
+    match tokio::time::timeout(config.hello_timeout, accept).await {
+        Ok(Ok(ws)) => Some(ws),
+        Ok(Err(e)) => {
+            debug!(error = %e, "websocket handshake failed");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+async fn reject(stream: TcpStream, config: &ServerConfig, code: ErrorCode, message: &str) {
+    if let Some(mut ws) = handshake(stream, config).await {
+        let _ = send_fatal(&mut ws, config, code, message).await;
+    }
+}
+
+fn error_frame(code: ErrorCode, message: &str, fatal: bool) -> Utf8Bytes {
+    Utf8Bytes::from(protocol::encode(&ServerMessage::Error {
+        code,
+        message: message.to_owned(),
+        fatal,
+    }))
+}
+
+async fn send_fatal(
+    ws: &mut WebSocketStream<TcpStream>,
+    config: &ServerConfig,
+    code: ErrorCode,
+    message: &str,
+) -> Result<(), ()> {
+    let frame = Message::Text(error_frame(code, message, true));
+    let close = async {
+        ws.send(frame).await?;
+        ws.close(None).await
+    };
+    match tokio::time::timeout(config.write_timeout, close).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+fn new_peer_id() -> PeerId {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    PeerId(
+        (0..12)
+            .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+            .collect(),
+    )
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+struct TokenBucket {
+    tokens: f64,
+    last: Instant,
+    strikes: u32,
+    limit: RateLimit,
+}
+
+impl TokenBucket {
+    fn new(limit: RateLimit, now: Instant) -> Self {
+        TokenBucket {
+            tokens: limit.burst,
+            last: now,
+            strikes: 0,
+            limit,
+        }
+    }
+
+    /// Takes one token. `Err(true)` means rejected and the client has used up its strikes.
+    fn take(&mut self, now: Instant) -> Result<(), bool> {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.limit.per_second).min(self.limit.burst);
+        if self.tokens >= self.limit.burst {
+            self.strikes = 0;
+        }
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            self.strikes += 1;
+            Err(self.strikes >= self.limit.max_strikes)
+        }
+    }
+}
+
+/// Why a connection task ended; decides what the room is told.
+enum Ending {
+    Closed,
+    TimedOut,
+    Dropped,
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    addr: SocketAddr,
+    conn: ConnId,
+    config: Arc<ServerConfig>,
+    hub_tx: mpsc::Sender<HubMsg>,
+    cancel: CancellationToken,
+) {
+    let Some(mut ws) = handshake(stream, &config).await else {
+        return;
+    };
+    // The first message must be a hello with our protocol version.
+    let hello = tokio::time::timeout(config.hello_timeout, next_text(&mut ws)).await;
+    let first = match hello {
+        Err(_) => {
+            let _ = send_fatal(
+                &mut ws,
+                &config,
+                ErrorCode::HelloTimeout,
+                "no hello received in time",
+            )
+            .await;
+            return;
+        }
+        Ok(None) => return,
+        Ok(Some(text)) => protocol::decode_client(&text),
+    };
+    match first {
+        Ok(ClientMessage::Hello { version, .. }) if version == protocol::PROTOCOL_VERSION => {}
+        Ok(ClientMessage::Hello { version, .. }) => {
+            let msg = format!(
+                "this server speaks protocol version {}, the client speaks {version}; update the older side",
+                protocol::PROTOCOL_VERSION
+            );
+            let _ = send_fatal(&mut ws, &config, ErrorCode::VersionMismatch, &msg).await;
+            return;
+        }
+        Ok(_) => {
+            let _ = send_fatal(
+                &mut ws,
+                &config,
+                ErrorCode::HelloRequired,
+                "the first message must be hello",
+            )
+            .await;
+            return;
+        }
+        Err(e) => {
+            let _ = send_fatal(&mut ws, &config, e.code(), &e.to_string()).await;
+            return;
+        }
+    }
+
+    let peer_id = new_peer_id();
+    let welcome = ServerMessage::Welcome {
+        version: protocol::PROTOCOL_VERSION,
+        peer_id: peer_id.clone(),
+        ice_servers: config.ice_servers.clone(),
+        limits: Limits {
+            max_frame_bytes: protocol::MAX_FRAME_BYTES,
+            max_chat_chars: protocol::MAX_CHAT_CHARS,
+            max_nickname_chars: protocol::MAX_NICKNAME_CHARS,
+            max_room_name_chars: protocol::MAX_ROOM_NAME_CHARS,
+            max_room_size: config.hub.max_room_size,
+        },
+    };
+    let (outbox_tx, mut outbox) = mpsc::channel(config.outbox_len);
+    if hub_tx
+        .send(HubMsg::Register {
+            conn,
+            peer_id: peer_id.clone(),
+            outbox: outbox_tx,
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    debug!(%addr, %peer_id, "client connected");
+
+    let mut session = Session {
+        ws,
+        config: &config,
+        bucket: TokenBucket::new(config.rate_limit.clone(), Instant::now()),
+        last_heard: Instant::now(),
+    };
+    let welcome = Utf8Bytes::from(protocol::encode(&welcome));
+    let ending = if session.write(welcome).await.is_err() {
+        Ending::Closed
+    } else {
+        session.run(conn, &mut outbox, &hub_tx, &cancel).await
+    };
+    let reason = match ending {
+        Ending::Closed => LeaveReason::Disconnected,
+        Ending::TimedOut => LeaveReason::TimedOut,
+        Ending::Dropped => LeaveReason::Dropped,
+    };
+    debug!(%addr, %peer_id, ?reason, "client gone");
+    let _ = hub_tx
+        .send(HubMsg::Input(HubInput::Disconnected { conn, reason }))
+        .await;
+}
+
+/// Reads until a text frame arrives; `None` when the connection ends first.
+async fn next_text(ws: &mut WebSocketStream<TcpStream>) -> Option<String> {
+    while let Some(frame) = ws.next().await {
+        match frame {
+            Ok(Message::Text(text)) => return Some(text.to_string()),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => continue,
+        }
+    }
+    None
+}
+
+struct Session<'a> {
+    ws: WebSocketStream<TcpStream>,
+    config: &'a ServerConfig,
+    bucket: TokenBucket,
+    last_heard: Instant,
+}
+
+impl Session<'_> {
+    async fn run(
+        &mut self,
+        conn: ConnId,
+        outbox: &mut mpsc::Receiver<Utf8Bytes>,
+        hub_tx: &mpsc::Sender<HubMsg>,
+        cancel: &CancellationToken,
+    ) -> Ending {
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.tick().await;
+        loop {
+            tokio::select! {
+                // Cancellation first: on shutdown the hub also lets go of our outbox, and that
+                // must not be mistaken for falling behind.
+                biased;
+                _ = cancel.cancelled() => {
+                    let _ = self.fatal(ErrorCode::ShuttingDown, "the server is shutting down").await;
+                    return Ending::Closed;
+                }
+                queued = outbox.recv() => match queued {
+                    Some(frame) => {
+                        if self.write(frame).await.is_err() {
+                            return Ending::Dropped;
+                        }
+                    }
+                    None => {
+                        // The hub let go of our outbox: we fell too far behind.
+                        let _ = self.fatal(ErrorCode::SlowReader, "you were not reading messages fast enough").await;
+                        return Ending::Dropped;
+                    }
+                },
+                frame = self.ws.next() => {
+                    self.last_heard = Instant::now();
+                    match frame {
+                        None | Some(Ok(Message::Close(_))) => return Ending::Closed,
+                        Some(Ok(Message::Text(text))) => {
+                            if let Some(ending) = self.on_text(conn, &text, hub_tx).await {
+                                return ending;
+                            }
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            if let Some(ending) = self.charge().await {
+                                return ending;
+                            }
+                            let frame = error_frame(ErrorCode::BinaryNotSupported, "binary frames are not part of the protocol; send JSON text", false);
+                            if self.write(frame).await.is_err() {
+                                return Ending::Closed;
+                            }
+                        }
+                        Some(Ok(_)) => {} // ping/pong: tungstenite answers pings itself
+                        Some(Err(tungstenite::Error::Capacity(e))) => {
+                            let msg = format!("message too large ({e}); the limit is {} bytes", protocol::MAX_FRAME_BYTES);
+                            let _ = self.fatal(ErrorCode::TooLarge, &msg).await;
+                            return Ending::Dropped;
+                        }
+                        Some(Err(e)) => {
+                            debug!(error = %e, "websocket read failed");
+                            return Ending::Closed;
+                        }
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if self.last_heard.elapsed() >= self.config.heartbeat_timeout {
+                        return Ending::TimedOut;
+                    }
+                    let ping = tokio::time::timeout(self.config.write_timeout, self.ws.send(Message::Ping(Default::default())));
+                    if !matches!(ping.await, Ok(Ok(()))) {
+                        return Ending::Closed;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one text frame; `Some` ends the connection.
+    async fn on_text(
+        &mut self,
+        conn: ConnId,
+        text: &str,
+        hub_tx: &mpsc::Sender<HubMsg>,
+    ) -> Option<Ending> {
+        if let Some(ending) = self.charge().await {
+            return Some(ending);
+        }
+        let reply = match protocol::decode_client(text) {
+            Ok(ClientMessage::Hello { .. }) => error_frame(
+                ErrorCode::Malformed,
+                "hello was already received on this connection",
+                false,
+            ),
+            Ok(msg) => {
+                let input = HubMsg::Input(HubInput::Message { conn, msg });
+                return match hub_tx.send(input).await {
+                    Ok(()) => None,
+                    Err(_) => Some(Ending::Closed),
+                };
+            }
+            Err(e) => error_frame(e.code(), &e.to_string(), false),
+        };
+        self.write(reply).await.err().map(|_| Ending::Closed)
+    }
+
+    /// Applies the rate limit to one incoming message; `Some` ends the connection.
+    async fn charge(&mut self) -> Option<Ending> {
+        match self.bucket.take(Instant::now()) {
+            Ok(()) => None,
+            Err(false) => {
+                let frame = error_frame(
+                    ErrorCode::RateLimited,
+                    "too many messages; this one was dropped",
+                    false,
+                );
+                self.write(frame).await.err().map(|_| Ending::Closed)
+            }
+            Err(true) => {
+                let _ = self
+                    .fatal(
+                        ErrorCode::RateLimited,
+                        "too many messages for too long; disconnecting",
+                    )
+                    .await;
+                Some(Ending::Dropped)
+            }
+        }
+    }
+
+    async fn write(&mut self, frame: Utf8Bytes) -> Result<(), ()> {
+        let send = self.ws.send(Message::Text(frame));
+        match tokio::time::timeout(self.config.write_timeout, send).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(()),
+        }
+    }
+
+    async fn fatal(&mut self, code: ErrorCode, message: &str) -> Result<(), ()> {
+        send_fatal(&mut self.ws, self.config, code, message).await
+    }
+}
+
+async fn run_hub(mut hub: Hub, mut rx: mpsc::Receiver<HubMsg>, cancel: CancellationToken) {
+    let mut outboxes: HashMap<ConnId, mpsc::Sender<Utf8Bytes>> = HashMap::new();
+    let mut outputs = Vec::new();
+    let mut pending = Vec::new();
+    loop {
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => break,
+            msg = rx.recv() => match msg {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        let input = match msg {
+            HubMsg::Register {
+                conn,
+                peer_id,
+                outbox,
+            } => {
+                outboxes.insert(conn, outbox);
+                HubInput::Connected { conn, peer_id }
+            }
+            HubMsg::Input(input) => {
+                if let HubInput::Disconnected { conn, .. } = &input {
+                    outboxes.remove(conn);
+                }
+                input
+            }
+        };
+        pending.push(input);
+        // Dropping a slow client produces more input (its peers must hear it left), so work
+        // through a queue until everything settles.
+        while let Some(input) = pending.pop() {
+            hub.handle(input, now_ms(), &mut outputs);
+            for HubOutput::Deliver { to, msg } in outputs.drain(..) {
+                let frame = Utf8Bytes::from(protocol::encode(&msg));
+                for conn in to {
+                    let Some(outbox) = outboxes.get(&conn) else {
+                        continue;
+                    };
+                    if outbox.try_send(frame.clone()).is_err() {
+                        // Full or closed: let go of the outbox so its task closes the socket.
+                        outboxes.remove(&conn);
+                        pending.push(HubInput::Disconnected {
+                            conn,
+                            reason: LeaveReason::Dropped,
+                        });
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Shared helpers for integration tests: a real server on 127.0.0.1:0 and a raw WebSocket client
+//! that speaks the protocol, with every wait bounded by a timeout.
+#![allow(dead_code)]
+
+use futures_util::{SinkExt, StreamExt};
+use huddle::signaling::protocol::{self, ClientMessage, ErrorCode, PeerId, ServerMessage};
+use huddle::signaling::server::{self, ServerConfig, ServerHandle};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub fn test_config() -> ServerConfig {
+    ServerConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        ..ServerConfig::default()
+    }
+}
+
+pub async fn start_server(config: ServerConfig) -> ServerHandle {
+    server::start(config).await.expect("server starts")
+}
+
+pub struct TestClient {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub peer_id: PeerId,
+}
+
+/// Opens a WebSocket without saying hello.
+pub async fn raw_connect(url: &str) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
+    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    ws
+}
+
+impl TestClient {
+    /// Connects and completes hello/welcome.
+    pub async fn connect(url: &str) -> TestClient {
+        let mut ws = raw_connect(url).await;
+        let hello = ClientMessage::Hello {
+            version: protocol::PROTOCOL_VERSION,
+            client: Some("test".into()),
+        };
+        ws.send(Message::Text(protocol::encode(&hello).into()))
+            .await
+            .unwrap();
+        let mut client = TestClient {
+            ws,
+            peer_id: PeerId(String::new()),
+        };
+        match client.recv().await {
+            ServerMessage::Welcome { peer_id, .. } => client.peer_id = peer_id,
+            other => panic!("expected welcome, got {other:?}"),
+        }
+        client
+    }
+
+    pub async fn send(&mut self, msg: &ClientMessage) {
+        self.send_raw(&protocol::encode(msg)).await;
+    }
+
+    pub async fn send_raw(&mut self, text: &str) {
+        self.ws
+            .send(Message::Text(text.to_owned().into()))
+            .await
+            .expect("send");
+    }
+
+    /// Next protocol message; panics on timeout or close.
+    pub async fn recv(&mut self) -> ServerMessage {
+        self.try_recv(WAIT)
+            .await
+            .expect("a message before timeout/close")
+    }
+
+    /// Next protocol message, or `None` on close or when `within` passes.
+    pub async fn try_recv(&mut self, within: Duration) -> Option<ServerMessage> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??;
+            match frame {
+                Ok(Message::Text(t)) => {
+                    return Some(protocol::decode_server(&t).expect("server sends valid JSON"));
+                }
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    /// Skips messages until one matches.
+    pub async fn recv_until<F: FnMut(&ServerMessage) -> bool>(
+        &mut self,
+        mut f: F,
+    ) -> ServerMessage {
+        loop {
+            let m = self.recv().await;
+            if f(&m) {
+                return m;
+            }
+        }
+    }
+
+    pub async fn expect_error(&mut self, code: ErrorCode) -> (String, bool) {
+        match self
+            .recv_until(|m| matches!(m, ServerMessage::Error { .. }))
+            .await
+        {
+            ServerMessage::Error {
+                code: got,
+                message,
+                fatal,
+            } => {
+                assert_eq!(got, code, "error message: {message}");
+                (message, fatal)
+            }
+            _ => unreachable!(),
+        }
+    }
+
+    /// Waits until the server closes the connection, collecting what it sent on the way.
+    pub async fn expect_closed(&mut self) -> Vec<ServerMessage> {
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => panic!("connection not closed in time; saw {seen:?}"),
+                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return seen,
+                Ok(Some(Ok(Message::Text(t)))) => seen.push(protocol::decode_server(&t).unwrap()),
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+
+    pub async fn join(&mut self, room: &str, nickname: &str) -> ServerMessage {
+        self.send(&ClientMessage::Join {
+            room: room.into(),
+            nickname: nickname.into(),
+        })
+        .await;
+        self.recv_until(|m| {
+            matches!(
+                m,
+                ServerMessage::Joined { .. } | ServerMessage::Error { .. }
+            )
+        })
+        .await
+    }
+
+    /// Round-trips a ping: everything the server sent before the pong is returned.
+    pub async fn sync(&mut self) -> Vec<ServerMessage> {
+        let nonce = rand_nonce();
+        self.send(&ClientMessage::Ping { nonce: Some(nonce) }).await;
+        let mut before = Vec::new();
+        loop {
+            match self.recv().await {
+                ServerMessage::Pong { nonce: Some(n) } if n == nonce => return before,
+                other => before.push(other),
+            }
+        }
+    }
+}
+
+fn rand_nonce() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
