@@ -95,7 +95,7 @@ impl H264Encoder {
             .complexity(Complexity::Low)
             // A keyframe every 5 s caps how long a lost PLI can leave a receiver frozen.
             .intra_frame_period(IntraFramePeriod::from_num_frames((fps * 5.0) as u32))
-            .skip_frames(false)
+            .skip_frames(true)
             .num_threads(1);
         let inner = Encoder::with_api_config(OpenH264API::from_source(), config)
             .map_err(|e| MediaError::Codec(format!("openh264 encoder: {e}")))?;

@@ -412,6 +412,14 @@ pub struct RemoteVideo {
     pub read_stamps: bool,
 }
 
+impl std::fmt::Debug for RemoteVideo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteVideo")
+            .field("read_stamps", &self.read_stamps)
+            .finish_non_exhaustive()
+    }
+}
+
 impl RemoteVideo {
     pub fn stats(&self) -> VideoRecvStats {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()

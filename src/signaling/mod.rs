@@ -1,6 +1,7 @@
 //! Signaling: the WebSocket protocol (`protocol`), the room state machine (`hub`), the server
 //! (`server`) and the client actor (`client`). Depends on nothing else in the crate.
 
+pub mod client;
 pub mod hub;
 pub mod protocol;
 pub mod server;

@@ -1,0 +1,832 @@
+//! The engine bridge: one actor that owns the signaling client, the mesh of peer sessions, the
+//! local media pipelines and the file transfers. Front ends (the desktop app, the headless peer)
+//! send `Command`s and receive `Event`s; video frames and levels are read through `MediaView`
+//! without going through the event queue. Depends on `rtc`, `signaling`, `transfer`, `media`.
+
+use crate::media::MediaError;
+use crate::media::audio::{AudioSink, AudioSource};
+use crate::media::audio_pipeline::{AudioPlayout, AudioSender, RemoteAudioStats};
+use crate::media::frame::RgbaFrame;
+use crate::media::slot::LatestSlot;
+use crate::media::video::{Callback, EncoderStats, RemoteVideo, VideoSender, VideoSourceSpec};
+use crate::rtc::Envelope;
+use crate::rtc::negotiation::Signal;
+use crate::rtc::session::{
+    self, CloseReason, PeerStats, SessionConfig, SessionEvent, SessionHandle, SessionMedia,
+};
+use crate::signaling::client::{ClientCommand, ClientConfig, ClientEvent, SignalingClient};
+use crate::signaling::protocol::{
+    ChatMessage, ErrorCode, IceServer, LeaveReason, PeerId, PeerInfo, RoomInfo, ServerMessage,
+};
+use crate::transfer::manager::{TransferCommand, TransferConfig, TransferEvent, TransferManager};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("the engine has stopped")]
+    Stopped,
+    #[error("the engine is busy; try again")]
+    Busy,
+    #[error(transparent)]
+    Media(#[from] MediaError),
+}
+
+/// Where local audio comes from.
+pub enum AudioInput {
+    None,
+    Source(Box<dyn AudioSource>),
+}
+
+pub struct EngineConfig {
+    pub server_url: String,
+    /// UDP addresses PeerConnections bind (`127.0.0.1:0` keeps tests on loopback).
+    pub bind_addrs: Vec<String>,
+    pub video: Option<VideoSourceSpec>,
+    pub video_bitrate: Option<u32>,
+    pub audio: AudioInput,
+    pub audio_sink: Box<dyn AudioSink>,
+    /// Keep an RGBA copy of each local frame for the self-view.
+    pub self_view: bool,
+    /// Read stamps from decoded remote video (headless peers, tests, benchmarks).
+    pub read_stamps: bool,
+    /// Record click onsets in the played audio (latency benchmark).
+    pub detect_clicks: bool,
+    pub transfers: TransferConfig,
+}
+
+impl EngineConfig {
+    pub fn new(
+        server_url: impl Into<String>,
+        audio_sink: Box<dyn AudioSink>,
+        download_dir: PathBuf,
+    ) -> Self {
+        EngineConfig {
+            server_url: server_url.into(),
+            bind_addrs: vec!["0.0.0.0:0".into()],
+            video: Some(VideoSourceSpec::test_pattern(0)),
+            video_bitrate: None,
+            audio: AudioInput::None,
+            audio_sink,
+            self_view: false,
+            read_stamps: false,
+            detect_clicks: false,
+            transfers: TransferConfig::new(download_dir),
+        }
+    }
+}
+
+/// What the front end asks for.
+pub enum Command {
+    SubscribeRooms,
+    UnsubscribeRooms,
+    Join {
+        room: String,
+        nickname: String,
+    },
+    Leave,
+    SendChat(String),
+    SetNickname(String),
+    SetAudioMuted(bool),
+    SetVideoEnabled(bool),
+    SetVideoSource(VideoSourceSpec),
+    SetAudioSource(AudioInput),
+    SetAudioSink(Box<dyn AudioSink>),
+    Transfer(TransferCommand),
+    /// Renegotiate ICE with a peer (also exercised by tests).
+    RestartIce(PeerId),
+    /// Tears down the connection to a peer as if the network had failed; it is rebuilt.
+    DropConnection(PeerId),
+}
+
+/// What the front end is told.
+#[derive(Debug, Clone)]
+pub enum Event {
+    ServerConnected {
+        peer_id: PeerId,
+    },
+    ServerDisconnected {
+        reason: String,
+        retry_in: Option<Duration>,
+    },
+    Rooms(Vec<RoomInfo>),
+    RoomUpdated(RoomInfo),
+    RoomClosed(String),
+    Joined {
+        room: String,
+        you: PeerInfo,
+        peers: Vec<PeerInfo>,
+        history: Vec<ChatMessage>,
+    },
+    /// Join refused, or another request failed, with the server's code and words.
+    ServerError {
+        code: ErrorCode,
+        message: String,
+    },
+    Left,
+    PeerJoined(PeerInfo),
+    PeerLeft {
+        peer: PeerId,
+        reason: LeaveReason,
+    },
+    NicknameChanged {
+        peer: PeerId,
+        nickname: String,
+    },
+    PeerConnecting {
+        peer: PeerId,
+    },
+    PeerConnected {
+        peer: PeerId,
+        setup: Duration,
+    },
+    PeerDisconnected {
+        peer: PeerId,
+    },
+    /// The connection ended; it is rebuilt while the peer stays in the room.
+    PeerConnectionClosed {
+        peer: PeerId,
+        reason: String,
+    },
+    PeerVideo {
+        peer: PeerId,
+        video: Arc<RemoteVideo>,
+    },
+    PeerMediaState {
+        peer: PeerId,
+        audio: bool,
+        video: bool,
+    },
+    PeerStats {
+        peer: PeerId,
+        stats: PeerStats,
+    },
+    Chat(ChatMessage),
+    /// A chat could not be sent (not connected).
+    ChatNotSent(String),
+    LocalMedia(LocalMediaState),
+    Transfer(TransferEvent),
+    /// Something went wrong that the user should see.
+    Problem(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalMediaState {
+    pub audio_muted: bool,
+    pub video_enabled: bool,
+    pub video_source: String,
+    pub audio_source: String,
+    pub audio_sink: String,
+}
+
+/// Read-only access to media data that changes every frame.
+#[derive(Clone)]
+pub struct MediaView {
+    self_view: Arc<LatestSlot<Arc<RgbaFrame>>>,
+    playout: Arc<AudioPlayout>,
+    local_level: Arc<std::sync::atomic::AtomicU32>,
+    encoder_stats: Arc<std::sync::Mutex<Option<EncoderStats>>>,
+}
+
+impl MediaView {
+    /// The newest local frame (for the self-view), if the camera is on.
+    pub fn self_view(&self) -> Option<Arc<RgbaFrame>> {
+        self.self_view.peek()
+    }
+
+    pub fn remote_audio(&self, peer: &PeerId) -> Option<RemoteAudioStats> {
+        self.playout.stream_stats(peer.as_str())
+    }
+
+    /// Local microphone level in dBFS (measured even while muted, for the meter).
+    pub fn local_level_dbfs(&self) -> f32 {
+        f32::from_bits(self.local_level.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    pub fn click_onsets(&self) -> Vec<i64> {
+        self.playout.click_onset_times()
+    }
+
+    pub fn encoder_stats(&self) -> Option<EncoderStats> {
+        self.encoder_stats.lock().ok().and_then(|s| s.clone())
+    }
+}
+
+/// The front end's side of the engine. Dropping it stops the engine.
+pub struct EngineHandle {
+    commands: mpsc::Sender<Command>,
+    media: MediaView,
+    task: Option<tokio::task::JoinHandle<()>>,
+    click_times: Arc<std::sync::Mutex<Vec<i64>>>,
+}
+
+impl EngineHandle {
+    /// Queues a command without waiting (safe from a UI thread).
+    pub fn send(&self, command: Command) -> Result<(), EngineError> {
+        self.commands.try_send(command).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => EngineError::Busy,
+            mpsc::error::TrySendError::Closed(_) => EngineError::Stopped,
+        })
+    }
+
+    pub fn media(&self) -> &MediaView {
+        &self.media
+    }
+
+    /// Capture times (µs) of the clicks this engine has sent (latency benchmark).
+    pub fn click_times(&self) -> Vec<i64> {
+        self.click_times
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default()
+    }
+
+    /// Stops the engine: leaves the room, closes every connection, stops media threads.
+    pub async fn shutdown(mut self) {
+        let (tx, _) = mpsc::channel(1);
+        // Replacing the sender closes the actor's command channel.
+        drop(std::mem::replace(&mut self.commands, tx));
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+    }
+}
+
+impl Drop for EngineHandle {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Starts the engine on the current tokio runtime. `wake` is called whenever there is something
+/// new for the front end (an event or a video frame); a UI passes `request_repaint` here.
+pub fn spawn(
+    config: EngineConfig,
+    wake: Callback,
+) -> Result<(EngineHandle, mpsc::Receiver<Event>), EngineError> {
+    let self_view = Arc::new(LatestSlot::new());
+    let video = match &config.video {
+        Some(spec) => Some(VideoSender::start(
+            spec.clone(),
+            config.video_bitrate,
+            config.self_view.then(|| self_view.clone()),
+        )?),
+        None => None,
+    };
+    let audio_source = match config.audio {
+        AudioInput::None => None,
+        AudioInput::Source(s) => Some(s),
+    };
+    let audio = AudioSender::start(audio_source)?;
+    let playout = Arc::new(AudioPlayout::start(
+        config.audio_sink,
+        config.detect_clicks,
+    )?);
+    let local_level = Arc::new(std::sync::atomic::AtomicU32::new((-100.0f32).to_bits()));
+    let encoder_stats = Arc::new(std::sync::Mutex::new(None));
+    let click_times = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let media = MediaView {
+        self_view: self_view.clone(),
+        playout: playout.clone(),
+        local_level: local_level.clone(),
+        encoder_stats: encoder_stats.clone(),
+    };
+    let (signaling, signaling_events) =
+        SignalingClient::spawn(ClientConfig::new(config.server_url.clone()));
+    let (commands, command_rx) = mpsc::channel(256);
+    let (events_tx, events) = mpsc::channel(4096);
+    let (session_tx, session_rx) = mpsc::channel(1024);
+    let (transfers, transfer_events) = TransferManager::spawn(config.transfers.clone());
+    let actor = Engine {
+        signaling,
+        events: events_tx,
+        wake,
+        session_tx,
+        bind_addrs: config.bind_addrs,
+        read_stamps: config.read_stamps,
+        video,
+        audio,
+        playout,
+        local_level,
+        encoder_stats,
+        click_times: click_times.clone(),
+        self_view,
+        my_id: None,
+        ice_servers: Vec::new(),
+        room: None,
+        peers: HashMap::new(),
+        transfers,
+        audio_muted: false,
+    };
+    let task = tokio::spawn(actor.run(command_rx, signaling_events, session_rx, transfer_events));
+    Ok((
+        EngineHandle {
+            commands,
+            media,
+            task: Some(task),
+            click_times,
+        },
+        events,
+    ))
+}
+
+struct PeerEntry {
+    info: PeerInfo,
+    session: Option<SessionHandle>,
+    connected: bool,
+    /// When to rebuild a connection that failed (only the side that re-offers keeps this).
+    rebuild_at: Option<Instant>,
+    failures: u32,
+}
+
+struct Engine {
+    signaling: SignalingClient,
+    events: mpsc::Sender<Event>,
+    wake: Callback,
+    session_tx: mpsc::Sender<(PeerId, u32, SessionEvent)>,
+    bind_addrs: Vec<String>,
+    read_stamps: bool,
+    video: Option<VideoSender>,
+    audio: AudioSender,
+    playout: Arc<AudioPlayout>,
+    local_level: Arc<std::sync::atomic::AtomicU32>,
+    encoder_stats: Arc<std::sync::Mutex<Option<EncoderStats>>>,
+    click_times: Arc<std::sync::Mutex<Vec<i64>>>,
+    self_view: Arc<LatestSlot<Arc<RgbaFrame>>>,
+    my_id: Option<PeerId>,
+    ice_servers: Vec<IceServer>,
+    room: Option<String>,
+    peers: HashMap<PeerId, PeerEntry>,
+    transfers: TransferManager,
+    audio_muted: bool,
+}
+
+impl Engine {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut signaling: mpsc::Receiver<ClientEvent>,
+        mut sessions: mpsc::Receiver<(PeerId, u32, SessionEvent)>,
+        mut transfers: mpsc::Receiver<TransferEvent>,
+    ) {
+        self.emit_local_media().await;
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd).await,
+                    None => break,
+                },
+                Some(ev) = signaling.recv() => self.on_signaling(ev).await,
+                Some((peer, id, ev)) = sessions.recv() => self.on_session(peer, id, ev).await,
+                Some(ev) = transfers.recv() => self.emit(Event::Transfer(ev)).await,
+                _ = tick.tick() => self.on_tick().await,
+            }
+        }
+        // Shut down: leave politely, close every connection (bounded), stop media.
+        let _ = self.signaling.send(ClientCommand::Leave);
+        for (_, entry) in self.peers.drain() {
+            if let Some(s) = entry.session {
+                s.close().await;
+            }
+        }
+        self.transfers.shutdown().await;
+    }
+
+    async fn emit(&self, event: Event) {
+        if self.events.send(event).await.is_ok() {
+            (self.wake)();
+        }
+    }
+
+    fn local_media(&self) -> LocalMediaState {
+        LocalMediaState {
+            audio_muted: self.audio_muted,
+            video_enabled: self.video.as_ref().is_some_and(|v| v.is_enabled()),
+            video_source: self
+                .video
+                .as_ref()
+                .map(|v| v.spec().describe())
+                .unwrap_or_else(|| "none".into()),
+            audio_source: self.audio.source_description(),
+            audio_sink: self.playout.sink_description(),
+        }
+    }
+
+    async fn emit_local_media(&self) {
+        self.emit(Event::LocalMedia(self.local_media())).await;
+    }
+
+    /// Tells every peer (or one) whether our microphone and camera are on.
+    fn announce_media_state(&self, only: Option<&PeerId>) {
+        let state = self.local_media();
+        let signal = Signal::MediaState {
+            audio: !state.audio_muted,
+            video: state.video_enabled,
+        };
+        for (peer, entry) in &self.peers {
+            if only.is_some_and(|o| o != peer) {
+                continue;
+            }
+            if let Some(session) = &entry.session {
+                self.relay(
+                    peer,
+                    &Envelope {
+                        session: session.session_id(),
+                        signal: signal.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    fn relay(&self, to: &PeerId, envelope: &Envelope) {
+        let Ok(payload) = serde_json::to_value(envelope) else {
+            return;
+        };
+        let _ = self.signaling.send(ClientCommand::Relay {
+            to: to.clone(),
+            payload,
+        });
+    }
+
+    async fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::SubscribeRooms => {
+                let _ = self.signaling.send(ClientCommand::SubscribeRooms);
+            }
+            Command::UnsubscribeRooms => {
+                let _ = self.signaling.send(ClientCommand::UnsubscribeRooms);
+            }
+            Command::Join { room, nickname } => {
+                let _ = self.signaling.send(ClientCommand::Join { room, nickname });
+            }
+            Command::Leave => {
+                let _ = self.signaling.send(ClientCommand::Leave);
+                self.leave_room().await;
+            }
+            Command::SendChat(text) => {
+                if self
+                    .signaling
+                    .send(ClientCommand::Chat(text.clone()))
+                    .is_err()
+                {
+                    self.emit(Event::ChatNotSent(text)).await;
+                }
+            }
+            Command::SetNickname(n) => {
+                let _ = self.signaling.send(ClientCommand::SetNickname(n));
+            }
+            Command::SetAudioMuted(muted) => {
+                self.audio_muted = muted;
+                self.audio.set_muted(muted);
+                self.announce_media_state(None);
+                self.emit_local_media().await;
+            }
+            Command::SetVideoEnabled(enabled) => {
+                if let Some(video) = self.video.as_mut()
+                    && let Err(e) = video.set_enabled(enabled)
+                {
+                    self.emit(Event::Problem(format!("camera: {e}"))).await;
+                }
+                self.announce_media_state(None);
+                self.emit_local_media().await;
+            }
+            Command::SetVideoSource(spec) => {
+                let result = match self.video.as_mut() {
+                    Some(video) => video.set_source(spec),
+                    None => VideoSender::start(spec, None, Some(self.self_view.clone())).map(|v| {
+                        self.video = Some(v);
+                    }),
+                };
+                if let Err(e) = result {
+                    self.emit(Event::Problem(format!("camera: {e}"))).await;
+                }
+                self.emit_local_media().await;
+            }
+            Command::SetAudioSource(input) => {
+                self.audio.set_source(match input {
+                    AudioInput::None => None,
+                    AudioInput::Source(s) => Some(s),
+                });
+                self.emit_local_media().await;
+            }
+            Command::SetAudioSink(sink) => {
+                self.playout.set_sink(sink);
+                self.emit_local_media().await;
+            }
+            Command::Transfer(cmd) => self.transfers.send(cmd),
+            Command::RestartIce(peer) => {
+                if let Some(s) = self.peers.get(&peer).and_then(|e| e.session.as_ref()) {
+                    s.restart_ice();
+                }
+            }
+            Command::DropConnection(peer) => {
+                let Some(entry) = self.peers.get_mut(&peer) else {
+                    return;
+                };
+                if let Some(s) = entry.session.take() {
+                    entry.connected = false;
+                    s.close().await;
+                    self.transfers
+                        .send(TransferCommand::PeerDisconnected(peer.clone()));
+                    self.emit(Event::PeerConnectionClosed {
+                        peer: peer.clone(),
+                        reason: "dropped on request".into(),
+                    })
+                    .await;
+                    self.schedule_rebuild(&peer);
+                }
+            }
+        }
+    }
+
+    async fn on_signaling(&mut self, ev: ClientEvent) {
+        match ev {
+            ClientEvent::Connected {
+                peer_id,
+                ice_servers,
+                ..
+            } => {
+                self.my_id = Some(peer_id.clone());
+                self.ice_servers = ice_servers;
+                self.emit(Event::ServerConnected { peer_id }).await;
+            }
+            ClientEvent::Disconnected { reason, retry_in } => {
+                // Our id changes on reconnect: the room will see us leave and come back, and the
+                // connections are rebuilt then. Peer-to-peer media keeps flowing meanwhile.
+                self.emit(Event::ServerDisconnected { reason, retry_in })
+                    .await;
+            }
+            ClientEvent::NotSent(ClientCommand::Chat(text)) => {
+                self.emit(Event::ChatNotSent(text)).await;
+            }
+            ClientEvent::NotSent(_) => {}
+            ClientEvent::Server(msg) => self.on_server(msg).await,
+        }
+    }
+
+    async fn on_server(&mut self, msg: ServerMessage) {
+        match msg {
+            ServerMessage::RoomList { rooms } => self.emit(Event::Rooms(rooms)).await,
+            ServerMessage::RoomUpdated { room } => self.emit(Event::RoomUpdated(room)).await,
+            ServerMessage::RoomClosed { name } => self.emit(Event::RoomClosed(name)).await,
+            ServerMessage::Joined {
+                room,
+                you,
+                peers,
+                history,
+                ..
+            } => {
+                // A rejoin after a reconnect: old connections belong to our previous identity.
+                self.leave_room().await;
+                self.my_id = Some(you.id.clone());
+                self.room = Some(room.clone());
+                for peer in &peers {
+                    self.peers.insert(
+                        peer.id.clone(),
+                        PeerEntry {
+                            info: peer.clone(),
+                            session: None,
+                            connected: false,
+                            rebuild_at: None,
+                            failures: 0,
+                        },
+                    );
+                    // The newcomer offers to everyone already there.
+                    self.start_session(&peer.id, rand::random(), true);
+                }
+                self.emit(Event::Joined {
+                    room,
+                    you,
+                    peers,
+                    history,
+                })
+                .await;
+            }
+            ServerMessage::Left { .. } => self.emit(Event::Left).await,
+            ServerMessage::PeerJoined { peer, .. } => {
+                self.peers.insert(
+                    peer.id.clone(),
+                    PeerEntry {
+                        info: peer.clone(),
+                        session: None,
+                        connected: false,
+                        rebuild_at: None,
+                        failures: 0,
+                    },
+                );
+                self.emit(Event::PeerJoined(peer)).await;
+            }
+            ServerMessage::PeerLeft {
+                peer_id, reason, ..
+            } => {
+                if let Some(entry) = self.peers.remove(&peer_id)
+                    && let Some(s) = entry.session
+                {
+                    s.close().await;
+                }
+                self.transfers
+                    .send(TransferCommand::PeerGone(peer_id.clone()));
+                self.emit(Event::PeerLeft {
+                    peer: peer_id,
+                    reason,
+                })
+                .await;
+            }
+            ServerMessage::NicknameChanged { peer_id, nickname } => {
+                if let Some(e) = self.peers.get_mut(&peer_id) {
+                    e.info.nickname = nickname.clone();
+                }
+                self.emit(Event::NicknameChanged {
+                    peer: peer_id,
+                    nickname,
+                })
+                .await;
+            }
+            ServerMessage::Chat { message } => self.emit(Event::Chat(message)).await,
+            ServerMessage::Relay { from, payload } => self.on_relay(from, payload).await,
+            ServerMessage::Error { code, message, .. } => {
+                self.emit(Event::ServerError { code, message }).await;
+            }
+            ServerMessage::Welcome { .. } | ServerMessage::Pong { .. } => {}
+        }
+    }
+
+    async fn on_relay(&mut self, from: PeerId, payload: serde_json::Value) {
+        let envelope: Envelope = match serde_json::from_value(payload) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::debug!(%from, error = %e, "ignoring an unreadable signal");
+                return;
+            }
+        };
+        let Some(entry) = self.peers.get(&from) else {
+            return;
+        };
+        let current = entry.session.as_ref().map(|s| s.session_id());
+        if current == Some(envelope.session) {
+            if let Some(s) = &entry.session {
+                s.signal(envelope.signal);
+            }
+            return;
+        }
+        if matches!(envelope.signal, Signal::Offer { .. }) {
+            // The peer started a fresh connection: answer it, dropping any old one.
+            if let Some(entry) = self.peers.get_mut(&from)
+                && let Some(old) = entry.session.take()
+            {
+                entry.connected = false;
+                old.close().await;
+                self.transfers
+                    .send(TransferCommand::PeerDisconnected(from.clone()));
+            }
+            self.start_session(&from, envelope.session, false);
+            if let Some(s) = self.peers.get(&from).and_then(|e| e.session.as_ref()) {
+                s.signal(envelope.signal);
+            }
+        }
+    }
+
+    fn start_session(&mut self, peer: &PeerId, session_id: u32, initiator: bool) {
+        let Some(me) = self.my_id.clone() else { return };
+        let mut config = SessionConfig::new(me, peer.clone(), session_id, initiator);
+        config.ice_servers = self.ice_servers.clone();
+        config.bind_addrs = self.bind_addrs.clone();
+        config.read_stamps = self.read_stamps;
+        let media = SessionMedia {
+            video: self.video.as_ref().map(|v| v.subscribe()),
+            keyframe: self
+                .video
+                .as_ref()
+                .map(|v| v.keyframe_requester())
+                .unwrap_or_default(),
+            audio: Some(self.audio.subscribe()),
+            playout: self.playout.clone(),
+            on_video_frame: self.wake.clone(),
+        };
+        let handle = session::spawn(config, media, self.session_tx.clone());
+        if let Some(entry) = self.peers.get_mut(peer) {
+            entry.session = Some(handle);
+            entry.rebuild_at = None;
+        }
+    }
+
+    async fn on_session(&mut self, peer: PeerId, session_id: u32, ev: SessionEvent) {
+        let Some(entry) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        // Events from a session we already replaced are stale.
+        if entry.session.as_ref().map(|s| s.session_id()) != Some(session_id) {
+            return;
+        }
+        match ev {
+            SessionEvent::Signal(envelope) => self.relay(&peer, &envelope),
+            SessionEvent::Connected { setup } => {
+                entry.connected = true;
+                entry.failures = 0;
+                self.emit(Event::PeerConnected {
+                    peer: peer.clone(),
+                    setup,
+                })
+                .await;
+                self.announce_media_state(Some(&peer));
+            }
+            SessionEvent::Disconnected => {
+                self.emit(Event::PeerDisconnected { peer }).await;
+            }
+            SessionEvent::RemoteVideo(video) => {
+                self.emit(Event::PeerVideo { peer, video }).await;
+            }
+            SessionEvent::FileChannel(channel) => {
+                self.transfers.send(TransferCommand::PeerConnected {
+                    peer: peer.clone(),
+                    channel,
+                });
+            }
+            SessionEvent::RemoteMediaState { audio, video } => {
+                self.emit(Event::PeerMediaState { peer, audio, video })
+                    .await;
+            }
+            SessionEvent::Stats(stats) => {
+                self.emit(Event::PeerStats { peer, stats }).await;
+            }
+            SessionEvent::Closed(reason) => {
+                entry.session = None;
+                entry.connected = false;
+                entry.failures += 1;
+                self.transfers
+                    .send(TransferCommand::PeerDisconnected(peer.clone()));
+                let reason = match reason {
+                    CloseReason::Closed => "closed".to_owned(),
+                    CloseReason::Failed(r) | CloseReason::SetupFailed(r) => r,
+                };
+                self.emit(Event::PeerConnectionClosed {
+                    peer: peer.clone(),
+                    reason,
+                })
+                .await;
+                self.schedule_rebuild(&peer);
+            }
+        }
+    }
+
+    /// While the peer stays in the room, the side with the smaller id offers a new connection
+    /// after a backoff; the other side waits for that offer.
+    fn schedule_rebuild(&mut self, peer: &PeerId) {
+        let Some(me) = self.my_id.as_ref() else {
+            return;
+        };
+        if me >= peer {
+            return;
+        }
+        if let Some(entry) = self.peers.get_mut(peer) {
+            let backoff = Duration::from_millis(500) * 2u32.pow(entry.failures.min(5));
+            entry.rebuild_at = Some(Instant::now() + backoff.min(Duration::from_secs(10)));
+        }
+    }
+
+    async fn on_tick(&mut self) {
+        let due: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, e)| {
+                e.session.is_none() && e.rebuild_at.is_some_and(|t| t <= Instant::now())
+            })
+            .map(|(p, _)| p.clone())
+            .collect();
+        for peer in due {
+            self.emit(Event::PeerConnecting { peer: peer.clone() })
+                .await;
+            self.start_session(&peer, rand::random(), true);
+        }
+        self.local_level.store(
+            self.audio.level_dbfs().to_bits(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        if let Some(v) = &self.video
+            && let Ok(mut s) = self.encoder_stats.lock()
+        {
+            *s = Some(v.stats());
+        }
+        if let Ok(mut c) = self.click_times.lock() {
+            *c = self.audio.click_times();
+        }
+    }
+
+    async fn leave_room(&mut self) {
+        for (peer, entry) in self.peers.drain() {
+            if let Some(s) = entry.session {
+                s.close().await;
+            }
+            self.transfers.send(TransferCommand::PeerGone(peer));
+        }
+        self.room = None;
+    }
+}

@@ -1,0 +1,373 @@
+//! The signaling client actor: one task that owns the WebSocket, speaks the protocol, and
+//! reconnects with exponential backoff when the server goes away, then re-subscribes and rejoins
+//! the room it was in. Commands in, events out; dropping the handle stops it.
+
+use super::protocol::{
+    self, ClientMessage, ErrorCode, IceServer, Limits, PROTOCOL_VERSION, PeerId, ServerMessage,
+};
+use futures_util::{SinkExt, StreamExt};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub url: String,
+    pub client_name: String,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// The server pings every 10 s by default; silence this long means the link is dead.
+    pub silence_timeout: Duration,
+}
+
+impl ClientConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        ClientConfig {
+            url: url.into(),
+            client_name: format!("huddle {}", env!("CARGO_PKG_VERSION")),
+            backoff_initial: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(10),
+            silence_timeout: Duration::from_secs(35),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClientCommand {
+    SubscribeRooms,
+    UnsubscribeRooms,
+    ListRooms,
+    Join {
+        room: String,
+        nickname: String,
+    },
+    Leave,
+    Chat(String),
+    Relay {
+        to: PeerId,
+        payload: serde_json::Value,
+    },
+    SetNickname(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClientEvent {
+    Connected {
+        peer_id: PeerId,
+        ice_servers: Vec<IceServer>,
+        limits: Limits,
+    },
+    /// The connection is gone. `retry_in` is `None` when the client gave up (e.g. the server
+    /// speaks another protocol version); otherwise it reconnects by itself.
+    Disconnected {
+        reason: String,
+        retry_in: Option<Duration>,
+    },
+    /// A command could not be sent because the client is not connected.
+    NotSent(ClientCommand),
+    /// Any other server message, as received.
+    Server(ServerMessage),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("the signaling client has stopped")]
+    Stopped,
+    #[error("too many commands queued; try again")]
+    Busy,
+}
+
+/// The owner's side of the client actor. Dropping it stops the actor.
+pub struct SignalingClient {
+    commands: mpsc::Sender<ClientCommand>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SignalingClient {
+    pub fn spawn(config: ClientConfig) -> (SignalingClient, mpsc::Receiver<ClientEvent>) {
+        let (commands, command_rx) = mpsc::channel(256);
+        let (events_tx, events) = mpsc::channel(1024);
+        let task = tokio::spawn(run(config, command_rx, events_tx));
+        (SignalingClient { commands, task }, events)
+    }
+
+    pub fn send(&self, command: ClientCommand) -> Result<(), ClientError> {
+        self.commands.try_send(command).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => ClientError::Busy,
+            mpsc::error::TrySendError::Closed(_) => ClientError::Stopped,
+        })
+    }
+}
+
+impl Drop for SignalingClient {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What to restore after a reconnect.
+#[derive(Default)]
+struct Wanted {
+    subscribed: bool,
+    room: Option<(String, String)>,
+}
+
+enum LinkEnd {
+    /// Lost or refused; reconnect.
+    Retry(String),
+    /// Do not retry (protocol mismatch).
+    GiveUp(String),
+    /// The owner dropped the handle.
+    Stopped,
+}
+
+async fn run(
+    config: ClientConfig,
+    mut commands: mpsc::Receiver<ClientCommand>,
+    events: mpsc::Sender<ClientEvent>,
+) {
+    let mut wanted = Wanted::default();
+    let mut backoff = config.backoff_initial;
+    loop {
+        let end = session(&config, &mut commands, &events, &mut wanted, &mut backoff).await;
+        let reason = match end {
+            LinkEnd::Stopped => return,
+            LinkEnd::GiveUp(reason) => {
+                let _ = events
+                    .send(ClientEvent::Disconnected {
+                        reason,
+                        retry_in: None,
+                    })
+                    .await;
+                return;
+            }
+            LinkEnd::Retry(reason) => reason,
+        };
+        let delay = jittered(backoff);
+        if events
+            .send(ClientEvent::Disconnected {
+                reason,
+                retry_in: Some(delay),
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        backoff = (backoff * 2).min(config.backoff_max);
+        // Wait out the backoff, but keep answering commands (and noting the wanted state).
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                cmd = commands.recv() => match cmd {
+                    None => return,
+                    Some(cmd) => {
+                        if !remember(&mut wanted, &cmd) {
+                            let _ = events.send(ClientEvent::NotSent(cmd)).await;
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// ±25 % so many clients of a restarted server do not reconnect in lockstep.
+fn jittered(d: Duration) -> Duration {
+    let factor = 0.75 + rand::random::<f64>() * 0.5;
+    d.mul_f64(factor)
+}
+
+/// Updates the state to restore on reconnect. Returns true if the command is fully
+/// represented by that state (so it need not be reported as unsent).
+fn remember(wanted: &mut Wanted, cmd: &ClientCommand) -> bool {
+    match cmd {
+        ClientCommand::SubscribeRooms => wanted.subscribed = true,
+        ClientCommand::UnsubscribeRooms => wanted.subscribed = false,
+        ClientCommand::Join { room, nickname } => {
+            wanted.room = Some((room.clone(), nickname.clone()))
+        }
+        ClientCommand::Leave => wanted.room = None,
+        ClientCommand::SetNickname(n) => {
+            if let Some((_, nick)) = wanted.room.as_mut() {
+                *nick = n.clone();
+            }
+        }
+        ClientCommand::ListRooms | ClientCommand::Chat(_) | ClientCommand::Relay { .. } => {
+            return false;
+        }
+    }
+    true
+}
+
+fn to_message(cmd: &ClientCommand) -> ClientMessage {
+    match cmd.clone() {
+        ClientCommand::SubscribeRooms => ClientMessage::SubscribeRooms,
+        ClientCommand::UnsubscribeRooms => ClientMessage::UnsubscribeRooms,
+        ClientCommand::ListRooms => ClientMessage::ListRooms,
+        ClientCommand::Join { room, nickname } => ClientMessage::Join { room, nickname },
+        ClientCommand::Leave => ClientMessage::Leave,
+        ClientCommand::Chat(text) => ClientMessage::Chat { text },
+        ClientCommand::Relay { to, payload } => ClientMessage::Relay {
+            to,
+            from: None,
+            payload,
+        },
+        ClientCommand::SetNickname(nickname) => ClientMessage::SetNickname { nickname },
+    }
+}
+
+async fn session(
+    config: &ClientConfig,
+    commands: &mut mpsc::Receiver<ClientCommand>,
+    events: &mpsc::Sender<ClientEvent>,
+    wanted: &mut Wanted,
+    backoff: &mut Duration,
+) -> LinkEnd {
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(protocol::MAX_FRAME_BYTES))
+        .max_frame_size(Some(protocol::MAX_FRAME_BYTES));
+    let connect = tokio_tungstenite::connect_async_with_config(&config.url, Some(ws_config), true);
+    let mut ws = match tokio::time::timeout(Duration::from_secs(10), connect).await {
+        Ok(Ok((ws, _))) => ws,
+        Ok(Err(e)) => return LinkEnd::Retry(format!("cannot reach {}: {e}", config.url)),
+        Err(_) => return LinkEnd::Retry(format!("timed out connecting to {}", config.url)),
+    };
+    let hello = ClientMessage::Hello {
+        version: PROTOCOL_VERSION,
+        client: Some(config.client_name.clone()),
+    };
+    if ws
+        .send(Message::Text(protocol::encode(&hello).into()))
+        .await
+        .is_err()
+    {
+        return LinkEnd::Retry("connection closed during hello".into());
+    }
+    // Everything until the welcome, bounded.
+    let welcome = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(frame) = ws.next().await {
+            if let Ok(Message::Text(t)) = frame {
+                return protocol::decode_server(&t).ok();
+            }
+            if frame.is_err() {
+                return None;
+            }
+        }
+        None
+    })
+    .await;
+    match welcome {
+        Ok(Some(ServerMessage::Welcome {
+            peer_id,
+            ice_servers,
+            limits,
+            ..
+        })) => {
+            *backoff = config.backoff_initial;
+            if events
+                .send(ClientEvent::Connected {
+                    peer_id,
+                    ice_servers,
+                    limits,
+                })
+                .await
+                .is_err()
+            {
+                return LinkEnd::Stopped;
+            }
+        }
+        Ok(Some(ServerMessage::Error {
+            code: ErrorCode::VersionMismatch,
+            message,
+            ..
+        })) => return LinkEnd::GiveUp(message),
+        Ok(Some(ServerMessage::Error { message, .. })) => return LinkEnd::Retry(message),
+        Ok(_) => return LinkEnd::Retry("the server did not welcome us".into()),
+        Err(_) => return LinkEnd::Retry("no welcome from the server in time".into()),
+    }
+
+    // Restore what the owner wanted before the link dropped.
+    let mut restore = Vec::new();
+    if wanted.subscribed {
+        restore.push(ClientMessage::SubscribeRooms);
+    }
+    if let Some((room, nickname)) = wanted.room.clone() {
+        restore.push(ClientMessage::Join { room, nickname });
+    }
+    for msg in restore {
+        if ws
+            .send(Message::Text(protocol::encode(&msg).into()))
+            .await
+            .is_err()
+        {
+            return LinkEnd::Retry("connection closed while restoring state".into());
+        }
+    }
+
+    let mut silence = tokio::time::interval(config.silence_timeout / 4);
+    silence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            cmd = commands.recv() => {
+                let Some(cmd) = cmd else {
+                    let _ = ws.close(None).await;
+                    return LinkEnd::Stopped;
+                };
+                remember(wanted, &cmd);
+                let text = protocol::encode(&to_message(&cmd));
+                let sent = tokio::time::timeout(Duration::from_secs(10), ws.send(Message::Text(text.into()))).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    let _ = events.send(ClientEvent::NotSent(cmd)).await;
+                    return LinkEnd::Retry("could not write to the server".into());
+                }
+            }
+            frame = ws.next() => {
+                last_heard = tokio::time::Instant::now();
+                match frame {
+                    None => return LinkEnd::Retry("the server closed the connection".into()),
+                    Some(Err(e)) => return LinkEnd::Retry(format!("connection error: {e}")),
+                    Some(Ok(Message::Close(_))) => return LinkEnd::Retry("the server closed the connection".into()),
+                    Some(Ok(Message::Text(t))) => {
+                        let msg = match protocol::decode_server(&t) {
+                            Ok(m) => m,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "ignoring a message from the server");
+                                continue;
+                            }
+                        };
+                        if let ServerMessage::Error { fatal: true, code, message } = &msg {
+                            let _ = events.send(ClientEvent::Server(msg.clone())).await;
+                            if *code == ErrorCode::VersionMismatch {
+                                return LinkEnd::GiveUp(message.clone());
+                            }
+                            return LinkEnd::Retry(format!("{code}: {message}"));
+                        }
+                        if let ServerMessage::Joined { room, you, .. } = &msg {
+                            wanted.room = Some((room.clone(), you.nickname.clone()));
+                        }
+                        if let ServerMessage::Error { code, .. } = &msg
+                            && matches!(code, ErrorCode::RoomFull | ErrorCode::BadRoomName | ErrorCode::BadNickname | ErrorCode::NicknameTaken | ErrorCode::TooManyRooms)
+                        {
+                            // A join that failed is not something to retry on reconnect.
+                            wanted.room = None;
+                        }
+                        if events.send(ClientEvent::Server(msg)).await.is_err() {
+                            return LinkEnd::Stopped;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                }
+            }
+            _ = silence.tick() => {
+                if last_heard.elapsed() >= config.silence_timeout {
+                    return LinkEnd::Retry("the server stopped answering".into());
+                }
+            }
+        }
+    }
+}
