@@ -172,3 +172,4 @@ fn rand_nonce() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
+pub mod peer;

@@ -1,0 +1,333 @@
+//! Real calls on loopback: the signaling server on 127.0.0.1:0 and in-process engines with real
+//! PeerConnections, H.264 and Opus, synthetic camera and tone standing in for devices.
+
+mod common;
+
+use common::peer::{PeerOptions, TestPeer};
+use common::*;
+use huddle::engine::{Command, Event};
+use huddle::media::video::VideoSourceSpec;
+use huddle::signaling::protocol::PeerId;
+use huddle::transfer::{Direction, TransferCommand, TransferState};
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+
+fn frequency_near(p: &TestPeer, from: &PeerId, hz: f32) -> Option<f32> {
+    let stats = p.engine.media().remote_audio(from)?;
+    let f = stats.frequency?;
+    ((f - hz).abs() / hz < 0.02).then_some(f)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_peers_exchange_video_audio_chat_and_a_file() {
+    let server = start_server(test_config()).await;
+    let url = server.url();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut ann = TestPeer::start(&url, PeerOptions::new(1, 440.0, dirs[0].path().into()));
+    let mut bob = TestPeer::start(&url, PeerOptions::new(2, 660.0, dirs[1].path().into()));
+    ann.join("call", "ann").await;
+    bob.join("call", "bob").await;
+    let ann_id = ann.id.clone().unwrap();
+    let bob_id = bob.id.clone().unwrap();
+    let setup = bob.connected_to(&ann_id).await;
+    ann.connected_to(&bob_id).await;
+    eprintln!("connection set up in {setup:?}");
+
+    // Video: count what arrives over five seconds once the stream has started.
+    let from_bob = ann.video_frames(&bob_id, 1, Duration::from_secs(10)).await;
+    let from_ann = bob.video_frames(&ann_id, 1, Duration::from_secs(10)).await;
+    let start = [from_bob.stats(), from_ann.stats()];
+    let started = tokio::time::Instant::now();
+    ann.until(Duration::from_secs(8), |_| {
+        (started.elapsed() >= Duration::from_secs(5)).then_some(())
+    })
+    .await;
+    bob.drain();
+    for (before, video, source) in [(&start[0], &from_bob, 2u8), (&start[1], &from_ann, 1u8)] {
+        let after = video.stats();
+        let decoded = after.frames_decoded - before.frames_decoded;
+        let first = before.last_stamp.unwrap().number;
+        let last = after.last_stamp.unwrap().number;
+        let sent = (last - first) as u64;
+        eprintln!(
+            "source {source}: decoded {decoded} of {sent} frames sent, {} out of order",
+            after.out_of_order
+        );
+        assert!(sent >= 130, "about 150 frames in 5 s at 30 fps, got {sent}");
+        assert!(decoded * 10 >= sent * 9, "decoded {decoded} of {sent}");
+        assert_eq!(after.out_of_order, 0, "frame numbers always increase");
+        assert_eq!(after.sources, vec![source]);
+        assert_eq!((after.width, after.height), (640, 480));
+    }
+
+    // Audio: each hears the other's tone at its frequency.
+    let f = ann
+        .until(Duration::from_secs(5), |p| {
+            frequency_near(p, &bob_id, 660.0)
+        })
+        .await;
+    eprintln!("ann hears {f} Hz from bob");
+    let f = bob
+        .until(Duration::from_secs(5), |p| {
+            frequency_near(p, &ann_id, 440.0)
+        })
+        .await;
+    eprintln!("bob hears {f} Hz from ann");
+    assert!(ann.sink.played() > 48_000, "the sink played audio");
+
+    // Chat.
+    ann.send(Command::SendChat("hello bob".into()));
+    let text = bob
+        .wait_for(Duration::from_secs(5), |e| match e {
+            Event::Chat(m) if m.text == "hello bob" => Some(m.nickname.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(text, "ann");
+
+    // A 20 MiB file, checked byte for byte by hash.
+    let src_dir = tempfile::tempdir().unwrap();
+    let path = src_dir.path().join("twenty.bin");
+    let data: Vec<u8> = (0..20 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&path, &data).unwrap();
+    let expected = hex::encode(Sha256::digest(&data));
+    ann.send(Command::Transfer(TransferCommand::SendFiles {
+        paths: vec![path],
+        to: Some(bob_id.clone()),
+    }));
+    let (saved, sha) = bob
+        .wait_for(Duration::from_secs(60), |e| match e {
+            Event::Transfer(huddle::transfer::TransferEvent::Update { update, .. })
+                if update.direction == Direction::Incoming
+                    && update.state == TransferState::Completed =>
+            {
+                Some((update.path.clone().unwrap(), update.sha256.clone().unwrap()))
+            }
+            Event::Transfer(huddle::transfer::TransferEvent::Update { update, .. })
+                if matches!(update.state, TransferState::Failed(_)) =>
+            {
+                panic!("transfer failed: {:?}", update.state)
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(sha, expected);
+    assert_eq!(saved, dirs[1].path().join("twenty.bin"));
+    assert_eq!(
+        hex::encode(Sha256::digest(std::fs::read(&saved).unwrap())),
+        expected
+    );
+
+    ann.engine.shutdown().await;
+    bob.engine.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn video_source_switch_mid_call_keeps_frames_coming() {
+    let server = start_server(test_config()).await;
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let mut ann = TestPeer::start(&url, PeerOptions::new(1, 440.0, dir.path().into()));
+    let mut bob = TestPeer::start(&url, PeerOptions::new(2, 660.0, dir.path().into()));
+    ann.join("switch", "ann").await;
+    bob.join("switch", "bob").await;
+    let ann_id = ann.id.clone().unwrap();
+    let video = bob.video_frames(&ann_id, 10, Duration::from_secs(15)).await;
+    ann.send(Command::SetVideoSource(VideoSourceSpec::TestPattern {
+        width: 320,
+        height: 240,
+        fps: 30,
+        source_id: 7,
+    }));
+    let switched = tokio::time::Instant::now();
+    bob.until(Duration::from_secs(3), |_| {
+        let s = video.stats();
+        (s.sources.contains(&7) && s.width == 320).then_some(())
+    })
+    .await;
+    let gap = switched.elapsed();
+    eprintln!("new source decoded {gap:?} after the switch");
+    assert!(
+        gap < Duration::from_secs(1),
+        "frames resumed within 1 s ({gap:?})"
+    );
+    // No renegotiation: still the same connection, no close event.
+    assert!(
+        !bob.seen
+            .iter()
+            .any(|e| matches!(e, Event::PeerConnectionClosed { .. }))
+    );
+    ann.engine.shutdown().await;
+    bob.engine.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_peers_mesh_and_one_leaves() {
+    let server = start_server(test_config()).await;
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let small = |id: u8, hz: f32| {
+        let mut o = PeerOptions::new(id, hz, dir.path().into());
+        // Three encoders and six decoders share two cores here: use a smaller picture.
+        o.video = Some(VideoSourceSpec::TestPattern {
+            width: 320,
+            height: 240,
+            fps: 30,
+            source_id: id,
+        });
+        o
+    };
+    let mut peers = vec![
+        TestPeer::start(&url, small(1, 300.0)),
+        TestPeer::start(&url, small(2, 500.0)),
+        TestPeer::start(&url, small(3, 700.0)),
+    ];
+    for (i, p) in peers.iter_mut().enumerate() {
+        p.join("trio", &format!("p{i}")).await;
+    }
+    let ids: Vec<PeerId> = peers.iter().map(|p| p.id.clone().unwrap()).collect();
+    let tones = [300.0, 500.0, 700.0];
+    for (i, p) in peers.iter_mut().enumerate() {
+        let mut sources = Vec::new();
+        for (j, other) in ids.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            let v = p.video_frames(other, 30, Duration::from_secs(20)).await;
+            sources.extend(v.stats().sources);
+            p.until(Duration::from_secs(10), |p| {
+                frequency_near(p, other, tones[j])
+            })
+            .await;
+        }
+        sources.sort();
+        let expected: Vec<u8> = (1..=3u8).filter(|s| *s != i as u8 + 1).collect();
+        assert_eq!(sources, expected, "peer {i} sees two distinct videos");
+    }
+
+    // The third leaves; the others are told and their call goes on.
+    let leaver = peers.pop().unwrap();
+    let leaver_id = ids[2].clone();
+    leaver.send(Command::Leave);
+    for p in peers.iter_mut() {
+        let id = leaver_id.clone();
+        p.wait_for(Duration::from_secs(10), |e| match e {
+            Event::PeerLeft { peer, .. } if *peer == id => Some(()),
+            _ => None,
+        })
+        .await;
+    }
+    let (a, b) = peers.split_at_mut(1);
+    let before = a[0].videos[&ids[1]].stats().frames_decoded;
+    a[0].video_frames(&ids[1], before + 30, Duration::from_secs(5))
+        .await;
+    let before = b[0].videos[&ids[0]].stats().frames_decoded;
+    b[0].video_frames(&ids[0], before + 30, Duration::from_secs(5))
+        .await;
+    leaver.engine.shutdown().await;
+    for p in peers {
+        p.engine.shutdown().await;
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mute_and_camera_off_are_seen_and_reversible() {
+    let server = start_server(test_config()).await;
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let mut ann = TestPeer::start(&url, PeerOptions::new(1, 440.0, dir.path().into()));
+    let mut bob = TestPeer::start(&url, PeerOptions::new(2, 660.0, dir.path().into()));
+    ann.join("mute", "ann").await;
+    bob.join("mute", "bob").await;
+    let ann_id = ann.id.clone().unwrap();
+    bob.until(Duration::from_secs(10), |p| {
+        frequency_near(p, &ann_id, 440.0)
+    })
+    .await;
+
+    // Mute: bob is told, and measures silence.
+    ann.send(Command::SetAudioMuted(true));
+    let id = ann_id.clone();
+    bob.wait_for(Duration::from_secs(5), |e| match e {
+        Event::PeerMediaState {
+            peer, audio: false, ..
+        } if *peer == id => Some(()),
+        _ => None,
+    })
+    .await;
+    let level = bob
+        .until(Duration::from_secs(3), |p| {
+            let s = p.engine.media().remote_audio(&ann_id)?;
+            (s.level_dbfs <= -90.0).then_some(s.level_dbfs)
+        })
+        .await;
+    eprintln!("muted level at bob: {level} dBFS");
+    // What bob's speaker plays goes quiet too (after the concealment fade-out).
+    bob.until(Duration::from_secs(3), |p| {
+        (huddle::media::analysis::dbfs(&p.sink.last(9_600)) < -60.0).then_some(())
+    })
+    .await;
+
+    // Unmute: the tone is back.
+    ann.send(Command::SetAudioMuted(false));
+    bob.wait_for(Duration::from_secs(5), |e| match e {
+        Event::PeerMediaState {
+            peer, audio: true, ..
+        } if *peer == id => Some(()),
+        _ => None,
+    })
+    .await;
+    bob.until(Duration::from_secs(5), |p| {
+        let s = p.engine.media().remote_audio(&ann_id)?;
+        (s.level_dbfs > -20.0).then_some(())
+    })
+    .await;
+
+    // Camera off: bob is told and frames stop; on again: they resume.
+    let video = bob.video_frames(&ann_id, 10, Duration::from_secs(10)).await;
+    ann.send(Command::SetVideoEnabled(false));
+    bob.wait_for(Duration::from_secs(5), |e| match e {
+        Event::PeerMediaState {
+            peer, video: false, ..
+        } if *peer == id => Some(()),
+        _ => None,
+    })
+    .await;
+    // Let frames already in flight land, then watch for a whole second.
+    let quiet_from = video.stats().frames_decoded;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+    bob.until(Duration::from_secs(2), |_| {
+        (tokio::time::Instant::now() >= deadline).then_some(())
+    })
+    .await;
+    let settled = video.stats().frames_decoded;
+    assert!(settled - quiet_from <= 3, "at most frames in flight arrive");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    bob.until(Duration::from_secs(3), |_| {
+        (tokio::time::Instant::now() >= deadline).then_some(())
+    })
+    .await;
+    assert_eq!(
+        video.stats().frames_decoded,
+        settled,
+        "no frames while the camera is off"
+    );
+    ann.send(Command::SetVideoEnabled(true));
+    bob.wait_for(Duration::from_secs(5), |e| match e {
+        Event::PeerMediaState {
+            peer, video: true, ..
+        } if *peer == id => Some(()),
+        _ => None,
+    })
+    .await;
+    bob.video_frames(&ann_id, settled + 15, Duration::from_secs(5))
+        .await;
+    ann.engine.shutdown().await;
+    bob.engine.shutdown().await;
+    server.shutdown().await;
+}
