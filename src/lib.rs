@@ -2,12 +2,14 @@
 //!
 //! Module map (dependencies point down the list only):
 //! - `signaling`: WebSocket protocol, room server, client actor.
+//! - `headless`: the headless peer (`huddle join --headless`), JSON-lines event log.
 //! - `engine`: the bridge front ends drive (commands in, events out).
 //! - `transfer`: file transfer protocol, state machine and I/O actor.
 //! - `rtc`: peer sessions (webrtc), negotiation, RTP reassembly.
 //! - `media`: sources, codecs, conversion, pipeline threads, jitter buffer, mixing.
 
 pub mod engine;
+pub mod headless;
 pub mod media;
 pub mod rtc;
 pub mod signaling;

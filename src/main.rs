@@ -17,6 +17,53 @@ struct Cli {
 enum Command {
     /// Run the signaling server.
     Serve(ServeArgs),
+    /// Join a room as a peer without a window.
+    Join(JoinArgs),
+}
+
+#[derive(Args)]
+struct JoinArgs {
+    /// Run without a window, with synthetic camera and microphone (required for now).
+    #[arg(long)]
+    headless: bool,
+    /// Signaling server URL.
+    #[arg(long, default_value = "ws://127.0.0.1:8787")]
+    server: String,
+    #[arg(long)]
+    room: String,
+    /// Nickname.
+    #[arg(long)]
+    name: String,
+    /// Video source: `test`, `test:WxH` (e.g. test:1280x720) or `none`.
+    #[arg(long, default_value = "test")]
+    video: String,
+    /// Number stamped into the test pattern, to tell streams apart.
+    #[arg(long, default_value_t = 0)]
+    source_id: u8,
+    /// Audio source: `tone`, `tone:HZ`, `clicks`, a WAV file, or `none`.
+    #[arg(long, default_value = "tone")]
+    audio: String,
+    /// Folder for received files.
+    #[arg(long, default_value = ".")]
+    recv_dir: std::path::PathBuf,
+    /// File to send to everyone once connected. Repeatable.
+    #[arg(long)]
+    send: Vec<std::path::PathBuf>,
+    /// A chat message to send after joining.
+    #[arg(long)]
+    chat: Option<String>,
+    /// Seconds to stay in the room (default: until Ctrl-C).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Local address for peer connections. Repeatable.
+    #[arg(long, default_value = "0.0.0.0:0")]
+    bind: Vec<String>,
+    /// Seconds between stats lines.
+    #[arg(long, default_value_t = 1.0)]
+    stats_interval: f64,
+    /// Decline incoming files instead of accepting them.
+    #[arg(long)]
+    decline_files: bool,
 }
 
 #[derive(Args)]
@@ -52,6 +99,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Serve(args)) => serve(args),
+        Some(Command::Join(args)) => join(args),
         None => {
             use clap::CommandFactory;
             // A closed stdout (e.g. piped into `head`) is not worth an error.
@@ -63,7 +111,7 @@ fn main() -> anyhow::Result<()> {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("huddle=info,warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -110,4 +158,41 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+fn join(args: JoinArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.headless,
+        "`huddle join` needs --headless for now; run `huddle` for the app"
+    );
+    anyhow::ensure!(
+        args.stats_interval > 0.0,
+        "--stats-interval must be positive"
+    );
+    let options = huddle::headless::HeadlessOptions {
+        server: args.server,
+        room: args.room,
+        name: args.name,
+        video: args.video,
+        source_id: args.source_id,
+        audio: args.audio,
+        recv_dir: args.recv_dir,
+        send: args.send,
+        chat: args.chat,
+        duration: args
+            .duration
+            .map(|d| Duration::try_from_secs_f64(d).context("bad --duration"))
+            .transpose()?,
+        bind: args.bind,
+        stats_interval: Duration::from_secs_f64(args.stats_interval),
+        accept_files: !args.decline_files,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    runtime.block_on(async {
+        let stop = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        huddle::headless::run(options, std::io::stdout().lock(), stop).await
+    })?;
+    Ok(())
 }

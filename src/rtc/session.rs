@@ -41,8 +41,9 @@ use webrtc::peer_connection::{
 };
 use webrtc::rtp_transceiver::RtpSender;
 
-/// Stream id of the pre-negotiated file-transfer data channel (both sides create it).
-pub const FILE_CHANNEL_ID: u16 = 1;
+/// Label of the file-transfer data channel. The initiator creates it in-band (DCEP): a
+/// pre-negotiated id races in webrtc 0.21 (data arriving before the local side opens the same
+/// stream id makes the open fail with "stream already exists" and the channel never works).
 pub const FILE_CHANNEL_LABEL: &str = "huddle-files";
 /// Most bytes handed to the data channel and not yet acknowledged, per channel. `send` waits
 /// above this, which is what keeps memory flat for any file size.
@@ -188,6 +189,7 @@ enum PcEvent {
     Candidate(RTCIceCandidateInit),
     State(RTCPeerConnectionState),
     Track(Arc<dyn TrackRemote>),
+    DataChannel(Arc<dyn DataChannel>),
 }
 
 struct Forwarder {
@@ -206,6 +208,9 @@ impl PeerConnectionEventHandler for Forwarder {
     }
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
         let _ = self.tx.try_send(PcEvent::Track(track));
+    }
+    async fn on_data_channel(&self, channel: Arc<dyn DataChannel>) {
+        let _ = self.tx.try_send(PcEvent::DataChannel(channel));
     }
 }
 
@@ -236,7 +241,6 @@ fn media_engine() -> Result<(MediaEngine, Registry), RtcError> {
         RTCRtpCodecParameters {
             rtp_codec: h264_codec(),
             payload_type: 102,
-            ..Default::default()
         },
         RtpCodecKind::Video,
     )
@@ -245,7 +249,6 @@ fn media_engine() -> Result<(MediaEngine, Registry), RtcError> {
         RTCRtpCodecParameters {
             rtp_codec: opus_codec(),
             payload_type: 111,
-            ..Default::default()
         },
         RtpCodecKind::Audio,
     )
@@ -359,6 +362,11 @@ async fn run(
                     actor.send_signal(signal).await;
                 }
                 Some(PcEvent::Track(track)) => actor.receive_track(track).await,
+                Some(PcEvent::DataChannel(channel)) => {
+                    if channel.label().await.is_ok_and(|l| l == FILE_CHANNEL_LABEL) {
+                        actor.watch_file_channel(channel);
+                    }
+                }
                 Some(PcEvent::State(state)) => match state {
                     RTCPeerConnectionState::Connected => {
                         disconnected_since = None;
@@ -505,22 +513,29 @@ impl Actor {
             ));
         }
 
-        let channel = self
-            .pc
-            .create_data_channel(
-                FILE_CHANNEL_LABEL,
-                Some(RTCDataChannelInit {
-                    ordered: true,
-                    negotiated: Some(FILE_CHANNEL_ID),
-                    ..Default::default()
-                }),
-            )
-            .await
-            .map_err(|e| RtcError::Setup(format!("data channel: {e}")))?;
+        if self.config.initiator {
+            let channel = self
+                .pc
+                .create_data_channel(
+                    FILE_CHANNEL_LABEL,
+                    Some(RTCDataChannelInit {
+                        ordered: true,
+                        ..Default::default()
+                    }),
+                )
+                .await
+                .map_err(|e| RtcError::Setup(format!("data channel: {e}")))?;
+            self.watch_file_channel(channel);
+        }
+        Ok(())
+    }
+
+    /// Polls the file channel until it opens, then hands it to the session's owner, who polls
+    /// it from then on.
+    fn watch_file_channel(&mut self, channel: Arc<dyn DataChannel>) {
         let events = self.events.clone();
         let (remote, id) = (self.config.remote.clone(), self.config.session_id);
         self.tasks.spawn(async move {
-            // Poll only until open; from then on the channel's new owner polls it.
             loop {
                 match channel.poll().await {
                     Some(DataChannelEvent::OnOpen) => {
@@ -534,7 +549,6 @@ impl Actor {
                 }
             }
         });
-        Ok(())
     }
 
     async fn emit(&self, event: SessionEvent) {

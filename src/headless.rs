@@ -1,0 +1,275 @@
+//! The headless peer (`huddle join --headless`): joins a room with synthetic sources through the
+//! same engine the app uses and writes one JSON object per line to stdout for every event worth
+//! knowing (joined, peers, connections, first frame with its latency, periodic video/audio
+//! figures, chat, files). Tests, benchmarks and bots use it. Depends on `engine` and `media`.
+
+use crate::engine::{self, AudioInput, Command, EngineConfig, Event};
+use crate::media::audio::{self, RecordingSink};
+use crate::media::video::{RemoteVideo, VideoSourceSpec};
+use crate::signaling::protocol::PeerId;
+use crate::transfer::{Direction, TransferCommand, TransferEvent, TransferState};
+use serde_json::json;
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HeadlessError {
+    #[error("bad option: {0}")]
+    Option(String),
+    #[error(transparent)]
+    Engine(#[from] engine::EngineError),
+    #[error(transparent)]
+    Media(#[from] crate::media::MediaError),
+    #[error("cannot write the event log: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+#[derive(Clone, Debug)]
+pub struct HeadlessOptions {
+    pub server: String,
+    pub room: String,
+    pub name: String,
+    /// `test`, `test:WxH`, or `none`.
+    pub video: String,
+    /// Stamp source id for the test pattern (tells streams apart).
+    pub source_id: u8,
+    /// `tone`, `tone:HZ`, `clicks`, a WAV path, or `none`.
+    pub audio: String,
+    pub recv_dir: PathBuf,
+    pub send: Vec<PathBuf>,
+    pub chat: Option<String>,
+    /// Stop after this long in the room; `None` runs until Ctrl-C.
+    pub duration: Option<Duration>,
+    /// Addresses for peer connections (`0.0.0.0:0`, or `127.0.0.1:0` to stay on loopback).
+    pub bind: Vec<String>,
+    pub stats_interval: Duration,
+    pub accept_files: bool,
+}
+
+pub fn parse_video(arg: &str, source_id: u8) -> Result<Option<VideoSourceSpec>, HeadlessError> {
+    match arg {
+        "none" => Ok(None),
+        "test" => Ok(Some(VideoSourceSpec::test_pattern(source_id))),
+        _ => {
+            let size = arg
+                .strip_prefix("test:")
+                .ok_or_else(|| HeadlessError::Option(format!("unknown video source {arg:?}")))?;
+            let (w, h) = size
+                .split_once('x')
+                .and_then(|(w, h)| Some((w.parse::<usize>().ok()?, h.parse::<usize>().ok()?)))
+                .filter(|(w, h)| (64..=3840).contains(w) && (64..=2160).contains(h))
+                .ok_or_else(|| {
+                    HeadlessError::Option(format!("bad video size {size:?} (e.g. 1280x720)"))
+                })?;
+            Ok(Some(VideoSourceSpec::TestPattern {
+                width: w,
+                height: h,
+                fps: 30,
+                source_id,
+            }))
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0 * 10.0).round() / 10.0
+}
+
+fn percentile(sorted: &[i64], p: f64) -> Option<i64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    Some(sorted[i])
+}
+
+struct PeerView {
+    nickname: String,
+    video: Option<Arc<RemoteVideo>>,
+    first_frame_logged: bool,
+    last_frames: u64,
+    files_sent: bool,
+}
+
+/// Runs the headless peer until the duration ends (or `stop` resolves), logging to `out`.
+pub async fn run(
+    opts: HeadlessOptions,
+    mut out: impl Write,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), HeadlessError> {
+    let video = parse_video(&opts.video, opts.source_id)?;
+    let audio = audio::source_from_arg(&opts.audio)?;
+    let sink = RecordingSink::new(48_000 * 2);
+    let mut config = EngineConfig::new(
+        opts.server.clone(),
+        Box::new(sink.clone()),
+        opts.recv_dir.clone(),
+    );
+    config.bind_addrs = opts.bind.clone();
+    config.video = video;
+    config.audio = match audio {
+        Some(a) => AudioInput::Source(a),
+        None => AudioInput::None,
+    };
+    config.read_stamps = true;
+    config.transfers.machine.auto_accept = opts.accept_files;
+    let (engine, mut events) = engine::spawn(config, Arc::new(|| {}))?;
+    let mut log = |value: serde_json::Value| -> Result<(), HeadlessError> {
+        let mut line = value.to_string();
+        line.push('\n');
+        out.write_all(line.as_bytes())?;
+        out.flush()?;
+        Ok(())
+    };
+    engine.send(Command::Join {
+        room: opts.room.clone(),
+        nickname: opts.name.clone(),
+    })?;
+    let started = Instant::now();
+    let mut joined_at: Option<Instant> = None;
+    let mut peers: HashMap<PeerId, PeerView> = HashMap::new();
+    let mut chat_sent = false;
+    let mut files_received = 0u32;
+    let mut ticker = tokio::time::interval(opts.stats_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pending_send: HashSet<PeerId> = HashSet::new();
+    tokio::pin!(stop);
+    loop {
+        let deadline = match (joined_at, opts.duration) {
+            (Some(t), Some(d)) => Some(t + d),
+            _ => None,
+        };
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = sleep => break,
+            _ = ticker.tick() => {
+                for (peer, view) in peers.iter_mut() {
+                    let mut record = json!({"event": "stats", "peer": peer.as_str(), "nickname": view.nickname});
+                    if let Some(v) = &view.video {
+                        let s = v.stats();
+                        let mut lat = s.latency_us.values();
+                        lat.sort_unstable();
+                        let fps = (s.frames_decoded - view.last_frames) as f64 / opts.stats_interval.as_secs_f64();
+                        view.last_frames = s.frames_decoded;
+                        record["video"] = json!({
+                            "frames_decoded": s.frames_decoded,
+                            "fps": (fps * 10.0).round() / 10.0,
+                            "width": s.width, "height": s.height,
+                            "last_frame_number": s.last_stamp.map(|t| t.number),
+                            "out_of_order": s.out_of_order,
+                            "latency_p50_ms": percentile(&lat, 0.5).map(|u| u as f64 / 1000.0),
+                            "latency_p95_ms": percentile(&lat, 0.95).map(|u| u as f64 / 1000.0),
+                        });
+                    }
+                    if let Some(a) = engine.media().remote_audio(peer) {
+                        record["audio"] = json!({
+                            "level_dbfs": (a.level_dbfs * 10.0).round() / 10.0,
+                            "frequency_hz": a.frequency.map(|f| (f * 10.0).round() / 10.0),
+                            "frames_played": a.frames_played,
+                            "concealed": a.jitter.concealed,
+                        });
+                    }
+                    log(record)?;
+                }
+            }
+            event = events.recv() => {
+                let Some(event) = event else { break };
+                match event {
+                    Event::ServerConnected { peer_id } => log(json!({"event": "server_connected", "peer_id": peer_id.as_str()}))?,
+                    Event::ServerDisconnected { reason, retry_in } => log(json!({"event": "server_disconnected", "reason": reason, "retry_in_ms": retry_in.map(ms)}))?,
+                    Event::Joined { room, you, peers: present, history } => {
+                        joined_at = Some(Instant::now());
+                        for p in &present {
+                            peers.insert(p.id.clone(), PeerView { nickname: p.nickname.clone(), video: None, first_frame_logged: false, last_frames: 0, files_sent: false });
+                        }
+                        log(json!({
+                            "event": "joined", "room": room, "peer_id": you.id.as_str(),
+                            "peers": present.iter().map(|p| json!({"id": p.id.as_str(), "nickname": p.nickname})).collect::<Vec<_>>(),
+                            "history": history.len(), "since_start_ms": ms(started.elapsed()),
+                        }))?;
+                        if let (Some(text), false) = (&opts.chat, chat_sent) {
+                            engine.send(Command::SendChat(text.clone()))?;
+                            chat_sent = true;
+                        }
+                    }
+                    Event::ServerError { code, message } => log(json!({"event": "error", "code": code.as_str(), "message": message}))?,
+                    Event::PeerJoined(p) => {
+                        peers.insert(p.id.clone(), PeerView { nickname: p.nickname.clone(), video: None, first_frame_logged: false, last_frames: 0, files_sent: false });
+                        log(json!({"event": "peer_joined", "peer": p.id.as_str(), "nickname": p.nickname}))?;
+                    }
+                    Event::PeerLeft { peer, reason } => {
+                        peers.remove(&peer);
+                        log(json!({"event": "peer_left", "peer": peer.as_str(), "reason": format!("{reason:?}").to_lowercase()}))?;
+                    }
+                    Event::PeerConnected { peer, setup } => {
+                        log(json!({"event": "connected", "peer": peer.as_str(), "setup_ms": ms(setup)}))?;
+                        if let Some(view) = peers.get_mut(&peer)
+                            && !view.files_sent
+                            && !opts.send.is_empty()
+                        {
+                            view.files_sent = true;
+                            pending_send.insert(peer.clone());
+                        }
+                    }
+                    Event::PeerConnectionClosed { peer, reason } => log(json!({"event": "connection_closed", "peer": peer.as_str(), "reason": reason}))?,
+                    Event::PeerVideo { peer, video } => {
+                        if let Some(view) = peers.get_mut(&peer) {
+                            view.video = Some(video);
+                        }
+                    }
+                    Event::PeerMediaState { peer, audio, video } => log(json!({"event": "media_state", "peer": peer.as_str(), "audio": audio, "video": video}))?,
+                    Event::Chat(m) => log(json!({"event": "chat", "from": m.from.as_str(), "nickname": m.nickname, "text": m.text, "time_ms": m.time_ms}))?,
+                    Event::Transfer(TransferEvent::Update { peer, update }) => {
+                        if update.state == TransferState::Completed && update.direction == Direction::Incoming {
+                            files_received += 1;
+                            log(json!({"event": "file_received", "peer": peer.as_str(), "name": update.name, "size": update.size,
+                                "path": update.path.as_ref().map(|p| p.display().to_string()), "sha256": update.sha256}))?;
+                        } else if update.state == TransferState::Completed {
+                            log(json!({"event": "file_sent", "peer": peer.as_str(), "name": update.name, "size": update.size, "sha256": update.sha256}))?;
+                        } else if update.state.is_final() || matches!(update.state, TransferState::Paused(_)) {
+                            log(json!({"event": "transfer", "peer": peer.as_str(), "name": update.name, "direction": update.direction, "state": update.state}))?;
+                        }
+                    }
+                    Event::Transfer(TransferEvent::Problem(p)) | Event::Problem(p) => log(json!({"event": "problem", "message": p}))?,
+                    _ => {}
+                }
+                // Transfers can only start once the file channel is open; the engine queues
+                // offers until then, so sending right after "connected" is safe.
+                for peer in pending_send.drain() {
+                    engine.send(Command::Transfer(TransferCommand::SendFiles { paths: opts.send.clone(), to: Some(peer) }))?;
+                }
+                // First decoded frame per peer, with its glass-to-glass latency.
+                for (peer, view) in peers.iter_mut() {
+                    if view.first_frame_logged {
+                        continue;
+                    }
+                    if let Some(v) = &view.video {
+                        let s = v.stats();
+                        if let Some(first_at) = s.first_frame_at {
+                            view.first_frame_logged = true;
+                            // The decoder recorded when and how late the first frame was.
+                            let latency = s.latency_us.values().first().map(|u| *u as f64 / 1000.0);
+                            log(json!({"event": "first_frame", "peer": peer.as_str(), "latency_ms": latency,
+                                "since_join_ms": joined_at.map(|t| ms(first_at.saturating_duration_since(t)))}))?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    log(
+        json!({"event": "leaving", "files_received": files_received, "audio_samples_played": sink.played()}),
+    )?;
+    engine.send(Command::Leave)?;
+    engine.shutdown().await;
+    Ok(())
+}
