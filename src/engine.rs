@@ -342,6 +342,32 @@ struct PeerEntry {
     /// When to rebuild a connection that failed (only the side that re-offers keeps this).
     rebuild_at: Option<Instant>,
     failures: u32,
+    /// Sessions we closed: a late offer for one of them must not start a connection.
+    closed_sessions: Vec<u32>,
+}
+
+impl PeerEntry {
+    fn new(info: PeerInfo) -> Self {
+        PeerEntry {
+            info,
+            session: None,
+            connected: false,
+            rebuild_at: None,
+            failures: 0,
+            closed_sessions: Vec::new(),
+        }
+    }
+
+    /// Takes the session out, remembering its id as closed.
+    fn take_session(&mut self) -> Option<SessionHandle> {
+        let session = self.session.take()?;
+        self.connected = false;
+        self.closed_sessions.push(session.session_id());
+        if self.closed_sessions.len() > 16 {
+            self.closed_sessions.remove(0);
+        }
+        Some(session)
+    }
 }
 
 struct Engine {
@@ -456,6 +482,16 @@ impl Engine {
         });
     }
 
+    fn bye(&self, to: &PeerId, session: u32) {
+        self.relay(
+            to,
+            &Envelope {
+                session,
+                signal: Signal::Bye,
+            },
+        );
+    }
+
     async fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::SubscribeRooms => {
@@ -531,9 +567,10 @@ impl Engine {
                 let Some(entry) = self.peers.get_mut(&peer) else {
                     return;
                 };
-                if let Some(s) = entry.session.take() {
-                    entry.connected = false;
+                if let Some(s) = entry.take_session() {
+                    let id = s.session_id();
                     s.close().await;
+                    self.bye(&peer, id);
                     self.transfers
                         .send(TransferCommand::PeerDisconnected(peer.clone()));
                     self.emit(Event::PeerConnectionClosed {
@@ -589,16 +626,8 @@ impl Engine {
                 self.my_id = Some(you.id.clone());
                 self.room = Some(room.clone());
                 for peer in &peers {
-                    self.peers.insert(
-                        peer.id.clone(),
-                        PeerEntry {
-                            info: peer.clone(),
-                            session: None,
-                            connected: false,
-                            rebuild_at: None,
-                            failures: 0,
-                        },
-                    );
+                    self.peers
+                        .insert(peer.id.clone(), PeerEntry::new(peer.clone()));
                     // The newcomer offers to everyone already there.
                     self.start_session(&peer.id, rand::random(), true);
                 }
@@ -612,16 +641,8 @@ impl Engine {
             }
             ServerMessage::Left { .. } => self.emit(Event::Left).await,
             ServerMessage::PeerJoined { peer, .. } => {
-                self.peers.insert(
-                    peer.id.clone(),
-                    PeerEntry {
-                        info: peer.clone(),
-                        session: None,
-                        connected: false,
-                        rebuild_at: None,
-                        failures: 0,
-                    },
-                );
+                self.peers
+                    .insert(peer.id.clone(), PeerEntry::new(peer.clone()));
                 self.emit(Event::PeerJoined(peer)).await;
             }
             ServerMessage::PeerLeft {
@@ -667,30 +688,48 @@ impl Engine {
                 return;
             }
         };
-        let Some(entry) = self.peers.get(&from) else {
+        let Some(entry) = self.peers.get_mut(&from) else {
             return;
         };
         let current = entry.session.as_ref().map(|s| s.session_id());
         if current == Some(envelope.session) {
-            if let Some(s) = &entry.session {
+            if envelope.signal == Signal::Bye {
+                // The other side closed this connection: close ours and rebuild.
+                if let Some(s) = entry.take_session() {
+                    s.close().await;
+                }
+                entry.failures += 1;
+                self.transfers
+                    .send(TransferCommand::PeerDisconnected(from.clone()));
+                self.emit(Event::PeerConnectionClosed {
+                    peer: from.clone(),
+                    reason: "closed by the other side".into(),
+                })
+                .await;
+                self.schedule_rebuild(&from);
+            } else if let Some(s) = &entry.session {
                 s.signal(envelope.signal);
             }
             return;
         }
-        if matches!(envelope.signal, Signal::Offer { .. }) {
-            // The peer started a fresh connection: answer it, dropping any old one.
-            if let Some(entry) = self.peers.get_mut(&from)
-                && let Some(old) = entry.session.take()
-            {
-                entry.connected = false;
-                old.close().await;
-                self.transfers
-                    .send(TransferCommand::PeerDisconnected(from.clone()));
-            }
-            self.start_session(&from, envelope.session, false);
-            if let Some(s) = self.peers.get(&from).and_then(|e| e.session.as_ref()) {
-                s.signal(envelope.signal);
-            }
+        if !matches!(envelope.signal, Signal::Offer { .. }) {
+            return;
+        }
+        if entry.closed_sessions.contains(&envelope.session) {
+            // An offer within a connection we already closed (e.g. its ICE restart): that
+            // connection cannot come back; tell the peer so it starts a new one.
+            self.bye(&from, envelope.session);
+            return;
+        }
+        // The peer started a fresh connection: answer it, dropping any old one.
+        if let Some(old) = entry.take_session() {
+            old.close().await;
+            self.transfers
+                .send(TransferCommand::PeerDisconnected(from.clone()));
+        }
+        self.start_session(&from, envelope.session, false);
+        if let Some(s) = self.peers.get(&from).and_then(|e| e.session.as_ref()) {
+            s.signal(envelope.signal);
         }
     }
 
@@ -758,9 +797,11 @@ impl Engine {
                 self.emit(Event::PeerStats { peer, stats }).await;
             }
             SessionEvent::Closed(reason) => {
-                entry.session = None;
-                entry.connected = false;
+                // The actor has ended already; this only releases the handle.
+                drop(entry.take_session());
                 entry.failures += 1;
+                // Tell the peer, so its side does not wait for ICE to time out.
+                self.bye(&peer, session_id);
                 self.transfers
                     .send(TransferCommand::PeerDisconnected(peer.clone()));
                 let reason = match reason {

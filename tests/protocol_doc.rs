@@ -36,6 +36,8 @@ fn every_documented_example_round_trips() {
     );
     let mut client_types = BTreeSet::new();
     let mut server_types = BTreeSet::new();
+    let mut payload_kinds = BTreeSet::new();
+    let mut transfer_types = BTreeSet::new();
     for (kind, body) in examples {
         let original: serde_json::Value =
             serde_json::from_str(&body).unwrap_or_else(|e| panic!("{body}: {e}"));
@@ -50,15 +52,33 @@ fn every_documented_example_round_trips() {
                     protocol::decode_server(&body).unwrap_or_else(|e| panic!("{body}: {e}"));
                 protocol::encode(&msg)
             }
+            "payload" => {
+                let env: huddle::rtc::Envelope =
+                    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{body}: {e}"));
+                serde_json::to_string(&env).unwrap()
+            }
+            "transfer" => {
+                let msg = huddle::transfer::protocol::decode_control(body.as_bytes())
+                    .unwrap_or_else(|e| panic!("{body}: {e}"));
+                huddle::transfer::protocol::encode_control(&msg)
+            }
             other => panic!("unknown example kind {other}"),
         };
         let back: serde_json::Value = serde_json::from_str(&reencoded).unwrap();
         assert_eq!(back, original, "example does not round-trip exactly");
-        let t = original["type"].as_str().unwrap().to_owned();
-        if kind == "client" {
-            client_types.insert(t);
-        } else {
-            server_types.insert(t);
+        match kind.as_str() {
+            "client" => {
+                client_types.insert(original["type"].as_str().unwrap().to_owned());
+            }
+            "server" => {
+                server_types.insert(original["type"].as_str().unwrap().to_owned());
+            }
+            "payload" => {
+                payload_kinds.insert(original["kind"].as_str().unwrap().to_owned());
+            }
+            _ => {
+                transfer_types.insert(original["type"].as_str().unwrap().to_owned());
+            }
         }
     }
     let expected: BTreeSet<String> = CLIENT_MESSAGE_TYPES.iter().map(|s| s.to_string()).collect();

@@ -22,6 +22,8 @@ pub enum Signal {
         audio: bool,
         video: bool,
     },
+    /// The sender closed this session (its connection is gone); close yours too.
+    Bye,
 }
 
 /// A trickled ICE candidate (the browser's `RTCIceCandidateInit`, snake_case).
@@ -110,8 +112,8 @@ impl Negotiator {
         }
     }
 
-    /// A negotiation signal from the remote peer. `MediaState` is not negotiation and yields
-    /// nothing here.
+    /// A negotiation signal from the remote peer. `MediaState` and `Bye` are not negotiation
+    /// and yield nothing here.
     pub fn on_signal(&mut self, signal: Signal) -> Vec<NegotiationAction> {
         match signal {
             Signal::Offer { sdp } => {
@@ -145,7 +147,7 @@ impl Negotiator {
                 actions
             }
             Signal::Candidate(c) => vec![NegotiationAction::AddCandidate(c)],
-            Signal::MediaState { .. } => Vec::new(),
+            Signal::MediaState { .. } | Signal::Bye => Vec::new(),
         }
     }
 

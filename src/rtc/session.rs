@@ -47,7 +47,7 @@ use webrtc::rtp_transceiver::RtpSender;
 pub const FILE_CHANNEL_LABEL: &str = "huddle-files";
 /// Most bytes handed to the data channel and not yet acknowledged, per channel. `send` waits
 /// above this, which is what keeps memory flat for any file size.
-pub const DATA_CHANNEL_SEND_LIMIT: usize = 1024 * 1024;
+pub const DATA_CHANNEL_SEND_LIMIT: usize = 128 * 1024;
 
 #[derive(Clone, Debug)]
 pub struct SessionConfig {
@@ -338,6 +338,8 @@ async fn run(
         tokio::select! {
             cmd = commands.recv() => match cmd {
                 None => break CloseReason::Closed,
+                // The owner handles bye (it replaces the session); nothing to do here.
+                Some(SessionCommand::Signal(Signal::Bye)) => {}
                 Some(SessionCommand::Signal(Signal::MediaState { audio, video })) => {
                     actor.emit(SessionEvent::RemoteMediaState { audio, video }).await;
                 }

@@ -304,6 +304,11 @@ impl PeerTransfers {
         self.connected
     }
 
+    /// Size of an outgoing transfer, if we have it.
+    pub fn outgoing_size(&self, id: TransferId) -> Option<u64> {
+        self.outgoing.get(&id).map(|t| t.size)
+    }
+
     /// Transfers not yet finished, in either direction.
     pub fn active(&self) -> usize {
         self.outgoing

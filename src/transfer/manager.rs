@@ -6,7 +6,7 @@
 
 use super::machine::{Action, Input, MachineConfig, PeerTransfers, TransferUpdate};
 use super::names;
-use super::protocol::{self, TransferId};
+use super::protocol::{self, Control, TransferId};
 use crate::signaling::protocol::PeerId;
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
@@ -24,6 +24,19 @@ use webrtc::data_channel::{DataChannel, DataChannelEvent};
 pub struct TransferConfig {
     pub download_dir: PathBuf,
     pub machine: MachineConfig,
+    /// Fault injection for tests of the receiving side: makes this peer lie when sending.
+    #[doc(hidden)]
+    pub tamper: Option<Tamper>,
+}
+
+/// Ways a test sender can break the protocol on purpose.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tamper {
+    /// Send this many bytes beyond the announced size before `done`.
+    ExtraBytes(u64),
+    /// Announce a wrong SHA-256 in `done`.
+    WrongHash,
 }
 
 impl TransferConfig {
@@ -31,6 +44,7 @@ impl TransferConfig {
         TransferConfig {
             download_dir,
             machine: MachineConfig::default(),
+            tamper: None,
         }
     }
 }
@@ -40,6 +54,12 @@ pub enum TransferCommand {
     SendFiles {
         paths: Vec<PathBuf>,
         to: Option<PeerId>,
+    },
+    /// Offer one file under another name.
+    SendFileAs {
+        path: PathBuf,
+        name: String,
+        to: PeerId,
     },
     Accept {
         peer: PeerId,
@@ -288,9 +308,12 @@ impl Manager {
                 }
                 for path in paths {
                     for peer in &peers {
-                        self.open_source(peer.clone(), path.clone());
+                        self.open_source(peer.clone(), path.clone(), None);
                     }
                 }
+            }
+            TransferCommand::SendFileAs { path, name, to } => {
+                self.open_source(to, path, Some(name))
             }
             TransferCommand::Accept { peer, id } => self.feed(&peer, Input::Accept(id)).await,
             TransferCommand::Decline { peer, id } => self.feed(&peer, Input::Decline(id)).await,
@@ -336,15 +359,18 @@ impl Manager {
         }
     }
 
-    fn open_source(&self, peer: PeerId, path: PathBuf) {
+    fn open_source(&self, peer: PeerId, path: PathBuf, name: Option<String>) {
         let inbound = self.inbound_tx.clone();
         let id = new_id();
         tokio::spawn(async move {
             let result = tokio::task::spawn_blocking(move || {
-                let name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .ok_or_else(|| format!("{} is not a file", path.display()))?;
+                let name = match name {
+                    Some(n) => n,
+                    None => path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .ok_or_else(|| format!("{} is not a file", path.display()))?,
+                };
                 let file = File::open(&path)
                     .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
                 let meta = file
@@ -453,6 +479,28 @@ impl Manager {
         };
         match action {
             Action::SendControl(c) => {
+                let c = match (self.config.tamper, c) {
+                    (Some(Tamper::WrongHash), Control::Done { id, .. }) => Control::Done {
+                        id,
+                        sha256: "0".repeat(64),
+                    },
+                    (Some(Tamper::ExtraBytes(extra)), Control::Done { id, sha256 }) => {
+                        let size = link.machine.outgoing_size(id).unwrap_or(0);
+                        let mut offset = size;
+                        while offset < size + extra {
+                            let n =
+                                (size + extra - offset).min(protocol::CHUNK_DATA as u64) as usize;
+                            let junk = vec![0xEE; n];
+                            send_out(
+                                link,
+                                Outgoing::Binary(protocol::encode_chunk(id, offset, &junk)),
+                            );
+                            offset += n as u64;
+                        }
+                        Control::Done { id, sha256 }
+                    }
+                    (_, c) => c,
+                };
                 let text = protocol::encode_control(&c);
                 send_out(link, Outgoing::Text(text));
             }

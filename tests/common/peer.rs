@@ -16,6 +16,7 @@ pub struct PeerOptions {
     pub tone_hz: Option<f32>,
     pub auto_accept: bool,
     pub download_dir: PathBuf,
+    pub tamper: Option<huddle::transfer::manager::Tamper>,
 }
 
 impl PeerOptions {
@@ -25,6 +26,7 @@ impl PeerOptions {
             tone_hz: Some(tone_hz),
             auto_accept: true,
             download_dir,
+            tamper: None,
         }
     }
 }
@@ -54,6 +56,7 @@ impl TestPeer {
         };
         config.read_stamps = true;
         config.transfers.machine.auto_accept = opts.auto_accept;
+        config.transfers.tamper = opts.tamper;
         let woken = Arc::new(tokio::sync::Notify::new());
         let wake = {
             let woken = woken.clone();
@@ -189,5 +192,24 @@ impl TestPeer {
                 );
             }
         }
+    }
+}
+
+impl TestPeer {
+    /// Waits for a transfer update that satisfies `f`.
+    pub async fn transfer_update(
+        &mut self,
+        within: Duration,
+        mut f: impl FnMut(&huddle::transfer::TransferUpdate) -> bool,
+    ) -> huddle::transfer::TransferUpdate {
+        self.wait_for(within, |e| match e {
+            Event::Transfer(huddle::transfer::TransferEvent::Update { update, .. })
+                if f(update) =>
+            {
+                Some(update.clone())
+            }
+            _ => None,
+        })
+        .await
     }
 }
