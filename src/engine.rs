@@ -142,6 +142,8 @@ pub enum Event {
     PeerConnected {
         peer: PeerId,
         setup: Duration,
+        offer_to_ice: Option<Duration>,
+        offer_to_connected: Option<Duration>,
     },
     PeerDisconnected {
         peer: PeerId,
@@ -767,12 +769,18 @@ impl Engine {
         }
         match ev {
             SessionEvent::Signal(envelope) => self.relay(&peer, &envelope),
-            SessionEvent::Connected { setup } => {
+            SessionEvent::Connected {
+                setup,
+                offer_to_ice,
+                offer_to_connected,
+            } => {
                 entry.connected = true;
                 entry.failures = 0;
                 self.emit(Event::PeerConnected {
                     peer: peer.clone(),
                     setup,
+                    offer_to_ice,
+                    offer_to_connected,
                 })
                 .await;
                 self.announce_media_state(Some(&peer));

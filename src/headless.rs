@@ -47,6 +47,10 @@ pub struct HeadlessOptions {
     pub bind: Vec<String>,
     pub stats_interval: Duration,
     pub accept_files: bool,
+    /// Latency samples taken before this much time in the room are discarded.
+    pub warmup: Duration,
+    /// Record when clicks (from a peer's `clicks` source) reach our speaker.
+    pub detect_clicks: bool,
 }
 
 pub fn parse_video(arg: &str, source_id: u8) -> Result<Option<VideoSourceSpec>, HeadlessError> {
@@ -115,6 +119,7 @@ pub async fn run(
         None => AudioInput::None,
     };
     config.read_stamps = true;
+    config.detect_clicks = opts.detect_clicks;
     config.transfers.machine.auto_accept = opts.accept_files;
     let (engine, mut events) = engine::spawn(config, Arc::new(|| {}))?;
     let mut log = |value: serde_json::Value| -> Result<(), HeadlessError> {
@@ -136,6 +141,8 @@ pub async fn run(
     let mut ticker = tokio::time::interval(opts.stats_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pending_send: HashSet<PeerId> = HashSet::new();
+    let mut warmed_up = opts.warmup.is_zero();
+    let mut usage_at_join = None;
     tokio::pin!(stop);
     loop {
         let deadline = match (joined_at, opts.duration) {
@@ -151,7 +158,16 @@ pub async fn run(
         tokio::select! {
             _ = &mut stop => break,
             _ = sleep => break,
-            _ = ticker.tick() => {
+                        _ = ticker.tick() => {
+                if !warmed_up && joined_at.is_some_and(|t| t.elapsed() >= opts.warmup) {
+                    warmed_up = true;
+                    for view in peers.values() {
+                        if let Some(v) = &view.video {
+                            v.reset_samples();
+                        }
+                    }
+                    log(json!({"event": "warmed_up"}))?;
+                }
                 for (peer, view) in peers.iter_mut() {
                     let mut record = json!({"event": "stats", "peer": peer.as_str(), "nickname": view.nickname});
                     if let Some(v) = &view.video {
@@ -188,6 +204,7 @@ pub async fn run(
                     Event::ServerDisconnected { reason, retry_in } => log(json!({"event": "server_disconnected", "reason": reason, "retry_in_ms": retry_in.map(ms)}))?,
                     Event::Joined { room, you, peers: present, history } => {
                         joined_at = Some(Instant::now());
+                        usage_at_join = crate::procstat::usage(None);
                         for p in &present {
                             peers.insert(p.id.clone(), PeerView { nickname: p.nickname.clone(), video: None, first_frame_logged: false, last_frames: 0, files_sent: false });
                         }
@@ -210,8 +227,9 @@ pub async fn run(
                         peers.remove(&peer);
                         log(json!({"event": "peer_left", "peer": peer.as_str(), "reason": format!("{reason:?}").to_lowercase()}))?;
                     }
-                    Event::PeerConnected { peer, setup } => {
-                        log(json!({"event": "connected", "peer": peer.as_str(), "setup_ms": ms(setup)}))?;
+                                        Event::PeerConnected { peer, setup, offer_to_ice, offer_to_connected } => {
+                        log(json!({"event": "connected", "peer": peer.as_str(), "setup_ms": ms(setup),
+                            "offer_to_ice_ms": offer_to_ice.map(ms), "offer_to_connected_ms": offer_to_connected.map(ms)}))?;
                         if let Some(view) = peers.get_mut(&peer)
                             && !view.files_sent
                             && !opts.send.is_empty()
@@ -266,6 +284,42 @@ pub async fn run(
             }
         }
     }
+    // The whole run in one line, for benchmarks: latency over the run (after warm-up), encode
+    // and decode times, clicks sent and heard, and this process's own CPU and memory.
+    let in_room = joined_at.map(|t| t.elapsed()).unwrap_or_default();
+    let usage = crate::procstat::usage(None);
+    let mut peer_summaries = Vec::new();
+    for (peer, view) in &peers {
+        let Some(v) = &view.video else { continue };
+        let s = v.stats();
+        let mut lat = s.latency_us.values();
+        lat.sort_unstable();
+        let mut dec = s.decode_us.values();
+        dec.sort_unstable();
+        let to_ms = |v: Option<i64>| v.map(|u| u as f64 / 1000.0);
+        peer_summaries.push(json!({
+            "peer": peer.as_str(), "nickname": view.nickname,
+            "frames_decoded": s.frames_decoded, "units_dropped": s.units_dropped, "out_of_order": s.out_of_order,
+            "width": s.width, "height": s.height,
+            "latency_ms": {"count": lat.len(), "p50": to_ms(percentile(&lat, 0.5)), "p95": to_ms(percentile(&lat, 0.95)), "max": to_ms(lat.last().copied())},
+            "decode_ms": {"p50": to_ms(percentile(&dec, 0.5)), "p95": to_ms(percentile(&dec, 0.95))},
+        }));
+    }
+    let encoder = engine.media().encoder_stats().map(|e| {
+        let mut enc = e.encode_us.values();
+        enc.sort_unstable();
+        json!({"frames": e.frames, "keyframes": e.keyframes, "bytes": e.bytes, "width": e.width, "height": e.height,
+            "encode_ms": {"p50": percentile(&enc, 0.5).map(|u| u as f64 / 1000.0), "p95": percentile(&enc, 0.95).map(|u| u as f64 / 1000.0)}})
+    });
+    log(json!({
+        "event": "summary",
+        "seconds_in_room": in_room.as_secs_f64(),
+        "cpu_seconds": usage.map(|u| u.cpu_seconds),
+        "cpu_seconds_in_room": usage.zip(usage_at_join).map(|(u, j)| u.cpu_seconds - j.cpu_seconds),
+        "rss_mb": usage.map(|u| u.rss_mb), "peak_rss_mb": usage.map(|u| u.peak_rss_mb),
+        "encoder": encoder, "peers": peer_summaries,
+        "click_times_us": engine.click_times(), "onset_times_us": engine.media().click_onsets(),
+    }))?;
     log(
         json!({"event": "leaving", "files_received": files_received, "audio_samples_played": sink.played()}),
     )?;

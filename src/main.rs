@@ -19,6 +19,34 @@ enum Command {
     Serve(ServeArgs),
     /// Join a room as a peer without a window.
     Join(JoinArgs),
+    /// Measure join time, latency, CPU, memory, file transfer and signaling load.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Sections to run, comma-separated: join, video, audio, mesh, transfer, big-transfer,
+    /// signaling (default: all).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// How many joins to time.
+    #[arg(long, default_value_t = 10)]
+    joins: usize,
+    /// Seconds each measured call lasts.
+    #[arg(long, default_value_t = 10.0)]
+    call_seconds: f64,
+    /// Simulated signaling clients (10000 for the full load test).
+    #[arg(long, default_value_t = 2000)]
+    clients: usize,
+    /// Size of the transferred file in MiB.
+    #[arg(long, default_value_t = 256)]
+    transfer_mib: u64,
+    /// Also write the JSON report here.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// Scratch folder for test files.
+    #[arg(long, default_value = "/tmp/huddle-bench")]
+    work_dir: std::path::PathBuf,
 }
 
 #[derive(Args)]
@@ -64,6 +92,12 @@ struct JoinArgs {
     /// Decline incoming files instead of accepting them.
     #[arg(long)]
     decline_files: bool,
+    /// Seconds after joining before latency samples count.
+    #[arg(long, default_value_t = 0.0)]
+    warmup: f64,
+    /// Record when a peer's clicks reach the speaker (mouth-to-ear latency).
+    #[arg(long)]
+    detect_clicks: bool,
 }
 
 #[derive(Args)]
@@ -100,6 +134,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Serve(args)) => serve(args),
         Some(Command::Join(args)) => join(args),
+        Some(Command::Bench(args)) => bench(args),
         None => {
             use clap::CommandFactory;
             // A closed stdout (e.g. piped into `head`) is not worth an error.
@@ -186,6 +221,8 @@ fn join(args: JoinArgs) -> anyhow::Result<()> {
         bind: args.bind,
         stats_interval: Duration::from_secs_f64(args.stats_interval),
         accept_files: !args.decline_files,
+        warmup: Duration::try_from_secs_f64(args.warmup).context("bad --warmup")?,
+        detect_clicks: args.detect_clicks,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async {
@@ -194,5 +231,35 @@ fn join(args: JoinArgs) -> anyhow::Result<()> {
         };
         huddle::headless::run(options, std::io::stdout().lock(), stop).await
     })?;
+    Ok(())
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    use huddle::bench::{self, Section};
+    let sections = if args.only.is_empty() {
+        Section::ALL.to_vec()
+    } else {
+        args.only
+            .iter()
+            .map(|s| Section::parse(s).with_context(|| format!("unknown section {s:?}")))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    let options = bench::BenchOptions {
+        exe: std::env::current_exe().context("finding this executable")?,
+        sections,
+        joins: args.joins.max(1),
+        call_seconds: args.call_seconds.max(3.0),
+        clients: args.clients.max(5),
+        transfer_mib: args.transfer_mib.max(1),
+        work_dir: args.work_dir,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    let report = runtime.block_on(bench::run(options))?;
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &args.json {
+        std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("{json}");
+    println!("{}", bench::table(&report));
     Ok(())
 }

@@ -35,9 +35,9 @@ use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceServer, RTCPeerConnectionIceEvent,
-    RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder, StatsSelector,
-    register_default_interceptors,
+    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceConnectionState, RTCIceServer,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, Registry,
+    SettingEngineBuilder, StatsSelector, register_default_interceptors,
 };
 use webrtc::rtp_transceiver::RtpSender;
 
@@ -115,8 +115,11 @@ pub enum SessionEvent {
     /// A signal for the remote peer, to send through the server.
     Signal(Envelope),
     Connected {
-        /// From session start to the connection being up.
+        /// From session start to the connection being up (DTLS done).
         setup: Duration,
+        /// From the first offer (sent or received) to ICE connected, and to connected.
+        offer_to_ice: Option<Duration>,
+        offer_to_connected: Option<Duration>,
     },
     /// Connectivity lost; it may come back (ICE restart) or end in `Closed`.
     Disconnected,
@@ -188,6 +191,7 @@ pub fn spawn(
 enum PcEvent {
     Candidate(RTCIceCandidateInit),
     State(RTCPeerConnectionState),
+    IceConnected,
     Track(Arc<dyn TrackRemote>),
     DataChannel(Arc<dyn DataChannel>),
 }
@@ -205,6 +209,11 @@ impl PeerConnectionEventHandler for Forwarder {
     }
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
         let _ = self.tx.try_send(PcEvent::State(state));
+    }
+    async fn on_ice_connection_state_change(&self, state: RTCIceConnectionState) {
+        if state == RTCIceConnectionState::Connected {
+            let _ = self.tx.try_send(PcEvent::IceConnected);
+        }
     }
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
         let _ = self.tx.try_send(PcEvent::Track(track));
@@ -298,6 +307,9 @@ struct Actor {
     have_remote_description: bool,
     events: mpsc::Sender<(PeerId, u32, SessionEvent)>,
     started: Instant,
+    /// When the first offer went out or came in, and when ICE connected after it.
+    first_offer_at: Option<Instant>,
+    ice_connected_at: Option<Instant>,
     connected: watch::Sender<bool>,
     tasks: JoinSet<()>,
     playout: Arc<AudioPlayout>,
@@ -363,6 +375,9 @@ async fn run(
                     });
                     actor.send_signal(signal).await;
                 }
+                Some(PcEvent::IceConnected) => {
+                    actor.ice_connected_at.get_or_insert_with(Instant::now);
+                }
                 Some(PcEvent::Track(track)) => actor.receive_track(track).await,
                 Some(PcEvent::DataChannel(channel)) => {
                     if channel.label().await.is_ok_and(|l| l == FILE_CHANNEL_LABEL) {
@@ -374,7 +389,10 @@ async fn run(
                         disconnected_since = None;
                         let _ = actor.connected.send(true);
                         let setup = actor.started.elapsed();
-                        actor.emit(SessionEvent::Connected { setup }).await;
+                        let offer = actor.first_offer_at;
+                        let offer_to_ice = offer.zip(actor.ice_connected_at).map(|(o, i)| i.saturating_duration_since(o));
+                        let offer_to_connected = offer.map(|o| o.elapsed());
+                        actor.emit(SessionEvent::Connected { setup, offer_to_ice, offer_to_connected }).await;
                     }
                     RTCPeerConnectionState::Disconnected => {
                         disconnected_since.get_or_insert_with(Instant::now);
@@ -463,6 +481,8 @@ impl Actor {
             have_remote_description: false,
             events,
             started: Instant::now(),
+            first_offer_at: None,
+            ice_connected_at: None,
             connected,
             tasks: JoinSet::new(),
             playout: media.playout.clone(),
@@ -584,6 +604,7 @@ impl Actor {
             |what: &str, e: webrtc::error::Error| RtcError::Negotiation(format!("{what}: {e}"));
         match action {
             NegotiationAction::SendOffer { ice_restart } => {
+                self.first_offer_at.get_or_insert_with(Instant::now);
                 let options = ice_restart.then_some(RTCOfferOptions { ice_restart: true });
                 let offer = self
                     .pc
@@ -606,6 +627,7 @@ impl Actor {
                     .map_err(|e| fail("rollback", e))?;
             }
             NegotiationAction::AcceptOffer { sdp } => {
+                self.first_offer_at.get_or_insert_with(Instant::now);
                 let offer =
                     RTCSessionDescription::offer(sdp).map_err(|e| fail("parse offer", e))?;
                 self.pc

@@ -145,7 +145,7 @@ impl TestPeer {
     pub async fn connected_to(&mut self, peer: &PeerId) -> Duration {
         let peer = peer.clone();
         self.wait_for(Duration::from_secs(15), |e| match e {
-            Event::PeerConnected { peer: p, setup } if *p == peer => Some(*setup),
+            Event::PeerConnected { peer: p, setup, .. } if *p == peer => Some(*setup),
             _ => None,
         })
         .await

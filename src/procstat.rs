@@ -1,0 +1,90 @@
+//! A process's own accounting from /proc (Linux): CPU seconds used, resident memory now and at
+//! its peak. Used by the headless peer to report itself and by the benchmark for the server.
+
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Usage {
+    /// User + system CPU time.
+    pub cpu_seconds: f64,
+    pub rss_mb: f64,
+    pub peak_rss_mb: f64,
+}
+
+/// Usage of process `pid`, or of this process when `None`. `None` when /proc is unreadable.
+pub fn usage(pid: Option<u32>) -> Option<Usage> {
+    let dir = match pid {
+        Some(p) => format!("/proc/{p}"),
+        None => "/proc/self".to_owned(),
+    };
+    let stat = std::fs::read_to_string(format!("{dir}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the full line: 11 and 12 after the name.
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let status = std::fs::read_to_string(format!("{dir}/status")).ok()?;
+    let kb = |key: &str| -> f64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    Some(Usage {
+        cpu_seconds: ticks / clock_ticks_per_second(),
+        rss_mb: kb("VmRSS:") / 1024.0,
+        peak_rss_mb: kb("VmHWM:") / 1024.0,
+    })
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// CPU seconds per wall second between two readings.
+pub fn cpu_share(before: &Usage, after: &Usage, wall: Duration) -> f64 {
+    (after.cpu_seconds - before.cpu_seconds) / wall.as_secs_f64().max(1e-9)
+}
+
+/// Raises this process's open-file limit to its hard maximum (many sockets in load tests).
+pub fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+    }
+    limit.rlim_cur
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_its_own_usage() {
+        let a = usage(None).expect("/proc/self readable");
+        // Burn a little CPU so the counter moves.
+        let mut x = 0u64;
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_millis(50) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        let b = usage(None).unwrap();
+        assert!(b.cpu_seconds >= a.cpu_seconds);
+        assert!(b.rss_mb > 1.0 && b.peak_rss_mb >= b.rss_mb);
+        assert!(usage(Some(u32::MAX)).is_none());
+    }
+}
