@@ -11,14 +11,19 @@ use crate::media::slot::LatestSlot;
 use crate::media::video::{Callback, EncoderStats, RemoteVideo, VideoSender, VideoSourceSpec};
 use crate::rtc::Envelope;
 use crate::rtc::negotiation::Signal;
+pub use crate::rtc::session::PeerStats;
 use crate::rtc::session::{
-    self, CloseReason, PeerStats, SessionConfig, SessionEvent, SessionHandle, SessionMedia,
+    self, CloseReason, SessionConfig, SessionEvent, SessionHandle, SessionMedia,
 };
 use crate::signaling::client::{ClientCommand, ClientConfig, ClientEvent, SignalingClient};
-use crate::signaling::protocol::{
-    ChatMessage, ErrorCode, IceServer, LeaveReason, PeerId, PeerInfo, RoomInfo, ServerMessage,
+use crate::signaling::protocol::{IceServer, ServerMessage};
+// The types front ends need, so they never import `signaling` or `rtc` themselves.
+pub use crate::signaling::protocol::{
+    ChatMessage, ErrorCode, LeaveReason, PeerId, PeerInfo, RoomInfo,
 };
-use crate::transfer::manager::{TransferCommand, TransferConfig, TransferEvent, TransferManager};
+pub use crate::transfer::manager::{TransferCommand, TransferEvent};
+use crate::transfer::manager::{TransferConfig, TransferManager};
+pub use crate::transfer::{Direction, TransferId, TransferState, TransferUpdate};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,6 +44,23 @@ pub enum EngineError {
 pub enum AudioInput {
     None,
     Source(Box<dyn AudioSource>),
+    /// A real microphone by id (`None`: the default one); opened off the caller's thread.
+    Device(Option<String>),
+}
+
+/// Where remote audio goes.
+pub enum AudioOutput {
+    Sink(Box<dyn AudioSink>),
+    /// A real speaker by id (`None`: the default one); opened off the caller's thread.
+    Device(Option<String>),
+}
+
+/// Devices the user can pick, as found on this machine.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceList {
+    pub cameras: Vec<crate::media::camera::CameraInfo>,
+    pub microphones: Vec<crate::media::sound::SoundDevice>,
+    pub speakers: Vec<crate::media::sound::SoundDevice>,
 }
 
 pub struct EngineConfig {
@@ -55,6 +77,9 @@ pub struct EngineConfig {
     pub read_stamps: bool,
     /// Record click onsets in the played audio (latency benchmark).
     pub detect_clicks: bool,
+    /// Echo cancellation, noise suppression and gain control for real microphones (`None`:
+    /// no processing at all).
+    pub processing: Option<crate::media::apm::ProcessingSettings>,
     pub transfers: TransferConfig,
 }
 
@@ -74,6 +99,7 @@ impl EngineConfig {
             self_view: false,
             read_stamps: false,
             detect_clicks: false,
+            processing: None,
             transfers: TransferConfig::new(download_dir),
         }
     }
@@ -94,7 +120,11 @@ pub enum Command {
     SetVideoEnabled(bool),
     SetVideoSource(VideoSourceSpec),
     SetAudioSource(AudioInput),
-    SetAudioSink(Box<dyn AudioSink>),
+    SetAudioOutput(AudioOutput),
+    /// Echo cancellation, noise suppression and gain control on or off.
+    SetProcessing(crate::media::apm::ProcessingSettings),
+    /// Finds cameras, microphones and speakers (answered with `Event::Devices`).
+    ListDevices,
     Transfer(TransferCommand),
     /// Renegotiate ICE with a peer (also exercised by tests).
     RestartIce(PeerId),
@@ -170,6 +200,9 @@ pub enum Event {
     /// A chat could not be sent (not connected).
     ChatNotSent(String),
     LocalMedia(LocalMediaState),
+    Devices(DeviceList),
+    /// A real camera's state changed ("no camera", "camera disconnected", running...).
+    Camera(crate::media::camera::CameraState),
     Transfer(TransferEvent),
     /// Something went wrong that the user should see.
     Problem(String),
@@ -280,14 +313,20 @@ pub fn spawn(
         )?),
         None => None,
     };
-    let audio_source = match config.audio {
-        AudioInput::None => None,
-        AudioInput::Source(s) => Some(s),
+    let processor = config
+        .processing
+        .map(|s| Arc::new(crate::media::apm::AudioProcessor::new(s)));
+    // A real device opens in the actor, off the caller's (the UI's) thread.
+    let (audio_source, open_mic) = match config.audio {
+        AudioInput::None => (None, None),
+        AudioInput::Source(s) => (Some(s), None),
+        AudioInput::Device(id) => (None, Some(id)),
     };
-    let audio = AudioSender::start(audio_source)?;
+    let audio = AudioSender::start(audio_source, processor.clone())?;
     let playout = Arc::new(AudioPlayout::start(
         config.audio_sink,
         config.detect_clicks,
+        processor.clone(),
     )?);
     let local_level = Arc::new(std::sync::atomic::AtomicU32::new((-100.0f32).to_bits()));
     let encoder_stats = Arc::new(std::sync::Mutex::new(None));
@@ -324,6 +363,10 @@ pub fn spawn(
         peers: HashMap::new(),
         transfers,
         audio_muted: false,
+        processor,
+        notices: crate::media::sound::Notices::default(),
+        camera_state: crate::media::camera::CameraState::Off,
+        open_mic,
     };
     let task = tokio::spawn(actor.run(command_rx, signaling_events, session_rx, transfer_events));
     Ok((
@@ -392,6 +435,19 @@ struct Engine {
     peers: HashMap<PeerId, PeerEntry>,
     transfers: TransferManager,
     audio_muted: bool,
+    processor: Option<Arc<crate::media::apm::AudioProcessor>>,
+    /// Device problems reported by microphone and speaker, shown to the user.
+    notices: crate::media::sound::Notices,
+    camera_state: crate::media::camera::CameraState,
+    /// A microphone to open once the actor runs.
+    open_mic: Option<Option<String>>,
+}
+
+/// Results of blocking device work done off the actor.
+enum Opened {
+    Microphone(Result<crate::media::sound::MicSource, MediaError>),
+    Speaker(Result<crate::media::sound::SpeakerSink, MediaError>),
+    Devices(DeviceList),
 }
 
 impl Engine {
@@ -403,14 +459,19 @@ impl Engine {
         mut transfers: mpsc::Receiver<TransferEvent>,
     ) {
         self.emit_local_media().await;
+        let (opened_tx, mut opened) = mpsc::channel(8);
+        if let Some(id) = self.open_mic.take() {
+            self.open_microphone(id, &opened_tx);
+        }
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                cmd = commands.recv() => match cmd {
-                    Some(cmd) => self.on_command(cmd).await,
+                                cmd = commands.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd, &opened_tx).await,
                     None => break,
                 },
+                Some(done) = opened.recv() => self.on_opened(done).await,
                 Some(ev) = signaling.recv() => self.on_signaling(ev).await,
                 Some((peer, id, ev)) = sessions.recv() => self.on_session(peer, id, ev).await,
                 Some(ev) = transfers.recv() => self.emit(Event::Transfer(ev)).await,
@@ -494,7 +555,51 @@ impl Engine {
         );
     }
 
-    async fn on_command(&mut self, cmd: Command) {
+    fn open_microphone(&self, id: Option<String>, done: &mpsc::Sender<Opened>) {
+        let notices = self.notices.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mic = tokio::task::spawn_blocking(move || {
+                crate::media::sound::MicSource::open(id.as_deref(), notices)
+            })
+            .await
+            .unwrap_or_else(|e| Err(MediaError::Thread(e.to_string())));
+            let _ = done.send(Opened::Microphone(mic)).await;
+        });
+    }
+
+    fn open_speaker(&self, id: Option<String>, done: &mpsc::Sender<Opened>) {
+        let notices = self.notices.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let speaker = tokio::task::spawn_blocking(move || {
+                crate::media::sound::SpeakerSink::open(id.as_deref(), notices)
+            })
+            .await
+            .unwrap_or_else(|e| Err(MediaError::Thread(e.to_string())));
+            let _ = done.send(Opened::Speaker(speaker)).await;
+        });
+    }
+
+    async fn on_opened(&mut self, done: Opened) {
+        match done {
+            Opened::Microphone(Ok(mic)) => {
+                self.audio.set_source(Some(Box::new(mic)));
+                self.emit_local_media().await;
+            }
+            Opened::Speaker(Ok(speaker)) => {
+                self.playout.set_sink(Box::new(speaker));
+                self.emit_local_media().await;
+            }
+            Opened::Microphone(Err(e)) => {
+                self.emit(Event::Problem(format!("Microphone: {e}"))).await;
+            }
+            Opened::Speaker(Err(e)) => self.emit(Event::Problem(format!("Speaker: {e}"))).await,
+            Opened::Devices(list) => self.emit(Event::Devices(list)).await,
+        }
+    }
+
+    async fn on_command(&mut self, cmd: Command, opened: &mpsc::Sender<Opened>) {
         match cmd {
             Command::SubscribeRooms => {
                 let _ = self.signaling.send(ClientCommand::SubscribeRooms);
@@ -548,16 +653,41 @@ impl Engine {
                 }
                 self.emit_local_media().await;
             }
-            Command::SetAudioSource(input) => {
-                self.audio.set_source(match input {
-                    AudioInput::None => None,
-                    AudioInput::Source(s) => Some(s),
-                });
-                self.emit_local_media().await;
+            Command::SetAudioSource(input) => match input {
+                AudioInput::None => {
+                    self.audio.set_source(None);
+                    self.emit_local_media().await;
+                }
+                AudioInput::Source(s) => {
+                    self.audio.set_source(Some(s));
+                    self.emit_local_media().await;
+                }
+                AudioInput::Device(id) => self.open_microphone(id, opened),
+            },
+            Command::SetAudioOutput(output) => match output {
+                AudioOutput::Sink(sink) => {
+                    self.playout.set_sink(sink);
+                    self.emit_local_media().await;
+                }
+                AudioOutput::Device(id) => self.open_speaker(id, opened),
+            },
+            Command::SetProcessing(settings) => {
+                if let Some(p) = &self.processor {
+                    p.set(settings);
+                }
             }
-            Command::SetAudioSink(sink) => {
-                self.playout.set_sink(sink);
-                self.emit_local_media().await;
+            Command::ListDevices => {
+                let done = opened.clone();
+                tokio::spawn(async move {
+                    let list = tokio::task::spawn_blocking(|| DeviceList {
+                        cameras: crate::media::camera::list_cameras(),
+                        microphones: crate::media::sound::list_inputs(),
+                        speakers: crate::media::sound::list_outputs(),
+                    })
+                    .await
+                    .unwrap_or_default();
+                    let _ = done.send(Opened::Devices(list)).await;
+                });
             }
             Command::Transfer(cmd) => self.transfers.send(cmd),
             Command::RestartIce(peer) => {
@@ -866,6 +996,16 @@ impl Engine {
         }
         if let Ok(mut c) = self.click_times.lock() {
             *c = self.audio.click_times();
+        }
+        for notice in self.notices.drain() {
+            self.emit(Event::Problem(notice)).await;
+        }
+        if let Some(v) = &self.video {
+            let state = v.camera_state();
+            if state != self.camera_state {
+                self.camera_state = state.clone();
+                self.emit(Event::Camera(state)).await;
+            }
         }
     }
 

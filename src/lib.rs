@@ -1,20 +1,25 @@
 //! Huddle: native desktop video chat.
 //!
-//! Module map (dependencies point down the list only):
-//! - `signaling`: WebSocket protocol, room server, client actor.
-//! - `bench`: `huddle bench`, the benchmark over real processes on loopback.
+//! Module map, front ends first; dependencies point down the list only:
+//! - `ui`: the desktop app (egui); talks to the engine only.
 //! - `headless`: the headless peer (`huddle join --headless`), JSON-lines event log.
-//! - `engine`: the bridge front ends drive (commands in, events out).
-//! - `transfer`: file transfer protocol, state machine and I/O actor.
+//! - `bench`: `huddle bench`: a real server and headless peer processes on loopback, measured.
+//! - `engine`: the bridge front ends drive (commands in, events out); owns the mesh.
+//! - `chat`, `settings`: plain models the front ends use.
 //! - `rtc`: peer sessions (webrtc), negotiation, RTP reassembly.
-//! - `procstat`: a process's CPU and memory from /proc (reporting, benchmarks).
+//! - `transfer`: file-transfer protocol, state machine and I/O actor.
+//! - `signaling`: WebSocket protocol, room server, client actor.
 //! - `media`: sources, codecs, conversion, pipeline threads, jitter buffer, mixing.
+//! - `procstat`: a process's CPU and memory from /proc.
 
 pub mod bench;
+pub mod chat;
 pub mod engine;
 pub mod headless;
 pub mod media;
 pub mod procstat;
 pub mod rtc;
+pub mod settings;
 pub mod signaling;
 pub mod transfer;
+pub mod ui;

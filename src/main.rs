@@ -11,6 +11,18 @@ use std::time::Duration;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Signaling server for this run (default: the saved one, or the app's own).
+    #[arg(long, global = false)]
+    server: Option<String>,
+    /// Join this room as soon as connected.
+    #[arg(long)]
+    room: Option<String>,
+    /// Nickname for this run.
+    #[arg(long)]
+    nickname: Option<String>,
+    /// Settings file (default: the platform's config directory).
+    #[arg(long)]
+    settings: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -136,9 +148,12 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Join(args)) => join(args),
         Some(Command::Bench(args)) => bench(args),
         None => {
-            use clap::CommandFactory;
-            // A closed stdout (e.g. piped into `head`) is not worth an error.
-            let _ = Cli::command().print_help();
+            huddle::ui::run(huddle::ui::LaunchOptions {
+                server: cli.server,
+                room: cli.room,
+                nickname: cli.nickname,
+                settings_path: cli.settings,
+            })?;
             Ok(())
         }
     }

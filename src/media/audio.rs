@@ -20,6 +20,11 @@ pub trait AudioSource: Send {
     fn next_frame_is_marker(&self) -> bool {
         false
     }
+    /// True for real microphones, whose sound should go through echo cancellation and noise
+    /// suppression (synthetic sources are already clean, and a test tone would be "noise").
+    fn wants_processing(&self) -> bool {
+        false
+    }
 }
 
 /// Consumes 20 ms frames. `play` blocks until the device (or clock) has room.
@@ -303,6 +308,35 @@ impl AudioSink for RecordingSink {
     }
     fn describe(&self) -> String {
         "recording".into()
+    }
+}
+
+/// Discards what it is given, paced like a device (the app's speaker until one is chosen).
+pub struct NullSink {
+    pacer: Pacer,
+}
+
+impl NullSink {
+    pub fn new() -> Self {
+        NullSink {
+            pacer: Pacer::new(FRAME_DURATION),
+        }
+    }
+}
+
+impl Default for NullSink {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AudioSink for NullSink {
+    fn play(&mut self, _frame: &[f32]) -> Result<(), MediaError> {
+        self.pacer.wait();
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        "no speaker".into()
     }
 }
 

@@ -4,6 +4,7 @@
 //! (concealing losses), measures each stream, mixes them and hands the mix to the sink.
 
 use super::analysis::{click_onsets, dbfs, estimate_frequency};
+use super::apm::AudioProcessor;
 use super::audio::{AudioSink, AudioSource};
 use super::codec::{EncodedAudio, FRAME_SAMPLES, OpusDecoder, OpusEncoder, SAMPLE_RATE};
 use super::jitter::{JitterBuffer, JitterConfig, JitterStats, Playout};
@@ -19,6 +20,9 @@ use tokio::sync::broadcast;
 
 /// Opus bitrate for voice.
 pub const VOICE_BITRATE: i32 = 32_000;
+/// Speaker-to-microphone delay assumed before the echo canceller has measured it: the device
+/// buffers on both sides (10 ms each) plus the playout queue.
+const ECHO_DELAY_HINT_MS: i32 = 60;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -46,7 +50,11 @@ pub struct AudioSender {
 
 impl AudioSender {
     /// `source: None` sends nothing (no microphone) but keeps the pipeline ready for one.
-    pub fn start(source: Option<Box<dyn AudioSource>>) -> Result<Self, MediaError> {
+    /// Real microphones go through `processor` (echo cancellation, noise suppression, gain).
+    pub fn start(
+        source: Option<Box<dyn AudioSource>>,
+        processor: Option<Arc<AudioProcessor>>,
+    ) -> Result<Self, MediaError> {
         let (encoded, _) = broadcast::channel(16);
         let shared = Arc::new(SendShared {
             muted: AtomicBool::new(false),
@@ -91,6 +99,11 @@ impl AudioSender {
                             tracing::warn!(error = %e, "audio source failed; sending silence");
                             source = None;
                             continue;
+                        }
+                        if let Some(apm) = &processor
+                            && source.as_ref().is_some_and(|s| s.wants_processing())
+                        {
+                            apm.capture(&mut frame, ECHO_DELAY_HINT_MS);
                         }
                         shared
                             .level
@@ -204,7 +217,12 @@ pub struct AudioPlayout {
 }
 
 impl AudioPlayout {
-    pub fn start(sink: Box<dyn AudioSink>, detect_clicks: bool) -> Result<Self, MediaError> {
+    /// With `processor`, what is played is also its echo reference.
+    pub fn start(
+        sink: Box<dyn AudioSink>,
+        detect_clicks: bool,
+        processor: Option<Arc<AudioProcessor>>,
+    ) -> Result<Self, MediaError> {
         let shared = Arc::new(PlayoutShared {
             streams: Mutex::new(HashMap::new()),
             next_sink: Mutex::new(None),
@@ -218,7 +236,7 @@ impl AudioPlayout {
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name("audio-playout".into())
-                .spawn(move || playout_loop(sink, shared, stop))
+                .spawn(move || playout_loop(sink, shared, stop, processor))
                 .map_err(|e| MediaError::Thread(e.to_string()))?
         };
         Ok(AudioPlayout {
@@ -285,7 +303,12 @@ impl Drop for AudioPlayout {
     }
 }
 
-fn playout_loop(mut sink: Box<dyn AudioSink>, shared: Arc<PlayoutShared>, stop: Stopper) {
+fn playout_loop(
+    mut sink: Box<dyn AudioSink>,
+    shared: Arc<PlayoutShared>,
+    stop: Stopper,
+    processor: Option<Arc<AudioProcessor>>,
+) {
     let mut mix = vec![0f32; FRAME_SAMPLES];
     let mut frame = vec![0f32; FRAME_SAMPLES];
     // Samples since the last click seen, so one click is not counted twice across frames.
@@ -320,6 +343,9 @@ fn playout_loop(mut sink: Box<dyn AudioSink>, shared: Arc<PlayoutShared>, stop: 
         }
         for m in mix.iter_mut() {
             *m = m.clamp(-1.0, 1.0);
+        }
+        if let Some(apm) = &processor {
+            apm.render(&mix);
         }
         let played_at = now_us();
         if shared.detect_clicks {

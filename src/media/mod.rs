@@ -3,14 +3,19 @@
 //! the crate.
 
 pub mod analysis;
+pub mod apm;
 pub mod audio;
 pub mod audio_pipeline;
+pub mod camera;
 pub mod codec;
+pub mod convert;
+pub mod devices;
 pub mod frame;
 pub mod jitter;
 pub mod pattern;
 pub mod resample;
 pub mod slot;
+pub mod sound;
 pub mod stamp;
 pub mod video;
 

@@ -20,6 +20,7 @@ pub fn to_48k(samples: &[f32], rate: u32) -> Result<Vec<f32>, MediaError> {
 /// Resamples a continuous mono stream to 48 kHz in fixed input chunks.
 pub struct StreamResampler {
     inner: FftFixedIn<f32>,
+    output_rate: u32,
     pending: Vec<f32>,
     chunk: usize,
     delay_left: usize,
@@ -30,13 +31,22 @@ pub struct StreamResampler {
 }
 
 impl StreamResampler {
+    /// To 48 kHz.
     pub fn new(input_rate: u32, chunk: usize) -> Result<Self, MediaError> {
-        let inner = FftFixedIn::<f32>::new(input_rate as usize, SAMPLE_RATE as usize, chunk, 1, 1)
-            .map_err(|e| MediaError::Source(format!("resampler for {input_rate} Hz: {e}")))?;
+        Self::new_to(input_rate, SAMPLE_RATE, chunk)
+    }
+
+    /// Between any two rates.
+    pub fn new_to(input_rate: u32, output_rate: u32, chunk: usize) -> Result<Self, MediaError> {
+        let inner = FftFixedIn::<f32>::new(input_rate as usize, output_rate as usize, chunk, 1, 1)
+            .map_err(|e| {
+                MediaError::Source(format!("resampler {input_rate} -> {output_rate} Hz: {e}"))
+            })?;
         let delay_left = inner.output_delay();
         let out_buf = inner.output_buffer_allocate(true);
         Ok(StreamResampler {
             inner,
+            output_rate,
             pending: Vec::with_capacity(chunk * 2),
             chunk,
             delay_left,
@@ -64,7 +74,7 @@ impl StreamResampler {
 
     /// Flushes the tail so the output length matches the input duration.
     pub fn finish(&mut self, out: &mut Vec<f32>) -> Result<(), MediaError> {
-        let expected = (self.consumed + self.pending.len() as u64) * SAMPLE_RATE as u64
+        let expected = (self.consumed + self.pending.len() as u64) * self.output_rate as u64
             / self.input_rate as u64;
         let tail = std::mem::take(&mut self.pending);
         self.consumed += tail.len() as u64;

@@ -29,6 +29,8 @@ pub enum VideoSourceSpec {
         fps: u32,
         source_id: u8,
     },
+    /// A real camera (nokhwa index).
+    Camera { index: u32, name: String },
 }
 
 impl VideoSourceSpec {
@@ -49,6 +51,7 @@ impl VideoSourceSpec {
                 fps,
                 source_id,
             } => format!("test pattern {source_id} ({width}x{height}@{fps})"),
+            VideoSourceSpec::Camera { name, .. } => name.clone(),
         }
     }
 }
@@ -111,16 +114,24 @@ pub struct VideoSender {
     stats: Arc<Mutex<EncoderStats>>,
     self_view: Option<Arc<LatestSlot<Arc<RgbaFrame>>>>,
     enabled: bool,
+    camera_state: Arc<Mutex<super::camera::CameraState>>,
 }
 
 struct CaptureThread {
     stop: Stopper,
     handle: Option<JoinHandle<Option<TestPattern>>>,
+    /// A camera thread may be stuck in the driver waiting for a frame that never comes
+    /// (unplugged): it is told to stop and left to finish on its own instead of being joined.
+    detach: bool,
 }
 
 impl CaptureThread {
     fn finish(mut self) -> Option<TestPattern> {
         self.stop.stop();
+        if self.detach {
+            self.handle.take();
+            return None;
+        }
         self.handle.take().and_then(|h| h.join().ok()).flatten()
     }
 }
@@ -128,7 +139,9 @@ impl CaptureThread {
 impl Drop for CaptureThread {
     fn drop(&mut self) {
         self.stop.stop();
-        if let Some(h) = self.handle.take() {
+        if let Some(h) = self.handle.take()
+            && !self.detach
+        {
             let _ = h.join();
         }
     }
@@ -184,6 +197,7 @@ impl VideoSender {
             stats,
             self_view,
             enabled: false,
+            camera_state: Arc::new(Mutex::new(super::camera::CameraState::Off)),
         };
         sender.set_enabled(true)?;
         Ok(sender)
@@ -214,6 +228,14 @@ impl VideoSender {
 
     pub fn spec(&self) -> &VideoSourceSpec {
         &self.spec
+    }
+
+    /// What a real camera is doing (`Off` for synthetic sources).
+    pub fn camera_state(&self) -> super::camera::CameraState {
+        self.camera_state
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or(super::camera::CameraState::Off)
     }
 
     /// Camera on/off. Off stops the capture thread (releasing a real camera); the encoder idles.
@@ -252,7 +274,19 @@ impl VideoSender {
     fn spawn_capture(&mut self) -> Result<CaptureThread, MediaError> {
         let stop = Stopper::new();
         let frames = self.frames.clone();
+        let detach = matches!(self.spec, VideoSourceSpec::Camera { .. });
         let handle = match self.spec.clone() {
+            VideoSourceSpec::Camera { index, .. } => {
+                let stop = stop.clone();
+                let state = self.camera_state.clone();
+                std::thread::Builder::new()
+                    .name("camera".into())
+                    .spawn(move || {
+                        super::camera::capture(index, frames, stop, state);
+                        None
+                    })
+                    .map_err(|e| MediaError::Thread(e.to_string()))?
+            }
             VideoSourceSpec::TestPattern {
                 width,
                 height,
@@ -282,6 +316,7 @@ impl VideoSender {
         Ok(CaptureThread {
             stop,
             handle: Some(handle),
+            detach,
         })
     }
 }

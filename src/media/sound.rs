@@ -1,0 +1,539 @@
+//! Real microphones and speakers through cpal (the PulseAudio host when a sound server runs, else
+//! ALSA). Device callbacks only move samples through preallocated lock-free rings; mixing down,
+//! resampling to or from 48 kHz and recovery happen outside them. A device that fails or
+//! disappears is replaced by the default one, with a notice for the user.
+
+use super::MediaError;
+use super::audio::{AudioSink, AudioSource, FRAME_DURATION, Pacer};
+use super::codec::{FRAME_SAMPLES, SAMPLE_RATE};
+use super::resample::StreamResampler;
+use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
+use std::collections::VecDeque;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SoundDevice {
+    /// Stable id (`pulseaudio:alsa_output.pci...`), saved in settings.
+    pub id: String,
+    pub name: String,
+}
+
+/// Messages for the user about devices ("Headset unplugged; using the default speaker").
+#[derive(Clone, Default)]
+pub struct Notices(Arc<Mutex<VecDeque<String>>>);
+
+impl Notices {
+    pub fn push(&self, text: String) {
+        if let Ok(mut q) = self.0.lock()
+            && q.len() < 32
+        {
+            q.push_back(text);
+        }
+    }
+    pub fn drain(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .map(|mut q| q.drain(..).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The host to use: PulseAudio when a sound server is reachable, else the platform default.
+pub fn host() -> cpal::Host {
+    #[cfg(target_os = "linux")]
+    if cpal::available_hosts().contains(&cpal::HostId::PulseAudio)
+        && let Ok(h) = cpal::host_from_id(cpal::HostId::PulseAudio)
+    {
+        return h;
+    }
+    cpal::default_host()
+}
+
+fn describe(device: &cpal::Device) -> Option<SoundDevice> {
+    let id = device.id().ok()?.to_string();
+    let name = device
+        .description()
+        .map(|d| d.name().to_owned())
+        .unwrap_or_else(|_| id.clone());
+    Some(SoundDevice { id, name })
+}
+
+/// Microphones. Blocking (asks the sound server): call it off the UI thread.
+pub fn list_inputs() -> Vec<SoundDevice> {
+    host()
+        .input_devices()
+        .map(|d| d.filter_map(|d| describe(&d)).collect())
+        .unwrap_or_default()
+}
+
+/// Speakers. Blocking: call it off the UI thread.
+pub fn list_outputs() -> Vec<SoundDevice> {
+    host()
+        .output_devices()
+        .map(|d| d.filter_map(|d| describe(&d)).collect())
+        .unwrap_or_default()
+}
+
+fn find(host: &cpal::Host, id: Option<&str>, input: bool) -> Option<cpal::Device> {
+    if let Some(id) = id
+        && let Ok(id) = cpal::DeviceId::from_str(id)
+        && let Some(d) = host.device_by_id(&id)
+    {
+        return Some(d);
+    }
+    if input {
+        host.default_input_device()
+    } else {
+        host.default_output_device()
+    }
+}
+
+/// Failure reported by a stream's error callback (rare; this callback may lock).
+#[derive(Default)]
+struct StreamHealth {
+    failed: AtomicBool,
+    reason: Mutex<Option<String>>,
+    dropped_samples: AtomicU64,
+}
+
+impl StreamHealth {
+    fn fail(&self, e: cpal::Error) {
+        if let Ok(mut r) = self.reason.lock() {
+            *r = Some(e.to_string());
+        }
+        self.failed.store(true, Ordering::Release);
+    }
+    fn reason(&self) -> String {
+        self.reason
+            .lock()
+            .ok()
+            .and_then(|r| r.clone())
+            .unwrap_or_else(|| "device error".into())
+    }
+}
+
+/// 10 ms device buffers: low latency, and the PulseAudio default (2 s) is unusable.
+const DEVICE_FRAMES: u32 = 480;
+
+fn stream_config(device: &cpal::Device, input: bool) -> Result<cpal::StreamConfig, MediaError> {
+    let default = if input {
+        device.default_input_config()
+    } else {
+        device.default_output_config()
+    }
+    .map_err(|e| MediaError::Source(format!("device has no usable format: {e}")))?;
+    // PulseAudio converts anything; ask for what we use. ALSA hardware may insist on its own rate.
+    let pulse = device
+        .id()
+        .map(|id| id.host() == cpal::HostId::PulseAudio)
+        .unwrap_or(false);
+    let (channels, rate) = if pulse {
+        (1, SAMPLE_RATE)
+    } else {
+        (default.channels(), default.sample_rate())
+    };
+    Ok(cpal::StreamConfig {
+        channels,
+        sample_rate: rate,
+        buffer_size: cpal::BufferSize::Fixed(DEVICE_FRAMES),
+    })
+}
+
+struct OpenInput {
+    stream: cpal::Stream,
+    ring: rtrb::Consumer<f32>,
+    health: Arc<StreamHealth>,
+    channels: usize,
+    resampler: Option<StreamResampler>,
+    name: String,
+}
+
+fn open_input(id: Option<&str>) -> Result<OpenInput, MediaError> {
+    let host = host();
+    let device = find(&host, id, true).ok_or_else(|| MediaError::Source("no microphone".into()))?;
+    let name = describe(&device)
+        .map(|d| d.name)
+        .unwrap_or_else(|| "microphone".into());
+    let config = stream_config(&device, true)?;
+    let channels = config.channels.max(1) as usize;
+    // Half a second of headroom, allocated once.
+    let (mut producer, ring) = rtrb::RingBuffer::new(config.sample_rate as usize * channels / 2);
+    let health = Arc::new(StreamHealth::default());
+    let cb_health = health.clone();
+    let err_health = health.clone();
+    let stream = device
+        .build_input_stream::<f32, _, _>(
+            config,
+            move |data: &[f32], _: &cpal::InputCallbackInfo| {
+                // Only move samples: no allocation, no lock, no logging.
+                let mut dropped = 0u64;
+                for &s in data {
+                    if producer.push(s).is_err() {
+                        dropped += 1;
+                    }
+                }
+                if dropped > 0 {
+                    cb_health
+                        .dropped_samples
+                        .fetch_add(dropped, Ordering::Relaxed);
+                }
+            },
+            move |e| err_health.fail(e),
+            Some(Duration::from_secs(3)),
+        )
+        .map_err(|e| MediaError::Source(format!("cannot open {name}: {e}")))?;
+    stream
+        .play()
+        .map_err(|e| MediaError::Source(format!("cannot start {name}: {e}")))?;
+    let resampler = if config.sample_rate == SAMPLE_RATE {
+        None
+    } else {
+        Some(StreamResampler::new(config.sample_rate, 480)?)
+    };
+    Ok(OpenInput {
+        stream,
+        ring,
+        health,
+        channels,
+        resampler,
+        name,
+    })
+}
+
+/// A real microphone as an `AudioSource`.
+pub struct MicSource {
+    wanted: Option<String>,
+    open: Option<OpenInput>,
+    /// 48 kHz mono samples ready to hand out.
+    ready: VecDeque<f32>,
+    scratch: Vec<f32>,
+    notices: Notices,
+    /// Paces silence while no device works.
+    pacer: Pacer,
+    next_retry: Instant,
+    last_data: Instant,
+}
+
+impl MicSource {
+    /// Opens the microphone `id` (or the default one). Blocking: call it off the UI thread.
+    pub fn open(id: Option<&str>, notices: Notices) -> Result<MicSource, MediaError> {
+        let open = open_input(id)?;
+        Ok(MicSource {
+            wanted: id.map(str::to_owned),
+            open: Some(open),
+            ready: VecDeque::with_capacity(FRAME_SAMPLES * 4),
+            scratch: Vec::with_capacity(4096),
+            notices,
+            pacer: Pacer::new(FRAME_DURATION),
+            next_retry: Instant::now(),
+            last_data: Instant::now(),
+        })
+    }
+
+    fn recover(&mut self) {
+        let reason = self
+            .open
+            .take()
+            .map(|o| {
+                drop(o.stream);
+                o.health.reason()
+            })
+            .unwrap_or_default();
+        if Instant::now() < self.next_retry {
+            return;
+        }
+        self.next_retry = Instant::now() + Duration::from_secs(2);
+        // The chosen device is gone: fall back to the default one.
+        match open_input(None) {
+            Ok(o) => {
+                self.notices.push(format!(
+                    "The microphone stopped ({reason}); now using {}.",
+                    o.name
+                ));
+                self.last_data = Instant::now();
+                self.open = Some(o);
+            }
+            Err(e) => self.notices.push(format!("No microphone available ({e}).")),
+        }
+        self.wanted = None;
+    }
+
+    /// Moves what the device captured into `ready`, mixed to mono and at 48 kHz.
+    fn pull(&mut self) -> Result<usize, MediaError> {
+        let Some(open) = self.open.as_mut() else {
+            return Ok(0);
+        };
+        let available = open.ring.slots();
+        if available == 0 {
+            return Ok(0);
+        }
+        let chunk = open
+            .ring
+            .read_chunk(available)
+            .map_err(|e| MediaError::Source(e.to_string()))?;
+        let (a, b) = chunk.as_slices();
+        self.scratch.clear();
+        let ch = open.channels;
+        for frame in a
+            .iter()
+            .chain(b.iter())
+            .copied()
+            .collect::<Vec<_>>()
+            .chunks(ch)
+        {
+            self.scratch
+                .push(frame.iter().sum::<f32>() / frame.len() as f32);
+        }
+        chunk.commit_all();
+        let before = self.ready.len();
+        match open.resampler.as_mut() {
+            Some(r) => {
+                let mut out = Vec::with_capacity(self.scratch.len() * 2);
+                r.push(&self.scratch, &mut out)?;
+                self.ready.extend(out);
+            }
+            None => self.ready.extend(self.scratch.iter().copied()),
+        }
+        Ok(self.ready.len() - before)
+    }
+}
+
+impl AudioSource for MicSource {
+    fn next_frame(&mut self, out: &mut [f32]) -> Result<(), MediaError> {
+        loop {
+            if self.ready.len() >= out.len() {
+                for s in out.iter_mut() {
+                    *s = self.ready.pop_front().unwrap_or(0.0);
+                }
+                return Ok(());
+            }
+            let failed = self
+                .open
+                .as_ref()
+                .is_none_or(|o| o.health.failed.load(Ordering::Acquire));
+            // A stream that delivers nothing for a second is as good as gone.
+            if failed || self.last_data.elapsed() > Duration::from_secs(1) {
+                self.recover();
+                if self.open.is_none() {
+                    self.pacer.wait();
+                    out.fill(0.0);
+                    return Ok(());
+                }
+            }
+            if self.pull()? > 0 {
+                self.last_data = Instant::now();
+            } else {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.open
+            .as_ref()
+            .map(|o| o.name.clone())
+            .unwrap_or_else(|| "no microphone".into())
+    }
+
+    fn wants_processing(&self) -> bool {
+        true
+    }
+}
+
+struct OpenOutput {
+    stream: cpal::Stream,
+    ring: rtrb::Producer<f32>,
+    health: Arc<StreamHealth>,
+    channels: usize,
+    rate: u32,
+    resampler: Option<StreamResampler>,
+    name: String,
+}
+
+fn open_output(id: Option<&str>) -> Result<OpenOutput, MediaError> {
+    let host = host();
+    let device = find(&host, id, false).ok_or_else(|| MediaError::Sink("no speaker".into()))?;
+    let name = describe(&device)
+        .map(|d| d.name)
+        .unwrap_or_else(|| "speaker".into());
+    let config = stream_config(&device, false).map_err(|e| MediaError::Sink(e.to_string()))?;
+    let channels = config.channels.max(1) as usize;
+    // Three 20 ms frames queued at most: enough to ride out scheduling, little added latency.
+    let capacity = config.sample_rate as usize * channels * 60 / 1000;
+    let (ring, mut consumer) = rtrb::RingBuffer::new(capacity);
+    let health = Arc::new(StreamHealth::default());
+    let cb_health = health.clone();
+    let err_health = health.clone();
+    let stream = device
+        .build_output_stream::<f32, _, _>(
+            config,
+            move |out: &mut [f32], _: &cpal::OutputCallbackInfo| {
+                let mut missing = 0u64;
+                for s in out.iter_mut() {
+                    *s = match consumer.pop() {
+                        Ok(v) => v,
+                        Err(_) => {
+                            missing += 1;
+                            0.0
+                        }
+                    };
+                }
+                if missing > 0 {
+                    cb_health
+                        .dropped_samples
+                        .fetch_add(missing, Ordering::Relaxed);
+                }
+            },
+            move |e| err_health.fail(e),
+            Some(Duration::from_secs(3)),
+        )
+        .map_err(|e| MediaError::Sink(format!("cannot open {name}: {e}")))?;
+    stream
+        .play()
+        .map_err(|e| MediaError::Sink(format!("cannot start {name}: {e}")))?;
+    let resampler = None;
+    Ok(OpenOutput {
+        stream,
+        ring,
+        health,
+        channels,
+        rate: config.sample_rate,
+        resampler,
+        name,
+    })
+}
+
+/// A real speaker as an `AudioSink`. `play` blocks while the device queue is full, which paces
+/// the playout thread at the device's rate.
+pub struct SpeakerSink {
+    open: Option<OpenOutput>,
+    notices: Notices,
+    pacer: Pacer,
+    next_retry: Instant,
+    interleaved: Vec<f32>,
+}
+
+impl SpeakerSink {
+    /// Opens the speaker `id` (or the default one). Blocking: call it off the UI thread.
+    pub fn open(id: Option<&str>, notices: Notices) -> Result<SpeakerSink, MediaError> {
+        let open = open_output(id)?;
+        Ok(SpeakerSink {
+            open: Some(open),
+            notices,
+            pacer: Pacer::new(FRAME_DURATION),
+            next_retry: Instant::now(),
+            interleaved: Vec::with_capacity(FRAME_SAMPLES * 2),
+        })
+    }
+
+    /// Samples the device could not be given in time (underruns), for diagnostics.
+    pub fn underrun_samples(&self) -> u64 {
+        self.open
+            .as_ref()
+            .map(|o| o.health.dropped_samples.load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
+    fn recover(&mut self) {
+        let reason = self
+            .open
+            .take()
+            .map(|o| {
+                drop(o.stream);
+                o.health.reason()
+            })
+            .unwrap_or_default();
+        if Instant::now() < self.next_retry {
+            return;
+        }
+        self.next_retry = Instant::now() + Duration::from_secs(2);
+        match open_output(None) {
+            Ok(o) => {
+                self.notices.push(format!(
+                    "The speaker stopped ({reason}); now using {}.",
+                    o.name
+                ));
+                self.open = Some(o);
+            }
+            Err(e) => self.notices.push(format!("No speaker available ({e}).")),
+        }
+    }
+}
+
+impl AudioSink for SpeakerSink {
+    fn play(&mut self, frame: &[f32]) -> Result<(), MediaError> {
+        if self
+            .open
+            .as_ref()
+            .is_none_or(|o| o.health.failed.load(Ordering::Acquire))
+        {
+            self.recover();
+        }
+        let Some(open) = self.open.as_mut() else {
+            // Nothing to play to: keep time so the call goes on.
+            self.pacer.wait();
+            return Ok(());
+        };
+        // Convert outside the callback: resample if the device is not at 48 kHz, then
+        // duplicate mono into every channel.
+        let mono: Vec<f32> = match open.resampler.as_mut() {
+            Some(r) => {
+                let mut out = Vec::new();
+                r.push(frame, &mut out)
+                    .map_err(|e| MediaError::Sink(e.to_string()))?;
+                out
+            }
+            None if open.rate != SAMPLE_RATE => {
+                open.resampler = Some(
+                    StreamResampler::new_to(SAMPLE_RATE, open.rate, 480)
+                        .map_err(|e| MediaError::Sink(e.to_string()))?,
+                );
+                return self.play(frame);
+            }
+            None => frame.to_vec(),
+        };
+        self.interleaved.clear();
+        for s in mono {
+            for _ in 0..open.channels {
+                self.interleaved.push(s);
+            }
+        }
+        let mut written = 0;
+        let deadline = Instant::now() + Duration::from_millis(200);
+        while written < self.interleaved.len() {
+            let n = open.ring.slots().min(self.interleaved.len() - written);
+            if n > 0 {
+                if let Ok(mut chunk) = open.ring.write_chunk_uninit(n) {
+                    let (a, b) = chunk.as_mut_slices();
+                    let src = &self.interleaved[written..written + n];
+                    for (d, s) in a.iter_mut().chain(b.iter_mut()).zip(src) {
+                        d.write(*s);
+                    }
+                    // SAFETY: every slot of the chunk was written just above.
+                    unsafe { chunk.commit_all() };
+                }
+                written += n;
+                continue;
+            }
+            if open.health.failed.load(Ordering::Acquire) || Instant::now() > deadline {
+                // The device stopped consuming: try another one next frame.
+                self.open
+                    .as_ref()
+                    .inspect(|o| o.health.failed.store(true, Ordering::Release));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.open
+            .as_ref()
+            .map(|o| o.name.clone())
+            .unwrap_or_else(|| "no speaker".into())
+    }
+}

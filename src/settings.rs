@@ -1,0 +1,144 @@
+//! The user's settings, kept as JSON in the platform's config directory: nickname, server,
+//! devices, download folder, file-transfer preferences. Plain data plus load/save; callers do the
+//! saving off the UI thread.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The server address meaning "the server built into this app".
+pub const EMBEDDED_SERVER: &str = "embedded";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub nickname: String,
+    /// `embedded`, or a `ws://` / `wss://` URL.
+    pub server: String,
+    pub camera: String,
+    pub microphone: String,
+    pub speaker: String,
+    pub download_dir: Option<PathBuf>,
+    pub auto_accept_files: bool,
+    pub max_incoming_mib: u64,
+    pub show_stats: bool,
+    pub echo_cancellation: bool,
+    pub noise_suppression: bool,
+    pub gain_control: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            nickname: String::new(),
+            server: EMBEDDED_SERVER.into(),
+            camera: String::new(),
+            microphone: String::new(),
+            speaker: String::new(),
+            download_dir: None,
+            auto_accept_files: false,
+            max_incoming_mib: 16 * 1024,
+            show_stats: false,
+            echo_cancellation: true,
+            noise_suppression: true,
+            gain_control: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read settings from {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot save settings to {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Where settings live: `$XDG_CONFIG_HOME/huddle/settings.json` on Linux.
+pub fn default_path() -> Option<PathBuf> {
+    directories::ProjectDirs::from("org", "huddle", "huddle")
+        .map(|d| d.config_dir().join("settings.json"))
+}
+
+/// The platform's Downloads folder, subfolder Huddle.
+pub fn default_download_dir() -> PathBuf {
+    directories::UserDirs::new()
+        .and_then(|u| u.download_dir().map(|d| d.join("Huddle")))
+        .or_else(|| {
+            directories::BaseDirs::new().map(|b| b.home_dir().join("Downloads").join("Huddle"))
+        })
+        .unwrap_or_else(|| std::env::temp_dir().join("Huddle"))
+}
+
+impl Settings {
+    /// Reads settings; a missing file gives defaults, an unreadable one an error (and the
+    /// caller may use defaults without overwriting the file).
+    pub fn load(path: &Path) -> Result<Settings, SettingsError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(serde_json::from_str(&text).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), error = %e, "settings file unreadable; using defaults");
+                Settings::default()
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Settings::default()),
+            Err(source) => Err(SettingsError::Read {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Writes settings atomically (temporary file, then rename).
+    pub fn save(&self, path: &Path) -> Result<(), SettingsError> {
+        let write = || -> std::io::Result<()> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp = path.with_extension("json.tmp");
+            let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
+            std::fs::write(&tmp, text)?;
+            std::fs::rename(&tmp, path)
+        };
+        write().map_err(|source| SettingsError::Write {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    pub fn download_dir(&self) -> PathBuf {
+        self.download_dir
+            .clone()
+            .unwrap_or_else(default_download_dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/settings.json");
+        assert_eq!(Settings::load(&path).unwrap(), Settings::default());
+        let s = Settings {
+            nickname: "Ann".into(),
+            server: "ws://example.org:8787".into(),
+            auto_accept_files: true,
+            ..Default::default()
+        };
+        s.save(&path).unwrap();
+        assert_eq!(Settings::load(&path).unwrap(), s);
+        // Unknown or missing fields do not lose the rest.
+        std::fs::write(&path, r#"{"nickname":"Bo","future_field":1}"#).unwrap();
+        let loaded = Settings::load(&path).unwrap();
+        assert_eq!(loaded.nickname, "Bo");
+        assert_eq!(loaded.server, EMBEDDED_SERVER);
+        std::fs::write(&path, "not json").unwrap();
+        assert_eq!(Settings::load(&path).unwrap(), Settings::default());
+    }
+}

@@ -1,0 +1,658 @@
+//! The app's state and its single bridge to the engine: it drains engine events at the start of
+//! each frame (within a time budget) into view state, and turns user intents into engine
+//! commands without waiting. Drawing lives in `lobby.rs` and `call.rs`.
+
+use super::video::VideoTile;
+use crate::chat::ChatLog;
+use crate::engine::{
+    self, AudioInput, AudioOutput, ChatMessage, Command, DeviceList, EngineConfig, EngineHandle,
+    ErrorCode, Event, LeaveReason, LocalMediaState, PeerId, PeerInfo, PeerStats, RoomInfo,
+    TransferCommand, TransferEvent, TransferId, TransferUpdate,
+};
+use crate::media::apm::ProcessingSettings;
+use crate::media::audio::{AudioSink, NullSink, ToneSource};
+use crate::media::camera::CameraState;
+use crate::media::devices::{self, MicChoice, SpeakerChoice};
+use crate::settings::Settings;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// What the app needs from its surroundings; tests provide their own.
+pub struct AppServices {
+    pub runtime: tokio::runtime::Handle,
+    /// Where settings are saved (`None`: not saved, e.g. in tests).
+    pub settings_path: Option<PathBuf>,
+    /// URL of the server built into the app, when it runs one.
+    pub embedded_url: Option<String>,
+    /// Replaces every speaker choice with this sink (tests record or discard what is played).
+    pub speaker_override: Option<Box<dyn Fn() -> Box<dyn AudioSink>>>,
+    /// Bind addresses for peer connections (`127.0.0.1:0` in tests).
+    pub bind_addrs: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Connection {
+    Connecting,
+    Connected,
+    Disconnected {
+        reason: String,
+        retry_in: Option<Duration>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    Lobby,
+    Call,
+}
+
+pub struct LobbyState {
+    pub rooms: BTreeMap<String, RoomInfo>,
+    pub selected: Option<String>,
+    pub new_room: String,
+    pub server_field: String,
+    pub nickname_field: String,
+    pub error: Option<String>,
+    /// A join is on its way (button disabled, spinner text).
+    pub joining: Option<String>,
+}
+
+pub struct Participant {
+    pub info: PeerInfo,
+    pub tile: VideoTile,
+    pub audio_on: bool,
+    pub video_on: bool,
+    pub connected: bool,
+    pub stats: Option<PeerStats>,
+    /// Frames decoded at the last stats update, for fps.
+    pub frames_at_last_stats: (u64, Option<Instant>),
+    pub fps: f64,
+}
+
+pub struct TransferRow {
+    pub peer: PeerId,
+    pub peer_name: String,
+    pub update: TransferUpdate,
+}
+
+pub struct CallState {
+    pub room: String,
+    pub me: PeerInfo,
+    pub peers: Vec<Participant>,
+    pub chat: ChatLog,
+    pub draft: String,
+    pub transfers: BTreeMap<(PeerId, TransferId), TransferRow>,
+    /// `None` sends to everyone.
+    pub send_target: Option<PeerId>,
+    pub self_tile: VideoTile,
+    pub left_notice: Option<String>,
+}
+
+pub struct Toast {
+    pub text: String,
+    pub until: f64,
+}
+
+/// Results from background work (file dialogs, folder opening) back to the UI thread.
+pub enum UiMessage {
+    FilesPicked(Vec<PathBuf>),
+}
+
+pub struct HuddleApp {
+    pub services: AppServices,
+    pub settings: Settings,
+    pub ctx: egui::Context,
+    pub engine: Option<EngineHandle>,
+    events: Option<mpsc::Receiver<Event>>,
+    pub connection: Connection,
+    pub my_id: Option<PeerId>,
+    pub view: View,
+    pub lobby: LobbyState,
+    pub call: Option<CallState>,
+    pub local: LocalMediaState,
+    pub toasts: Vec<Toast>,
+    pub ui_tx: std_mpsc::Sender<UiMessage>,
+    ui_rx: std_mpsc::Receiver<UiMessage>,
+    /// A room to join as soon as the server connection is up (from the command line or a link).
+    pub pending_join: Option<String>,
+    pub show_stats: bool,
+    /// Frame counter, for tests and the stats view.
+    pub frames_drawn: u64,
+    /// Real devices found on this machine (listed off the UI thread).
+    pub devices: DeviceList,
+    pub camera_state: CameraState,
+}
+
+/// How long one frame may spend applying engine events before drawing.
+const EVENT_BUDGET: Duration = Duration::from_millis(8);
+
+impl HuddleApp {
+    pub fn new(ctx: egui::Context, services: AppServices, settings: Settings) -> Self {
+        let (ui_tx, ui_rx) = std_mpsc::channel();
+        let lobby = LobbyState {
+            rooms: BTreeMap::new(),
+            selected: None,
+            new_room: String::new(),
+            server_field: settings.server.clone(),
+            nickname_field: settings.nickname.clone(),
+            error: None,
+            joining: None,
+        };
+        let mut app = HuddleApp {
+            show_stats: settings.show_stats,
+            services,
+            settings,
+            ctx,
+            engine: None,
+            events: None,
+            connection: Connection::Connecting,
+            my_id: None,
+            view: View::Lobby,
+            lobby,
+            call: None,
+            local: LocalMediaState {
+                audio_muted: false,
+                video_enabled: true,
+                video_source: String::new(),
+                audio_source: String::new(),
+                audio_sink: String::new(),
+            },
+            toasts: Vec::new(),
+            ui_tx,
+            ui_rx,
+            pending_join: None,
+            frames_drawn: 0,
+            devices: DeviceList::default(),
+            camera_state: CameraState::Off,
+        };
+        app.connect();
+        app
+    }
+
+    /// The URL the engine should use for the current server setting.
+    pub fn server_url(&self) -> String {
+        if self.settings.server == crate::settings::EMBEDDED_SERVER {
+            self.services
+                .embedded_url
+                .clone()
+                .unwrap_or_else(|| "ws://127.0.0.1:8787".into())
+        } else {
+            self.settings.server.clone()
+        }
+    }
+
+    /// (Re)starts the engine for the current server and devices.
+    pub fn connect(&mut self) {
+        if let Some(old) = self.engine.take() {
+            // Let the old engine leave and close in the background.
+            self.services.runtime.spawn(old.shutdown());
+        }
+        self.events = None;
+        self.call = None;
+        self.view = View::Lobby;
+        self.lobby.rooms.clear();
+        self.connection = Connection::Connecting;
+        let (speaker, open_later) = match self.speaker_output(&self.settings.speaker.clone()) {
+            AudioOutput::Sink(sink) => (sink, None),
+            device => (
+                Box::new(NullSink::new()) as Box<dyn AudioSink>,
+                Some(device),
+            ),
+        };
+        let mut config =
+            EngineConfig::new(self.server_url(), speaker, self.settings.download_dir());
+        config.bind_addrs = self.services.bind_addrs.clone();
+        config.self_view = true;
+        config.video =
+            devices::camera_spec(&self.settings.camera, &self.devices.cameras, rand::random());
+        config.audio = Self::microphone_input(&self.settings.microphone);
+        config.processing = Some(ProcessingSettings {
+            echo_cancellation: self.settings.echo_cancellation,
+            noise_suppression: self.settings.noise_suppression,
+            gain_control: self.settings.gain_control,
+        });
+        config.transfers.machine.auto_accept = self.settings.auto_accept_files;
+        config.transfers.machine.max_incoming =
+            self.settings.max_incoming_mib.saturating_mul(1 << 20);
+        let ctx = self.ctx.clone();
+        let wake = Arc::new(move || ctx.request_repaint());
+        let _entered = self.services.runtime.enter();
+        match engine::spawn(config, wake) {
+            Ok((handle, events)) => {
+                let _ = handle.send(Command::SubscribeRooms);
+                let _ = handle.send(Command::ListDevices);
+                if let Some(output) = open_later {
+                    let _ = handle.send(Command::SetAudioOutput(output));
+                }
+                self.engine = Some(handle);
+                self.events = Some(events);
+            }
+            Err(e) => {
+                self.connection = Connection::Disconnected {
+                    reason: format!("cannot start: {e}"),
+                    retry_in: None,
+                };
+            }
+        }
+    }
+
+    /// Sends a command to the engine, never waiting; a full queue becomes a toast.
+    pub fn command(&mut self, command: Command) {
+        let result = match &self.engine {
+            Some(e) => e.send(command),
+            None => Err(engine::EngineError::Stopped),
+        };
+        if let Err(e) = result {
+            self.toast(format!("Not sent: {e}"));
+        }
+    }
+
+    pub fn toast(&mut self, text: impl Into<String>) {
+        let now = self.ctx.input(|i| i.time);
+        self.toasts.push(Toast {
+            text: text.into(),
+            until: now + 5.0,
+        });
+    }
+
+    /// Saves settings off the UI thread.
+    pub fn save_settings(&self) {
+        let Some(path) = self.services.settings_path.clone() else {
+            return;
+        };
+        let settings = self.settings.clone();
+        self.services.runtime.spawn_blocking(move || {
+            if let Err(e) = settings.save(&path) {
+                tracing::warn!(error = %e, "settings not saved");
+            }
+        });
+    }
+
+    pub fn join(&mut self, room: &str) {
+        let nickname = self.lobby.nickname_field.trim().to_owned();
+        if nickname.is_empty() {
+            self.lobby.error = Some("Choose a nickname first.".into());
+            return;
+        }
+        if self.settings.nickname != nickname {
+            self.settings.nickname = nickname.clone();
+            self.save_settings();
+        }
+        self.lobby.error = None;
+        self.lobby.joining = Some(room.to_owned());
+        self.command(Command::Join {
+            room: room.to_owned(),
+            nickname,
+        });
+    }
+
+    pub fn leave(&mut self) {
+        self.command(Command::Leave);
+        self.call = None;
+        self.view = View::Lobby;
+        self.lobby.joining = None;
+    }
+
+    pub fn set_muted(&mut self, muted: bool) {
+        self.local.audio_muted = muted;
+        self.command(Command::SetAudioMuted(muted));
+    }
+
+    pub fn set_camera_on(&mut self, on: bool) {
+        self.local.video_enabled = on;
+        self.command(Command::SetVideoEnabled(on));
+    }
+
+    pub fn send_chat(&mut self) {
+        let Some(call) = self.call.as_mut() else {
+            return;
+        };
+        let text = call.draft.trim().to_owned();
+        if text.is_empty() {
+            return;
+        }
+        call.draft.clear();
+        self.command(Command::SendChat(text));
+    }
+
+    pub fn send_files(&mut self, paths: Vec<PathBuf>) {
+        if paths.is_empty() {
+            return;
+        }
+        let to = self.call.as_ref().and_then(|c| c.send_target.clone());
+        self.command(Command::Transfer(TransferCommand::SendFiles { paths, to }));
+    }
+
+    /// Opens the native file dialog on another thread; the answer comes back as a message.
+    pub fn pick_files_to_send(&self) {
+        let tx = self.ui_tx.clone();
+        let ctx = self.ctx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("file-dialog".into())
+            .spawn(move || {
+                if let Some(paths) = rfd::FileDialog::new().set_title("Send files").pick_files() {
+                    let _ = tx.send(UiMessage::FilesPicked(paths));
+                }
+                ctx.request_repaint();
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no file dialog");
+        }
+    }
+
+    /// Opens the download folder in the system's file manager, off the UI thread.
+    pub fn open_download_folder(&self) {
+        let dir = self.settings.download_dir();
+        let _ = std::thread::Builder::new()
+            .name("open-folder".into())
+            .spawn(move || {
+                let _ = std::process::Command::new("xdg-open").arg(dir).status();
+            });
+    }
+
+    /// The engine input for a microphone choice (real devices open in the engine, off this thread).
+    pub fn microphone_input(id: &str) -> AudioInput {
+        match devices::mic_choice(id) {
+            MicChoice::None => AudioInput::None,
+            MicChoice::Tone(hz) => AudioInput::Source(Box::new(ToneSource::new(hz, 0.3))),
+            MicChoice::Device(dev) => AudioInput::Device(dev),
+        }
+    }
+
+    /// The engine output for a speaker choice.
+    pub fn speaker_output(&self, id: &str) -> AudioOutput {
+        if let Some(make) = &self.services.speaker_override {
+            return AudioOutput::Sink(make());
+        }
+        match devices::speaker_choice(id) {
+            SpeakerChoice::Null => AudioOutput::Sink(Box::new(NullSink::new())),
+            SpeakerChoice::Device(dev) => AudioOutput::Device(dev),
+        }
+    }
+
+    pub fn switch_camera(&mut self, id: String) {
+        self.settings.camera = id.clone();
+        self.save_settings();
+        match devices::camera_spec(&id, &self.devices.cameras, rand::random()) {
+            Some(spec) => {
+                self.command(Command::SetVideoSource(spec));
+                if !self.local.video_enabled {
+                    self.set_camera_on(true);
+                }
+            }
+            None => self.set_camera_on(false),
+        }
+    }
+
+    pub fn switch_microphone(&mut self, id: String) {
+        self.settings.microphone = id.clone();
+        self.save_settings();
+        self.command(Command::SetAudioSource(Self::microphone_input(&id)));
+    }
+
+    pub fn switch_speaker(&mut self, id: String) {
+        self.settings.speaker = id.clone();
+        self.save_settings();
+        let output = self.speaker_output(&id);
+        self.command(Command::SetAudioOutput(output));
+    }
+
+    pub fn set_processing(&mut self, settings: ProcessingSettings) {
+        self.settings.echo_cancellation = settings.echo_cancellation;
+        self.settings.noise_suppression = settings.noise_suppression;
+        self.settings.gain_control = settings.gain_control;
+        self.save_settings();
+        self.command(Command::SetProcessing(settings));
+    }
+
+    /// Applies engine events and background results, spending at most `EVENT_BUDGET`.
+    pub fn pump(&mut self) {
+        while let Ok(msg) = self.ui_rx.try_recv() {
+            match msg {
+                UiMessage::FilesPicked(paths) => self.send_files(paths),
+            }
+        }
+        let started = Instant::now();
+        while started.elapsed() < EVENT_BUDGET {
+            let Some(events) = self.events.as_mut() else {
+                return;
+            };
+            match events.try_recv() {
+                Ok(event) => self.apply(event),
+                Err(mpsc::error::TryRecvError::Empty) => return,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.events = None;
+                    self.connection = Connection::Disconnected {
+                        reason: "the engine stopped".into(),
+                        retry_in: None,
+                    };
+                    return;
+                }
+            }
+        }
+        // Budget spent: come back next frame for the rest.
+        self.ctx.request_repaint();
+    }
+
+    fn peer_name(&self, id: &PeerId) -> String {
+        self.call
+            .as_ref()
+            .and_then(|c| c.peers.iter().find(|p| &p.info.id == id))
+            .map(|p| p.info.nickname.clone())
+            .unwrap_or_else(|| "someone".into())
+    }
+
+    fn participant(&mut self, id: &PeerId) -> Option<&mut Participant> {
+        self.call
+            .as_mut()?
+            .peers
+            .iter_mut()
+            .find(|p| &p.info.id == id)
+    }
+
+    fn now_ms() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    pub fn apply(&mut self, event: Event) {
+        match event {
+            Event::ServerConnected { peer_id } => {
+                self.connection = Connection::Connected;
+                self.my_id = Some(peer_id);
+                if let Some(room) = self.pending_join.take() {
+                    self.join(&room);
+                }
+            }
+            Event::ServerDisconnected { reason, retry_in } => {
+                self.connection = Connection::Disconnected { reason, retry_in };
+            }
+            Event::Rooms(rooms) => {
+                self.lobby.rooms = rooms
+                    .into_iter()
+                    .map(|r| (r.name.to_lowercase(), r))
+                    .collect();
+            }
+            Event::RoomUpdated(room) => {
+                self.lobby.rooms.insert(room.name.to_lowercase(), room);
+            }
+            Event::RoomClosed(name) => {
+                self.lobby.rooms.remove(&name.to_lowercase());
+            }
+            Event::Joined {
+                room,
+                you,
+                peers,
+                history,
+            } => {
+                self.lobby.joining = None;
+                self.lobby.error = None;
+                self.my_id = Some(you.id.clone());
+                let mut chat = ChatLog::new(true);
+                chat.load_history(&history, &you.id);
+                let participants = peers.into_iter().map(Participant::new).collect();
+                self.call = Some(CallState {
+                    room,
+                    me: you,
+                    peers: participants,
+                    chat,
+                    draft: String::new(),
+                    transfers: BTreeMap::new(),
+                    send_target: None,
+                    self_tile: VideoTile::new("self"),
+                    left_notice: None,
+                });
+                self.view = View::Call;
+            }
+            Event::ServerError { code, message } => {
+                let text = match code {
+                    ErrorCode::RoomFull => format!("That room is full. {message}"),
+                    ErrorCode::NicknameTaken => {
+                        format!("Someone in that room already uses that nickname. {message}")
+                    }
+                    ErrorCode::BadNickname => format!("That nickname cannot be used: {message}"),
+                    ErrorCode::BadRoomName => format!("That room name cannot be used: {message}"),
+                    _ => format!("{message} ({code})"),
+                };
+                if self.lobby.joining.take().is_some() || self.view == View::Lobby {
+                    self.lobby.error = Some(text);
+                } else {
+                    self.toast(text);
+                }
+            }
+            Event::Left => {}
+            Event::PeerJoined(info) => {
+                let name = info.nickname.clone();
+                if let Some(call) = self.call.as_mut() {
+                    call.peers.push(Participant::new(info));
+                    call.chat.notice(format!("{name} joined"), Self::now_ms());
+                }
+            }
+            Event::PeerLeft { peer, reason } => {
+                let name = self.peer_name(&peer);
+                if let Some(call) = self.call.as_mut() {
+                    call.peers.retain(|p| p.info.id != peer);
+                    let how = match reason {
+                        LeaveReason::Left => "left",
+                        LeaveReason::Disconnected | LeaveReason::Dropped => "disconnected",
+                        LeaveReason::TimedOut => "lost connection",
+                    };
+                    call.chat.notice(format!("{name} {how}"), Self::now_ms());
+                    if call.send_target.as_ref() == Some(&peer) {
+                        call.send_target = None;
+                    }
+                }
+            }
+            Event::NicknameChanged { peer, nickname } => {
+                if let Some(p) = self.participant(&peer) {
+                    p.info.nickname = nickname;
+                }
+            }
+            Event::PeerConnecting { peer } | Event::PeerDisconnected { peer } => {
+                if let Some(p) = self.participant(&peer) {
+                    p.connected = false;
+                }
+            }
+            Event::PeerConnected { peer, .. } => {
+                if let Some(p) = self.participant(&peer) {
+                    p.connected = true;
+                }
+            }
+            Event::PeerConnectionClosed { peer, .. } => {
+                if let Some(p) = self.participant(&peer) {
+                    p.connected = false;
+                    p.tile.clear_source();
+                }
+            }
+            Event::PeerVideo { peer, video } => {
+                if let Some(p) = self.participant(&peer) {
+                    p.tile.set_source(video);
+                }
+            }
+            Event::PeerMediaState { peer, audio, video } => {
+                if let Some(p) = self.participant(&peer) {
+                    p.audio_on = audio;
+                    p.video_on = video;
+                }
+            }
+            Event::PeerStats { peer, stats } => {
+                if let Some(p) = self.participant(&peer) {
+                    let frames = p.tile.frames_decoded();
+                    let now = Instant::now();
+                    if let (prev, Some(then)) = p.frames_at_last_stats {
+                        let secs = now.duration_since(then).as_secs_f64().max(0.001);
+                        p.fps = frames.saturating_sub(prev) as f64 / secs;
+                    }
+                    p.frames_at_last_stats = (frames, Some(now));
+                    p.stats = Some(stats);
+                }
+            }
+            Event::Chat(message) => self.on_chat(message),
+            Event::ChatNotSent(text) => self.toast(format!("Not sent (offline): {text}")),
+            Event::LocalMedia(state) => self.local = state,
+            Event::Devices(list) => {
+                // With no camera chosen yet, a real one beats the test pattern.
+                let first_real = list.cameras.first().map(|c| format!("camera:{}", c.index));
+                self.devices = list;
+                if self.settings.camera.is_empty()
+                    && let Some(id) = first_real
+                {
+                    self.switch_camera(id);
+                }
+            }
+            Event::Camera(state) => {
+                match &state {
+                    CameraState::NoCamera(why) => self.toast(format!("No camera: {why}")),
+                    CameraState::Busy(why) => self.toast(format!("The camera is busy: {why}")),
+                    CameraState::Disconnected(why) => {
+                        self.toast(format!("Camera disconnected: {why}"))
+                    }
+                    _ => {}
+                }
+                self.camera_state = state;
+            }
+            Event::Transfer(TransferEvent::Update { peer, update }) => {
+                let peer_name = self.peer_name(&peer);
+                if let Some(call) = self.call.as_mut() {
+                    call.transfers.insert(
+                        (peer.clone(), update.id),
+                        TransferRow {
+                            peer,
+                            peer_name,
+                            update,
+                        },
+                    );
+                }
+            }
+            Event::Transfer(TransferEvent::Problem(p)) | Event::Problem(p) => self.toast(p),
+        }
+    }
+
+    fn on_chat(&mut self, message: ChatMessage) {
+        let Some(me) = self.my_id.clone() else { return };
+        if let Some(call) = self.call.as_mut() {
+            call.chat.push(message, &me);
+        }
+    }
+}
+
+impl Participant {
+    fn new(info: PeerInfo) -> Self {
+        Participant {
+            tile: VideoTile::new(info.id.as_str()),
+            info,
+            audio_on: true,
+            video_on: true,
+            connected: false,
+            stats: None,
+            frames_at_last_stats: (0, None),
+            fps: 0.0,
+        }
+    }
+}

@@ -1,0 +1,676 @@
+//! The call view: remote videos in a grid that adapts to the number of people (aspect kept,
+//! nickname on each tile, speaking indicator, initials when the camera is off), a small mirrored
+//! self-view, the chat panel, the file panel, the call controls and an optional stats view.
+
+use super::app::{HuddleApp, Participant, TransferRow};
+use super::video::{VideoTile, fit, grid_columns};
+use crate::chat::{ChatEntry, clock_time};
+use crate::engine::{Direction, PeerId, TransferCommand, TransferId, TransferState};
+use crate::media::devices;
+
+const MUTE: egui::KeyboardShortcut =
+    egui::KeyboardShortcut::new(egui::Modifiers::CTRL, egui::Key::D);
+const CAMERA: egui::KeyboardShortcut =
+    egui::KeyboardShortcut::new(egui::Modifiers::CTRL, egui::Key::E);
+/// Above this level a remote peer counts as speaking.
+const SPEAKING_DBFS: f32 = -45.0;
+
+pub fn call_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
+    let ctx = ui.ctx().clone();
+    if ctx.input_mut(|i| i.consume_shortcut(&MUTE)) {
+        let muted = !app.local.audio_muted;
+        app.set_muted(muted);
+    }
+    if ctx.input_mut(|i| i.consume_shortcut(&CAMERA)) {
+        let on = !app.local.video_enabled;
+        app.set_camera_on(on);
+    }
+    let dropped: Vec<std::path::PathBuf> = ctx.input(|i| {
+        i.raw
+            .dropped_files
+            .iter()
+            .map(|f| f.path().to_path_buf())
+            .collect()
+    });
+    if !dropped.is_empty() {
+        app.send_files(dropped);
+    }
+    // New frames into textures before drawing.
+    let self_frame = app.engine.as_ref().and_then(|e| e.media().self_view());
+    if let Some(call) = app.call.as_mut() {
+        for p in &mut call.peers {
+            p.tile.refresh(&ctx);
+        }
+        let frame = if app.local.video_enabled {
+            self_frame
+        } else {
+            None
+        };
+        call.self_tile.refresh_from(&ctx, frame);
+    }
+
+    top_bar(app, ui);
+    controls_bar(app, ui);
+    if app.call.as_ref().is_some_and(|c| c.chat.is_open()) {
+        egui::Panel::right("side")
+            .resizable(true)
+            .default_size(320.0)
+            .min_size(240.0)
+            .show(ui, |ui| {
+                egui::Panel::bottom("files")
+                    .resizable(true)
+                    .default_size(230.0)
+                    .min_size(120.0)
+                    .show(ui, |ui| files_ui(app, ui));
+                egui::CentralPanel::default().show(ui, |ui| chat_ui(app, ui));
+            });
+    }
+    egui::CentralPanel::default().show(ui, |ui| video_grid(app, ui));
+}
+
+fn top_bar(app: &mut HuddleApp, ui: &mut egui::Ui) {
+    egui::Panel::top("call-top").show(ui, |ui| {
+        ui.horizontal(|ui| {
+            let Some(call) = app.call.as_mut() else {
+                return;
+            };
+            ui.strong(&call.room);
+            ui.label(format!("{} in the call", call.peers.len() + 1));
+            if let super::app::Connection::Disconnected { reason, .. } = &app.connection {
+                ui.colored_label(
+                    egui::Color32::from_rgb(230, 110, 90),
+                    format!("Server: {reason}"),
+                );
+            }
+            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                if ui.button("Leave").clicked() {
+                    app.leave();
+                    return;
+                }
+                let Some(call) = app.call.as_mut() else {
+                    return;
+                };
+                let chat_label = if call.chat.is_open() {
+                    "Hide chat".to_owned()
+                } else if call.chat.unread() > 0 {
+                    format!("Chat ({} unread)", call.chat.unread())
+                } else {
+                    "Chat".to_owned()
+                };
+                if ui.button(chat_label).clicked() {
+                    let open = !call.chat.is_open();
+                    call.chat.set_open(open);
+                }
+                let mut stats = app.show_stats;
+                if ui.toggle_value(&mut stats, "Stats").changed() {
+                    app.show_stats = stats;
+                    app.settings.show_stats = stats;
+                    app.save_settings();
+                }
+            });
+        });
+    });
+}
+
+fn controls_bar(app: &mut HuddleApp, ui: &mut egui::Ui) {
+    egui::Panel::bottom("call-controls").show(ui, |ui| {
+        ui.add_space(4.0);
+        ui.horizontal_wrapped(|ui| {
+            let mute_label = if app.local.audio_muted {
+                "Unmute"
+            } else {
+                "Mute"
+            };
+            if ui
+                .add(egui::Button::new(mute_label).selected(app.local.audio_muted))
+                .on_hover_text("Ctrl+D")
+                .clicked()
+            {
+                let muted = !app.local.audio_muted;
+                app.set_muted(muted);
+            }
+            let cam_label = if app.local.video_enabled {
+                "Camera off"
+            } else {
+                "Camera on"
+            };
+            if ui
+                .add(egui::Button::new(cam_label).selected(!app.local.video_enabled))
+                .on_hover_text("Ctrl+E")
+                .clicked()
+            {
+                let on = !app.local.video_enabled;
+                app.set_camera_on(on);
+            }
+            let status = format!(
+                "Microphone {} · camera {}",
+                if app.local.audio_muted { "muted" } else { "on" },
+                if app.local.video_enabled { "on" } else { "off" }
+            );
+            ui.label(status);
+            level_meter(app, ui);
+            ui.separator();
+            let cameras = devices::cameras(&app.devices.cameras);
+            let mics = devices::microphones(&app.devices.microphones);
+            let speakers = devices::speakers(&app.devices.speakers);
+            device_picker(
+                app,
+                ui,
+                "Camera",
+                cameras,
+                |a| a.settings.camera.clone(),
+                HuddleApp::switch_camera,
+            );
+            device_picker(
+                app,
+                ui,
+                "Microphone",
+                mics,
+                |a| a.settings.microphone.clone(),
+                HuddleApp::switch_microphone,
+            );
+            device_picker(
+                app,
+                ui,
+                "Speaker",
+                speakers,
+                |a| a.settings.speaker.clone(),
+                HuddleApp::switch_speaker,
+            );
+            processing_toggles(app, ui);
+        });
+        ui.add_space(4.0);
+    });
+}
+
+fn processing_toggles(app: &mut HuddleApp, ui: &mut egui::Ui) {
+    let mut s = crate::media::apm::ProcessingSettings {
+        echo_cancellation: app.settings.echo_cancellation,
+        noise_suppression: app.settings.noise_suppression,
+        gain_control: app.settings.gain_control,
+    };
+    let before = s;
+    ui.menu_button("Audio processing", |ui| {
+        ui.checkbox(&mut s.echo_cancellation, "Echo cancellation");
+        ui.checkbox(&mut s.noise_suppression, "Noise suppression");
+        ui.checkbox(&mut s.gain_control, "Automatic gain");
+    });
+    if s != before {
+        app.set_processing(s);
+    }
+}
+
+fn level_meter(app: &HuddleApp, ui: &mut egui::Ui) {
+    let dbfs = app
+        .engine
+        .as_ref()
+        .map(|e| e.media().local_level_dbfs())
+        .unwrap_or(-100.0);
+    let fill = ((dbfs + 60.0) / 60.0).clamp(0.0, 1.0);
+    ui.add(
+        egui::ProgressBar::new(fill)
+            .desired_width(80.0)
+            .text(format!("{dbfs:.0} dB")),
+    )
+    .on_hover_text("Your microphone level");
+}
+
+fn device_picker(
+    app: &mut HuddleApp,
+    ui: &mut egui::Ui,
+    label: &str,
+    choices: Vec<devices::DeviceChoice>,
+    current: impl Fn(&HuddleApp) -> String,
+    switch: fn(&mut HuddleApp, String),
+) {
+    let now = current(app);
+    let shown = if now.is_empty() {
+        choices.first().map(|c| c.label.clone()).unwrap_or_default()
+    } else {
+        devices::label_of(&choices, &now)
+    };
+    let mut picked = None;
+    egui::ComboBox::from_label(label)
+        .selected_text(shown)
+        .width(170.0)
+        .show_ui(ui, |ui| {
+            for c in &choices {
+                if ui.selectable_label(c.id == now, &c.label).clicked() {
+                    picked = Some(c.id.clone());
+                }
+            }
+        });
+    if let Some(id) = picked
+        && id != now
+    {
+        switch(app, id);
+    }
+}
+
+fn initials(name: &str) -> String {
+    name.split_whitespace()
+        .filter_map(|w| w.chars().next())
+        .take(2)
+        .flat_map(char::to_uppercase)
+        .collect()
+}
+
+struct TileLook<'a> {
+    name: &'a str,
+    accessible: String,
+    camera_on: bool,
+    speaking: bool,
+    muted: bool,
+    mirrored: bool,
+    overlay: Option<String>,
+    connecting: bool,
+}
+
+fn draw_tile(ui: &mut egui::Ui, rect: egui::Rect, tile: &VideoTile, look: TileLook<'_>) {
+    let response = ui.allocate_rect(rect, egui::Sense::hover());
+    let painter = ui.painter_at(rect);
+    painter.rect_filled(rect, 8.0, egui::Color32::from_gray(28));
+    match tile.texture() {
+        Some(texture) if look.camera_on => {
+            let uv = if look.mirrored {
+                egui::Rect::from_min_max(egui::pos2(1.0, 0.0), egui::pos2(0.0, 1.0))
+            } else {
+                egui::Rect::from_min_max(egui::Pos2::ZERO, egui::pos2(1.0, 1.0))
+            };
+            painter.image(
+                texture.id(),
+                fit(texture.size_vec2(), rect),
+                uv,
+                egui::Color32::WHITE,
+            );
+        }
+        _ => {
+            let r = (rect.height().min(rect.width()) * 0.18).clamp(16.0, 60.0);
+            painter.circle_filled(rect.center(), r, egui::Color32::from_rgb(70, 90, 140));
+            painter.text(
+                rect.center(),
+                egui::Align2::CENTER_CENTER,
+                initials(look.name),
+                egui::FontId::proportional(r * 0.8),
+                egui::Color32::WHITE,
+            );
+            let status = if look.connecting {
+                "connecting…"
+            } else if look.camera_on {
+                ""
+            } else {
+                "camera off"
+            };
+            if !status.is_empty() {
+                painter.text(
+                    rect.center() + egui::vec2(0.0, r + 14.0),
+                    egui::Align2::CENTER_CENTER,
+                    status,
+                    egui::FontId::proportional(13.0),
+                    egui::Color32::from_gray(200),
+                );
+            }
+        }
+    }
+    if look.speaking {
+        painter.rect_stroke(
+            rect.shrink(1.0),
+            8.0,
+            egui::Stroke::new(3.0, egui::Color32::from_rgb(80, 210, 110)),
+            egui::StrokeKind::Inside,
+        );
+    }
+    let label = if look.muted {
+        format!("{} (muted)", look.name)
+    } else {
+        look.name.to_owned()
+    };
+    let galley_pos = rect.left_bottom() + egui::vec2(8.0, -8.0);
+    let text_rect = painter.text(
+        galley_pos,
+        egui::Align2::LEFT_BOTTOM,
+        &label,
+        egui::FontId::proportional(14.0),
+        egui::Color32::WHITE,
+    );
+    painter.rect_filled(
+        text_rect.expand(3.0),
+        4.0,
+        egui::Color32::from_black_alpha(120),
+    );
+    painter.text(
+        galley_pos,
+        egui::Align2::LEFT_BOTTOM,
+        &label,
+        egui::FontId::proportional(14.0),
+        egui::Color32::WHITE,
+    );
+    if let Some(overlay) = &look.overlay {
+        let pos = rect.left_top() + egui::vec2(8.0, 8.0);
+        let r = painter.text(
+            pos,
+            egui::Align2::LEFT_TOP,
+            overlay,
+            egui::FontId::monospace(11.0),
+            egui::Color32::WHITE,
+        );
+        painter.rect_filled(r.expand(3.0), 4.0, egui::Color32::from_black_alpha(150));
+        painter.text(
+            pos,
+            egui::Align2::LEFT_TOP,
+            overlay,
+            egui::FontId::monospace(11.0),
+            egui::Color32::WHITE,
+        );
+    }
+    let accessible = look.accessible;
+    response.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Image, true, accessible.clone()));
+}
+
+fn stats_text(p: &Participant) -> String {
+    let [w, h] = p.tile.resolution();
+    let mut s = format!("{w}x{h} {:.0} fps", p.fps);
+    if let Some(st) = &p.stats {
+        s.push_str(&format!("\n{:.0} kbit/s in", st.receive_kbps));
+        if let Some(rtt) = st.rtt_ms {
+            s.push_str(&format!("\nRTT {rtt:.1} ms"));
+        }
+        s.push_str(&format!("\nlost {}", st.packets_lost));
+    }
+    s
+}
+
+fn video_grid(app: &mut HuddleApp, ui: &mut egui::Ui) {
+    let media = app.engine.as_ref().map(|e| e.media().clone());
+    let show_stats = app.show_stats;
+    let local_video = app.local.video_enabled;
+    let Some(call) = app.call.as_mut() else {
+        return;
+    };
+    let area = ui.available_rect_before_wrap();
+    if call.peers.is_empty() {
+        ui.painter().text(
+            area.center(),
+            egui::Align2::CENTER_CENTER,
+            "Waiting for others to join…",
+            egui::FontId::proportional(18.0),
+            egui::Color32::from_gray(180),
+        );
+    } else {
+        let n = call.peers.len();
+        let gap = 8.0;
+        let cols = grid_columns(n, area.size(), 4.0 / 3.0);
+        let rows = n.div_ceil(cols);
+        let cell = egui::vec2(
+            (area.width() - gap * (cols as f32 - 1.0)) / cols as f32,
+            (area.height() - gap * (rows as f32 - 1.0)) / rows as f32,
+        );
+        for (i, p) in call.peers.iter().enumerate() {
+            let (row, col) = (i / cols, i % cols);
+            let cell_rect = egui::Rect::from_min_size(
+                area.min + egui::vec2(col as f32 * (cell.x + gap), row as f32 * (cell.y + gap)),
+                cell,
+            );
+            let rect = fit(egui::vec2(4.0, 3.0), cell_rect);
+            let level = media
+                .as_ref()
+                .and_then(|m| m.remote_audio(&p.info.id))
+                .map(|s| s.level_dbfs)
+                .unwrap_or(-100.0);
+            draw_tile(
+                ui,
+                rect,
+                &p.tile,
+                TileLook {
+                    name: &p.info.nickname,
+                    accessible: format!("Video of {}", p.info.nickname),
+                    camera_on: p.video_on,
+                    speaking: p.audio_on && level > SPEAKING_DBFS,
+                    muted: !p.audio_on,
+                    mirrored: false,
+                    overlay: show_stats.then(|| stats_text(p)),
+                    connecting: !p.connected && !p.tile.has_picture(),
+                },
+            );
+        }
+    }
+    // The self-view: small, mirrored, bottom right.
+    let w = (area.width() * 0.22).clamp(120.0, 260.0);
+    let size = egui::vec2(w, w * 0.75);
+    let rect = egui::Rect::from_min_size(area.max - size - egui::vec2(10.0, 10.0), size);
+    let name = format!("{} (you)", call.me.nickname);
+    draw_tile(
+        ui,
+        rect,
+        &call.self_tile,
+        TileLook {
+            name: &name,
+            accessible: "Your video".into(),
+            camera_on: local_video,
+            speaking: false,
+            muted: false,
+            mirrored: true,
+            overlay: None,
+            connecting: false,
+        },
+    );
+}
+
+fn chat_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
+    let offset = super::utc_offset_secs();
+    let Some(call) = app.call.as_mut() else {
+        return;
+    };
+    ui.heading("Chat");
+    let input_height = 36.0;
+    egui::ScrollArea::vertical()
+        .id_salt("chat-log")
+        .stick_to_bottom(true)
+        .auto_shrink([false, false])
+        .max_height(ui.available_height() - input_height)
+        .show(ui, |ui| {
+            for entry in call.chat.entries() {
+                match entry {
+                    ChatEntry::Message { message, own } => {
+                        let time = clock_time(message.time_ms, offset);
+                        let who = if *own {
+                            "You".to_owned()
+                        } else {
+                            message.nickname.clone()
+                        };
+                        let colour = if *own {
+                            egui::Color32::from_rgb(120, 180, 255)
+                        } else {
+                            egui::Color32::from_rgb(230, 200, 120)
+                        };
+                        ui.horizontal_wrapped(|ui| {
+                            ui.colored_label(colour, egui::RichText::new(who).strong());
+                            ui.weak(time);
+                        });
+                        ui.label(&message.text);
+                        ui.add_space(4.0);
+                    }
+                    ChatEntry::Notice { text, .. } => {
+                        ui.label(egui::RichText::new(text).italics().weak());
+                    }
+                }
+            }
+        });
+    let mut send = false;
+    ui.horizontal(|ui| {
+        let field = ui.add(
+            egui::TextEdit::singleline(&mut call.draft)
+                .hint_text("Message")
+                .desired_width(ui.available_width() - 60.0),
+        );
+        let field = field.accessible_name("Message");
+        if field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter)) {
+            send = true;
+            field.request_focus();
+        }
+        if ui.button("Send").clicked() {
+            send = true;
+        }
+    });
+    if send {
+        app.send_chat();
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn files_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
+    ui.heading("Files");
+    let Some(call) = app.call.as_mut() else {
+        return;
+    };
+    let target_name = call
+        .send_target
+        .as_ref()
+        .and_then(|t| call.peers.iter().find(|p| &p.info.id == t))
+        .map(|p| p.info.nickname.clone())
+        .unwrap_or_else(|| "Everyone".into());
+    let mut pick = false;
+    ui.horizontal(|ui| {
+        egui::ComboBox::from_label("Send to")
+            .selected_text(target_name)
+            .width(120.0)
+            .show_ui(ui, |ui| {
+                ui.selectable_value(&mut call.send_target, None, "Everyone");
+                for p in &call.peers {
+                    ui.selectable_value(
+                        &mut call.send_target,
+                        Some(p.info.id.clone()),
+                        &p.info.nickname,
+                    );
+                }
+            });
+        if ui.button("Send file…").clicked() {
+            pick = true;
+        }
+    });
+    ui.weak("or drop files on the window");
+    let mut actions: Vec<(PeerId, TransferAction)> = Vec::new();
+    egui::ScrollArea::vertical()
+        .id_salt("transfers")
+        .auto_shrink([false, false])
+        .show(ui, |ui| {
+            for row in call.transfers.values().rev() {
+                transfer_row(ui, row, &mut actions);
+                ui.separator();
+            }
+        });
+    if pick {
+        app.pick_files_to_send();
+    }
+    for (peer, action) in actions {
+        match action {
+            TransferAction::Command(make) => {
+                app.command(crate::engine::Command::Transfer(make(peer)))
+            }
+            TransferAction::OpenFolder => app.open_download_folder(),
+        }
+    }
+}
+
+enum TransferAction {
+    Command(Box<dyn FnOnce(PeerId) -> TransferCommand>),
+    OpenFolder,
+}
+
+fn transfer_row(ui: &mut egui::Ui, row: &TransferRow, actions: &mut Vec<(PeerId, TransferAction)>) {
+    let u = &row.update;
+    let id = u.id;
+    let arrow = match u.direction {
+        Direction::Outgoing => format!("to {}", row.peer_name),
+        Direction::Incoming => format!("from {}", row.peer_name),
+    };
+    ui.horizontal_wrapped(|ui| {
+        ui.strong(&u.name);
+        ui.weak(format!("{} · {arrow}", human_bytes(u.size)));
+    });
+    let fraction = if u.size == 0 {
+        1.0
+    } else {
+        u.bytes_done as f32 / u.size as f32
+    };
+    let status = match &u.state {
+        TransferState::Offered => "waiting for them to accept".to_owned(),
+        TransferState::AwaitingConsent => "wants to send you this file".to_owned(),
+        TransferState::Transferring => {
+            let mut s = format!("{:.0} %", fraction * 100.0);
+            if u.bytes_per_sec > 0.0 {
+                s.push_str(&format!(" · {}/s", human_bytes(u.bytes_per_sec as u64)));
+            }
+            if let Some(eta) = u.eta_secs {
+                s.push_str(&format!(" · {eta:.0} s left"));
+            }
+            s
+        }
+        TransferState::Interrupted => "connection lost; will resume".to_owned(),
+        TransferState::Paused(r) => format!("paused: {r}"),
+        TransferState::Verifying => "checking…".to_owned(),
+        TransferState::Completed => "done".to_owned(),
+        TransferState::Declined(r) => format!("declined: {r}"),
+        TransferState::Cancelled(r) => format!("cancelled: {r}"),
+        TransferState::Failed(r) => format!("failed: {r}"),
+    };
+    if !u.state.is_final() && u.state != TransferState::AwaitingConsent {
+        ui.add(egui::ProgressBar::new(fraction).text(status.clone()));
+    } else {
+        ui.label(&status);
+    }
+    let incoming = u.direction == Direction::Incoming;
+    let (consent, retry, cancel, open) = match &u.state {
+        TransferState::AwaitingConsent => (true, false, false, false),
+        TransferState::Paused(_) if incoming => (false, true, true, false),
+        TransferState::Completed if incoming => (false, false, false, true),
+        s => (false, false, !s.is_final(), false),
+    };
+    let command = |make: fn(PeerId, TransferId) -> TransferCommand| {
+        TransferAction::Command(Box::new(move |p| make(p, id)))
+    };
+    ui.horizontal(|ui| {
+        let peer = row.peer.clone();
+        if consent && ui.button("Accept").clicked() {
+            actions.push((
+                peer.clone(),
+                command(|peer, id| TransferCommand::Accept { peer, id }),
+            ));
+        }
+        if consent && ui.button("Decline").clicked() {
+            actions.push((
+                peer.clone(),
+                command(|peer, id| TransferCommand::Decline { peer, id }),
+            ));
+        }
+        if retry && ui.button("Retry").clicked() {
+            actions.push((
+                peer.clone(),
+                command(|peer, id| TransferCommand::Retry { peer, id }),
+            ));
+        }
+        if cancel && ui.button("Cancel").clicked() {
+            actions.push((
+                peer.clone(),
+                command(|peer, id| TransferCommand::Cancel { peer, id }),
+            ));
+        }
+        if open && ui.button("Open folder").clicked() {
+            actions.push((peer, TransferAction::OpenFolder));
+        }
+    });
+}

@@ -1,0 +1,188 @@
+//! The desktop app (egui/eframe, glow renderer so it also runs on Mesa's software rasteriser):
+//! lobby, call view (video grid, chat panel, file panel, controls, stats). The UI talks to the
+//! engine only through `engine::EngineHandle` (commands in, events out) and never blocks: the
+//! tokio runtime lives on its own threads. Widgets never import `rtc` or `signaling`.
+
+pub mod app;
+mod call;
+mod lobby;
+pub mod video;
+
+pub use app::{AppServices, HuddleApp, View};
+
+use crate::settings::{self, Settings};
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UiError {
+    #[error("cannot start the background runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("the window could not be opened: {0}")]
+    Window(String),
+}
+
+/// What the command line can ask of the app.
+#[derive(Clone, Debug, Default)]
+pub struct LaunchOptions {
+    /// Server URL for this run (overrides the saved setting).
+    pub server: Option<String>,
+    /// Room to join as soon as connected.
+    pub room: Option<String>,
+    pub nickname: Option<String>,
+    /// Settings file (default: the platform's config directory).
+    pub settings_path: Option<PathBuf>,
+}
+
+/// The local UTC offset in seconds (for chat times).
+pub fn utc_offset_secs() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as libc::time_t)
+        .unwrap_or(0);
+    // SAFETY: localtime_r writes into the tm we pass and reads the time we pass.
+    unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&now, &mut tm).is_null() {
+            0
+        } else {
+            tm.tm_gmtoff
+        }
+    }
+}
+
+impl eframe::App for HuddleApp {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        self.draw(ui);
+    }
+}
+
+impl HuddleApp {
+    /// One frame: apply what the engine sent, then draw. Tests call this through kittest.
+    pub fn draw(&mut self, ui: &mut egui::Ui) {
+        self.frames_drawn += 1;
+        self.pump();
+        match self.view {
+            View::Lobby => lobby::lobby_ui(self, ui),
+            View::Call => {
+                if self.call.is_some() {
+                    call::call_ui(self, ui);
+                } else {
+                    self.view = View::Lobby;
+                }
+            }
+        }
+        self.toasts_ui(ui.ctx());
+        // Levels and stats change without events; video frames wake us by themselves.
+        if self.view == View::Call {
+            ui.ctx()
+                .request_repaint_after(std::time::Duration::from_millis(200));
+        }
+    }
+
+    fn toasts_ui(&mut self, ctx: &egui::Context) {
+        let now = ctx.input(|i| i.time);
+        self.toasts.retain(|t| t.until > now);
+        if self.toasts.is_empty() {
+            return;
+        }
+        egui::Area::new(egui::Id::unique("toasts"))
+            .anchor(egui::Align2::CENTER_BOTTOM, [0.0, -60.0])
+            .order(egui::Order::Foreground)
+            .show(ctx, |ui| {
+                for t in &self.toasts {
+                    egui::Frame::popup(ui.style()).show(ui, |ui| {
+                        ui.label(&t.text);
+                    });
+                }
+            });
+        let next = self
+            .toasts
+            .iter()
+            .map(|t| t.until - now)
+            .fold(f64::INFINITY, f64::min);
+        ctx.request_repaint_after(std::time::Duration::from_secs_f64(next.max(0.05)));
+    }
+}
+
+/// Starts the embedded signaling server on loopback, port 8787 if free (another Huddle may
+/// already serve there, in which case we use that one).
+fn start_embedded(
+    runtime: &tokio::runtime::Runtime,
+) -> (Option<crate::signaling::ServerHandle>, String) {
+    let config = crate::signaling::ServerConfig {
+        bind: std::net::SocketAddr::from(([127, 0, 0, 1], 8787)),
+        ..Default::default()
+    };
+    match runtime.block_on(crate::signaling::server::start(config)) {
+        Ok(server) => {
+            let url = server.url();
+            (Some(server), url)
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "port 8787 busy; using the server already there");
+            (None, "ws://127.0.0.1:8787".into())
+        }
+    }
+}
+
+/// Runs the app until its window closes.
+pub fn run(options: LaunchOptions) -> Result<(), UiError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("huddle-rt")
+        .enable_all()
+        .build()
+        .map_err(UiError::Runtime)?;
+    let settings_path = options
+        .settings_path
+        .clone()
+        .or_else(settings::default_path);
+    let mut settings = settings_path
+        .as_deref()
+        .map(|p| Settings::load(p).unwrap_or_default())
+        .unwrap_or_default();
+    if let Some(server) = &options.server {
+        settings.server = server.clone();
+    }
+    if let Some(nick) = &options.nickname {
+        settings.nickname = nick.clone();
+    }
+    let (embedded, embedded_url) = if settings.server == settings::EMBEDDED_SERVER {
+        start_embedded(&runtime)
+    } else {
+        (None, String::new())
+    };
+    let handle = runtime.handle().clone();
+    let viewport = egui::ViewportBuilder::default()
+        .with_title("Huddle")
+        .with_app_id("huddle")
+        .with_inner_size([1180.0, 760.0])
+        .with_min_inner_size([720.0, 480.0])
+        .with_drag_and_drop(true);
+    let native = eframe::NativeOptions {
+        viewport,
+        renderer: eframe::Renderer::Glow,
+        ..Default::default()
+    };
+    let room = options.room.clone();
+    let result = eframe::run_native(
+        "Huddle",
+        native,
+        Box::new(move |cc| {
+            let services = AppServices {
+                runtime: handle,
+                settings_path,
+                embedded_url: (!embedded_url.is_empty()).then_some(embedded_url),
+                speaker_override: None,
+                bind_addrs: vec!["0.0.0.0:0".into()],
+            };
+            let mut app = HuddleApp::new(cc.egui_ctx.clone(), services, settings);
+            app.pending_join = room;
+            Ok(Box::new(app))
+        }),
+    );
+    drop(embedded);
+    // Give engines and the server a moment to say goodbye, bounded.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    result.map_err(|e| UiError::Window(e.to_string()))
+}

@@ -1,0 +1,250 @@
+//! The desktop app driven through its accessible labels with egui_kittest, against a real
+//! signaling server and a real peer (an in-process engine with a test pattern and a tone).
+
+mod common;
+
+use common::peer::{PeerOptions, TestPeer};
+use common::*;
+use egui_kittest::Harness;
+use egui_kittest::kittest::{NodeT, Queryable};
+use huddle::engine::{Command, Event, TransferCommand};
+use huddle::media::audio::NullSink;
+use huddle::settings::Settings;
+use huddle::ui::{AppServices, HuddleApp, View};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The app is created inside the first frame so it gets the harness's egui context.
+struct TestApp {
+    init: Option<(AppServices, Settings)>,
+    app: Option<HuddleApp>,
+}
+
+impl TestApp {
+    fn app(&self) -> &HuddleApp {
+        self.app.as_ref().expect("app created")
+    }
+}
+
+fn draw(ui: &mut egui::Ui, state: &mut TestApp) {
+    if state.app.is_none()
+        && let Some((services, settings)) = state.init.take()
+    {
+        state.app = Some(HuddleApp::new(ui.ctx().clone(), services, settings));
+    }
+    if let Some(app) = state.app.as_mut() {
+        app.draw(ui);
+    }
+}
+
+struct Ui<'a> {
+    harness: Harness<'a, TestApp>,
+    woken: mpsc::Receiver<()>,
+}
+
+impl Ui<'_> {
+    /// Runs frames until `cond` holds, waking whenever the app asks for a repaint.
+    fn until(
+        &mut self,
+        what: &str,
+        within: Duration,
+        mut cond: impl FnMut(&mut Harness<'_, TestApp>) -> bool,
+    ) {
+        let deadline = Instant::now() + within;
+        loop {
+            self.harness.step();
+            if cond(&mut self.harness) {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "timed out waiting for {what}");
+            // Engine events and video frames call request_repaint; the 200 ms repaint-after of
+            // the call view also lands here.
+            let _ = self
+                .woken
+                .recv_timeout(left.min(Duration::from_millis(250)));
+        }
+    }
+
+    fn double_click(&mut self, label: &str) {
+        let pos = self.harness.get_by_label_contains(label).rect().center();
+        let events = &mut self.harness.input_mut().events;
+        events.push(egui::Event::PointerMoved(pos));
+        for _ in 0..2 {
+            for pressed in [true, false] {
+                events.push(egui::Event::PointerButton {
+                    pos,
+                    button: egui::PointerButton::Primary,
+                    pressed,
+                    modifiers: egui::Modifiers::NONE,
+                });
+            }
+        }
+        self.harness.step();
+    }
+}
+
+#[test]
+fn the_app_joins_shows_video_chats_mutes_and_receives_a_file() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = rt.block_on(start_server(test_config()));
+    let url = server.url();
+    let bob_dir = tempfile::tempdir().unwrap();
+    let app_dir = tempfile::tempdir().unwrap();
+    let mut bob = rt.block_on(async {
+        let mut bob = TestPeer::start(&url, PeerOptions::new(2, 660.0, bob_dir.path().into()));
+        bob.join("standup", "bob").await;
+        bob
+    });
+    let bob_id = bob.id.clone().unwrap();
+
+    let services = AppServices {
+        runtime: rt.handle().clone(),
+        settings_path: None,
+        embedded_url: None,
+        speaker_override: Some(Box::new(|| Box::new(NullSink::new()))),
+        bind_addrs: vec!["127.0.0.1:0".into()],
+    };
+    let settings = Settings {
+        server: url.clone(),
+        nickname: "ann".into(),
+        camera: "test:640x480".into(),
+        microphone: "tone:440".into(),
+        download_dir: Some(app_dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    let harness = Harness::builder()
+        .with_size([1180.0, 760.0])
+        .build_ui_state(
+            draw,
+            TestApp {
+                init: Some((services, settings)),
+                app: None,
+            },
+        );
+    let (wake_tx, woken) = mpsc::channel();
+    harness.ctx.set_request_repaint_callback(move |_| {
+        let _ = wake_tx.send(());
+    });
+    let mut ui = Ui { harness, woken };
+
+    // The lobby lists bob's room with its head count.
+    ui.until("the room list", Duration::from_secs(10), |h| {
+        h.query_by_label_contains("standup").is_some()
+    });
+    let row = ui
+        .harness
+        .get_by_label_contains("standup")
+        .accesskit_node()
+        .label()
+        .unwrap_or_default();
+    assert!(row.contains("1 of 6"), "row reads {row:?}");
+
+    // Double-clicking it joins.
+    ui.double_click("standup");
+    ui.until("the call view", Duration::from_secs(10), |h| {
+        h.state().app().view == View::Call
+    });
+
+    // Bob's tile appears and its texture keeps updating.
+    ui.until("bob's video", Duration::from_secs(15), |h| {
+        h.query_by_label("Video of bob").is_some()
+            && h.state()
+                .app()
+                .call
+                .as_ref()
+                .is_some_and(|c| c.peers.first().is_some_and(|p| p.tile.frames_shown >= 5))
+    });
+    let shown = ui.harness.state().app().call.as_ref().unwrap().peers[0]
+        .tile
+        .frames_shown;
+    ui.until("more frames", Duration::from_secs(5), |h| {
+        h.state().app().call.as_ref().unwrap().peers[0]
+            .tile
+            .frames_shown
+            >= shown + 10
+    });
+    assert!(ui.harness.query_by_label("Your video").is_some());
+
+    // A chat message typed and sent with Enter shows up, and bob receives it.
+    ui.harness.get_by_label("Message").focus();
+    ui.harness.step();
+    ui.harness
+        .get_by_label("Message")
+        .type_text("hello from the app");
+    ui.harness.step();
+    ui.harness.key_press(egui::Key::Enter);
+    ui.until("the chat echo", Duration::from_secs(10), |h| {
+        h.query_by_label("hello from the app").is_some()
+    });
+    let got = rt.block_on(bob.wait_for(Duration::from_secs(10), |e| match e {
+        Event::Chat(m) if m.text == "hello from the app" => Some(m.nickname.clone()),
+        _ => None,
+    }));
+    assert_eq!(got, "ann");
+
+    // The mute control toggles; bob is told and measures silence; unmute brings the tone back.
+    let ann_id = ui.harness.state().app().my_id.clone().unwrap();
+    rt.block_on(bob.until(Duration::from_secs(10), |p| {
+        let s = p.engine.media().remote_audio(&ann_id)?;
+        (s.level_dbfs > -30.0).then_some(())
+    }));
+    ui.harness.get_by_label("Mute").click();
+    ui.until("the Unmute label", Duration::from_secs(5), |h| {
+        h.query_by_label("Unmute").is_some()
+    });
+    assert!(ui.harness.state().app().local.audio_muted);
+    rt.block_on(bob.until(Duration::from_secs(5), |p| {
+        let s = p.engine.media().remote_audio(&ann_id)?;
+        (s.level_dbfs <= -90.0).then_some(())
+    }));
+    // Ctrl+D unmutes (the shortcut).
+    ui.harness.key_press_modifiers(
+        egui::Modifiers::CTRL | egui::Modifiers::COMMAND,
+        egui::Key::D,
+    );
+    ui.until("the Mute label", Duration::from_secs(5), |h| {
+        h.query_by_label("Mute").is_some()
+    });
+    rt.block_on(bob.until(Duration::from_secs(5), |p| {
+        let s = p.engine.media().remote_audio(&ann_id)?;
+        (s.level_dbfs > -30.0).then_some(())
+    }));
+
+    // Bob offers a file: Accept / Decline appear; accepting completes it.
+    let file = bob_dir.path().join("agenda.txt");
+    std::fs::write(&file, "1. video\n2. chat\n3. files\n").unwrap();
+    bob.send(Command::Transfer(TransferCommand::SendFiles {
+        paths: vec![file],
+        to: Some(ann_id.clone()),
+    }));
+    ui.until("the offer", Duration::from_secs(10), |h| {
+        h.query_by_label("Accept").is_some() && h.query_by_label("Decline").is_some()
+    });
+    ui.harness.get_by_label("Accept").click();
+    ui.until("the finished transfer", Duration::from_secs(10), |h| {
+        h.query_by_label("Open folder").is_some()
+    });
+    let saved = app_dir.path().join("agenda.txt");
+    assert_eq!(
+        std::fs::read_to_string(saved).unwrap(),
+        "1. video\n2. chat\n3. files\n"
+    );
+    let _ = bob_id;
+
+    // Leaving returns to the lobby.
+    ui.harness.get_by_label("Leave").click();
+    ui.until("the lobby", Duration::from_secs(5), |h| {
+        h.state().app().view == View::Lobby
+    });
+
+    drop(ui);
+    rt.block_on(async {
+        bob.engine.shutdown().await;
+        server.shutdown().await;
+    });
+}
