@@ -97,6 +97,8 @@ struct StreamHealth {
     failed: AtomicBool,
     reason: Mutex<Option<String>>,
     dropped_samples: AtomicU64,
+    /// Samples the device took (output): shows whether it is still consuming.
+    consumed: AtomicU64,
 }
 
 impl StreamHealth {
@@ -117,6 +119,8 @@ impl StreamHealth {
 
 /// 10 ms device buffers: low latency, and the PulseAudio default (2 s) is unusable.
 const DEVICE_FRAMES: u32 = 480;
+/// A speaker that takes no samples for this long is treated as gone.
+const STALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn stream_config(device: &cpal::Device, input: bool) -> Result<cpal::StreamConfig, MediaError> {
     let default = if input {
@@ -214,7 +218,6 @@ pub struct MicSource {
     /// Paces silence while no device works.
     pacer: Pacer,
     next_retry: Instant,
-    last_data: Instant,
 }
 
 impl MicSource {
@@ -229,7 +232,6 @@ impl MicSource {
             notices,
             pacer: Pacer::new(FRAME_DURATION),
             next_retry: Instant::now(),
-            last_data: Instant::now(),
         })
     }
 
@@ -253,7 +255,6 @@ impl MicSource {
                     "The microphone stopped ({reason}); now using {}.",
                     o.name
                 ));
-                self.last_data = Instant::now();
                 self.open = Some(o);
             }
             Err(e) => self.notices.push(format!("No microphone available ({e}).")),
@@ -303,6 +304,9 @@ impl MicSource {
 
 impl AudioSource for MicSource {
     fn next_frame(&mut self, out: &mut [f32]) -> Result<(), MediaError> {
+        // Stalls count from when we start waiting, not from the last read: a caller that
+        // paused reading is not a dead device.
+        let mut waiting_since = Instant::now();
         loop {
             if self.ready.len() >= out.len() {
                 for s in out.iter_mut() {
@@ -314,8 +318,8 @@ impl AudioSource for MicSource {
                 .open
                 .as_ref()
                 .is_none_or(|o| o.health.failed.load(Ordering::Acquire));
-            // A stream that delivers nothing for a second is as good as gone.
-            if failed || self.last_data.elapsed() > Duration::from_secs(1) {
+            // A stream that delivers nothing for a second while we wait is as good as gone.
+            if failed || waiting_since.elapsed() > Duration::from_secs(1) {
                 self.recover();
                 if self.open.is_none() {
                     self.pacer.wait();
@@ -324,7 +328,7 @@ impl AudioSource for MicSource {
                 }
             }
             if self.pull()? > 0 {
-                self.last_data = Instant::now();
+                waiting_since = Instant::now();
             } else {
                 std::thread::sleep(Duration::from_millis(2));
             }
@@ -361,8 +365,9 @@ fn open_output(id: Option<&str>) -> Result<OpenOutput, MediaError> {
         .unwrap_or_else(|| "speaker".into());
     let config = stream_config(&device, false).map_err(|e| MediaError::Sink(e.to_string()))?;
     let channels = config.channels.max(1) as usize;
-    // Three 20 ms frames queued at most: enough to ride out scheduling, little added latency.
-    let capacity = config.sample_rate as usize * channels * 60 / 1000;
+    // Up to 100 ms queued: the PulseAudio client pulls in bursts; the queue stays short in
+    // steady state because the device drains it as fast as we fill it.
+    let capacity = config.sample_rate as usize * channels / 10;
     let (ring, mut consumer) = rtrb::RingBuffer::new(capacity);
     let health = Arc::new(StreamHealth::default());
     let cb_health = health.clone();
@@ -386,6 +391,9 @@ fn open_output(id: Option<&str>) -> Result<OpenOutput, MediaError> {
                         .dropped_samples
                         .fetch_add(missing, Ordering::Relaxed);
                 }
+                cb_health
+                    .consumed
+                    .fetch_add(out.len() as u64, Ordering::Relaxed);
             },
             move |e| err_health.fail(e),
             Some(Duration::from_secs(3)),
@@ -502,7 +510,8 @@ impl AudioSink for SpeakerSink {
             }
         }
         let mut written = 0;
-        let deadline = Instant::now() + Duration::from_millis(200);
+        let mut consumed = open.health.consumed.load(Ordering::Relaxed);
+        let mut progress_at = Instant::now();
         while written < self.interleaved.len() {
             let n = open.ring.slots().min(self.interleaved.len() - written);
             if n > 0 {
@@ -518,11 +527,20 @@ impl AudioSink for SpeakerSink {
                 written += n;
                 continue;
             }
-            if open.health.failed.load(Ordering::Acquire) || Instant::now() > deadline {
-                // The device stopped consuming: try another one next frame.
-                self.open
-                    .as_ref()
-                    .inspect(|o| o.health.failed.store(true, Ordering::Release));
+            let now_consumed = open.health.consumed.load(Ordering::Relaxed);
+            if now_consumed != consumed {
+                consumed = now_consumed;
+                progress_at = Instant::now();
+            }
+            if open.health.failed.load(Ordering::Acquire) {
+                break;
+            }
+            if progress_at.elapsed() > STALL_TIMEOUT {
+                // The device took nothing for this long: treat it as gone.
+                if let Ok(mut r) = open.health.reason.lock() {
+                    *r = Some("it stopped taking audio".into());
+                }
+                open.health.failed.store(true, Ordering::Release);
                 break;
             }
             std::thread::sleep(Duration::from_millis(2));
