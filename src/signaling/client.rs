@@ -228,6 +228,9 @@ async fn session(
     backoff: &mut Duration,
 ) -> LinkEnd {
     let ws_config = WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(4 * 1024)
+        .max_write_buffer_size(1024 * 1024)
         .max_message_size(Some(protocol::MAX_FRAME_BYTES))
         .max_frame_size(Some(protocol::MAX_FRAME_BYTES));
     let connect = tokio_tungstenite::connect_async_with_config(&config.url, Some(ws_config), true);
