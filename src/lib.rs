@@ -5,7 +5,7 @@
 //! - `headless`: the headless peer (`huddle join --headless`), JSON-lines event log.
 //! - `bench`: `huddle bench`: a real server and headless peer processes on loopback, measured.
 //! - `engine`: the bridge front ends drive (commands in, events out); owns the mesh.
-//! - `chat`, `settings`: plain models the front ends use.
+//! - `chat`, `settings`, `invite`: plain models the front ends use.
 //! - `rtc`: peer sessions (webrtc), negotiation, RTP reassembly.
 //! - `transfer`: file-transfer protocol, state machine and I/O actor.
 //! - `signaling`: WebSocket protocol, room server, client actor.
@@ -16,6 +16,7 @@ pub mod bench;
 pub mod chat;
 pub mod engine;
 pub mod headless;
+pub mod invite;
 pub mod media;
 pub mod procstat;
 pub mod rtc;

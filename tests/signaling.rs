@@ -495,6 +495,7 @@ async fn hostile_input_gets_documented_errors_and_harms_nobody() {
     // Flood: first rate-limited errors, then a disconnect for persisting.
     let mut flooder = TestClient::connect(&url).await;
     flooder.join("safe", "flooder").await;
+    let flood_started = std::time::Instant::now();
     for _ in 0..200 {
         if flooder
             .ws
@@ -540,7 +541,12 @@ async fn hostile_input_gets_documented_errors_and_harms_nobody() {
             _ => {}
         }
     }
-    assert!(spam > 0 && spam <= 40, "accepted spam {spam}");
+    // The bucket holds 30 and refills at 20 per second while the flood is being read.
+    let allowed = 30 + (20.0 * flood_started.elapsed().as_secs_f64()).ceil() as usize;
+    assert!(
+        spam > 0 && spam <= allowed,
+        "accepted spam {spam}, allowed {allowed}"
+    );
 
     // A normal client is still served correctly.
     let mut fresh = TestClient::connect(&url).await;

@@ -273,10 +273,23 @@ async fn send_fatal(
         ws.send(frame).await?;
         ws.close(None).await
     };
-    match tokio::time::timeout(config.write_timeout, close).await {
+    let sent = match tokio::time::timeout(config.write_timeout, close).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
-    }
+    };
+    // Finish the close handshake: read (and discard) what the client still sends until its
+    // Close arrives. Dropping a socket with unread data makes the kernel send a reset, and the
+    // client could lose the error we just sent.
+    let drain = async {
+        while let Some(Ok(frame)) = ws.next().await {
+            if matches!(frame, Message::Close(_)) {
+                break;
+            }
+        }
+    };
+    // A live client answers within milliseconds; one that does not read gets half a second.
+    let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
+    sent
 }
 
 fn new_peer_id() -> PeerId {
@@ -329,6 +342,13 @@ impl TokenBucket {
             Err(self.strikes >= self.limit.max_strikes)
         }
     }
+}
+
+/// What to do with an incoming message after the rate limit.
+enum Verdict {
+    Handle,
+    Drop,
+    End(Ending),
 }
 
 /// Why a connection task ended; decides what the room is told.
@@ -502,8 +522,10 @@ impl Session<'_> {
                             }
                         }
                         Some(Ok(Message::Binary(_))) => {
-                            if let Some(ending) = self.charge().await {
-                                return ending;
+                            match self.charge().await {
+                                Verdict::Handle => {}
+                                Verdict::Drop => continue,
+                                Verdict::End(ending) => return ending,
                             }
                             let frame = error_frame(ErrorCode::BinaryNotSupported, "binary frames are not part of the protocol; send JSON text", false);
                             if self.write(frame).await.is_err() {
@@ -542,8 +564,11 @@ impl Session<'_> {
         text: &str,
         hub_tx: &mpsc::Sender<HubMsg>,
     ) -> Option<Ending> {
-        if let Some(ending) = self.charge().await {
-            return Some(ending);
+        match self.charge().await {
+            Verdict::Handle => {}
+            // Over budget: answered with rate_limited, not passed on.
+            Verdict::Drop => return None,
+            Verdict::End(ending) => return Some(ending),
         }
         let reply = match protocol::decode_client(text) {
             Ok(ClientMessage::Hello { .. }) => error_frame(
@@ -563,17 +588,20 @@ impl Session<'_> {
         self.write(reply).await.err().map(|_| Ending::Closed)
     }
 
-    /// Applies the rate limit to one incoming message; `Some` ends the connection.
-    async fn charge(&mut self) -> Option<Ending> {
+    /// Applies the rate limit to one incoming message.
+    async fn charge(&mut self) -> Verdict {
         match self.bucket.take(Instant::now()) {
-            Ok(()) => None,
+            Ok(()) => Verdict::Handle,
             Err(false) => {
                 let frame = error_frame(
                     ErrorCode::RateLimited,
                     "too many messages; this one was dropped",
                     false,
                 );
-                self.write(frame).await.err().map(|_| Ending::Closed)
+                match self.write(frame).await {
+                    Ok(()) => Verdict::Drop,
+                    Err(()) => Verdict::End(Ending::Closed),
+                }
             }
             Err(true) => {
                 let _ = self
@@ -582,7 +610,7 @@ impl Session<'_> {
                         "too many messages for too long; disconnecting",
                     )
                     .await;
-                Some(Ending::Dropped)
+                Verdict::End(Ending::Dropped)
             }
         }
     }

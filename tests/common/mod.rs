@@ -30,7 +30,9 @@ pub struct TestClient {
 
 /// Opens a WebSocket without saying hello.
 pub async fn raw_connect(url: &str) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
-    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+    // No Nagle: a burst of small frames leaves at once, as a flooder's would.
+    let connect = tokio_tungstenite::connect_async_with_config(url, None, true);
+    let (ws, _) = tokio::time::timeout(WAIT, connect)
         .await
         .expect("connect in time")
         .expect("connect");
