@@ -51,6 +51,8 @@ pub struct HeadlessOptions {
     pub warmup: Duration,
     /// Record when clicks (from a peer's `clicks` source) reach our speaker.
     pub detect_clicks: bool,
+    /// Find the room's server on the local network (mDNS) instead of using `server`.
+    pub discover: bool,
 }
 
 pub fn parse_video(arg: &str, source_id: u8) -> Result<Option<VideoSourceSpec>, HeadlessError> {
@@ -104,6 +106,24 @@ pub async fn run(
     mut out: impl Write,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), HeadlessError> {
+    let mut opts = opts;
+    if opts.discover {
+        let found = crate::lan::find_room(&opts.room, Duration::from_secs(20))
+            .await
+            .map_err(|e| HeadlessError::Option(e.to_string()))?
+            .ok_or_else(|| {
+                HeadlessError::Option(format!(
+                    "no room {:?} found on the local network",
+                    opts.room
+                ))
+            })?;
+        writeln!(
+            out,
+            "{}",
+            json!({"event": "discovered", "room": found.room, "host": found.host, "server": found.server_url})
+        )?;
+        opts.server = found.server_url;
+    }
     let video = parse_video(&opts.video, opts.source_id)?;
     let audio = audio::source_from_arg(&opts.audio)?;
     let sink = RecordingSink::new(48_000 * 2);

@@ -6,6 +6,7 @@
 //! - `bench`: `huddle bench`: a real server and headless peer processes on loopback, measured.
 //! - `engine`: the bridge front ends drive (commands in, events out); owns the mesh.
 //! - `chat`, `settings`, `invite`: plain models the front ends use.
+//! - `lan`: rooms announced and found on the local network (mDNS).
 //! - `rtc`: peer sessions (webrtc), negotiation, RTP reassembly.
 //! - `transfer`: file-transfer protocol, state machine and I/O actor.
 //! - `signaling`: WebSocket protocol, room server, client actor.
@@ -17,6 +18,7 @@ pub mod chat;
 pub mod engine;
 pub mod headless;
 pub mod invite;
+pub mod lan;
 pub mod media;
 pub mod procstat;
 pub mod rtc;

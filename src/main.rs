@@ -11,6 +11,8 @@ use std::time::Duration;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// An invite link (`huddle://HOST:PORT/ROOM`) to open straight into that room.
+    link: Option<String>,
     /// Signaling server for this run (default: the saved one, or the app's own).
     #[arg(long, global = false)]
     server: Option<String>,
@@ -110,6 +112,9 @@ struct JoinArgs {
     /// Record when a peer's clicks reach the speaker (mouth-to-ear latency).
     #[arg(long)]
     detect_clicks: bool,
+    /// Find the room on the local network (mDNS) instead of using --server.
+    #[arg(long)]
+    discover: bool,
 }
 
 #[derive(Args)]
@@ -138,6 +143,9 @@ struct ServeArgs {
     /// Burst of messages allowed from one connection.
     #[arg(long, default_value_t = 200.0)]
     burst: f64,
+    /// Announce this server and its rooms on the local network (mDNS) under this name.
+    #[arg(long)]
+    announce: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -148,12 +156,20 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Join(args)) => join(args),
         Some(Command::Bench(args)) => bench(args),
         None => {
-            huddle::ui::run(huddle::ui::LaunchOptions {
+            let mut options = huddle::ui::LaunchOptions {
                 server: cli.server,
                 room: cli.room,
                 nickname: cli.nickname,
                 settings_path: cli.settings,
-            })?;
+            };
+            if let Some(link) = &cli.link {
+                // A malformed link is a clear message, not a crash.
+                let invite = huddle::invite::Invite::parse(link)
+                    .with_context(|| format!("cannot open {link:?}"))?;
+                options.server = Some(invite.server_url());
+                options.room = Some(invite.room);
+            }
+            huddle::ui::run(options)?;
             Ok(())
         }
     }
@@ -200,6 +216,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let server = signaling::server::start(config).await?;
         println!("huddle signaling server on {}", server.url());
+        let _announcing = match &args.announce {
+            Some(name) => {
+                let port = server.local_addr().port();
+                let url = format!("ws://127.0.0.1:{port}");
+                Some(huddle::lan::announce_server(name, &url, port)?)
+            }
+            None => None,
+        };
         tokio::signal::ctrl_c()
             .await
             .context("waiting for Ctrl-C")?;
@@ -238,6 +262,7 @@ fn join(args: JoinArgs) -> anyhow::Result<()> {
         accept_files: !args.decline_files,
         warmup: Duration::try_from_secs_f64(args.warmup).context("bad --warmup")?,
         detect_clicks: args.detect_clicks,
+        discover: args.discover,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async {

@@ -108,6 +108,7 @@ fn the_app_joins_shows_video_chats_mutes_and_receives_a_file() {
         embedded_url: None,
         speaker_override: Some(Box::new(|| Box::new(NullSink::new()))),
         bind_addrs: vec!["127.0.0.1:0".into()],
+        discover_lan: false,
     };
     let settings = Settings {
         server: url.clone(),
@@ -247,4 +248,152 @@ fn the_app_joins_shows_video_chats_mutes_and_receives_a_file() {
         bob.engine.shutdown().await;
         server.shutdown().await;
     });
+}
+
+fn app_harness(
+    rt: &tokio::runtime::Runtime,
+    settings: Settings,
+    embedded_url: Option<String>,
+    pending_join: Option<String>,
+) -> Ui<'static> {
+    let services = AppServices {
+        runtime: rt.handle().clone(),
+        settings_path: None,
+        embedded_url,
+        speaker_override: Some(Box::new(|| Box::new(NullSink::new()))),
+        bind_addrs: vec!["127.0.0.1:0".into()],
+        discover_lan: false,
+    };
+    let harness = Harness::builder()
+        .with_size([1180.0, 760.0])
+        .build_ui_state(
+            move |ui: &mut egui::Ui, state: &mut TestApp| {
+                let first = state.app.is_none();
+                draw(ui, state);
+                if first && let Some(app) = state.app.as_mut() {
+                    app.pending_join = pending_join.clone();
+                }
+            },
+            TestApp {
+                init: Some((services, settings)),
+                app: None,
+            },
+        );
+    let (wake_tx, woken) = mpsc::channel();
+    harness.ctx.set_request_repaint_callback(move |_| {
+        let _ = wake_tx.send(());
+    });
+    Ui { harness, woken }
+}
+
+#[test]
+fn an_invite_link_opens_straight_into_its_room() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = rt.block_on(start_server(test_config()));
+    let link = format!("huddle://{}/Design%20review", server.local_addr());
+    // What `huddle huddle://...` does with the link.
+    let invite = huddle::invite::Invite::parse(&link).unwrap();
+    let settings = Settings {
+        server: invite.server_url(),
+        nickname: "ann".into(),
+        camera: "none".into(),
+        microphone: "none".into(),
+        ..Default::default()
+    };
+    let mut ui = app_harness(&rt, settings, None, Some(invite.room.clone()));
+    ui.until("the call", Duration::from_secs(10), |h| {
+        h.state().app().view == View::Call
+    });
+    assert_eq!(
+        ui.harness.state().app().call.as_ref().unwrap().room,
+        "Design review"
+    );
+    // The call offers the same kind of link back.
+    ui.harness.get_by_label("Copy invite link").click();
+    ui.until("the copied link", Duration::from_secs(5), |h| {
+        h.state().app().last_invite.is_some()
+    });
+    let copied = ui.harness.state().app().last_invite.clone().unwrap();
+    assert_eq!(huddle::invite::Invite::parse(&copied).unwrap(), invite);
+    drop(ui);
+    rt.block_on(server.shutdown());
+}
+
+#[test]
+fn a_first_time_link_asks_only_for_a_nickname() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = rt.block_on(start_server(test_config()));
+    let settings = Settings {
+        server: server.url(),
+        camera: "none".into(),
+        microphone: "none".into(),
+        ..Default::default()
+    };
+    let mut ui = app_harness(&rt, settings, None, Some("Standup".into()));
+    ui.until("the nickname prompt", Duration::from_secs(10), |h| {
+        h.query_by_label("Join Standup").is_some()
+            && h.state().app().connection == huddle::ui::app::Connection::Connected
+    });
+    assert_eq!(ui.harness.state().app().view, View::Lobby);
+    ui.harness.get_by_label("Nickname").focus();
+    ui.harness.step();
+    ui.harness.get_by_label("Nickname").type_text("cat");
+    ui.harness.step();
+    ui.harness.get_by_label("Join Standup").click();
+    ui.until("the call", Duration::from_secs(10), |h| {
+        h.state().app().view == View::Call
+    });
+    assert_eq!(
+        ui.harness.state().app().call.as_ref().unwrap().me.nickname,
+        "cat"
+    );
+    drop(ui);
+    rt.block_on(server.shutdown());
+}
+
+#[test]
+fn the_embedded_server_starts_when_none_is_configured() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let settings = Settings {
+        nickname: "solo".into(),
+        camera: "none".into(),
+        microphone: "none".into(),
+        ..Default::default()
+    };
+    assert_eq!(settings.server, huddle::settings::EMBEDDED_SERVER);
+    // Port 0 here; the app asks for 8787.
+    let (embedded, url) = huddle::ui::start_embedded_server(&rt, &settings, 0);
+    let embedded = embedded.expect("the built-in server started");
+    let url = url.unwrap();
+    assert_eq!(url, embedded.url());
+    let mut ui = app_harness(&rt, settings.clone(), Some(url), Some("Alone".into()));
+    ui.until(
+        "a call on the built-in server",
+        Duration::from_secs(10),
+        |h| h.state().app().view == View::Call,
+    );
+    // With a server configured, nothing is started.
+    let configured = Settings {
+        server: "ws://127.0.0.1:9".into(),
+        ..settings
+    };
+    assert!(
+        huddle::ui::start_embedded_server(&rt, &configured, 0)
+            .0
+            .is_none()
+    );
+    drop(ui);
+    rt.block_on(embedded.shutdown());
 }

@@ -32,6 +32,18 @@ pub struct AppServices {
     pub speaker_override: Option<Box<dyn Fn() -> Box<dyn AudioSink>>>,
     /// Bind addresses for peer connections (`127.0.0.1:0` in tests).
     pub bind_addrs: Vec<String>,
+    /// Look for rooms on the local network (mDNS).
+    pub discover_lan: bool,
+}
+
+/// The server built into the app, and whether it is offered to the local network.
+pub struct Hosting {
+    /// The invite base others can use (`ws://192.168.1.20:8787`).
+    pub lan_url: String,
+    /// The same server as this machine reaches it.
+    pub local_url: String,
+    _server: crate::signaling::ServerHandle,
+    _announcer: tokio::task::JoinHandle<()>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -97,9 +109,10 @@ pub struct Toast {
     pub until: f64,
 }
 
-/// Results from background work (file dialogs, folder opening) back to the UI thread.
+/// Results from background work (file dialogs, hosting) back to the UI thread.
 pub enum UiMessage {
     FilesPicked(Vec<PathBuf>),
+    Hosting(Result<Hosting, String>),
 }
 
 pub struct HuddleApp {
@@ -125,6 +138,14 @@ pub struct HuddleApp {
     /// Real devices found on this machine (listed off the UI thread).
     pub devices: DeviceList,
     pub camera_state: CameraState,
+    /// Rooms announced on the local network.
+    pub lan_rooms: Vec<crate::lan::LanRoom>,
+    lan_updates: Option<mpsc::Receiver<Vec<crate::lan::LanRoom>>>,
+    /// Set while this app hosts its server for the local network.
+    pub hosting: Option<Hosting>,
+    pub hosting_pending: bool,
+    /// The last invite link copied (also on the clipboard).
+    pub last_invite: Option<String>,
 }
 
 /// How long one frame may spend applying engine events before drawing.
@@ -168,9 +189,59 @@ impl HuddleApp {
             frames_drawn: 0,
             devices: DeviceList::default(),
             camera_state: CameraState::Off,
+            lan_rooms: Vec::new(),
+            lan_updates: None,
+            hosting: None,
+            hosting_pending: false,
+            last_invite: None,
         };
+        if app.services.discover_lan {
+            let _entered = app.services.runtime.enter();
+            match crate::lan::browse() {
+                Ok(rx) => app.lan_updates = Some(rx),
+                Err(e) => tracing::info!(error = %e, "no local network discovery"),
+            }
+        }
         app.connect();
         app
+    }
+
+    /// The server address others can reach: the LAN address while hosting, else ours.
+    pub fn shareable_server_url(&self) -> String {
+        match &self.hosting {
+            Some(h) if self.settings.server == crate::settings::EMBEDDED_SERVER => {
+                h.lan_url.clone()
+            }
+            _ => self.server_url(),
+        }
+    }
+
+    /// An invite link to the current room, for the clipboard.
+    pub fn invite_link(&self) -> Option<String> {
+        let room = self.call.as_ref()?.room.clone();
+        crate::invite::Invite::for_server(&self.shareable_server_url(), &room)
+            .map(|i| i.to_string())
+    }
+
+    /// Offers the built-in server to the local network: listens on all interfaces and announces
+    /// its rooms over mDNS. The result arrives as a message; nothing blocks here.
+    pub fn host_on_network(&mut self) {
+        if self.hosting.is_some() || self.hosting_pending {
+            return;
+        }
+        self.hosting_pending = true;
+        let tx = self.ui_tx.clone();
+        let ctx = self.ctx.clone();
+        let name = if self.settings.nickname.is_empty() {
+            "Huddle".to_owned()
+        } else {
+            format!("{}'s Huddle", self.settings.nickname)
+        };
+        self.services.runtime.spawn(async move {
+            let result = start_lan_hosting(&name).await;
+            let _ = tx.send(UiMessage::Hosting(result));
+            ctx.request_repaint();
+        });
     }
 
     /// The URL the engine should use for the current server setting.
@@ -275,7 +346,9 @@ impl HuddleApp {
     pub fn join(&mut self, room: &str) {
         let nickname = self.lobby.nickname_field.trim().to_owned();
         if nickname.is_empty() {
-            self.lobby.error = Some("Choose a nickname first.".into());
+            // Keep the room: joining goes ahead once a nickname is chosen.
+            self.pending_join = Some(room.to_owned());
+            self.lobby.error = Some(format!("Choose a nickname to join {room}."));
             return;
         }
         if self.settings.nickname != nickname {
@@ -414,6 +487,30 @@ impl HuddleApp {
         while let Ok(msg) = self.ui_rx.try_recv() {
             match msg {
                 UiMessage::FilesPicked(paths) => self.send_files(paths),
+                UiMessage::Hosting(Ok(hosting)) => {
+                    self.hosting_pending = false;
+                    self.toast(format!(
+                        "Others on this network can join at {}",
+                        hosting.lan_url
+                    ));
+                    // Move ourselves to the hosted server, back into the same room.
+                    let room = self.call.as_ref().map(|c| c.room.clone());
+                    self.services.embedded_url = Some(hosting.local_url.clone());
+                    self.hosting = Some(hosting);
+                    self.settings.server = crate::settings::EMBEDDED_SERVER.into();
+                    self.lobby.server_field = self.settings.server.clone();
+                    self.connect();
+                    self.pending_join = room;
+                }
+                UiMessage::Hosting(Err(e)) => {
+                    self.hosting_pending = false;
+                    self.toast(format!("Cannot host on this network: {e}"));
+                }
+            }
+        }
+        if let Some(rx) = self.lan_updates.as_mut() {
+            while let Ok(rooms) = rx.try_recv() {
+                self.lan_rooms = rooms;
             }
         }
         let started = Instant::now();
@@ -655,4 +752,39 @@ impl Participant {
             fps: 0.0,
         }
     }
+}
+
+/// The machine's address on the network its default route uses (no packet is sent).
+pub fn lan_address() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// Starts a second built-in server on all interfaces (port 8787, else any) and announces it.
+async fn start_lan_hosting(name: &str) -> Result<Hosting, String> {
+    let ip = lan_address().ok_or("this machine has no network address")?;
+    let mut config = crate::signaling::ServerConfig {
+        bind: std::net::SocketAddr::from(([0, 0, 0, 0], 8787)),
+        ..Default::default()
+    };
+    let server = match crate::signaling::server::start(config.clone()).await {
+        Ok(s) => s,
+        Err(_) => {
+            config.bind = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+            crate::signaling::server::start(config)
+                .await
+                .map_err(|e| e.to_string())?
+        }
+    };
+    let port = server.local_addr().port();
+    let announcer = crate::lan::announce_server(name, &format!("ws://127.0.0.1:{port}"), port)
+        .map_err(|e| e.to_string())?;
+    Ok(Hosting {
+        lan_url: format!("ws://{ip}:{port}"),
+        local_url: format!("ws://127.0.0.1:{port}"),
+        _server: server,
+        _announcer: announcer,
+    })
 }

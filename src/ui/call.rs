@@ -87,6 +87,16 @@ fn top_bar(app: &mut HuddleApp, ui: &mut egui::Ui) {
                     app.leave();
                     return;
                 }
+                if ui
+                    .button("Copy invite link")
+                    .on_hover_text("A huddle:// link others can open to join this room")
+                    .clicked()
+                    && let Some(link) = app.invite_link()
+                {
+                    ui.ctx().copy_text(link.clone());
+                    app.toast(format!("Copied {link}"));
+                    app.last_invite = Some(link);
+                }
                 let Some(call) = app.call.as_mut() else {
                     return;
                 };

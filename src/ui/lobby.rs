@@ -35,13 +35,29 @@ pub fn lobby_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
                 ui.end_row();
 
                 let label = ui.label("Nickname");
-                ui.add(
-                    egui::TextEdit::singleline(&mut app.lobby.nickname_field)
-                        .hint_text("how others see you")
-                        .desired_width(280.0),
-                )
-                .labelled_by(label.id);
-                ui.label("");
+                let nick = ui
+                    .add(
+                        egui::TextEdit::singleline(&mut app.lobby.nickname_field)
+                            .hint_text("how others see you")
+                            .desired_width(280.0),
+                    )
+                    .labelled_by(label.id);
+                // Arrived through an invite link: the nickname is all that is missing.
+                if let Some(room) = app.pending_join.clone() {
+                    let enter = nick.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+                    let ready = !app.lobby.nickname_field.trim().is_empty()
+                        && app.connection == Connection::Connected;
+                    if ui
+                        .add_enabled(ready, egui::Button::new(format!("Join {room}")))
+                        .clicked()
+                        || (enter && ready)
+                    {
+                        app.pending_join = None;
+                        app.join(&room);
+                    }
+                } else {
+                    ui.label("");
+                }
                 ui.end_row();
             });
         ui.add_space(6.0);
@@ -52,6 +68,7 @@ pub fn lobby_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
         ui.separator();
         ui.heading("Rooms");
         rooms_ui(app, ui);
+        lan_ui(app, ui);
         ui.add_space(8.0);
         ui.horizontal(|ui| {
             let label = ui.label("New room");
@@ -151,5 +168,55 @@ fn rooms_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
     }
     if let Some(room) = &app.lobby.joining {
         ui.label(format!("Joining {room}…"));
+    }
+}
+
+/// Rooms other Huddles host on this network, and hosting our own.
+fn lan_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
+    ui.add_space(6.0);
+    ui.horizontal(|ui| {
+        ui.strong("On this network");
+        match &app.hosting {
+            Some(h) => {
+                ui.label(format!("You are hosting at {}", h.lan_url));
+            }
+            None if app.hosting_pending => {
+                ui.label("Starting…");
+            }
+            None => {
+                if ui
+                    .button("Host on this network")
+                    .on_hover_text("Let people on this network join your rooms, with no server")
+                    .clicked()
+                {
+                    app.host_on_network();
+                }
+            }
+        }
+    });
+    let mut join: Option<crate::lan::LanRoom> = None;
+    let own = app.hosting.as_ref().map(|h| h.lan_url.clone());
+    for room in app
+        .lan_rooms
+        .iter()
+        .filter(|r| Some(&r.server_url) != own.as_ref())
+    {
+        let text = format!(
+            "{}  —  {} of {}  ({})",
+            room.room, room.people, room.capacity, room.host
+        );
+        let response = ui.add_sized(
+            [ui.available_width(), 22.0],
+            egui::Button::selectable(false, text),
+        );
+        if response.double_clicked() {
+            join = Some(room.clone());
+        }
+    }
+    if let Some(room) = join {
+        app.settings.server = room.server_url.clone();
+        app.lobby.server_field = room.server_url.clone();
+        app.connect();
+        app.pending_join = Some(room.room);
     }
 }

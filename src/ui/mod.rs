@@ -104,23 +104,30 @@ impl HuddleApp {
     }
 }
 
-/// Starts the embedded signaling server on loopback, port 8787 if free (another Huddle may
-/// already serve there, in which case we use that one).
-fn start_embedded(
+/// With no server configured, starts the signaling server built into the app on loopback
+/// (`port`, normally 8787). If that port is taken (another Huddle already serves there), that
+/// server is used. Returns the server (if we started one) and the URL to use, or nothing when
+/// a server is configured.
+pub fn start_embedded_server(
     runtime: &tokio::runtime::Runtime,
-) -> (Option<crate::signaling::ServerHandle>, String) {
+    settings: &Settings,
+    port: u16,
+) -> (Option<crate::signaling::ServerHandle>, Option<String>) {
+    if settings.server != settings::EMBEDDED_SERVER {
+        return (None, None);
+    }
     let config = crate::signaling::ServerConfig {
-        bind: std::net::SocketAddr::from(([127, 0, 0, 1], 8787)),
+        bind: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         ..Default::default()
     };
     match runtime.block_on(crate::signaling::server::start(config)) {
         Ok(server) => {
             let url = server.url();
-            (Some(server), url)
+            (Some(server), Some(url))
         }
         Err(e) => {
-            tracing::info!(error = %e, "port 8787 busy; using the server already there");
-            (None, "ws://127.0.0.1:8787".into())
+            tracing::info!(error = %e, "port {port} busy; using the server already there");
+            (None, Some(format!("ws://127.0.0.1:{port}")))
         }
     }
 }
@@ -147,18 +154,19 @@ pub fn run(options: LaunchOptions) -> Result<(), UiError> {
     if let Some(nick) = &options.nickname {
         settings.nickname = nick.clone();
     }
-    let (embedded, embedded_url) = if settings.server == settings::EMBEDDED_SERVER {
-        start_embedded(&runtime)
-    } else {
-        (None, String::new())
-    };
+    let (embedded, embedded_url) = start_embedded_server(&runtime, &settings, 8787);
     let handle = runtime.handle().clone();
-    let viewport = egui::ViewportBuilder::default()
+    let mut viewport = egui::ViewportBuilder::default()
         .with_title("Huddle")
         .with_app_id("huddle")
         .with_inner_size([1180.0, 760.0])
         .with_min_inner_size([720.0, 480.0])
         .with_drag_and_drop(true);
+    if let Ok(icon) =
+        eframe::icon_data::from_png_bytes(include_bytes!("../../assets/icons/huddle-256.png"))
+    {
+        viewport = viewport.with_icon(icon);
+    }
     let native = eframe::NativeOptions {
         viewport,
         renderer: eframe::Renderer::Glow,
@@ -172,8 +180,9 @@ pub fn run(options: LaunchOptions) -> Result<(), UiError> {
             let services = AppServices {
                 runtime: handle,
                 settings_path,
-                embedded_url: (!embedded_url.is_empty()).then_some(embedded_url),
+                embedded_url,
                 speaker_override: None,
+                discover_lan: true,
                 bind_addrs: vec!["0.0.0.0:0".into()],
             };
             let mut app = HuddleApp::new(cc.egui_ctx.clone(), services, settings);
