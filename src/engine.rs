@@ -19,7 +19,7 @@ use crate::signaling::client::{ClientCommand, ClientConfig, ClientEvent, Signali
 use crate::signaling::protocol::{IceServer, ServerMessage};
 // The types front ends need, so they never import `signaling` or `rtc` themselves.
 pub use crate::signaling::protocol::{
-    ChatMessage, ErrorCode, LeaveReason, PeerId, PeerInfo, RoomInfo,
+    ChatMessage, ErrorCode, JoinAccess, LeaveReason, PeerId, PeerInfo, RoomInfo,
 };
 pub use crate::transfer::manager::{TransferCommand, TransferEvent};
 use crate::transfer::manager::{TransferConfig, TransferManager};
@@ -65,6 +65,8 @@ pub struct DeviceList {
 
 pub struct EngineConfig {
     pub server_url: String,
+    /// A PEM certificate to trust for a `wss://` server besides the system's roots.
+    pub trusted_cert: Option<PathBuf>,
     /// UDP addresses PeerConnections bind (`127.0.0.1:0` keeps tests on loopback).
     pub bind_addrs: Vec<String>,
     pub video: Option<VideoSourceSpec>,
@@ -91,6 +93,7 @@ impl EngineConfig {
     ) -> Self {
         EngineConfig {
             server_url: server_url.into(),
+            trusted_cert: None,
             bind_addrs: vec!["0.0.0.0:0".into()],
             video: Some(VideoSourceSpec::test_pattern(0)),
             video_bitrate: None,
@@ -109,9 +112,11 @@ impl EngineConfig {
 pub enum Command {
     SubscribeRooms,
     UnsubscribeRooms,
+    /// Join a room; `access` carries a password, token, or privacy for a new room.
     Join {
         room: String,
         nickname: String,
+        access: JoinAccess,
     },
     Leave,
     SendChat(String),
@@ -337,8 +342,9 @@ pub fn spawn(
         local_level: local_level.clone(),
         encoder_stats: encoder_stats.clone(),
     };
-    let (signaling, signaling_events) =
-        SignalingClient::spawn(ClientConfig::new(config.server_url.clone()));
+    let mut client_config = ClientConfig::new(config.server_url.clone());
+    client_config.trusted_cert = config.trusted_cert.clone();
+    let (signaling, signaling_events) = SignalingClient::spawn(client_config);
     let (commands, command_rx) = mpsc::channel(256);
     let (events_tx, events) = mpsc::channel(4096);
     let (session_tx, session_rx) = mpsc::channel(1024);
@@ -607,8 +613,16 @@ impl Engine {
             Command::UnsubscribeRooms => {
                 let _ = self.signaling.send(ClientCommand::UnsubscribeRooms);
             }
-            Command::Join { room, nickname } => {
-                let _ = self.signaling.send(ClientCommand::Join { room, nickname });
+            Command::Join {
+                room,
+                nickname,
+                access,
+            } => {
+                let _ = self.signaling.send(ClientCommand::Join {
+                    room,
+                    nickname,
+                    access,
+                });
             }
             Command::Leave => {
                 let _ = self.signaling.send(ClientCommand::Leave);
@@ -744,6 +758,8 @@ impl Engine {
     async fn on_server(&mut self, msg: ServerMessage) {
         match msg {
             ServerMessage::RoomList { rooms } => self.emit(Event::Rooms(rooms)).await,
+            // The signaling client keeps it for the next reconnect.
+            ServerMessage::RejoinToken { .. } => {}
             ServerMessage::RoomUpdated { room } => self.emit(Event::RoomUpdated(room)).await,
             ServerMessage::RoomClosed { name } => self.emit(Event::RoomClosed(name)).await,
             ServerMessage::Joined {

@@ -3,7 +3,7 @@
 //! knowing (joined, peers, connections, first frame with its latency, periodic video/audio
 //! figures, chat, files). Tests, benchmarks and bots use it. Depends on `engine` and `media`.
 
-use crate::engine::{self, AudioInput, Command, EngineConfig, Event};
+use crate::engine::{self, AudioInput, Command, EngineConfig, Event, JoinAccess};
 use crate::media::audio::{self, RecordingSink};
 use crate::media::video::{RemoteVideo, VideoSourceSpec};
 use crate::signaling::protocol::PeerId;
@@ -53,6 +53,10 @@ pub struct HeadlessOptions {
     pub detect_clicks: bool,
     /// Find the room's server on the local network (mDNS) instead of using `server`.
     pub discover: bool,
+    /// Password, join token, privacy of a new room.
+    pub access: JoinAccess,
+    /// A PEM certificate to trust for `wss://` besides the system's roots.
+    pub trusted_cert: Option<PathBuf>,
 }
 
 pub fn parse_video(arg: &str, source_id: u8) -> Result<Option<VideoSourceSpec>, HeadlessError> {
@@ -133,6 +137,7 @@ pub async fn run(
         opts.recv_dir.clone(),
     );
     config.bind_addrs = opts.bind.clone();
+    config.trusted_cert = opts.trusted_cert.clone();
     config.video = video;
     config.audio = match audio {
         Some(a) => AudioInput::Source(a),
@@ -152,6 +157,7 @@ pub async fn run(
     engine.send(Command::Join {
         room: opts.room.clone(),
         nickname: opts.name.clone(),
+        access: opts.access.clone(),
     })?;
     let started = Instant::now();
     let mut joined_at: Option<Instant> = None;

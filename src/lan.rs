@@ -239,11 +239,13 @@ mod tests {
                 name: "Design | review".into(),
                 people: 3,
                 capacity: 6,
+                locked: false,
             },
             RoomInfo {
                 name: "x".into(),
                 people: 0,
                 capacity: 2,
+                locked: false,
             },
         ];
         let props = txt("Ann's Huddle", &rooms);
@@ -260,6 +262,7 @@ mod tests {
                 name: format!("r{i}"),
                 people: 1,
                 capacity: 6,
+                locked: false,
             })
             .collect();
         assert_eq!(txt("h", &many).len(), 2 + MAX_ROOMS);

@@ -2,7 +2,10 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use huddle::signaling::{self, protocol, server::RateLimit};
+use huddle::signaling::{
+    self, access, protocol,
+    server::{self, RateLimit},
+};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -25,6 +28,9 @@ struct Cli {
     /// Settings file (default: the platform's config directory).
     #[arg(long)]
     settings: Option<std::path::PathBuf>,
+    /// A PEM certificate to trust for wss:// besides the system's roots (self-hosted servers).
+    #[arg(long)]
+    trust_cert: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -35,6 +41,21 @@ enum Command {
     Join(JoinArgs),
     /// Measure join time, latency, CPU, memory, file transfer and signaling load.
     Bench(BenchArgs),
+    /// Mint a join token for a server started with --token-secret.
+    Token(TokenArgs),
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// The room the token admits to.
+    #[arg(long)]
+    room: String,
+    /// How long the token is valid: 90s, 30m, 1h, 2d.
+    #[arg(long, default_value = "1h", value_parser = access::parse_ttl)]
+    ttl: Duration,
+    /// The server's token secret.
+    #[arg(long, env = "HUDDLE_TOKEN_SECRET", hide_env_values = true)]
+    secret: String,
 }
 
 #[derive(Args)]
@@ -115,6 +136,18 @@ struct JoinArgs {
     /// Find the room on the local network (mDNS) instead of using --server.
     #[arg(long)]
     discover: bool,
+    /// The room's password (sets it when this peer creates the room).
+    #[arg(long, env = "HUDDLE_ROOM_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// A join token from `huddle token`.
+    #[arg(long)]
+    token: Option<String>,
+    /// Create the room private (not in the public list).
+    #[arg(long)]
+    private: bool,
+    /// A PEM certificate to trust for wss:// besides the system's roots.
+    #[arg(long)]
+    trust_cert: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -143,9 +176,43 @@ struct ServeArgs {
     /// Burst of messages allowed from one connection.
     #[arg(long, default_value_t = 200.0)]
     burst: f64,
+    /// Sustained chat messages per second from one connection.
+    #[arg(long, default_value_t = 2.0)]
+    chat_rate: f64,
+    /// Burst of chat messages from one connection.
+    #[arg(long, default_value_t = 10.0)]
+    chat_burst: f64,
+    /// Most simultaneous connections from one IP address.
+    #[arg(long, default_value_t = 64)]
+    max_connections_per_ip: usize,
+    /// Most join attempts per minute from one connection.
+    #[arg(long, default_value_t = 10)]
+    joins_per_minute: u32,
+    /// Messages queued for one client before it is dropped as too slow to read.
+    #[arg(long, default_value_t = 256)]
+    outbox_len: usize,
+    /// Origin a browser may connect from (`https://chat.example.org`, or `*`). Repeatable.
+    /// Requests carrying any other Origin are refused with HTTP 403.
+    #[arg(long = "allowed-origin")]
+    allowed_origins: Vec<String>,
     /// Announce this server and its rooms on the local network (mDNS) under this name.
     #[arg(long)]
     announce: Option<String>,
+    /// PEM certificate chain: serve wss:// (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Allow plain ws:// on a public address (TLS terminated by a proxy in front).
+    #[arg(long)]
+    insecure: bool,
+    /// Require a signed join token (`huddle token`) for every join.
+    #[arg(long, env = "HUDDLE_TOKEN_SECRET", hide_env_values = true)]
+    token_secret: Option<String>,
+    /// Share rooms with other `huddle serve` processes through this Redis (redis://HOST:PORT).
+    #[arg(long)]
+    redis: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -155,12 +222,15 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Serve(args)) => serve(args),
         Some(Command::Join(args)) => join(args),
         Some(Command::Bench(args)) => bench(args),
+        Some(Command::Token(args)) => token(args),
         None => {
             let mut options = huddle::ui::LaunchOptions {
                 server: cli.server,
                 room: cli.room,
                 nickname: cli.nickname,
                 settings_path: cli.settings,
+                trusted_cert: cli.trust_cert,
+                token: None,
             };
             if let Some(link) = &cli.link {
                 // A malformed link is a clear message, not a crash.
@@ -168,6 +238,7 @@ fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("cannot open {link:?}"))?;
                 options.server = Some(invite.server_url());
                 options.room = Some(invite.room);
+                options.token = invite.token;
             }
             huddle::ui::run(options)?;
             Ok(())
@@ -193,13 +264,28 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.max_room_size >= 2,
         "--max-room-size must be at least 2"
     );
+    anyhow::ensure!(args.outbox_len > 0, "--outbox-len must be positive");
     let heartbeat = Duration::from_secs_f64(args.heartbeat_secs);
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(server::TlsIdentity::from_pem_files(cert, key)?),
+        _ => None,
+    };
+    let token_secret = args
+        .token_secret
+        .map(access::Secret::new)
+        .transpose()
+        .context("--token-secret")?;
     let config = signaling::ServerConfig {
         bind: args.bind,
         ice_servers: args.ice_servers,
         hub: signaling::hub::HubConfig {
             max_room_size: args.max_room_size,
             max_rooms: args.max_rooms,
+            access: access::AccessConfig {
+                token_secret,
+                joins_per_minute: args.joins_per_minute,
+                ..Default::default()
+            },
             ..Default::default()
         },
         max_connections: args.max_connections,
@@ -210,6 +296,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             burst: args.burst,
             ..Default::default()
         },
+        chat_rate_limit: RateLimit {
+            per_second: args.chat_rate,
+            burst: args.chat_burst,
+            ..RateLimit::chat_default()
+        },
+        outbox_len: args.outbox_len,
+        max_connections_per_ip: args.max_connections_per_ip,
+        allowed_origins: args.allowed_origins,
+        tls,
+        allow_plain_public: args.insecure,
+        redis_url: args.redis,
         ..Default::default()
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
@@ -219,7 +316,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let _announcing = match &args.announce {
             Some(name) => {
                 let port = server.local_addr().port();
-                let url = format!("ws://127.0.0.1:{port}");
+                let scheme = if server.url().starts_with("wss:") {
+                    "wss"
+                } else {
+                    "ws"
+                };
+                let url = format!("{scheme}://127.0.0.1:{port}");
                 Some(huddle::lan::announce_server(name, &url, port)?)
             }
             None => None,
@@ -263,6 +365,13 @@ fn join(args: JoinArgs) -> anyhow::Result<()> {
         warmup: Duration::try_from_secs_f64(args.warmup).context("bad --warmup")?,
         detect_clicks: args.detect_clicks,
         discover: args.discover,
+        access: huddle::engine::JoinAccess {
+            password: args.password,
+            token: args.token,
+            rejoin_token: None,
+            private: args.private,
+        },
+        trusted_cert: args.trust_cert,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async {
@@ -271,6 +380,26 @@ fn join(args: JoinArgs) -> anyhow::Result<()> {
         };
         huddle::headless::run(options, std::io::stdout().lock(), stop).await
     })?;
+    Ok(())
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let room = protocol::validate_room_name(&args.room)
+        .map_err(anyhow::Error::msg)
+        .context("--room")?;
+    let secret = access::Secret::new(args.secret).context("--secret")?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the clock is before 1970")?
+        .as_millis() as u64;
+    let token = access::mint(
+        &secret,
+        &access::room_key(&room),
+        access::TokenKind::Join,
+        args.ttl,
+        now_ms,
+    )?;
+    println!("{token}");
     Ok(())
 }
 

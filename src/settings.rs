@@ -24,6 +24,8 @@ pub struct Settings {
     pub echo_cancellation: bool,
     pub noise_suppression: bool,
     pub gain_control: bool,
+    /// A PEM certificate to trust for `wss://` besides the system's roots.
+    pub trusted_cert: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -41,6 +43,7 @@ impl Default for Settings {
             echo_cancellation: true,
             noise_suppression: true,
             gain_control: true,
+            trusted_cert: None,
         }
     }
 }

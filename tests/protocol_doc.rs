@@ -92,6 +92,7 @@ fn every_documented_example_round_trips() {
         "room_updated",
         "room_closed",
         "joined",
+        "rejoin_token",
         "peer_joined",
         "peer_left",
         "left",

@@ -79,7 +79,10 @@ async fn join_chat_history_and_leave() {
             peers,
             history,
             capacity,
+            private,
+            rejoin_token,
         } => {
+            assert!(!private && rejoin_token.is_some());
             assert_eq!(room, "Standup");
             assert_eq!(you.id, ann.peer_id);
             assert_eq!(you.nickname, "Ann");
@@ -219,6 +222,7 @@ async fn nickname_rules_and_capacity() {
         ann.send(&ClientMessage::Join {
             room: "r".into(),
             nickname: bad.into(),
+            access: Default::default(),
         })
         .await;
         ann.expect_error(ErrorCode::BadNickname).await;
@@ -227,6 +231,7 @@ async fn nickname_rules_and_capacity() {
         ann.send(&ClientMessage::Join {
             room: bad.into(),
             nickname: "ann".into(),
+            access: Default::default(),
         })
         .await;
         ann.expect_error(ErrorCode::BadRoomName).await;
@@ -238,6 +243,7 @@ async fn nickname_rules_and_capacity() {
     bob.send(&ClientMessage::Join {
         room: "R".into(),
         nickname: "ANN".into(),
+        access: Default::default(),
     })
     .await;
     bob.expect_error(ErrorCode::NicknameTaken).await;
@@ -248,6 +254,7 @@ async fn nickname_rules_and_capacity() {
     cat.send(&ClientMessage::Join {
         room: "r".into(),
         nickname: "cat".into(),
+        access: Default::default(),
     })
     .await;
     let (message, fatal) = cat.expect_error(ErrorCode::RoomFull).await;
@@ -571,6 +578,7 @@ async fn slow_reader_is_dropped_instead_of_buffered() {
     config.write_timeout = Duration::from_millis(300);
     config.rate_limit.per_second = 10_000.0;
     config.rate_limit.burst = 10_000.0;
+    config.chat_rate_limit = config.rate_limit.clone();
     let server = start_server(config).await;
     let url = server.url();
     let mut talker = TestClient::connect(&url).await;

@@ -268,11 +268,16 @@ fn app_harness(
         .with_size([1180.0, 760.0])
         .build_ui_state(
             move |ui: &mut egui::Ui, state: &mut TestApp| {
-                let first = state.app.is_none();
-                draw(ui, state);
-                if first && let Some(app) = state.app.as_mut() {
+                // Like `huddle huddle://...`: the room is known before the first frame, so
+                // the server's welcome can never arrive before it.
+                if state.app.is_none()
+                    && let Some((services, settings)) = state.init.take()
+                {
+                    let mut app = HuddleApp::new(ui.ctx().clone(), services, settings);
                     app.pending_join = pending_join.clone();
+                    state.app = Some(app);
                 }
+                draw(ui, state);
             },
             TestApp {
                 init: Some((services, settings)),

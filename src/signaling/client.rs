@@ -3,13 +3,17 @@
 //! the room it was in. Commands in, events out; dropping the handle stops it.
 
 use super::protocol::{
-    self, ClientMessage, ErrorCode, IceServer, Limits, PROTOCOL_VERSION, PeerId, ServerMessage,
+    self, ClientMessage, ErrorCode, IceServer, JoinAccess, Limits, PROTOCOL_VERSION, PeerId,
+    ServerMessage,
 };
 use futures_util::{SinkExt, StreamExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::Connector;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
 
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -19,6 +23,9 @@ pub struct ClientConfig {
     pub backoff_max: Duration,
     /// The server pings every 10 s by default; silence this long means the link is dead.
     pub silence_timeout: Duration,
+    /// A PEM certificate to trust for `wss://` besides the system's roots (a self-hosted
+    /// server with its own certificate).
+    pub trusted_cert: Option<PathBuf>,
 }
 
 impl ClientConfig {
@@ -29,7 +36,53 @@ impl ClientConfig {
             backoff_initial: Duration::from_millis(250),
             backoff_max: Duration::from_secs(10),
             silence_timeout: Duration::from_secs(35),
+            trusted_cert: None,
         }
+    }
+}
+
+/// TLS settings for `wss://`: the system's root certificates plus, optionally, one more.
+pub fn tls_client_config(trusted_cert: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    let (added, _) = roots.add_parsable_certificates(native.certs);
+    if let Some(path) = trusted_cert {
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("cannot read the certificate {}: {e}", path.display()))?;
+        let certs = rustls_pemfile::certs(&mut &pem[..])
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{} is not a PEM certificate: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("no certificate in {}", path.display()));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("cannot trust {}: {e}", path.display()))?;
+        }
+    } else if added == 0 {
+        tracing::warn!("no system root certificates found; wss:// servers cannot be verified");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// The server's certificate was refused: retrying will not help until someone changes the
+/// certificate or what we trust.
+fn certificate_refusal(e: &tungstenite::Error) -> Option<String> {
+    let tungstenite::Error::Io(io) = e else {
+        return None;
+    };
+    match io.get_ref()?.downcast_ref::<rustls::Error>()? {
+        err @ (rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented) => {
+            Some(format!("the server's certificate is not trusted: {err}"))
+        }
+        _ => None,
     }
 }
 
@@ -41,6 +94,7 @@ pub enum ClientCommand {
     Join {
         room: String,
         nickname: String,
+        access: JoinAccess,
     },
     Leave,
     Chat(String),
@@ -110,7 +164,15 @@ impl Drop for SignalingClient {
 #[derive(Default)]
 struct Wanted {
     subscribed: bool,
-    room: Option<(String, String)>,
+    room: Option<WantedRoom>,
+}
+
+struct WantedRoom {
+    room: String,
+    nickname: String,
+    /// Kept whole (the password too: should the server have restarted and forgotten the room,
+    /// it is recreated as it was), plus the latest rejoin token.
+    access: JoinAccess,
 }
 
 enum LinkEnd {
@@ -129,8 +191,32 @@ async fn run(
 ) {
     let mut wanted = Wanted::default();
     let mut backoff = config.backoff_initial;
+    let tls = if config.url.starts_with("wss://") {
+        match tls_client_config(config.trusted_cert.as_deref()) {
+            Ok(tls) => Some(tls),
+            Err(reason) => {
+                let _ = events
+                    .send(ClientEvent::Disconnected {
+                        reason,
+                        retry_in: None,
+                    })
+                    .await;
+                return;
+            }
+        }
+    } else {
+        None
+    };
     loop {
-        let end = session(&config, &mut commands, &events, &mut wanted, &mut backoff).await;
+        let end = session(
+            &config,
+            tls.as_ref(),
+            &mut commands,
+            &events,
+            &mut wanted,
+            &mut backoff,
+        )
+        .await;
         let reason = match end {
             LinkEnd::Stopped => return,
             LinkEnd::GiveUp(reason) => {
@@ -187,13 +273,24 @@ fn remember(wanted: &mut Wanted, cmd: &ClientCommand) -> bool {
     match cmd {
         ClientCommand::SubscribeRooms => wanted.subscribed = true,
         ClientCommand::UnsubscribeRooms => wanted.subscribed = false,
-        ClientCommand::Join { room, nickname } => {
-            wanted.room = Some((room.clone(), nickname.clone()))
+        ClientCommand::Join {
+            room,
+            nickname,
+            access,
+        } => {
+            wanted.room = Some(WantedRoom {
+                room: room.clone(),
+                nickname: nickname.clone(),
+                access: JoinAccess {
+                    rejoin_token: None,
+                    ..access.clone()
+                },
+            })
         }
         ClientCommand::Leave => wanted.room = None,
         ClientCommand::SetNickname(n) => {
-            if let Some((_, nick)) = wanted.room.as_mut() {
-                *nick = n.clone();
+            if let Some(w) = wanted.room.as_mut() {
+                w.nickname = n.clone();
             }
         }
         ClientCommand::ListRooms | ClientCommand::Chat(_) | ClientCommand::Relay { .. } => {
@@ -208,7 +305,15 @@ fn to_message(cmd: &ClientCommand) -> ClientMessage {
         ClientCommand::SubscribeRooms => ClientMessage::SubscribeRooms,
         ClientCommand::UnsubscribeRooms => ClientMessage::UnsubscribeRooms,
         ClientCommand::ListRooms => ClientMessage::ListRooms,
-        ClientCommand::Join { room, nickname } => ClientMessage::Join { room, nickname },
+        ClientCommand::Join {
+            room,
+            nickname,
+            access,
+        } => ClientMessage::Join {
+            room,
+            nickname,
+            access,
+        },
         ClientCommand::Leave => ClientMessage::Leave,
         ClientCommand::Chat(text) => ClientMessage::Chat { text },
         ClientCommand::Relay { to, payload } => ClientMessage::Relay {
@@ -222,6 +327,7 @@ fn to_message(cmd: &ClientCommand) -> ClientMessage {
 
 async fn session(
     config: &ClientConfig,
+    tls: Option<&Arc<rustls::ClientConfig>>,
     commands: &mut mpsc::Receiver<ClientCommand>,
     events: &mpsc::Sender<ClientEvent>,
     wanted: &mut Wanted,
@@ -233,10 +339,21 @@ async fn session(
         .max_write_buffer_size(1024 * 1024)
         .max_message_size(Some(protocol::MAX_FRAME_BYTES))
         .max_frame_size(Some(protocol::MAX_FRAME_BYTES));
-    let connect = tokio_tungstenite::connect_async_with_config(&config.url, Some(ws_config), true);
+    let connector = tls.map(|t| Connector::Rustls(t.clone()));
+    let connect = tokio_tungstenite::connect_async_tls_with_config(
+        &config.url,
+        Some(ws_config),
+        true,
+        connector,
+    );
     let mut ws = match tokio::time::timeout(Duration::from_secs(10), connect).await {
         Ok(Ok((ws, _))) => ws,
-        Ok(Err(e)) => return LinkEnd::Retry(format!("cannot reach {}: {e}", config.url)),
+        Ok(Err(e)) => {
+            if let Some(refusal) = certificate_refusal(&e) {
+                return LinkEnd::GiveUp(format!("{}: {refusal}", config.url));
+            }
+            return LinkEnd::Retry(format!("cannot reach {}: {e}", config.url));
+        }
         Err(_) => return LinkEnd::Retry(format!("timed out connecting to {}", config.url)),
     };
     let hello = ClientMessage::Hello {
@@ -298,8 +415,12 @@ async fn session(
     if wanted.subscribed {
         restore.push(ClientMessage::SubscribeRooms);
     }
-    if let Some((room, nickname)) = wanted.room.clone() {
-        restore.push(ClientMessage::Join { room, nickname });
+    if let Some(w) = &wanted.room {
+        restore.push(ClientMessage::Join {
+            room: w.room.clone(),
+            nickname: w.nickname.clone(),
+            access: w.access.clone(),
+        });
     }
     for msg in restore {
         if ws
@@ -350,14 +471,22 @@ async fn session(
                             }
                             return LinkEnd::Retry(format!("{code}: {message}"));
                         }
-                        if let ServerMessage::Joined { room, you, .. } = &msg {
-                            wanted.room = Some((room.clone(), you.nickname.clone()));
-                        }
-                        if let ServerMessage::Error { code, .. } = &msg
-                            && matches!(code, ErrorCode::RoomFull | ErrorCode::BadRoomName | ErrorCode::BadNickname | ErrorCode::NicknameTaken | ErrorCode::TooManyRooms)
-                        {
+                                                match &msg {
+                            ServerMessage::Joined { room, you, rejoin_token, .. } => {
+                                if let Some(w) = wanted.room.as_mut() {
+                                    w.room = room.clone();
+                                    w.nickname = you.nickname.clone();
+                                    w.access.rejoin_token = rejoin_token.clone();
+                                }
+                            }
+                            ServerMessage::RejoinToken { token } => {
+                                if let Some(w) = wanted.room.as_mut() {
+                                    w.access.rejoin_token = Some(token.clone());
+                                }
+                            }
                             // A join that failed is not something to retry on reconnect.
-                            wanted.room = None;
+                            ServerMessage::Error { code, .. } if code.refuses_join() => wanted.room = None,
+                            _ => {}
                         }
                         if events.send(ClientEvent::Server(msg)).await.is_err() {
                             return LinkEnd::Stopped;

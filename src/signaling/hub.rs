@@ -1,10 +1,11 @@
 //! Room membership, room list, chat history and relay rules of one signaling server, as a state
 //! machine without I/O: `handle(input, now_ms, &mut outputs)`. The server's hub actor drives it.
-//! Depends only on `signaling::protocol`.
+//! Depends only on `signaling::{protocol, access}`.
 
+use super::access::{AccessConfig, Credentials, JoinRate, REJOIN_TTL, Refusal, room_key};
 use super::protocol::{
-    ChatMessage, ClientMessage, ErrorCode, LeaveReason, PeerId, PeerInfo, RoomInfo, ServerMessage,
-    validate_chat, validate_nickname, validate_room_name,
+    ChatMessage, ClientMessage, ErrorCode, JoinAccess, LeaveReason, PeerId, PeerInfo, RoomInfo,
+    ServerMessage, validate_chat, validate_nickname, validate_room_name,
 };
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
@@ -16,6 +17,7 @@ pub struct HubConfig {
     pub max_room_size: usize,
     pub max_rooms: usize,
     pub history_len: usize,
+    pub access: AccessConfig,
 }
 
 impl Default for HubConfig {
@@ -24,6 +26,7 @@ impl Default for HubConfig {
             max_room_size: 6,
             max_rooms: 1000,
             history_len: super::protocol::CHAT_HISTORY_LEN,
+            access: AccessConfig::default(),
         }
     }
 }
@@ -44,6 +47,8 @@ pub enum HubInput {
         conn: ConnId,
         reason: LeaveReason,
     },
+    /// Periodic: renews rejoin tokens that are half-way to expiry.
+    RefreshRejoinTokens,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -57,6 +62,9 @@ struct Conn {
     nickname: Option<String>,
     /// Key of the room this connection is in.
     room: Option<String>,
+    join_rate: JoinRate,
+    /// When this connection's current rejoin token was issued.
+    rejoin_issued_ms: u64,
 }
 
 struct Room {
@@ -65,6 +73,9 @@ struct Room {
     /// Members in join order.
     members: Vec<ConnId>,
     history: VecDeque<ChatMessage>,
+    /// Not in the public list.
+    private: bool,
+    password_hash: Option<String>,
 }
 
 #[derive(Default)]
@@ -97,7 +108,11 @@ impl Hub {
 
     /// Public rooms with their head counts, sorted by name.
     pub fn room_list(&self) -> Vec<RoomInfo> {
-        self.rooms.values().map(|r| self.room_info(r)).collect()
+        self.rooms
+            .values()
+            .filter(|r| !r.private)
+            .map(|r| self.room_info(r))
+            .collect()
     }
 
     pub fn handle(&mut self, input: HubInput, now_ms: u64, out: &mut Vec<HubOutput>) {
@@ -110,6 +125,8 @@ impl Hub {
                         peer_id,
                         nickname: None,
                         room: None,
+                        join_rate: JoinRate::default(),
+                        rejoin_issued_ms: 0,
                     },
                 );
             }
@@ -126,6 +143,7 @@ impl Hub {
                 }
                 self.handle_message(conn, msg, now_ms, out);
             }
+            HubInput::RefreshRejoinTokens => self.refresh_rejoin_tokens(now_ms, out),
         }
     }
 
@@ -157,7 +175,15 @@ impl Hub {
             ClientMessage::UnsubscribeRooms => {
                 self.subscribers.remove(&conn);
             }
-            ClientMessage::Join { room, nickname } => self.join(conn, &room, &nickname, out),
+            ClientMessage::Join {
+                room,
+                nickname,
+                access,
+            } => {
+                if let Err(refusal) = self.join(conn, &room, &nickname, &access, now_ms, out) {
+                    refuse(out, conn, refusal);
+                }
+            }
             ClientMessage::Leave => {
                 let Some(room_name) = self.room_display_name(conn) else {
                     return error(out, conn, ErrorCode::NotInRoom, "you are not in a room");
@@ -176,38 +202,54 @@ impl Hub {
         }
     }
 
-    fn join(&mut self, conn: ConnId, room: &str, nickname: &str, out: &mut Vec<HubOutput>) {
-        if self.conns.get(&conn).is_some_and(|c| c.room.is_some()) {
-            return error(
-                out,
-                conn,
+    /// Joins `conn` to a room, creating it if needed. Checks, in order: not already in a room,
+    /// the join rate, names, tokens, then the room's own rules (password, capacity, nickname).
+    fn join(
+        &mut self,
+        conn: ConnId,
+        room: &str,
+        nickname: &str,
+        access: &JoinAccess,
+        now_ms: u64,
+        out: &mut Vec<HubOutput>,
+    ) -> Result<(), Refusal> {
+        let Some(me) = self.conns.get_mut(&conn) else {
+            return Ok(());
+        };
+        if me.room.is_some() {
+            return Err(Refusal::new(
                 ErrorCode::AlreadyInRoom,
                 "you are already in a room; leave it first",
-            );
+            ));
         }
-        let room_name = match validate_room_name(room) {
-            Ok(n) => n,
-            Err(why) => return error(out, conn, ErrorCode::BadRoomName, &why),
+        me.join_rate
+            .attempt(self.config.access.joins_per_minute, now_ms)?;
+        let room_name =
+            validate_room_name(room).map_err(|why| Refusal::new(ErrorCode::BadRoomName, why))?;
+        let nickname =
+            validate_nickname(nickname).map_err(|why| Refusal::new(ErrorCode::BadNickname, why))?;
+        let key = room_key(&room_name);
+        let creds = Credentials {
+            password: access.password.as_deref(),
+            token: access.token.as_deref(),
+            rejoin_token: access.rejoin_token.as_deref(),
         };
-        let nickname = match validate_nickname(nickname) {
-            Ok(n) => n,
-            Err(why) => return error(out, conn, ErrorCode::BadNickname, &why),
-        };
-        let key = room_name.to_lowercase();
+        let admission = self.config.access.admit(&key, &creds, now_ms)?;
         match self.rooms.get(&key) {
             Some(existing) => {
+                self.config
+                    .access
+                    .check_password(existing.password_hash.as_deref(), &admission)?;
                 if existing.members.len() >= self.config.max_room_size {
-                    return error(
-                        out,
-                        conn,
+                    return Err(Refusal::new(
                         ErrorCode::RoomFull,
-                        &format!(
+                        format!(
                             "room {:?} is full ({} of {})",
                             existing.display_name,
                             existing.members.len(),
                             self.config.max_room_size
                         ),
-                    );
+                    ));
                 }
                 let wanted = nickname.to_lowercase();
                 let taken = existing.members.iter().any(|m| {
@@ -217,48 +259,56 @@ impl Hub {
                         .is_some_and(|n| n.to_lowercase() == wanted)
                 });
                 if taken {
-                    return error(
-                        out,
-                        conn,
+                    return Err(Refusal::new(
                         ErrorCode::NicknameTaken,
-                        &format!("someone in this room is already called {nickname:?}"),
-                    );
+                        format!("someone in this room is already called {nickname:?}"),
+                    ));
                 }
             }
             None => {
                 if self.rooms.len() >= self.config.max_rooms {
-                    return error(
-                        out,
-                        conn,
+                    return Err(Refusal::new(
                         ErrorCode::TooManyRooms,
-                        &format!(
+                        format!(
                             "the server already has {} rooms, its limit",
                             self.config.max_rooms
                         ),
-                    );
+                    ));
                 }
+                // Someone coming back to a room that closed meanwhile recreates it as it was.
+                let (private, password_hash) = if admission.rejoining {
+                    (
+                        admission.recreate_private,
+                        admission.recreate_password_hash.clone(),
+                    )
+                } else {
+                    (access.private, admission.password_hash.clone())
+                };
                 self.rooms.insert(
                     key.clone(),
                     Room {
                         display_name: room_name.clone(),
                         members: Vec::new(),
                         history: VecDeque::new(),
+                        private,
+                        password_hash,
                     },
                 );
             }
         }
 
         let Some(me) = self.conns.get_mut(&conn) else {
-            return;
+            return Ok(());
         };
         me.nickname = Some(nickname.clone());
         me.room = Some(key.clone());
+        me.rejoin_issued_ms = now_ms;
         let you = PeerInfo {
             id: me.peer_id.clone(),
             nickname,
         };
         let Some(room) = self.rooms.get_mut(&key) else {
-            return;
+            return Ok(());
         };
         let others = room.members.clone();
         room.members.push(conn);
@@ -267,8 +317,14 @@ impl Hub {
             .filter_map(|m| self.peer_info(*m))
             .collect::<Vec<_>>();
         let Some(room) = self.rooms.get(&key) else {
-            return;
+            return Ok(());
         };
+        let rejoin_token = self.config.access.rejoin_token(
+            &key,
+            room.private,
+            room.password_hash.as_deref(),
+            now_ms,
+        );
         send(
             out,
             conn,
@@ -278,6 +334,8 @@ impl Hub {
                 peers,
                 history: room.history.iter().cloned().collect(),
                 capacity: self.config.max_room_size,
+                private: room.private,
+                rejoin_token,
             },
         );
         if !others.is_empty() {
@@ -290,6 +348,7 @@ impl Hub {
             });
         }
         self.announce_room(&key, out);
+        Ok(())
     }
 
     fn chat(&mut self, conn: ConnId, text: &str, now_ms: u64, out: &mut Vec<HubOutput>) {
@@ -426,6 +485,30 @@ impl Hub {
         });
     }
 
+    fn refresh_rejoin_tokens(&mut self, now_ms: u64, out: &mut Vec<HubOutput>) {
+        let renew_after = REJOIN_TTL.as_millis() as u64 / 2;
+        for (conn, c) in self.conns.iter_mut() {
+            let Some(room) = c.room.as_ref().and_then(|k| self.rooms.get(k)) else {
+                continue;
+            };
+            if now_ms.saturating_sub(c.rejoin_issued_ms) < renew_after {
+                continue;
+            }
+            let Some(key) = c.room.as_deref() else {
+                continue;
+            };
+            if let Some(token) = self.config.access.rejoin_token(
+                key,
+                room.private,
+                room.password_hash.as_deref(),
+                now_ms,
+            ) {
+                c.rejoin_issued_ms = now_ms;
+                send(out, *conn, ServerMessage::RejoinToken { token });
+            }
+        }
+    }
+
     /// Takes `conn` out of its room (if any), tells the others, and closes an emptied room.
     fn remove_from_room(&mut self, conn: ConnId, reason: LeaveReason, out: &mut Vec<HubOutput>) {
         let Some(me) = self.conns.get_mut(&conn) else {
@@ -441,8 +524,11 @@ impl Hub {
         room.members.retain(|m| *m != conn);
         if room.members.is_empty() {
             let name = room.display_name.clone();
+            let private = room.private;
             self.rooms.remove(&key);
-            self.announce(ServerMessage::RoomClosed { name }, out);
+            if !private {
+                self.announce(ServerMessage::RoomClosed { name }, out);
+            }
             return;
         }
         out.push(HubOutput::Deliver {
@@ -458,7 +544,7 @@ impl Hub {
 
     /// Tells room-list subscribers about the current head count of room `key`.
     fn announce_room(&self, key: &str, out: &mut Vec<HubOutput>) {
-        if let Some(room) = self.rooms.get(key) {
+        if let Some(room) = self.rooms.get(key).filter(|r| !r.private) {
             let room = self.room_info(room);
             self.announce(ServerMessage::RoomUpdated { room }, out);
         }
@@ -478,6 +564,7 @@ impl Hub {
             name: room.display_name.clone(),
             people: room.members.len(),
             capacity: self.config.max_room_size,
+            locked: room.password_hash.is_some(),
         }
     }
 
@@ -497,6 +584,10 @@ impl Hub {
 
 fn send(out: &mut Vec<HubOutput>, to: ConnId, msg: ServerMessage) {
     out.push(HubOutput::Deliver { to: vec![to], msg });
+}
+
+fn refuse(out: &mut Vec<HubOutput>, to: ConnId, refusal: Refusal) {
+    error(out, to, refusal.code, &refusal.message);
 }
 
 fn error(out: &mut Vec<HubOutput>, to: ConnId, code: ErrorCode, message: &str) {
@@ -549,6 +640,7 @@ mod tests {
                 ClientMessage::Join {
                     room: room.into(),
                     nickname: nick.into(),
+                    access: JoinAccess::default(),
                 },
             )
         }
@@ -757,5 +849,160 @@ mod tests {
             ServerMessage::NicknameChanged { nickname, .. } if nickname == "bobby")));
         let outs = h.msg(3, ClientMessage::Chat { text: "hi".into() });
         assert_eq!(error_code(&outs, 3), Some(ErrorCode::NotInRoom));
+    }
+
+    fn join_with(
+        h: &mut Harness,
+        conn: ConnId,
+        room: &str,
+        nick: &str,
+        access: JoinAccess,
+    ) -> Vec<HubOutput> {
+        h.msg(
+            conn,
+            ClientMessage::Join {
+                room: room.into(),
+                nickname: nick.into(),
+                access,
+            },
+        )
+    }
+
+    fn rejoin_token_of(outs: &[HubOutput], conn: ConnId) -> String {
+        to_conn(outs, conn)
+            .into_iter()
+            .find_map(|m| match m {
+                ServerMessage::Joined { rejoin_token, .. } => rejoin_token.clone(),
+                _ => None,
+            })
+            .expect("joined with a rejoin token")
+    }
+
+    #[test]
+    fn private_rooms_stay_out_of_the_list() {
+        let mut h = Harness::new(HubConfig::default());
+        for c in 1..=3 {
+            h.connect(c);
+        }
+        h.msg(3, ClientMessage::SubscribeRooms);
+        let private = JoinAccess {
+            private: true,
+            ..JoinAccess::default()
+        };
+        let outs = join_with(&mut h, 1, "Secret Plans", "ann", private);
+        assert!(matches!(
+            to_conn(&outs, 1)[0],
+            ServerMessage::Joined { private: true, .. }
+        ));
+        assert!(
+            to_conn(&outs, 3).is_empty(),
+            "subscriber heard of a private room"
+        );
+        h.join(2, "Open", "bob");
+        let outs = h.msg(3, ClientMessage::ListRooms);
+        let ServerMessage::RoomList { rooms } = to_conn(&outs, 3)[0] else {
+            panic!("no list");
+        };
+        assert_eq!(
+            rooms.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            ["Open"]
+        );
+        // Knowing the name is enough to join a private room without a password.
+        let outs = h.join(3, "secret plans", "cat");
+        assert!(matches!(to_conn(&outs, 3)[0], ServerMessage::Joined { .. }));
+        h.msg(1, ClientMessage::Leave);
+        let outs = h.msg(3, ClientMessage::Leave);
+        assert!(
+            to_conn(&outs, 2).is_empty(),
+            "closing a private room was announced"
+        );
+    }
+
+    #[test]
+    fn passwords_and_rejoin_tokens() {
+        let mut h = Harness::new(HubConfig::default());
+        for c in 1..=4 {
+            h.connect(c);
+        }
+        h.msg(4, ClientMessage::SubscribeRooms);
+        let pw = |p: &str| JoinAccess {
+            password: Some(p.into()),
+            ..JoinAccess::default()
+        };
+        let outs = join_with(&mut h, 1, "Board", "ann", pw("hunter2"));
+        let rejoin = rejoin_token_of(&outs, 1);
+        assert!(to_conn(&outs, 4).iter().any(|m| matches!(m,
+            ServerMessage::RoomUpdated { room } if room.locked)));
+        assert_eq!(
+            error_code(&h.join(2, "Board", "bob"), 2),
+            Some(ErrorCode::PasswordRequired)
+        );
+        assert_eq!(
+            error_code(&join_with(&mut h, 2, "board", "bob", pw("hunter3")), 2),
+            Some(ErrorCode::WrongPassword)
+        );
+        let outs = join_with(&mut h, 2, "board", "bob", pw("hunter2"));
+        assert!(matches!(to_conn(&outs, 2)[0], ServerMessage::Joined { .. }));
+
+        // Ann drops out and comes back with her rejoin token alone.
+        h.input(HubInput::Disconnected {
+            conn: 1,
+            reason: LeaveReason::Disconnected,
+        });
+        let with_rejoin = JoinAccess {
+            rejoin_token: Some(rejoin.clone()),
+            ..JoinAccess::default()
+        };
+        let outs = join_with(&mut h, 3, "Board", "ann", with_rejoin.clone());
+        assert!(matches!(to_conn(&outs, 3)[0], ServerMessage::Joined { .. }));
+
+        // Everyone leaves; the rejoin token recreates the room with its password.
+        h.msg(2, ClientMessage::Leave);
+        h.msg(3, ClientMessage::Leave);
+        assert_eq!(h.hub.room_count(), 0);
+        let outs = join_with(&mut h, 3, "Board", "ann", with_rejoin);
+        assert!(matches!(to_conn(&outs, 3)[0], ServerMessage::Joined { .. }));
+        assert_eq!(
+            error_code(&h.join(2, "Board", "bob"), 2),
+            Some(ErrorCode::PasswordRequired)
+        );
+        // A rejoin token for another room does not open this one.
+        let other = JoinAccess {
+            rejoin_token: Some(rejoin),
+            ..JoinAccess::default()
+        };
+        assert_eq!(
+            error_code(&join_with(&mut h, 2, "Elsewhere", "bob", other), 2),
+            None,
+            "an unrelated room without password is simply joined"
+        );
+    }
+
+    #[test]
+    fn join_attempts_are_rate_limited_per_connection() {
+        let mut h = Harness::new(HubConfig {
+            access: AccessConfig {
+                joins_per_minute: 3,
+                ..AccessConfig::default()
+            },
+            ..HubConfig::default()
+        });
+        h.connect(1);
+        h.connect(2);
+        // Failed attempts count: three wrong nicknames use up the minute.
+        for _ in 0..3 {
+            assert_eq!(
+                error_code(&h.join(1, "r", ""), 1),
+                Some(ErrorCode::BadNickname)
+            );
+        }
+        assert_eq!(
+            error_code(&h.join(1, "r", "ann"), 1),
+            Some(ErrorCode::TooManyJoins)
+        );
+        // Another connection is not affected.
+        assert_eq!(error_code(&h.join(2, "r", "bob"), 2), None);
+        h.now += 60_000;
+        assert_eq!(error_code(&h.join(1, "r", "ann"), 1), None);
     }
 }

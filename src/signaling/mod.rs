@@ -1,7 +1,10 @@
 //! Signaling: the WebSocket protocol (`protocol`), the room state machine (`hub`), the server
-//! (`server`) and the client actor (`client`). Depends on nothing else in the crate.
+//! (`server`), join rules (`access`), the Redis cluster hub (`cluster`) and the client actor
+//! (`client`). Depends on nothing else in the crate.
 
+pub mod access;
 pub mod client;
+pub mod cluster;
 pub mod hub;
 pub mod protocol;
 pub mod server;

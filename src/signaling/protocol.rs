@@ -60,6 +60,9 @@ pub enum ClientMessage {
     Join {
         room: String,
         nickname: String,
+        /// Password, token, rejoin token and, for a new room, its privacy.
+        #[serde(flatten)]
+        access: JoinAccess,
     },
     Leave,
     Chat {
@@ -123,6 +126,18 @@ pub enum ServerMessage {
         peers: Vec<PeerInfo>,
         history: Vec<ChatMessage>,
         capacity: usize,
+        /// The room is not in the public list.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        private: bool,
+        /// Lets this client come back to the room after a reconnect without the password or
+        /// join token, for a few minutes. Send it as `rejoin_token` in `join`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rejoin_token: Option<String>,
+    },
+    /// A fresh rejoin token replacing the one from `joined`, sent while you stay in the room
+    /// so a reconnect after a long call still gets back in.
+    RejoinToken {
+        token: String,
     },
     PeerJoined {
         room: String,
@@ -165,6 +180,38 @@ pub struct RoomInfo {
     pub name: String,
     pub people: usize,
     pub capacity: usize,
+    /// Joining needs the room's password.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub locked: bool,
+}
+
+/// The optional parts of a `join`. Its `Debug` hides the secrets.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinAccess {
+    /// The room's password; when the room is created, sets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// A join token (`huddle token`), needed when the server requires tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// The `rejoin_token` from an earlier `joined`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejoin_token: Option<String>,
+    /// When the room is created: keep it out of the public list.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub private: bool,
+}
+
+impl fmt::Debug for JoinAccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = |s: &Option<String>| if s.is_some() { "Some(…)" } else { "None" };
+        f.debug_struct("JoinAccess")
+            .field("password", &shown(&self.password))
+            .field("token", &shown(&self.token))
+            .field("rejoin_token", &shown(&self.rejoin_token))
+            .field("private", &self.private)
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -242,6 +289,15 @@ pub enum ErrorCode {
     ServerFull,
     SlowReader,
     ShuttingDown,
+    PasswordRequired,
+    WrongPassword,
+    TokenRequired,
+    BadToken,
+    TokenExpired,
+    TokenWrongRoom,
+    TooManyJoins,
+    TooManyConnections,
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -268,6 +324,15 @@ impl ErrorCode {
         ErrorCode::ServerFull,
         ErrorCode::SlowReader,
         ErrorCode::ShuttingDown,
+        ErrorCode::PasswordRequired,
+        ErrorCode::WrongPassword,
+        ErrorCode::TokenRequired,
+        ErrorCode::BadToken,
+        ErrorCode::TokenExpired,
+        ErrorCode::TokenWrongRoom,
+        ErrorCode::TooManyJoins,
+        ErrorCode::TooManyConnections,
+        ErrorCode::Unavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -293,7 +358,34 @@ impl ErrorCode {
             ErrorCode::ServerFull => "server_full",
             ErrorCode::SlowReader => "slow_reader",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::PasswordRequired => "password_required",
+            ErrorCode::WrongPassword => "wrong_password",
+            ErrorCode::TokenRequired => "token_required",
+            ErrorCode::BadToken => "bad_token",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::TokenWrongRoom => "token_wrong_room",
+            ErrorCode::TooManyJoins => "too_many_joins",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::Unavailable => "unavailable",
         }
+    }
+
+    /// Errors that refuse a `join`: retrying the same join unchanged would fail again.
+    pub fn refuses_join(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::RoomFull
+                | ErrorCode::BadRoomName
+                | ErrorCode::BadNickname
+                | ErrorCode::NicknameTaken
+                | ErrorCode::TooManyRooms
+                | ErrorCode::PasswordRequired
+                | ErrorCode::WrongPassword
+                | ErrorCode::TokenRequired
+                | ErrorCode::BadToken
+                | ErrorCode::TokenExpired
+                | ErrorCode::TokenWrongRoom
+        )
     }
 }
 
@@ -528,6 +620,7 @@ mod tests {
             ClientMessage::Join {
                 room: "r".into(),
                 nickname: "n".into(),
+                access: JoinAccess::default(),
             },
             ClientMessage::Leave,
             ClientMessage::Chat { text: "t".into() },
@@ -547,6 +640,40 @@ mod tests {
             let kind = v["type"].as_str().unwrap();
             assert!(CLIENT_MESSAGE_TYPES.contains(&kind), "{kind} not listed");
         }
+    }
+
+    #[test]
+    fn join_access_is_flat_optional_and_hidden_from_debug() {
+        let plain = decode_client(r#"{"type":"join","room":"r","nickname":"n"}"#).unwrap();
+        assert_eq!(
+            plain,
+            ClientMessage::Join {
+                room: "r".into(),
+                nickname: "n".into(),
+                access: JoinAccess::default(),
+            }
+        );
+        let full = decode_client(
+            r#"{"type":"join","room":"r","nickname":"n","password":"pw","token":"t","private":true}"#,
+        )
+        .unwrap();
+        let ClientMessage::Join { access, .. } = &full else {
+            panic!("not a join: {full:?}");
+        };
+        assert_eq!(access.password.as_deref(), Some("pw"));
+        assert_eq!(access.token.as_deref(), Some("t"));
+        assert!(access.private);
+        let debug = format!("{full:?}");
+        assert!(
+            !debug.contains("pw\"") && !debug.contains("\"t\""),
+            "{debug}"
+        );
+        // Round trip keeps the wire format flat.
+        let v: serde_json::Value = serde_json::from_str(&encode(&full)).unwrap();
+        assert_eq!(v["password"], "pw");
+        assert!(
+            decode_client(r#"{"type":"join","room":"r","nickname":"n","private":"yes"}"#).is_err()
+        );
     }
 
     #[test]

@@ -13,13 +13,18 @@ use super::protocol::{
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{StatusCode, header};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
@@ -32,6 +37,72 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    #[error(
+        "refusing to serve plain ws:// on the public address {0}: give --tls-cert and --tls-key \
+         (or --insecure if a proxy in front terminates TLS)"
+    )]
+    PlainOnPublicAddress(SocketAddr),
+    #[error("cluster: {0}")]
+    Cluster(String),
+}
+
+/// The server's certificate chain and key, ready for rustls. `Debug` shows no key material.
+#[derive(Clone)]
+pub struct TlsIdentity(Arc<rustls::ServerConfig>);
+
+impl fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TlsIdentity(…)")
+    }
+}
+
+impl TlsIdentity {
+    /// Loads a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<TlsIdentity, ServerError> {
+        let read = |path: &Path| {
+            std::fs::read(path)
+                .map_err(|e| ServerError::Tls(format!("cannot read {}: {e}", path.display())))
+        };
+        Self::from_pem(&read(cert)?, &read(key)?)
+    }
+
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<TlsIdentity, ServerError> {
+        let certs = rustls_pemfile::certs(&mut &cert_pem[..])
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ServerError::Tls(format!("bad certificate PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(ServerError::Tls("no certificate in the PEM file".into()));
+        }
+        let key = rustls_pemfile::private_key(&mut &key_pem[..])
+            .map_err(|e| ServerError::Tls(format!("bad key PEM: {e}")))?
+            .ok_or_else(|| ServerError::Tls("no private key in the PEM file".into()))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ServerError::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| ServerError::Tls(format!("certificate and key do not fit: {e}")))?;
+        Ok(TlsIdentity(Arc::new(config)))
+    }
+}
+
+/// True for addresses that are only reachable from this machine or a private network, where
+/// plain `ws://` is acceptable.
+pub fn is_local_or_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified()
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00 // unique local
+                || (v6.segments()[0] & 0xffc0) == 0xfe80 // link local
+        }
+    }
 }
 
 /// Token-bucket parameters for one connection's incoming messages.
@@ -56,6 +127,17 @@ impl Default for RateLimit {
     }
 }
 
+impl RateLimit {
+    /// Chat is for people typing: a few lines a second, a short burst for pastes.
+    pub fn chat_default() -> Self {
+        RateLimit {
+            per_second: 2.0,
+            burst: 10.0,
+            max_strikes: 50,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub bind: SocketAddr,
@@ -70,9 +152,23 @@ pub struct ServerConfig {
     pub hello_timeout: Duration,
     /// Time allowed for one write to a client before it counts as stalled.
     pub write_timeout: Duration,
+    /// Every message (relays, joins, pings...).
     pub rate_limit: RateLimit,
+    /// Chat messages, on top of `rate_limit`.
+    pub chat_rate_limit: RateLimit,
     /// Messages queued for one client before it is dropped as too slow.
     pub outbox_len: usize,
+    /// Connections from one IP address.
+    pub max_connections_per_ip: usize,
+    /// `Origin` values allowed to connect (browsers send one; native clients do not). A request
+    /// with an Origin not listed here is refused with HTTP 403; `*` allows any.
+    pub allowed_origins: Vec<String>,
+    /// Serve `wss://` with this identity.
+    pub tls: Option<TlsIdentity>,
+    /// Allow plain `ws://` on a public address (a TLS-terminating proxy in front).
+    pub allow_plain_public: bool,
+    /// Share rooms with other processes through this Redis server (`redis://HOST:PORT`).
+    pub redis_url: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -87,7 +183,13 @@ impl Default for ServerConfig {
             hello_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
             rate_limit: RateLimit::default(),
+            chat_rate_limit: RateLimit::chat_default(),
             outbox_len: 256,
+            max_connections_per_ip: 64,
+            allowed_origins: Vec::new(),
+            tls: None,
+            allow_plain_public: false,
+            redis_url: None,
         }
     }
 }
@@ -95,6 +197,7 @@ impl Default for ServerConfig {
 /// A running server. Dropping it stops the server; `shutdown` stops it and waits.
 pub struct ServerHandle {
     local_addr: SocketAddr,
+    tls: bool,
     cancel: CancellationToken,
     tasks: Option<JoinSet<()>>,
 }
@@ -104,9 +207,10 @@ impl ServerHandle {
         self.local_addr
     }
 
-    /// `ws://` URL of this server, for clients.
+    /// `ws://` (or `wss://`) URL of this server, for clients.
     pub fn url(&self) -> String {
-        format!("ws://{}", self.local_addr)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}", self.local_addr)
     }
 
     /// Stops accepting, tells every client the server is going away, and waits for all tasks.
@@ -131,6 +235,15 @@ impl Drop for ServerHandle {
 
 /// Binds and starts the server on the current tokio runtime.
 pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
+    if config.tls.is_none() && !config.allow_plain_public && !is_local_or_private(config.bind.ip())
+    {
+        return Err(ServerError::PlainOnPublicAddress(config.bind));
+    }
+    if config.tls.is_none() && config.bind.ip().is_unspecified() {
+        warn!(
+            "serving plain ws:// on all interfaces; fine on a LAN, but use --tls-cert/--tls-key if this machine is reachable from the internet"
+        );
+    }
     let listener = TcpListener::bind(config.bind)
         .await
         .map_err(|source| ServerError::Bind {
@@ -145,15 +258,27 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
     let (hub_tx, hub_rx) = mpsc::channel(4096);
     let config = Arc::new(config);
     let mut tasks = JoinSet::new();
-    tasks.spawn(run_hub(
-        Hub::new(config.hub.clone()),
-        hub_rx,
-        cancel.clone(),
-    ));
+    match &config.redis_url {
+        Some(url) => {
+            let cluster = super::cluster::ClusterHub::connect(url, &config, cancel.clone())
+                .await
+                .map_err(|e| ServerError::Cluster(e.to_string()))?;
+            tasks.spawn(cluster.run(hub_rx));
+        }
+        None => {
+            tasks.spawn(run_hub(
+                Hub::new(config.hub.clone()),
+                hub_rx,
+                cancel.clone(),
+            ));
+        }
+    }
+    let tls = config.tls.is_some();
     tasks.spawn(accept_loop(listener, config, hub_tx, cancel.clone()));
-    info!(%local_addr, "signaling server listening");
+    info!(%local_addr, tls, "signaling server listening");
     Ok(ServerHandle {
         local_addr,
+        tls,
         cancel,
         tasks: Some(tasks),
     })
@@ -161,13 +286,21 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
 
 /// What a connection task sends the hub actor. Registration carries the outbox, which the
 /// state machine never sees.
-enum HubMsg {
+pub(super) enum HubMsg {
     Register {
         conn: ConnId,
         peer_id: PeerId,
-        outbox: mpsc::Sender<Utf8Bytes>,
+        outbox: mpsc::Sender<Outgoing>,
     },
     Input(HubInput),
+}
+
+/// What the hub puts in a connection's outbox.
+pub(super) enum Outgoing {
+    /// An encoded message to write.
+    Frame(Utf8Bytes),
+    /// Send this fatal error and close (the cluster lost Redis, ...).
+    Close(ErrorCode, &'static str),
 }
 
 async fn accept_loop(
@@ -177,11 +310,30 @@ async fn accept_loop(
     cancel: CancellationToken,
 ) {
     let mut connections = JoinSet::new();
+    let mut per_ip: HashMap<IpAddr, usize> = HashMap::new();
+    let mut task_ip: HashMap<tokio::task::Id, IpAddr> = HashMap::new();
     let mut next_conn: ConnId = 1;
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|t| tokio_rustls::TlsAcceptor::from(t.0.clone()));
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(done) = connections.join_next_with_id(), if !connections.is_empty() => {
+                let id = match &done {
+                    Ok((id, ())) => *id,
+                    Err(e) => e.id(),
+                };
+                if let Some(ip) = task_ip.remove(&id)
+                    && let Some(n) = per_ip.get_mut(&ip)
+                {
+                    *n -= 1;
+                    if *n == 0 {
+                        per_ip.remove(&ip);
+                    }
+                }
+            }
             accepted = listener.accept() => {
                 let (stream, addr) = match accepted {
                     Ok(a) => a,
@@ -195,22 +347,40 @@ async fn accept_loop(
                 let _ = stream.set_nodelay(true);
                 let conn = next_conn;
                 next_conn += 1;
-                let over_capacity = connections.len() >= config.max_connections;
-                if over_capacity && connections.len() >= config.max_connections + 64 {
+                let from_ip = per_ip.entry(addr.ip()).or_default();
+                let refusal = if connections.len() >= config.max_connections {
+                    Some((ErrorCode::ServerFull, "the server is at its connection limit"))
+                } else if *from_ip >= config.max_connections_per_ip {
+                    Some((ErrorCode::TooManyConnections, "too many connections from your address"))
+                } else {
+                    None
+                };
+                if refusal.is_some() && connections.len() >= config.max_connections + 64 {
                     // Not even room to say why: close the socket.
                     drop(stream);
                     continue;
                 }
+                *from_ip += 1;
                 let config = config.clone();
                 let hub_tx = hub_tx.clone();
                 let cancel = cancel.clone();
-                connections.spawn(async move {
-                    if over_capacity {
-                        reject(stream, &config, ErrorCode::ServerFull, "the server is at its connection limit").await;
-                    } else {
-                        serve_connection(stream, addr, conn, config, hub_tx, cancel).await;
+                let tls = tls.clone();
+                let task = connections.spawn(async move {
+                    match tls {
+                        Some(acceptor) => {
+                            let accept = tokio::time::timeout(config.hello_timeout, acceptor.accept(stream));
+                            match accept.await {
+                                Ok(Ok(tls_stream)) => {
+                                    connection(tls_stream, addr, conn, refusal, config, hub_tx, cancel).await
+                                }
+                                Ok(Err(e)) => debug!(%addr, error = %e, "TLS handshake failed"),
+                                Err(_) => debug!(%addr, "TLS handshake timed out"),
+                            }
+                        }
+                        None => connection(stream, addr, conn, refusal, config, hub_tx, cancel).await,
                     }
                 });
+                task_ip.insert(task.id(), addr.ip());
             }
         }
     }
@@ -224,6 +394,26 @@ async fn accept_loop(
     }
 }
 
+/// One accepted connection, after TLS if any: refused with a reason, or served.
+async fn connection<S: Stream>(
+    stream: S,
+    addr: SocketAddr,
+    conn: ConnId,
+    refusal: Option<(ErrorCode, &'static str)>,
+    config: Arc<ServerConfig>,
+    hub_tx: mpsc::Sender<HubMsg>,
+    cancel: CancellationToken,
+) {
+    match refusal {
+        Some((code, message)) => reject(stream, &config, code, message).await,
+        None => serve_connection(stream, addr, conn, config, hub_tx, cancel).await,
+    }
+}
+
+/// A byte stream a WebSocket can run over: TCP, or TLS over TCP.
+pub(super) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
+
 /// Signaling messages are small: tungstenite's default 128 KiB read and write buffers per
 /// connection would cost ~140 KB per client (280 MB at 2,000 clients). Larger messages still
 /// work; they just take more reads.
@@ -236,8 +426,41 @@ fn ws_config() -> WebSocketConfig {
         .max_frame_size(Some(protocol::MAX_FRAME_BYTES))
 }
 
-async fn handshake(stream: TcpStream, config: &ServerConfig) -> Option<WebSocketStream<TcpStream>> {
-    let accept = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config()));
+/// Decides whether a WebSocket upgrade with this `Origin` header may proceed. Native clients
+/// send none; a browser page may only connect from an allowed origin, so a page on another
+/// site cannot use a visitor's network position to reach this server.
+pub fn origin_allowed(origin: Option<&str>, allowed: &[String]) -> bool {
+    match origin {
+        None => true,
+        Some(origin) => allowed
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin.trim_end_matches('/'))),
+    }
+}
+
+// The refusal type is tungstenite's `ErrorResponse`, fixed by its `Callback` trait.
+#[allow(clippy::result_large_err)]
+async fn handshake<S: Stream>(stream: S, config: &ServerConfig) -> Option<WebSocketStream<S>> {
+    let check_origin = |request: &Request, response: Response| {
+        let origin = request
+            .headers()
+            .get(header::ORIGIN)
+            .map(|o| o.to_str().unwrap_or("(not text)"));
+        if origin_allowed(origin, &config.allowed_origins) {
+            return Ok(response);
+        }
+        debug!(
+            ?origin,
+            "refusing a WebSocket upgrade from an origin not allowed"
+        );
+        let mut refusal = ErrorResponse::new(Some(
+            "origin not allowed: start the server with --allowed-origin for this site\n".into(),
+        ));
+        *refusal.status_mut() = StatusCode::FORBIDDEN;
+        Err(refusal)
+    };
+    let accept =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, check_origin, Some(ws_config()));
     match tokio::time::timeout(config.hello_timeout, accept).await {
         Ok(Ok(ws)) => Some(ws),
         Ok(Err(e)) => {
@@ -248,7 +471,7 @@ async fn handshake(stream: TcpStream, config: &ServerConfig) -> Option<WebSocket
     }
 }
 
-async fn reject(stream: TcpStream, config: &ServerConfig, code: ErrorCode, message: &str) {
+async fn reject<S: Stream>(stream: S, config: &ServerConfig, code: ErrorCode, message: &str) {
     if let Some(mut ws) = handshake(stream, config).await {
         let _ = send_fatal(&mut ws, config, code, message).await;
     }
@@ -262,8 +485,8 @@ fn error_frame(code: ErrorCode, message: &str, fatal: bool) -> Utf8Bytes {
     }))
 }
 
-async fn send_fatal(
-    ws: &mut WebSocketStream<TcpStream>,
+async fn send_fatal<S: Stream>(
+    ws: &mut WebSocketStream<S>,
     config: &ServerConfig,
     code: ErrorCode,
     message: &str,
@@ -302,7 +525,7 @@ fn new_peer_id() -> PeerId {
     )
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -344,6 +567,13 @@ impl TokenBucket {
     }
 }
 
+/// Which rate limit a message is charged to.
+#[derive(Clone, Copy)]
+enum Budget {
+    Messages,
+    Chat,
+}
+
 /// What to do with an incoming message after the rate limit.
 enum Verdict {
     Handle,
@@ -358,8 +588,8 @@ enum Ending {
     Dropped,
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<S: Stream>(
+    stream: S,
     addr: SocketAddr,
     conn: ConnId,
     config: Arc<ServerConfig>,
@@ -442,6 +672,7 @@ async fn serve_connection(
         ws,
         config: &config,
         bucket: TokenBucket::new(config.rate_limit.clone(), Instant::now()),
+        chat_bucket: TokenBucket::new(config.chat_rate_limit.clone(), Instant::now()),
         last_heard: Instant::now(),
     };
     let welcome = Utf8Bytes::from(protocol::encode(&welcome));
@@ -462,7 +693,7 @@ async fn serve_connection(
 }
 
 /// Reads until a text frame arrives; `None` when the connection ends first.
-async fn next_text(ws: &mut WebSocketStream<TcpStream>) -> Option<String> {
+async fn next_text<S: Stream>(ws: &mut WebSocketStream<S>) -> Option<String> {
     while let Some(frame) = ws.next().await {
         match frame {
             Ok(Message::Text(text)) => return Some(text.to_string()),
@@ -473,18 +704,19 @@ async fn next_text(ws: &mut WebSocketStream<TcpStream>) -> Option<String> {
     None
 }
 
-struct Session<'a> {
-    ws: WebSocketStream<TcpStream>,
+struct Session<'a, S> {
+    ws: WebSocketStream<S>,
     config: &'a ServerConfig,
     bucket: TokenBucket,
+    chat_bucket: TokenBucket,
     last_heard: Instant,
 }
 
-impl Session<'_> {
+impl<S: Stream> Session<'_, S> {
     async fn run(
         &mut self,
         conn: ConnId,
-        outbox: &mut mpsc::Receiver<Utf8Bytes>,
+        outbox: &mut mpsc::Receiver<Outgoing>,
         hub_tx: &mpsc::Sender<HubMsg>,
         cancel: &CancellationToken,
     ) -> Ending {
@@ -500,11 +732,15 @@ impl Session<'_> {
                     let _ = self.fatal(ErrorCode::ShuttingDown, "the server is shutting down").await;
                     return Ending::Closed;
                 }
-                queued = outbox.recv() => match queued {
-                    Some(frame) => {
+                                queued = outbox.recv() => match queued {
+                    Some(Outgoing::Frame(frame)) => {
                         if self.write(frame).await.is_err() {
                             return Ending::Dropped;
                         }
+                    }
+                    Some(Outgoing::Close(code, message)) => {
+                        let _ = self.fatal(code, message).await;
+                        return Ending::Closed;
                     }
                     None => {
                         // The hub let go of our outbox: we fell too far behind.
@@ -521,8 +757,8 @@ impl Session<'_> {
                                 return ending;
                             }
                         }
-                        Some(Ok(Message::Binary(_))) => {
-                            match self.charge().await {
+                                                Some(Ok(Message::Binary(_))) => {
+                            match self.charge(Budget::Messages).await {
                                 Verdict::Handle => {}
                                 Verdict::Drop => continue,
                                 Verdict::End(ending) => return ending,
@@ -564,13 +800,21 @@ impl Session<'_> {
         text: &str,
         hub_tx: &mpsc::Sender<HubMsg>,
     ) -> Option<Ending> {
-        match self.charge().await {
+        match self.charge(Budget::Messages).await {
             Verdict::Handle => {}
             // Over budget: answered with rate_limited, not passed on.
             Verdict::Drop => return None,
             Verdict::End(ending) => return Some(ending),
         }
-        let reply = match protocol::decode_client(text) {
+        let decoded = protocol::decode_client(text);
+        if let Ok(ClientMessage::Chat { .. }) = decoded {
+            match self.charge(Budget::Chat).await {
+                Verdict::Handle => {}
+                Verdict::Drop => return None,
+                Verdict::End(ending) => return Some(ending),
+            }
+        }
+        let reply = match decoded {
             Ok(ClientMessage::Hello { .. }) => error_frame(
                 ErrorCode::Malformed,
                 "hello was already received on this connection",
@@ -588,16 +832,20 @@ impl Session<'_> {
         self.write(reply).await.err().map(|_| Ending::Closed)
     }
 
-    /// Applies the rate limit to one incoming message.
-    async fn charge(&mut self) -> Verdict {
-        match self.bucket.take(Instant::now()) {
+    /// Applies a rate limit to one incoming message.
+    async fn charge(&mut self, budget: Budget) -> Verdict {
+        let bucket = match budget {
+            Budget::Messages => &mut self.bucket,
+            Budget::Chat => &mut self.chat_bucket,
+        };
+        match bucket.take(Instant::now()) {
             Ok(()) => Verdict::Handle,
             Err(false) => {
-                let frame = error_frame(
-                    ErrorCode::RateLimited,
-                    "too many messages; this one was dropped",
-                    false,
-                );
+                let what = match budget {
+                    Budget::Messages => "too many messages; this one was dropped",
+                    Budget::Chat => "too many chat messages; this one was not sent",
+                };
+                let frame = error_frame(ErrorCode::RateLimited, what, false);
                 match self.write(frame).await {
                     Ok(()) => Verdict::Drop,
                     Err(()) => Verdict::End(Ending::Closed),
@@ -628,10 +876,15 @@ impl Session<'_> {
     }
 }
 
+/// How often hubs look for rejoin tokens to renew.
+pub(super) const REJOIN_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
+
 async fn run_hub(mut hub: Hub, mut rx: mpsc::Receiver<HubMsg>, cancel: CancellationToken) {
-    let mut outboxes: HashMap<ConnId, mpsc::Sender<Utf8Bytes>> = HashMap::new();
+    let mut outboxes: HashMap<ConnId, mpsc::Sender<Outgoing>> = HashMap::new();
     let mut outputs = Vec::new();
     let mut pending = Vec::new();
+    let mut refresh = tokio::time::interval(REJOIN_REFRESH_INTERVAL);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let msg = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -639,6 +892,7 @@ async fn run_hub(mut hub: Hub, mut rx: mpsc::Receiver<HubMsg>, cancel: Cancellat
                 Some(m) => m,
                 None => break,
             },
+            _ = refresh.tick() => HubMsg::Input(HubInput::RefreshRejoinTokens),
         };
         let input = match msg {
             HubMsg::Register {
@@ -667,7 +921,7 @@ async fn run_hub(mut hub: Hub, mut rx: mpsc::Receiver<HubMsg>, cancel: Cancellat
                     let Some(outbox) = outboxes.get(&conn) else {
                         continue;
                     };
-                    if outbox.try_send(frame.clone()).is_err() {
+                    if outbox.try_send(Outgoing::Frame(frame.clone())).is_err() {
                         // Full or closed: let go of the outbox so its task closes the socket.
                         outboxes.remove(&conn);
                         pending.push(HubInput::Disconnected {

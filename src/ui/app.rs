@@ -6,8 +6,8 @@ use super::video::VideoTile;
 use crate::chat::ChatLog;
 use crate::engine::{
     self, AudioInput, AudioOutput, ChatMessage, Command, DeviceList, EngineConfig, EngineHandle,
-    ErrorCode, Event, LeaveReason, LocalMediaState, PeerId, PeerInfo, PeerStats, RoomInfo,
-    TransferCommand, TransferEvent, TransferId, TransferUpdate,
+    ErrorCode, Event, JoinAccess, LeaveReason, LocalMediaState, PeerId, PeerInfo, PeerStats,
+    RoomInfo, TransferCommand, TransferEvent, TransferId, TransferUpdate,
 };
 use crate::media::apm::ProcessingSettings;
 use crate::media::audio::{AudioSink, NullSink, ToneSource};
@@ -71,6 +71,12 @@ pub struct LobbyState {
     pub error: Option<String>,
     /// A join is on its way (button disabled, spinner text).
     pub joining: Option<String>,
+    /// Room password: for joining a locked room, or set on a room being created.
+    pub password_field: String,
+    /// Create the new room private (not listed).
+    pub private_new_room: bool,
+    /// A join token from an invite link, sent with joins.
+    pub token: Option<String>,
 }
 
 pub struct Participant {
@@ -162,6 +168,9 @@ impl HuddleApp {
             nickname_field: settings.nickname.clone(),
             error: None,
             joining: None,
+            password_field: String::new(),
+            private_new_room: false,
+            token: None,
         };
         let mut app = HuddleApp {
             show_stats: settings.show_stats,
@@ -276,6 +285,7 @@ impl HuddleApp {
         };
         let mut config =
             EngineConfig::new(self.server_url(), speaker, self.settings.download_dir());
+        config.trusted_cert = self.settings.trusted_cert.clone();
         config.bind_addrs = self.services.bind_addrs.clone();
         config.self_view = true;
         config.video =
@@ -344,6 +354,11 @@ impl HuddleApp {
     }
 
     pub fn join(&mut self, room: &str) {
+        self.join_with(room, false);
+    }
+
+    /// Joins (or creates, `private` if asked) a room with the lobby's password and token.
+    pub fn join_with(&mut self, room: &str, private: bool) {
         let nickname = self.lobby.nickname_field.trim().to_owned();
         if nickname.is_empty() {
             // Keep the room: joining goes ahead once a nickname is chosen.
@@ -357,9 +372,16 @@ impl HuddleApp {
         }
         self.lobby.error = None;
         self.lobby.joining = Some(room.to_owned());
+        let password = Some(self.lobby.password_field.clone()).filter(|p| !p.is_empty());
         self.command(Command::Join {
             room: room.to_owned(),
             nickname,
+            access: JoinAccess {
+                password,
+                token: self.lobby.token.clone(),
+                rejoin_token: None,
+                private,
+            },
         });
     }
 
@@ -615,6 +637,19 @@ impl HuddleApp {
                     }
                     ErrorCode::BadNickname => format!("That nickname cannot be used: {message}"),
                     ErrorCode::BadRoomName => format!("That room name cannot be used: {message}"),
+                    ErrorCode::PasswordRequired => {
+                        "That room has a password: type it in the Password field and join again."
+                            .to_owned()
+                    }
+                    ErrorCode::WrongPassword => {
+                        "That password is not right for the room.".to_owned()
+                    }
+                    ErrorCode::TokenRequired
+                    | ErrorCode::BadToken
+                    | ErrorCode::TokenExpired
+                    | ErrorCode::TokenWrongRoom => {
+                        format!("This server only lets in people with an invitation: {message}")
+                    }
                     _ => format!("{message} ({code})"),
                 };
                 if self.lobby.joining.take().is_some() || self.view == View::Lobby {

@@ -80,6 +80,8 @@ pub fn lobby_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
                 )
                 .labelled_by(label.id);
             let enter = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+            ui.checkbox(&mut app.lobby.private_new_room, "Private")
+                .on_hover_text("Keep the room out of the public list; share an invite link");
             let can =
                 !app.lobby.new_room.trim().is_empty() && app.connection == Connection::Connected;
             if (ui
@@ -89,8 +91,19 @@ pub fn lobby_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
                 && app.lobby.joining.is_none()
             {
                 let room = app.lobby.new_room.trim().to_owned();
-                app.join(&room);
+                let private = app.lobby.private_new_room;
+                app.join_with(&room, private);
             }
+        });
+        ui.horizontal(|ui| {
+            let label = ui.label("Password");
+            ui.add(
+                egui::TextEdit::singleline(&mut app.lobby.password_field)
+                    .password(true)
+                    .hint_text("for locked rooms, or to lock a new one")
+                    .desired_width(220.0),
+            )
+            .labelled_by(label.id);
         });
     });
 }
@@ -134,7 +147,8 @@ fn rooms_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
                 let selected = app.lobby.selected.as_deref() == Some(key.as_str());
                 let full = room.people >= room.capacity;
                 let text = format!(
-                    "{}  —  {} of {}{}",
+                    "{}{}  —  {} of {}{}",
+                    if room.locked { "🔒 " } else { "" },
                     room.name,
                     room.people,
                     room.capacity,

@@ -31,6 +31,10 @@ pub struct LaunchOptions {
     pub nickname: Option<String>,
     /// Settings file (default: the platform's config directory).
     pub settings_path: Option<PathBuf>,
+    /// A PEM certificate to trust for `wss://` (overrides the saved setting).
+    pub trusted_cert: Option<PathBuf>,
+    /// A join token (from an invite link) for the room.
+    pub token: Option<String>,
 }
 
 /// The local UTC offset in seconds (for chat times).
@@ -154,6 +158,9 @@ pub fn run(options: LaunchOptions) -> Result<(), UiError> {
     if let Some(nick) = &options.nickname {
         settings.nickname = nick.clone();
     }
+    if let Some(cert) = &options.trusted_cert {
+        settings.trusted_cert = Some(cert.clone());
+    }
     let (embedded, embedded_url) = start_embedded_server(&runtime, &settings, 8787);
     let handle = runtime.handle().clone();
     let mut viewport = egui::ViewportBuilder::default()
@@ -173,6 +180,7 @@ pub fn run(options: LaunchOptions) -> Result<(), UiError> {
         ..Default::default()
     };
     let room = options.room.clone();
+    let token = options.token.clone();
     let result = eframe::run_native(
         "Huddle",
         native,
@@ -187,6 +195,7 @@ pub fn run(options: LaunchOptions) -> Result<(), UiError> {
             };
             let mut app = HuddleApp::new(cc.egui_ctx.clone(), services, settings);
             app.pending_join = room;
+            app.lobby.token = token;
             Ok(Box::new(app))
         }),
     );

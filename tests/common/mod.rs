@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 use futures_util::{SinkExt, StreamExt};
-use huddle::signaling::protocol::{self, ClientMessage, ErrorCode, PeerId, ServerMessage};
+use huddle::signaling::protocol::{
+    self, ClientMessage, ErrorCode, JoinAccess, PeerId, ServerMessage,
+};
 use huddle::signaling::server::{self, ServerConfig, ServerHandle};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -15,6 +17,12 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub fn test_config() -> ServerConfig {
     ServerConfig {
         bind: "127.0.0.1:0".parse().unwrap(),
+        // Every test client comes from 127.0.0.1; the per-IP limit has its own test.
+        max_connections_per_ip: 10_000,
+        // Tests that fill the chat history send faster than people type; the chat limit has
+        // its own test.
+        chat_rate_limit: huddle::signaling::server::RateLimit::default(),
+
         ..ServerConfig::default()
     }
 }
@@ -141,9 +149,20 @@ impl TestClient {
     }
 
     pub async fn join(&mut self, room: &str, nickname: &str) -> ServerMessage {
+        self.join_with(room, nickname, JoinAccess::default()).await
+    }
+
+    /// Joins with a password, token, rejoin token or privacy; returns `joined` or the error.
+    pub async fn join_with(
+        &mut self,
+        room: &str,
+        nickname: &str,
+        access: JoinAccess,
+    ) -> ServerMessage {
         self.send(&ClientMessage::Join {
             room: room.into(),
             nickname: nickname.into(),
+            access,
         })
         .await;
         self.recv_until(|m| {

@@ -132,6 +132,7 @@ impl TestPeer {
         self.send(Command::Join {
             room: room.into(),
             nickname: nickname.into(),
+            access: Default::default(),
         });
         self.wait_for(Duration::from_secs(10), |e| match e {
             Event::Joined { .. } => Some(()),

@@ -1,0 +1,585 @@
+//! Who may join which room: room passwords, signed join tokens (JWT, HS256), short-lived rejoin
+//! tokens, and the per-connection join rate. Pure functions over `now`; no I/O. Shared by the
+//! in-memory hub and the Redis cluster hub. Depends only on `signaling::protocol`.
+
+use super::protocol::ErrorCode;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::Duration;
+
+/// How long a rejoin token stays valid: long enough to ride out a reconnect with backoff.
+pub const REJOIN_TTL: Duration = Duration::from_secs(5 * 60);
+/// Longest lifetime `huddle token` will mint: join tokens are meant to be short-lived.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Longest password accepted, in bytes.
+pub const MAX_PASSWORD_BYTES: usize = 256;
+/// Longest token accepted, in bytes.
+pub const MAX_TOKEN_BYTES: usize = 2048;
+/// Clock skew tolerated between the minting machine and the server.
+const LEEWAY_SECS: u64 = 30;
+
+/// A rejected join, with the documented error code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("the token secret is empty")]
+    EmptySecret,
+    #[error("token lifetime must be between 1 second and {} days", MAX_TOKEN_TTL.as_secs() / 86_400)]
+    BadTtl,
+    #[error("cannot sign the token: {0}")]
+    Sign(String),
+}
+
+/// A shared HMAC secret. Its `Debug` never shows the bytes.
+#[derive(Clone)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Result<Secret, TokenError> {
+        let bytes = bytes.into();
+        if bytes.is_empty() {
+            return Err(TokenError::EmptySecret);
+        }
+        Ok(Secret(bytes))
+    }
+
+    /// 32 random bytes, for a process that has no configured secret.
+    pub fn random() -> Secret {
+        Secret(rand::random::<[u8; 32]>().to_vec())
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+/// What a token grants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenKind {
+    /// Minted by an operator with `huddle token`: may join the room.
+    Join,
+    /// Issued by the server in `joined`: may come back to the room without password or join
+    /// token, and may recreate it (with its privacy and password) if it closed meanwhile.
+    Rejoin,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// Room key (the normalised, lower-cased room name).
+    pub room: String,
+    pub kind: TokenKind,
+    /// Issued at, seconds since the Unix epoch.
+    pub iat: u64,
+    /// Expires at, seconds since the Unix epoch.
+    pub exp: u64,
+    /// Rejoin tokens only: the room was private.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub private: bool,
+    /// Rejoin tokens only: the room's password hash, so a recreated room keeps its password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
+}
+
+/// The key a room is stored under: its validated name, lower-cased.
+pub fn room_key(display_name: &str) -> String {
+    display_name.to_lowercase()
+}
+
+/// Hash under which a room's password is kept (never the password itself). Salted with the room
+/// key so equal passwords of different rooms differ.
+pub fn password_hash(room_key: &str, password: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"huddle-room-password\0");
+    h.update(room_key.as_bytes());
+    h.update(b"\0");
+    h.update(password.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// Compares two password hashes in time independent of where they differ.
+pub fn hashes_match(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// Signs a token. `now_ms` is the current time in milliseconds since the Unix epoch.
+pub fn mint(
+    secret: &Secret,
+    room_key: &str,
+    kind: TokenKind,
+    ttl: Duration,
+    now_ms: u64,
+) -> Result<String, TokenError> {
+    if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
+        return Err(TokenError::BadTtl);
+    }
+    let iat = now_ms / 1000;
+    let claims = Claims {
+        room: room_key.to_owned(),
+        kind,
+        iat,
+        exp: iat + ttl.as_secs().max(1),
+        private: false,
+        password_hash: None,
+    };
+    sign(secret, &claims)
+}
+
+pub fn sign(secret: &Secret, claims: &Claims) -> Result<String, TokenError> {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(|e| TokenError::Sign(e.to_string()))
+}
+
+/// Checks a token's signature, expiry, kind and room. The clock is ours (`now_ms`), not the
+/// library's, so tests can move it.
+pub fn verify(
+    secret: &Secret,
+    token: &str,
+    room_key: &str,
+    kind: TokenKind,
+    now_ms: u64,
+) -> Result<Claims, Refusal> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(Refusal::new(ErrorCode::BadToken, "the token is too long"));
+    }
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.required_spec_claims.clear();
+    let data = jsonwebtoken::decode::<Claims>(
+        token,
+        &DecodingKey::from_secret(secret.as_bytes()),
+        &validation,
+    )
+    .map_err(|e| {
+        let why = match e.kind() {
+            ErrorKind::InvalidSignature => "its signature does not match this server's secret",
+            ErrorKind::InvalidAlgorithm => "it is not signed with HS256",
+            _ => "it is not a well-formed Huddle token",
+        };
+        Refusal::new(ErrorCode::BadToken, format!("the token was refused: {why}"))
+    })?;
+    let claims = data.claims;
+    if claims.kind != kind {
+        return Err(Refusal::new(
+            ErrorCode::BadToken,
+            format!("this is a {:?} token, not a {:?} token", claims.kind, kind).to_lowercase(),
+        ));
+    }
+    if now_ms / 1000 > claims.exp + LEEWAY_SECS {
+        return Err(Refusal::new(
+            ErrorCode::TokenExpired,
+            "the token has expired; ask for a new one",
+        ));
+    }
+    if claims.room != room_key {
+        return Err(Refusal::new(
+            ErrorCode::TokenWrongRoom,
+            format!("the token is for room {:?}, not this one", claims.room),
+        ));
+    }
+    Ok(claims)
+}
+
+/// The access rules one server (or cluster) applies to joins.
+#[derive(Clone, Debug)]
+pub struct AccessConfig {
+    /// When set, every join needs a join token signed with this secret (or a rejoin token).
+    pub token_secret: Option<Secret>,
+    /// Signs rejoin tokens. Shared by every process of a cluster.
+    pub rejoin_secret: Secret,
+    pub joins_per_minute: u32,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig {
+            token_secret: None,
+            rejoin_secret: Secret::random(),
+            joins_per_minute: 10,
+        }
+    }
+}
+
+/// What a client presented with its join.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials<'a> {
+    pub password: Option<&'a str>,
+    pub token: Option<&'a str>,
+    pub rejoin_token: Option<&'a str>,
+}
+
+/// What the credentials proved, before looking at the room itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admission {
+    /// A valid rejoin token: skip the password check.
+    pub rejoining: bool,
+    /// From the rejoin token: how to recreate the room if it closed meanwhile.
+    pub recreate_private: bool,
+    pub recreate_password_hash: Option<String>,
+    /// Hash of the password the client gave, if any.
+    pub password_hash: Option<String>,
+}
+
+impl AccessConfig {
+    /// Checks token requirements for joining `room_key`. Room-specific rules (password, full,
+    /// nickname) come after, with the room's state.
+    pub fn admit(
+        &self,
+        room_key: &str,
+        creds: &Credentials<'_>,
+        now_ms: u64,
+    ) -> Result<Admission, Refusal> {
+        if creds.password.is_some_and(|p| p.len() > MAX_PASSWORD_BYTES) {
+            return Err(Refusal::new(
+                ErrorCode::WrongPassword,
+                format!("passwords are at most {MAX_PASSWORD_BYTES} bytes"),
+            ));
+        }
+        let password_hash = creds
+            .password
+            .filter(|p| !p.is_empty())
+            .map(|p| password_hash(room_key, p));
+        if let Some(rejoin) = creds.rejoin_token {
+            // A stale rejoin token (server restarted with a new secret, or it expired) is not
+            // fatal: fall through to the ordinary checks.
+            if let Ok(claims) = verify(
+                &self.rejoin_secret,
+                rejoin,
+                room_key,
+                TokenKind::Rejoin,
+                now_ms,
+            ) {
+                return Ok(Admission {
+                    rejoining: true,
+                    recreate_private: claims.private,
+                    recreate_password_hash: claims.password_hash,
+                    password_hash,
+                });
+            }
+        }
+        if let Some(secret) = &self.token_secret {
+            let Some(token) = creds.token else {
+                return Err(Refusal::new(
+                    ErrorCode::TokenRequired,
+                    "this server requires a join token; ask its operator for one",
+                ));
+            };
+            verify(secret, token, room_key, TokenKind::Join, now_ms)?;
+        }
+        Ok(Admission {
+            rejoining: false,
+            recreate_private: false,
+            recreate_password_hash: None,
+            password_hash,
+        })
+    }
+
+    /// Checks the room's password against what was admitted.
+    pub fn check_password(
+        &self,
+        room_password_hash: Option<&str>,
+        admission: &Admission,
+    ) -> Result<(), Refusal> {
+        let Some(expected) = room_password_hash else {
+            return Ok(());
+        };
+        if admission.rejoining {
+            return Ok(());
+        }
+        match &admission.password_hash {
+            None => Err(Refusal::new(
+                ErrorCode::PasswordRequired,
+                "this room has a password",
+            )),
+            Some(given) if hashes_match(given, expected) => Ok(()),
+            Some(_) => Err(Refusal::new(
+                ErrorCode::WrongPassword,
+                "the password is not right",
+            )),
+        }
+    }
+
+    /// A rejoin token for someone who just joined `room_key`.
+    pub fn rejoin_token(
+        &self,
+        room_key: &str,
+        private: bool,
+        password_hash: Option<&str>,
+        now_ms: u64,
+    ) -> Option<String> {
+        let iat = now_ms / 1000;
+        let claims = Claims {
+            room: room_key.to_owned(),
+            kind: TokenKind::Rejoin,
+            iat,
+            exp: iat + REJOIN_TTL.as_secs(),
+            private,
+            password_hash: password_hash.map(str::to_owned),
+        };
+        sign(&self.rejoin_secret, &claims).ok()
+    }
+}
+
+/// Join attempts of one connection in the last minute. Failed attempts count too, so it also
+/// slows down password guessing.
+#[derive(Debug, Default)]
+pub struct JoinRate {
+    attempts_ms: VecDeque<u64>,
+}
+
+impl JoinRate {
+    /// Records an attempt at `now_ms`, or refuses it if `per_minute` were already made.
+    pub fn attempt(&mut self, per_minute: u32, now_ms: u64) -> Result<(), Refusal> {
+        while self
+            .attempts_ms
+            .front()
+            .is_some_and(|t| now_ms.saturating_sub(*t) >= 60_000)
+        {
+            self.attempts_ms.pop_front();
+        }
+        if self.attempts_ms.len() >= per_minute as usize {
+            let wait_s = self
+                .attempts_ms
+                .front()
+                .map(|t| 60 - now_ms.saturating_sub(*t) / 1000)
+                .unwrap_or(60);
+            return Err(Refusal::new(
+                ErrorCode::TooManyJoins,
+                format!(
+                    "at most {per_minute} joins per minute per connection; try again in {wait_s} s"
+                ),
+            ));
+        }
+        self.attempts_ms.push_back(now_ms);
+        Ok(())
+    }
+}
+
+/// Parses a duration like `90s`, `30m`, `1h`, `2d` (a bare number is seconds).
+pub fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 90s, 30m, 1h or 2d"))?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {text:?}; use s, m, h or d"
+            ));
+        }
+    };
+    Ok(Duration::from_secs(n.saturating_mul(scale)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    fn config_with_tokens() -> AccessConfig {
+        AccessConfig {
+            token_secret: Some(Secret::new(b"operator secret".to_vec()).unwrap()),
+            ..AccessConfig::default()
+        }
+    }
+
+    fn creds(token: Option<&str>) -> Credentials<'_> {
+        Credentials {
+            token,
+            ..Credentials::default()
+        }
+    }
+
+    #[test]
+    fn join_tokens_valid_expired_forged_and_wrong_room() {
+        let config = config_with_tokens();
+        let secret = config.token_secret.clone().unwrap();
+        let hour = Duration::from_secs(3600);
+        let token = mint(&secret, "standup", TokenKind::Join, hour, NOW).unwrap();
+        assert!(config.admit("standup", &creds(Some(&token)), NOW).is_ok());
+
+        let code = |r: Result<Admission, Refusal>| r.unwrap_err().code;
+        assert_eq!(
+            code(config.admit("standup", &creds(None), NOW)),
+            ErrorCode::TokenRequired
+        );
+        assert_eq!(
+            code(config.admit("standup", &creds(Some(&token)), NOW + 2 * 3_600_000)),
+            ErrorCode::TokenExpired
+        );
+        assert_eq!(
+            code(config.admit("other", &creds(Some(&token)), NOW)),
+            ErrorCode::TokenWrongRoom
+        );
+        let forged = mint(
+            &Secret::new(b"guess".to_vec()).unwrap(),
+            "standup",
+            TokenKind::Join,
+            hour,
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(
+            code(config.admit("standup", &creds(Some(&forged)), NOW)),
+            ErrorCode::BadToken
+        );
+        // A tampered payload (room changed, signature kept) is a forgery too.
+        let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+        parts[1] = parts[1].chars().rev().collect();
+        assert_eq!(
+            code(config.admit("standup", &creds(Some(&parts.join("."))), NOW)),
+            ErrorCode::BadToken
+        );
+        assert_eq!(
+            code(config.admit("standup", &creds(Some("not a jwt")), NOW)),
+            ErrorCode::BadToken
+        );
+        // A rejoin token is not a join token.
+        let rejoin = config.rejoin_token("standup", false, None, NOW).unwrap();
+        assert_eq!(
+            code(config.admit("standup", &creds(Some(&rejoin)), NOW)),
+            ErrorCode::BadToken
+        );
+    }
+
+    #[test]
+    fn rejoin_token_skips_password_and_token_but_only_for_its_room() {
+        let config = config_with_tokens();
+        let hash = password_hash("r", "hunter2");
+        let rejoin = config.rejoin_token("r", true, Some(&hash), NOW).unwrap();
+        let with_rejoin = Credentials {
+            rejoin_token: Some(&rejoin),
+            ..Credentials::default()
+        };
+        let admission = config.admit("r", &with_rejoin, NOW + 60_000).unwrap();
+        assert!(admission.rejoining);
+        assert!(admission.recreate_private);
+        assert_eq!(admission.recreate_password_hash.as_deref(), Some(&*hash));
+        assert!(config.check_password(Some(&hash), &admission).is_ok());
+        // Other room, or too late: back to the ordinary rules (here: a join token is needed).
+        assert_eq!(
+            config.admit("s", &with_rejoin, NOW).unwrap_err().code,
+            ErrorCode::TokenRequired
+        );
+        let late = NOW + REJOIN_TTL.as_millis() as u64 + 120_000;
+        assert_eq!(
+            config.admit("r", &with_rejoin, late).unwrap_err().code,
+            ErrorCode::TokenRequired
+        );
+    }
+
+    #[test]
+    fn passwords() {
+        let config = AccessConfig::default();
+        let hash = password_hash("r", "hunter2");
+        assert_ne!(hash, password_hash("s", "hunter2"));
+        let admit = |pw: Option<&str>| {
+            config
+                .admit(
+                    "r",
+                    &Credentials {
+                        password: pw,
+                        ..Credentials::default()
+                    },
+                    NOW,
+                )
+                .unwrap()
+        };
+        assert!(config.check_password(None, &admit(None)).is_ok());
+        assert!(
+            config
+                .check_password(Some(&hash), &admit(Some("hunter2")))
+                .is_ok()
+        );
+        assert_eq!(
+            config
+                .check_password(Some(&hash), &admit(None))
+                .unwrap_err()
+                .code,
+            ErrorCode::PasswordRequired
+        );
+        assert_eq!(
+            config
+                .check_password(Some(&hash), &admit(Some("hunter3")))
+                .unwrap_err()
+                .code,
+            ErrorCode::WrongPassword
+        );
+        let long = "x".repeat(MAX_PASSWORD_BYTES + 1);
+        let refused = config.admit(
+            "r",
+            &Credentials {
+                password: Some(&long),
+                ..Credentials::default()
+            },
+            NOW,
+        );
+        assert_eq!(refused.unwrap_err().code, ErrorCode::WrongPassword);
+    }
+
+    #[test]
+    fn join_rate_counts_a_sliding_minute() {
+        let mut rate = JoinRate::default();
+        for i in 0..3 {
+            assert!(rate.attempt(3, NOW + i * 1000).is_ok());
+        }
+        let refused = rate.attempt(3, NOW + 10_000).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::TooManyJoins);
+        assert!(refused.message.contains("50 s"), "{}", refused.message);
+        assert!(rate.attempt(3, NOW + 60_000).is_ok());
+    }
+
+    #[test]
+    fn ttl_parsing() {
+        assert_eq!(parse_ttl("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_ttl("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_ttl("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_ttl("2d").unwrap(), Duration::from_secs(172_800));
+        assert!(parse_ttl("1y").is_err());
+        assert!(parse_ttl("h").is_err());
+        assert!(mint(&Secret::random(), "r", TokenKind::Join, Duration::ZERO, NOW).is_err());
+        assert!(Secret::new(Vec::new()).is_err());
+    }
+}
