@@ -94,15 +94,30 @@ impl TlsIdentity {
 pub fn is_local_or_private(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified()
+            let carrier_nat = v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64; // 100.64/10
+            v4.is_loopback() || v4.is_private() || v4.is_link_local() || carrier_nat
         }
         IpAddr::V6(v6) => {
             v6.is_loopback()
-                || v6.is_unspecified()
                 || (v6.segments()[0] & 0xfe00) == 0xfc00 // unique local
                 || (v6.segments()[0] & 0xffc0) == 0xfe80 // link local
         }
     }
+}
+
+/// A public address that listening on `bind` would serve, if any. For an unspecified bind
+/// (`0.0.0.0`, `::`) that is any public address of this machine's interfaces.
+fn public_address_served(bind: IpAddr) -> Option<IpAddr> {
+    if !bind.is_unspecified() {
+        return (!is_local_or_private(bind)).then_some(bind);
+    }
+    let interfaces = if_addrs::get_if_addrs().unwrap_or_default();
+    interfaces
+        .iter()
+        .map(|i| i.ip())
+        // `::` also accepts IPv4 on Linux (dual stack); `0.0.0.0` only IPv4.
+        .filter(|ip| bind.is_ipv6() || ip.is_ipv4())
+        .find(|ip| !is_local_or_private(*ip))
 }
 
 /// Token-bucket parameters for one connection's incoming messages.
@@ -235,14 +250,18 @@ impl Drop for ServerHandle {
 
 /// Binds and starts the server on the current tokio runtime.
 pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
-    if config.tls.is_none() && !config.allow_plain_public && !is_local_or_private(config.bind.ip())
-    {
-        return Err(ServerError::PlainOnPublicAddress(config.bind));
-    }
-    if config.tls.is_none() && config.bind.ip().is_unspecified() {
-        warn!(
-            "serving plain ws:// on all interfaces; fine on a LAN, but use --tls-cert/--tls-key if this machine is reachable from the internet"
-        );
+    if config.tls.is_none() && !config.allow_plain_public {
+        if let Some(public) = public_address_served(config.bind.ip()) {
+            return Err(ServerError::PlainOnPublicAddress(SocketAddr::new(
+                public,
+                config.bind.port(),
+            )));
+        }
+        if config.bind.ip().is_unspecified() {
+            warn!(
+                "serving plain ws:// on all interfaces; fine on a LAN, but use --tls-cert/--tls-key if this machine is reachable from the internet through NAT"
+            );
+        }
     }
     let listener = TcpListener::bind(config.bind)
         .await
@@ -932,5 +951,49 @@ async fn run_hub(mut hub: Hub, mut rx: mpsc::Receiver<HubMsg>, cancel: Cancellat
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_ws_is_allowed_only_where_the_internet_cannot_reach() {
+        for local in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.9",
+            "192.168.1.20",
+            "169.254.3.4",
+            "100.100.1.1",
+            "::1",
+            "fd12::1",
+            "fe80::1",
+        ] {
+            let ip: IpAddr = local.parse().unwrap();
+            assert!(is_local_or_private(ip), "{local}");
+            assert_eq!(public_address_served(ip), None, "{local}");
+        }
+        for public in ["203.0.113.7", "8.8.8.8", "100.128.0.1", "2001:db8::1"] {
+            let ip: IpAddr = public.parse().unwrap();
+            assert!(!is_local_or_private(ip), "{public}");
+            assert_eq!(public_address_served(ip), Some(ip), "{public}");
+        }
+    }
+
+    #[test]
+    fn browser_origins_must_be_listed() {
+        let allowed = vec!["https://chat.example.org".to_owned()];
+        assert!(origin_allowed(None, &allowed), "native clients send none");
+        assert!(origin_allowed(Some("https://chat.example.org"), &allowed));
+        assert!(origin_allowed(Some("https://CHAT.example.org/"), &allowed));
+        assert!(!origin_allowed(Some("https://evil.example"), &allowed));
+        assert!(!origin_allowed(
+            Some("https://chat.example.org.evil"),
+            &allowed
+        ));
+        assert!(!origin_allowed(Some("null"), &[]));
+        assert!(origin_allowed(Some("null"), &["*".to_owned()]));
     }
 }

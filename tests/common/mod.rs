@@ -194,3 +194,75 @@ fn rand_nonce() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 pub mod peer;
+
+/// A `huddle serve` process, for what only a separate process shows: its memory, and what
+/// happens to others when it dies. Killed when dropped.
+pub struct ServeProcess {
+    pub child: tokio::process::Child,
+    pub url: String,
+}
+
+impl ServeProcess {
+    /// Starts `huddle serve --bind 127.0.0.1:0 EXTRA...` and waits for the address it prints.
+    pub async fn start(extra: &[&str]) -> ServeProcess {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_huddle"))
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("huddle binary runs");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("server announces its address in time")
+            .expect("read stdout")
+            .expect("server printed its address before exiting");
+        let url = line
+            .rsplit(' ')
+            .next()
+            .filter(|u| u.starts_with("ws"))
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        // Keep draining stdout so the process never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        ServeProcess { child, url }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("process still running")
+    }
+
+    /// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`).
+    pub fn memory_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("{field} not in /proc status"))
+    }
+
+    /// SIGKILL: no goodbye to clients or to the cluster.
+    pub async fn kill(mut self) {
+        self.child.kill().await.expect("kill");
+    }
+}
+
+/// Reads the first message a server sends on a raw socket (a refusal comes before any hello).
+pub async fn first_message(ws: &mut WebSocketStream<MaybeTlsStream<TcpStream>>) -> ServerMessage {
+    loop {
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a message in time")
+            .expect("a frame before close")
+            .expect("a readable frame");
+        if let Message::Text(t) = frame {
+            return protocol::decode_server(&t).expect("server sends valid JSON");
+        }
+    }
+}
