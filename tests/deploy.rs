@@ -97,22 +97,20 @@ async fn wss_with_a_trusted_certificate_works_and_any_other_is_refused() {
             access: JoinAccess::default(),
         })
         .unwrap();
-    next_event(&mut events, |e| match e {
-        ClientEvent::Server(ServerMessage::Joined { room, .. }) => {
-            Some(assert_eq!(room, "Over TLS"))
-        }
+    let room = next_event(&mut events, |e| match e {
+        ClientEvent::Server(ServerMessage::Joined { room, .. }) => Some(room.clone()),
         ClientEvent::Server(ServerMessage::Error { code, .. }) => panic!("join refused: {code:?}"),
         _ => None,
     })
     .await;
+    assert_eq!(room, "Over TLS");
     client.send(ClientCommand::Chat("secret".into())).unwrap();
-    next_event(&mut events, |e| match e {
-        ClientEvent::Server(ServerMessage::Chat { message }) => {
-            Some(assert_eq!(message.text, "secret"))
-        }
+    let text = next_event(&mut events, |e| match e {
+        ClientEvent::Server(ServerMessage::Chat { message }) => Some(message.text.clone()),
         _ => None,
     })
     .await;
+    assert_eq!(text, "secret");
 
     // A different certificate, or only the system roots: refused, and not retried.
     let (_other, mut other_events) = tls_client(&url, Some(&other_path));
@@ -515,14 +513,15 @@ async fn the_client_rejoins_a_password_room_after_the_server_restarts() {
     .await;
     server.shutdown().await;
     let server = start_server(config).await;
-    next_event(&mut events, |e| match e {
-        ClientEvent::Server(ServerMessage::Joined { room, .. }) => Some(assert_eq!(room, "Vault")),
+    let room = next_event(&mut events, |e| match e {
+        ClientEvent::Server(ServerMessage::Joined { room, .. }) => Some(room.clone()),
         ClientEvent::Server(ServerMessage::Error { code, .. }) if code.refuses_join() => {
             panic!("rejoin refused: {code:?}")
         }
         _ => None,
     })
     .await;
+    assert_eq!(room, "Vault");
     // The room came back with its password.
     let mut bob = TestClient::connect(&server.url()).await;
     expect_refused(
