@@ -1,0 +1,281 @@
+//! Two `huddle serve --redis` processes sharing rooms through a real `redis-server` started on a
+//! free loopback port: one room list, shared rooms, chat and history, relays, a video call
+//! between peers on different processes, and a killed process's clients leaving the room.
+
+mod common;
+
+use common::peer::{PeerOptions, TestPeer};
+use common::*;
+use huddle::engine::Event;
+use huddle::signaling::protocol::{ClientMessage, ErrorCode, LeaveReason, PeerId, ServerMessage};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// Beats every second: a dead process is noticed after three missed beats.
+const HEARTBEAT_SECS: &str = "1";
+
+/// A `redis-server` on a free loopback port, without persistence, stopped when dropped.
+struct Redis {
+    _child: tokio::process::Child,
+    url: String,
+}
+
+impl Redis {
+    async fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = tokio::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server ({e}); install it with `scripts/setup --test`")
+            });
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if line.contains("Ready to accept connections") {
+                    return;
+                }
+            }
+            panic!("redis-server exited before it was ready");
+        };
+        tokio::time::timeout(WAIT, ready)
+            .await
+            .expect("redis-server ready in time");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Redis {
+            _child: child,
+            url: format!("redis://127.0.0.1:{port}"),
+        }
+    }
+}
+
+async fn serve_with(redis: &Redis) -> ServeProcess {
+    ServeProcess::start(&["--redis", &redis.url, "--heartbeat-secs", HEARTBEAT_SECS]).await
+}
+
+fn room_names(rooms: &[huddle::signaling::protocol::RoomInfo]) -> Vec<(String, usize)> {
+    let mut names: Vec<_> = rooms.iter().map(|r| (r.name.clone(), r.people)).collect();
+    names.sort();
+    names
+}
+
+async fn list(client: &mut TestClient) -> Vec<(String, usize)> {
+    client.send(&ClientMessage::ListRooms).await;
+    match client
+        .recv_until(|m| matches!(m, ServerMessage::RoomList { .. }))
+        .await
+    {
+        ServerMessage::RoomList { rooms } => room_names(&rooms),
+        _ => unreachable!(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_rooms_chat_relays_and_calls_through_redis() {
+    let redis = Redis::start().await;
+    let one = serve_with(&redis).await;
+    let two = serve_with(&redis).await;
+
+    // A watcher on process two sees a room created on process one.
+    let mut watcher = TestClient::connect(&two.url).await;
+    watcher.send(&ClientMessage::SubscribeRooms).await;
+    match watcher.recv().await {
+        ServerMessage::RoomList { rooms } => assert!(rooms.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    let mut ann = TestClient::connect(&one.url).await;
+    assert!(matches!(
+        ann.join("Across", "ann").await,
+        ServerMessage::Joined { .. }
+    ));
+    match watcher
+        .recv_until(|m| matches!(m, ServerMessage::RoomUpdated { .. }))
+        .await
+    {
+        ServerMessage::RoomUpdated { room } => {
+            assert_eq!((room.name, room.people), ("Across".into(), 1))
+        }
+        _ => unreachable!(),
+    }
+
+    // Bob on process two joins the same room and finds ann there.
+    let mut bob = TestClient::connect(&two.url).await;
+    match bob.join("across", "bob").await {
+        ServerMessage::Joined { room, peers, .. } => {
+            assert_eq!(room, "Across");
+            assert_eq!(peers.len(), 1);
+            assert_eq!(peers[0].id, ann.peer_id);
+            assert_eq!(peers[0].nickname, "ann");
+        }
+        other => panic!("{other:?}"),
+    }
+    match ann
+        .recv_until(|m| matches!(m, ServerMessage::PeerJoined { .. }))
+        .await
+    {
+        ServerMessage::PeerJoined { peer, .. } => assert_eq!(peer.id, bob.peer_id),
+        _ => unreachable!(),
+    }
+    // Nicknames are unique across processes.
+    let mut impostor = TestClient::connect(&two.url).await;
+    match impostor.join("Across", "ANN").await {
+        ServerMessage::Error { code, .. } => assert_eq!(code, ErrorCode::NicknameTaken),
+        other => panic!("{other:?}"),
+    }
+
+    // Chat both ways, stamped once, in one order for everyone.
+    ann.send(&ClientMessage::Chat {
+        text: "hello from one".into(),
+    })
+    .await;
+    let from_ann = match bob
+        .recv_until(|m| matches!(m, ServerMessage::Chat { .. }))
+        .await
+    {
+        ServerMessage::Chat { message } => message,
+        _ => unreachable!(),
+    };
+    assert_eq!(from_ann.text, "hello from one");
+    assert_eq!(from_ann.from, ann.peer_id);
+    bob.send(&ClientMessage::Chat {
+        text: "hello from two".into(),
+    })
+    .await;
+    let mut ann_saw = Vec::new();
+    while ann_saw.len() < 2 {
+        if let ServerMessage::Chat { message } = ann.recv().await {
+            ann_saw.push(message);
+        }
+    }
+    assert_eq!(
+        ann_saw[0], from_ann,
+        "the same stamped message on both processes"
+    );
+    assert_eq!(ann_saw[1].text, "hello from two");
+    assert!(ann_saw[1].id > ann_saw[0].id);
+
+    // A late joiner on process one gets the history written through process two.
+    let mut cat = TestClient::connect(&one.url).await;
+    match cat.join("Across", "cat").await {
+        ServerMessage::Joined { history, peers, .. } => {
+            let texts: Vec<_> = history.iter().map(|m| m.text.as_str()).collect();
+            assert_eq!(texts, ["hello from one", "hello from two"]);
+            assert_eq!(peers.len(), 2);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Relays cross processes with the real sender; forged senders and other rooms are refused.
+    let payload = serde_json::json!({"kind": "offer", "sdp": "v=0"});
+    ann.send(&ClientMessage::Relay {
+        to: bob.peer_id.clone(),
+        from: None,
+        payload: payload.clone(),
+    })
+    .await;
+    match bob
+        .recv_until(|m| matches!(m, ServerMessage::Relay { .. }))
+        .await
+    {
+        ServerMessage::Relay { from, payload: got } => {
+            assert_eq!(from, ann.peer_id);
+            assert_eq!(got, payload);
+        }
+        _ => unreachable!(),
+    }
+    bob.send(&ClientMessage::Relay {
+        to: ann.peer_id.clone(),
+        from: Some(cat.peer_id.clone()),
+        payload: payload.clone(),
+    })
+    .await;
+    bob.expect_error(ErrorCode::ForgedSender).await;
+    let mut elsewhere = TestClient::connect(&one.url).await;
+    elsewhere.join("Elsewhere", "eve").await;
+    elsewhere
+        .send(&ClientMessage::Relay {
+            to: bob.peer_id.clone(),
+            from: None,
+            payload,
+        })
+        .await;
+    elsewhere.expect_error(ErrorCode::PeerNotFound).await;
+    assert!(
+        !bob.sync()
+            .await
+            .iter()
+            .any(|m| matches!(m, ServerMessage::Relay { .. })),
+        "a relay crossed rooms"
+    );
+
+    // One room list, whichever process you ask.
+    let expected = vec![("Across".to_owned(), 3), ("Elsewhere".to_owned(), 1)];
+    assert_eq!(list(&mut impostor).await, expected);
+    assert_eq!(list(&mut elsewhere).await, expected);
+
+    // Two engines with test patterns, one on each process, complete a call with video.
+    let dir_one = tempfile::tempdir().unwrap();
+    let dir_two = tempfile::tempdir().unwrap();
+    let mut pat = TestPeer::start(&one.url, PeerOptions::new(1, 440.0, dir_one.path().into()));
+    let mut quin = TestPeer::start(&two.url, PeerOptions::new(2, 660.0, dir_two.path().into()));
+    pat.join("Video", "pat").await;
+    quin.join("Video", "quin").await;
+    let pat_id = pat.id.clone().unwrap();
+    let quin_id = quin.id.clone().unwrap();
+    pat.connected_to(&quin_id).await;
+    quin.connected_to(&pat_id).await;
+    pat.video_frames(&quin_id, 30, Duration::from_secs(15))
+        .await;
+    quin.video_frames(&pat_id, 30, Duration::from_secs(15))
+        .await;
+
+    // Process one dies without a word: its clients leave the rooms on process two within the
+    // heartbeat window (three missed one-second beats, found at the next beat).
+    let killed_at = Instant::now();
+    one.kill().await;
+    let mut gone: Vec<(PeerId, LeaveReason)> = Vec::new();
+    while gone.len() < 2 {
+        if let ServerMessage::PeerLeft {
+            peer_id, reason, ..
+        } = bob.recv().await
+        {
+            gone.push((peer_id, reason));
+        }
+    }
+    let noticed = killed_at.elapsed();
+    gone.sort_by(|a, b| a.0.0.cmp(&b.0.0));
+    let mut expected = vec![
+        (ann.peer_id.clone(), LeaveReason::TimedOut),
+        (cat.peer_id.clone(), LeaveReason::TimedOut),
+    ];
+    expected.sort_by(|a, b| a.0.0.cmp(&b.0.0));
+    assert_eq!(gone, expected);
+    quin.wait_for(Duration::from_secs(10), |e| match e {
+        Event::PeerLeft { peer, .. } if *peer == pat_id => Some(()),
+        _ => None,
+    })
+    .await;
+    eprintln!("process two saw process one's clients leave {noticed:?} after the kill");
+    assert!(
+        noticed < Duration::from_secs(6),
+        "took {noticed:?}, beyond the heartbeat window"
+    );
+    // The list on process two follows: Elsewhere closed with its only member, Across has bob.
+    assert_eq!(
+        list(&mut impostor).await,
+        vec![("Across".to_owned(), 1), ("Video".to_owned(), 1)]
+    );
+
+    drop(pat);
+    quin.engine.shutdown().await;
+    two.kill().await;
+}
