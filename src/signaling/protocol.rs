@@ -643,6 +643,18 @@ mod tests {
     }
 
     #[test]
+        fn relayed_numbers_survive_decode_and_encode_bit_exact() {
+        // Found by the decode fuzzer: without serde_json's float_roundtrip this came back as 3e37.
+        let text = r#"{"type":"relay","to":"p","payload":{"x":2.9999999999999997e37,"y":0.1}}"#;
+        let msg = decode_client(text).unwrap();
+        let ClientMessage::Relay { payload, .. } = &msg else {
+            panic!("{msg:?}")
+        };
+        assert_eq!(payload["x"].as_f64(), Some(2.9999999999999997e37));
+        assert_eq!(decode_client(&encode(&msg)).unwrap(), msg);
+    }
+
+    #[test]
     fn join_access_is_flat_optional_and_hidden_from_debug() {
         let plain = decode_client(r#"{"type":"join","room":"r","nickname":"n"}"#).unwrap();
         assert_eq!(
