@@ -618,7 +618,7 @@ async fn signaling(opts: &BenchOptions) -> Result<Value, BenchError> {
     let server = start_server(
         &opts.exe,
         &[
-                        "--max-connections",
+            "--max-connections",
             &(n + 100).to_string(),
             // Every load client comes from 127.0.0.1.
             "--max-connections-per-ip",

@@ -8,9 +8,7 @@
 use arbitrary::Arbitrary;
 use huddle_fuzz::access::{self, Secret, TokenKind};
 use huddle_fuzz::hub::{ConnId, Hub, HubConfig, HubInput, HubOutput};
-use huddle_fuzz::protocol::{
-    self, ClientMessage, JoinAccess, LeaveReason, PeerId, ServerMessage,
-};
+use huddle_fuzz::protocol::{self, ClientMessage, JoinAccess, LeaveReason, PeerId, ServerMessage};
 use libfuzzer_sys::fuzz_target;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -25,7 +23,10 @@ enum Credential {
     None,
     Password(u8),
     /// A join token the operator minted for room `room`, valid or expired.
-    Token { room: u8, expired: bool },
+    Token {
+        room: u8,
+        expired: bool,
+    },
     /// A token signed with the wrong secret.
     Forged,
     /// The rejoin token this connection (or another) was last given.
@@ -107,11 +108,18 @@ impl World {
             Credential::Forged => {
                 let other = Secret::new("not the secret").expect("non-empty");
                 let ttl = Duration::from_secs(3600);
-                access.token =
-                    access::mint(&other, &access::room_key(room), TokenKind::Join, ttl, self.now_ms)
-                        .ok();
+                access.token = access::mint(
+                    &other,
+                    &access::room_key(room),
+                    TokenKind::Join,
+                    ttl,
+                    self.now_ms,
+                )
+                .ok();
             }
-            Credential::Rejoin(c) => access.rejoin_token = self.rejoin.get(&ConnId::from(c)).cloned(),
+            Credential::Rejoin(c) => {
+                access.rejoin_token = self.rejoin.get(&ConnId::from(c)).cloned()
+            }
             Credential::Garbage(s) => access.token = Some(s),
         }
         access
@@ -158,7 +166,10 @@ impl World {
     fn observe(&mut self, output: HubOutput) {
         let HubOutput::Deliver { to, msg } = output;
         for c in &to {
-            assert!(self.connected.contains_key(c), "message to a closed connection");
+            assert!(
+                self.connected.contains_key(c),
+                "message to a closed connection"
+            );
         }
         let json = protocol::encode(&msg);
         assert_eq!(protocol::decode_server(&json).as_ref(), Ok(&msg));
@@ -203,7 +214,10 @@ impl World {
         assert!(self.hub.room_count() <= self.config.max_rooms);
         let members = self.room_of.len();
         let listed: usize = self.hub.room_list().iter().map(|r| r.people).sum();
-        assert!(listed <= members, "the list counts more people than are in rooms");
+        assert!(
+            listed <= members,
+            "the list counts more people than are in rooms"
+        );
         for room in self.hub.room_list() {
             assert!(room.people >= 1, "an empty room is listed");
             assert!(room.people <= self.config.max_room_size);

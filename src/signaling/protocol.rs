@@ -643,7 +643,7 @@ mod tests {
     }
 
     #[test]
-        fn relayed_numbers_survive_decode_and_encode_bit_exact() {
+    fn relayed_numbers_survive_decode_and_encode_bit_exact() {
         // Found by the decode fuzzer: without serde_json's float_roundtrip this came back as 3e37.
         let text = r#"{"type":"relay","to":"p","payload":{"x":2.9999999999999997e37,"y":0.1}}"#;
         let msg = decode_client(text).unwrap();

@@ -386,7 +386,9 @@ async fn accept_loop(
                 let tls = tls.clone();
                 let task = connections.spawn(async move {
                     match tls {
-                        Some(acceptor) => {
+                        // Boxed: the TLS connection's state machine is several times the size
+                        // of a plain one, and unboxed every plain connection would reserve it.
+                        Some(acceptor) => Box::pin(async move {
                             let accept = tokio::time::timeout(config.hello_timeout, acceptor.accept(stream));
                             match accept.await {
                                 Ok(Ok(tls_stream)) => {
@@ -395,7 +397,7 @@ async fn accept_loop(
                                 Ok(Err(e)) => debug!(%addr, error = %e, "TLS handshake failed"),
                                 Err(_) => debug!(%addr, "TLS handshake timed out"),
                             }
-                        }
+                        }).await,
                         None => connection(stream, addr, conn, refusal, config, hub_tx, cancel).await,
                     }
                 });
