@@ -2,7 +2,7 @@
 //! tokens, and the per-connection join rate. Pure functions over `now`; no I/O. Shared by the
 //! in-memory hub and the Redis cluster hub. Depends only on `signaling::protocol`.
 
-use super::protocol::ErrorCode;
+use super::protocol::{ErrorCode, JoinAccess, validate_nickname, validate_room_name};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -241,6 +241,16 @@ pub struct Credentials<'a> {
     pub rejoin_token: Option<&'a str>,
 }
 
+/// A join that passed [`AccessConfig::screen_join`]: normalised names and what its credentials
+/// proved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScreenedJoin {
+    pub room_name: String,
+    pub nickname: String,
+    pub key: String,
+    pub admission: Admission,
+}
+
 /// What the credentials proved, before looking at the room itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Admission {
@@ -304,6 +314,43 @@ impl AccessConfig {
             recreate_private: false,
             recreate_password_hash: None,
             password_hash,
+        })
+    }
+
+    /// The checks every join passes before its room is looked at, in the documented order: not
+    /// already in a room, the join rate, the room and nickname syntax, then tokens.
+    pub fn screen_join(
+        &self,
+        in_room: bool,
+        join_rate: &mut JoinRate,
+        room: &str,
+        nickname: &str,
+        access: &JoinAccess,
+        now_ms: u64,
+    ) -> Result<ScreenedJoin, Refusal> {
+        if in_room {
+            return Err(Refusal::new(
+                ErrorCode::AlreadyInRoom,
+                "you are already in a room; leave it first",
+            ));
+        }
+        join_rate.attempt(self.joins_per_minute, now_ms)?;
+        let room_name =
+            validate_room_name(room).map_err(|why| Refusal::new(ErrorCode::BadRoomName, why))?;
+        let nickname =
+            validate_nickname(nickname).map_err(|why| Refusal::new(ErrorCode::BadNickname, why))?;
+        let key = room_key(&room_name);
+        let creds = Credentials {
+            password: access.password.as_deref(),
+            token: access.token.as_deref(),
+            rejoin_token: access.rejoin_token.as_deref(),
+        };
+        let admission = self.admit(&key, &creds, now_ms)?;
+        Ok(ScreenedJoin {
+            room_name,
+            nickname,
+            key,
+            admission,
         })
     }
 

@@ -5,11 +5,11 @@
 //! stops beating, the others remove its clients from their rooms. Depends on
 //! `signaling::{protocol, access, hub, server}`.
 
-use super::access::{Credentials, JoinRate, REJOIN_TTL, Refusal, room_key};
+use super::access::{JoinRate, REJOIN_TTL, Refusal, ScreenedJoin, room_key};
 use super::hub::{ConnId, HubConfig, HubInput};
 use super::protocol::{
     self, ChatMessage, ClientMessage, ErrorCode, JoinAccess, LeaveReason, PeerId, PeerInfo,
-    RoomInfo, ServerMessage, validate_chat, validate_nickname, validate_room_name,
+    RoomInfo, ServerMessage, validate_chat, validate_nickname,
 };
 use super::server::{HubMsg, Outgoing, ServerConfig, now_ms};
 use futures_util::StreamExt;
@@ -578,26 +578,20 @@ impl ClusterHub {
         let Some(me) = self.conns.get_mut(&conn) else {
             return Ok(());
         };
-        if me.room.is_some() {
-            return Err(Refusal::new(
-                ErrorCode::AlreadyInRoom,
-                "you are already in a room; leave it first",
-            ));
-        }
-        me.join_rate
-            .attempt(self.hub.access.joins_per_minute, now)?;
         let peer_id = me.peer_id.clone();
-        let room_name =
-            validate_room_name(room).map_err(|why| Refusal::new(ErrorCode::BadRoomName, why))?;
-        let nickname =
-            validate_nickname(nickname).map_err(|why| Refusal::new(ErrorCode::BadNickname, why))?;
-        let key = room_key(&room_name);
-        let creds = Credentials {
-            password: access.password.as_deref(),
-            token: access.token.as_deref(),
-            rejoin_token: access.rejoin_token.as_deref(),
-        };
-        let admission = self.hub.access.admit(&key, &creds, now)?;
+        let ScreenedJoin {
+            room_name,
+            nickname,
+            key,
+            admission,
+        } = self.hub.access.screen_join(
+            me.room.is_some(),
+            &mut me.join_rate,
+            room,
+            nickname,
+            access,
+            now,
+        )?;
         let flag = |b: bool| if b { "1" } else { "0" };
         let joined = self
             .script

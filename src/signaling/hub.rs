@@ -2,10 +2,10 @@
 //! machine without I/O: `handle(input, now_ms, &mut outputs)`. The server's hub actor drives it.
 //! Depends only on `signaling::{protocol, access}`.
 
-use super::access::{AccessConfig, Credentials, JoinRate, REJOIN_TTL, Refusal, room_key};
+use super::access::{AccessConfig, JoinRate, REJOIN_TTL, Refusal, ScreenedJoin};
 use super::protocol::{
     ChatMessage, ClientMessage, ErrorCode, JoinAccess, LeaveReason, PeerId, PeerInfo, RoomInfo,
-    ServerMessage, validate_chat, validate_nickname, validate_room_name,
+    ServerMessage, validate_chat, validate_nickname,
 };
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
@@ -216,25 +216,19 @@ impl Hub {
         let Some(me) = self.conns.get_mut(&conn) else {
             return Ok(());
         };
-        if me.room.is_some() {
-            return Err(Refusal::new(
-                ErrorCode::AlreadyInRoom,
-                "you are already in a room; leave it first",
-            ));
-        }
-        me.join_rate
-            .attempt(self.config.access.joins_per_minute, now_ms)?;
-        let room_name =
-            validate_room_name(room).map_err(|why| Refusal::new(ErrorCode::BadRoomName, why))?;
-        let nickname =
-            validate_nickname(nickname).map_err(|why| Refusal::new(ErrorCode::BadNickname, why))?;
-        let key = room_key(&room_name);
-        let creds = Credentials {
-            password: access.password.as_deref(),
-            token: access.token.as_deref(),
-            rejoin_token: access.rejoin_token.as_deref(),
-        };
-        let admission = self.config.access.admit(&key, &creds, now_ms)?;
+        let ScreenedJoin {
+            room_name,
+            nickname,
+            key,
+            admission,
+        } = self.config.access.screen_join(
+            me.room.is_some(),
+            &mut me.join_rate,
+            room,
+            nickname,
+            access,
+            now_ms,
+        )?;
         match self.rooms.get(&key) {
             Some(existing) => {
                 self.config
