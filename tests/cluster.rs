@@ -7,7 +7,10 @@ mod common;
 use common::peer::{PeerOptions, TestPeer};
 use common::*;
 use huddle::engine::Event;
-use huddle::signaling::protocol::{ClientMessage, ErrorCode, LeaveReason, PeerId, ServerMessage};
+use huddle::signaling::client::{ClientCommand, ClientConfig, ClientEvent, SignalingClient};
+use huddle::signaling::protocol::{
+    ClientMessage, ErrorCode, JoinAccess, LeaveReason, PeerId, ServerMessage,
+};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -17,7 +20,8 @@ const HEARTBEAT_SECS: &str = "1";
 
 /// A `redis-server` on a free loopback port, without persistence, stopped when dropped.
 struct Redis {
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
+    port: u16,
     url: String,
 }
 
@@ -28,6 +32,10 @@ impl Redis {
             .local_addr()
             .unwrap()
             .port();
+        Redis::start_on(port).await
+    }
+
+    async fn start_on(port: u16) -> Redis {
         let mut child = tokio::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
@@ -52,7 +60,8 @@ impl Redis {
             .expect("redis-server ready in time");
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Redis {
-            _child: child,
+            child,
+            port,
             url: format!("redis://127.0.0.1:{port}"),
         }
     }
@@ -278,4 +287,75 @@ async fn two_processes_share_rooms_chat_relays_and_calls_through_redis() {
     drop(pat);
     quin.engine.shutdown().await;
     two.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_redis_closes_clients_with_unavailable_and_they_rejoin_when_it_is_back() {
+    let mut redis = Redis::start().await;
+    let server = serve_with(&redis).await;
+    // A raw client sees exactly what the server says; the real client shows the recovery.
+    let mut raw = TestClient::connect(&server.url).await;
+    assert!(matches!(
+        raw.join("Steady", "raw").await,
+        ServerMessage::Joined { .. }
+    ));
+    let (client, mut events) = SignalingClient::spawn(ClientConfig {
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_millis(500),
+        ..ClientConfig::new(server.url.clone())
+    });
+    let mut joined = 0;
+    let mut wait_joined = async |events: &mut tokio::sync::mpsc::Receiver<ClientEvent>| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let event = tokio::time::timeout_at(deadline, events.recv())
+                .await
+                .expect("joined in time")
+                .expect("client running");
+            if let ClientEvent::Server(ServerMessage::Joined { room, .. }) = event {
+                assert_eq!(room, "Steady");
+                joined += 1;
+                return;
+            }
+        }
+    };
+    client
+        .send(ClientCommand::Join {
+            room: "Steady".into(),
+            nickname: "real".into(),
+            access: JoinAccess::default(),
+        })
+        .unwrap();
+    wait_joined(&mut events).await;
+
+    // Redis goes away: the server cannot keep rooms consistent, so it says so and closes.
+    let port = redis.port;
+    redis.child.kill().await.unwrap();
+    let seen = raw.expect_closed().await;
+    assert!(
+        seen.iter().any(|m| matches!(
+            m,
+            ServerMessage::Error {
+                code: ErrorCode::Unavailable,
+                fatal: true,
+                ..
+            }
+        )),
+        "{seen:?}"
+    );
+
+    // Redis comes back empty on the same address; the real client reconnects and rejoins.
+    let _redis = Redis::start_on(port).await;
+    wait_joined(&mut events).await;
+    assert_eq!(joined, 2);
+    let mut late = TestClient::connect(&server.url).await;
+    match late.join("Steady", "late").await {
+        ServerMessage::Joined { peers, .. } => {
+            let names: Vec<_> = peers.iter().map(|p| p.nickname.as_str()).collect();
+            assert_eq!(names, ["real"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(client);
+    server.kill().await;
 }
