@@ -402,3 +402,88 @@ fn the_embedded_server_starts_when_none_is_configured() {
     drop(ui);
     rt.block_on(embedded.shutdown());
 }
+
+#[test]
+fn a_locked_room_asks_for_its_password_in_the_lobby() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = rt.block_on(start_server(test_config()));
+    // Someone already holds the room, with a password.
+    let mut owner = rt.block_on(async {
+        let mut c = TestClient::connect(&server.url()).await;
+        let access = huddle::signaling::protocol::JoinAccess {
+            password: Some("hunter two".into()),
+            ..Default::default()
+        };
+        let joined = c.join_with("Vault", "owner", access).await;
+        assert!(matches!(
+            joined,
+            huddle::signaling::protocol::ServerMessage::Joined { .. }
+        ));
+        c
+    });
+    let settings = Settings {
+        server: server.url(),
+        nickname: "ann".into(),
+        camera: "none".into(),
+        microphone: "none".into(),
+        ..Default::default()
+    };
+    let mut ui = app_harness(&rt, settings, None, None);
+    ui.until(
+        "the locked room in the list",
+        Duration::from_secs(10),
+        |h| h.query_by_label_contains("Vault").is_some(),
+    );
+    let row = ui
+        .harness
+        .get_by_label_contains("Vault")
+        .accesskit_node()
+        .label()
+        .unwrap_or_default();
+    assert!(
+        row.contains("1 of 6") && row.contains("password"),
+        "row reads {row:?}"
+    );
+
+    // Without the password: the lobby says what is missing, and the app stays there.
+    ui.double_click("Vault");
+    ui.until("the password prompt", Duration::from_secs(10), |h| {
+        h.state()
+            .app()
+            .lobby
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("Password field"))
+    });
+    assert_eq!(ui.harness.state().app().view, View::Lobby);
+
+    // With it: into the call, and the owner sees ann arrive.
+    ui.harness.get_by_label("Password").focus();
+    ui.harness.step();
+    ui.harness.get_by_label("Password").type_text("hunter two");
+    ui.harness.step();
+    ui.double_click("Vault");
+    ui.until("the call", Duration::from_secs(10), |h| {
+        h.state().app().view == View::Call
+    });
+    rt.block_on(async {
+        let arrived = owner
+            .recv_until(|m| {
+                matches!(
+                    m,
+                    huddle::signaling::protocol::ServerMessage::PeerJoined { .. }
+                )
+            })
+            .await;
+        let huddle::signaling::protocol::ServerMessage::PeerJoined { peer, .. } = arrived else {
+            unreachable!()
+        };
+        assert_eq!(peer.nickname, "ann");
+    });
+    drop(ui);
+    rt.block_on(server.shutdown());
+}

@@ -146,13 +146,14 @@ fn rooms_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
             for (key, room) in &app.lobby.rooms {
                 let selected = app.lobby.selected.as_deref() == Some(key.as_str());
                 let full = room.people >= room.capacity;
+                // Words, not a padlock emoji: egui's built-in fonts have no glyph for it.
                 let text = format!(
-                    "{}{}  —  {} of {}{}",
-                    if room.locked { "🔒 " } else { "" },
+                    "{}  —  {} of {}{}{}",
                     room.name,
                     room.people,
                     room.capacity,
-                    if full { " (full)" } else { "" }
+                    if full { " (full)" } else { "" },
+                    if room.locked { "  · password" } else { "" }
                 );
                 let response = ui.add_sized(
                     [ui.available_width(), 24.0],
