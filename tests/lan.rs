@@ -85,7 +85,8 @@ struct Proc {
 }
 
 impl Proc {
-    fn until(&self, what: &str, within: Duration, f: impl Fn(&Value) -> bool) -> Value {
+    /// The first output line `pick` accepts, within `within`.
+    fn next<T>(&self, what: &str, within: Duration, pick: impl Fn(&str) -> Option<T>) -> T {
         let deadline = Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -93,28 +94,23 @@ impl Proc {
                 .lines
                 .recv_timeout(left)
                 .unwrap_or_else(|_| panic!("no {what} within {within:?}"));
-            if let Ok(v) = serde_json::from_str::<Value>(&line)
-                && f(&v)
-            {
-                return v;
+            if let Some(found) = pick(&line) {
+                return found;
             }
         }
     }
-}
 
-impl Proc {
+    /// The first JSON line `f` accepts.
+    fn until(&self, what: &str, within: Duration, f: impl Fn(&Value) -> bool) -> Value {
+        self.next(what, within, |line| {
+            serde_json::from_str::<Value>(line).ok().filter(|v| f(v))
+        })
+    }
+
     fn line_containing(&self, text: &str, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self
-                .lines
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no line with {text:?} within {within:?}"));
-            if line.contains(text) {
-                return line;
-            }
-        }
+        self.next(&format!("line with {text:?}"), within, |line| {
+            line.contains(text).then(|| line.to_owned())
+        })
     }
 }
 

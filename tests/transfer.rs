@@ -84,6 +84,15 @@ async fn pair(room: &str, auto_accept: bool, tamper: Option<Tamper>) -> Pair {
 }
 
 impl Pair {
+    /// Waits for the receiver to be asked about an incoming file.
+    async fn offer_arrives(&mut self) -> TransferUpdate {
+        self.receiver
+            .transfer_update(Duration::from_secs(10), |u| {
+                u.state == TransferState::AwaitingConsent
+            })
+            .await
+    }
+
     fn send(&self, path: &Path) {
         self.sender
             .send(Command::Transfer(TransferCommand::SendFiles {
@@ -184,12 +193,7 @@ async fn decline_and_cancel_leave_no_files_behind() {
     let path = p.src.path().join("unwanted.bin");
     make_file(&path, 1 << 20, 3);
     p.send(&path);
-    let offer = p
-        .receiver
-        .transfer_update(Duration::from_secs(10), |u| {
-            u.state == TransferState::AwaitingConsent
-        })
-        .await;
+    let offer = p.offer_arrives().await;
     p.receiver.send(Command::Transfer(TransferCommand::Decline {
         peer: p.sender_id.clone(),
         id: offer.id,
@@ -205,12 +209,7 @@ async fn decline_and_cancel_leave_no_files_behind() {
         let path = p.src.path().join(format!("cancel-{cancel_by_sender}.bin"));
         make_file(&path, 150 << 20, 5);
         p.send(&path);
-        let offer = p
-            .receiver
-            .transfer_update(Duration::from_secs(10), |u| {
-                u.state == TransferState::AwaitingConsent
-            })
-            .await;
+        let offer = p.offer_arrives().await;
         p.receiver.send(Command::Transfer(TransferCommand::Accept {
             peer: p.sender_id.clone(),
             id: offer.id,

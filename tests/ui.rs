@@ -26,15 +26,13 @@ impl TestApp {
     }
 }
 
-fn draw(ui: &mut egui::Ui, state: &mut TestApp) {
-    if state.app.is_none()
-        && let Some((services, settings)) = state.init.take()
-    {
-        state.app = Some(HuddleApp::new(ui.ctx().clone(), services, settings));
-    }
-    if let Some(app) = state.app.as_mut() {
-        app.draw(ui);
-    }
+/// The runtime the app and the test's server and peers share, as in `huddle`.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 struct Ui<'a> {
@@ -86,11 +84,7 @@ impl Ui<'_> {
 
 #[test]
 fn the_app_joins_shows_video_chats_mutes_and_receives_a_file() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let server = rt.block_on(start_server(test_config()));
     let url = server.url();
     let bob_dir = tempfile::tempdir().unwrap();
@@ -102,14 +96,6 @@ fn the_app_joins_shows_video_chats_mutes_and_receives_a_file() {
     });
     let bob_id = bob.id.clone().unwrap();
 
-    let services = AppServices {
-        runtime: rt.handle().clone(),
-        settings_path: None,
-        embedded_url: None,
-        speaker_override: Some(Box::new(|| Box::new(NullSink::new()))),
-        bind_addrs: vec!["127.0.0.1:0".into()],
-        discover_lan: false,
-    };
     let settings = Settings {
         server: url.clone(),
         nickname: "ann".into(),
@@ -118,20 +104,7 @@ fn the_app_joins_shows_video_chats_mutes_and_receives_a_file() {
         download_dir: Some(app_dir.path().to_path_buf()),
         ..Default::default()
     };
-    let harness = Harness::builder()
-        .with_size([1180.0, 760.0])
-        .build_ui_state(
-            draw,
-            TestApp {
-                init: Some((services, settings)),
-                app: None,
-            },
-        );
-    let (wake_tx, woken) = mpsc::channel();
-    harness.ctx.set_request_repaint_callback(move |_| {
-        let _ = wake_tx.send(());
-    });
-    let mut ui = Ui { harness, woken };
+    let mut ui = app_harness(&rt, settings, None, None);
 
     // The lobby lists bob's room with its head count.
     ui.until("the room list", Duration::from_secs(10), |h| {
@@ -277,7 +250,9 @@ fn app_harness(
                     app.pending_join = pending_join.clone();
                     state.app = Some(app);
                 }
-                draw(ui, state);
+                if let Some(app) = state.app.as_mut() {
+                    app.draw(ui);
+                }
             },
             TestApp {
                 init: Some((services, settings)),
@@ -293,11 +268,7 @@ fn app_harness(
 
 #[test]
 fn an_invite_link_opens_straight_into_its_room() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let server = rt.block_on(start_server(test_config()));
     let link = format!("huddle://{}/Design%20review", server.local_addr());
     // What `huddle huddle://...` does with the link.
@@ -330,11 +301,7 @@ fn an_invite_link_opens_straight_into_its_room() {
 
 #[test]
 fn a_first_time_link_asks_only_for_a_nickname() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let server = rt.block_on(start_server(test_config()));
     let settings = Settings {
         server: server.url(),
@@ -366,11 +333,7 @@ fn a_first_time_link_asks_only_for_a_nickname() {
 
 #[test]
 fn the_embedded_server_starts_when_none_is_configured() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let settings = Settings {
         nickname: "solo".into(),
         camera: "none".into(),
@@ -405,11 +368,7 @@ fn the_embedded_server_starts_when_none_is_configured() {
 
 #[test]
 fn a_locked_room_asks_for_its_password_in_the_lobby() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let server = rt.block_on(start_server(test_config()));
     // Someone already holds the room, with a password.
     let mut owner = rt.block_on(async {

@@ -146,13 +146,63 @@ fn stream_config(device: &cpal::Device, input: bool) -> Result<cpal::StreamConfi
     })
 }
 
+/// An open device stream, input or output.
+trait OpenDevice: Sized {
+    /// "microphone" or "speaker", for notices.
+    const KIND: &'static str;
+    fn health(&self) -> &StreamHealth;
+    fn name(&self) -> &str;
+    /// Opens the device `id`, or the default one.
+    fn open(id: Option<&str>) -> Result<Self, MediaError>;
+}
+
+/// A device stream failed: closes it and, at most every 2 s, falls back to the default device,
+/// telling the user. Returns whether it tried.
+fn fall_back<D: OpenDevice>(
+    open: &mut Option<D>,
+    next_retry: &mut Instant,
+    notices: &Notices,
+) -> bool {
+    let reason = open.take().map(|o| o.health().reason()).unwrap_or_default();
+    if Instant::now() < *next_retry {
+        return false;
+    }
+    *next_retry = Instant::now() + Duration::from_secs(2);
+    match D::open(None) {
+        Ok(o) => {
+            notices.push(format!(
+                "The {} stopped ({reason}); now using {}.",
+                D::KIND,
+                o.name()
+            ));
+            *open = Some(o);
+        }
+        Err(e) => notices.push(format!("No {} available ({e}).", D::KIND)),
+    }
+    true
+}
+
 struct OpenInput {
-    stream: cpal::Stream,
+    /// Held for its lifetime: dropping it stops the device.
+    _stream: cpal::Stream,
     ring: rtrb::Consumer<f32>,
     health: Arc<StreamHealth>,
     channels: usize,
     resampler: Option<StreamResampler>,
     name: String,
+}
+
+impl OpenDevice for OpenInput {
+    const KIND: &'static str = "microphone";
+    fn health(&self) -> &StreamHealth {
+        &self.health
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn open(id: Option<&str>) -> Result<Self, MediaError> {
+        open_input(id)
+    }
 }
 
 fn open_input(id: Option<&str>) -> Result<OpenInput, MediaError> {
@@ -198,7 +248,7 @@ fn open_input(id: Option<&str>) -> Result<OpenInput, MediaError> {
         Some(StreamResampler::new(config.sample_rate, 480)?)
     };
     Ok(OpenInput {
-        stream,
+        _stream: stream,
         ring,
         health,
         channels,
@@ -236,30 +286,10 @@ impl MicSource {
     }
 
     fn recover(&mut self) {
-        let reason = self
-            .open
-            .take()
-            .map(|o| {
-                drop(o.stream);
-                o.health.reason()
-            })
-            .unwrap_or_default();
-        if Instant::now() < self.next_retry {
-            return;
+        if fall_back(&mut self.open, &mut self.next_retry, &self.notices) {
+            // The chosen device is gone for good.
+            self.wanted = None;
         }
-        self.next_retry = Instant::now() + Duration::from_secs(2);
-        // The chosen device is gone: fall back to the default one.
-        match open_input(None) {
-            Ok(o) => {
-                self.notices.push(format!(
-                    "The microphone stopped ({reason}); now using {}.",
-                    o.name
-                ));
-                self.open = Some(o);
-            }
-            Err(e) => self.notices.push(format!("No microphone available ({e}).")),
-        }
-        self.wanted = None;
     }
 
     /// Moves what the device captured into `ready`, mixed to mono and at 48 kHz.
@@ -348,13 +378,27 @@ impl AudioSource for MicSource {
 }
 
 struct OpenOutput {
-    stream: cpal::Stream,
+    /// Held for its lifetime: dropping it stops the device.
+    _stream: cpal::Stream,
     ring: rtrb::Producer<f32>,
     health: Arc<StreamHealth>,
     channels: usize,
     rate: u32,
     resampler: Option<StreamResampler>,
     name: String,
+}
+
+impl OpenDevice for OpenOutput {
+    const KIND: &'static str = "speaker";
+    fn health(&self) -> &StreamHealth {
+        &self.health
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn open(id: Option<&str>) -> Result<Self, MediaError> {
+        open_output(id)
+    }
 }
 
 fn open_output(id: Option<&str>) -> Result<OpenOutput, MediaError> {
@@ -404,7 +448,7 @@ fn open_output(id: Option<&str>) -> Result<OpenOutput, MediaError> {
         .map_err(|e| MediaError::Sink(format!("cannot start {name}: {e}")))?;
     let resampler = None;
     Ok(OpenOutput {
-        stream,
+        _stream: stream,
         ring,
         health,
         channels,
@@ -446,28 +490,7 @@ impl SpeakerSink {
     }
 
     fn recover(&mut self) {
-        let reason = self
-            .open
-            .take()
-            .map(|o| {
-                drop(o.stream);
-                o.health.reason()
-            })
-            .unwrap_or_default();
-        if Instant::now() < self.next_retry {
-            return;
-        }
-        self.next_retry = Instant::now() + Duration::from_secs(2);
-        match open_output(None) {
-            Ok(o) => {
-                self.notices.push(format!(
-                    "The speaker stopped ({reason}); now using {}.",
-                    o.name
-                ));
-                self.open = Some(o);
-            }
-            Err(e) => self.notices.push(format!("No speaker available ({e}).")),
-        }
+        fall_back(&mut self.open, &mut self.next_retry, &self.notices);
     }
 }
 

@@ -184,6 +184,16 @@ enum LinkEnd {
     Stopped,
 }
 
+/// Tells the owner the client stopped for good: retrying would not help.
+async fn give_up(events: &mpsc::Sender<ClientEvent>, reason: String) {
+    let _ = events
+        .send(ClientEvent::Disconnected {
+            reason,
+            retry_in: None,
+        })
+        .await;
+}
+
 async fn run(
     config: ClientConfig,
     mut commands: mpsc::Receiver<ClientCommand>,
@@ -194,15 +204,7 @@ async fn run(
     let tls = if config.url.starts_with("wss://") {
         match tls_client_config(config.trusted_cert.as_deref()) {
             Ok(tls) => Some(tls),
-            Err(reason) => {
-                let _ = events
-                    .send(ClientEvent::Disconnected {
-                        reason,
-                        retry_in: None,
-                    })
-                    .await;
-                return;
-            }
+            Err(reason) => return give_up(&events, reason).await,
         }
     } else {
         None
@@ -219,15 +221,7 @@ async fn run(
         .await;
         let reason = match end {
             LinkEnd::Stopped => return,
-            LinkEnd::GiveUp(reason) => {
-                let _ = events
-                    .send(ClientEvent::Disconnected {
-                        reason,
-                        retry_in: None,
-                    })
-                    .await;
-                return;
-            }
+            LinkEnd::GiveUp(reason) => return give_up(&events, reason).await,
             LinkEnd::Retry(reason) => reason,
         };
         let delay = jittered(backoff);
