@@ -398,6 +398,25 @@ impl AccessConfig {
         };
         sign(&self.rejoin_secret, &claims).ok()
     }
+
+    /// A fresh rejoin token once the last one (issued at `issued_ms`) is half-way to expiry,
+    /// so a member always holds one with at least half its lifetime left.
+    pub fn renew_rejoin_token(
+        &self,
+        issued_ms: &mut u64,
+        room_key: &str,
+        private: bool,
+        password_hash: Option<&str>,
+        now_ms: u64,
+    ) -> Option<String> {
+        let renew_after = REJOIN_TTL.as_millis() as u64 / 2;
+        if now_ms.saturating_sub(*issued_ms) < renew_after {
+            return None;
+        }
+        let token = self.rejoin_token(room_key, private, password_hash, now_ms)?;
+        *issued_ms = now_ms;
+        Some(token)
+    }
 }
 
 /// Join attempts of one connection in the last minute. Failed attempts count too, so it also
@@ -529,6 +548,26 @@ mod tests {
             code(config.admit("standup", &creds(Some(&rejoin)), NOW)),
             ErrorCode::BadToken
         );
+    }
+
+    #[test]
+    fn rejoin_tokens_are_renewed_half_way_to_expiry() {
+        let config = AccessConfig::default();
+        let half = REJOIN_TTL.as_millis() as u64 / 2;
+        let mut issued = NOW;
+        let renew = |issued: &mut u64, at| config.renew_rejoin_token(issued, "r", false, None, at);
+        assert_eq!(renew(&mut issued, NOW + half - 1), None);
+        assert_eq!(issued, NOW);
+        let token = renew(&mut issued, NOW + half).expect("due");
+        assert_eq!(issued, NOW + half);
+        let creds = Credentials {
+            rejoin_token: Some(&token),
+            ..Credentials::default()
+        };
+        // The renewed token outlives the first one.
+        let admission = config.admit("r", &creds, NOW + REJOIN_TTL.as_millis() as u64 + 60_000);
+        assert!(admission.unwrap().rejoining);
+        assert_eq!(renew(&mut issued, NOW + half + 1), None);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! stops beating, the others remove its clients from their rooms. Depends on
 //! `signaling::{protocol, access, hub, server}`.
 
-use super::access::{JoinRate, REJOIN_TTL, Refusal, ScreenedJoin, room_key};
+use super::access::{JoinRate, Refusal, ScreenedJoin, room_key};
 use super::hub::{ConnId, HubConfig, HubInput};
 use super::protocol::{
     self, ChatMessage, ClientMessage, ErrorCode, JoinAccess, LeaveReason, PeerId, PeerInfo,
@@ -275,22 +275,18 @@ impl ClusterHub {
 
     fn refresh_rejoin_tokens(&mut self) {
         let now = now_ms();
-        let renew_after = REJOIN_TTL.as_millis() as u64 / 2;
         let mut renewed = Vec::new();
         for (conn, c) in self.conns.iter_mut() {
             let Some(key) = c.room.as_deref() else {
                 continue;
             };
-            if now.saturating_sub(c.rejoin_issued_ms) < renew_after {
-                continue;
-            }
-            if let Some(token) = self.hub.access.rejoin_token(
+            if let Some(token) = self.hub.access.renew_rejoin_token(
+                &mut c.rejoin_issued_ms,
                 key,
                 c.room_private,
                 c.room_password_hash.as_deref(),
                 now,
             ) {
-                c.rejoin_issued_ms = now;
                 renewed.push((*conn, token));
             }
         }

@@ -2,7 +2,7 @@
 //! machine without I/O: `handle(input, now_ms, &mut outputs)`. The server's hub actor drives it.
 //! Depends only on `signaling::{protocol, access}`.
 
-use super::access::{AccessConfig, JoinRate, REJOIN_TTL, Refusal, ScreenedJoin};
+use super::access::{AccessConfig, JoinRate, Refusal, ScreenedJoin};
 use super::protocol::{
     ChatMessage, ClientMessage, ErrorCode, JoinAccess, LeaveReason, PeerId, PeerInfo, RoomInfo,
     ServerMessage, validate_chat, validate_nickname,
@@ -480,24 +480,20 @@ impl Hub {
     }
 
     fn refresh_rejoin_tokens(&mut self, now_ms: u64, out: &mut Vec<HubOutput>) {
-        let renew_after = REJOIN_TTL.as_millis() as u64 / 2;
         for (conn, c) in self.conns.iter_mut() {
-            let Some(room) = c.room.as_ref().and_then(|k| self.rooms.get(k)) else {
-                continue;
-            };
-            if now_ms.saturating_sub(c.rejoin_issued_ms) < renew_after {
-                continue;
-            }
             let Some(key) = c.room.as_deref() else {
                 continue;
             };
-            if let Some(token) = self.config.access.rejoin_token(
+            let Some(room) = self.rooms.get(key) else {
+                continue;
+            };
+            if let Some(token) = self.config.access.renew_rejoin_token(
+                &mut c.rejoin_issued_ms,
                 key,
                 room.private,
                 room.password_hash.as_deref(),
                 now_ms,
             ) {
-                c.rejoin_issued_ms = now_ms;
                 send(out, *conn, ServerMessage::RejoinToken { token });
             }
         }
