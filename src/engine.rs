@@ -69,6 +69,8 @@ pub struct EngineConfig {
     pub trusted_cert: Option<PathBuf>,
     /// UDP addresses PeerConnections bind (`127.0.0.1:0` keeps tests on loopback).
     pub bind_addrs: Vec<String>,
+    /// ICE through TURN relays only (the server's TURN credentials are needed).
+    pub relay_only: bool,
     pub video: Option<VideoSourceSpec>,
     pub video_bitrate: Option<u32>,
     pub audio: AudioInput,
@@ -95,6 +97,7 @@ impl EngineConfig {
             server_url: server_url.into(),
             trusted_cert: None,
             bind_addrs: vec!["0.0.0.0:0".into()],
+            relay_only: false,
             video: Some(VideoSourceSpec::test_pattern(0)),
             video_bitrate: None,
             audio: AudioInput::None,
@@ -356,6 +359,7 @@ pub fn spawn(
         session_tx,
         bind_addrs: config.bind_addrs,
         read_stamps: config.read_stamps,
+        relay_only: config.relay_only,
         video,
         audio,
         playout,
@@ -395,6 +399,8 @@ struct PeerEntry {
     failures: u32,
     /// Sessions we closed: a late offer for one of them must not start a connection.
     closed_sessions: Vec<u32>,
+    /// The connection's latest figures.
+    last_stats: Option<PeerStats>,
 }
 
 impl PeerEntry {
@@ -406,6 +412,7 @@ impl PeerEntry {
             rebuild_at: None,
             failures: 0,
             closed_sessions: Vec::new(),
+            last_stats: None,
         }
     }
 
@@ -428,6 +435,7 @@ struct Engine {
     session_tx: mpsc::Sender<(PeerId, u32, SessionEvent)>,
     bind_addrs: Vec<String>,
     read_stamps: bool,
+    relay_only: bool,
     video: Option<VideoSender>,
     audio: AudioSender,
     playout: Arc<AudioPlayout>,
@@ -887,13 +895,10 @@ impl Engine {
         config.ice_servers = self.ice_servers.clone();
         config.bind_addrs = self.bind_addrs.clone();
         config.read_stamps = self.read_stamps;
+        config.relay_only = self.relay_only;
+        let initial_budget = session::video_budget_bps(crate::rtc::estimator::INITIAL_BPS as u64);
         let media = SessionMedia {
-            video: self.video.as_ref().map(|v| v.subscribe()),
-            keyframe: self
-                .video
-                .as_ref()
-                .map(|v| v.keyframe_requester())
-                .unwrap_or_default(),
+            video: self.video.as_ref().map(|v| v.subscribe(initial_budget)),
             audio: Some(self.audio.subscribe()),
             playout: self.playout.clone(),
             on_video_frame: self.wake.clone(),
@@ -948,6 +953,8 @@ impl Engine {
                     .await;
             }
             SessionEvent::Stats(stats) => {
+                entry.last_stats = Some(stats.clone());
+                self.adapt_audio();
                 self.emit(Event::PeerStats { peer, stats }).await;
             }
             SessionEvent::Closed(reason) => {
@@ -970,6 +977,27 @@ impl Engine {
                 self.schedule_rebuild(&peer);
             }
         }
+    }
+
+    /// One Opus encoding serves every peer: it follows the slowest link's estimate and the
+    /// lossiest link's loss, so audio stays clear for everyone.
+    fn adapt_audio(&self) {
+        let links = self.peers.values().filter_map(|e| e.last_stats.as_ref());
+        let (mut slowest, mut lossiest) = (u64::MAX, 0.0f64);
+        for stats in links {
+            slowest = slowest.min((stats.estimate_kbps * 1000.0) as u64);
+            lossiest = lossiest.max(stats.loss_estimated);
+        }
+        if slowest == u64::MAX {
+            return;
+        }
+        let bitrate = crate::media::audio_pipeline::voice_bitrate_for(slowest);
+        // Opus sizes its in-band FEC for this loss; a floor keeps some protection on clean links.
+        let loss = ((lossiest * 100.0).ceil() as i32).clamp(
+            crate::media::audio_pipeline::DEFAULT_EXPECTED_LOSS,
+            30,
+        );
+        self.audio.set_network(bitrate, loss);
     }
 
     /// While the peer stays in the room, the side with the smaller id offers a new connection

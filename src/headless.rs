@@ -32,7 +32,7 @@ pub struct HeadlessOptions {
     pub server: String,
     pub room: String,
     pub name: String,
-    /// `test`, `test:WxH`, or `none`.
+    /// `test`, `test:WxH`, `scene`, `scene:WxH`, or `none`.
     pub video: String,
     /// Stamp source id for the test pattern (tells streams apart).
     pub source_id: u8,
@@ -57,15 +57,24 @@ pub struct HeadlessOptions {
     pub access: JoinAccess,
     /// A PEM certificate to trust for `wss://` besides the system's roots.
     pub trusted_cert: Option<PathBuf>,
+    /// ICE through TURN relays only.
+    pub relay_only: bool,
 }
 
 pub fn parse_video(arg: &str, source_id: u8) -> Result<Option<VideoSourceSpec>, HeadlessError> {
     match arg {
         "none" => Ok(None),
         "test" => Ok(Some(VideoSourceSpec::test_pattern(source_id))),
+        "scene" => Ok(Some(VideoSourceSpec::Scene {
+            width: 640,
+            height: 480,
+            fps: 30,
+            source_id,
+        })),
         _ => {
-            let size = arg
-                .strip_prefix("test:")
+            let (kind, size) = arg
+                .split_once(':')
+                .filter(|(k, _)| *k == "test" || *k == "scene")
                 .ok_or_else(|| HeadlessError::Option(format!("unknown video source {arg:?}")))?;
             let (w, h) = size
                 .split_once('x')
@@ -74,11 +83,20 @@ pub fn parse_video(arg: &str, source_id: u8) -> Result<Option<VideoSourceSpec>, 
                 .ok_or_else(|| {
                     HeadlessError::Option(format!("bad video size {size:?} (e.g. 1280x720)"))
                 })?;
-            Ok(Some(VideoSourceSpec::TestPattern {
-                width: w,
-                height: h,
-                fps: 30,
-                source_id,
+            Ok(Some(if kind == "scene" {
+                VideoSourceSpec::Scene {
+                    width: w,
+                    height: h,
+                    fps: 30,
+                    source_id,
+                }
+            } else {
+                VideoSourceSpec::TestPattern {
+                    width: w,
+                    height: h,
+                    fps: 30,
+                    source_id,
+                }
             }))
         }
     }
@@ -101,7 +119,44 @@ struct PeerView {
     video: Option<Arc<RemoteVideo>>,
     first_frame_logged: bool,
     last_frames: u64,
+    /// Latency samples already reported in a window.
+    last_latency_count: u64,
     files_sent: bool,
+    /// The connection's latest figures.
+    network: Option<crate::engine::PeerStats>,
+}
+
+impl PeerView {
+    fn new(nickname: String) -> Self {
+        PeerView {
+            nickname,
+            video: None,
+            first_frame_logged: false,
+            last_frames: 0,
+            last_latency_count: 0,
+            files_sent: false,
+            network: None,
+        }
+    }
+}
+
+/// A connection's figures for the JSON log.
+fn network_json(n: &crate::engine::PeerStats) -> serde_json::Value {
+    let round = |v: f64| (v * 10.0).round() / 10.0;
+    json!({
+        "estimate_kbps": round(n.estimate_kbps), "video_budget_kbps": round(n.video_budget_kbps),
+        "send_kbps": round(n.send_kbps), "receive_kbps": round(n.receive_kbps),
+        "rtt_ms": n.rtt_ms.map(round), "jitter_ms": n.jitter_ms.map(round),
+        "packets_received": n.packets_received, "packets_lost": n.packets_lost,
+        "loss_reported": n.loss_reported, "loss_estimated": n.loss_estimated,
+        "nacks_sent": n.nacks_sent, "retransmissions_received": n.retransmissions_received,
+        "nacked_by_peer": n.nacked_by_peer, "retransmissions_sent": n.retransmissions_sent,
+        "video_packets_abandoned": n.video_packets_abandoned,
+        "keyframe_requests_sent": n.keyframe_requests_sent,
+        "keyframe_requests_received": n.keyframe_requests_received,
+        "path": n.path.as_ref().map(|(l, r)| json!({"local": l, "remote": r})),
+        "sending": n.sending.map(|t| json!({"width": t.width, "height": t.height, "fps": t.fps, "bitrate_kbps": t.bitrate_bps / 1000})),
+    })
 }
 
 /// Runs the headless peer until the duration ends (or `stop` resolves), logging to `out`.
@@ -138,6 +193,7 @@ pub async fn run(
     );
     config.bind_addrs = opts.bind.clone();
     config.trusted_cert = opts.trusted_cert.clone();
+    config.relay_only = opts.relay_only;
     config.video = video;
     config.audio = match audio {
         Some(a) => AudioInput::Source(a),
@@ -200,8 +256,13 @@ pub async fn run(
                         let s = v.stats();
                         let mut lat = s.latency_us.values();
                         lat.sort_unstable();
-                        let fps = (s.frames_decoded - view.last_frames) as f64 / opts.stats_interval.as_secs_f64();
+                        // A new connection's decoder starts counting from zero again.
+                        let fps = s.frames_decoded.saturating_sub(view.last_frames) as f64 / opts.stats_interval.as_secs_f64();
                         view.last_frames = s.frames_decoded;
+                        // Latency of the frames decoded since the previous line alone.
+                        let mut window = s.latency_us.since(view.last_latency_count);
+                        view.last_latency_count = s.latency_us.pushed();
+                        window.sort_unstable();
                         record["video"] = json!({
                             "frames_decoded": s.frames_decoded,
                             "fps": (fps * 10.0).round() / 10.0,
@@ -210,7 +271,14 @@ pub async fn run(
                             "out_of_order": s.out_of_order,
                             "latency_p50_ms": percentile(&lat, 0.5).map(|u| u as f64 / 1000.0),
                             "latency_p95_ms": percentile(&lat, 0.95).map(|u| u as f64 / 1000.0),
+                            "window_latency_p50_ms": percentile(&window, 0.5).map(|u| u as f64 / 1000.0),
+                            "window_latency_max_ms": window.last().map(|u| *u as f64 / 1000.0),
+                            "freezes": s.freezes, "frozen_ms": s.frozen_us / 1000,
+                            "decode_errors": s.decode_errors, "units_dropped": s.units_dropped,
                         });
+                    }
+                    if let Some(n) = &view.network {
+                        record["network"] = network_json(n);
                     }
                     if let Some(a) = engine.media().remote_audio(peer) {
                         record["audio"] = json!({
@@ -232,7 +300,7 @@ pub async fn run(
                         joined_at = Some(Instant::now());
                         usage_at_join = crate::procstat::usage(None);
                         for p in &present {
-                            peers.insert(p.id.clone(), PeerView { nickname: p.nickname.clone(), video: None, first_frame_logged: false, last_frames: 0, files_sent: false });
+                            peers.insert(p.id.clone(), PeerView::new(p.nickname.clone()));
                         }
                         log(json!({
                             "event": "joined", "room": room, "peer_id": you.id.as_str(),
@@ -246,7 +314,7 @@ pub async fn run(
                     }
                     Event::ServerError { code, message } => log(json!({"event": "error", "code": code.as_str(), "message": message}))?,
                     Event::PeerJoined(p) => {
-                        peers.insert(p.id.clone(), PeerView { nickname: p.nickname.clone(), video: None, first_frame_logged: false, last_frames: 0, files_sent: false });
+                        peers.insert(p.id.clone(), PeerView::new(p.nickname.clone()));
                         log(json!({"event": "peer_joined", "peer": p.id.as_str(), "nickname": p.nickname}))?;
                     }
                     Event::PeerLeft { peer, reason } => {
@@ -268,6 +336,13 @@ pub async fn run(
                     Event::PeerVideo { peer, video } => {
                         if let Some(view) = peers.get_mut(&peer) {
                             view.video = Some(video);
+                            view.last_frames = 0;
+                            view.last_latency_count = 0;
+                        }
+                    }
+                    Event::PeerStats { peer, stats } => {
+                        if let Some(view) = peers.get_mut(&peer) {
+                            view.network = Some(stats);
                         }
                     }
                     Event::PeerMediaState { peer, audio, video } => log(json!({"event": "media_state", "peer": peer.as_str(), "audio": audio, "video": video}))?,
@@ -326,6 +401,8 @@ pub async fn run(
         peer_summaries.push(json!({
             "peer": peer.as_str(), "nickname": view.nickname,
             "frames_decoded": s.frames_decoded, "units_dropped": s.units_dropped, "out_of_order": s.out_of_order,
+            "freezes": s.freezes, "frozen_ms": s.frozen_us / 1000,
+            "network": view.network.as_ref().map(network_json),
             "width": s.width, "height": s.height,
             "latency_ms": {"count": lat.len(), "p50": to_ms(percentile(&lat, 0.5)), "p95": to_ms(percentile(&lat, 0.95)), "max": to_ms(lat.last().copied())},
             "decode_ms": {"p50": to_ms(percentile(&dec, 0.5)), "p95": to_ms(percentile(&dec, 0.95))},

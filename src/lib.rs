@@ -12,6 +12,7 @@
 //! - `signaling`: WebSocket protocol, room server, client actor.
 //! - `media`: sources, codecs, conversion, pipeline threads, jitter buffer, mixing.
 //! - `procstat`: a process's CPU and memory from /proc.
+//! - `linkemu`: a userspace link emulator (namespaces, TUN) for network tests and benchmarks.
 
 pub mod bench;
 pub mod chat;
@@ -19,6 +20,7 @@ pub mod engine;
 pub mod headless;
 pub mod invite;
 pub mod lan;
+pub mod linkemu;
 pub mod media;
 pub mod procstat;
 pub mod rtc;

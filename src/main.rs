@@ -61,7 +61,7 @@ struct TokenArgs {
 #[derive(Args)]
 struct BenchArgs {
     /// Sections to run, comma-separated: join, video, audio, mesh, transfer, big-transfer,
-    /// signaling (default: all).
+    /// signaling, network (default: all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// How many joins to time.
@@ -82,6 +82,13 @@ struct BenchArgs {
     /// Scratch folder for test files.
     #[arg(long, default_value = "/tmp/huddle-bench")]
     work_dir: std::path::PathBuf,
+    /// Link profiles for the network section, comma-separated (default: clean, lossy, bursty,
+    /// slow-uplink, capacity-drop, outage, 4g). Needs root (network namespaces).
+    #[arg(long, value_delimiter = ',')]
+    profiles: Vec<String>,
+    /// Seconds per network profile (default: each profile's own, 25-40 s).
+    #[arg(long)]
+    network_seconds: Option<f64>,
 }
 
 #[derive(Args)]
@@ -97,7 +104,8 @@ struct JoinArgs {
     /// Nickname.
     #[arg(long)]
     name: String,
-    /// Video source: `test`, `test:WxH` (e.g. test:1280x720) or `none`.
+    /// Video source: `test`, `test:WxH` (e.g. test:1280x720), `scene`, `scene:WxH` (a synthetic
+    /// camera that encodes as expensively as a real one) or `none`.
     #[arg(long, default_value = "test")]
     video: String,
     /// Number stamped into the test pattern, to tell streams apart.
@@ -148,6 +156,9 @@ struct JoinArgs {
     /// A PEM certificate to trust for wss:// besides the system's roots.
     #[arg(long)]
     trust_cert: Option<std::path::PathBuf>,
+    /// Connect to peers only through the TURN relays the server hands out.
+    #[arg(long)]
+    relay_only: bool,
 }
 
 #[derive(Args)]
@@ -213,6 +224,17 @@ struct ServeArgs {
     /// Share rooms with other `huddle serve` processes through this Redis (redis://HOST:PORT).
     #[arg(long)]
     redis: Option<String>,
+    /// TURN server to hand out with per-client credentials (`turn:HOST:PORT`). Repeatable;
+    /// needs --turn-secret.
+    #[arg(long = "turn-url", requires = "turn_secret")]
+    turn_urls: Vec<String>,
+    /// The secret shared with the TURN server (coturn's `static-auth-secret` with
+    /// `use-auth-secret`).
+    #[arg(long, env = "HUDDLE_TURN_SECRET", hide_env_values = true, requires = "turn_urls")]
+    turn_secret: Option<String>,
+    /// How long handed-out TURN credentials stay valid: 90s, 30m, 12h, 1d.
+    #[arg(long, default_value = "12h", value_parser = access::parse_ttl)]
+    turn_ttl: Duration,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -307,6 +329,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tls,
         allow_plain_public: args.insecure,
         redis_url: args.redis,
+        turn: match &args.turn_secret {
+            Some(secret) => Some(signaling::turn::TurnConfig::new(
+                args.turn_urls.clone(),
+                secret.as_bytes(),
+                args.turn_ttl,
+            )?),
+            None => None,
+        },
         ..Default::default()
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
@@ -372,6 +402,7 @@ fn join(args: JoinArgs) -> anyhow::Result<()> {
             private: args.private,
         },
         trusted_cert: args.trust_cert,
+        relay_only: args.relay_only,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async {
@@ -421,6 +452,8 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         clients: args.clients.max(5),
         transfer_mib: args.transfer_mib.max(1),
         work_dir: args.work_dir,
+        profiles: args.profiles,
+        network_seconds: args.network_seconds,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     let report = runtime.block_on(bench::run(options))?;

@@ -18,8 +18,20 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 use tokio::sync::broadcast;
 
-/// Opus bitrate for voice.
+/// Opus bitrate for voice on a link with room for it.
 pub const VOICE_BITRATE: i32 = 32_000;
+/// The Opus bitrate for a link whose estimate is `estimate_bps`: full voice quality where there
+/// is room, down to what still sounds clear on the slowest links.
+pub fn voice_bitrate_for(estimate_bps: u64) -> i32 {
+    match estimate_bps {
+        0..200_000 => 16_000,
+        200_000..400_000 => 24_000,
+        _ => VOICE_BITRATE,
+    }
+}
+
+/// Loss Opus prepares its in-band FEC for before any receiver has reported.
+pub const DEFAULT_EXPECTED_LOSS: i32 = 5;
 /// Speaker-to-microphone delay assumed before the echo canceller has measured it: the device
 /// buffers on both sides (10 ms each) plus the playout queue.
 const ECHO_DELAY_HINT_MS: i32 = 60;
@@ -38,6 +50,8 @@ struct SendShared {
     /// Wall-clock times (µs) at which click frames were captured, for latency measurement.
     clicks: Mutex<Samples>,
     frames_sent: AtomicU32,
+    /// What the network asks of the encoder: bitrate (bps) and expected loss (percent).
+    network: Mutex<(i32, i32)>,
 }
 
 /// Local audio: source → Opus → subscribers. Dropping it stops the thread.
@@ -68,6 +82,7 @@ impl AudioSender {
             ),
             clicks: Mutex::new(Samples::with_capacity(10_000)),
             frames_sent: AtomicU32::new(0),
+            network: Mutex::new((VOICE_BITRATE, DEFAULT_EXPECTED_LOSS)),
         });
         let stop = Stopper::new();
         let mut encoder = OpusEncoder::new(VOICE_BITRATE)?;
@@ -81,7 +96,13 @@ impl AudioSender {
                     let mut source = source;
                     let mut silence = super::audio::SilenceSource::new();
                     let mut frame = vec![0f32; FRAME_SAMPLES];
+                    let mut network = (VOICE_BITRATE, DEFAULT_EXPECTED_LOSS);
                     while !stop.is_stopped() {
+                        let wanted = *lock(&shared.network);
+                        if wanted != network {
+                            network = wanted;
+                            encoder.set_network(network.0, network.1);
+                        }
                         if let Some(replacement) = lock(&shared.next_source).take() {
                             *lock(&shared.description) = replacement
                                 .as_ref()
@@ -135,6 +156,11 @@ impl AudioSender {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<EncodedAudio>> {
         self.encoded.subscribe()
+    }
+
+    /// Adapts the encoder to the worst link among the peers (one encoding serves all).
+    pub fn set_network(&self, bitrate_bps: i32, expected_loss_percent: i32) {
+        *lock(&self.shared.network) = (bitrate_bps, expected_loss_percent);
     }
 
     /// Muted: frames are still captured (for the local meter) but nothing is sent.

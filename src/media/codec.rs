@@ -8,7 +8,7 @@ use openh264::OpenH264API;
 use openh264::decoder::Decoder;
 use openh264::encoder::{
     BitRate, Complexity, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod, Level,
-    Profile, RateControlMode, UsageType,
+    Profile, QpRange, RateControlMode, UsageType,
 };
 use openh264::formats::YUVSource;
 
@@ -71,6 +71,10 @@ pub struct H264Encoder {
     width: usize,
     height: usize,
     frames: u64,
+    fps: f32,
+    bitrate_bps: u32,
+    /// The per-layer ceiling openh264 holds the target under (it starts equal to the target).
+    max_bitrate_bps: u32,
 }
 
 impl H264Encoder {
@@ -93,8 +97,13 @@ impl H264Encoder {
             .bitrate(BitRate::from_bps(bitrate_bps))
             .max_frame_rate(FrameRate::from_hz(fps))
             .complexity(Complexity::Low)
-            // A keyframe every 5 s caps how long a lost PLI can leave a receiver frozen.
-            .intra_frame_period(IntraFramePeriod::from_num_frames((fps * 5.0) as u32))
+            // Receivers ask for keyframes (PLI) when they need one and repeat the request; the
+            // periodic one is only a safety net, and costly on a slow link.
+            .intra_frame_period(IntraFramePeriod::from_num_frames((fps * 10.0) as u32))
+            // Up to QP 51: at a few hundred kbit/s a coarser picture beats a skipped frame.
+            .qp(QpRange::new(12, 51))
+            // A scene cut would force an IDR that nobody asked for.
+            .scene_change_detect(false)
             .skip_frames(true)
             .num_threads(1);
         let inner = Encoder::with_api_config(OpenH264API::from_source(), config)
@@ -104,11 +113,72 @@ impl H264Encoder {
             width,
             height,
             frames: 0,
+            fps,
+            bitrate_bps,
+            max_bitrate_bps: bitrate_bps,
         })
     }
 
     pub fn size(&self) -> (usize, usize) {
         (self.width, self.height)
+    }
+
+    pub fn bitrate(&self) -> u32 {
+        self.bitrate_bps
+    }
+
+    /// Changes the target bitrate from the next frame on, keeping the rate control's state and
+    /// forcing no keyframe. Before the first frame the encoder is not initialised yet; the new
+    /// rate is then applied once it is.
+    pub fn set_bitrate(&mut self, bitrate_bps: u32) -> Result<(), MediaError> {
+        let bitrate_bps = bitrate_bps.max(10_000);
+        if bitrate_bps == self.bitrate_bps {
+            return Ok(());
+        }
+        if self.frames == 0 {
+            // Not initialised: SetOption would be refused. Rebuilding is free at this point.
+            let rebuilt = H264Encoder::new(self.width, self.height, bitrate_bps, self.fps)?;
+            *self = rebuilt;
+            return Ok(());
+        }
+        // A quarter above the target keeps short bursts (keyframes) in check.
+        let max = bitrate_bps.saturating_add(bitrate_bps / 4);
+        let mut target = openh264_sys2::SBitrateInfo {
+            iLayer: openh264_sys2::SPATIAL_LAYER_ALL,
+            iBitrate: bitrate_bps as i32,
+        };
+        // The ceiling is per layer: SPATIAL_LAYER_ALL would set a value rate control never reads.
+        let mut ceiling = openh264_sys2::SBitrateInfo {
+            iLayer: openh264_sys2::SPATIAL_LAYER_0,
+            iBitrate: max as i32,
+        };
+        // openh264 refuses a target above the ceiling (and a ceiling below the target), so the
+        // order depends on the direction.
+        let raise = max >= self.bitrate_bps;
+        // SAFETY: the encoder is initialised (a frame was encoded); each call reads one
+        // SBitrateInfo through a pointer valid for the call and keeps nothing.
+        let codes = unsafe {
+            let api = self.inner.raw_api();
+            let set_target = |api: &openh264::encoder::EncoderRawAPI, t: &mut openh264_sys2::SBitrateInfo| {
+                api.set_option(openh264_sys2::ENCODER_OPTION_BITRATE, (t as *mut openh264_sys2::SBitrateInfo).cast())
+            };
+            let set_ceiling = |api: &openh264::encoder::EncoderRawAPI, c: &mut openh264_sys2::SBitrateInfo| {
+                api.set_option(openh264_sys2::ENCODER_OPTION_MAX_BITRATE, (c as *mut openh264_sys2::SBitrateInfo).cast())
+            };
+            if raise {
+                [set_ceiling(api, &mut ceiling), set_target(api, &mut target)]
+            } else {
+                [set_target(api, &mut target), set_ceiling(api, &mut ceiling)]
+            }
+        };
+        if codes != [0, 0] {
+            return Err(MediaError::Codec(format!(
+                "openh264 refused bitrate {bitrate_bps} (codes {codes:?})"
+            )));
+        }
+        self.bitrate_bps = bitrate_bps;
+        self.max_bitrate_bps = max;
+        Ok(())
     }
 
     /// Encodes one frame; `None` when the encoder chose to skip it.
@@ -198,6 +268,15 @@ impl OpusEncoder {
             inner,
             packet: vec![0; MAX_OPUS_PACKET],
         })
+    }
+
+    /// Follows the network: a lower bitrate on a slow link, and in-band FEC sized for the loss
+    /// the far ends report (Opus spends more of each packet on redundancy as it rises).
+    pub fn set_network(&mut self, bitrate_bps: i32, expected_loss_percent: i32) {
+        let _ = self.inner.set_bitrate(opus::Bitrate::Bits(bitrate_bps));
+        let _ = self
+            .inner
+            .set_packet_loss_perc(expected_loss_percent.clamp(0, 100));
     }
 
     /// Encodes exactly one 20 ms frame of samples in -1.0..=1.0.

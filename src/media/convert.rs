@@ -1,6 +1,7 @@
 //! Camera pixel formats to the encoder's I420: YUYV (4:2:2 packed), NV12 (4:2:0 semi-planar) and
 //! MJPEG (decoded with the `image` crate), tolerating drivers that pad rows. Odd sizes are
-//! cropped to even, as H.264 needs.
+//! cropped to even, as H.264 needs. Also scales I420 frames (each plane with
+//! `fast_image_resize`) for the lower rungs of the quality ladder.
 
 use super::MediaError;
 use super::frame::I420Frame;
@@ -100,6 +101,45 @@ pub fn mjpeg_to_i420(jpeg: &[u8]) -> Result<I420Frame, MediaError> {
         .into_rgb8();
     let (w, h) = (image.width() as usize, image.height() as usize);
     rgb_to_i420(image.as_raw(), w, h)
+}
+
+/// Scales I420 frames, keeping its buffers between calls.
+#[derive(Default)]
+pub struct I420Scaler {
+    resizer: fast_image_resize::Resizer,
+}
+
+impl I420Scaler {
+    /// `frame` scaled to `width` x `height` (even), with the same capture time.
+    pub fn scale(
+        &mut self,
+        frame: &I420Frame,
+        width: usize,
+        height: usize,
+    ) -> Result<I420Frame, MediaError> {
+        use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, images};
+        let mut out = I420Frame::new(width, height);
+        out.capture_us = frame.capture_us;
+        let (cw, ch) = frame.chroma_size();
+        let (ocw, och) = out.chroma_size();
+        let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+        let (y, u, v) = out.planes_mut();
+        for (src, (sw, sh), dst, (dw, dh)) in [
+            (frame.y(), (frame.width, frame.height), y, (width, height)),
+            (frame.u(), (cw, ch), u, (ocw, och)),
+            (frame.v(), (cw, ch), v, (ocw, och)),
+        ] {
+            let fail = |e: &dyn std::fmt::Display| MediaError::Codec(format!("scaling: {e}"));
+            let src = images::ImageRef::new(sw as u32, sh as u32, src, PixelType::U8)
+                .map_err(|e| fail(&e))?;
+            let mut dst = images::Image::from_slice_u8(dw as u32, dh as u32, dst, PixelType::U8)
+                .map_err(|e| fail(&e))?;
+            self.resizer
+                .resize(&src, &mut dst, &options)
+                .map_err(|e| fail(&e))?;
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -219,5 +259,23 @@ mod tests {
         // Odd sizes are cropped to even.
         let f = yuyv_to_i420(&vec![128; 65 * 2 * 49], 65, 49, 0).unwrap();
         assert_eq!((f.width, f.height), (64, 48));
+    }
+
+    #[test]
+    fn scaling_keeps_the_picture_and_its_stamp() {
+        use crate::media::frame::RgbaFrame;
+        use crate::media::pattern::TestPattern;
+        use crate::media::stamp::read_stamp;
+        let frame = TestPattern::new(640, 480, 3).render(123_456);
+        let mut scaler = I420Scaler::default();
+        for (w, h) in [(480, 360), (320, 240), (160, 120)] {
+            let small = scaler.scale(&frame, w, h).unwrap();
+            assert_eq!((small.width, small.height, small.capture_us), (w, h, 123_456));
+            let mut rgba = RgbaFrame::default();
+            small.to_rgba(&mut rgba);
+            // The stamp's cells scale with the width, so it reads at every rung.
+            let stamp = read_stamp(&rgba).expect("stamp survives scaling");
+            assert_eq!((stamp.source, stamp.capture_us), (3, 123_456));
+        }
     }
 }

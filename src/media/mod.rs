@@ -12,12 +12,15 @@ pub mod convert;
 pub mod devices;
 pub mod frame;
 pub mod jitter;
+pub mod ladder;
 pub mod pattern;
 pub mod resample;
+pub mod scene;
 pub mod slot;
 pub mod sound;
 pub mod stamp;
 pub mod video;
+pub mod video_send;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -4,26 +4,33 @@
 //! frames, delivered latest-wins, with counters and (optionally) stamp readings.
 
 use super::MediaError;
-use super::codec::{EncodedVideo, H264Decoder, H264Encoder, default_bitrate};
+use super::codec::H264Decoder;
+use super::video_send::{EncoderThread, Subscribers, VideoFeed};
 use super::frame::{I420Frame, RgbaFrame};
 use super::pattern::TestPattern;
+use super::scene::Scene;
 use super::slot::LatestSlot;
 use super::stamp::{FrameStamp, read_stamp};
 use super::{Stopper, now_us};
 use bytes::Bytes;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tokio::sync::broadcast;
 
 /// Where local video comes from.
 #[derive(Clone, Debug, PartialEq)]
 pub enum VideoSourceSpec {
     /// The synthetic moving pattern; `source_id` goes into every frame's stamp.
     TestPattern {
+        width: usize,
+        height: usize,
+        fps: u32,
+        source_id: u8,
+    },
+    /// The synthetic scene that encodes like a real camera (`scene`); stamped like the pattern.
+    Scene {
         width: usize,
         height: usize,
         fps: u32,
@@ -51,6 +58,12 @@ impl VideoSourceSpec {
                 fps,
                 source_id,
             } => format!("test pattern {source_id} ({width}x{height}@{fps})"),
+            VideoSourceSpec::Scene {
+                width,
+                height,
+                fps,
+                source_id,
+            } => format!("synthetic scene {source_id} ({width}x{height}@{fps})"),
             VideoSourceSpec::Camera { name, .. } => name.clone(),
         }
     }
@@ -61,6 +74,8 @@ impl VideoSourceSpec {
 pub struct Samples {
     values: VecDeque<i64>,
     capacity: usize,
+    /// Every value ever pushed, kept or not.
+    pushed: u64,
 }
 
 impl Samples {
@@ -68,9 +83,11 @@ impl Samples {
         Samples {
             values: VecDeque::with_capacity(capacity.min(4096)),
             capacity,
+            pushed: 0,
         }
     }
     pub fn push(&mut self, v: i64) {
+        self.pushed += 1;
         if self.values.len() == self.capacity.max(1) {
             self.values.pop_front();
         }
@@ -85,6 +102,19 @@ impl Samples {
     pub fn values(&self) -> Vec<i64> {
         self.values.iter().copied().collect()
     }
+    /// How many values were ever pushed.
+    pub fn pushed(&self) -> u64 {
+        self.pushed
+    }
+    /// The values pushed after the first `since` (as far as they are still kept).
+    pub fn since(&self, since: u64) -> Vec<i64> {
+        let new = self.pushed.saturating_sub(since).min(self.values.len() as u64) as usize;
+        self.values
+            .iter()
+            .skip(self.values.len() - new)
+            .copied()
+            .collect()
+    }
     pub fn clear(&mut self) {
         self.values.clear();
     }
@@ -92,12 +122,16 @@ impl Samples {
 
 #[derive(Debug, Clone, Default)]
 pub struct EncoderStats {
+    /// Frames encoded, over every encoding.
     pub frames: u64,
     pub keyframes: u64,
     pub bytes: u64,
     pub encode_us: Samples,
+    /// The largest picture being encoded.
     pub width: usize,
     pub height: usize,
+    /// Encodings running (one per ladder rung some peer is on).
+    pub encodings: usize,
 }
 
 /// The local video: capture thread + encoder thread. Encoded frames go to `subscribe()`rs.
@@ -105,28 +139,51 @@ pub struct VideoSender {
     frames: Arc<LatestSlot<I420Frame>>,
     capture: Option<CaptureThread>,
     spec: VideoSourceSpec,
-    /// Patterns keep their frame numbering when capture stops and restarts.
-    parked_pattern: Option<TestPattern>,
+    /// Synthetic sources keep their frame numbering when capture stops and restarts.
+    parked_pattern: Option<Synthetic>,
     encoder: Option<JoinHandle<()>>,
     encoder_stop: Stopper,
-    encoded: broadcast::Sender<Arc<EncodedVideo>>,
-    keyframe: Arc<AtomicBool>,
+    subscribers: Subscribers,
     stats: Arc<Mutex<EncoderStats>>,
     self_view: Option<Arc<LatestSlot<Arc<RgbaFrame>>>>,
     enabled: bool,
     camera_state: Arc<Mutex<super::camera::CameraState>>,
 }
 
+/// A synthetic source, kept across camera off and on so its numbering continues.
+pub(crate) enum Synthetic {
+    Pattern(TestPattern),
+    Scene(Box<Scene>),
+}
+
+impl Synthetic {
+    fn size(&self) -> (usize, usize) {
+        match self {
+            Synthetic::Pattern(p) => p.size(),
+            Synthetic::Scene(s) => s.size(),
+        }
+    }
+    fn is_scene(&self) -> bool {
+        matches!(self, Synthetic::Scene(_))
+    }
+    fn render(&mut self, capture_us: u64) -> I420Frame {
+        match self {
+            Synthetic::Pattern(p) => p.render(capture_us),
+            Synthetic::Scene(s) => s.render(capture_us),
+        }
+    }
+}
+
 struct CaptureThread {
     stop: Stopper,
-    handle: Option<JoinHandle<Option<TestPattern>>>,
+    handle: Option<JoinHandle<Option<Synthetic>>>,
     /// A camera thread may be stuck in the driver waiting for a frame that never comes
     /// (unplugged): it is told to stop and left to finish on its own instead of being joined.
     detach: bool,
 }
 
 impl CaptureThread {
-    fn finish(mut self) -> Option<TestPattern> {
+    fn finish(mut self) -> Option<Synthetic> {
         self.stop.stop();
         if self.detach {
             self.handle.take();
@@ -156,35 +213,24 @@ impl VideoSender {
         self_view: Option<Arc<LatestSlot<Arc<RgbaFrame>>>>,
     ) -> Result<Self, MediaError> {
         let frames = Arc::new(LatestSlot::new());
-        let (encoded, _) = broadcast::channel(8);
-        let keyframe = Arc::new(AtomicBool::new(false));
+        let subscribers = Subscribers::default();
         let stats = Arc::new(Mutex::new(EncoderStats {
             encode_us: Samples::with_capacity(10_000),
             ..Default::default()
         }));
         let encoder_stop = Stopper::new();
-        let encoder = {
-            let frames = frames.clone();
-            let encoded = encoded.clone();
-            let keyframe = keyframe.clone();
-            let stats = stats.clone();
-            let stop = encoder_stop.clone();
-            let self_view = self_view.clone();
-            std::thread::Builder::new()
-                .name("video-encoder".into())
-                .spawn(move || {
-                    encoder_loop(
-                        frames,
-                        encoded,
-                        keyframe,
-                        stats,
-                        stop,
-                        bitrate_bps,
-                        self_view,
-                    )
-                })
-                .map_err(|e| MediaError::Thread(e.to_string()))?
+        let thread = EncoderThread {
+            frames: frames.clone(),
+            subscribers: subscribers.clone(),
+            stats: stats.clone(),
+            stop: encoder_stop.clone(),
+            fixed_bitrate: bitrate_bps,
+            self_view: self_view.clone(),
         };
+        let encoder = std::thread::Builder::new()
+            .name("video-encoder".into())
+            .spawn(move || thread.run())
+            .map_err(|e| MediaError::Thread(e.to_string()))?;
         let mut sender = VideoSender {
             frames,
             capture: None,
@@ -192,8 +238,7 @@ impl VideoSender {
             parked_pattern: None,
             encoder: Some(encoder),
             encoder_stop,
-            encoded,
-            keyframe,
+            subscribers,
             stats,
             self_view,
             enabled: false,
@@ -203,19 +248,15 @@ impl VideoSender {
         Ok(sender)
     }
 
-    /// A new receiver of encoded frames (one per peer).
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<EncodedVideo>> {
-        self.encoded.subscribe()
+    /// A new peer: its own queue of encoded frames and its own bitrate budget, starting at
+    /// `initial_budget_bps` (see `video_send`).
+    pub fn subscribe(&self, initial_budget_bps: u32) -> VideoFeed {
+        self.subscribers.subscribe(initial_budget_bps)
     }
 
-    /// Asks for the next encoded frame to be a keyframe (new peer, PLI, lost frames).
+    /// Asks every peer's next frame to be a keyframe (the source changed).
     pub fn request_keyframe(&self) {
-        self.keyframe.store(true, Ordering::Relaxed);
-    }
-
-    /// A handle that requests keyframes, for other threads and tasks.
-    pub fn keyframe_requester(&self) -> Arc<AtomicBool> {
-        self.keyframe.clone()
+        self.subscribers.request_keyframes();
     }
 
     pub fn stats(&self) -> EncoderStats {
@@ -292,12 +333,25 @@ impl VideoSender {
                 height,
                 fps,
                 source_id,
+            }
+            | VideoSourceSpec::Scene {
+                width,
+                height,
+                fps,
+                source_id,
             } => {
-                let mut pattern = self
+                let scene = matches!(self.spec, VideoSourceSpec::Scene { .. });
+                let mut source = self
                     .parked_pattern
                     .take()
-                    .filter(|p| p.size() == (width & !1, height & !1))
-                    .unwrap_or_else(|| TestPattern::new(width, height, source_id));
+                    .filter(|p| p.size() == (width & !1, height & !1) && p.is_scene() == scene)
+                    .unwrap_or_else(|| {
+                        if scene {
+                            Synthetic::Scene(Box::new(Scene::new(width, height, source_id)))
+                        } else {
+                            Synthetic::Pattern(TestPattern::new(width, height, source_id))
+                        }
+                    });
                 let stop = stop.clone();
                 let period = Duration::from_secs_f64(1.0 / fps.clamp(1, 120) as f64);
                 std::thread::Builder::new()
@@ -306,9 +360,9 @@ impl VideoSender {
                         let mut pacer = super::audio::Pacer::new(period);
                         while !stop.is_stopped() {
                             pacer.wait();
-                            frames.put(pattern.render(now_us()));
+                            frames.put(source.render(now_us()));
                         }
-                        Some(pattern)
+                        Some(source)
                     })
                     .map_err(|e| MediaError::Thread(e.to_string()))?
             }
@@ -331,71 +385,14 @@ impl Drop for VideoSender {
     }
 }
 
-fn encoder_loop(
-    frames: Arc<LatestSlot<I420Frame>>,
-    encoded: broadcast::Sender<Arc<EncodedVideo>>,
-    keyframe: Arc<AtomicBool>,
-    stats: Arc<Mutex<EncoderStats>>,
-    stop: Stopper,
-    bitrate_bps: Option<u32>,
-    self_view: Option<Arc<LatestSlot<Arc<RgbaFrame>>>>,
-) {
-    let mut encoder: Option<H264Encoder> = None;
-    let mut view_pool = FramePool::default();
-    while !stop.is_stopped() {
-        let Some(frame) = frames.take_timeout(Duration::from_millis(50)) else {
-            continue;
-        };
-        if let Some(view) = &self_view {
-            let mut rgba = view_pool.get();
-            if let Some(buf) = Arc::get_mut(&mut rgba) {
-                frame.to_rgba(buf);
-            }
-            view_pool.publish(rgba.clone());
-            view.put(rgba);
-        }
-        let size = (frame.width, frame.height);
-        if encoder.as_ref().map(|e| e.size()) != Some(size) {
-            let bitrate = bitrate_bps.unwrap_or_else(|| default_bitrate(size.0, size.1));
-            match H264Encoder::new(size.0, size.1, bitrate, 30.0) {
-                Ok(e) => encoder = Some(e),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot create video encoder");
-                    continue;
-                }
-            }
-        }
-        let Some(enc) = encoder.as_mut() else {
-            continue;
-        };
-        let force = keyframe.swap(false, Ordering::Relaxed);
-        let started = Instant::now();
-        match enc.encode(&frame, force) {
-            Ok(Some(out)) => {
-                if let Ok(mut s) = stats.lock() {
-                    s.frames += 1;
-                    s.keyframes += out.keyframe as u64;
-                    s.bytes += out.data.len() as u64;
-                    s.encode_us.push(started.elapsed().as_micros() as i64);
-                    (s.width, s.height) = size;
-                }
-                // No subscribers (nobody in the call) is not an error.
-                let _ = encoded.send(Arc::new(out));
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "video encode failed"),
-        }
-    }
-}
-
 /// Reuses RGBA buffers the display has let go of, instead of allocating one per frame.
 #[derive(Default)]
-struct FramePool {
+pub(crate) struct FramePool {
     recent: VecDeque<Arc<RgbaFrame>>,
 }
 
 impl FramePool {
-    fn get(&mut self) -> Arc<RgbaFrame> {
+    pub(crate) fn get(&mut self) -> Arc<RgbaFrame> {
         if let Some(i) = self.recent.iter().position(|f| Arc::strong_count(f) == 1)
             && let Some(f) = self.recent.remove(i)
         {
@@ -403,7 +400,7 @@ impl FramePool {
         }
         Arc::new(RgbaFrame::default())
     }
-    fn publish(&mut self, frame: Arc<RgbaFrame>) {
+    pub(crate) fn publish(&mut self, frame: Arc<RgbaFrame>) {
         self.recent.push_back(frame);
         while self.recent.len() > 3 {
             self.recent.pop_front();
@@ -438,6 +435,33 @@ pub struct VideoRecvStats {
     pub decode_us: Samples,
     /// Distinct stamp sources seen, in order of first appearance.
     pub sources: Vec<u8>,
+    /// Freezes: a new picture came more than max(3 x the median frame interval, 150 ms) after
+    /// the previous one. `frozen_us` adds up those intervals.
+    pub freezes: u64,
+    pub frozen_us: u64,
+    /// Recent intervals between decoded pictures, for the median.
+    intervals_us: VecDeque<u64>,
+}
+
+/// Shortest gap between pictures that counts as a freeze, whatever the frame rate.
+const FREEZE_FLOOR_US: u64 = 150_000;
+
+impl VideoRecvStats {
+    /// Notes a new picture `interval_us` after the previous one.
+    fn note_interval(&mut self, interval_us: u64) {
+        let mut sorted: Vec<u64> = self.intervals_us.iter().copied().collect();
+        sorted.sort_unstable();
+        let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0);
+        // A freeze breaks an established rhythm: the first few pictures only set it.
+        if sorted.len() >= 3 && interval_us > (3 * median).max(FREEZE_FLOOR_US) {
+            self.freezes += 1;
+            self.frozen_us += interval_us;
+        }
+        if self.intervals_us.len() == 31 {
+            self.intervals_us.pop_front();
+        }
+        self.intervals_us.push_back(interval_us);
+    }
 }
 
 /// What a decoder thread shares with its readers.
@@ -583,6 +607,9 @@ fn decoder_loop(
                 }
                 if let Ok(mut s) = output.stats.lock() {
                     let now = Instant::now();
+                    if let Some(previous) = s.last_frame_at {
+                        s.note_interval(now.duration_since(previous).as_micros() as u64);
+                    }
                     s.frames_decoded += 1;
                     s.first_frame_at.get_or_insert(now);
                     s.last_frame_at = Some(now);
@@ -621,5 +648,31 @@ fn decoder_loop(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod freeze_tests {
+    use super::VideoRecvStats;
+
+    #[test]
+    fn a_freeze_is_a_gap_well_over_the_usual_interval() {
+        let mut s = VideoRecvStats::default();
+        for _ in 0..30 {
+            s.note_interval(33_333);
+        }
+        s.note_interval(140_000); // under the 150 ms floor
+        assert_eq!(s.freezes, 0);
+        s.note_interval(400_000);
+        assert_eq!((s.freezes, s.frozen_us), (1, 400_000));
+        // At 5 fps (200 ms apart) a 500 ms gap is not three intervals.
+        let mut slow = VideoRecvStats::default();
+        for _ in 0..30 {
+            slow.note_interval(200_000);
+        }
+        slow.note_interval(500_000);
+        assert_eq!(slow.freezes, 0);
+        slow.note_interval(700_000);
+        assert_eq!(slow.freezes, 1);
     }
 }

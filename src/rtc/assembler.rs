@@ -1,11 +1,14 @@
 //! Reassembles video frames from RTP packets as a state machine without I/O. A frame is complete
 //! when every sequence number from the previous frame's end up to a marker bit is present, so a
 //! frame is released the moment its last packet arrives (no waiting for the next frame, which
-//! would add a whole frame interval of latency). Reordering is repaired; a gap that is not filled
-//! (by a NACK retransmission) before three newer frames are waiting is declared lost.
+//! would add a whole frame interval of latency). Reordering is repaired. A gap is waited for
+//! (a NACK retransmission takes about a round trip) for `wait`, which the session sizes from the
+//! measured round-trip time and jitter; only then, or when far too much is waiting behind it, is
+//! the frame declared lost.
 
 use bytes::Bytes;
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Assembled {
@@ -24,28 +27,71 @@ struct Packet {
     payload: Bytes,
 }
 
-#[derive(Default)]
+/// Counters for statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AssemblerStats {
+    /// Packets that arrived after their frame was released or given up on.
+    pub late: u64,
+    /// Packets that filled a gap behind newer ones (retransmissions, or reordering).
+    pub recovered: u64,
+    /// Packets given up on.
+    pub lost: u64,
+    /// Same packet twice.
+    pub duplicates: u64,
+}
+
 pub struct FrameAssembler {
     packets: BTreeMap<u64, Packet>,
     highest: Option<u64>,
     /// First sequence number of the next frame to release.
     next_start: Option<u64>,
-    late: u64,
+    /// Since when the frame at the head has had a hole with newer packets behind it.
+    gap_since: Option<Instant>,
+    wait: Duration,
+    stats: AssemblerStats,
 }
 
-/// Newer complete-looking frames to wait through before giving up on a gap.
-const FRAMES_BEFORE_GIVING_UP: usize = 3;
+/// How long to wait for a missing packet before the session has measured anything.
+pub const DEFAULT_WAIT: Duration = Duration::from_millis(150);
+/// Frames that may wait behind a gap before it is given up regardless of time.
+const MAX_FRAMES_WAITING: usize = 45;
 /// Hard cap on buffered packets (a stream that never sets the marker bit).
 const MAX_BUFFERED: usize = 2048;
 
+impl Default for FrameAssembler {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl FrameAssembler {
     pub fn new() -> Self {
-        Self::default()
+        FrameAssembler {
+            packets: BTreeMap::new(),
+            highest: None,
+            next_start: None,
+            gap_since: None,
+            wait: DEFAULT_WAIT,
+            stats: AssemblerStats::default(),
+        }
     }
 
-    /// Packets that arrived after their frame was released or given up on.
-    pub fn late_packets(&self) -> u64 {
-        self.late
+    pub fn stats(&self) -> AssemblerStats {
+        self.stats
+    }
+
+    /// How long a hole is waited for from now on.
+    pub fn set_wait(&mut self, wait: Duration) {
+        self.wait = wait;
+    }
+
+    pub fn wait(&self) -> Duration {
+        self.wait
+    }
+
+    /// When `poll` should next be called to give up on a hole, if one is open.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.gap_since.map(|t| t + self.wait)
     }
 
     pub fn push(
@@ -54,6 +100,7 @@ impl FrameAssembler {
         timestamp: u32,
         marker: bool,
         payload: Bytes,
+        now: Instant,
     ) -> Vec<Assembled> {
         let ext = match self.highest {
             None => seq as u64 + (1 << 16),
@@ -63,8 +110,15 @@ impl FrameAssembler {
             }
         };
         if self.next_start.is_some_and(|s| ext < s) {
-            self.late += 1;
+            self.stats.late += 1;
             return Vec::new();
+        }
+        if self.packets.contains_key(&ext) {
+            self.stats.duplicates += 1;
+            return Vec::new();
+        }
+        if self.highest.is_some_and(|h| ext < h) {
+            self.stats.recovered += 1;
         }
         self.highest = Some(self.highest.map_or(ext, |h| h.max(ext)));
         self.packets.insert(
@@ -75,19 +129,28 @@ impl FrameAssembler {
                 payload,
             },
         );
+        self.drain(now)
+    }
+
+    /// Gives up on a hole whose wait is over.
+    pub fn poll(&mut self, now: Instant) -> Vec<Assembled> {
+        self.drain(now)
+    }
+
+    fn drain(&mut self, now: Instant) -> Vec<Assembled> {
         let mut out = Vec::new();
-        while let Some(item) = self.release() {
+        while let Some(item) = self.release(now) {
             out.push(item);
         }
         out
     }
 
-    fn release(&mut self) -> Option<Assembled> {
+    fn release(&mut self, now: Instant) -> Option<Assembled> {
         let (&first, _) = self.packets.first_key_value()?;
         let start = *self.next_start.get_or_insert(first);
+        let mut seq = start;
         if first == start {
             // Walk the contiguous run from the start looking for the marker.
-            let mut seq = start;
             while let Some(p) = self.packets.get(&seq) {
                 if p.marker {
                     let timestamp = p.timestamp;
@@ -96,6 +159,7 @@ impl FrameAssembler {
                         .map(|p| p.payload)
                         .collect();
                     self.next_start = Some(seq + 1);
+                    self.gap_since = None;
                     return Some(Assembled::Frame {
                         timestamp,
                         payloads,
@@ -104,17 +168,26 @@ impl FrameAssembler {
                 seq += 1;
             }
         }
-        // Incomplete. Give up on the gap once enough newer frames are waiting behind it.
-        let markers_waiting = self.packets.values().filter(|p| p.marker).count();
-        if markers_waiting < FRAMES_BEFORE_GIVING_UP && self.packets.len() < MAX_BUFFERED {
+        // The head frame is incomplete. It is a hole (not just a frame still arriving) when
+        // packets exist beyond the contiguous run.
+        let hole = self.highest.is_some_and(|h| h >= seq);
+        if !hole {
+            self.gap_since = None;
             return None;
         }
-        let &end = self
+        let since = *self.gap_since.get_or_insert(now);
+        let frames_waiting = self.packets.values().filter(|p| p.marker).count();
+        let expired = now.saturating_duration_since(since) >= self.wait;
+        if !expired && frames_waiting < MAX_FRAMES_WAITING && self.packets.len() < MAX_BUFFERED {
+            return None;
+        }
+        // Give up on everything up to the end of the first frame that has a marker.
+        let end = self
             .packets
             .iter()
             .find(|(_, p)| p.marker)
-            .map(|(s, _)| s)
-            .unwrap_or(&first);
+            .map(|(s, _)| *s)
+            .unwrap_or(first);
         let mut dropped = end + 1 - start;
         let stale: Vec<u64> = self.packets.range(..=end).map(|(s, _)| *s).collect();
         for s in stale {
@@ -122,6 +195,9 @@ impl FrameAssembler {
             dropped -= 1;
         }
         self.next_start = Some(end + 1);
+        // The next frame's hole, if any, waits afresh.
+        self.gap_since = None;
+        self.stats.lost += dropped;
         Some(Assembled::Lost { packets: dropped })
     }
 }
@@ -141,57 +217,98 @@ mod tests {
         }
     }
 
+    fn ms(start: Instant, v: u64) -> Instant {
+        start + Duration::from_millis(v)
+    }
+
     #[test]
     fn in_order_frames_release_on_the_marker() {
+        let t = Instant::now();
         let mut a = FrameAssembler::new();
-        assert!(a.push(10, 100, false, pkt(1)).is_empty());
-        assert!(a.push(11, 100, false, pkt(2)).is_empty());
-        assert_eq!(a.push(12, 100, true, pkt(3)), vec![frame(100, &[1, 2, 3])]);
-        assert_eq!(a.push(13, 200, true, pkt(4)), vec![frame(200, &[4])]);
+        assert!(a.push(10, 100, false, pkt(1), t).is_empty());
+        assert!(a.push(11, 100, false, pkt(2), t).is_empty());
+        assert_eq!(a.push(12, 100, true, pkt(3), t), vec![frame(100, &[1, 2, 3])]);
+        assert_eq!(a.push(13, 200, true, pkt(4), t), vec![frame(200, &[4])]);
+        assert_eq!(a.deadline(), None);
     }
 
     #[test]
-    fn reordered_packets_are_put_back_in_order() {
+    fn a_retransmission_within_the_wait_fills_the_hole() {
+        let t = Instant::now();
         let mut a = FrameAssembler::new();
-        a.push(1, 0, true, pkt(0));
-        assert!(a.push(3, 9, true, pkt(3)).is_empty());
-        assert_eq!(a.push(2, 9, false, pkt(2)), vec![frame(9, &[2, 3])]);
-        a.push(4, 18, false, pkt(4));
-        // A retransmission filling a gap releases the frame and the one queued behind it.
-        a.push(6, 18, true, pkt(6));
-        a.push(7, 27, true, pkt(7));
+        a.set_wait(Duration::from_millis(200));
+        a.push(1, 0, true, pkt(0), t);
+        a.push(2, 9, false, pkt(2), t);
+        // 3 is lost; 4 ends the frame, 5 and 6 are whole frames behind it.
+        assert!(a.push(4, 9, true, pkt(4), ms(t, 1)).is_empty());
+        assert_eq!(a.deadline(), Some(ms(t, 201)));
+        assert!(a.push(5, 18, true, pkt(5), ms(t, 33)).is_empty());
+        assert!(a.push(6, 27, true, pkt(6), ms(t, 66)).is_empty());
+        assert!(a.poll(ms(t, 150)).is_empty());
+        // The retransmission arrives after 120 ms: everything waiting comes out, in order.
         assert_eq!(
-            a.push(5, 18, false, pkt(5)),
-            vec![frame(18, &[4, 5, 6]), frame(27, &[7])]
+            a.push(3, 9, false, pkt(3), ms(t, 121)),
+            vec![frame(9, &[2, 3, 4]), frame(18, &[5]), frame(27, &[6])]
         );
+        assert_eq!(a.stats().recovered, 1);
+        assert_eq!(a.deadline(), None);
     }
 
     #[test]
-    fn unfilled_gaps_become_loss_after_three_frames() {
+    fn a_hole_is_given_up_when_its_wait_is_over() {
+        let t = Instant::now();
         let mut a = FrameAssembler::new();
-        a.push(1, 0, true, pkt(0));
-        a.push(2, 9, false, pkt(2)); // 3 never comes
-        a.push(4, 9, true, pkt(4));
-        assert!(a.push(5, 18, true, pkt(5)).is_empty());
-        let out = a.push(6, 27, true, pkt(6));
+        a.set_wait(Duration::from_millis(100));
+        a.push(1, 0, true, pkt(0), t);
+        a.push(2, 9, false, pkt(2), t);
+        a.push(4, 9, true, pkt(4), t);
+        a.push(5, 18, true, pkt(5), ms(t, 33));
+        assert!(a.poll(ms(t, 99)).is_empty());
         assert_eq!(
-            out,
-            vec![
-                Assembled::Lost { packets: 1 },
-                frame(18, &[5]),
-                frame(27, &[6])
-            ]
+            a.poll(ms(t, 100)),
+            vec![Assembled::Lost { packets: 1 }, frame(18, &[5])]
         );
         // The missing packet turning up now is late.
-        assert!(a.push(3, 9, false, pkt(3)).is_empty());
-        assert_eq!(a.late_packets(), 1);
+        assert!(a.push(3, 9, false, pkt(3), ms(t, 120)).is_empty());
+        assert_eq!(a.stats().late, 1);
+        assert_eq!(a.stats().lost, 1);
     }
 
     #[test]
-    fn sequence_numbers_wrap() {
+    fn a_frame_still_arriving_is_not_a_hole() {
+        let t = Instant::now();
         let mut a = FrameAssembler::new();
-        a.push(65_534, 0, true, pkt(0));
-        assert!(a.push(65_535, 9, false, pkt(1)).is_empty());
-        assert_eq!(a.push(0, 9, true, pkt(2)), vec![frame(9, &[1, 2])]);
+        a.push(1, 0, false, pkt(1), t);
+        a.push(2, 0, false, pkt(2), t);
+        assert_eq!(a.deadline(), None);
+        assert!(a.poll(ms(t, 10_000)).is_empty());
+        assert_eq!(a.push(3, 0, true, pkt(3), ms(t, 10_000)), vec![frame(0, &[1, 2, 3])]);
+    }
+
+    #[test]
+    fn too_many_frames_behind_a_hole_give_it_up_early() {
+        let t = Instant::now();
+        let mut a = FrameAssembler::new();
+        a.set_wait(Duration::from_secs(60));
+        a.push(1, 0, true, pkt(0), t);
+        // 2 never comes.
+        let mut out = Vec::new();
+        for seq in 3..(3 + MAX_FRAMES_WAITING as u16) {
+            out.extend(a.push(seq, seq as u32, true, pkt(seq as u8), t));
+        }
+        // The frame the hole belongs to (seq 3) goes with it; the 44 behind it come out.
+        assert_eq!(out.first(), Some(&Assembled::Lost { packets: 1 }));
+        assert_eq!(out.len(), MAX_FRAMES_WAITING);
+    }
+
+    #[test]
+    fn duplicates_and_wrapping_sequence_numbers() {
+        let t = Instant::now();
+        let mut a = FrameAssembler::new();
+        a.push(65_534, 0, true, pkt(0), t);
+        assert!(a.push(65_535, 9, false, pkt(1), t).is_empty());
+        assert!(a.push(65_535, 9, false, pkt(1), t).is_empty());
+        assert_eq!(a.stats().duplicates, 1);
+        assert_eq!(a.push(0, 9, true, pkt(2), t), vec![frame(9, &[1, 2])]);
     }
 }

@@ -1,9 +1,11 @@
 //! WebRTC: one `PeerSession` actor per remote peer around a webrtc 0.21 PeerConnection,
-//! the negotiation state machine, RTP frame reassembly and keyframe-request plumbing.
+//! the negotiation state machine, RTP frame reassembly, the bandwidth estimator and the RTCP
+//! feedback taps.
 //! Depends on `media` (pipelines) and `signaling::protocol` (peer ids, ICE servers).
 
 pub mod assembler;
-pub mod keyframe;
+pub mod estimator;
+pub mod feedback;
 pub mod negotiation;
 pub mod session;
 

@@ -3,16 +3,19 @@
 //! RTP into decoders and the audio playout) and hands the file data channel to its owner once
 //! open. Events go out tagged with the remote peer's id; dropping the handle closes everything.
 
-use super::assembler::{Assembled, FrameAssembler};
-use super::keyframe::{KeyframeRequestForwarder, is_keyframe_request};
+use super::assembler::{Assembled, AssemblerStats, FrameAssembler};
+use super::estimator::{self, HuddleEstimator, PublishedEstimate};
+use super::feedback::{FeedbackReader, LinkFeedback, RetransmissionCounter, is_keyframe_request};
 use super::negotiation::{CandidateInit, NegotiationAction, Negotiator, Signal, is_polite};
 use super::{Envelope, RtcError};
 use crate::media::audio_pipeline::AudioPlayout;
-use crate::media::codec::{EncodedAudio, EncodedVideo};
+use crate::media::codec::EncodedAudio;
+use crate::media::ladder::VideoTarget;
 use crate::media::video::{AccessUnit, Callback, RemoteVideo, VideoReceiver};
+use crate::media::video_send::{VideoDemand, VideoFeed};
 use crate::signaling::protocol::{IceServer, PeerId};
 use bytes::BytesMut;
-use rtc::interceptor::Slot;
+use rtc::interceptor::{CongestionControlBuilder, NackGeneratorBuilder, NackResponderBuilder, Slot};
 use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::RTCOfferOptions;
@@ -20,12 +23,13 @@ use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYP
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp::codec::h264::H264Packet;
 use rtc::rtp::packetizer::Depacketizer;
+use rtc::statistics::report::RTCStatsReportEntry;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
     RtpCodecKind,
 };
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio::task::JoinSet;
@@ -36,8 +40,9 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
     RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceConnectionState, RTCIceServer,
-    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, Registry,
-    SettingEngineBuilder, StatsSelector, register_default_interceptors,
+    RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
+    RTCSessionDescription, Registry, SettingEngineBuilder, StatsSelector, configure_twcc,
+    register_default_interceptors,
 };
 use webrtc::rtp_transceiver::RtpSender;
 
@@ -64,6 +69,8 @@ pub struct SessionConfig {
     pub read_stamps: bool,
     /// ICE connectivity-check interval. webrtc's default of 200 ms costs 200-600 ms per join.
     pub ice_check_interval: Duration,
+    /// Use only TURN relay candidates (a network that allows nothing else, or privacy).
+    pub relay_only: bool,
 }
 
 impl SessionConfig {
@@ -77,28 +84,58 @@ impl SessionConfig {
             bind_addrs: vec!["0.0.0.0:0".into()],
             read_stamps: false,
             ice_check_interval: Duration::from_millis(20),
+            relay_only: false,
         }
     }
 }
 
 /// What a session needs from the local media pipelines.
 pub struct SessionMedia {
-    pub video: Option<broadcast::Receiver<Arc<EncodedVideo>>>,
-    pub keyframe: Arc<AtomicBool>,
+    /// This peer's own feed from the video encoder (its frames, its bitrate budget).
+    pub video: Option<VideoFeed>,
     pub audio: Option<broadcast::Receiver<Arc<EncodedAudio>>>,
     pub playout: Arc<AudioPlayout>,
     /// Runs on the decoder thread after each new remote frame (wakes the UI).
     pub on_video_frame: Callback,
 }
 
+/// One connection's figures, every second. "Sent" is what we send this peer, "received" what
+/// it sends us.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PeerStats {
+    /// Round-trip time: from the peer's reception reports (LSR/DLSR), else from ICE checks.
     pub rtt_ms: Option<f64>,
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub receive_kbps: f64,
     pub send_kbps: f64,
+    /// Packets of the peer's streams that never arrived the first time (before retransmission),
+    /// cumulative.
     pub packets_lost: i64,
+    pub packets_received: u64,
+    /// Our bandwidth estimate towards this peer (all media), and the share left for video.
+    pub estimate_kbps: f64,
+    pub video_budget_kbps: f64,
+    /// What we send this peer: resolution, frame rate, encoder bitrate.
+    pub sending: Option<VideoTarget>,
+    /// Share of our video packets the peer last reported lost (before retransmission).
+    pub loss_reported: Option<f64>,
+    /// Our smoothed view of that loss, from congestion-control feedback.
+    pub loss_estimated: f64,
+    /// Packets the peer asked us to send again, and retransmissions we sent.
+    pub nacked_by_peer: u64,
+    pub retransmissions_sent: u64,
+    /// NACK packets we sent, and holes in the peer's video that a late packet filled.
+    pub nacks_sent: u64,
+    pub retransmissions_received: u64,
+    /// Video packets given up on (the frame was dropped and a keyframe requested).
+    pub video_packets_abandoned: u64,
+    pub keyframe_requests_sent: u64,
+    pub keyframe_requests_received: u64,
+    /// Interarrival jitter of the peer's video, milliseconds.
+    pub jitter_ms: Option<f64>,
+    /// Candidate types of the selected pair, local then remote ("host", "srflx", "relay").
+    pub path: Option<(String, String)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -244,8 +281,20 @@ fn opus_codec() -> RTCRtpCodec {
     }
 }
 
-fn media_engine() -> Result<(MediaEngine, Registry), RtcError> {
+/// What the interceptors share with the session actor.
+struct ChainTaps {
+    estimate: PublishedEstimate,
+    feedback: LinkFeedback,
+}
+
+/// How often the NACK generator asks for missing packets, and how often per packet at most.
+const NACK_INTERVAL: Duration = Duration::from_millis(30);
+const NACKS_PER_PACKET: u16 = 3;
+
+fn media_engine() -> Result<(MediaEngine, Registry, ChainTaps), RtcError> {
     let mut me = MediaEngine::default();
+    // Codecs first: the interceptor helpers add their RTCP feedback (nack, nack pli,
+    // transport-cc) only to codecs already registered.
     me.register_codec(
         RTCRtpCodecParameters {
             rtp_codec: h264_codec(),
@@ -262,11 +311,42 @@ fn media_engine() -> Result<(MediaEngine, Registry), RtcError> {
         RtpCodecKind::Audio,
     )
     .map_err(|e| RtcError::Setup(format!("Opus codec: {e}")))?;
+    let taps = ChainTaps {
+        estimate: PublishedEstimate::new(estimator::INITIAL_BPS),
+        feedback: LinkFeedback::default(),
+    };
+    // Retransmissions are plain re-sends on the video SSRC, not RTX: in webrtc 0.21 RTX packets
+    // are unwrapped after the NACK generator, which then keeps asking for what already arrived,
+    // and they bypass congestion control.
     let registry = register_default_interceptors(Registry::new(), &mut me)
         .map_err(|e| RtcError::Setup(format!("interceptors: {e}")))?
+        .with(
+            Slot::NackGenerator,
+            NackGeneratorBuilder::new()
+                .with_interval(NACK_INTERVAL)
+                .with_max_nacks_per_packet(NACKS_PER_PACKET)
+                .build(),
+        )
+        .with(
+            Slot::NackResponder,
+            NackResponderBuilder::new().with_size(2048).build(),
+        );
+    // Transport-wide feedback both ways and our estimator on it; no pacer (it would queue audio
+    // behind every keyframe at the estimate's pace).
+    let registry = configure_twcc(registry, &mut me)
+        .map_err(|e| RtcError::Setup(format!("transport-cc: {e}")))?
+        .with(
+            Slot::CongestionControl,
+            CongestionControlBuilder::new(HuddleEstimator::new(taps.estimate.clone())).build(),
+        )
+        // Wire side of the NACK responder (4000), to see its retransmissions.
+        .with(
+            Slot::from(3_500),
+            RetransmissionCounter::new(taps.feedback.clone()),
+        )
         // Last in the chain, so it only sees what the others let through.
-        .with(Slot::from(14_000), KeyframeRequestForwarder::default());
-    Ok((me, registry))
+        .with(Slot::from(14_000), FeedbackReader::new(taps.feedback.clone()));
+    Ok((me, registry, taps))
 }
 
 fn local_track(
@@ -315,6 +395,35 @@ struct Actor {
     playout: Arc<AudioPlayout>,
     on_video_frame: Callback,
     last_stats: Option<(Instant, u64, u64)>,
+    taps: ChainTaps,
+    video_demand: Option<Arc<VideoDemand>>,
+    video_ssrc: u32,
+    /// Shared with the video receive task: its hole wait, its counters.
+    receive: Arc<VideoReceiveShared>,
+    rtt: Option<Duration>,
+    jitter: Option<Duration>,
+}
+
+/// What the video receive task and the session share.
+#[derive(Default)]
+struct VideoReceiveShared {
+    /// How long to wait for a missing packet, microseconds (0: the default).
+    wait_us: AtomicU64,
+    assembler: Mutex<AssemblerStats>,
+    keyframe_requests: AtomicU64,
+}
+
+/// Audio's share of the link, with packet overhead (IP, UDP, RTP, SRTP, extensions: ~60 bytes at
+/// 50 packets/s), at the Opus bitrate the engine picks for that estimate.
+pub fn audio_reserve_bps(estimate_bps: u64) -> u64 {
+    crate::media::audio_pipeline::voice_bitrate_for(estimate_bps) as u64 + 24_000
+}
+
+/// The video budget left by an estimate: a margin for the estimate's error and for
+/// retransmissions, minus audio.
+pub fn video_budget_bps(estimate_bps: u64) -> u32 {
+    let usable = estimate_bps as f64 * 0.9;
+    (usable - audio_reserve_bps(estimate_bps) as f64).max(30_000.0) as u32
 }
 
 async fn run(
@@ -343,8 +452,10 @@ async fn run(
         let actions = actor.negotiator.negotiation_needed(false);
         actor.execute(actions).await;
     }
-    let mut stats_tick = tokio::time::interval(Duration::from_secs(1));
-    stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Congestion control steers the encoder five times a second; figures go out once a second.
+    let mut control_tick = tokio::time::interval(Duration::from_millis(200));
+    control_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
     let mut disconnected_since: Option<Instant> = None;
     let reason = loop {
         tokio::select! {
@@ -407,7 +518,12 @@ async fn run(
                     _ => {}
                 },
             },
-            _ = stats_tick.tick() => {
+            _ = control_tick.tick() => {
+                actor.steer();
+                ticks += 1;
+                if ticks % 5 != 0 {
+                    continue;
+                }
                 // A path that stays down gets one ICE restart from the side that offered first.
                 if let Some(since) = disconnected_since
                     && since.elapsed() > Duration::from_secs(2)
@@ -435,7 +551,7 @@ impl Actor {
         pc_tx: mpsc::Sender<PcEvent>,
         events: mpsc::Sender<(PeerId, u32, SessionEvent)>,
     ) -> Result<Actor, RtcError> {
-        let (me, registry) = media_engine()?;
+        let (me, registry, taps) = media_engine()?;
         let settings = SettingEngineBuilder::new()
             .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
             // Faster checks; allow many more of them so a pair does not fail sooner.
@@ -457,9 +573,11 @@ impl Actor {
                 credential: s.credential.clone().unwrap_or_default(),
             })
             .collect();
-        let rtc_config = RTCConfigurationBuilder::new()
-            .with_ice_servers(ice_servers)
-            .build();
+        let mut rtc_config = RTCConfigurationBuilder::new().with_ice_servers(ice_servers);
+        if config.relay_only {
+            rtc_config = rtc_config.with_ice_transport_policy(RTCIceTransportPolicy::Relay);
+        }
+        let rtc_config = rtc_config.build();
         let pc = PeerConnectionBuilder::new()
             .with_configuration(rtc_config)
             .with_media_engine(me)
@@ -488,6 +606,12 @@ impl Actor {
             playout: media.playout.clone(),
             on_video_frame: media.on_video_frame.clone(),
             last_stats: None,
+            taps,
+            video_demand: None,
+            video_ssrc: 0,
+            receive: Arc::new(VideoReceiveShared::default()),
+            rtt: None,
+            jitter: None,
         };
         if let Err(e) = actor.add_media(media).await {
             let _ = actor.pc.close().await;
@@ -499,6 +623,7 @@ impl Actor {
     /// Adds our two tracks and the pre-negotiated file channel, and starts their tasks.
     async fn add_media(&mut self, media: SessionMedia) -> Result<(), RtcError> {
         let video_ssrc: u32 = rand::random();
+        self.video_ssrc = video_ssrc;
         let video = local_track(RtpCodecKind::Video, h264_codec(), video_ssrc)?;
         let video_sender = self
             .pc
@@ -513,18 +638,18 @@ impl Actor {
             .await
             .map_err(|e| RtcError::Setup(format!("add audio track: {e}")))?;
 
-        if let Some(rx) = media.video {
+        if let Some(feed) = media.video {
+            let demand = feed.demand.clone();
+            self.video_demand = Some(demand.clone());
             self.tasks.spawn(send_video(
                 video.clone(),
                 video_sender,
                 video_ssrc,
-                rx,
-                media.keyframe.clone(),
+                feed,
                 self.connected.subscribe(),
             ));
+            self.tasks.spawn(watch_keyframe_requests(video, demand));
         }
-        self.tasks
-            .spawn(watch_keyframe_requests(video, media.keyframe));
         if let Some(rx) = media.audio {
             self.tasks.spawn(send_audio(
                 audio,
@@ -711,7 +836,7 @@ impl Actor {
                 self.emit(SessionEvent::RemoteVideo(receiver.output()))
                     .await;
                 self.tasks
-                    .spawn(receive_video(track, receiver, keyframe_needed));
+                    .spawn(receive_video(track, receiver, keyframe_needed, self.receive.clone()));
             }
             RtpCodecKind::Audio => {
                 let key = self.config.remote.to_string();
@@ -726,17 +851,72 @@ impl Actor {
         }
     }
 
+    /// Five times a second: the congestion controller's estimate becomes this peer's video
+    /// budget, and the measured round trip and jitter size the receive side's wait for
+    /// retransmissions.
+    fn steer(&mut self) {
+        let estimate = self.taps.estimate.target_bps();
+        if let Some(demand) = &self.video_demand {
+            demand.set_budget(video_budget_bps(estimate));
+        }
+        if let Ok(feedback) = self.taps.feedback.lock()
+            && feedback.rtt.is_some()
+        {
+            self.rtt = feedback.rtt;
+        }
+        // A retransmission takes a round trip plus the NACK generator's tick; jitter can delay
+        // either way.
+        let rtt = self.rtt.unwrap_or(Duration::from_millis(100));
+        let jitter = self.jitter.unwrap_or_default();
+        let wait = (rtt.mul_f32(1.25) + jitter * 2 + NACK_INTERVAL + Duration::from_millis(20))
+            .clamp(Duration::from_millis(60), Duration::from_millis(500));
+        self.receive
+            .wait_us
+            .store(wait.as_micros() as u64, Ordering::Relaxed);
+    }
+
     async fn report_stats(&mut self) {
         let report = self.pc.get_stats(Instant::now(), StatsSelector::None).await;
         let mut stats = PeerStats::default();
+        // Only the selected pair: pairs that were selected before an ICE restart stay marked
+        // nominated.
+        let selected = report
+            .transport()
+            .map(|t| t.selected_candidate_pair_id.clone());
+        let mut ice_rtt = None;
         for pair in report.candidate_pairs() {
-            if pair.nominated && pair.current_round_trip_time > 0.0 {
-                stats.rtt_ms = Some(pair.current_round_trip_time * 1000.0);
+            if !selected.as_ref().is_some_and(|id| *id == pair.stats.id) {
+                continue;
             }
+            if pair.current_round_trip_time > 0.0 {
+                ice_rtt = Some(Duration::from_secs_f64(pair.current_round_trip_time));
+            }
+            let kind = |id: &str| match report.get(id) {
+                Some(RTCStatsReportEntry::LocalCandidate(c))
+                | Some(RTCStatsReportEntry::RemoteCandidate(c)) => c.candidate_type.to_string(),
+                _ => "unknown".to_owned(),
+            };
+            stats.path = Some((
+                kind(&pair.local_candidate_id),
+                kind(&pair.remote_candidate_id),
+            ));
         }
+        if self.rtt.is_none() {
+            self.rtt = ice_rtt;
+        }
+        stats.rtt_ms = self.rtt.or(ice_rtt).map(|d| d.as_secs_f64() * 1000.0);
         for inbound in report.inbound_rtp_streams() {
+            let received = &inbound.received_rtp_stream_stats;
             stats.bytes_received += inbound.bytes_received;
-            stats.packets_lost += inbound.received_rtp_stream_stats.packets_lost;
+            stats.packets_received += received.packets_received;
+            stats.packets_lost += received.packets_lost;
+            stats.nacks_sent += inbound.nack_count as u64;
+            if received.rtp_stream_stats.kind == RtpCodecKind::Video {
+                // In RTP timestamp units (90 kHz for video).
+                let jitter = Duration::from_secs_f64((received.jitter / 90_000.0).max(0.0));
+                self.jitter = Some(jitter);
+                stats.jitter_ms = Some(jitter.as_secs_f64() * 1000.0);
+            }
         }
         for outbound in report.outbound_rtp_streams() {
             stats.bytes_sent += outbound.sent_rtp_stream_stats.bytes_sent;
@@ -749,6 +929,27 @@ impl Actor {
             stats.send_kbps = stats.bytes_sent.saturating_sub(tx) as f64 * 8.0 / 1000.0 / secs;
         }
         self.last_stats = Some((now, stats.bytes_received, stats.bytes_sent));
+        let estimate = self.taps.estimate.target_bps();
+        stats.estimate_kbps = estimate as f64 / 1000.0;
+        stats.loss_estimated = self.taps.estimate.loss();
+        if let Some(demand) = &self.video_demand {
+            stats.video_budget_kbps = demand.budget() as f64 / 1000.0;
+            stats.sending = demand.sending();
+        }
+        if let Ok(feedback) = self.taps.feedback.lock() {
+            stats.loss_reported = feedback
+                .reports
+                .get(&self.video_ssrc)
+                .map(|r| r.fraction_lost);
+            stats.nacked_by_peer = feedback.nacked_packets;
+            stats.retransmissions_sent = feedback.retransmissions_sent;
+            stats.keyframe_requests_received = feedback.keyframe_requests;
+        }
+        if let Ok(assembler) = self.receive.assembler.lock() {
+            stats.retransmissions_received = assembler.recovered;
+            stats.video_packets_abandoned = assembler.lost;
+        }
+        stats.keyframe_requests_sent = self.receive.keyframe_requests.load(Ordering::Relaxed);
         self.emit(SessionEvent::Stats(stats)).await;
     }
 }
@@ -771,10 +972,13 @@ async fn send_video(
     track: Arc<TrackLocalStaticSample>,
     sender: Arc<dyn RtpSender>,
     ssrc: u32,
-    mut frames: broadcast::Receiver<Arc<EncodedVideo>>,
-    keyframe: Arc<AtomicBool>,
+    feed: VideoFeed,
     mut connected: watch::Receiver<bool>,
 ) {
+    let VideoFeed {
+        mut frames,
+        demand,
+    } = feed;
     if !wait_connected(&mut connected).await {
         return;
     }
@@ -782,21 +986,12 @@ async fn send_video(
         tracing::warn!("no H.264 payload type negotiated; not sending video");
         return;
     };
-    // A new peer needs a keyframe to start decoding.
-    keyframe.store(true, Ordering::Relaxed);
+    // Frames queued before the connection was up are stale: start from a fresh keyframe.
+    while frames.try_recv().is_ok() {}
+    demand.request_keyframe();
     let mut waiting_for_keyframe = true;
     let mut last_capture: Option<u64> = None;
-    loop {
-        let frame = match frames.recv().await {
-            Ok(f) => f,
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                // We skipped frames the receiver's decoder would need.
-                keyframe.store(true, Ordering::Relaxed);
-                waiting_for_keyframe = true;
-                continue;
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
-        };
+    while let Some(frame) = frames.recv().await {
         if waiting_for_keyframe {
             if !frame.keyframe {
                 continue;
@@ -863,30 +1058,44 @@ async fn send_audio(
 }
 
 /// Turns PLI/FIR from the remote into a keyframe request to our encoder.
-async fn watch_keyframe_requests(track: Arc<TrackLocalStaticSample>, keyframe: Arc<AtomicBool>) {
+async fn watch_keyframe_requests(track: Arc<TrackLocalStaticSample>, demand: Arc<VideoDemand>) {
     while let Some(event) = track.poll().await {
         if let TrackLocalEvent::OnRtcpPacket(packets) = event
             && packets.iter().any(|p| is_keyframe_request(p.as_ref()))
         {
-            keyframe.store(true, Ordering::Relaxed);
+            demand.request_keyframe();
         }
     }
 }
+
+/// Whether an Annex-B access unit holds an IDR slice (a picture that decodes on its own).
+pub fn contains_idr(annex_b: &[u8]) -> bool {
+    annex_b
+        .windows(4)
+        .any(|w| w[..3] == [0, 0, 1] && w[3] & 0x1f == 5)
+}
+
+/// Keyframe requests at most this often while waiting for one.
+const PLI_INTERVAL: Duration = Duration::from_millis(200);
 
 async fn receive_video(
     track: Arc<dyn TrackRemote>,
     receiver: VideoReceiver,
     keyframe_needed: Arc<Notify>,
+    shared: Arc<VideoReceiveShared>,
 ) {
     let media_ssrc = track.ssrcs().await.first().copied().unwrap_or(0);
     let mut assembler = FrameAssembler::new();
     let mut depacketizer = H264Packet::default();
     let mut last_pli: Option<Instant> = None;
+    // After a loss, P-frames would only make decoder errors: skip to the next keyframe.
+    let mut waiting_for_keyframe = false;
     let send_pli = async |last_pli: &mut Option<Instant>| {
-        if last_pli.is_some_and(|t| t.elapsed() < Duration::from_millis(300)) {
+        if last_pli.is_some_and(|t| t.elapsed() < PLI_INTERVAL) {
             return;
         }
         *last_pli = Some(Instant::now());
+        shared.keyframe_requests.fetch_add(1, Ordering::Relaxed);
         let pli = PictureLossIndication {
             sender_ssrc: 0,
             media_ssrc,
@@ -894,7 +1103,23 @@ async fn receive_video(
         let _ = track.write_rtcp(vec![Box::new(pli)]).await;
     };
     loop {
-        tokio::select! {
+        let wait_us = shared.wait_us.load(Ordering::Relaxed);
+        if wait_us > 0 {
+            assembler.set_wait(Duration::from_micros(wait_us));
+        }
+        // Wake for an open hole's deadline, and to repeat a keyframe request that went unheard.
+        let deadline = match (assembler.deadline(), waiting_for_keyframe) {
+            (Some(d), _) => Some(d),
+            (None, true) => Some(Instant::now() + PLI_INTERVAL),
+            (None, false) => None,
+        };
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let assembled = tokio::select! {
             event = track.poll() => {
                 let Some(event) = event else { return };
                 let TrackRemoteEvent::OnRtpPacket(packet) = event else {
@@ -904,33 +1129,59 @@ async fn receive_video(
                     continue;
                 };
                 let h = &packet.header;
-                let assembled = assembler.push(h.sequence_number, h.timestamp, h.marker, packet.payload);
-                for item in assembled {
-                    match item {
-                        Assembled::Frame { payloads, .. } => {
-                            let mut unit = BytesMut::new();
-                            let mut broken = false;
-                            for payload in payloads {
-                                match depacketizer.depacketize(&payload) {
-                                    Ok(nals) => unit.extend_from_slice(&nals),
-                                    Err(_) => broken = true,
-                                }
-                            }
-                            if broken {
-                                depacketizer = H264Packet::default();
-                                send_pli(&mut last_pli).await;
-                            } else if !unit.is_empty() {
-                                receiver.push(AccessUnit { data: unit.freeze(), received_at: Instant::now() });
-                            }
-                        }
-                        Assembled::Lost { .. } => {
-                            depacketizer = H264Packet::default();
-                            send_pli(&mut last_pli).await;
+                assembler.push(h.sequence_number, h.timestamp, h.marker, packet.payload, Instant::now())
+            }
+            _ = sleep => {
+                if waiting_for_keyframe {
+                    send_pli(&mut last_pli).await;
+                }
+                assembler.poll(Instant::now())
+            }
+            _ = keyframe_needed.notified() => {
+                send_pli(&mut last_pli).await;
+                continue;
+            }
+        };
+        for item in assembled {
+            match item {
+                Assembled::Frame { payloads, .. } => {
+                    let mut unit = BytesMut::new();
+                    let mut broken = false;
+                    for payload in payloads {
+                        match depacketizer.depacketize(&payload) {
+                            Ok(nals) => unit.extend_from_slice(&nals),
+                            Err(_) => broken = true,
                         }
                     }
+                    if broken {
+                        depacketizer = H264Packet::default();
+                        waiting_for_keyframe = true;
+                        send_pli(&mut last_pli).await;
+                        continue;
+                    }
+                    if unit.is_empty() {
+                        continue;
+                    }
+                    if waiting_for_keyframe {
+                        if !contains_idr(&unit) {
+                            continue;
+                        }
+                        waiting_for_keyframe = false;
+                    }
+                    receiver.push(AccessUnit {
+                        data: unit.freeze(),
+                        received_at: Instant::now(),
+                    });
+                }
+                Assembled::Lost { .. } => {
+                    depacketizer = H264Packet::default();
+                    waiting_for_keyframe = true;
+                    send_pli(&mut last_pli).await;
                 }
             }
-            _ = keyframe_needed.notified() => send_pli(&mut last_pli).await,
+        }
+        if let Ok(mut stats) = shared.assembler.lock() {
+            *stats = assembler.stats();
         }
     }
 }

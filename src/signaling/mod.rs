@@ -1,6 +1,6 @@
 //! Signaling: the WebSocket protocol (`protocol`), the room state machine (`hub`), the server
-//! (`server`), join rules (`access`), the Redis cluster hub (`cluster`) and the client actor
-//! (`client`). Depends on nothing else in the crate.
+//! (`server`), join rules (`access`), the Redis cluster hub (`cluster`), TURN credentials (`turn`) and the
+//! client actor (`client`). Depends on nothing else in the crate.
 
 pub mod access;
 pub mod client;
@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod hub;
 pub mod protocol;
 pub mod server;
+pub mod turn;
 
 pub use protocol::{PROTOCOL_VERSION, PeerId};
 pub use server::{ServerConfig, ServerHandle};

@@ -184,6 +184,8 @@ pub struct ServerConfig {
     pub allow_plain_public: bool,
     /// Share rooms with other processes through this Redis server (`redis://HOST:PORT`).
     pub redis_url: Option<String>,
+    /// Hand every client its own time-limited TURN credentials.
+    pub turn: Option<super::turn::TurnConfig>,
 }
 
 impl Default for ServerConfig {
@@ -205,6 +207,7 @@ impl Default for ServerConfig {
             tls: None,
             allow_plain_public: false,
             redis_url: None,
+            turn: None,
         }
     }
 }
@@ -666,7 +669,17 @@ async fn serve_connection<S: Stream>(
     let welcome = ServerMessage::Welcome {
         version: protocol::PROTOCOL_VERSION,
         peer_id: peer_id.clone(),
-        ice_servers: config.ice_servers.clone(),
+        ice_servers: {
+            let mut servers = config.ice_servers.clone();
+            if let Some(turn) = &config.turn {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                servers.push(turn.credentials(peer_id.as_str(), now));
+            }
+            servers
+        },
         limits: Limits {
             max_frame_bytes: protocol::MAX_FRAME_BYTES,
             max_chat_chars: protocol::MAX_CHAT_CHARS,

@@ -3,6 +3,8 @@
 //! their JSON logs and their own CPU and memory accounting, and prints a readable table plus a
 //! JSON summary. Every figure carries its sample count; nothing is estimated.
 
+mod network;
+
 use crate::procstat;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -32,10 +34,11 @@ pub enum Section {
     Transfer,
     BigTransfer,
     Signaling,
+    Network,
 }
 
 impl Section {
-    pub const ALL: [Section; 7] = [
+    pub const ALL: [Section; 8] = [
         Section::Join,
         Section::Video,
         Section::Audio,
@@ -43,6 +46,7 @@ impl Section {
         Section::Transfer,
         Section::BigTransfer,
         Section::Signaling,
+        Section::Network,
     ];
 
     pub fn parse(s: &str) -> Option<Section> {
@@ -54,6 +58,7 @@ impl Section {
             "transfer" => Section::Transfer,
             "big-transfer" => Section::BigTransfer,
             "signaling" => Section::Signaling,
+            "network" => Section::Network,
             _ => return None,
         })
     }
@@ -68,6 +73,10 @@ pub struct BenchOptions {
     pub clients: usize,
     pub transfer_mib: u64,
     pub work_dir: PathBuf,
+    /// Link profiles for the network section (empty: every named profile).
+    pub profiles: Vec<String>,
+    /// Seconds per profile (`None`: each profile's own length).
+    pub network_seconds: Option<f64>,
 }
 
 /// A child process of this binary with its JSON-lines stdout.
@@ -80,8 +89,14 @@ struct Proc {
 
 impl Proc {
     fn spawn(exe: &Path, args: &[String], name: &str) -> Result<Proc, BenchError> {
-        let mut child = Command::new(exe)
-            .args(args)
+        let mut cmd = Command::new(exe);
+        cmd.args(args);
+        Proc::spawn_command(cmd, name)
+    }
+
+    /// Starts a prepared command (e.g. inside a network namespace) and reads its JSON lines.
+    fn spawn_command(mut cmd: Command, name: &str) -> Result<Proc, BenchError> {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -164,10 +179,14 @@ struct Server {
 }
 
 async fn start_server(exe: &Path, extra: &[&str]) -> Result<Server, BenchError> {
-    let mut args: Vec<String> = vec!["serve".into(), "--bind".into(), "127.0.0.1:0".into()];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let mut child = Command::new(exe)
-        .args(&args)
+    let mut cmd = Command::new(exe);
+    cmd.args(["serve", "--bind", "127.0.0.1:0"]).args(extra);
+    start_server_command(cmd).await
+}
+
+/// Starts a prepared `huddle serve` command and waits for the URL it prints.
+async fn start_server_command(mut cmd: Command) -> Result<Server, BenchError> {
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -279,6 +298,7 @@ pub async fn run(opts: BenchOptions) -> Result<Value, BenchError> {
             Section::Transfer => transfer(&opts, opts.transfer_mib, true).await,
             Section::BigTransfer => transfer(&opts, 1024, false).await,
             Section::Signaling => signaling(&opts).await,
+            Section::Network => network::run(&opts).await,
         };
         let key = format!("{section:?}").to_lowercase();
         let mut value = result.unwrap_or_else(|e| json!({"error": e.to_string()}));
@@ -905,6 +925,9 @@ pub fn table(report: &Value) -> String {
             "server CPU s/s",
             format!("{}", s["server_cpu_seconds_per_second"]),
         );
+    }
+    if let Some(n) = report.get("network") {
+        out.push_str(&network::table(n));
     }
     for (k, v) in report.as_object().into_iter().flatten() {
         if let Some(e) = v.get("error") {

@@ -1,0 +1,333 @@
+//! The video encoder thread and what each peer asks of it. In a mesh one encoder cannot suit
+//! every link: one peer behind a 300 kbit/s uplink would drag everyone down to its picture, or
+//! everyone up to a bitrate its link drops. So every peer has its own `VideoDemand` (a bitrate
+//! budget from its connection's congestion control, and keyframe requests) and its own quality
+//! ladder, and the thread keeps one encoder per ladder rung in use: peers on the same rung share
+//! one encoding (at the lowest budget among them), so a call where every link is good encodes
+//! once, and the cost of a bad link is one extra, smaller encoding, not one per peer. Frames go to
+//! each peer through its own small queue; a peer that falls behind loses frames and gets a
+//! keyframe, the others do not notice.
+
+use super::codec::{EncodedVideo, H264Encoder};
+use super::convert::I420Scaler;
+use super::frame::{I420Frame, RgbaFrame};
+use super::ladder::{Ladder, VideoTarget};
+use super::slot::LatestSlot;
+use super::video::{EncoderStats, FramePool};
+use super::Stopper;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Encoded frames queued for one peer's connection before older ones are dropped.
+const PEER_QUEUE: usize = 4;
+/// Forced keyframes per encoding at most this often (PLI storms, many peers joining).
+const KEYFRAME_MIN_INTERVAL: Duration = Duration::from_millis(300);
+/// An encoder nobody has used for this long is dropped.
+const IDLE_ENCODER: Duration = Duration::from_secs(3);
+/// Bitrate changes smaller than this share are not worth telling the encoder.
+const BITRATE_STEP: f64 = 0.05;
+
+/// What one peer's connection asks of the video encoder. The session writes the budget and
+/// keyframe requests; the encoder thread reads them before every frame and writes back what it
+/// is sending.
+#[derive(Debug)]
+pub struct VideoDemand {
+    budget_bps: AtomicU32,
+    keyframe: AtomicBool,
+    sending: Mutex<Option<VideoTarget>>,
+}
+
+impl VideoDemand {
+    pub fn new(budget_bps: u32) -> Self {
+        VideoDemand {
+            budget_bps: AtomicU32::new(budget_bps),
+            // A new peer's decoder starts with a keyframe.
+            keyframe: AtomicBool::new(true),
+            sending: Mutex::new(None),
+        }
+    }
+
+    /// The bitrate this peer's link can take for video, bits per second.
+    pub fn set_budget(&self, bps: u32) {
+        self.budget_bps.store(bps, Ordering::Relaxed);
+    }
+
+    pub fn budget(&self) -> u32 {
+        self.budget_bps.load(Ordering::Relaxed)
+    }
+
+    pub fn request_keyframe(&self) {
+        self.keyframe.store(true, Ordering::Relaxed);
+    }
+
+    /// The resolution, frame rate and bitrate currently sent to this peer.
+    pub fn sending(&self) -> Option<VideoTarget> {
+        self.sending.lock().ok().and_then(|s| *s)
+    }
+}
+
+/// A peer's end: its encoded frames and its demand.
+pub struct VideoFeed {
+    pub frames: mpsc::Receiver<Arc<EncodedVideo>>,
+    pub demand: Arc<VideoDemand>,
+}
+
+struct Subscriber {
+    demand: Arc<VideoDemand>,
+    frames: mpsc::Sender<Arc<EncodedVideo>>,
+    ladder: Option<Ladder>,
+    rung: Option<u8>,
+}
+
+/// Subscribers shared between `VideoSender` (adds) and the encoder thread (reads, prunes).
+#[derive(Clone, Default)]
+pub struct Subscribers(Arc<Mutex<Vec<Subscriber>>>);
+
+impl Subscribers {
+    /// A new peer, starting from `initial_budget_bps`.
+    pub fn subscribe(&self, initial_budget_bps: u32) -> VideoFeed {
+        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        let demand = Arc::new(VideoDemand::new(initial_budget_bps));
+        if let Ok(mut subs) = self.0.lock() {
+            subs.push(Subscriber {
+                demand: demand.clone(),
+                frames: tx,
+                ladder: None,
+                rung: None,
+            });
+        }
+        VideoFeed { frames: rx, demand }
+    }
+
+    /// Every peer gets a keyframe next (the source changed).
+    pub fn request_keyframes(&self) {
+        if let Ok(subs) = self.0.lock() {
+            for s in subs.iter() {
+                s.demand.request_keyframe();
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One encoding: one rung's resolution and frame rate.
+struct Encoding {
+    encoder: H264Encoder,
+    fps: u32,
+    next_due_us: u64,
+    last_keyframe: Option<Instant>,
+    last_used: Instant,
+}
+
+pub(crate) struct EncoderThread {
+    pub frames: Arc<LatestSlot<I420Frame>>,
+    pub subscribers: Subscribers,
+    pub stats: Arc<Mutex<EncoderStats>>,
+    pub stop: Stopper,
+    /// A fixed bitrate (tests, benchmarks): no ladder, one encoding at the source size.
+    pub fixed_bitrate: Option<u32>,
+    pub self_view: Option<Arc<LatestSlot<Arc<RgbaFrame>>>>,
+}
+
+impl EncoderThread {
+    pub fn run(self) {
+        let mut encodings: BTreeMap<u8, Encoding> = BTreeMap::new();
+        let mut scaler = I420Scaler::default();
+        let mut view_pool = FramePool::default();
+        while !self.stop.is_stopped() {
+            let Some(frame) = self.frames.take_timeout(Duration::from_millis(50)) else {
+                continue;
+            };
+            if let Some(view) = &self.self_view {
+                let mut rgba = view_pool.get();
+                if let Some(buf) = Arc::get_mut(&mut rgba) {
+                    frame.to_rgba(buf);
+                }
+                view_pool.publish(rgba.clone());
+                view.put(rgba);
+            }
+            let now = Instant::now();
+            let groups = self.plan(&frame, now);
+            let mut scaled: HashMap<(usize, usize), I420Frame> = HashMap::new();
+            for (rung, group) in groups {
+                self.encode_group(&mut encodings, &mut scaler, &mut scaled, &frame, rung, group, now);
+            }
+            encodings.retain(|_, e| now.duration_since(e.last_used) < IDLE_ENCODER);
+            if let Ok(mut s) = self.stats.lock() {
+                s.encodings = encodings.len();
+            }
+        }
+    }
+
+    /// Who gets which rung for this frame: rung → (target, members).
+    fn plan(&self, frame: &I420Frame, now: Instant) -> BTreeMap<u8, Group> {
+        let mut groups: BTreeMap<u8, Group> = BTreeMap::new();
+        let Ok(mut subs) = self.subscribers.0.lock() else {
+            return groups;
+        };
+        subs.retain(|s| !s.frames.is_closed());
+        let source = (frame.width, frame.height);
+        for s in subs.iter_mut() {
+            let budget = s.demand.budget();
+            let target = match self.fixed_bitrate {
+                Some(bps) => VideoTarget {
+                    rung: 0,
+                    width: source.0,
+                    height: source.1,
+                    fps: 30,
+                    bitrate_bps: bps,
+                },
+                None => {
+                    let ladder = match &mut s.ladder {
+                        Some(l) if l.source() == source => l,
+                        slot => slot.insert(Ladder::new(source, budget)),
+                    };
+                    ladder.update(now, budget)
+                }
+            };
+            if s.rung != Some(target.rung) {
+                // Moving to another encoding: its stream starts with a keyframe.
+                s.rung = Some(target.rung);
+                s.demand.request_keyframe();
+            }
+            if let Ok(mut sending) = s.demand.sending.lock() {
+                *sending = Some(target);
+            }
+            let group = groups.entry(target.rung).or_insert_with(|| Group {
+                target,
+                members: Vec::new(),
+            });
+            group.target.bitrate_bps = group.target.bitrate_bps.min(target.bitrate_bps);
+            group.members.push((s.demand.clone(), s.frames.clone()));
+        }
+        groups
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn encode_group(
+        &self,
+        encodings: &mut BTreeMap<u8, Encoding>,
+        scaler: &mut I420Scaler,
+        scaled: &mut HashMap<(usize, usize), I420Frame>,
+        frame: &I420Frame,
+        rung: u8,
+        group: Group,
+        now: Instant,
+    ) {
+        let t = group.target;
+        let size = (t.width, t.height);
+        let fresh = encodings
+            .get(&rung)
+            .is_none_or(|e| e.encoder.size() != size || e.fps != t.fps);
+        if fresh {
+            match H264Encoder::new(t.width, t.height, t.bitrate_bps, t.fps as f32) {
+                Ok(encoder) => {
+                    encodings.insert(
+                        rung,
+                        Encoding {
+                            encoder,
+                            fps: t.fps,
+                            next_due_us: 0,
+                            last_keyframe: None,
+                            last_used: now,
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot create video encoder");
+                    return;
+                }
+            }
+        }
+        let Some(enc) = encodings.get_mut(&rung) else {
+            return;
+        };
+        enc.last_used = now;
+        // Lower frame rates take every n-th frame, by capture time.
+        if frame.capture_us < enc.next_due_us {
+            return;
+        }
+        // A quarter period of slack for capture jitter.
+        let period_us = 1_000_000 / t.fps.max(1) as u64;
+        enc.next_due_us = frame.capture_us + period_us - period_us / 4;
+        let current = enc.encoder.bitrate() as f64;
+        if (t.bitrate_bps as f64 - current).abs() > current * BITRATE_STEP
+            && let Err(e) = enc.encoder.set_bitrate(t.bitrate_bps)
+        {
+            tracing::debug!(error = %e, "bitrate change refused");
+        }
+        let wanted = group
+            .members
+            .iter()
+            .any(|(d, _)| d.keyframe.load(Ordering::Relaxed));
+        let allowed = enc
+            .last_keyframe
+            .is_none_or(|t| now.duration_since(t) >= KEYFRAME_MIN_INTERVAL);
+        let force = wanted && allowed;
+        if force {
+            for (d, _) in &group.members {
+                d.keyframe.store(false, Ordering::Relaxed);
+            }
+        }
+        let input = if size == (frame.width, frame.height) {
+            frame
+        } else {
+            if !scaled.contains_key(&size) {
+                match scaler.scale(frame, size.0, size.1) {
+                    Ok(s) => {
+                        scaled.insert(size, s);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot scale video");
+                        return;
+                    }
+                }
+            }
+            match scaled.get(&size) {
+                Some(s) => s,
+                None => return,
+            }
+        };
+        let started = Instant::now();
+        match enc.encoder.encode(input, force) {
+            Ok(Some(out)) => {
+                if out.keyframe {
+                    enc.last_keyframe = Some(now);
+                }
+                if let Ok(mut s) = self.stats.lock() {
+                    s.frames += 1;
+                    s.keyframes += out.keyframe as u64;
+                    s.bytes += out.data.len() as u64;
+                    s.encode_us.push(started.elapsed().as_micros() as i64);
+                    if rung == 0 || s.width * s.height <= size.0 * size.1 {
+                        (s.width, s.height) = size;
+                    }
+                }
+                let out = Arc::new(out);
+                for (demand, tx) in &group.members {
+                    if tx.try_send(out.clone()).is_err() {
+                        // This peer missed a frame its decoder needs.
+                        demand.request_keyframe();
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "video encode failed"),
+        }
+    }
+}
+
+struct Group {
+    target: VideoTarget,
+    members: Vec<(Arc<VideoDemand>, mpsc::Sender<Arc<EncodedVideo>>)>,
+}

@@ -1,0 +1,441 @@
+//! Huddle's send-side bandwidth estimate for one peer connection, fed by transport-wide
+//! congestion-control feedback. The delay-gradient detection is the `rtc` crate's GCC parts
+//! (arrival grouping, Kalman slope, adaptive overuse threshold, received-rate window); the rate
+//! control and the loss half are ours, because GCC's fit video calls badly here:
+//! - its loss half holds the rate anywhere between 2 % and 10 % loss, so at a steady 5 % random
+//!   loss (Wi-Fi) the estimate never climbs past its start. Random loss that NACK repairs is not
+//!   congestion; a drop-tail queue overflowing shows first as growing delay, which the delay half
+//!   catches. So loss only caps the rate above 10 % and cuts it above 20 %.
+//! - its increase is 8 %/s, or +60 kbit/s per second after any backoff, so after a capacity drop
+//!   it takes 15 s or more to come back. Ours climbs faster the longer the path stays quiet and
+//!   forgets an old ceiling once it has safely passed it.
+//! - it climbs without bound while the encoder sends less than the estimate; ours stays within
+//!   1.5x of what the far end is actually receiving (plus a margin), as libwebrtc does.
+//!
+//! The estimate is published through an atomic the session reads; the struct is a plain state
+//! machine over reports and `now`, tested without a network.
+
+use rtc::interceptor::{
+    BandwidthEstimator, EstimatorStats, OveruseDetector, PacketReport, RateCalculator,
+    RateControlState, SlopeEstimator, Usage,
+};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Where the estimate starts: enough for 480x360 video and audio, little enough that the first
+/// keyframe does not flood a slow uplink.
+pub const INITIAL_BPS: f64 = 600_000.0;
+pub const MIN_BPS: f64 = 60_000.0;
+pub const MAX_BPS: f64 = 3_500_000.0;
+
+const DECREASE_FACTOR: f64 = 0.85;
+const CHANGE_INTERVAL: Duration = Duration::from_millis(200);
+/// Growth per second while the path has been quiet for a short and for a long while.
+const GROWTH_SLOW: f64 = 1.08;
+const GROWTH_FAST: f64 = 1.4;
+const QUIET_FOR_FAST_GROWTH: Duration = Duration::from_secs(2);
+/// Additive growth (bits per second, per second) between 0.85x and 1.3x of the last ceiling.
+const NEAR_CEILING_GROWTH_BPS: f64 = 80_000.0;
+/// Loss (after smoothing) above which the rate stops climbing, and above which it is cut.
+const LOSS_HOLD: f64 = 0.10;
+const LOSS_CUT: f64 = 0.20;
+const LOSS_WINDOW: Duration = Duration::from_secs(1);
+/// Fewer packets than this in the window say too little about loss to act on.
+const LOSS_MIN_PACKETS: usize = 20;
+
+/// What the session reads from the estimator, shared through atomics.
+#[derive(Clone, Debug, Default)]
+pub struct PublishedEstimate {
+    target_bps: Arc<AtomicU64>,
+    /// Smoothed share of packets the far end reported lost, in millionths.
+    loss_ppm: Arc<AtomicU64>,
+}
+
+impl PublishedEstimate {
+    pub fn new(initial: f64) -> Self {
+        let p = PublishedEstimate::default();
+        p.target_bps.store(initial as u64, Ordering::Relaxed);
+        p
+    }
+    /// The estimate for all RTP to this peer (audio and video), bits per second.
+    pub fn target_bps(&self) -> u64 {
+        self.target_bps.load(Ordering::Relaxed)
+    }
+    /// Smoothed loss before retransmission, 0..=1.
+    pub fn loss(&self) -> f64 {
+        self.loss_ppm.load(Ordering::Relaxed) as f64 / 1e6
+    }
+}
+
+/// Queuing delay from one-way delays: each packet's (arrival − departure) against the smallest
+/// seen in the last half minute, which is the path without a queue (the two clocks' offset
+/// cancels). The Kalman slope of GCC reacts to a queue *growing*; a drop-tail queue that has
+/// filled shows no growth, only a standing delay and losses, which this sees.
+#[derive(Default)]
+struct QueueDelay {
+    first_departure: Option<Instant>,
+    /// Minimum one-way delay (ms, relative) per second, newest last.
+    minima: std::collections::VecDeque<(u64, f64)>,
+    smoothed_ms: f64,
+}
+
+/// Seconds of one-way delay minima the base delay is taken over.
+const BASE_WINDOW_SECS: u64 = 30;
+/// Smoothed queuing delay above which the path counts as overused, and below which as idle.
+/// (On a 200 kbit/s link one 1200-byte packet alone takes 48 ms to serialise.)
+const QUEUE_OVERUSE_MS: f64 = 100.0;
+const QUEUE_NORMAL_MS: f64 = 60.0;
+
+impl QueueDelay {
+    /// Folds in a batch of reports; returns the smoothed queuing delay in ms.
+    fn update(&mut self, reports: &[PacketReport]) -> Option<f64> {
+        let mut delays = Vec::new();
+        for r in reports {
+            let Some(arrival) = r.arrival.filter(|_| r.arrived) else {
+                continue;
+            };
+            let first = *self.first_departure.get_or_insert(r.departure);
+            let sent = r.departure.saturating_duration_since(first);
+            let owd = arrival.as_secs_f64() * 1000.0 - sent.as_secs_f64() * 1000.0;
+            let second = sent.as_secs();
+            match self.minima.back_mut() {
+                Some((s, m)) if *s == second => *m = m.min(owd),
+                _ => self.minima.push_back((second, owd)),
+            }
+            delays.push(owd);
+        }
+        let newest = self.minima.back()?.0;
+        while self
+            .minima
+            .front()
+            .is_some_and(|(s, _)| s + BASE_WINDOW_SECS < newest)
+        {
+            self.minima.pop_front();
+        }
+        if delays.is_empty() {
+            return None;
+        }
+        let base = self.minima.iter().map(|(_, m)| *m).fold(f64::MAX, f64::min);
+        delays.sort_by(|a, b| a.total_cmp(b));
+        let median = delays[delays.len() / 2] - base;
+        self.smoothed_ms += (median - self.smoothed_ms) * 0.5;
+        Some(self.smoothed_ms)
+    }
+}
+
+pub struct HuddleEstimator {
+    queue: QueueDelay,
+    slope: SlopeEstimator,
+    detector: OveruseDetector,
+    received: RateCalculator,
+    state: RateControlState,
+    target: f64,
+    last_change: Option<Instant>,
+    /// The received rate at the last backoff: approached carefully, then forgotten once passed.
+    ceiling: Option<f64>,
+    /// Since when the delay signal has said nothing but "normal".
+    quiet_since: Option<Instant>,
+    loss_avg: f64,
+    /// (when, lost, reported) per feedback batch over the last second.
+    loss_window: std::collections::VecDeque<(Instant, usize, usize)>,
+    /// The cap the loss half imposes (`None`: loss is low enough not to cap).
+    loss_cap: Option<f64>,
+    last_loss_cut: Option<Instant>,
+    published: PublishedEstimate,
+}
+
+impl HuddleEstimator {
+    pub fn new(published: PublishedEstimate) -> Self {
+        HuddleEstimator {
+            queue: QueueDelay::default(),
+            slope: SlopeEstimator::new(),
+            detector: OveruseDetector::new(),
+            received: RateCalculator::default(),
+            state: RateControlState::default(),
+            target: INITIAL_BPS,
+            last_change: None,
+            ceiling: None,
+            quiet_since: None,
+            loss_avg: 0.0,
+            loss_window: std::collections::VecDeque::new(),
+            loss_cap: None,
+            last_loss_cut: None,
+            published,
+        }
+    }
+
+    fn delay_control(&mut self, now: Instant, usage: Usage, received: Option<f64>) {
+        self.state = self.state.next(usage);
+        if usage == Usage::Normal {
+            self.quiet_since.get_or_insert(now);
+        } else {
+            self.quiet_since = None;
+        }
+        let settled = self
+            .last_change
+            .is_none_or(|t| now.saturating_duration_since(t) >= CHANGE_INTERVAL);
+        match self.state {
+            RateControlState::Hold => {}
+            RateControlState::Decrease => {
+                if let Some(received) = received {
+                    self.target = received * DECREASE_FACTOR;
+                    self.ceiling = Some(received);
+                    self.last_change = Some(now);
+                }
+            }
+            RateControlState::Increase if settled => {
+                let elapsed = self
+                    .last_change
+                    .map_or(CHANGE_INTERVAL, |t| now.saturating_duration_since(t))
+                    .min(Duration::from_secs(1));
+                if let Some(ceiling) = self.ceiling
+                    && self.target > ceiling * 1.3
+                {
+                    // Well past the old ceiling without trouble: it no longer holds.
+                    self.ceiling = None;
+                }
+                let near_ceiling = self.ceiling.is_some_and(|c| self.target > c * 0.85);
+                self.target = if near_ceiling {
+                    // Slowly near a known limit: overshooting it fills the bottleneck's queue.
+                    self.target + NEAR_CEILING_GROWTH_BPS * elapsed.as_secs_f64()
+                } else {
+                    let quiet_long = self
+                        .quiet_since
+                        .is_some_and(|t| now.saturating_duration_since(t) >= QUIET_FOR_FAST_GROWTH);
+                    let growth = if quiet_long { GROWTH_FAST } else { GROWTH_SLOW };
+                    self.target * growth.powf(elapsed.as_secs_f64())
+                };
+                // Not more than the far end shows we can use: an encoder sending less than the
+                // estimate must not let it climb unchecked.
+                if let Some(received) = received {
+                    self.target = self.target.min(received * 1.5 + 100_000.0);
+                }
+                self.last_change = Some(now);
+            }
+            RateControlState::Increase => {}
+        }
+    }
+
+    fn loss_control(&mut self, now: Instant, lost: usize, total: usize) {
+        // Loss over the last second of feedback: a burst counts while it lasts and is
+        // forgotten a second later, however few packets a slow link carries.
+        self.loss_window.push_back((now, lost, total));
+        while self
+            .loss_window
+            .front()
+            .is_some_and(|(t, _, _)| now.saturating_duration_since(*t) > LOSS_WINDOW)
+        {
+            self.loss_window.pop_front();
+        }
+        let (lost, total) = self
+            .loss_window
+            .iter()
+            .fold((0, 0), |(l, n), (_, bl, bn)| (l + bl, n + bn));
+        if total < LOSS_MIN_PACKETS {
+            return;
+        }
+        self.loss_avg = lost as f64 / total as f64;
+        if self.loss_avg < LOSS_HOLD {
+            self.loss_cap = None;
+        } else if self.loss_avg < LOSS_CUT {
+            self.loss_cap.get_or_insert(self.target);
+        } else if self
+            .last_loss_cut
+            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_millis(300))
+        {
+            let base = self.loss_cap.unwrap_or(self.target).min(self.target);
+            self.loss_cap = Some(base * (1.0 - 0.5 * self.loss_avg));
+            self.last_loss_cut = Some(now);
+            // Heavy loss marks a limit as much as a queue does.
+            self.ceiling = Some(base);
+        }
+    }
+
+    fn publish(&self) {
+        let p = &self.published;
+        p.target_bps
+            .store(self.target_bitrate() as u64, Ordering::Relaxed);
+        p.loss_ppm
+            .store((self.loss_avg * 1e6) as u64, Ordering::Relaxed);
+    }
+}
+
+impl BandwidthEstimator for HuddleEstimator {
+    fn on_reports(&mut self, now: Instant, reports: &[PacketReport]) {
+        if reports.is_empty() {
+            return;
+        }
+        let mut usage = self.detector.usage();
+        for report in reports {
+            if report.arrived {
+                self.received.add(now, report.size);
+            }
+            if let Some(trend) = self.slope.accumulate(report) {
+                usage = self.detector.update(trend.at, trend.estimate_ms);
+            }
+        }
+        // Either delay signal may call overuse; a standing queue holds the rate where it is.
+        match self.queue.update(reports) {
+            Some(q) if q > QUEUE_OVERUSE_MS => usage = Usage::Over,
+            Some(q) if q > QUEUE_NORMAL_MS && usage == Usage::Normal => usage = Usage::Under,
+            _ => {}
+        }
+        let received = self.received.rate_bits_per_second(now);
+        self.delay_control(now, usage, received);
+        let lost = reports.iter().filter(|r| !r.arrived).count();
+        self.loss_control(now, lost, reports.len());
+        // While loss caps the rate, the delay half must not climb behind the cap (a full
+        // drop-tail queue shows no delay gradient), or lifting the cap would jump.
+        if let Some(cap) = self.loss_cap {
+            self.target = self.target.min(cap);
+        }
+        self.target = self.target.clamp(MIN_BPS, MAX_BPS);
+        self.publish();
+    }
+
+    fn target_bitrate(&self) -> f64 {
+        self.loss_cap
+            .map_or(self.target, |cap| self.target.min(cap))
+            .clamp(MIN_BPS, MAX_BPS)
+    }
+
+    fn stats(&self) -> EstimatorStats {
+        let mut stats = EstimatorStats::default();
+        stats.delay_based_bitrate = Some(self.target);
+        stats.loss_based_bitrate = self.loss_cap;
+        stats.packet_loss = Some(self.loss_avg);
+        stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc::rtcp::transport_feedbacks::cc_feedback_report::Ecn;
+
+    /// A simulated path: packets of 1200 bytes sent at `send_bps`, through a bottleneck of
+    /// `capacity_bps` with `base_delay`, a drop-tail queue of `queue`, and random loss.
+    struct Path {
+        start: Instant,
+        sent_at: Duration,
+        busy_until: Duration,
+        id: u64,
+        rng: u64,
+    }
+
+    impl Path {
+        fn new() -> Self {
+            Path {
+                start: Instant::now(),
+                sent_at: Duration::ZERO,
+                busy_until: Duration::ZERO,
+                id: 0,
+                rng: 0x1234_5678,
+            }
+        }
+
+        fn random(&mut self) -> f64 {
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            (self.rng % 1_000_000) as f64 / 1e6
+        }
+
+        /// Sends for `span` at the estimator's own target and feeds back every 100 ms.
+        fn run(
+            &mut self,
+            est: &mut HuddleEstimator,
+            span: Duration,
+            capacity_bps: f64,
+            loss: f64,
+        ) -> Vec<f64> {
+            let size = 1200usize;
+            let end = self.sent_at + span;
+            let mut batch = Vec::new();
+            let mut next_feedback = self.sent_at + Duration::from_millis(100);
+            let mut targets = Vec::new();
+            while self.sent_at < end {
+                let send_bps = est.target_bitrate();
+                let gap = Duration::from_secs_f64(size as f64 * 8.0 / send_bps);
+                self.sent_at += gap;
+                let now = self.sent_at;
+                let start = self.busy_until.max(now);
+                let queued = start - now;
+                let dropped = queued > Duration::from_millis(300) || self.random() < loss;
+                let arrival = if dropped {
+                    None
+                } else {
+                    self.busy_until =
+                        start + Duration::from_secs_f64(size as f64 * 8.0 / capacity_bps);
+                    Some(self.busy_until + Duration::from_millis(40))
+                };
+                self.id += 1;
+                batch.push(PacketReport {
+                    ssrc: 1,
+                    id: self.id,
+                    rtp_sequence_number: self.id as u16,
+                    is_twcc: true,
+                    twcc_sequence_number: self.id as u16,
+                    size,
+                    arrived: arrival.is_some(),
+                    departure: self.start + now,
+                    arrival,
+                    ecn: Ecn::NotEct,
+                });
+                if now >= next_feedback {
+                    next_feedback += Duration::from_millis(100);
+                    est.on_reports(self.start + now + Duration::from_millis(80), &batch);
+                    batch.clear();
+                    targets.push(est.target_bitrate());
+                }
+            }
+            targets
+        }
+    }
+
+    fn estimator() -> (HuddleEstimator, PublishedEstimate) {
+        let published = PublishedEstimate::new(INITIAL_BPS);
+        (HuddleEstimator::new(published.clone()), published)
+    }
+
+    #[test]
+    fn random_loss_that_nack_repairs_does_not_hold_the_rate_down() {
+        let (mut est, published) = estimator();
+        let mut path = Path::new();
+        let targets = path.run(&mut est, Duration::from_secs(15), 10_000_000.0, 0.05);
+        let last = *targets.last().unwrap();
+        assert!(last > 1_500_000.0, "5 % loss, 10 Mbit/s path: {last}");
+        assert_eq!(published.target_bps(), last as u64);
+        assert!((0.03..0.07).contains(&published.loss()), "{}", published.loss());
+    }
+
+    #[test]
+    fn a_bottleneck_brings_the_estimate_down_to_its_capacity() {
+        let (mut est, _) = estimator();
+        let mut path = Path::new();
+        let targets = path.run(&mut est, Duration::from_secs(10), 200_000.0, 0.0);
+        let tail = &targets[targets.len() - 30..];
+        let mean = tail.iter().sum::<f64>() / tail.len() as f64;
+        assert!((100_000.0..260_000.0).contains(&mean), "{mean}");
+    }
+
+    #[test]
+    fn after_a_capacity_drop_it_comes_back_within_seconds() {
+        let (mut est, _) = estimator();
+        let mut path = Path::new();
+        path.run(&mut est, Duration::from_secs(8), 2_000_000.0, 0.0);
+        let low = path.run(&mut est, Duration::from_secs(10), 300_000.0, 0.0);
+        assert!(*low.last().unwrap() < 400_000.0, "{:?}", low.last());
+        let up = path.run(&mut est, Duration::from_secs(8), 2_000_000.0, 0.0);
+        assert!(*up.last().unwrap() > 1_000_000.0, "{:?}", up.last());
+    }
+
+    #[test]
+    fn heavy_loss_cuts_the_rate() {
+        let (mut est, _) = estimator();
+        let mut path = Path::new();
+        let targets = path.run(&mut est, Duration::from_secs(6), 10_000_000.0, 0.3);
+        assert!(*targets.last().unwrap() < INITIAL_BPS, "{:?}", targets.last());
+    }
+}

@@ -1,0 +1,261 @@
+//! Interceptors that hand the application what only the RTCP path knows, for one connection:
+//! - `FeedbackReader` (last in the chain) marks inbound keyframe requests (PLI, FIR) for delivery
+//!   to the application, the one kind of feedback only the encoder can answer; reads the far
+//!   end's reception reports on our streams (loss, jitter, round-trip time from LSR/DLSR) and
+//!   counts the NACKed packets it asks for; and lets through what carries attributes (the
+//!   congestion controller's bitrate changes) so statistics see them.
+//! - `RetransmissionCounter` (wire side of the NACK responder) counts the retransmissions the
+//!   responder sends, which statistics do not count when they are plain re-sends.
+//!
+//! Both write into a shared `LinkFeedback` the session reads once per tick.
+
+use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::reception_report::ReceptionReport;
+use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+use rtc::sansio::Protocol;
+use rtc::shared::time::SystemInstant;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub fn is_keyframe_request(packet: &dyn rtc::rtcp::Packet) -> bool {
+    let any = packet.as_any();
+    any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+}
+
+/// What the far end last said about one of our streams.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StreamReport {
+    /// Share of packets lost since its previous report, 0..=1 (before retransmission).
+    pub fraction_lost: f64,
+    pub total_lost: u32,
+    /// Interarrival jitter in RTP timestamp units.
+    pub jitter: u32,
+    pub rtt: Option<Duration>,
+}
+
+/// Counters and reports for one connection, shared between its interceptors and its session.
+#[derive(Debug, Default)]
+pub struct FeedbackState {
+    /// By our SSRC.
+    pub reports: HashMap<u32, StreamReport>,
+    /// Packets of ours the far end asked for again.
+    pub nacked_packets: u64,
+    /// Keyframe requests received.
+    pub keyframe_requests: u64,
+    /// Retransmissions sent in answer to NACKs.
+    pub retransmissions_sent: u64,
+    /// Latest round-trip time from any report.
+    pub rtt: Option<Duration>,
+}
+
+pub type LinkFeedback = Arc<Mutex<FeedbackState>>;
+
+/// The middle 32 bits of the NTP time now, as LSR and DLSR count.
+fn ntp_mid32_now() -> u32 {
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    ((SystemInstant::unix2ntp(unix) >> 16) & 0xffff_ffff) as u32
+}
+
+/// Round-trip time from a report block (RFC 3550 6.4.1), `None` without a sender report yet.
+pub fn rtt_from_report(block: &ReceptionReport, now_mid32: u32) -> Option<Duration> {
+    if block.last_sender_report == 0 {
+        return None;
+    }
+    let rtt = now_mid32
+        .wrapping_sub(block.last_sender_report)
+        .wrapping_sub(block.delay);
+    // Above ~1 minute it is a clock step or garbage, not a path.
+    (rtt < 60 << 16).then(|| Duration::from_micros(rtt as u64 * 1_000_000 / 65_536))
+}
+
+pub struct FeedbackReader {
+    state: LinkFeedback,
+    read: VecDeque<TaggedPacket>,
+    write: VecDeque<TaggedPacket>,
+}
+
+impl FeedbackReader {
+    pub fn new(state: LinkFeedback) -> Self {
+        FeedbackReader {
+            state,
+            read: VecDeque::new(),
+            write: VecDeque::new(),
+        }
+    }
+
+    fn note(&self, packets: &[Box<dyn rtc::rtcp::Packet>]) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        let now_mid32 = ntp_mid32_now();
+        for p in packets {
+            let any = p.as_any();
+            let blocks = if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+                &rr.reports[..]
+            } else if let Some(sr) = any.downcast_ref::<SenderReport>() {
+                &sr.reports[..]
+            } else {
+                if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                    state.nacked_packets += nack
+                        .nacks
+                        .iter()
+                        .map(|pair| pair.packet_list().len() as u64)
+                        .sum::<u64>();
+                } else if is_keyframe_request(p.as_ref()) {
+                    state.keyframe_requests += 1;
+                }
+                continue;
+            };
+            for block in blocks {
+                let rtt = rtt_from_report(block, now_mid32);
+                if rtt.is_some() {
+                    state.rtt = rtt;
+                }
+                state.reports.insert(
+                    block.ssrc,
+                    StreamReport {
+                        fraction_lost: block.fraction_lost as f64 / 256.0,
+                        total_lost: block.total_lost,
+                        jitter: block.jitter,
+                        rtt,
+                    },
+                );
+            }
+        }
+    }
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackReader {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(packets) = &msg.message.packet {
+            self.note(packets);
+            let requests: Vec<Box<dyn rtc::rtcp::Packet>> = packets
+                .iter()
+                .filter(|p| is_keyframe_request(p.as_ref()))
+                .cloned()
+                .collect();
+            if requests.is_empty() {
+                // The chain's end drops the payload but passes attributes (bitrate changes) on.
+                if !msg.message.attributes.is_empty() {
+                    self.read.push_back(msg);
+                }
+                return Ok(());
+            }
+            msg.message.packet = Packet::Rtcp(requests);
+            msg.message.add(Attribute::DeliverToApplication);
+        }
+        self.read.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.read.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.write.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.write.pop_front()
+    }
+}
+
+impl Interceptor for FeedbackReader {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+pub struct RetransmissionCounter {
+    state: LinkFeedback,
+    read: VecDeque<TaggedPacket>,
+    write: VecDeque<TaggedPacket>,
+}
+
+impl RetransmissionCounter {
+    pub fn new(state: LinkFeedback) -> Self {
+        RetransmissionCounter {
+            state,
+            read: VecDeque::new(),
+            write: VecDeque::new(),
+        }
+    }
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for RetransmissionCounter {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.read.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.read.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        if matches!(msg.message.packet, Packet::Rtp(_))
+            && msg.message.has(&Attribute::Retransmission)
+            && let Ok(mut state) = self.state.lock()
+        {
+            state.retransmissions_sent += 1;
+        }
+        self.write.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.write.pop_front()
+    }
+}
+
+impl Interceptor for RetransmissionCounter {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_time_comes_from_lsr_and_dlsr() {
+        // Sent our SR at mid32 = 10 s; the far end held it 0.5 s; now is 10.62 s.
+        let block = ReceptionReport {
+            last_sender_report: 10 << 16,
+            delay: 1 << 15,
+            ..Default::default()
+        };
+        let now = (10 << 16) + (62 * 65_536 / 100);
+        let rtt = rtt_from_report(&block, now).unwrap();
+        assert!((119..=121).contains(&rtt.as_millis()), "{rtt:?}");
+        // No SR seen yet by the far end: no figure.
+        let none = ReceptionReport::default();
+        assert_eq!(rtt_from_report(&none, now), None);
+        // A report from the future (clock step) is not a path.
+        assert_eq!(rtt_from_report(&block, 5 << 16), None);
+    }
+}

@@ -1,0 +1,287 @@
+//! Calls across emulated links: the signaling server and one headless peer in network namespace
+//! A, the other peer in namespace B, joined by Huddle's userspace link emulator (TUN devices,
+//! RFC 2544 addresses; nothing leaves the machine). Needs root, as CI runs; elsewhere the tests
+//! say they were skipped (and fail when `CI` is set, so CI cannot skip them silently).
+//! The calls run one at a time: two peers encoding 640x480 each fill this machine's two cores.
+
+use huddle::linkemu::{LinkEmulator, LinkProfile, Side};
+use serde_json::Value;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdout};
+
+static ONE_CALL_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The emulator, or `None` (with a note) where it cannot run and we are not in CI.
+fn emulator(profile: &str) -> Option<LinkEmulator> {
+    let profile = LinkProfile::named(profile).expect("named profile");
+    match LinkEmulator::start(&profile, 7) {
+        Ok(e) => Some(e),
+        Err(huddle::linkemu::LinkError::Unavailable(why)) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED: the link emulator cannot run here ({why}); run as root");
+            None
+        }
+        Err(e) => panic!("link emulator: {e}"),
+    }
+}
+
+struct Process {
+    _child: Child,
+    lines: tokio::io::Lines<BufReader<ChildStdout>>,
+    name: &'static str,
+    log: Vec<(Duration, Value)>,
+    started: Instant,
+}
+
+impl Process {
+    fn start<S: AsRef<std::ffi::OsStr>>(
+        emu: &LinkEmulator,
+        side: Side,
+        name: &'static str,
+        args: &[S],
+    ) -> Process {
+        let mut child = emu
+            .tokio_command(side, env!("CARGO_BIN_EXE_huddle"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("huddle runs in the namespace");
+        let stdout = child.stdout.take().expect("stdout");
+        Process {
+            _child: child,
+            lines: BufReader::new(stdout).lines(),
+            name,
+            log: Vec::new(),
+            started: Instant::now(),
+        }
+    }
+
+    /// The next line, or `None` at `deadline`.
+    async fn next(&mut self, deadline: tokio::time::Instant) -> Option<Value> {
+        let line = tokio::time::timeout_at(deadline, self.lines.next_line())
+            .await
+            .ok()?
+            .expect("read stdout")
+            .unwrap_or_else(|| panic!("{} exited; log: {:#?}", self.name, self.log));
+        let value: Value = serde_json::from_str(&line).unwrap_or(Value::String(line));
+        self.log.push((self.started.elapsed(), value.clone()));
+        Some(value)
+    }
+
+    async fn until(&mut self, within: Duration, f: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match self.next(deadline).await {
+                Some(v) if f(&v) => return v,
+                Some(_) => {}
+                None => panic!("{}: nothing expected within {within:?}: {:#?}", self.name, self.log),
+            }
+        }
+    }
+}
+
+/// A call between a peer in A and a peer in B through a server in A.
+struct Call {
+    emu: LinkEmulator,
+    _server: Process,
+    a: Process,
+    b: Process,
+}
+
+async fn call(profile: &str, extra: &[&str]) -> Option<Call> {
+    let emu = emulator(profile)?;
+    let mut server = Process::start(
+        &emu,
+        Side::A,
+        "server",
+        &["serve", "--bind", "198.18.0.1:8787", "--insecure"],
+    );
+    // The server prints its URL once it listens.
+    server
+        .until(Duration::from_secs(20), |v| {
+            v.as_str().is_some_and(|s| s.contains("ws://"))
+        })
+        .await;
+    let peer = |side: Side, name: &'static str, source: &'static str| {
+        let mut args: Vec<String> = [
+            "join",
+            "--headless",
+            "--server",
+            "ws://198.18.0.1:8787",
+            "--room",
+            "net",
+            "--name",
+            name,
+            "--video",
+            "scene",
+            "--source-id",
+            source,
+            "--duration",
+            "120",
+            "--stats-interval",
+            "0.25",
+            "--decline-files",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(["--bind".to_string(), format!("{}:0", side.addr())]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Process::start(&emu, side, name, &args)
+    };
+    let mut a = peer(Side::A, "a", "1");
+    let mut b = peer(Side::B, "b", "2");
+    for p in [&mut a, &mut b] {
+        p.until(Duration::from_secs(30), |v| v["event"] == "joined")
+            .await;
+    }
+    emu.arm();
+    Some(Call {
+        emu,
+        _server: server,
+        a,
+        b,
+    })
+}
+
+/// Frames decoded as (seconds since `since`, cumulative count), from `p`'s stats lines.
+fn frame_times(p: &Process) -> Vec<(f64, u64)> {
+    p.log
+        .iter()
+        .filter(|(_, v)| v["event"] == "stats")
+        .filter_map(|(t, v)| Some((t.as_secs_f64(), v["video"]["frames_decoded"].as_u64()?)))
+        .collect()
+}
+
+/// Reads both peers' logs for `span`.
+async fn run_for(call: &mut Call, span: Duration) {
+    let deadline = tokio::time::Instant::now() + span;
+    loop {
+        tokio::select! {
+            v = call.a.next(deadline) => if v.is_none() { break },
+            v = call.b.next(deadline) => if v.is_none() { break },
+        }
+    }
+}
+
+fn last_stats(p: &Process) -> Value {
+    p.log
+        .iter()
+        .rev()
+        .find(|(_, v)| v["event"] == "stats" && v.get("network").is_some())
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| panic!("{}: no stats with network figures: {:#?}", p.name, p.log))
+}
+
+/// Seconds (1 s windows from `from` to `to`, in process time) with fewer than `min` new frames.
+fn slow_seconds(p: &Process, from: f64, to: f64, min: u64) -> Vec<f64> {
+    let frames = frame_times(p);
+    let at = |t: f64| {
+        frames
+            .iter()
+            .rev()
+            .find(|(ft, _)| *ft <= t)
+            .map(|(_, n)| *n)
+            .unwrap_or(0)
+    };
+    let mut slow = Vec::new();
+    let mut t = from;
+    while t + 1.0 <= to {
+        if at(t + 1.0).saturating_sub(at(t)) < min {
+            slow.push(t);
+        }
+        t += 1.0;
+    }
+    slow
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn video_keeps_flowing_at_five_percent_loss_with_retransmissions() {
+    let _one = ONE_CALL_AT_A_TIME.lock().await;
+    let Some(mut call) = call("lossy", &[]).await else {
+        return;
+    };
+    let armed = call.a.started.elapsed().as_secs_f64();
+    run_for(&mut call, Duration::from_secs(15)).await;
+    let end = call.a.started.elapsed().as_secs_f64();
+    for p in [&call.a, &call.b] {
+        // After two seconds to settle, no second without at least 10 new frames.
+        let slow = slow_seconds(p, armed + 2.0, end - 0.5, 10);
+        assert!(slow.len() <= 1, "{}: slow seconds at {slow:?}", p.name);
+        let s = last_stats(p);
+        let n = &s["network"];
+        // Loss happened, and NACKs brought packets back.
+        assert!(n["packets_lost"].as_i64().unwrap_or(0) > 0, "{n}");
+        assert!(n["nacks_sent"].as_u64().unwrap_or(0) > 0, "{n}");
+        assert!(n["retransmissions_received"].as_u64().unwrap_or(0) > 0, "{n}");
+        assert!(n["retransmissions_sent"].as_u64().unwrap_or(0) > 0, "{n}");
+    }
+    let link = call.emu.stats(Side::A);
+    assert!(link.dropped_loss > 100, "the link lost packets: {link:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_second_outage_does_not_end_the_call_and_video_comes_back() {
+    let _one = ONE_CALL_AT_A_TIME.lock().await;
+    // The outage starts 8 s after arming and lasts 3 s.
+    let Some(mut call) = call("outage", &[]).await else {
+        return;
+    };
+    let armed = call.a.started.elapsed().as_secs_f64();
+    run_for(&mut call, Duration::from_secs(16)).await;
+    for p in [&call.a, &call.b] {
+        assert!(
+            !p.log.iter().any(|(_, v)| v["event"] == "connection_closed"
+                || v["event"] == "peer_left"),
+            "{}: the call ended: {:#?}",
+            p.name,
+            p.log
+        );
+        let back = armed + 11.0;
+        let frames = frame_times(p);
+        let before = frames
+            .iter()
+            .rev()
+            .find(|(t, _)| *t <= back)
+            .map(|(_, n)| *n)
+            .expect("frames before the outage ended");
+        let again = frames
+            .iter()
+            .find(|(t, n)| *t > back && *n > before)
+            .map(|(t, _)| t - back);
+        let again = again.unwrap_or_else(|| panic!("{}: no frame after the outage", p.name));
+        // Behaviour, not the benchmark's 1 s target: it comes back within a few seconds.
+        assert!(again < 4.0, "{}: frames again after {again:.1} s", p.name);
+        let slow = slow_seconds(p, back + 2.0, armed + 16.0 - 0.5, 10);
+        assert!(slow.is_empty(), "{}: still slow at {slow:?}", p.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_uplink_gets_a_smaller_picture_that_keeps_moving() {
+    let _one = ONE_CALL_AT_A_TIME.lock().await;
+    let Some(mut call) = call("slow-uplink", &[]).await else {
+        return;
+    };
+    let armed = call.a.started.elapsed().as_secs_f64();
+    run_for(&mut call, Duration::from_secs(20)).await;
+    let end = call.a.started.elapsed().as_secs_f64();
+    for (p, other) in [(&call.a, &call.b), (&call.b, &call.a)] {
+        let s = last_stats(p);
+        // The sender measured the 200 kbit/s link and steps down its picture to fit it.
+        let estimate = s["network"]["estimate_kbps"].as_f64().unwrap_or(f64::MAX);
+        assert!(estimate < 260.0, "{}: estimate {estimate} kbit/s", p.name);
+        let sending = &s["network"]["sending"];
+        assert!(
+            sending["width"].as_u64().unwrap_or(640) < 640,
+            "{}: still sending {sending}",
+            p.name
+        );
+        // The receiver keeps getting pictures in the second half.
+        let slow = slow_seconds(other, armed + 10.0, end - 0.5, 5);
+        assert!(slow.len() <= 2, "{}: slow seconds at {slow:?}", other.name);
+    }
+}
