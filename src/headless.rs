@@ -152,8 +152,12 @@ fn network_json(n: &crate::engine::PeerStats) -> serde_json::Value {
         "nacks_sent": n.nacks_sent, "retransmissions_received": n.retransmissions_received,
         "nacked_by_peer": n.nacked_by_peer, "retransmissions_sent": n.retransmissions_sent,
         "video_packets_abandoned": n.video_packets_abandoned,
+        "video_frames_assembled": n.video_frames_assembled,
+        "frames_skipped_for_keyframe": n.frames_skipped_for_keyframe,
         "keyframe_requests_sent": n.keyframe_requests_sent,
         "keyframe_requests_received": n.keyframe_requests_received,
+        "backoffs": {"delay": n.estimator.delay_backoffs, "queue": n.estimator.queue_backoffs, "loss": n.estimator.loss_backoffs},
+        "queue_delay_ms": n.estimator.queue_delay_ms,
         "path": n.path.as_ref().map(|(l, r)| json!({"local": l, "remote": r})),
         "sending": n.sending.map(|t| json!({"width": t.width, "height": t.height, "fps": t.fps, "bitrate_kbps": t.bitrate_bps / 1000})),
     })
@@ -274,11 +278,16 @@ pub async fn run(
                             "window_latency_p50_ms": percentile(&window, 0.5).map(|u| u as f64 / 1000.0),
                             "window_latency_max_ms": window.last().map(|u| *u as f64 / 1000.0),
                             "freezes": s.freezes, "frozen_ms": s.frozen_us / 1000,
+                            "playout_delay_ms": (s.playout_delay_ms * 10.0).round() / 10.0,
                             "decode_errors": s.decode_errors, "units_dropped": s.units_dropped,
+                            "units_received": s.units_received,
                         });
                     }
                     if let Some(n) = &view.network {
                         record["network"] = network_json(n);
+                    }
+                    if let Some(e) = engine.media().encoder_stats() {
+                        record["encoder"] = json!({"frames": e.frames, "keyframes": e.keyframes, "encodings": e.encodings});
                     }
                     if let Some(a) = engine.media().remote_audio(peer) {
                         record["audio"] = json!({
@@ -286,6 +295,7 @@ pub async fn run(
                             "frequency_hz": a.frequency.map(|f| (f * 10.0).round() / 10.0),
                             "frames_played": a.frames_played,
                             "concealed": a.jitter.concealed,
+                            "fec_decoded": a.jitter.fec_decoded,
                         });
                     }
                     log(record)?;

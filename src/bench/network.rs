@@ -124,6 +124,17 @@ async fn profile_run(
     a.interrupt();
     b.interrupt();
     let summaries = [a.summary().await?, b.summary().await?];
+    // The raw logs, for a closer look: WORK_DIR/network-PROFILE-{a,b}.jsonl.
+    for (log, who) in logs.iter().zip(["a", "b"]) {
+        let text: String = log
+            .iter()
+            .map(|l| format!("{{\"t\":{:.3},\"line\":{}}}\n", l.at, l.value))
+            .collect();
+        let path = opts
+            .work_dir
+            .join(format!("network-{}-{who}.jsonl", profile.name));
+        std::fs::write(path, text)?;
+    }
     let link_stats = [emu.stats(Side::A), emu.stats(Side::B)];
     drop(server);
     drop(emu);
@@ -227,7 +238,10 @@ fn direction(
     seconds: f64,
     profile: &LinkProfile,
 ) -> Value {
-    let lines: Vec<&Line> = stats_lines(rx, sender_id).collect();
+    // Lines from before the sender's video arrived carry no video figures.
+    let lines: Vec<&Line> = stats_lines(rx, sender_id)
+        .filter(|l| l.value["video"].is_object() && l.value["audio"].is_object())
+        .collect();
     let frames = |l: &Line| num(&l.value["video"]["frames_decoded"]);
     let first_frame_ms = rx
         .iter()
@@ -269,6 +283,7 @@ fn direction(
     let freezes = delta(&|l| num(&l.value["video"]["freezes"]));
     let frozen_ms = delta(&|l| num(&l.value["video"]["frozen_ms"]));
     let concealed = delta(&|l| num(&l.value["audio"]["concealed"]));
+    let fec = delta(&|l| num(&l.value["audio"]["fec_decoded"]));
     let played = delta(&|l| num(&l.value["audio"]["frames_played"]));
     let rx_net = last.map(|l| l.value["network"].clone()).unwrap_or_default();
     let tx_last = tx.iter().rev().find(|l| l.value["event"] == "stats");
@@ -301,7 +316,9 @@ fn direction(
         "receiver_keyframe_requests": rx_net["keyframe_requests_sent"],
         "sender_retransmissions": tx_net["retransmissions_sent"],
         "sender_estimate_kbps_at_end": tx_net["estimate_kbps"],
+        "sender_estimator_backoffs": tx_net["backoffs"],
         "audio_concealed_percent": (played > 0.0).then(|| round1(100.0 * concealed / played)),
+        "audio_fec_decoded_percent": (played > 0.0).then(|| round1(100.0 * fec / played)),
         "recovery": recovery(&lines, profile),
         "per_second": per_second,
     })
@@ -445,7 +462,10 @@ pub(super) fn table(n: &Value) -> String {
                 lat["p50"],
                 lat["p95"],
                 d["sent_kbps_mean"],
-                d["link_mean_capacity_kbps"],
+                match d["link_mean_capacity_kbps"].as_f64() {
+                    Some(c) => c.to_string(),
+                    None => "unlimited".into(),
+                },
                 d["link"]["loss_percent"],
                 d["sender_retransmissions"],
                 d["audio_concealed_percent"],

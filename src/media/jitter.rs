@@ -1,6 +1,7 @@
 //! Adaptive audio jitter buffer as a state machine without I/O: packets go in with their RTP
 //! sequence number, timestamp and arrival time; every 20 ms the playout asks for the next frame.
-//! The target delay follows the measured inter-arrival jitter (RFC 3550) between 20 and 80 ms.
+//! The target delay follows the measured inter-arrival jitter (RFC 3550) and the recent spread of
+//! transit times (bursts of delay the smoothed jitter misses), between 20 and 240 ms.
 
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -20,7 +21,7 @@ impl Default for JitterConfig {
         JitterConfig {
             frame: Duration::from_millis(20),
             min_delay: Duration::from_millis(20),
-            max_delay: Duration::from_millis(80),
+            max_delay: Duration::from_millis(240),
             clock_rate: 48_000,
         }
     }
@@ -40,7 +41,11 @@ pub enum Playout {
 pub struct JitterStats {
     pub received: u64,
     pub played: u64,
+    /// Lost frames made up with nothing to go on (Opus packet-loss concealment).
     pub concealed: u64,
+    /// Lost frames decoded from the in-band FEC of the packet after them (Opus falls back to
+    /// concealment where that packet carries none).
+    pub fec_decoded: u64,
     pub late: u64,
     pub duplicates: u64,
     pub underruns: u64,
@@ -55,6 +60,12 @@ pub struct JitterBuffer {
     next: Option<u64>,
     missing_run: u32,
     jitter_secs: f64,
+    /// (arrival, transit) over the last few seconds: the spread between the quickest and each
+    /// packet is how much delay it takes to play every packet in time. The smoothed jitter
+    /// misses bursts, such as audio stuck behind a keyframe in a bottleneck's queue.
+    transits: std::collections::VecDeque<(f64, f64)>,
+    /// Peak of that spread, decaying slowly.
+    spread_secs: f64,
     last_transit: Option<f64>,
     last_arrival: Option<Instant>,
     epoch: Option<Instant>,
@@ -63,6 +74,8 @@ pub struct JitterBuffer {
 
 /// Concealed frames in a row, with nothing buffered, before we decide the sender went quiet.
 const MAX_CONCEAL_WITH_EMPTY_BUFFER: u32 = 3;
+/// Seconds of arrivals the transit spread is measured over.
+const SPREAD_WINDOW_SECS: f64 = 5.0;
 /// A sequence jump this large is a new stream, not loss.
 const RESET_JUMP: u64 = 500;
 /// A pause this long starts a new talk spurt (the sender was muted or silent): its arrival
@@ -78,6 +91,8 @@ impl JitterBuffer {
             next: None,
             missing_run: 0,
             jitter_secs: 0.0,
+            transits: std::collections::VecDeque::new(),
+            spread_secs: 0.0,
             last_transit: None,
             last_arrival: None,
             epoch: None,
@@ -100,7 +115,7 @@ impl JitterBuffer {
 
     fn target_frames(&self) -> usize {
         let frame = self.config.frame.as_secs_f64();
-        let wanted = frame + 3.0 * self.jitter_secs;
+        let wanted = frame + (3.0 * self.jitter_secs).max(self.spread_secs);
         let min = (self.config.min_delay.as_secs_f64() / frame)
             .round()
             .max(1.0) as usize;
@@ -129,6 +144,8 @@ impl JitterBuffer {
             self.next = None;
             self.highest = None;
             self.last_transit = None;
+            self.transits.clear();
+            self.spread_secs = 0.0;
             ext = self.unwrap_seq(seq);
         }
         self.highest = Some(self.highest.map_or(ext, |h| h.max(ext)));
@@ -142,8 +159,25 @@ impl JitterBuffer {
             .is_some_and(|t| now.saturating_duration_since(t) > TALK_SPURT_GAP)
         {
             self.last_transit = None;
+            self.transits.clear();
+            self.spread_secs = 0.0;
         }
         self.last_arrival = Some(now);
+        self.transits.push_back((arrival, transit));
+        while self
+            .transits
+            .front()
+            .is_some_and(|(t, _)| arrival - t > SPREAD_WINDOW_SECS)
+        {
+            self.transits.pop_front();
+        }
+        let quickest = self
+            .transits
+            .iter()
+            .map(|(_, t)| *t)
+            .fold(f64::MAX, f64::min);
+        // Halves in about 5 s of packets at 50 per second.
+        self.spread_secs = (self.spread_secs * 0.997).max(transit - quickest);
         if let Some(last) = self.last_transit {
             let d = (transit - last).abs();
             // Ignore timestamp wraps and stream restarts.
@@ -204,10 +238,13 @@ impl JitterBuffer {
             self.missing_run = 0;
         }
         self.next = Some(next + 1);
-        self.stats.concealed += 1;
-        Playout::Conceal {
-            next: self.packets.get(&(next + 1)).cloned(),
+        let next = self.packets.get(&(next + 1)).cloned();
+        if next.is_some() {
+            self.stats.fec_decoded += 1;
+        } else {
+            self.stats.concealed += 1;
         }
+        Playout::Conceal { next }
     }
 }
 
@@ -283,6 +320,7 @@ mod tests {
             }
         );
         assert_eq!(seq_of(&s.jb.pop()), Some(2));
+        assert_eq!((s.jb.stats().fec_decoded, s.jb.stats().concealed), (1, 0));
         s.push_at(1, 70); // too late now
         assert_eq!(s.jb.stats().late, 1);
         s.push_at(3, 60);
@@ -321,9 +359,10 @@ mod tests {
                 s.jb.pop();
             }
         }
+        // Arrivals spread over about 56 ms: the target covers that plus a frame, no more.
         let target = s.jb.target_delay();
-        assert!(target > Duration::from_millis(20), "{target:?}");
-        assert!(target <= Duration::from_millis(80), "{target:?}");
+        assert!(target >= Duration::from_millis(60), "{target:?}");
+        assert!(target <= Duration::from_millis(100), "{target:?}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod frame;
 pub mod jitter;
 pub mod ladder;
 pub mod pattern;
+pub mod playout;
 pub mod resample;
 pub mod scene;
 pub mod slot;

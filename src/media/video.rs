@@ -8,6 +8,7 @@ use super::codec::H264Decoder;
 use super::video_send::{EncoderThread, Subscribers, VideoFeed};
 use super::frame::{I420Frame, RgbaFrame};
 use super::pattern::TestPattern;
+use super::playout::VideoPlayout;
 use super::scene::Scene;
 use super::slot::LatestSlot;
 use super::stamp::{FrameStamp, read_stamp};
@@ -412,7 +413,10 @@ impl FramePool {
 #[derive(Debug, Clone)]
 pub struct AccessUnit {
     pub data: Bytes,
+    /// When its last packet arrived.
     pub received_at: Instant,
+    /// RTP timestamp (90 kHz): the capture rhythm the playout clock follows.
+    pub rtp_timestamp: u32,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -430,8 +434,11 @@ pub struct VideoRecvStats {
     pub stamps_read: u64,
     /// Stamps whose number did not increase over the previous one from the same source.
     pub out_of_order: u64,
-    /// Capture → decoded, from stamps, microseconds.
+    /// Capture → picture handed to the display (decoded, and past the playout delay), from
+    /// stamps, microseconds.
     pub latency_us: Samples,
+    /// The playout clock's current delay (covering network jitter and retransmissions).
+    pub playout_delay_ms: f64,
     pub decode_us: Samples,
     /// Distinct stamp sources seen, in order of first appearance.
     pub sources: Vec<u8>,
@@ -503,8 +510,9 @@ pub struct VideoReceiver {
     on_keyframe_needed: Callback,
 }
 
-/// Access units queued for decoding before new ones are dropped.
-const DECODE_QUEUE: usize = 8;
+/// Access units queued for decoding before new ones are dropped: room for the playout delay
+/// (up to 300 ms, 9 frames at 30 fps) and a burst behind a retransmission.
+const DECODE_QUEUE: usize = 32;
 
 impl VideoReceiver {
     /// `on_frame` runs on the decoder thread after each new picture (keep it cheap: wake a UI).
@@ -589,6 +597,7 @@ fn decoder_loop(
         }
     };
     let mut pool = FramePool::default();
+    let mut playout = VideoPlayout::new();
     let mut last_keyframe_request: Option<Instant> = None;
     while let Ok(unit) = rx.recv() {
         let mut frame = pool.get();
@@ -600,6 +609,12 @@ fn decoder_loop(
         let decode_us = started.elapsed().as_micros() as i64;
         match result {
             Ok(true) => {
+                // Hold the picture until its slot in the capture rhythm (see `playout`).
+                let show_at = playout.schedule(unit.rtp_timestamp, unit.received_at);
+                let wait = show_at.saturating_duration_since(Instant::now());
+                if !wait.is_zero() {
+                    std::thread::sleep(wait);
+                }
                 let done_us = now_us();
                 let stamp = output.read_stamps.then(|| read_stamp(buf)).flatten();
                 if let Some(s) = stamp {
@@ -611,6 +626,7 @@ fn decoder_loop(
                         s.note_interval(now.duration_since(previous).as_micros() as u64);
                     }
                     s.frames_decoded += 1;
+                    s.playout_delay_ms = playout.delay().as_secs_f64() * 1000.0;
                     s.first_frame_at.get_or_insert(now);
                     s.last_frame_at = Some(now);
                     (s.width, s.height) = (buf.width, buf.height);

@@ -274,11 +274,6 @@ impl EncoderThread {
             .last_keyframe
             .is_none_or(|t| now.duration_since(t) >= KEYFRAME_MIN_INTERVAL);
         let force = wanted && allowed;
-        if force {
-            for (d, _) in &group.members {
-                d.keyframe.store(false, Ordering::Relaxed);
-            }
-        }
         let input = if size == (frame.width, frame.height) {
             frame
         } else {
@@ -301,8 +296,13 @@ impl EncoderThread {
         let started = Instant::now();
         match enc.encoder.encode(input, force) {
             Ok(Some(out)) => {
+                // Requests are settled by a keyframe that came out, not by asking: rate control
+                // may skip the very frame that was to be one.
                 if out.keyframe {
                     enc.last_keyframe = Some(now);
+                    for (d, _) in &group.members {
+                        d.keyframe.store(false, Ordering::Relaxed);
+                    }
                 }
                 if let Ok(mut s) = self.stats.lock() {
                     s.frames += 1;

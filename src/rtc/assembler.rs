@@ -38,6 +38,8 @@ pub struct AssemblerStats {
     pub lost: u64,
     /// Same packet twice.
     pub duplicates: u64,
+    /// Frames released whole.
+    pub frames: u64,
 }
 
 pub struct FrameAssembler {
@@ -160,6 +162,7 @@ impl FrameAssembler {
                         .collect();
                     self.next_start = Some(seq + 1);
                     self.gap_since = None;
+                    self.stats.frames += 1;
                     return Some(Assembled::Frame {
                         timestamp,
                         payloads,

@@ -4,8 +4,9 @@
 //! control and the loss half are ours, because GCC's fit video calls badly here:
 //! - its loss half holds the rate anywhere between 2 % and 10 % loss, so at a steady 5 % random
 //!   loss (Wi-Fi) the estimate never climbs past its start. Random loss that NACK repairs is not
-//!   congestion; a drop-tail queue overflowing shows first as growing delay, which the delay half
-//!   catches. So loss only caps the rate above 10 % and cuts it above 20 %.
+//!   congestion; a drop-tail queue overflowing shows first as a standing queue, which the delay
+//!   half catches. So loss only caps the rate above 15 % and cuts it above 30 % (as measured
+//!   from feedback, which over-counts: see `LOSS_HOLD`).
 //! - its increase is 8 %/s, or +60 kbit/s per second after any backoff, so after a capacity drop
 //!   it takes 15 s or more to come back. Ours climbs faster the longer the path stays quiet and
 //!   forgets an old ceiling once it has safely passed it.
@@ -23,9 +24,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// Where the estimate starts: enough for 480x360 video and audio, little enough that the first
-/// keyframe does not flood a slow uplink.
-pub const INITIAL_BPS: f64 = 600_000.0;
+/// Where the estimate starts: 320x240 video and audio; its first keyframe (about 6 kB) still
+/// fits a 200 kbit/s uplink's 300 ms queue. Until the first backoff the estimate grows fast
+/// (`GROWTH_START`), so a good link reaches 640x480 in about three seconds.
+pub const INITIAL_BPS: f64 = 300_000.0;
 pub const MIN_BPS: f64 = 60_000.0;
 pub const MAX_BPS: f64 = 3_500_000.0;
 
@@ -34,15 +36,19 @@ const CHANGE_INTERVAL: Duration = Duration::from_millis(200);
 /// Growth per second while the path has been quiet for a short and for a long while.
 const GROWTH_SLOW: f64 = 1.08;
 const GROWTH_FAST: f64 = 1.4;
+const GROWTH_START: f64 = 1.5;
 const QUIET_FOR_FAST_GROWTH: Duration = Duration::from_secs(2);
 /// Additive growth (bits per second, per second) between 0.85x and 1.3x of the last ceiling.
 const NEAR_CEILING_GROWTH_BPS: f64 = 80_000.0;
-/// Loss (after smoothing) above which the rate stops climbing, and above which it is cut.
-const LOSS_HOLD: f64 = 0.10;
-const LOSS_CUT: f64 = 0.20;
+/// Loss over the last second above which the rate stops climbing, and above which it is cut.
+/// Higher than the packet loss they mean: rtc 0.21's feedback history counts every packet a
+/// lost feedback packet would have acknowledged as lost, so on a path losing 5 % of packets
+/// both ways this reads 5-20 %.
+const LOSS_HOLD: f64 = 0.15;
+const LOSS_CUT: f64 = 0.30;
 const LOSS_WINDOW: Duration = Duration::from_secs(1);
 /// Fewer packets than this in the window say too little about loss to act on.
-const LOSS_MIN_PACKETS: usize = 20;
+const LOSS_MIN_PACKETS: usize = 40;
 
 /// What the session reads from the estimator, shared through atomics.
 #[derive(Clone, Debug, Default)]
@@ -50,6 +56,19 @@ pub struct PublishedEstimate {
     target_bps: Arc<AtomicU64>,
     /// Smoothed share of packets the far end reported lost, in millionths.
     loss_ppm: Arc<AtomicU64>,
+    /// Why the estimate went down: backoffs on a growing delay (GCC's slope), on a standing
+    /// queue, and on heavy loss; and the queuing delay now (ms).
+    backoffs: Arc<[AtomicU64; 3]>,
+    queue_delay_ms: Arc<AtomicU64>,
+}
+
+/// What made the estimator back off, and the queuing delay it sees.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EstimatorCounters {
+    pub delay_backoffs: u64,
+    pub queue_backoffs: u64,
+    pub loss_backoffs: u64,
+    pub queue_delay_ms: u64,
 }
 
 impl PublishedEstimate {
@@ -65,6 +84,18 @@ impl PublishedEstimate {
     /// Smoothed loss before retransmission, 0..=1.
     pub fn loss(&self) -> f64 {
         self.loss_ppm.load(Ordering::Relaxed) as f64 / 1e6
+    }
+    pub fn counters(&self) -> EstimatorCounters {
+        let b = |i: usize| self.backoffs[i].load(Ordering::Relaxed);
+        EstimatorCounters {
+            delay_backoffs: b(0),
+            queue_backoffs: b(1),
+            loss_backoffs: b(2),
+            queue_delay_ms: self.queue_delay_ms.load(Ordering::Relaxed),
+        }
+    }
+    fn backoff(&self, reason: usize) {
+        self.backoffs[reason].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -134,6 +165,8 @@ pub struct HuddleEstimator {
     last_change: Option<Instant>,
     /// The received rate at the last backoff: approached carefully, then forgotten once passed.
     ceiling: Option<f64>,
+    /// Any backoff yet (delay or loss): until then the estimate grows as fast as it can.
+    backed_off_ever: bool,
     /// Since when the delay signal has said nothing but "normal".
     quiet_since: Option<Instant>,
     loss_avg: f64,
@@ -141,7 +174,6 @@ pub struct HuddleEstimator {
     loss_window: std::collections::VecDeque<(Instant, usize, usize)>,
     /// The cap the loss half imposes (`None`: loss is low enough not to cap).
     loss_cap: Option<f64>,
-    last_loss_cut: Option<Instant>,
     published: PublishedEstimate,
 }
 
@@ -157,10 +189,10 @@ impl HuddleEstimator {
             last_change: None,
             ceiling: None,
             quiet_since: None,
+            backed_off_ever: false,
             loss_avg: 0.0,
             loss_window: std::collections::VecDeque::new(),
             loss_cap: None,
-            last_loss_cut: None,
             published,
         }
     }
@@ -179,7 +211,8 @@ impl HuddleEstimator {
             RateControlState::Hold => {}
             RateControlState::Decrease => {
                 if let Some(received) = received {
-                    self.target = received * DECREASE_FACTOR;
+                    // The received window can still hold a faster past: never back off upwards.
+                    self.target = self.target.min(received * DECREASE_FACTOR);
                     self.ceiling = Some(received);
                     self.last_change = Some(now);
                 }
@@ -198,12 +231,21 @@ impl HuddleEstimator {
                 let near_ceiling = self.ceiling.is_some_and(|c| self.target > c * 0.85);
                 self.target = if near_ceiling {
                     // Slowly near a known limit: overshooting it fills the bottleneck's queue.
-                    self.target + NEAR_CEILING_GROWTH_BPS * elapsed.as_secs_f64()
+                    let per_second = self
+                        .ceiling
+                        .map_or(NEAR_CEILING_GROWTH_BPS, |c| (c * 0.15).min(NEAR_CEILING_GROWTH_BPS));
+                    self.target + per_second * elapsed.as_secs_f64()
                 } else {
                     let quiet_long = self
                         .quiet_since
                         .is_some_and(|t| now.saturating_duration_since(t) >= QUIET_FOR_FAST_GROWTH);
-                    let growth = if quiet_long { GROWTH_FAST } else { GROWTH_SLOW };
+                    let growth = if !self.backed_off_ever {
+                        GROWTH_START
+                    } else if quiet_long {
+                        GROWTH_FAST
+                    } else {
+                        GROWTH_SLOW
+                    };
                     self.target * growth.powf(elapsed.as_secs_f64())
                 };
                 // Not more than the far end shows we can use: an encoder sending less than the
@@ -217,7 +259,8 @@ impl HuddleEstimator {
         }
     }
 
-    fn loss_control(&mut self, now: Instant, lost: usize, total: usize) {
+    /// `backed_off`: the delay half already backed off on this feedback.
+    fn loss_control(&mut self, now: Instant, lost: usize, total: usize, backed_off: bool) {
         // Loss over the last second of feedback: a burst counts while it lasts and is
         // forgotten a second later, however few packets a slow link carries.
         self.loss_window.push_back((now, lost, total));
@@ -240,15 +283,18 @@ impl HuddleEstimator {
             self.loss_cap = None;
         } else if self.loss_avg < LOSS_CUT {
             self.loss_cap.get_or_insert(self.target);
-        } else if self
-            .last_loss_cut
-            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_millis(300))
-        {
+        } else {
+            // Judge the next cut on loss measured after this one, not on the same burst again.
+            self.loss_window.clear();
+            if backed_off {
+                return;
+            }
             let base = self.loss_cap.unwrap_or(self.target).min(self.target);
             self.loss_cap = Some(base * (1.0 - 0.5 * self.loss_avg));
-            self.last_loss_cut = Some(now);
             // Heavy loss marks a limit as much as a queue does.
             self.ceiling = Some(base);
+            self.backed_off_ever = true;
+            self.published.backoff(2);
         }
     }
 
@@ -276,15 +322,28 @@ impl BandwidthEstimator for HuddleEstimator {
             }
         }
         // Either delay signal may call overuse; a standing queue holds the rate where it is.
-        match self.queue.update(reports) {
+        let slope_overuse = usage == Usage::Over;
+        let queue = self.queue.update(reports);
+        match queue {
             Some(q) if q > QUEUE_OVERUSE_MS => usage = Usage::Over,
             Some(q) if q > QUEUE_NORMAL_MS && usage == Usage::Normal => usage = Usage::Under,
             _ => {}
         }
+        if let Some(q) = queue {
+            self.published
+                .queue_delay_ms
+                .store(q.max(0.0) as u64, Ordering::Relaxed);
+        }
         let received = self.received.rate_bits_per_second(now);
+        let before = self.target;
         self.delay_control(now, usage, received);
+        let backed_off = self.target < before;
+        if backed_off {
+            self.backed_off_ever = true;
+            self.published.backoff(if slope_overuse { 0 } else { 1 });
+        }
         let lost = reports.iter().filter(|r| !r.arrived).count();
-        self.loss_control(now, lost, reports.len());
+        self.loss_control(now, lost, reports.len(), backed_off);
         // While loss caps the rate, the delay half must not climb behind the cap (a full
         // drop-tail queue shows no delay gradient), or lifting the cap would jump.
         if let Some(cap) = self.loss_cap {
@@ -435,7 +494,7 @@ mod tests {
     fn heavy_loss_cuts_the_rate() {
         let (mut est, _) = estimator();
         let mut path = Path::new();
-        let targets = path.run(&mut est, Duration::from_secs(6), 10_000_000.0, 0.3);
+        let targets = path.run(&mut est, Duration::from_secs(6), 10_000_000.0, 0.45);
         assert!(*targets.last().unwrap() < INITIAL_BPS, "{:?}", targets.last());
     }
 }

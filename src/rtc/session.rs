@@ -130,10 +130,15 @@ pub struct PeerStats {
     pub retransmissions_received: u64,
     /// Video packets given up on (the frame was dropped and a keyframe requested).
     pub video_packets_abandoned: u64,
+    /// Whole frames reassembled, and those skipped after a loss while waiting for a keyframe.
+    pub video_frames_assembled: u64,
+    pub frames_skipped_for_keyframe: u64,
     pub keyframe_requests_sent: u64,
     pub keyframe_requests_received: u64,
     /// Interarrival jitter of the peer's video, milliseconds.
     pub jitter_ms: Option<f64>,
+    /// Why our estimate went down, and the queuing delay it sees towards this peer.
+    pub estimator: crate::rtc::estimator::EstimatorCounters,
     /// Candidate types of the selected pair, local then remote ("host", "srflx", "relay").
     pub path: Option<(String, String)>,
 }
@@ -359,9 +364,12 @@ fn local_track(
     } else {
         "audio"
     };
+    // Track ids must differ from the remote peer's: webrtc 0.21 routes feedback about a sent
+    // track by its id and looks among *received* tracks first, so a remote "video" track would
+    // swallow every keyframe request for our own "video" track.
     let track = MediaStreamTrack::new(
         "huddle".to_owned(),
-        name.to_owned(),
+        format!("{name}-{ssrc:08x}"),
         name.to_owned(),
         kind,
         vec![RTCRtpEncodingParameters {
@@ -411,6 +419,8 @@ struct VideoReceiveShared {
     wait_us: AtomicU64,
     assembler: Mutex<AssemblerStats>,
     keyframe_requests: AtomicU64,
+    /// Whole frames skipped while waiting for a keyframe after a loss.
+    skipped_for_keyframe: AtomicU64,
 }
 
 /// Audio's share of the link, with packet overhead (IP, UDP, RTP, SRTP, extensions: ~60 bytes at
@@ -932,6 +942,7 @@ impl Actor {
         let estimate = self.taps.estimate.target_bps();
         stats.estimate_kbps = estimate as f64 / 1000.0;
         stats.loss_estimated = self.taps.estimate.loss();
+        stats.estimator = self.taps.estimate.counters();
         if let Some(demand) = &self.video_demand {
             stats.video_budget_kbps = demand.budget() as f64 / 1000.0;
             stats.sending = demand.sending();
@@ -948,8 +959,11 @@ impl Actor {
         if let Ok(assembler) = self.receive.assembler.lock() {
             stats.retransmissions_received = assembler.recovered;
             stats.video_packets_abandoned = assembler.lost;
+            stats.video_frames_assembled = assembler.frames;
         }
         stats.keyframe_requests_sent = self.receive.keyframe_requests.load(Ordering::Relaxed);
+        stats.frames_skipped_for_keyframe =
+            self.receive.skipped_for_keyframe.load(Ordering::Relaxed);
         self.emit(SessionEvent::Stats(stats)).await;
     }
 }
@@ -1107,11 +1121,13 @@ async fn receive_video(
         if wait_us > 0 {
             assembler.set_wait(Duration::from_micros(wait_us));
         }
-        // Wake for an open hole's deadline, and to repeat a keyframe request that went unheard.
-        let deadline = match (assembler.deadline(), waiting_for_keyframe) {
-            (Some(d), _) => Some(d),
-            (None, true) => Some(Instant::now() + PLI_INTERVAL),
-            (None, false) => None,
+        // Wake for an open hole's deadline, and to repeat a keyframe request that went unheard
+        // (a fixed time after the last one: packets arriving meanwhile must not postpone it).
+        let repeat_pli = waiting_for_keyframe
+            .then(|| last_pli.map_or_else(Instant::now, |t| t + PLI_INTERVAL));
+        let deadline = match (assembler.deadline(), repeat_pli) {
+            (Some(d), Some(p)) => Some(d.min(p)),
+            (d, p) => d.or(p),
         };
         let sleep = async {
             match deadline {
@@ -1144,7 +1160,10 @@ async fn receive_video(
         };
         for item in assembled {
             match item {
-                Assembled::Frame { payloads, .. } => {
+                Assembled::Frame {
+                    payloads,
+                    timestamp,
+                } => {
                     let mut unit = BytesMut::new();
                     let mut broken = false;
                     for payload in payloads {
@@ -1164,6 +1183,7 @@ async fn receive_video(
                     }
                     if waiting_for_keyframe {
                         if !contains_idr(&unit) {
+                            shared.skipped_for_keyframe.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
                         waiting_for_keyframe = false;
@@ -1171,6 +1191,7 @@ async fn receive_video(
                     receiver.push(AccessUnit {
                         data: unit.freeze(),
                         received_at: Instant::now(),
+                        rtp_timestamp: timestamp,
                     });
                 }
                 Assembled::Lost { .. } => {

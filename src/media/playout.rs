@@ -1,0 +1,162 @@
+//! The video playout clock, as a state machine without I/O: when to show each decoded picture.
+//! Frames leave the network unevenly (jitter, and a frame waiting for a retransmitted packet
+//! arrives late with the ones queued behind it). Shown the moment they are decoded, that is a
+//! stall followed by a burst, which people see as a freeze. So each picture is shown at its
+//! capture rhythm (RTP timestamp) plus a delay that covers how late frames have arrived in the
+//! last few seconds (the latest of them, at most `MAX_DELAY`), growing at once when frames come
+//! later, shrinking slowly when the path calms down. A frame later than its slot is shown at
+//! once.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Lateness samples are kept this long.
+const WINDOW: Duration = Duration::from_secs(4);
+/// The delay never exceeds this (a path this bad freezes anyway; latency must stay bounded).
+pub const MAX_DELAY: Duration = Duration::from_millis(300);
+/// How fast the delay comes down once less is needed (fraction of the excess per second).
+const SHRINK_PER_SECOND: f64 = 0.3;
+const RTP_CLOCK: f64 = 90_000.0;
+
+pub struct VideoPlayout {
+    /// A frame's RTP timestamp and its arrival, as the reference for every other frame.
+    reference: Option<(u32, Instant)>,
+    /// (arrival, lateness against the reference in ms), newest last.
+    lateness: VecDeque<(Instant, f64)>,
+    delay_ms: f64,
+    last_update: Option<Instant>,
+}
+
+impl Default for VideoPlayout {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl VideoPlayout {
+    pub fn new() -> Self {
+        VideoPlayout {
+            reference: None,
+            lateness: VecDeque::new(),
+            delay_ms: 0.0,
+            last_update: None,
+        }
+    }
+
+    /// The delay added now on top of the earliest possible time.
+    pub fn delay(&self) -> Duration {
+        Duration::from_secs_f64(self.delay_ms / 1000.0)
+    }
+
+    /// When to show a frame with RTP timestamp `ts` whose last packet arrived at `arrived`.
+    pub fn schedule(&mut self, ts: u32, arrived: Instant) -> Instant {
+        let (ref_ts, ref_at) = *self.reference.get_or_insert((ts, arrived));
+        let offset_ms = ts.wrapping_sub(ref_ts) as i32 as f64 * 1000.0 / RTP_CLOCK;
+        // Where this frame would be on the reference's clock; a jump of minutes means the
+        // sender restarted its timestamps: start over.
+        if offset_ms.abs() > 60_000.0 {
+            self.reference = Some((ts, arrived));
+            self.lateness.clear();
+            return arrived;
+        }
+        let arrived_ms = arrived.saturating_duration_since(ref_at).as_secs_f64() * 1000.0
+            - ref_at.saturating_duration_since(arrived).as_secs_f64() * 1000.0;
+        let late_ms = arrived_ms - offset_ms;
+        self.lateness.push_back((arrived, late_ms));
+        while self
+            .lateness
+            .front()
+            .is_some_and(|(t, _)| arrived.saturating_duration_since(*t) > WINDOW)
+        {
+            self.lateness.pop_front();
+        }
+        let mut sorted: Vec<f64> = self.lateness.iter().map(|(_, l)| *l).collect();
+        sorted.sort_by(|a, b| a.total_cmp(b));
+        // The earliest frame in the window defines "on time"; the others are late against it.
+        let earliest = sorted[0];
+        let latest = sorted[sorted.len() - 1];
+        let needed = (latest - earliest).clamp(0.0, MAX_DELAY.as_secs_f64() * 1000.0);
+        let elapsed = self
+            .last_update
+            .map_or(0.0, |t| arrived.saturating_duration_since(t).as_secs_f64());
+        self.last_update = Some(arrived);
+        if needed >= self.delay_ms {
+            self.delay_ms = needed;
+        } else {
+            let shrink = (SHRINK_PER_SECOND * elapsed).min(1.0);
+            self.delay_ms -= (self.delay_ms - needed) * shrink;
+        }
+        let show_ms = offset_ms + earliest + self.delay_ms;
+        let show = if show_ms >= 0.0 {
+            ref_at + Duration::from_secs_f64(show_ms / 1000.0)
+        } else {
+            ref_at
+                .checked_sub(Duration::from_secs_f64(-show_ms / 1000.0))
+                .unwrap_or(ref_at)
+        };
+        // Whatever the timestamps say, no picture waits longer than the largest delay.
+        show.clamp(arrived, arrived + MAX_DELAY)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FRAME_TS: u32 = 3000; // 33.3 ms at 90 kHz
+
+    fn ms(v: f64) -> Duration {
+        Duration::from_secs_f64(v / 1000.0)
+    }
+
+    #[test]
+    fn an_even_stream_is_shown_as_it_arrives() {
+        let t0 = Instant::now();
+        let mut p = VideoPlayout::new();
+        for i in 0..100u32 {
+            let arrived = t0 + ms(i as f64 * 1000.0 / 30.0);
+            let show = p.schedule(i * FRAME_TS, arrived);
+            assert!(show.duration_since(arrived) < ms(1.0), "frame {i}");
+        }
+    }
+
+    #[test]
+    fn a_frame_held_up_by_a_retransmission_does_not_stall_the_pictures_after_it() {
+        let t0 = Instant::now();
+        let mut p = VideoPlayout::new();
+        let mut shown = Vec::new();
+        for i in 0..300u32 {
+            let on_time = i as f64 * 1000.0 / 30.0;
+            // Every 30th frame waits 100 ms for a retransmission; the next two queue behind it.
+            let late = match i % 30 {
+                10 => 100.0,
+                11 => 67.0,
+                12 => 34.0,
+                _ => 0.0,
+            };
+            shown.push(p.schedule(i * FRAME_TS, t0 + ms(on_time + late)));
+        }
+        // Once the delay has adapted (after the first late frame), pictures are shown evenly.
+        let gaps: Vec<f64> = shown[60..]
+            .windows(2)
+            .map(|w| w[1].duration_since(w[0]).as_secs_f64() * 1000.0)
+            .collect();
+        let worst = gaps.iter().cloned().fold(0.0, f64::max);
+        assert!(worst < 40.0, "largest gap between pictures {worst:.1} ms");
+        assert!(p.delay() >= ms(95.0) && p.delay() <= ms(101.0), "{:?}", p.delay());
+    }
+
+    #[test]
+    fn the_delay_shrinks_when_the_path_calms_down_and_stays_bounded() {
+        let t0 = Instant::now();
+        let mut p = VideoPlayout::new();
+        p.schedule(0, t0);
+        p.schedule(FRAME_TS, t0 + ms(33.3 + 900.0));
+        assert_eq!(p.delay(), MAX_DELAY);
+        for i in 2..500u32 {
+            p.schedule(i * FRAME_TS, t0 + ms(i as f64 * 1000.0 / 30.0 + 900.0));
+        }
+        // Everything is equally late now: nothing to cover, and the old spike has aged out.
+        assert!(p.delay() < ms(20.0), "{:?}", p.delay());
+    }
+}
