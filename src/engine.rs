@@ -993,10 +993,8 @@ impl Engine {
         }
         let bitrate = crate::media::audio_pipeline::voice_bitrate_for(slowest);
         // Opus sizes its in-band FEC for this loss; a floor keeps some protection on clean links.
-        let loss = ((lossiest * 100.0).ceil() as i32).clamp(
-            crate::media::audio_pipeline::DEFAULT_EXPECTED_LOSS,
-            30,
-        );
+        let loss = ((lossiest * 100.0).ceil() as i32)
+            .clamp(crate::media::audio_pipeline::DEFAULT_EXPECTED_LOSS, 30);
         self.audio.set_network(bitrate, loss);
     }
 

@@ -230,7 +230,12 @@ struct ServeArgs {
     turn_urls: Vec<String>,
     /// The secret shared with the TURN server (coturn's `static-auth-secret` with
     /// `use-auth-secret`).
-    #[arg(long, env = "HUDDLE_TURN_SECRET", hide_env_values = true, requires = "turn_urls")]
+    #[arg(
+        long,
+        env = "HUDDLE_TURN_SECRET",
+        hide_env_values = true,
+        requires = "turn_urls"
+    )]
     turn_secret: Option<String>,
     /// How long handed-out TURN credentials stay valid: 90s, 30m, 12h, 1d.
     #[arg(long, default_value = "12h", value_parser = access::parse_ttl)]

@@ -77,7 +77,10 @@ impl Process {
             match self.next(deadline).await {
                 Some(v) if f(&v) => return v,
                 Some(_) => {}
-                None => panic!("{}: nothing expected within {within:?}: {:#?}", self.name, self.log),
+                None => panic!(
+                    "{}: nothing expected within {within:?}: {:#?}",
+                    self.name, self.log
+                ),
             }
         }
     }
@@ -216,7 +219,10 @@ async fn video_keeps_flowing_at_five_percent_loss_with_retransmissions() {
         // Loss happened, and NACKs brought packets back.
         assert!(n["packets_lost"].as_i64().unwrap_or(0) > 0, "{n}");
         assert!(n["nacks_sent"].as_u64().unwrap_or(0) > 0, "{n}");
-        assert!(n["retransmissions_received"].as_u64().unwrap_or(0) > 0, "{n}");
+        assert!(
+            n["retransmissions_received"].as_u64().unwrap_or(0) > 0,
+            "{n}"
+        );
         assert!(n["retransmissions_sent"].as_u64().unwrap_or(0) > 0, "{n}");
     }
     let link = call.emu.stats(Side::A);
@@ -234,8 +240,9 @@ async fn a_three_second_outage_does_not_end_the_call_and_video_comes_back() {
     run_for(&mut call, Duration::from_secs(16)).await;
     for p in [&call.a, &call.b] {
         assert!(
-            !p.log.iter().any(|(_, v)| v["event"] == "connection_closed"
-                || v["event"] == "peer_left"),
+            !p.log
+                .iter()
+                .any(|(_, v)| v["event"] == "connection_closed" || v["event"] == "peer_left"),
             "{}: the call ended: {:#?}",
             p.name,
             p.log

@@ -388,11 +388,7 @@ fn targets(profile: &LinkProfile, d: &Value) -> Value {
     match profile.name.as_str() {
         "lossy" => {
             check("fps mean >= 25", json!(fps), fps >= 25.0);
-            check(
-                "640x480 most of the time",
-                json!(vga),
-                vga >= seconds * 0.8,
-            );
+            check("640x480 most of the time", json!(vga), vga >= seconds * 0.8);
             let per20 = freezes * 20.0 / seconds.max(1.0);
             check("<= 1 freeze per 20 s", json!(round1(per20)), per20 <= 1.0);
             let ff = num(&d["first_frame_after_join_ms"]);
@@ -406,7 +402,11 @@ fn targets(profile: &LinkProfile, d: &Value) -> Value {
         }
         "capacity-drop" => {
             let l = num(&d["recovery"]["latency_under_300ms_after_drop_s"]);
-            check("latency < 300 ms within 4 s of the drop", json!(l), l <= 4.0);
+            check(
+                "latency < 300 ms within 4 s of the drop",
+                json!(l),
+                l <= 4.0,
+            );
             let r = num(&d["recovery"]["full_resolution_again_after_s"]);
             check(
                 "full resolution within 10 s of the recovery",
@@ -416,16 +416,16 @@ fn targets(profile: &LinkProfile, d: &Value) -> Value {
         }
         "4g" => {
             check("fps mean >= 28", json!(fps), fps >= 28.0);
-            check(
-                "640x480 most of the time",
-                json!(vga),
-                vga >= seconds * 0.8,
-            );
+            check("640x480 most of the time", json!(vga), vga >= seconds * 0.8);
             check("no freeze", json!(freezes), freezes == 0.0);
         }
         "outage" => {
             let r = num(&d["recovery"]["first_frame_after_link_back_ms"]);
-            check("frames <= 1 s after the link returns", json!(r), r <= 1000.0);
+            check(
+                "frames <= 1 s after the link returns",
+                json!(r),
+                r <= 1000.0,
+            );
         }
         _ => {}
     }

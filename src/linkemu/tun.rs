@@ -4,8 +4,8 @@
 
 use super::model::{Direction, DirectionStats, LinkProfile, Verdict};
 use super::{ADDR_A, ADDR_B, LinkError, Side};
-use std::collections::BinaryHeap;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -173,7 +173,15 @@ impl LinkEmulator {
         let tun_a = open_tun_in(&emulator.namespaces[0])?;
         let tun_b = open_tun_in(&emulator.namespaces[1])?;
         for (ns, addr) in emulator.namespaces.iter().zip([ADDR_A, ADDR_B]) {
-            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", DEVICE])?;
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                DEVICE,
+            ])?;
             ip(&["-n", ns, "link", "set", DEVICE, "up"])?;
         }
         let a: Arc<File> = Arc::new(File::from(tun_a));
@@ -247,7 +255,8 @@ impl LinkEmulator {
     /// A command that runs `program` inside `side`'s namespace.
     pub fn command(&self, side: Side, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", self.namespace(side)]).arg(program);
+        cmd.args(["netns", "exec", self.namespace(side)])
+            .arg(program);
         cmd
     }
 

@@ -159,11 +159,19 @@ impl H264Encoder {
         // SBitrateInfo through a pointer valid for the call and keeps nothing.
         let codes = unsafe {
             let api = self.inner.raw_api();
-            let set_target = |api: &openh264::encoder::EncoderRawAPI, t: &mut openh264_sys2::SBitrateInfo| {
-                api.set_option(openh264_sys2::ENCODER_OPTION_BITRATE, (t as *mut openh264_sys2::SBitrateInfo).cast())
+            let set_target = |api: &openh264::encoder::EncoderRawAPI,
+                              t: &mut openh264_sys2::SBitrateInfo| {
+                api.set_option(
+                    openh264_sys2::ENCODER_OPTION_BITRATE,
+                    (t as *mut openh264_sys2::SBitrateInfo).cast(),
+                )
             };
-            let set_ceiling = |api: &openh264::encoder::EncoderRawAPI, c: &mut openh264_sys2::SBitrateInfo| {
-                api.set_option(openh264_sys2::ENCODER_OPTION_MAX_BITRATE, (c as *mut openh264_sys2::SBitrateInfo).cast())
+            let set_ceiling = |api: &openh264::encoder::EncoderRawAPI,
+                               c: &mut openh264_sys2::SBitrateInfo| {
+                api.set_option(
+                    openh264_sys2::ENCODER_OPTION_MAX_BITRATE,
+                    (c as *mut openh264_sys2::SBitrateInfo).cast(),
+                )
             };
             if raise {
                 [set_ceiling(api, &mut ceiling), set_target(api, &mut target)]

@@ -270,7 +270,10 @@ mod tests {
         let mut scaler = I420Scaler::default();
         for (w, h) in [(480, 360), (320, 240), (160, 120)] {
             let small = scaler.scale(&frame, w, h).unwrap();
-            assert_eq!((small.width, small.height, small.capture_us), (w, h, 123_456));
+            assert_eq!(
+                (small.width, small.height, small.capture_us),
+                (w, h, 123_456)
+            );
             let mut rgba = RgbaFrame::default();
             small.to_rgba(&mut rgba);
             // The stamp's cells scale with the width, so it reads at every rung.

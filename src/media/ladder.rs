@@ -133,8 +133,7 @@ impl Ladder {
         if self.current + 1 < self.rungs.len() && budget < rung.min_bps as f32 {
             self.above_since = None;
             let since = *self.below_since.get_or_insert(now);
-            if budget < rung.min_bps as f32 * FAR_BELOW || now.duration_since(since) >= DOWN_AFTER
-            {
+            if budget < rung.min_bps as f32 * FAR_BELOW || now.duration_since(since) >= DOWN_AFTER {
                 // Step down as far as the budget says, not one rung at a time.
                 while self.current + 1 < self.rungs.len()
                     && budget < self.rungs[self.current].min_bps as f32
@@ -184,7 +183,10 @@ mod tests {
         assert_eq!(Ladder::new((640, 480), 500_000).current, 1);
         assert_eq!(Ladder::new((640, 480), 10_000).current, 4);
         let t = Ladder::new((640, 480), 500_000).update(Instant::now(), 500_000);
-        assert_eq!((t.width, t.height, t.fps, t.bitrate_bps), (480, 360, 30, 500_000));
+        assert_eq!(
+            (t.width, t.height, t.fps, t.bitrate_bps),
+            (480, 360, 30, 500_000)
+        );
     }
 
     #[test]

@@ -143,7 +143,11 @@ mod tests {
             .collect();
         let worst = gaps.iter().cloned().fold(0.0, f64::max);
         assert!(worst < 40.0, "largest gap between pictures {worst:.1} ms");
-        assert!(p.delay() >= ms(95.0) && p.delay() <= ms(101.0), "{:?}", p.delay());
+        assert!(
+            p.delay() >= ms(95.0) && p.delay() <= ms(101.0),
+            "{:?}",
+            p.delay()
+        );
     }
 
     #[test]

@@ -86,7 +86,12 @@ impl Scene {
         let mut rng = StdRng::seed_from_u64(0x5eed_0000 + source as u64);
         // The texture is twice the frame in each direction, so the pan has room to travel.
         let (tw, th) = (width * 2, height * 2);
-        let luma = Plane::noise(tw, th, &mut rng, &[(64, 4.0), (16, 2.0), (4, 1.0), (1, 0.6)]);
+        let luma = Plane::noise(
+            tw,
+            th,
+            &mut rng,
+            &[(64, 4.0), (16, 2.0), (4, 1.0), (1, 0.6)],
+        );
         let chroma_u = Plane::noise(tw / 2, th / 2, &mut rng, &[(48, 3.0), (8, 1.0)]);
         let chroma_v = Plane::noise(tw / 2, th / 2, &mut rng, &[(48, 3.0), (8, 1.0)]);
         let grain = (0..GRAIN_LEN)

@@ -5,13 +5,13 @@
 
 use super::MediaError;
 use super::codec::H264Decoder;
-use super::video_send::{EncoderThread, Subscribers, VideoFeed};
 use super::frame::{I420Frame, RgbaFrame};
 use super::pattern::TestPattern;
 use super::playout::VideoPlayout;
 use super::scene::Scene;
 use super::slot::LatestSlot;
 use super::stamp::{FrameStamp, read_stamp};
+use super::video_send::{EncoderThread, Subscribers, VideoFeed};
 use super::{Stopper, now_us};
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -109,7 +109,10 @@ impl Samples {
     }
     /// The values pushed after the first `since` (as far as they are still kept).
     pub fn since(&self, since: u64) -> Vec<i64> {
-        let new = self.pushed.saturating_sub(since).min(self.values.len() as u64) as usize;
+        let new = self
+            .pushed
+            .saturating_sub(since)
+            .min(self.values.len() as u64) as usize;
         self.values
             .iter()
             .skip(self.values.len() - new)

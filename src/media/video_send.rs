@@ -8,13 +8,13 @@
 //! each peer through its own small queue; a peer that falls behind loses frames and gets a
 //! keyframe, the others do not notice.
 
+use super::Stopper;
 use super::codec::{EncodedVideo, H264Encoder};
 use super::convert::I420Scaler;
 use super::frame::{I420Frame, RgbaFrame};
 use super::ladder::{Ladder, VideoTarget};
 use super::slot::LatestSlot;
 use super::video::{EncoderStats, FramePool};
-use super::Stopper;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -160,7 +160,15 @@ impl EncoderThread {
             let groups = self.plan(&frame, now);
             let mut scaled: HashMap<(usize, usize), I420Frame> = HashMap::new();
             for (rung, group) in groups {
-                self.encode_group(&mut encodings, &mut scaler, &mut scaled, &frame, rung, group, now);
+                self.encode_group(
+                    &mut encodings,
+                    &mut scaler,
+                    &mut scaled,
+                    &frame,
+                    rung,
+                    group,
+                    now,
+                );
             }
             encodings.retain(|_, e| now.duration_since(e.last_used) < IDLE_ENCODER);
             if let Ok(mut s) = self.stats.lock() {

@@ -230,7 +230,10 @@ mod tests {
         let mut a = FrameAssembler::new();
         assert!(a.push(10, 100, false, pkt(1), t).is_empty());
         assert!(a.push(11, 100, false, pkt(2), t).is_empty());
-        assert_eq!(a.push(12, 100, true, pkt(3), t), vec![frame(100, &[1, 2, 3])]);
+        assert_eq!(
+            a.push(12, 100, true, pkt(3), t),
+            vec![frame(100, &[1, 2, 3])]
+        );
         assert_eq!(a.push(13, 200, true, pkt(4), t), vec![frame(200, &[4])]);
         assert_eq!(a.deadline(), None);
     }
@@ -285,7 +288,10 @@ mod tests {
         a.push(2, 0, false, pkt(2), t);
         assert_eq!(a.deadline(), None);
         assert!(a.poll(ms(t, 10_000)).is_empty());
-        assert_eq!(a.push(3, 0, true, pkt(3), ms(t, 10_000)), vec![frame(0, &[1, 2, 3])]);
+        assert_eq!(
+            a.push(3, 0, true, pkt(3), ms(t, 10_000)),
+            vec![frame(0, &[1, 2, 3])]
+        );
     }
 
     #[test]

@@ -231,9 +231,9 @@ impl HuddleEstimator {
                 let near_ceiling = self.ceiling.is_some_and(|c| self.target > c * 0.85);
                 self.target = if near_ceiling {
                     // Slowly near a known limit: overshooting it fills the bottleneck's queue.
-                    let per_second = self
-                        .ceiling
-                        .map_or(NEAR_CEILING_GROWTH_BPS, |c| (c * 0.15).min(NEAR_CEILING_GROWTH_BPS));
+                    let per_second = self.ceiling.map_or(NEAR_CEILING_GROWTH_BPS, |c| {
+                        (c * 0.15).min(NEAR_CEILING_GROWTH_BPS)
+                    });
                     self.target + per_second * elapsed.as_secs_f64()
                 } else {
                     let quiet_long = self
@@ -466,7 +466,11 @@ mod tests {
         let last = *targets.last().unwrap();
         assert!(last > 1_500_000.0, "5 % loss, 10 Mbit/s path: {last}");
         assert_eq!(published.target_bps(), last as u64);
-        assert!((0.03..0.07).contains(&published.loss()), "{}", published.loss());
+        assert!(
+            (0.03..0.07).contains(&published.loss()),
+            "{}",
+            published.loss()
+        );
     }
 
     #[test]
@@ -495,6 +499,10 @@ mod tests {
         let (mut est, _) = estimator();
         let mut path = Path::new();
         let targets = path.run(&mut est, Duration::from_secs(6), 10_000_000.0, 0.45);
-        assert!(*targets.last().unwrap() < INITIAL_BPS, "{:?}", targets.last());
+        assert!(
+            *targets.last().unwrap() < INITIAL_BPS,
+            "{:?}",
+            targets.last()
+        );
     }
 }

@@ -15,7 +15,9 @@ use crate::media::video::{AccessUnit, Callback, RemoteVideo, VideoReceiver};
 use crate::media::video_send::{VideoDemand, VideoFeed};
 use crate::signaling::protocol::{IceServer, PeerId};
 use bytes::BytesMut;
-use rtc::interceptor::{CongestionControlBuilder, NackGeneratorBuilder, NackResponderBuilder, Slot};
+use rtc::interceptor::{
+    CongestionControlBuilder, NackGeneratorBuilder, NackResponderBuilder, Slot,
+};
 use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::RTCOfferOptions;
@@ -23,11 +25,11 @@ use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYP
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp::codec::h264::H264Packet;
 use rtc::rtp::packetizer::Depacketizer;
-use rtc::statistics::report::RTCStatsReportEntry;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
     RtpCodecKind,
 };
+use rtc::statistics::report::RTCStatsReportEntry;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -350,7 +352,10 @@ fn media_engine() -> Result<(MediaEngine, Registry, ChainTaps), RtcError> {
             RetransmissionCounter::new(taps.feedback.clone()),
         )
         // Last in the chain, so it only sees what the others let through.
-        .with(Slot::from(14_000), FeedbackReader::new(taps.feedback.clone()));
+        .with(
+            Slot::from(14_000),
+            FeedbackReader::new(taps.feedback.clone()),
+        );
     Ok((me, registry, taps))
 }
 
@@ -845,8 +850,12 @@ impl Actor {
                 };
                 self.emit(SessionEvent::RemoteVideo(receiver.output()))
                     .await;
-                self.tasks
-                    .spawn(receive_video(track, receiver, keyframe_needed, self.receive.clone()));
+                self.tasks.spawn(receive_video(
+                    track,
+                    receiver,
+                    keyframe_needed,
+                    self.receive.clone(),
+                ));
             }
             RtpCodecKind::Audio => {
                 let key = self.config.remote.to_string();
@@ -901,14 +910,15 @@ impl Actor {
             if pair.current_round_trip_time > 0.0 {
                 ice_rtt = Some(Duration::from_secs_f64(pair.current_round_trip_time));
             }
-            let kind = |id: &str| match report.get(id) {
+            // Pairs name candidates by their ICE id; the candidates' own entries are prefixed.
+            let kind = |prefix: &str, id: &str| match report.get(&format!("{prefix}{id}")) {
                 Some(RTCStatsReportEntry::LocalCandidate(c))
                 | Some(RTCStatsReportEntry::RemoteCandidate(c)) => c.candidate_type.to_string(),
                 _ => "unknown".to_owned(),
             };
             stats.path = Some((
-                kind(&pair.local_candidate_id),
-                kind(&pair.remote_candidate_id),
+                kind("RTCLocalIceCandidate_", &pair.local_candidate_id),
+                kind("RTCRemoteIceCandidate_", &pair.remote_candidate_id),
             ));
         }
         if self.rtt.is_none() {
@@ -989,10 +999,7 @@ async fn send_video(
     feed: VideoFeed,
     mut connected: watch::Receiver<bool>,
 ) {
-    let VideoFeed {
-        mut frames,
-        demand,
-    } = feed;
+    let VideoFeed { mut frames, demand } = feed;
     if !wait_connected(&mut connected).await {
         return;
     }
@@ -1123,8 +1130,8 @@ async fn receive_video(
         }
         // Wake for an open hole's deadline, and to repeat a keyframe request that went unheard
         // (a fixed time after the last one: packets arriving meanwhile must not postpone it).
-        let repeat_pli = waiting_for_keyframe
-            .then(|| last_pli.map_or_else(Instant::now, |t| t + PLI_INTERVAL));
+        let repeat_pli =
+            waiting_for_keyframe.then(|| last_pli.map_or_else(Instant::now, |t| t + PLI_INTERVAL));
         let deadline = match (assembler.deadline(), repeat_pli) {
             (Some(d), Some(p)) => Some(d.min(p)),
             (d, p) => d.or(p),
