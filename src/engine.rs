@@ -953,9 +953,13 @@ impl Engine {
                     .await;
             }
             SessionEvent::Stats(stats) => {
-                entry.last_stats = Some(stats.clone());
+                entry.last_stats = Some((*stats).clone());
                 self.adapt_audio();
-                self.emit(Event::PeerStats { peer, stats }).await;
+                self.emit(Event::PeerStats {
+                    peer,
+                    stats: *stats,
+                })
+                .await;
             }
             SessionEvent::Closed(reason) => {
                 // The actor has ended already; this only releases the handle.

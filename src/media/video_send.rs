@@ -285,10 +285,10 @@ impl EncoderThread {
         let input = if size == (frame.width, frame.height) {
             frame
         } else {
-            if !scaled.contains_key(&size) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = scaled.entry(size) {
                 match scaler.scale(frame, size.0, size.1) {
                     Ok(s) => {
-                        scaled.insert(size, s);
+                        slot.insert(s);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot scale video");

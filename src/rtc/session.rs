@@ -174,7 +174,7 @@ pub enum SessionEvent {
         audio: bool,
         video: bool,
     },
-    Stats(PeerStats),
+    Stats(Box<PeerStats>),
     Closed(CloseReason),
 }
 
@@ -536,7 +536,7 @@ async fn run(
             _ = control_tick.tick() => {
                 actor.steer();
                 ticks += 1;
-                if ticks % 5 != 0 {
+                if !ticks.is_multiple_of(5) {
                     continue;
                 }
                 // A path that stays down gets one ICE restart from the side that offered first.
@@ -904,7 +904,7 @@ impl Actor {
             .map(|t| t.selected_candidate_pair_id.clone());
         let mut ice_rtt = None;
         for pair in report.candidate_pairs() {
-            if !selected.as_ref().is_some_and(|id| *id == pair.stats.id) {
+            if selected.as_ref().is_none_or(|id| *id != pair.stats.id) {
                 continue;
             }
             if pair.current_round_trip_time > 0.0 {
@@ -974,7 +974,7 @@ impl Actor {
         stats.keyframe_requests_sent = self.receive.keyframe_requests.load(Ordering::Relaxed);
         stats.frames_skipped_for_keyframe =
             self.receive.skipped_for_keyframe.load(Ordering::Relaxed);
-        self.emit(SessionEvent::Stats(stats)).await;
+        self.emit(SessionEvent::Stats(Box::new(stats))).await;
     }
 }
 
