@@ -57,7 +57,14 @@ async fn two_peers_exchange_video_audio_chat_and_a_file() {
         assert!(decoded * 10 >= sent * 9, "decoded {decoded} of {sent}");
         assert_eq!(after.out_of_order, 0, "frame numbers always increase");
         assert_eq!(after.sources, vec![source]);
-        assert_eq!((after.width, after.height), (640, 480));
+        // The picture follows congestion control (it starts on a lower rung and climbs), so it
+        // is one of the 640x480 source's 4:3 ladder sizes, not necessarily the full one.
+        assert!(
+            after.width >= 320 && after.width * 3 == after.height * 4,
+            "{}x{}",
+            after.width,
+            after.height
+        );
     }
 
     // Audio: each hears the other's tone at its frequency.
