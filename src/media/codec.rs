@@ -57,15 +57,6 @@ impl YUVSource for FrameRef<'_> {
     }
 }
 
-/// A target bitrate that suits a resolution at 30 fps.
-pub fn default_bitrate(width: usize, height: usize) -> u32 {
-    match width * height {
-        p if p <= 320 * 240 => 400_000,
-        p if p <= 640 * 480 => 1_500_000,
-        _ => 2_500_000,
-    }
-}
-
 pub struct H264Encoder {
     inner: Encoder,
     width: usize,
