@@ -11,6 +11,7 @@ use crate::media::slot::LatestSlot;
 use crate::media::video::{Callback, EncoderStats, RemoteVideo, VideoSender, VideoSourceSpec};
 use crate::rtc::Envelope;
 use crate::rtc::negotiation::Signal;
+pub use crate::rtc::quality::LinkQuality;
 pub use crate::rtc::session::PeerStats;
 use crate::rtc::session::{
     self, CloseReason, SessionConfig, SessionEvent, SessionHandle, SessionMedia,

@@ -151,6 +151,7 @@ fn network_json(n: &crate::engine::PeerStats) -> serde_json::Value {
         "loss_reported": n.loss_reported, "loss_estimated": n.loss_estimated,
         "nacks_sent": n.nacks_sent, "retransmissions_received": n.retransmissions_received,
         "nacked_by_peer": n.nacked_by_peer, "retransmissions_sent": n.retransmissions_sent,
+        "retransmissions_withheld": n.retransmissions_withheld,
         "video_packets_abandoned": n.video_packets_abandoned,
         "video_frames_assembled": n.video_frames_assembled,
         "frames_skipped_for_keyframe": n.frames_skipped_for_keyframe,
@@ -160,6 +161,7 @@ fn network_json(n: &crate::engine::PeerStats) -> serde_json::Value {
         "queue_delay_ms": n.estimator.queue_delay_ms,
         "path": n.path.as_ref().map(|(l, r)| json!({"local": l, "remote": r})),
         "sending": n.sending.map(|t| json!({"width": t.width, "height": t.height, "fps": t.fps, "bitrate_kbps": t.bitrate_bps / 1000})),
+        "quality": n.quality,
     })
 }
 
@@ -296,6 +298,11 @@ pub async fn run(
                             "frames_played": a.frames_played,
                             "concealed": a.jitter.concealed,
                             "fec_decoded": a.jitter.fec_decoded,
+                            "received": a.jitter.received,
+                            "late": a.jitter.late,
+                            "underruns": a.jitter.underruns,
+                            "dropped_for_latency": a.jitter.dropped_for_latency,
+                            "target_delay_ms": a.target_delay_ms,
                         });
                     }
                     log(record)?;

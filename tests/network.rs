@@ -292,3 +292,57 @@ async fn a_slow_uplink_gets_a_smaller_picture_that_keeps_moving() {
         assert!(slow.len() <= 2, "{}: slow seconds at {slow:?}", other.name);
     }
 }
+
+/// Stats lines of `p` between two process times, with their network figures.
+fn network_between(p: &Process, from: f64, to: f64) -> Vec<&Value> {
+    p.log
+        .iter()
+        .filter(|(t, v)| {
+            (from..to).contains(&t.as_secs_f64())
+                && v["event"] == "stats"
+                && v.get("network").is_some_and(|n| !n.is_null())
+        })
+        .map(|(_, v)| &v["network"])
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thirty_second_outage_rebuilds_the_call_without_anyone_acting() {
+    let _one = ONE_CALL_AT_A_TIME.lock().await;
+    // 30 s without a single packet from t = 8 s: ICE gives up, signaling drops, and both
+    // sides must find each other again on their own.
+    let Some(mut call) = call("long-outage", &[]).await else {
+        return;
+    };
+    let armed = call.a.started.elapsed().as_secs_f64();
+    let back = armed + 38.0;
+    run_for(&mut call, Duration::from_secs(60)).await;
+    for p in [&call.a, &call.b] {
+        // The quality badge saw it: poor while nothing arrived.
+        let during = network_between(p, armed + 11.0, armed + 20.0);
+        assert!(
+            during.iter().any(|n| n["quality"] == "poor"),
+            "{}: quality during the outage: {during:?}",
+            p.name
+        );
+        let frames = frame_times(p);
+        let before = frames
+            .iter()
+            .rev()
+            .find(|(t, _)| *t <= back)
+            .map(|(_, n)| *n)
+            .unwrap_or(0);
+        // Counters restart with a rebuilt connection: any change after the link returns is a
+        // new picture.
+        let again = frames
+            .iter()
+            .find(|(t, n)| *t > back && *n != before)
+            .map(|(t, _)| t - back)
+            .unwrap_or_else(|| panic!("{}: no video after the outage: {:#?}", p.name, p.log));
+        assert!(again < 20.0, "{}: video again after {again:.1} s", p.name);
+        // And it keeps flowing at the end.
+        let end = p.started.elapsed().as_secs_f64();
+        let slow = slow_seconds(p, end - 4.5, end - 0.5, 10);
+        assert!(slow.is_empty(), "{}: still slow at {slow:?}", p.name);
+    }
+}

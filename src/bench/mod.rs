@@ -91,14 +91,14 @@ impl Proc {
     fn spawn(exe: &Path, args: &[String], name: &str) -> Result<Proc, BenchError> {
         let mut cmd = Command::new(exe);
         cmd.args(args);
-        Proc::spawn_command(cmd, name)
+        Proc::spawn_command(cmd, name, Stdio::null())
     }
 
     /// Starts a prepared command (e.g. inside a network namespace) and reads its JSON lines.
-    fn spawn_command(mut cmd: Command, name: &str) -> Result<Proc, BenchError> {
+    fn spawn_command(mut cmd: Command, name: &str, stderr: Stdio) -> Result<Proc, BenchError> {
         let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()?;
         let stdout = child

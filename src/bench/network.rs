@@ -85,7 +85,12 @@ async fn profile_run(
             "1",
             "--decline-files",
         ]);
-        peers.push(Proc::spawn_command(cmd, name)?);
+        // Each peer's own log (RUST_LOG applies), for a closer look at a failed run.
+        let stderr = std::fs::File::create(
+            opts.work_dir
+                .join(format!("network-{}-{name}.log", profile.name)),
+        )?;
+        peers.push(Proc::spawn_command(cmd, name, stderr.into())?);
     }
     let mut ids = Vec::new();
     for p in peers.iter_mut() {

@@ -63,7 +63,7 @@ const VGA_RUNGS: [Rung; 5] = [
 /// How long the budget must stay below a rung's minimum before stepping down (unless it is far
 /// below), and above the next rung's entry before stepping up.
 const DOWN_AFTER: Duration = Duration::from_millis(400);
-const UP_AFTER: Duration = Duration::from_millis(1500);
+const UP_AFTER: Duration = Duration::from_millis(1000);
 /// Below this share of the minimum, step down at once.
 const FAR_BELOW: f32 = 0.7;
 

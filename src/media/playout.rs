@@ -3,19 +3,21 @@
 //! arrives late with the ones queued behind it). Shown the moment they are decoded, that is a
 //! stall followed by a burst, which people see as a freeze. So each picture is shown at its
 //! capture rhythm (RTP timestamp) plus a delay that covers how late frames have arrived in the
-//! last few seconds (the latest of them, at most `MAX_DELAY`), growing at once when frames come
-//! later, shrinking slowly when the path calms down. A frame later than its slot is shown at
-//! once.
+//! last two seconds (the latest of them, at most `MAX_DELAY`), growing at once when frames come
+//! later, shrinking within a second or two when the path calms down. A frame later than its
+//! slot is shown at once.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// Lateness samples are kept this long.
-const WINDOW: Duration = Duration::from_secs(4);
+/// Lateness samples are kept this long: long enough to span the gap between two retransmission
+/// events on a lossy path, short enough that a queue that built up and drained (a capacity
+/// drop) stops adding to the latency soon after.
+const WINDOW: Duration = Duration::from_secs(2);
 /// The delay never exceeds this (a path this bad freezes anyway; latency must stay bounded).
 pub const MAX_DELAY: Duration = Duration::from_millis(300);
 /// How fast the delay comes down once less is needed (fraction of the excess per second).
-const SHRINK_PER_SECOND: f64 = 0.3;
+const SHRINK_PER_SECOND: f64 = 1.0;
 const RTP_CLOCK: f64 = 90_000.0;
 
 pub struct VideoPlayout {

@@ -16,6 +16,7 @@
 //! The estimate is published through an atomic the session reads; the struct is a plain state
 //! machine over reports and `now`, tested without a network.
 
+use super::feedback::LinkFeedback;
 use rtc::interceptor::{
     BandwidthEstimator, EstimatorStats, OveruseDetector, PacketReport, RateCalculator,
     RateControlState, SlopeEstimator, Usage,
@@ -36,10 +37,15 @@ const CHANGE_INTERVAL: Duration = Duration::from_millis(200);
 /// Growth per second while the path has been quiet for a short and for a long while.
 const GROWTH_SLOW: f64 = 1.08;
 const GROWTH_FAST: f64 = 1.4;
-const GROWTH_START: f64 = 1.5;
+const GROWTH_START: f64 = 2.0;
 const QUIET_FOR_FAST_GROWTH: Duration = Duration::from_secs(2);
 /// Additive growth (bits per second, per second) between 0.85x and 1.3x of the last ceiling.
 const NEAR_CEILING_GROWTH_BPS: f64 = 80_000.0;
+/// Near a known ceiling the estimate grows by this share of it per second (at most the figure
+/// above), and the ceiling is forgotten only once the estimate has passed it by this factor
+/// without trouble: probing faster past a drop-tail bottleneck fills its queue again.
+const NEAR_CEILING_GROWTH_SHARE: f64 = 0.10;
+const CEILING_FORGOTTEN_AT: f64 = 1.5;
 /// Loss over the last second above which the rate stops climbing, and above which it is cut.
 /// Higher than the packet loss they mean: rtc 0.21's feedback history counts every packet a
 /// lost feedback packet would have acknowledged as lost, so on a path losing 5 % of packets
@@ -49,6 +55,11 @@ const LOSS_CUT: f64 = 0.30;
 const LOSS_WINDOW: Duration = Duration::from_secs(1);
 /// Fewer packets than this in the window say too little about loss to act on.
 const LOSS_MIN_PACKETS: usize = 40;
+/// The far end's reception reports (RFC 3550 fraction lost) confirm a loss cut: below this
+/// share in a report younger than `LOSS_REPORT_MAX_AGE`, the heavy loss our feedback shows is
+/// lost feedback, not lost media, and only holds the rate.
+const LOSS_REPORT_CONFIRMS: f64 = 0.10;
+const LOSS_REPORT_MAX_AGE: Duration = Duration::from_secs(3);
 
 /// What the session reads from the estimator, shared through atomics.
 #[derive(Clone, Debug, Default)]
@@ -117,6 +128,14 @@ const BASE_WINDOW_SECS: u64 = 30;
 /// (On a 200 kbit/s link one 1200-byte packet alone takes 48 ms to serialise.)
 const QUEUE_OVERUSE_MS: f64 = 100.0;
 const QUEUE_NORMAL_MS: f64 = 60.0;
+/// After a backoff for a standing queue, the queue takes time to drain (at 15 % under capacity,
+/// a 300 ms queue needs 2 s). Backing off again on every feedback meanwhile would take 0.85 of
+/// a received rate that is itself falling with our own cuts, spiralling down to the minimum.
+/// So for this long only a queue that grows again counts; after it, a queue still standing
+/// (the first cut was not enough) brings the next backoff.
+const QUEUE_DRAIN_GRACE: Duration = Duration::from_secs(1);
+/// How much the queue may grow over its level at the backoff and still count as draining.
+const QUEUE_REGROWTH_MS: f64 = 30.0;
 
 impl QueueDelay {
     /// Folds in a batch of reports; returns the smoothed queuing delay in ms.
@@ -174,11 +193,16 @@ pub struct HuddleEstimator {
     loss_window: std::collections::VecDeque<(Instant, usize, usize)>,
     /// The cap the loss half imposes (`None`: loss is low enough not to cap).
     loss_cap: Option<f64>,
+    /// When we last backed off for a standing queue, and the queue delay then (ms).
+    queue_backoff: Option<(Instant, f64)>,
+    /// The RTCP taps' view of the far end's reception reports, when wired.
+    reports: Option<LinkFeedback>,
     published: PublishedEstimate,
 }
 
 impl HuddleEstimator {
-    pub fn new(published: PublishedEstimate) -> Self {
+    /// `reports`: where the RTCP taps keep the far end's reception reports, if anywhere.
+    pub fn new(published: PublishedEstimate, reports: Option<LinkFeedback>) -> Self {
         HuddleEstimator {
             queue: QueueDelay::default(),
             slope: SlopeEstimator::new(),
@@ -193,6 +217,8 @@ impl HuddleEstimator {
             loss_avg: 0.0,
             loss_window: std::collections::VecDeque::new(),
             loss_cap: None,
+            queue_backoff: None,
+            reports,
             published,
         }
     }
@@ -223,7 +249,7 @@ impl HuddleEstimator {
                     .map_or(CHANGE_INTERVAL, |t| now.saturating_duration_since(t))
                     .min(Duration::from_secs(1));
                 if let Some(ceiling) = self.ceiling
-                    && self.target > ceiling * 1.3
+                    && self.target > ceiling * CEILING_FORGOTTEN_AT
                 {
                     // Well past the old ceiling without trouble: it no longer holds.
                     self.ceiling = None;
@@ -232,7 +258,7 @@ impl HuddleEstimator {
                 self.target = if near_ceiling {
                     // Slowly near a known limit: overshooting it fills the bottleneck's queue.
                     let per_second = self.ceiling.map_or(NEAR_CEILING_GROWTH_BPS, |c| {
-                        (c * 0.15).min(NEAR_CEILING_GROWTH_BPS)
+                        (c * NEAR_CEILING_GROWTH_SHARE).min(NEAR_CEILING_GROWTH_BPS)
                     });
                     self.target + per_second * elapsed.as_secs_f64()
                 } else {
@@ -260,7 +286,15 @@ impl HuddleEstimator {
     }
 
     /// `backed_off`: the delay half already backed off on this feedback.
-    fn loss_control(&mut self, now: Instant, lost: usize, total: usize, backed_off: bool) {
+    /// `received`: the rate the far end got, which marks the limit better than our own target.
+    fn loss_control(
+        &mut self,
+        now: Instant,
+        lost: usize,
+        total: usize,
+        backed_off: bool,
+        received: Option<f64>,
+    ) {
         // Loss over the last second of feedback: a burst counts while it lasts and is
         // forgotten a second later, however few packets a slow link carries.
         self.loss_window.push_back((now, lost, total));
@@ -289,13 +323,33 @@ impl HuddleEstimator {
             if backed_off {
                 return;
             }
+            if self.reports_deny_heavy_loss(now) {
+                self.loss_cap.get_or_insert(self.target);
+                return;
+            }
             let base = self.loss_cap.unwrap_or(self.target).min(self.target);
             self.loss_cap = Some(base * (1.0 - 0.5 * self.loss_avg));
-            // Heavy loss marks a limit as much as a queue does.
-            self.ceiling = Some(base);
+            // Heavy loss marks a limit as much as a queue does: what got through, not what we
+            // tried to send (feedback on a congested return path can be late, so the target
+            // may not have come down yet).
+            self.ceiling = Some(received.map_or(base, |r| r.min(base)));
             self.backed_off_ever = true;
             self.published.backoff(2);
         }
+    }
+
+    /// A recent reception report says the far end lost little: rtc 0.21 counts every packet a
+    /// lost feedback packet covered as lost, so on a lossy path our figure overstates.
+    fn reports_deny_heavy_loss(&self, now: Instant) -> bool {
+        let Some(reports) = &self.reports else {
+            return false;
+        };
+        let Ok(state) = reports.lock() else {
+            return false;
+        };
+        state.last_loss_report.is_some_and(|(at, lost)| {
+            now.saturating_duration_since(at) <= LOSS_REPORT_MAX_AGE && lost < LOSS_REPORT_CONFIRMS
+        })
     }
 
     fn publish(&self) {
@@ -324,8 +378,21 @@ impl BandwidthEstimator for HuddleEstimator {
         // Either delay signal may call overuse; a standing queue holds the rate where it is.
         let slope_overuse = usage == Usage::Over;
         let queue = self.queue.update(reports);
+        let draining = |q: f64| {
+            self.queue_backoff.is_some_and(|(at, level)| {
+                now.saturating_duration_since(at) < QUEUE_DRAIN_GRACE
+                    && q <= level + QUEUE_REGROWTH_MS
+            })
+        };
+        let mut queue_overuse = false;
         match queue {
-            Some(q) if q > QUEUE_OVERUSE_MS => usage = Usage::Over,
+            Some(q) if q > QUEUE_OVERUSE_MS && !slope_overuse && draining(q) => {
+                usage = Usage::Under
+            }
+            Some(q) if q > QUEUE_OVERUSE_MS => {
+                usage = Usage::Over;
+                queue_overuse = !slope_overuse;
+            }
             Some(q) if q > QUEUE_NORMAL_MS && usage == Usage::Normal => usage = Usage::Under,
             _ => {}
         }
@@ -341,9 +408,12 @@ impl BandwidthEstimator for HuddleEstimator {
         if backed_off {
             self.backed_off_ever = true;
             self.published.backoff(if slope_overuse { 0 } else { 1 });
+            if queue_overuse && let Some(q) = queue {
+                self.queue_backoff = Some((now, q));
+            }
         }
         let lost = reports.iter().filter(|r| !r.arrived).count();
-        self.loss_control(now, lost, reports.len(), backed_off);
+        self.loss_control(now, lost, reports.len(), backed_off, received);
         // While loss caps the rate, the delay half must not climb behind the cap (a full
         // drop-tail queue shows no delay gradient), or lifting the cap would jump.
         if let Some(cap) = self.loss_cap {
@@ -455,7 +525,7 @@ mod tests {
 
     fn estimator() -> (HuddleEstimator, PublishedEstimate) {
         let published = PublishedEstimate::new(INITIAL_BPS);
-        (HuddleEstimator::new(published.clone()), published)
+        (HuddleEstimator::new(published.clone(), None), published)
     }
 
     #[test]
@@ -490,8 +560,36 @@ mod tests {
         path.run(&mut est, Duration::from_secs(8), 2_000_000.0, 0.0);
         let low = path.run(&mut est, Duration::from_secs(10), 300_000.0, 0.0);
         assert!(*low.last().unwrap() < 400_000.0, "{:?}", low.last());
+        // Draining the queue must not spiral the estimate far below the new capacity.
+        let floor = low.iter().copied().fold(f64::MAX, f64::min);
+        assert!(floor > 120_000.0, "fell to {floor} on a 300 kbit/s path");
+        // And it settles near that capacity within 4 s.
+        let settled = &low[40..];
+        let mean = settled.iter().sum::<f64>() / settled.len() as f64;
+        assert!((180_000.0..380_000.0).contains(&mean), "{mean}");
         let up = path.run(&mut est, Duration::from_secs(8), 2_000_000.0, 0.0);
         assert!(*up.last().unwrap() > 1_000_000.0, "{:?}", up.last());
+    }
+
+    #[test]
+    fn heavy_feedback_loss_the_far_end_does_not_report_only_holds_the_rate() {
+        let published = PublishedEstimate::new(INITIAL_BPS);
+        let reports = LinkFeedback::default();
+        let mut est = HuddleEstimator::new(published, Some(reports.clone()));
+        let mut path = Path::new();
+        // The far end keeps reporting 2 % loss while our feedback shows 45 %.
+        let mut targets = Vec::new();
+        for _ in 0..12 {
+            reports.lock().unwrap().last_loss_report = Some((path.start + path.sent_at, 0.02));
+            targets.extend(path.run(&mut est, Duration::from_millis(500), 10_000_000.0, 0.45));
+        }
+        let lowest = targets.iter().copied().fold(f64::MAX, f64::min);
+        assert!(lowest >= INITIAL_BPS * 0.99, "cut to {lowest}");
+        assert_eq!(published_backoffs(&est), 0);
+    }
+
+    fn published_backoffs(est: &HuddleEstimator) -> u64 {
+        est.published.counters().loss_backoffs
     }
 
     #[test]

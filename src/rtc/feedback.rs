@@ -4,11 +4,14 @@
 //!   end's reception reports on our streams (loss, jitter, round-trip time from LSR/DLSR) and
 //!   counts the NACKed packets it asks for; and lets through what carries attributes (the
 //!   congestion controller's bitrate changes) so statistics see them.
-//! - `RetransmissionCounter` (wire side of the NACK responder) counts the retransmissions the
-//!   responder sends, which statistics do not count when they are plain re-sends.
+//! - `RetransmissionGate` (wire side of the NACK responder) counts the retransmissions the
+//!   responder sends, which statistics do not count when they are plain re-sends, and holds
+//!   them to a share of the bandwidth estimate: when a queue overflows, the far end NACKs
+//!   everything it missed, and answering all of it would feed the very congestion that lost it.
 //!
 //! Both write into a shared `LinkFeedback` the session reads once per tick.
 
+use super::estimator::PublishedEstimate;
 use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
@@ -47,10 +50,14 @@ pub struct FeedbackState {
     pub nacked_packets: u64,
     /// Keyframe requests received.
     pub keyframe_requests: u64,
-    /// Retransmissions sent in answer to NACKs.
+    /// Retransmissions sent in answer to NACKs, and those the budget held back.
     pub retransmissions_sent: u64,
+    pub retransmissions_withheld: u64,
     /// Latest round-trip time from any report.
     pub rtt: Option<Duration>,
+    /// When the last reception report came, and the largest loss fraction in it (0..1): the
+    /// far end's own count, which congestion control trusts over its feedback-derived figure.
+    pub last_loss_report: Option<(std::time::Instant, f64)>,
 }
 
 pub type LinkFeedback = Arc<Mutex<FeedbackState>>;
@@ -113,6 +120,9 @@ impl FeedbackReader {
                 }
                 continue;
             };
+            if let Some(worst) = blocks.iter().map(|b| b.fraction_lost).max() {
+                state.last_loss_report = Some((std::time::Instant::now(), worst as f64 / 256.0));
+            }
             for block in blocks {
                 let rtt = rtt_from_report(block, now_mid32);
                 if rtt.is_some() {
@@ -182,23 +192,61 @@ impl Interceptor for FeedbackReader {
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
 
-pub struct RetransmissionCounter {
+/// Retransmissions may use this share of the bandwidth estimate (the video budget leaves 10 %
+/// of it, and recent bursts may borrow from the bucket).
+const RETRANSMISSION_SHARE: f64 = 0.15;
+/// The bucket holds this much time of that rate, and never less than two full packets.
+const RETRANSMISSION_BURST: Duration = Duration::from_millis(250);
+const RETRANSMISSION_MIN_BURST_BYTES: f64 = 2_400.0;
+
+/// A token bucket for retransmitted bytes, as a plain state machine.
+#[derive(Debug, Default)]
+pub struct RetransmissionBudget {
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+impl RetransmissionBudget {
+    /// Whether a retransmission of `bytes` may go out now, with the estimate at `estimate_bps`.
+    pub fn admit(&mut self, now: Instant, bytes: usize, estimate_bps: u64) -> bool {
+        let rate = estimate_bps as f64 * RETRANSMISSION_SHARE / 8.0;
+        let depth = (rate * RETRANSMISSION_BURST.as_secs_f64()).max(RETRANSMISSION_MIN_BURST_BYTES);
+        let elapsed = self
+            .last
+            .map_or(RETRANSMISSION_BURST, |t| now.saturating_duration_since(t));
+        self.last = Some(now);
+        self.tokens = (self.tokens + rate * elapsed.as_secs_f64()).min(depth);
+        let cost = bytes as f64;
+        if self.tokens >= cost {
+            self.tokens -= cost;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+pub struct RetransmissionGate {
     state: LinkFeedback,
+    estimate: PublishedEstimate,
+    budget: RetransmissionBudget,
     read: VecDeque<TaggedPacket>,
     write: VecDeque<TaggedPacket>,
 }
 
-impl RetransmissionCounter {
-    pub fn new(state: LinkFeedback) -> Self {
-        RetransmissionCounter {
+impl RetransmissionGate {
+    pub fn new(state: LinkFeedback, estimate: PublishedEstimate) -> Self {
+        RetransmissionGate {
             state,
+            estimate,
+            budget: RetransmissionBudget::default(),
             read: VecDeque::new(),
             write: VecDeque::new(),
         }
     }
 }
 
-impl Protocol<TaggedPacket, TaggedPacket, ()> for RetransmissionCounter {
+impl Protocol<TaggedPacket, TaggedPacket, ()> for RetransmissionGate {
     type Rout = TaggedPacket;
     type Wout = TaggedPacket;
     type Eout = ();
@@ -215,11 +263,24 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RetransmissionCounter {
     }
 
     fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        if matches!(msg.message.packet, Packet::Rtp(_))
+        if let Packet::Rtp(rtp) = &msg.message.packet
             && msg.message.has(&Attribute::Retransmission)
-            && let Ok(mut state) = self.state.lock()
         {
-            state.retransmissions_sent += 1;
+            // Payload plus RTP header, extensions, SRTP tag, UDP and IP: about 60 bytes.
+            let bytes = rtp.payload.len() + 60;
+            let admitted = self
+                .budget
+                .admit(Instant::now(), bytes, self.estimate.target_bps());
+            if let Ok(mut state) = self.state.lock() {
+                if admitted {
+                    state.retransmissions_sent += 1;
+                } else {
+                    state.retransmissions_withheld += 1;
+                }
+            }
+            if !admitted {
+                return Ok(());
+            }
         }
         self.write.push_back(msg);
         Ok(())
@@ -230,7 +291,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RetransmissionCounter {
     }
 }
 
-impl Interceptor for RetransmissionCounter {
+impl Interceptor for RetransmissionGate {
     fn bind_local_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
@@ -240,6 +301,27 @@ impl Interceptor for RetransmissionCounter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retransmissions_keep_to_their_share_of_the_estimate() {
+        let t0 = Instant::now();
+        let mut budget = RetransmissionBudget::default();
+        // 1 Mbit/s estimate: 150 kbit/s for retransmissions, 18.75 kB/s.
+        let mut sent = 0usize;
+        for i in 0..2000u64 {
+            // A storm: 1260-byte retransmissions every millisecond for 2 s (5 Mbit/s).
+            if budget.admit(t0 + Duration::from_millis(i), 1260, 1_000_000) {
+                sent += 1260;
+            }
+        }
+        let rate = sent as f64 * 8.0 / 2.0;
+        assert!(
+            (140_000.0..=175_000.0).contains(&rate),
+            "{rate} bit/s let through"
+        );
+        // A lone retransmission after a quiet spell always goes out.
+        assert!(budget.admit(t0 + Duration::from_secs(5), 1260, 100_000));
+    }
 
     #[test]
     fn round_trip_time_comes_from_lsr_and_dlsr() {

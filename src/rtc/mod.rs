@@ -7,6 +7,7 @@ pub mod assembler;
 pub mod estimator;
 pub mod feedback;
 pub mod negotiation;
+pub mod quality;
 pub mod session;
 
 use negotiation::Signal;

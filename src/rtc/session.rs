@@ -5,8 +5,9 @@
 
 use super::assembler::{Assembled, AssemblerStats, FrameAssembler};
 use super::estimator::{self, HuddleEstimator, PublishedEstimate};
-use super::feedback::{FeedbackReader, LinkFeedback, RetransmissionCounter, is_keyframe_request};
+use super::feedback::{FeedbackReader, LinkFeedback, RetransmissionGate, is_keyframe_request};
 use super::negotiation::{CandidateInit, NegotiationAction, Negotiator, Signal, is_polite};
+use super::quality::{LinkQuality, QualityMeter, QualitySample};
 use super::{Envelope, RtcError};
 use crate::media::audio_pipeline::AudioPlayout;
 use crate::media::codec::EncodedAudio;
@@ -124,9 +125,11 @@ pub struct PeerStats {
     pub loss_reported: Option<f64>,
     /// Our smoothed view of that loss, from congestion-control feedback.
     pub loss_estimated: f64,
-    /// Packets the peer asked us to send again, and retransmissions we sent.
+    /// Packets the peer asked us to send again, retransmissions we sent, and those we held
+    /// back to keep within the estimate.
     pub nacked_by_peer: u64,
     pub retransmissions_sent: u64,
+    pub retransmissions_withheld: u64,
     /// NACK packets we sent, and holes in the peer's video that a late packet filled.
     pub nacks_sent: u64,
     pub retransmissions_received: u64,
@@ -143,6 +146,12 @@ pub struct PeerStats {
     pub estimator: crate::rtc::estimator::EstimatorCounters,
     /// Candidate types of the selected pair, local then remote ("host", "srflx", "relay").
     pub path: Option<(String, String)>,
+    /// Freezes of the peer's video so far: no new picture for more than max(3 x the median
+    /// frame interval, 150 ms); and the time they lasted.
+    pub freezes: u64,
+    pub frozen_ms: u64,
+    /// How the link feels over the last 10 s, from loss, RTT and freezes (`None` at first).
+    pub quality: Option<LinkQuality>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -344,12 +353,16 @@ fn media_engine() -> Result<(MediaEngine, Registry, ChainTaps), RtcError> {
         .map_err(|e| RtcError::Setup(format!("transport-cc: {e}")))?
         .with(
             Slot::CongestionControl,
-            CongestionControlBuilder::new(HuddleEstimator::new(taps.estimate.clone())).build(),
+            CongestionControlBuilder::new(HuddleEstimator::new(
+                taps.estimate.clone(),
+                Some(taps.feedback.clone()),
+            ))
+            .build(),
         )
         // Wire side of the NACK responder (4000), to see its retransmissions.
         .with(
             Slot::from(3_500),
-            RetransmissionCounter::new(taps.feedback.clone()),
+            RetransmissionGate::new(taps.feedback.clone(), taps.estimate.clone()),
         )
         // Last in the chain, so it only sees what the others let through.
         .with(
@@ -415,6 +428,11 @@ struct Actor {
     receive: Arc<VideoReceiveShared>,
     rtt: Option<Duration>,
     jitter: Option<Duration>,
+    /// The peer's decoded video, for its freeze count.
+    remote_video: Option<Arc<RemoteVideo>>,
+    /// The peer's microphone or camera is on (its last media-state signal).
+    remote_sending: bool,
+    quality: QualityMeter,
 }
 
 /// What the video receive task and the session share.
@@ -427,6 +445,10 @@ struct VideoReceiveShared {
     /// Whole frames skipped while waiting for a keyframe after a loss.
     skipped_for_keyframe: AtomicU64,
 }
+
+/// ICE connected this long ago and DTLS has not finished: the handshake is stuck (a healthy one
+/// takes two round trips, or a few seconds with its 1 s retransmissions on a lossy path).
+const DTLS_STALL: Duration = Duration::from_secs(3);
 
 /// Audio's share of the link, with packet overhead (IP, UDP, RTP, SRTP, extensions: ~60 bytes at
 /// 50 packets/s), at the Opus bitrate the engine picks for that estimate.
@@ -479,6 +501,7 @@ async fn run(
                 // The owner handles bye (it replaces the session); nothing to do here.
                 Some(SessionCommand::Signal(Signal::Bye)) => {}
                 Some(SessionCommand::Signal(Signal::MediaState { audio, video })) => {
+                    actor.remote_sending = audio || video;
                     actor.emit(SessionEvent::RemoteMediaState { audio, video }).await;
                 }
                 Some(SessionCommand::Signal(signal)) => {
@@ -538,6 +561,16 @@ async fn run(
                 ticks += 1;
                 if !ticks.is_multiple_of(5) {
                     continue;
+                }
+                // rtc-dtls 0.21 can stall for good when a flight is lost: a side that receives
+                // the peer's repeated flight drops its own retransmit timer and never answers.
+                // Connectivity is there (ICE is up), so a fresh connection fixes it at once.
+                if !*actor.connected.borrow()
+                    && actor
+                        .ice_connected_at
+                        .is_some_and(|at| at.elapsed() > DTLS_STALL)
+                {
+                    break CloseReason::Failed("DTLS handshake stalled".into());
                 }
                 // A path that stays down gets one ICE restart from the side that offered first.
                 if let Some(since) = disconnected_since
@@ -627,6 +660,9 @@ impl Actor {
             receive: Arc::new(VideoReceiveShared::default()),
             rtt: None,
             jitter: None,
+            remote_video: None,
+            remote_sending: true,
+            quality: QualityMeter::new(),
         };
         if let Err(e) = actor.add_media(media).await {
             let _ = actor.pc.close().await;
@@ -848,6 +884,7 @@ impl Actor {
                         return;
                     }
                 };
+                self.remote_video = Some(receiver.output());
                 self.emit(SessionEvent::RemoteVideo(receiver.output()))
                     .await;
                 self.tasks.spawn(receive_video(
@@ -964,6 +1001,7 @@ impl Actor {
                 .map(|r| r.fraction_lost);
             stats.nacked_by_peer = feedback.nacked_packets;
             stats.retransmissions_sent = feedback.retransmissions_sent;
+            stats.retransmissions_withheld = feedback.retransmissions_withheld;
             stats.keyframe_requests_received = feedback.keyframe_requests;
         }
         if let Ok(assembler) = self.receive.assembler.lock() {
@@ -974,6 +1012,22 @@ impl Actor {
         stats.keyframe_requests_sent = self.receive.keyframe_requests.load(Ordering::Relaxed);
         stats.frames_skipped_for_keyframe =
             self.receive.skipped_for_keyframe.load(Ordering::Relaxed);
+        if let Some(video) = &self.remote_video {
+            let v = video.stats();
+            stats.freezes = v.freezes;
+            stats.frozen_ms = v.frozen_us / 1000;
+        }
+        stats.quality = self.quality.update(
+            now,
+            QualitySample {
+                packets_lost: stats.packets_lost,
+                packets_received: stats.packets_received,
+                loss_reported: stats.loss_reported,
+                rtt_ms: stats.rtt_ms,
+                freezes: stats.freezes,
+                expecting_media: self.remote_sending,
+            },
+        );
         self.emit(SessionEvent::Stats(Box::new(stats))).await;
     }
 }

@@ -5,7 +5,7 @@
 use super::app::{HuddleApp, Participant, TransferRow};
 use super::video::{VideoTile, fit, grid_columns};
 use crate::chat::{ChatEntry, clock_time};
-use crate::engine::{Direction, PeerId, TransferCommand, TransferId, TransferState};
+use crate::engine::{Direction, LinkQuality, PeerId, TransferCommand, TransferId, TransferState};
 use crate::media::devices;
 
 const MUTE: egui::KeyboardShortcut =
@@ -274,6 +274,8 @@ struct TileLook<'a> {
     mirrored: bool,
     overlay: Option<String>,
     connecting: bool,
+    /// The connection's grade, drawn as signal bars in the top right corner.
+    quality: Option<LinkQuality>,
 }
 
 fn draw_tile(ui: &mut egui::Ui, rect: egui::Rect, tile: &VideoTile, look: TileLook<'_>) {
@@ -355,6 +357,13 @@ fn draw_tile(ui: &mut egui::Ui, rect: egui::Rect, tile: &VideoTile, look: TileLo
         egui::FontId::proportional(14.0),
         egui::Color32::WHITE,
     );
+    if let Some(quality) = look.quality {
+        draw_quality_bars(
+            &painter,
+            rect.right_top() + egui::vec2(-10.0, 10.0),
+            quality,
+        );
+    }
     if let Some(overlay) = &look.overlay {
         let pos = rect.left_top() + egui::vec2(8.0, 8.0);
         let r = painter.text(
@@ -377,15 +386,82 @@ fn draw_tile(ui: &mut egui::Ui, rect: egui::Rect, tile: &VideoTile, look: TileLo
     response.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Image, true, accessible.clone()));
 }
 
+/// Three signal bars ending at `top_right`: all lit green when good, two amber when fair, one
+/// red when poor, on a dark plate so they read over any picture.
+fn draw_quality_bars(painter: &egui::Painter, top_right: egui::Pos2, quality: LinkQuality) {
+    let (lit, colour) = match quality {
+        LinkQuality::Good => (3, egui::Color32::from_rgb(80, 210, 110)),
+        LinkQuality::Fair => (2, egui::Color32::from_rgb(240, 190, 60)),
+        LinkQuality::Poor => (1, egui::Color32::from_rgb(235, 80, 70)),
+    };
+    let (bar_w, gap, height) = (4.0, 2.0, 14.0);
+    let width = 3.0 * bar_w + 2.0 * gap;
+    let plate = egui::Rect::from_min_size(
+        top_right - egui::vec2(width, 0.0),
+        egui::vec2(width, height),
+    );
+    painter.rect_filled(plate.expand(4.0), 4.0, egui::Color32::from_black_alpha(120));
+    for i in 0..3 {
+        let h = height * (i as f32 + 1.0) / 3.0;
+        let x = plate.left() + i as f32 * (bar_w + gap);
+        let bar = egui::Rect::from_min_max(
+            egui::pos2(x, plate.bottom() - h),
+            egui::pos2(x + bar_w, plate.bottom()),
+        );
+        let fill = if i < lit {
+            colour
+        } else {
+            egui::Color32::from_white_alpha(60)
+        };
+        painter.rect_filled(bar, 1.0, fill);
+    }
+}
+
 fn stats_text(p: &Participant) -> String {
     let [w, h] = p.tile.resolution();
-    let mut s = format!("{w}x{h} {:.0} fps", p.fps);
-    if let Some(st) = &p.stats {
-        s.push_str(&format!("\n{:.0} kbit/s in", st.receive_kbps));
-        if let Some(rtt) = st.rtt_ms {
-            s.push_str(&format!("\nRTT {rtt:.1} ms"));
-        }
-        s.push_str(&format!("\nlost {}", st.packets_lost));
+    let mut s = format!("in  {w}x{h} {:.0} fps", p.fps);
+    let Some(st) = &p.stats else {
+        return s;
+    };
+    s.push_str(&format!(" {:.0} kbit/s", st.receive_kbps));
+    match &st.sending {
+        Some(out) => s.push_str(&format!(
+            "\nout {}x{} {} fps {:.0} kbit/s",
+            out.width, out.height, out.fps, st.send_kbps
+        )),
+        None => s.push_str(&format!("\nout {:.0} kbit/s", st.send_kbps)),
+    }
+    s.push_str(&format!(
+        "\nestimate {:.0} kbit/s (video {:.0})",
+        st.estimate_kbps, st.video_budget_kbps
+    ));
+    if let Some(rtt) = st.rtt_ms {
+        s.push_str(&format!("\nRTT {rtt:.0} ms"));
+    }
+    if let Some(j) = st.jitter_ms {
+        s.push_str(&format!("  jitter {j:.0} ms"));
+    }
+    let received = st.packets_received as f64 + st.packets_lost.max(0) as f64;
+    let loss_in = if received > 0.0 {
+        st.packets_lost.max(0) as f64 * 100.0 / received
+    } else {
+        0.0
+    };
+    s.push_str(&format!("\nloss in {loss_in:.1}%"));
+    if let Some(out) = st.loss_reported {
+        s.push_str(&format!("  out {:.1}%", out * 100.0));
+    }
+    s.push_str(&format!(
+        "\nretransmits in {} out {}",
+        st.retransmissions_received, st.retransmissions_sent
+    ));
+    s.push_str(&format!(
+        "\nfreezes {} ({:.1} s)",
+        st.freezes,
+        st.frozen_ms as f64 / 1000.0
+    ));
+    if let Some(q) = st.quality {
+        s.push_str(&format!("\nconnection {}", q.label()));
     }
     s
 }
@@ -433,13 +509,19 @@ fn video_grid(app: &mut HuddleApp, ui: &mut egui::Ui) {
                 &p.tile,
                 TileLook {
                     name: &p.info.nickname,
-                    accessible: format!("Video of {}", p.info.nickname),
+                    accessible: match p.stats.as_ref().and_then(|s| s.quality) {
+                        Some(q) => {
+                            format!("Video of {}, connection {}", p.info.nickname, q.label())
+                        }
+                        None => format!("Video of {}", p.info.nickname),
+                    },
                     camera_on: p.video_on,
                     speaking: p.audio_on && level > SPEAKING_DBFS,
                     muted: !p.audio_on,
                     mirrored: false,
                     overlay: show_stats.then(|| stats_text(p)),
                     connecting: !p.connected && !p.tile.has_picture(),
+                    quality: p.stats.as_ref().and_then(|s| s.quality),
                 },
             );
         }
@@ -462,6 +544,7 @@ fn video_grid(app: &mut HuddleApp, ui: &mut egui::Ui) {
             mirrored: true,
             overlay: None,
             connecting: false,
+            quality: None,
         },
     );
 }
