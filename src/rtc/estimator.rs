@@ -44,8 +44,8 @@ const NEAR_CEILING_GROWTH_BPS: f64 = 80_000.0;
 /// Near a known ceiling the estimate grows by this share of it per second (at most the figure
 /// above), and the ceiling is forgotten only once the estimate has passed it by this factor
 /// without trouble: probing faster past a drop-tail bottleneck fills its queue again.
-const NEAR_CEILING_GROWTH_SHARE: f64 = 0.10;
-const CEILING_FORGOTTEN_AT: f64 = 1.5;
+const NEAR_CEILING_GROWTH_SHARE: f64 = 0.15;
+const CEILING_FORGOTTEN_AT: f64 = 1.3;
 /// Loss over the last second above which the rate stops climbing, and above which it is cut.
 /// Higher than the packet loss they mean: rtc 0.21's feedback history counts every packet a
 /// lost feedback packet would have acknowledged as lost, so on a path losing 5 % of packets
@@ -54,7 +54,7 @@ const LOSS_HOLD: f64 = 0.15;
 const LOSS_CUT: f64 = 0.30;
 const LOSS_WINDOW: Duration = Duration::from_secs(1);
 /// Fewer packets than this in the window say too little about loss to act on.
-const LOSS_MIN_PACKETS: usize = 40;
+const LOSS_MIN_PACKETS: usize = 20;
 /// The far end's reception reports (RFC 3550 fraction lost) confirm a loss cut: below this
 /// share in a report younger than `LOSS_REPORT_MAX_AGE`, the heavy loss our feedback shows is
 /// lost feedback, not lost media, and only holds the rate.
@@ -286,15 +286,7 @@ impl HuddleEstimator {
     }
 
     /// `backed_off`: the delay half already backed off on this feedback.
-    /// `received`: the rate the far end got, which marks the limit better than our own target.
-    fn loss_control(
-        &mut self,
-        now: Instant,
-        lost: usize,
-        total: usize,
-        backed_off: bool,
-        received: Option<f64>,
-    ) {
+    fn loss_control(&mut self, now: Instant, lost: usize, total: usize, backed_off: bool) {
         // Loss over the last second of feedback: a burst counts while it lasts and is
         // forgotten a second later, however few packets a slow link carries.
         self.loss_window.push_back((now, lost, total));
@@ -329,10 +321,8 @@ impl HuddleEstimator {
             }
             let base = self.loss_cap.unwrap_or(self.target).min(self.target);
             self.loss_cap = Some(base * (1.0 - 0.5 * self.loss_avg));
-            // Heavy loss marks a limit as much as a queue does: what got through, not what we
-            // tried to send (feedback on a congested return path can be late, so the target
-            // may not have come down yet).
-            self.ceiling = Some(received.map_or(base, |r| r.min(base)));
+            // Heavy loss marks a limit as much as a queue does.
+            self.ceiling = Some(base);
             self.backed_off_ever = true;
             self.published.backoff(2);
         }
@@ -413,7 +403,7 @@ impl BandwidthEstimator for HuddleEstimator {
             }
         }
         let lost = reports.iter().filter(|r| !r.arrived).count();
-        self.loss_control(now, lost, reports.len(), backed_off, received);
+        self.loss_control(now, lost, reports.len(), backed_off);
         // While loss caps the rate, the delay half must not climb behind the cap (a full
         // drop-tail queue shows no delay gradient), or lifting the cap would jump.
         if let Some(cap) = self.loss_cap {
