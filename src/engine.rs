@@ -668,6 +668,12 @@ impl Engine {
                 let result = match self.video.as_mut() {
                     Some(video) => video.set_source(spec),
                     None => VideoSender::start(spec, None, Some(self.self_view.clone())).map(|v| {
+                        // Peers already connected started without our video: give each its feed.
+                        let budget =
+                            session::video_budget_bps(crate::rtc::estimator::INITIAL_BPS as u64);
+                        for session in self.peers.values().filter_map(|e| e.session.as_ref()) {
+                            session.attach_video(v.subscribe(budget));
+                        }
                         self.video = Some(v);
                     }),
                 };

@@ -365,6 +365,12 @@ pub async fn run(
                     Event::PeerMediaState { peer, audio, video } => log(json!({"event": "media_state", "peer": peer.as_str(), "audio": audio, "video": video}))?,
                     Event::Chat(m) => log(json!({"event": "chat", "from": m.from.as_str(), "nickname": m.nickname, "text": m.text, "time_ms": m.time_ms}))?,
                     Event::Transfer(TransferEvent::Update { peer, update }) => {
+                        // Nobody is there to ask: without a receive folder, every offer is
+                        // declined at once, so the sender is not left waiting.
+                        if update.state == TransferState::AwaitingConsent && !opts.accept_files {
+                            log(json!({"event": "file_declined", "peer": peer.as_str(), "name": update.name, "size": update.size}))?;
+                            engine.send(Command::Transfer(TransferCommand::Decline { peer: peer.clone(), id: update.id }))?;
+                        }
                         if update.state == TransferState::Completed && update.direction == Direction::Incoming {
                             files_received += 1;
                             log(json!({"event": "file_received", "peer": peer.as_str(), "name": update.name, "size": update.size,

@@ -114,9 +114,10 @@ struct JoinArgs {
     /// Audio source: `tone`, `tone:HZ`, `clicks`, a WAV file, or `none`.
     #[arg(long, default_value = "tone")]
     audio: String,
-    /// Folder for received files.
-    #[arg(long, default_value = ".")]
-    recv_dir: std::path::PathBuf,
+    /// Accept incoming files into this folder. Without it, every offered file is declined: a
+    /// peer anyone can join must not write into its working directory on a stranger's word.
+    #[arg(long)]
+    recv_dir: Option<std::path::PathBuf>,
     /// File to send to everyone once connected. Repeatable.
     #[arg(long)]
     send: Vec<std::path::PathBuf>,
@@ -132,7 +133,7 @@ struct JoinArgs {
     /// Seconds between stats lines.
     #[arg(long, default_value_t = 1.0)]
     stats_interval: f64,
-    /// Decline incoming files instead of accepting them.
+    /// Decline incoming files even when --recv-dir is given (declining is the default).
     #[arg(long)]
     decline_files: bool,
     /// Seconds after joining before latency samples count.
@@ -387,7 +388,8 @@ fn join(args: JoinArgs) -> anyhow::Result<()> {
         video: args.video,
         source_id: args.source_id,
         audio: args.audio,
-        recv_dir: args.recv_dir,
+        accept_files: args.recv_dir.is_some() && !args.decline_files,
+        recv_dir: args.recv_dir.unwrap_or_else(|| ".".into()),
         send: args.send,
         chat: args.chat,
         duration: args
@@ -396,7 +398,6 @@ fn join(args: JoinArgs) -> anyhow::Result<()> {
             .transpose()?,
         bind: args.bind,
         stats_interval: Duration::from_secs_f64(args.stats_interval),
-        accept_files: !args.decline_files,
         warmup: Duration::try_from_secs_f64(args.warmup).context("bad --warmup")?,
         detect_clicks: args.detect_clicks,
         discover: args.discover,

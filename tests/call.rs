@@ -173,6 +173,41 @@ async fn video_source_switch_mid_call_keeps_frames_coming() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_turned_on_mid_call_reaches_peers_already_connected() {
+    let server = start_server(test_config()).await;
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    // Ann starts with no camera at all (not a disabled one): no video encoder exists yet.
+    let mut no_camera = PeerOptions::new(1, 440.0, dir.path().into());
+    no_camera.video = None;
+    let mut ann = TestPeer::start(&url, no_camera);
+    let mut bob = TestPeer::start(&url, PeerOptions::new(2, 660.0, dir.path().into()));
+    ann.join("late-camera", "ann").await;
+    bob.join("late-camera", "bob").await;
+    let ann_id = ann.id.clone().unwrap();
+    let bob_id = bob.id.clone().unwrap();
+    bob.connected_to(&ann_id).await;
+    // Ann sees Bob's video, so the call is up while she sends none.
+    ann.video_frames(&bob_id, 5, Duration::from_secs(15)).await;
+    ann.send(Command::SetVideoSource(VideoSourceSpec::test_pattern(9)));
+    let video = bob.video_frames(&ann_id, 10, Duration::from_secs(10)).await;
+    assert!(
+        video.stats().sources.contains(&9),
+        "{:?}",
+        video.stats().sources
+    );
+    // The same connection carried it: nothing was closed and rebuilt.
+    assert!(
+        !bob.seen
+            .iter()
+            .any(|e| matches!(e, Event::PeerConnectionClosed { .. }))
+    );
+    ann.engine.shutdown().await;
+    bob.engine.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_peers_mesh_and_one_leaves() {
     let server = start_server(test_config()).await;
     let url = server.url();

@@ -19,7 +19,15 @@ struct Headless {
 
 impl Headless {
     fn start(url: &str, name: &str, extra: &[&str], dir: &Path) -> Headless {
+        let mut args = vec!["--recv-dir", dir.to_str().expect("utf-8 temp path")];
+        args.extend_from_slice(extra);
+        Headless::start_in(url, name, &args, dir)
+    }
+
+    /// Starts a peer whose working directory is `cwd`, with exactly `extra` besides the basics.
+    fn start_in(url: &str, name: &str, extra: &[&str], cwd: &Path) -> Headless {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_huddle"))
+            .current_dir(cwd)
             .args([
                 "join",
                 "--headless",
@@ -30,8 +38,7 @@ impl Headless {
                 "--name",
                 name,
             ])
-            .args(["--bind", "127.0.0.1:0", "--recv-dir"])
-            .arg(dir)
+            .args(["--bind", "127.0.0.1:0"])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -149,6 +156,39 @@ async fn two_headless_processes_call_chat_and_send_a_file() {
         .expect("exits after --duration")
         .unwrap();
     assert!(status.success());
+    let _ = bob.child.kill().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_receive_folder_offered_files_are_declined_and_nothing_is_written() {
+    let server = start_server(test_config()).await;
+    let url = server.url();
+    let cwd = tempfile::tempdir().unwrap();
+    let outbox = tempfile::tempdir().unwrap();
+    let file = outbox.path().join("unsolicited.bin");
+    std::fs::write(&file, vec![7u8; 200_000]).unwrap();
+    let quiet = ["--video", "none", "--audio", "none", "--duration", "20"];
+    let mut ann = Headless::start_in(&url, "ann", &quiet, cwd.path());
+    ann.until(Duration::from_secs(10), |v| is(v, "joined"))
+        .await;
+    let mut args = quiet.to_vec();
+    args.extend(["--send", file.to_str().unwrap()]);
+    let mut bob = Headless::start_in(&url, "bob", &args, outbox.path());
+    let outcome = bob
+        .until(Duration::from_secs(20), |v| {
+            is(v, "transfer") || is(v, "file_sent")
+        })
+        .await;
+    assert_eq!(outcome["event"], "transfer", "{outcome}");
+    assert_eq!(outcome["state"]["state"], "declined", "{outcome}");
+    let declined = ann
+        .until(Duration::from_secs(10), |v| is(v, "file_declined"))
+        .await;
+    assert_eq!(declined["name"], "unsolicited.bin");
+    let written: Vec<_> = std::fs::read_dir(cwd.path()).unwrap().collect();
+    assert!(written.is_empty(), "files appeared: {written:?}");
+    let _ = ann.child.kill().await;
     let _ = bob.child.kill().await;
     server.shutdown().await;
 }

@@ -64,12 +64,10 @@ pub fn speakers(found: &[SoundDevice]) -> Vec<DeviceChoice> {
     list
 }
 
-/// The video source for a camera choice; `None` for "no camera". An unknown id is the test
-/// pattern.
+/// The video source for a camera choice; `None` for "no camera", for nothing chosen yet (a
+/// first run starts with the camera off until a real camera is found) and for an id we do not
+/// know. The test pattern is only ever an explicit choice.
 pub fn camera_spec(id: &str, found: &[CameraInfo], source_id: u8) -> Option<VideoSourceSpec> {
-    if id == NO_DEVICE {
-        return None;
-    }
     if let Some(index) = id
         .strip_prefix("camera:")
         .and_then(|i| i.parse::<u32>().ok())
@@ -81,10 +79,10 @@ pub fn camera_spec(id: &str, found: &[CameraInfo], source_id: u8) -> Option<Vide
             .unwrap_or_else(|| format!("camera {index}"));
         return Some(VideoSourceSpec::Camera { index, name });
     }
-    let (w, h) = if id == "test:1280x720" {
-        (1280, 720)
-    } else {
-        (640, 480)
+    let (w, h) = match id {
+        "test:1280x720" => (1280, 720),
+        "test" | "test:640x480" => (640, 480),
+        _ => return None,
     };
     Some(VideoSourceSpec::TestPattern {
         width: w,
@@ -167,6 +165,14 @@ mod tests {
         assert!(matches!(
             camera_spec("test:1280x720", &[], 3),
             Some(VideoSourceSpec::TestPattern { width: 1280, .. })
+        ));
+        // A first run (nothing chosen) or a forgotten id starts with the camera off, never
+        // with the test pattern standing in for the user.
+        assert_eq!(camera_spec("", &[], 0), None);
+        assert_eq!(camera_spec("webcam-from-another-machine", &cams, 0), None);
+        assert!(matches!(
+            camera_spec("test:640x480", &[], 3),
+            Some(VideoSourceSpec::TestPattern { width: 640, .. })
         ));
         // No camera: the list still has the synthetic ones and "No camera".
         assert_eq!(cameras(&[]).last().unwrap().label, "No camera");

@@ -190,6 +190,7 @@ pub enum SessionEvent {
 enum SessionCommand {
     Signal(Signal),
     RestartIce,
+    AttachVideo(VideoFeed),
 }
 
 /// The owner's side of a session. Dropping it closes the connection and stops every task.
@@ -213,6 +214,12 @@ impl SessionHandle {
 
     pub fn restart_ice(&self) {
         let _ = self.commands.try_send(SessionCommand::RestartIce);
+    }
+
+    /// Starts sending video on a session that began without a camera (the video track was
+    /// negotiated from the start; it just had nothing to send).
+    pub fn attach_video(&self, feed: VideoFeed) {
+        let _ = self.commands.try_send(SessionCommand::AttachVideo(feed));
     }
 
     /// Closes the connection and waits (bounded) for the actor to finish.
@@ -430,6 +437,8 @@ struct Actor {
     jitter: Option<Duration>,
     /// The peer's decoded video, for its freeze count.
     remote_video: Option<Arc<RemoteVideo>>,
+    /// Our video track and its sender, kept for a camera turned on after the session started.
+    video_track: Option<(Arc<TrackLocalStaticSample>, Arc<dyn RtpSender>)>,
     /// The peer's microphone or camera is on (its last media-state signal).
     remote_sending: bool,
     quality: QualityMeter,
@@ -512,6 +521,7 @@ async fn run(
                     let actions = actor.negotiator.negotiation_needed(true);
                     actor.execute(actions).await;
                 }
+                Some(SessionCommand::AttachVideo(feed)) => actor.attach_video(feed),
             },
             ev = pc_events.recv() => match ev {
                 None => break CloseReason::Failed("connection driver stopped".into()),
@@ -661,6 +671,7 @@ impl Actor {
             rtt: None,
             jitter: None,
             remote_video: None,
+            video_track: None,
             remote_sending: true,
             quality: QualityMeter::new(),
         };
@@ -689,17 +700,9 @@ impl Actor {
             .await
             .map_err(|e| RtcError::Setup(format!("add audio track: {e}")))?;
 
+        self.video_track = Some((video, video_sender));
         if let Some(feed) = media.video {
-            let demand = feed.demand.clone();
-            self.video_demand = Some(demand.clone());
-            self.tasks.spawn(send_video(
-                video.clone(),
-                video_sender,
-                video_ssrc,
-                feed,
-                self.connected.subscribe(),
-            ));
-            self.tasks.spawn(watch_keyframe_requests(video, demand));
+            self.attach_video(feed);
         }
         if let Some(rx) = media.audio {
             self.tasks.spawn(send_audio(
@@ -862,6 +865,26 @@ impl Actor {
         if let Err(e) = self.pc.add_ice_candidate(init).await {
             tracing::debug!(remote = %self.config.remote, error = %e, "remote candidate rejected");
         }
+    }
+
+    /// Starts the tasks that send `feed` on our video track (once per session).
+    fn attach_video(&mut self, feed: VideoFeed) {
+        let Some((track, sender)) = self.video_track.clone() else {
+            return;
+        };
+        if self.video_demand.is_some() {
+            return;
+        }
+        let demand = feed.demand.clone();
+        self.video_demand = Some(demand.clone());
+        self.tasks.spawn(send_video(
+            track.clone(),
+            sender,
+            self.video_ssrc,
+            feed,
+            self.connected.subscribe(),
+        ));
+        self.tasks.spawn(watch_keyframe_requests(track, demand));
     }
 
     async fn receive_track(&mut self, track: Arc<dyn TrackRemote>) {

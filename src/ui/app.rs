@@ -729,7 +729,8 @@ impl HuddleApp {
             Event::ChatNotSent(text) => self.toast(format!("Not sent (offline): {text}")),
             Event::LocalMedia(state) => self.local = state,
             Event::Devices(list) => {
-                // With no camera chosen yet, a real one beats the test pattern.
+                // With no camera chosen yet (a first run starts with it off), use the first
+                // real one found.
                 let first_real = list.cameras.first().map(|c| format!("camera:{}", c.index));
                 self.devices = list;
                 if self.settings.camera.is_empty()
