@@ -86,7 +86,15 @@ pub struct EngineConfig {
     /// no processing at all).
     pub processing: Option<crate::media::apm::ProcessingSettings>,
     pub transfers: TransferConfig,
+    /// Slots in the event queue to the front end. A quarter is kept for events that must
+    /// arrive; droppable ones (statistics, transfer progress) are dropped instead of waiting
+    /// once only that quarter is left, so a front end that stops draining (a minimised window)
+    /// never stalls the engine.
+    pub event_queue: usize,
 }
+
+/// The event queue's default size: over an hour of per-second statistics for a few peers.
+pub const EVENT_QUEUE: usize = 4096;
 
 impl EngineConfig {
     pub fn new(
@@ -108,6 +116,7 @@ impl EngineConfig {
             detect_clicks: false,
             processing: None,
             transfers: TransferConfig::new(download_dir),
+            event_queue: EVENT_QUEUE,
         }
     }
 }
@@ -215,6 +224,20 @@ pub enum Event {
     Transfer(TransferEvent),
     /// Something went wrong that the user should see.
     Problem(String),
+}
+
+impl Event {
+    /// Events a newer one supersedes: per-second statistics and a transfer's progress. Losing
+    /// one costs nothing; waiting to deliver one can stall the engine.
+    pub fn is_droppable(&self) -> bool {
+        match self {
+            Event::PeerStats { .. } => true,
+            Event::Transfer(TransferEvent::Update { update, .. }) => {
+                update.state == TransferState::Transferring
+            }
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -350,12 +373,15 @@ pub fn spawn(
     client_config.trusted_cert = config.trusted_cert.clone();
     let (signaling, signaling_events) = SignalingClient::spawn(client_config);
     let (commands, command_rx) = mpsc::channel(256);
-    let (events_tx, events) = mpsc::channel(4096);
+    let event_queue = config.event_queue.max(4);
+    let (events_tx, events) = mpsc::channel(event_queue);
     let (session_tx, session_rx) = mpsc::channel(1024);
     let (transfers, transfer_events) = TransferManager::spawn(config.transfers.clone());
     let actor = Engine {
         signaling,
         events: events_tx,
+        essential_reserve: event_queue / 4,
+        dropped_events: std::sync::atomic::AtomicU64::new(0),
         wake,
         session_tx,
         bind_addrs: config.bind_addrs,
@@ -432,6 +458,10 @@ impl PeerEntry {
 struct Engine {
     signaling: SignalingClient,
     events: mpsc::Sender<Event>,
+    /// Queue slots droppable events leave free (see `EngineConfig::event_queue`).
+    essential_reserve: usize,
+    /// Droppable events dropped because the front end was not draining.
+    dropped_events: std::sync::atomic::AtomicU64,
     wake: Callback,
     session_tx: mpsc::Sender<(PeerId, u32, SessionEvent)>,
     bind_addrs: Vec<String>,
@@ -504,6 +534,17 @@ impl Engine {
     }
 
     async fn emit(&self, event: Event) {
+        if event.is_droppable() {
+            // Newer figures follow shortly; never wait for a front end that is not reading.
+            if self.events.capacity() <= self.essential_reserve
+                || self.events.try_send(event).is_err()
+            {
+                self.dropped_events
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            (self.wake)();
+            return;
+        }
         if self.events.send(event).await.is_ok() {
             (self.wake)();
         }

@@ -418,3 +418,85 @@ async fn lying_senders_fail_cleanly_and_the_session_goes_on() {
         p.finish().await;
     }
 }
+
+/// A front end that stops reading events (a minimised window: eframe stops calling the UI) must
+/// not stall the engine. The receiver's queue is shrunk to 16 slots so that twelve seconds of
+/// statistics fill it the way an hour of them fills the default 4096.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_whose_events_nobody_reads_keeps_the_call_and_a_transfer_going() {
+    let server = start_server(test_config()).await;
+    let url = server.url();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let mut so = PeerOptions::new(1, 440.0, src.path().join("inbox"));
+    so.video = None;
+    let mut ro = PeerOptions::new(2, 660.0, dst.path().into());
+    ro.event_queue = Some(16);
+    let mut sender = TestPeer::start(&url, so);
+    let mut receiver = TestPeer::start(&url, ro);
+    sender.join("minimised", "sender").await;
+    receiver.join("minimised", "receiver").await;
+    let receiver_id = receiver.id.clone().unwrap();
+    let sender_id = sender.id.clone().unwrap();
+    sender.connected_to(&receiver_id).await;
+    receiver.connected_to(&sender_id).await;
+
+    // From here on nobody reads the receiver's events. Wait until statistics have filled its
+    // queue up to the quarter kept for events that must arrive.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while receiver.events.len() < 12 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the queue did not fill: {} events",
+            receiver.events.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The engine still acts on commands: a chat message reaches the sender...
+    receiver.send(Command::SendChat("still here".into()));
+    let text = sender
+        .wait_for(Duration::from_secs(10), |e| match e {
+            Event::Chat(m) if m.text == "still here" => Some(m.text.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(text, "still here");
+    // ...its video keeps flowing...
+    let video = sender
+        .video_frames(&receiver_id, 1, Duration::from_secs(10))
+        .await;
+    let before = video.stats().frames_decoded;
+    // ...and a file sent to it arrives whole.
+    let path = src.path().join("while-minimised.bin");
+    let sha = make_file(&path, 3 << 20, 99);
+    sender.send(Command::Transfer(TransferCommand::SendFiles {
+        paths: vec![path],
+        to: Some(receiver_id.clone()),
+    }));
+    let done = sender
+        .transfer_update(Duration::from_secs(30), |u| u.state.is_final())
+        .await;
+    assert_eq!(done.state, TransferState::Completed, "{done:?}");
+    assert_eq!(file_sha(&dst.path().join("while-minimised.bin")), sha);
+    sender
+        .until(Duration::from_secs(5), |_| {
+            (video.stats().frames_decoded >= before + 10).then_some(())
+        })
+        .await;
+
+    // When the front end reads again, what must arrive did: the completed transfer.
+    let mut completed = false;
+    while let Ok(event) = receiver.events.try_recv() {
+        if let Event::Transfer(huddle::transfer::TransferEvent::Update { update, .. }) = &event
+            && update.direction == Direction::Incoming
+            && update.state == TransferState::Completed
+        {
+            completed = true;
+        }
+    }
+    assert!(completed, "the completed transfer was not delivered");
+    sender.engine.shutdown().await;
+    receiver.engine.shutdown().await;
+    server.shutdown().await;
+}

@@ -126,7 +126,7 @@ fn the_app_joins_shows_video_chats_mutes_and_receives_a_file() {
 
     // Bob's tile appears and its texture keeps updating.
     ui.until("bob's video", Duration::from_secs(15), |h| {
-        h.query_by_label("Video of bob").is_some()
+        h.query_by_label_contains("Video of bob").is_some()
             && h.state()
                 .app()
                 .call
@@ -143,6 +143,10 @@ fn the_app_joins_shows_video_chats_mutes_and_receives_a_file() {
             >= shown + 10
     });
     assert!(ui.harness.query_by_label("Your video").is_some());
+    // The tile carries the connection's grade once two stats samples are in: on loopback, good.
+    ui.until("the connection grade", Duration::from_secs(10), |h| {
+        h.query_by_label("Video of bob, connection good").is_some()
+    });
 
     // A chat message typed and sent with Enter shows up, and bob receives it.
     ui.harness.get_by_label("Message").focus();

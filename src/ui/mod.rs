@@ -55,6 +55,12 @@ pub fn utc_offset_secs() -> i64 {
 }
 
 impl eframe::App for HuddleApp {
+    /// Runs before every frame and also while the window is minimised or hidden (when the
+    /// engine's wake-up asks for a repaint), so events keep being applied with nothing drawn.
+    fn logic(&mut self, _ctx: &egui::Context, _frame: &mut eframe::Frame) {
+        self.pump();
+    }
+
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         self.draw(ui);
     }

@@ -17,6 +17,8 @@ pub struct PeerOptions {
     pub auto_accept: bool,
     pub download_dir: PathBuf,
     pub tamper: Option<huddle::transfer::manager::Tamper>,
+    /// Size of the engine's event queue (`None`: the default).
+    pub event_queue: Option<usize>,
 }
 
 impl PeerOptions {
@@ -27,6 +29,7 @@ impl PeerOptions {
             auto_accept: true,
             download_dir,
             tamper: None,
+            event_queue: None,
         }
     }
 }
@@ -57,6 +60,9 @@ impl TestPeer {
         config.read_stamps = true;
         config.transfers.machine.auto_accept = opts.auto_accept;
         config.transfers.tamper = opts.tamper;
+        if let Some(n) = opts.event_queue {
+            config.event_queue = n;
+        }
         let woken = Arc::new(tokio::sync::Notify::new());
         let wake = {
             let woken = woken.clone();
