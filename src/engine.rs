@@ -1060,7 +1060,10 @@ impl Engine {
             return;
         }
         if let Some(entry) = self.peers.get_mut(peer) {
-            let backoff = Duration::from_millis(500) * 2u32.pow(entry.failures.min(5));
+            // The first retry comes quickly (a stalled handshake on a working path needs no
+            // wait), later ones back off up to 10 s.
+            let backoff =
+                Duration::from_millis(250) * 2u32.pow(entry.failures.saturating_sub(1).min(6));
             entry.rebuild_at = Some(Instant::now() + backoff.min(Duration::from_secs(10)));
         }
     }

@@ -457,7 +457,7 @@ struct VideoReceiveShared {
 
 /// ICE connected this long ago and DTLS has not finished: the handshake is stuck (a healthy one
 /// takes two round trips, or a few seconds with its 1 s retransmissions on a lossy path).
-const DTLS_STALL: Duration = Duration::from_secs(3);
+const DTLS_STALL: Duration = Duration::from_millis(2500);
 
 /// Audio's share of the link, with packet overhead (IP, UDP, RTP, SRTP, extensions: ~60 bytes at
 /// 50 packets/s), at the Opus bitrate the engine picks for that estimate.
