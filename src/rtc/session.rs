@@ -23,6 +23,7 @@ use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::RTCOfferOptions;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS};
+use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp::codec::h264::H264Packet;
 use rtc::rtp::packetizer::Depacketizer;
@@ -621,6 +622,12 @@ impl Actor {
             )
             .with_srflx_acceptance_min_wait(Some(Duration::ZERO))
             .with_prflx_acceptance_min_wait(Some(Duration::ZERO))
+            // The answerer is ICE-controlled, and learns that ICE is up (from the nomination)
+            // before the offerer does. As DTLS client it would send its hello at once, to an
+            // offerer whose DTLS is not listening yet, and wait a whole 1 s retransmission
+            // (seen on every 120 ms-RTT `4g` run). As DTLS server it waits for the offerer's
+            // hello, which comes only once both sides are up.
+            .with_answering_dtls_role(RTCDtlsRole::Server)
             .build();
         let ice_servers = config
             .ice_servers
