@@ -44,8 +44,10 @@ impl VideoDemand {
     pub fn new(budget_bps: u32) -> Self {
         VideoDemand {
             budget_bps: AtomicU32::new(budget_bps),
-            // A new peer's decoder starts with a keyframe.
-            keyframe: AtomicBool::new(true),
+            // No keyframe yet: frames before the connection is up are thrown away, so the
+            // sender asks for one once it is (a keyframe forced now would only hold that one
+            // back by `KEYFRAME_MIN_INTERVAL`).
+            keyframe: AtomicBool::new(false),
             sending: Mutex::new(None),
         }
     }
@@ -307,7 +309,11 @@ impl EncoderThread {
                 // Requests are settled by a keyframe that came out, not by asking: rate control
                 // may skip the very frame that was to be one.
                 if out.keyframe {
-                    enc.last_keyframe = Some(now);
+                    // Only forced keyframes count against the limit: a new encoder's first
+                    // frame must not delay the keyframe a peer that just connected asks for.
+                    if force {
+                        enc.last_keyframe = Some(now);
+                    }
                     for (d, _) in &group.members {
                         d.keyframe.store(false, Ordering::Relaxed);
                     }
