@@ -206,9 +206,12 @@ impl EncoderThread {
                 }
             };
             if s.rung != Some(target.rung) {
-                // Moving to another encoding: its stream starts with a keyframe.
-                s.rung = Some(target.rung);
-                s.demand.request_keyframe();
+                // Moving to another encoding: its stream starts with a keyframe. (Not on the
+                // first one: the connection asks for its keyframe once it is up, and one forced
+                // now would be thrown away and hold that one back by the keyframe limit.)
+                if s.rung.replace(target.rung).is_some() {
+                    s.demand.request_keyframe();
+                }
             }
             if let Ok(mut sending) = s.demand.sending.lock() {
                 *sending = Some(target);
