@@ -18,6 +18,11 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 /// Beats every second: a dead process is noticed after three missed beats.
 const HEARTBEAT_SECS: &str = "1";
 
+/// One test at a time: one of them kills and restarts its Redis on the same port, and while the
+/// two ran side by side the other lost its own Redis connections now and then ("broken pipe",
+/// its subscription gone) on this 2-core machine. Not understood yet; see the closing notes.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A `redis-server` on a free loopback port, without persistence, stopped when dropped.
 struct Redis {
     child: tokio::process::Child,
@@ -90,6 +95,7 @@ async fn list(client: &mut TestClient) -> Vec<(String, usize)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_share_rooms_chat_relays_and_calls_through_redis() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let redis = Redis::start().await;
     let one = serve_with(&redis).await;
     let two = serve_with(&redis).await;
@@ -291,6 +297,7 @@ async fn two_processes_share_rooms_chat_relays_and_calls_through_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_redis_closes_clients_with_unavailable_and_they_rejoin_when_it_is_back() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut redis = Redis::start().await;
     let server = serve_with(&redis).await;
     // A raw client sees exactly what the server says; the real client shows the recovery.
