@@ -159,6 +159,15 @@ fn frame_times(p: &Process) -> Vec<(f64, u64)> {
         .collect()
 }
 
+/// The cumulative frame count last reported at or before `t` (process time), if any.
+fn frames_at(frames: &[(f64, u64)], t: f64) -> Option<u64> {
+    frames
+        .iter()
+        .rev()
+        .find(|(ft, _)| *ft <= t)
+        .map(|(_, n)| *n)
+}
+
 /// Reads both peers' logs for `span`.
 async fn run_for(call: &mut Call, span: Duration) {
     let deadline = tokio::time::Instant::now() + span;
@@ -182,14 +191,7 @@ fn last_stats(p: &Process) -> Value {
 /// Seconds (1 s windows from `from` to `to`, in process time) with fewer than `min` new frames.
 fn slow_seconds(p: &Process, from: f64, to: f64, min: u64) -> Vec<f64> {
     let frames = frame_times(p);
-    let at = |t: f64| {
-        frames
-            .iter()
-            .rev()
-            .find(|(ft, _)| *ft <= t)
-            .map(|(_, n)| *n)
-            .unwrap_or(0)
-    };
+    let at = |t: f64| frames_at(&frames, t).unwrap_or(0);
     let mut slow = Vec::new();
     let mut t = from;
     while t + 1.0 <= to {
@@ -252,12 +254,7 @@ async fn a_three_second_outage_does_not_end_the_call_and_video_comes_back() {
         );
         let back = armed + 11.0;
         let frames = frame_times(p);
-        let before = frames
-            .iter()
-            .rev()
-            .find(|(t, _)| *t <= back)
-            .map(|(_, n)| *n)
-            .expect("frames before the outage ended");
+        let before = frames_at(&frames, back).expect("frames before the outage ended");
         let again = frames
             .iter()
             .find(|(t, n)| *t > back && *n > before)
@@ -329,12 +326,7 @@ async fn a_thirty_second_outage_rebuilds_the_call_without_anyone_acting() {
             p.name
         );
         let frames = frame_times(p);
-        let before = frames
-            .iter()
-            .rev()
-            .find(|(t, _)| *t <= back)
-            .map(|(_, n)| *n)
-            .unwrap_or(0);
+        let before = frames_at(&frames, back).unwrap_or(0);
         // Counters restart with a rebuilt connection: any change after the link returns is a
         // new picture.
         let again = frames

@@ -494,6 +494,14 @@ impl RemoteVideo {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// Freezes so far and their total length in microseconds, without copying the samples.
+    pub fn freezes(&self) -> (u64, u64) {
+        self.stats
+            .lock()
+            .map(|s| (s.freezes, s.frozen_us))
+            .unwrap_or_default()
+    }
+
     /// Clears the latency and decode-time samples (e.g. after warm-up in a benchmark).
     pub fn reset_samples(&self) {
         if let Ok(mut s) = self.stats.lock() {

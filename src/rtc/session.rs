@@ -1043,9 +1043,10 @@ impl Actor {
         stats.frames_skipped_for_keyframe =
             self.receive.skipped_for_keyframe.load(Ordering::Relaxed);
         if let Some(video) = &self.remote_video {
-            let v = video.stats();
-            stats.freezes = v.freezes;
-            stats.frozen_ms = v.frozen_us / 1000;
+            // Once a second per peer: read the two counters, not a copy of every sample.
+            let (freezes, frozen_us) = video.freezes();
+            stats.freezes = freezes;
+            stats.frozen_ms = frozen_us / 1000;
         }
         stats.quality = self.quality.update(
             now,
