@@ -152,6 +152,7 @@ fn network_json(n: &crate::engine::PeerStats) -> serde_json::Value {
         "nacks_sent": n.nacks_sent, "retransmissions_received": n.retransmissions_received,
         "nacked_by_peer": n.nacked_by_peer, "retransmissions_sent": n.retransmissions_sent,
         "retransmissions_withheld": n.retransmissions_withheld,
+        "retransmissions_repeat_skipped": n.retransmissions_repeat_skipped,
         "video_packets_abandoned": n.video_packets_abandoned,
         "video_frames_assembled": n.video_frames_assembled,
         "frames_skipped_for_keyframe": n.frames_skipped_for_keyframe,

@@ -89,6 +89,11 @@ struct BenchArgs {
     /// Seconds per network profile (default: each profile's own, 25-40 s).
     #[arg(long)]
     network_seconds: Option<f64>,
+    /// Seed of the link emulator's loss and jitter draws, to repeat a run exactly (default: a
+    /// new seed per profile, printed in the report: a fixed seed loses the same packets of the
+    /// call's start-up every run).
+    #[arg(long)]
+    link_seed: Option<u64>,
 }
 
 #[derive(Args)]
@@ -460,6 +465,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         work_dir: args.work_dir,
         profiles: args.profiles,
         network_seconds: args.network_seconds,
+        link_seed: args.link_seed,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     let report = runtime.block_on(bench::run(options))?;

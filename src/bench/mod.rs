@@ -77,6 +77,8 @@ pub struct BenchOptions {
     pub profiles: Vec<String>,
     /// Seconds per profile (`None`: each profile's own length).
     pub network_seconds: Option<f64>,
+    /// Seed for the link emulator (`None`: a new one per profile, reported).
+    pub link_seed: Option<u64>,
 }
 
 /// A child process of this binary with its JSON-lines stdout.

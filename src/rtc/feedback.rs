@@ -8,6 +8,9 @@
 //!   responder sends, which statistics do not count when they are plain re-sends, and holds
 //!   them to a share of the bandwidth estimate: when a queue overflows, the far end NACKs
 //!   everything it missed, and answering all of it would feed the very congestion that lost it.
+//!   It also sends a packet again only once a round trip has passed since its last
+//!   retransmission: the far end repeats its NACK every few tens of milliseconds until the hole
+//!   fills, and answering each repeat would send three copies where one was in flight.
 //!
 //! Both write into a shared `LinkFeedback` the session reads once per tick.
 
@@ -53,6 +56,8 @@ pub struct FeedbackState {
     /// Retransmissions sent in answer to NACKs, and those the budget held back.
     pub retransmissions_sent: u64,
     pub retransmissions_withheld: u64,
+    /// NACK repeats not answered because the previous retransmission was still in flight.
+    pub retransmissions_repeat_skipped: u64,
     /// Latest round-trip time from any report.
     pub rtt: Option<Duration>,
     /// When the last reception report came, and the largest loss fraction in it (0..1): the
@@ -199,6 +204,49 @@ const RETRANSMISSION_SHARE: f64 = 0.15;
 const RETRANSMISSION_BURST: Duration = Duration::from_millis(250);
 const RETRANSMISSION_MIN_BURST_BYTES: f64 = 2_400.0;
 
+/// How long a retransmitted packet counts as in flight: a round trip (jitter included in the
+/// measurement) less a little, so a NACK repeated because the retransmission itself was lost is
+/// answered at once. Without a measurement, 50 ms.
+fn repeat_gap(rtt: Option<Duration>) -> Duration {
+    rtt.map_or(Duration::from_millis(50), |r| r * 9 / 10)
+        .clamp(Duration::from_millis(10), Duration::from_millis(400))
+}
+
+/// Remembers when each packet was last retransmitted, as a plain state machine; entries expire
+/// after a second, so it stays small whatever the NACK rate.
+#[derive(Debug, Default)]
+pub struct RepeatFilter {
+    last: HashMap<(u32, u16), Instant>,
+    order: VecDeque<(Instant, (u32, u16))>,
+}
+
+const REPEAT_MEMORY: Duration = Duration::from_secs(1);
+
+impl RepeatFilter {
+    /// Whether packet `key` may be retransmitted now (and if so, remember that it was).
+    pub fn allow(&mut self, now: Instant, key: (u32, u16), gap: Duration) -> bool {
+        while let Some((at, old)) = self.order.front().copied() {
+            if now.saturating_duration_since(at) < REPEAT_MEMORY {
+                break;
+            }
+            self.order.pop_front();
+            if self.last.get(&old) == Some(&at) {
+                self.last.remove(&old);
+            }
+        }
+        if self
+            .last
+            .get(&key)
+            .is_some_and(|at| now.saturating_duration_since(*at) < gap)
+        {
+            return false;
+        }
+        self.last.insert(key, now);
+        self.order.push_back((now, key));
+        true
+    }
+}
+
 /// A token bucket for retransmitted bytes, as a plain state machine.
 #[derive(Debug, Default)]
 pub struct RetransmissionBudget {
@@ -230,6 +278,7 @@ pub struct RetransmissionGate {
     state: LinkFeedback,
     estimate: PublishedEstimate,
     budget: RetransmissionBudget,
+    repeats: RepeatFilter,
     read: VecDeque<TaggedPacket>,
     write: VecDeque<TaggedPacket>,
 }
@@ -240,6 +289,7 @@ impl RetransmissionGate {
             state,
             estimate,
             budget: RetransmissionBudget::default(),
+            repeats: RepeatFilter::default(),
             read: VecDeque::new(),
             write: VecDeque::new(),
         }
@@ -266,17 +316,23 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RetransmissionGate {
         if let Packet::Rtp(rtp) = &msg.message.packet
             && msg.message.has(&Attribute::Retransmission)
         {
+            let now = Instant::now();
+            let Ok(mut state) = self.state.lock() else {
+                self.write.push_back(msg);
+                return Ok(());
+            };
+            let key = (rtp.header.ssrc, rtp.header.sequence_number);
+            if !self.repeats.allow(now, key, repeat_gap(state.rtt)) {
+                state.retransmissions_repeat_skipped += 1;
+                return Ok(());
+            }
             // Payload plus RTP header, extensions, SRTP tag, UDP and IP: about 60 bytes.
             let bytes = rtp.payload.len() + 60;
-            let admitted = self
-                .budget
-                .admit(Instant::now(), bytes, self.estimate.target_bps());
-            if let Ok(mut state) = self.state.lock() {
-                if admitted {
-                    state.retransmissions_sent += 1;
-                } else {
-                    state.retransmissions_withheld += 1;
-                }
+            let admitted = self.budget.admit(now, bytes, self.estimate.target_bps());
+            if admitted {
+                state.retransmissions_sent += 1;
+            } else {
+                state.retransmissions_withheld += 1;
             }
             if !admitted {
                 return Ok(());
@@ -321,6 +377,29 @@ mod tests {
         );
         // A lone retransmission after a quiet spell always goes out.
         assert!(budget.admit(t0 + Duration::from_secs(5), 1260, 100_000));
+    }
+
+    #[test]
+    fn a_repeated_nack_is_answered_only_after_a_round_trip() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let gap = repeat_gap(Some(Duration::from_millis(100)));
+        assert_eq!(gap, Duration::from_millis(90));
+        let mut f = RepeatFilter::default();
+        assert!(f.allow(at(0), (1, 7), gap));
+        // The NACK generator repeats every 30 ms while the retransmission is on its way.
+        assert!(!f.allow(at(30), (1, 7), gap));
+        assert!(!f.allow(at(60), (1, 7), gap));
+        // Other packets and other streams are independent.
+        assert!(f.allow(at(60), (1, 8), gap));
+        assert!(f.allow(at(60), (2, 7), gap));
+        // A round trip later the hole is still open: that retransmission was lost too.
+        assert!(f.allow(at(95), (1, 7), gap));
+        assert!(!f.allow(at(120), (1, 7), gap));
+        // Old entries are forgotten, so memory stays bounded.
+        assert!(f.allow(at(5_000), (1, 9), gap));
+        assert_eq!(f.last.len(), 1);
+        assert_eq!(f.order.len(), 1);
     }
 
     #[test]
