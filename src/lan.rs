@@ -115,16 +115,38 @@ impl Drop for Announcer {
     }
 }
 
+/// A running announcement: dropping it stops following the server and withdraws the
+/// announcement (a bare `JoinHandle` would detach the task, which then reconnects forever).
+#[must_use = "the announcement stops when this is dropped"]
+pub struct Announcing {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Announcing {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Follows the rooms of the server at `server_url` (normally this process's own) and keeps the
-/// announcement in step. Runs until the returned handle is dropped.
-pub fn announce_server(
-    name: &str,
-    server_url: &str,
-    port: u16,
-) -> Result<tokio::task::JoinHandle<()>, LanError> {
+/// announcement in step, until the returned guard is dropped.
+pub fn announce_server(name: &str, server_url: &str, port: u16) -> Result<Announcing, LanError> {
     let mut announcer = Announcer::start(name, port)?;
+    Ok(follow_rooms(server_url, move |list| {
+        if let Err(e) = announcer.set_rooms(list) {
+            tracing::warn!(error = %e, "cannot update the LAN announcement");
+        }
+    }))
+}
+
+/// Calls `on_change` with the server's public rooms whenever they change, until the guard is
+/// dropped (which also drops `on_change`, and with it whatever it owns).
+fn follow_rooms(
+    server_url: &str,
+    mut on_change: impl FnMut(&[RoomInfo]) + Send + 'static,
+) -> Announcing {
     let (client, mut events) = SignalingClient::spawn(ClientConfig::new(server_url));
-    Ok(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let _ = client.send(ClientCommand::SubscribeRooms);
         let mut rooms: BTreeMap<String, RoomInfo> = BTreeMap::new();
         while let Some(ev) = events.recv().await {
@@ -144,12 +166,11 @@ pub fn announce_server(
                 _ => continue,
             }
             let list: Vec<RoomInfo> = rooms.values().cloned().collect();
-            if let Err(e) = announcer.set_rooms(&list) {
-                tracing::warn!(error = %e, "cannot update the LAN announcement");
-            }
+            on_change(&list);
         }
         drop(client);
-    }))
+    });
+    Announcing { task }
 }
 
 /// Browses the local network for hosted rooms; the current list is sent on every change.
@@ -266,5 +287,29 @@ mod tests {
             })
             .collect();
         assert_eq!(txt("h", &many).len(), 2 + MAX_ROOMS);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_guard_stops_following_the_server() {
+        use crate::signaling::server::{ServerConfig, start};
+        let server = start(ServerConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let (tx, mut lists) = mpsc::channel(8);
+        let guard = follow_rooms(&server.url(), move |rooms| {
+            let _ = tx.try_send(rooms.len());
+        });
+        // It follows: the server's first room list arrives.
+        let first = tokio::time::timeout(Duration::from_secs(10), lists.recv()).await;
+        assert_eq!(first.unwrap(), Some(0));
+        // Dropped: the task ends, and with it the callback and its sender, so the channel
+        // closes (a detached task would keep it open and reconnect forever).
+        drop(guard);
+        let end = tokio::time::timeout(Duration::from_secs(10), lists.recv()).await;
+        assert_eq!(end.unwrap(), None);
+        server.shutdown().await;
     }
 }

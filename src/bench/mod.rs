@@ -533,8 +533,11 @@ async fn mesh(opts: &BenchOptions) -> Result<Value, BenchError> {
     }))
 }
 
-fn write_file(path: &Path, mib: u64) -> std::io::Result<()> {
+/// Writes `mib` MiB of pseudo-random bytes to `path` and returns their SHA-256 (hex).
+fn write_file(path: &Path, mib: u64) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
     use std::io::Write;
+    let mut hash = Sha256::new();
     let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut block = vec![0u8; 1 << 20];
@@ -545,9 +548,27 @@ fn write_file(path: &Path, mib: u64) -> std::io::Result<()> {
             x ^= x << 17;
             chunk.copy_from_slice(&x.to_le_bytes());
         }
+        hash.update(&block);
         f.write_all(&block)?;
     }
-    f.flush()
+    f.flush()?;
+    Ok(hex::encode(hash.finalize()))
+}
+
+/// SHA-256 (hex) of a file's contents as they are on disk now.
+fn hash_file(path: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hex::encode(hash.finalize()));
+        }
+        hash.update(&buf[..n]);
+    }
 }
 
 async fn tcp_ceiling(bytes: u64) -> Result<f64, BenchError> {
@@ -584,7 +605,7 @@ async fn transfer(opts: &BenchOptions, mib: u64, with_ceiling: bool) -> Result<V
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("in"))?;
     let file = dir.join("payload.bin");
-    write_file(&file, mib)?;
+    let sent_sha256 = write_file(&file, mib)?;
     let server = start_server(&opts.exe, &[]).await?;
     let quiet = ["--video", "none", "--audio", "none"];
     let recv_dir = dir.join("in");
@@ -613,13 +634,23 @@ async fn transfer(opts: &BenchOptions, mib: u64, with_ceiling: bool) -> Result<V
     let rs = receiver.finish().await?;
     let ss = sender.finish().await?;
     drop(server);
+    // The receiver's own hash, and the bytes it saved, both against what was written.
+    let reported = received["sha256"].as_str();
+    let saved = received["path"]
+        .as_str()
+        .map(|p| hash_file(Path::new(p)))
+        .transpose()?;
     let _ = std::fs::remove_dir_all(&dir);
+    let reported_matches = reported == Some(sent_sha256.as_str());
+    let saved_matches = saved.as_deref() == Some(sent_sha256.as_str());
     let mut out = json!({
         "what": format!("one {mib} MiB file over the data channel, loopback; time from the connection being up to the receiver having verified (SHA-256) and saved it"),
         "file_mib": mib,
         "seconds": (secs * 100.0).round() / 100.0,
         "mb_per_s": (bytes / 1e6 / secs * 10.0).round() / 10.0,
-        "sha256_ok": received["sha256"].is_string(),
+        "sha256_of_written_file": sent_sha256,
+        "receiver_reported_sha256_matches": reported_matches,
+        "saved_file_sha256_matches": saved_matches,
         "sender": {"cpu_seconds_per_mb": num(&ss["cpu_seconds_in_room"]) / (bytes / 1e6), "peak_rss_mb": ss["peak_rss_mb"]},
         "receiver": {"cpu_seconds_per_mb": num(&rs["cpu_seconds_in_room"]) / (bytes / 1e6), "peak_rss_mb": rs["peak_rss_mb"]},
     });
@@ -877,6 +908,14 @@ pub fn table(report: &Value) -> String {
         if let Some(t) = report.get(key) {
             out.push_str(&format!("File transfer ({} MiB)\n", t["file_mib"]));
             line(&mut out, "throughput (MB/s)", format!("{}", t["mb_per_s"]));
+            line(
+                &mut out,
+                "SHA-256 = written file's: receiver's / saved",
+                format!(
+                    "{} / {}",
+                    t["receiver_reported_sha256_matches"], t["saved_file_sha256_matches"]
+                ),
+            );
             if let Some(c) = t.get("tcp_loopback_mb_per_s") {
                 line(
                     &mut out,

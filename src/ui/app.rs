@@ -43,7 +43,7 @@ pub struct Hosting {
     /// The same server as this machine reaches it.
     pub local_url: String,
     _server: crate::signaling::ServerHandle,
-    _announcer: tokio::task::JoinHandle<()>,
+    _announcer: crate::lan::Announcing,
 }
 
 #[derive(Clone, Debug, PartialEq)]
