@@ -249,8 +249,15 @@ struct ServeArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    init_tracing();
     let cli = Cli::parse();
+    // The desktop app also keeps a log file a user can attach to a bug report; the server, the
+    // headless peer and the benchmark log to stderr only.
+    let log_file = if cli.command.is_none() {
+        huddle::settings::open_log_file()
+    } else {
+        None
+    };
+    init_tracing(log_file);
     match cli.command {
         Some(Command::Serve(args)) => serve(args),
         Some(Command::Join(args)) => join(args),
@@ -279,12 +286,24 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("huddle=info,warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+fn init_tracing(log_file: Option<std::fs::File>) {
+    use tracing_subscriber::prelude::*;
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("huddle=info,winit=error,warn"))
+    };
+    let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_filter(filter());
+    let file = log_file.map(|f| {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(f))
+            .with_filter(filter())
+    });
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(file)
         .init();
 }
 

@@ -68,6 +68,34 @@ pub fn default_path() -> Option<PathBuf> {
         .map(|d| d.config_dir().join("settings.json"))
 }
 
+/// Where the desktop app's log goes: `$XDG_STATE_HOME/huddle/huddle.log` on Linux (the data
+/// folder where the platform has no state folder).
+pub fn default_log_path() -> Option<PathBuf> {
+    directories::ProjectDirs::from("org", "huddle", "huddle").map(|d| {
+        d.state_dir()
+            .unwrap_or_else(|| d.data_local_dir())
+            .join("huddle.log")
+    })
+}
+
+/// Opens a fresh log file at `default_log_path`, keeping the previous run's as
+/// `huddle.previous.log` (so the file never holds more than two runs). `None` if the folder
+/// cannot be written: the app runs on without a log file.
+pub fn open_log_file() -> Option<std::fs::File> {
+    let path = default_log_path()?;
+    open_log_file_at(&path).ok()
+}
+
+pub fn open_log_file_at(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        std::fs::rename(path, path.with_file_name("huddle.previous.log"))?;
+    }
+    std::fs::File::create(path)
+}
+
 /// The platform's Downloads folder, subfolder Huddle.
 pub fn default_download_dir() -> PathBuf {
     directories::UserDirs::new()
@@ -143,5 +171,22 @@ mod tests {
         assert_eq!(loaded.server, EMBEDDED_SERVER);
         std::fs::write(&path, "not json").unwrap();
         assert_eq!(Settings::load(&path).unwrap(), Settings::default());
+    }
+
+    #[test]
+    fn the_log_file_keeps_this_run_and_the_previous_one() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/huddle/huddle.log");
+        let previous = path.with_file_name("huddle.previous.log");
+        for run in ["first", "second", "third"] {
+            let mut f = open_log_file_at(&path).unwrap();
+            writeln!(f, "{run} run").unwrap();
+        }
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "third run\n");
+        assert_eq!(std::fs::read_to_string(&previous).unwrap(), "second run\n");
+        let files = std::fs::read_dir(path.parent().unwrap()).unwrap().count();
+        assert_eq!(files, 2);
+        assert!(default_log_path().is_some_and(|p| p.ends_with("huddle.log")));
     }
 }

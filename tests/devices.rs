@@ -128,7 +128,87 @@ fn a_device_that_goes_away_falls_back_with_a_notice() {
     SoundServer::start().run_inner("inner_device_gone");
 }
 
+#[test]
+fn without_a_sound_device_alsa_says_nothing_on_stderr() {
+    // No sound server to find (an empty runtime folder, a socket that does not exist) and a card
+    // that does not exist, so the ALSA host probes and fails as on a machine without a sound card.
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "inner_no_sound_device",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("XDG_RUNTIME_DIR", empty.path())
+        .env("PULSE_SERVER", "unix:/nonexistent/huddle-test")
+        .env("ALSA_CARD", "huddle-no-such-card")
+        .env("HUDDLE_INNER_NO_SOUND", "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "inner_no_sound_device failed:\n{text}"
+    );
+    let noise: Vec<&str> = text.lines().filter(|l| l.contains("ALSA lib")).collect();
+    assert!(
+        noise.is_empty(),
+        "alsa-lib wrote to stderr:\n{}",
+        noise.join("\n")
+    );
+}
+
 // ----- inner tests: run only inside a process started by the tests above -----
+
+/// A `tracing` writer into memory.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+#[ignore = "run by without_a_sound_device_alsa_says_nothing_on_stderr"]
+fn inner_no_sound_device() {
+    assert!(std::env::var_os("HUDDLE_INNER_NO_SOUND").is_some());
+    let log = Captured::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let notices = Notices::default();
+        // Listing finds nothing and opening fails with an error of ours, not a screenful.
+        println!("inputs {:?}", sound::list_inputs());
+        println!("outputs {:?}", sound::list_outputs());
+        let mic = MicSource::open(None, notices.clone());
+        let speaker = SpeakerSink::open(None, notices);
+        println!("mic: {:?}", mic.as_ref().err());
+        println!("speaker: {:?}", speaker.as_ref().err());
+        assert!(mic.is_err() && speaker.is_err());
+    });
+    // alsa-lib's messages went to the log at debug level instead.
+    let logged = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logged.contains("huddle::alsa") && logged.contains("DEBUG"),
+        "nothing from alsa-lib was logged:\n{logged}"
+    );
+}
 
 fn in_private_server() -> bool {
     std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|d| Path::new(&d).join("test.pa").exists())

@@ -61,20 +61,47 @@ fn describe(device: &cpal::Device) -> Option<SoundDevice> {
     Some(SoundDevice { id, name })
 }
 
+/// Runs `f` with alsa-lib's own error messages on this thread sent to `tracing` at debug level
+/// instead of stderr. Without a sound card, probing the default device prints a screenful of
+/// `ALSA lib conf.c:...` lines before anything useful, and they say nothing the error we
+/// return does not.
+fn quiet_alsa<T>(f: impl FnOnce() -> T) -> T {
+    #[cfg(target_os = "linux")]
+    {
+        // Installs a handler for this thread that collects into a fresh buffer.
+        let buffer = alsa::Output::local_error_handler().ok();
+        let out = f();
+        if let Some(buffer) = buffer
+            && let Ok(buffer) = buffer.try_borrow()
+        {
+            for line in buffer.to_string().lines().filter(|l| !l.is_empty()) {
+                tracing::debug!(target: "huddle::alsa", "{line}");
+            }
+        }
+        out
+    }
+    #[cfg(not(target_os = "linux"))]
+    f()
+}
+
 /// Microphones. Blocking (asks the sound server): call it off the UI thread.
 pub fn list_inputs() -> Vec<SoundDevice> {
-    host()
-        .input_devices()
-        .map(|d| d.filter_map(|d| describe(&d)).collect())
-        .unwrap_or_default()
+    quiet_alsa(|| {
+        host()
+            .input_devices()
+            .map(|d| d.filter_map(|d| describe(&d)).collect())
+            .unwrap_or_default()
+    })
 }
 
 /// Speakers. Blocking: call it off the UI thread.
 pub fn list_outputs() -> Vec<SoundDevice> {
-    host()
-        .output_devices()
-        .map(|d| d.filter_map(|d| describe(&d)).collect())
-        .unwrap_or_default()
+    quiet_alsa(|| {
+        host()
+            .output_devices()
+            .map(|d| d.filter_map(|d| describe(&d)).collect())
+            .unwrap_or_default()
+    })
 }
 
 fn find(host: &cpal::Host, id: Option<&str>, input: bool) -> Option<cpal::Device> {
@@ -201,7 +228,7 @@ impl OpenDevice for OpenInput {
         &self.name
     }
     fn open(id: Option<&str>) -> Result<Self, MediaError> {
-        open_input(id)
+        quiet_alsa(|| open_input(id))
     }
 }
 
@@ -273,7 +300,7 @@ pub struct MicSource {
 impl MicSource {
     /// Opens the microphone `id` (or the default one). Blocking: call it off the UI thread.
     pub fn open(id: Option<&str>, notices: Notices) -> Result<MicSource, MediaError> {
-        let open = open_input(id)?;
+        let open = quiet_alsa(|| open_input(id))?;
         Ok(MicSource {
             wanted: id.map(str::to_owned),
             open: Some(open),
@@ -397,7 +424,7 @@ impl OpenDevice for OpenOutput {
         &self.name
     }
     fn open(id: Option<&str>) -> Result<Self, MediaError> {
-        open_output(id)
+        quiet_alsa(|| open_output(id))
     }
 }
 
@@ -471,7 +498,7 @@ pub struct SpeakerSink {
 impl SpeakerSink {
     /// Opens the speaker `id` (or the default one). Blocking: call it off the UI thread.
     pub fn open(id: Option<&str>, notices: Notices) -> Result<SpeakerSink, MediaError> {
-        let open = open_output(id)?;
+        let open = quiet_alsa(|| open_output(id))?;
         Ok(SpeakerSink {
             open: Some(open),
             notices,
