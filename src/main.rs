@@ -430,6 +430,7 @@ fn join(args: JoinArgs) -> anyhow::Result<()> {
             token: args.token,
             rejoin_token: None,
             private: args.private,
+            ..Default::default()
         },
         trusted_cert: args.trust_cert,
         relay_only: args.relay_only,

@@ -3,6 +3,10 @@
 //! in-memory hub and the Redis cluster hub. Depends only on `signaling::protocol`.
 
 use super::protocol::{ErrorCode, JoinAccess, validate_nickname, validate_room_name};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -100,9 +104,10 @@ pub struct Claims {
     /// Rejoin tokens only: the room was private.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub private: bool,
-    /// Rejoin tokens only: the room's password hash, so a recreated room keeps its password.
+    /// Rejoin tokens only: the room's password hash, so a recreated room keeps its password,
+    /// sealed (`seal`) so that the token, whose claims anyone can read, reveals nothing about it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password_hash: Option<String>,
+    pub sealed_password: Option<String>,
 }
 
 /// The key a room is stored under: its validated name, lower-cased.
@@ -110,15 +115,76 @@ pub fn room_key(display_name: &str) -> String {
     display_name.to_lowercase()
 }
 
-/// Hash under which a room's password is kept (never the password itself). Salted with the room
-/// key so equal passwords of different rooms differ.
-pub fn password_hash(room_key: &str, password: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(b"huddle-room-password\0");
-    h.update(room_key.as_bytes());
-    h.update(b"\0");
-    h.update(password.as_bytes());
-    hex::encode(h.finalize())
+/// Argon2id hash (hex) under which a room's password is kept, never the password itself. Slow on
+/// purpose (argon2's defaults, OWASP's minimum: 19 MiB, 2 passes), so a leaked hash (Redis, a
+/// memory dump) is costly to guess from: call it off the hub, on a blocking thread. The salt
+/// comes from the room key, so equal passwords of different rooms differ, while one room's
+/// password hashes the same in every process: the hub and the Redis cluster compare stored
+/// hashes for equality. `None` only if argon2 refuses its input, which these lengths never make
+/// it do.
+pub fn password_hash(room_key: &str, password: &str) -> Option<String> {
+    let salt = Sha256::new()
+        .chain_update(b"huddle-room-password-salt\0")
+        .chain_update(room_key.as_bytes())
+        .finalize();
+    let mut out = [0u8; 32];
+    argon2::Argon2::default()
+        .hash_password_into(password.as_bytes(), &salt[..16], &mut out)
+        .ok()?;
+    Some(hex::encode(out))
+}
+
+/// Takes a `join`'s password out and puts its hash in, so that whoever calls this pays for the
+/// hashing (the server: on a blocking thread, a few at a time) and the hub never sees the
+/// password. An empty or over-long password, or an invalid room name, is left as it is for the
+/// hub to ignore or refuse with the documented error.
+pub fn hash_join_password(room: &str, access: &mut JoinAccess) {
+    let Some(password) = access.password.as_deref() else {
+        return;
+    };
+    if password.is_empty() || password.len() > MAX_PASSWORD_BYTES {
+        return;
+    }
+    let Ok(name) = validate_room_name(room) else {
+        return;
+    };
+    if let Some(hash) = password_hash(&room_key(&name), password) {
+        access.password_hash = Some(hash);
+        access.password = None;
+    }
+}
+
+/// The key that seals password hashes inside rejoin tokens, derived from the rejoin secret.
+fn seal_cipher(secret: &Secret) -> ChaCha20Poly1305 {
+    let key = Sha256::new()
+        .chain_update(b"huddle-rejoin-seal\0")
+        .chain_update(secret.as_bytes())
+        .finalize();
+    ChaCha20Poly1305::new(&key)
+}
+
+/// `text` encrypted and authenticated: base64url(nonce ‖ ciphertext).
+fn seal(secret: &Secret, text: &str) -> Option<String> {
+    let nonce: [u8; 12] = rand::random();
+    let mut sealed = nonce.to_vec();
+    sealed.extend(
+        seal_cipher(secret)
+            .encrypt(Nonce::from_slice(&nonce), text.as_bytes())
+            .ok()?,
+    );
+    Some(URL_SAFE_NO_PAD.encode(sealed))
+}
+
+fn unseal(secret: &Secret, sealed: &str) -> Option<String> {
+    let bytes = URL_SAFE_NO_PAD.decode(sealed).ok()?;
+    if bytes.len() < 12 {
+        return None;
+    }
+    let (nonce, ciphertext) = bytes.split_at(12);
+    let plain = seal_cipher(secret)
+        .decrypt(Nonce::from_slice(nonce), ciphertext)
+        .ok()?;
+    String::from_utf8(plain).ok()
 }
 
 /// Compares two password hashes in time independent of where they differ.
@@ -148,7 +214,7 @@ pub fn mint(
         iat,
         exp: iat + ttl.as_secs().max(1),
         private: false,
-        password_hash: None,
+        sealed_password: None,
     };
     sign(secret, &claims)
 }
@@ -237,6 +303,8 @@ impl Default for AccessConfig {
 #[derive(Clone, Debug, Default)]
 pub struct Credentials<'a> {
     pub password: Option<&'a str>,
+    /// The password's hash when the connection already computed it (`hash_join_password`).
+    pub password_hash: Option<&'a str>,
     pub token: Option<&'a str>,
     pub rejoin_token: Option<&'a str>,
 }
@@ -278,10 +346,16 @@ impl AccessConfig {
                 format!("passwords are at most {MAX_PASSWORD_BYTES} bytes"),
             ));
         }
-        let password_hash = creds
-            .password
-            .filter(|p| !p.is_empty())
-            .map(|p| password_hash(room_key, p));
+        let password_hash = match (creds.password_hash, creds.password) {
+            (Some(hash), _) => Some(hash.to_owned()),
+            // Not hashed yet (an in-process caller): hash here, at the same cost.
+            (None, Some(p)) if !p.is_empty() => {
+                Some(password_hash(room_key, p).ok_or_else(|| {
+                    Refusal::new(ErrorCode::WrongPassword, "the password cannot be hashed")
+                })?)
+            }
+            (None, _) => None,
+        };
         if let Some(rejoin) = creds.rejoin_token {
             // A stale rejoin token (server restarted with a new secret, or it expired) is not
             // fatal: fall through to the ordinary checks.
@@ -292,12 +366,20 @@ impl AccessConfig {
                 TokenKind::Rejoin,
                 now_ms,
             ) {
-                return Ok(Admission {
-                    rejoining: true,
-                    recreate_private: claims.private,
-                    recreate_password_hash: claims.password_hash,
-                    password_hash,
-                });
+                // A seal that does not open (a bug, since the signature held) must not recreate
+                // the room without its password: then the ordinary checks apply.
+                let recreate_password_hash = match &claims.sealed_password {
+                    Some(sealed) => unseal(&self.rejoin_secret, sealed),
+                    None => Some(String::new()),
+                };
+                if let Some(recreate) = recreate_password_hash {
+                    return Ok(Admission {
+                        rejoining: true,
+                        recreate_private: claims.private,
+                        recreate_password_hash: Some(recreate).filter(|h| !h.is_empty()),
+                        password_hash,
+                    });
+                }
             }
         }
         if let Some(secret) = &self.token_secret {
@@ -342,6 +424,7 @@ impl AccessConfig {
         let key = room_key(&room_name);
         let creds = Credentials {
             password: access.password.as_deref(),
+            password_hash: access.password_hash.as_deref(),
             token: access.token.as_deref(),
             rejoin_token: access.rejoin_token.as_deref(),
         };
@@ -394,7 +477,10 @@ impl AccessConfig {
             iat,
             exp: iat + REJOIN_TTL.as_secs(),
             private,
-            password_hash: password_hash.map(str::to_owned),
+            sealed_password: match password_hash {
+                Some(hash) => Some(seal(&self.rejoin_secret, hash)?),
+                None => None,
+            },
         };
         sign(&self.rejoin_secret, &claims).ok()
     }
@@ -573,8 +659,20 @@ mod tests {
     #[test]
     fn rejoin_token_skips_password_and_token_but_only_for_its_room() {
         let config = config_with_tokens();
-        let hash = password_hash("r", "hunter2");
+        let hash = password_hash("r", "hunter2").unwrap();
         let rejoin = config.rejoin_token("r", true, Some(&hash), NOW).unwrap();
+        // Anyone can read a JWT's claims: the hash is not among them, not even encoded.
+        let claims = rejoin.split('.').nth(1).unwrap();
+        let claims = String::from_utf8(URL_SAFE_NO_PAD.decode(claims).unwrap()).unwrap();
+        assert!(claims.contains("sealed_password"), "{claims}");
+        assert!(!claims.contains(&hash), "{claims}");
+        let hash_bytes = hex::decode(&hash).unwrap();
+        for encoded in [
+            URL_SAFE_NO_PAD.encode(&hash_bytes),
+            base64::engine::general_purpose::STANDARD.encode(&hash_bytes),
+        ] {
+            assert!(!rejoin.contains(&encoded));
+        }
         let with_rejoin = Credentials {
             rejoin_token: Some(&rejoin),
             ..Credentials::default()
@@ -599,8 +697,17 @@ mod tests {
     #[test]
     fn passwords() {
         let config = AccessConfig::default();
-        let hash = password_hash("r", "hunter2");
-        assert_ne!(hash, password_hash("s", "hunter2"));
+        let hash = password_hash("r", "hunter2").unwrap();
+        // Argon2id, 32 bytes, salted per room, the same in every process.
+        assert_eq!(hash.len(), 64);
+        assert_eq!(Some(&hash), password_hash("r", "hunter2").as_ref());
+        assert_ne!(Some(&hash), password_hash("s", "hunter2").as_ref());
+        assert_ne!(Some(&hash), password_hash("r", "hunter3").as_ref());
+        // Not the old single salted SHA-256.
+        let sha = Sha256::new()
+            .chain_update(b"huddle-room-password\0r\0hunter2")
+            .finalize();
+        assert_ne!(hash, hex::encode(sha));
         let admit = |pw: Option<&str>| {
             config
                 .admit(
@@ -633,7 +740,33 @@ mod tests {
                 .code,
             ErrorCode::WrongPassword
         );
+        // Hashed ahead by the connection: the password leaves, its hash arrives, same outcome.
+        let mut access = JoinAccess {
+            password: Some("hunter2".into()),
+            ..JoinAccess::default()
+        };
+        hash_join_password("R", &mut access);
+        assert_eq!(access.password, None);
+        assert_eq!(access.password_hash.as_deref(), Some(&*hash));
+        let prehashed = config
+            .admit(
+                "r",
+                &Credentials {
+                    password_hash: access.password_hash.as_deref(),
+                    ..Credentials::default()
+                },
+                NOW,
+            )
+            .unwrap();
+        assert!(config.check_password(Some(&hash), &prehashed).is_ok());
         let long = "x".repeat(MAX_PASSWORD_BYTES + 1);
+        // Too long to hash: left for the admission below to refuse.
+        let mut too_long = JoinAccess {
+            password: Some(long.clone()),
+            ..JoinAccess::default()
+        };
+        hash_join_password("r", &mut too_long);
+        assert_eq!(too_long.password.as_deref(), Some(&*long));
         let refused = config.admit(
             "r",
             &Credentials {

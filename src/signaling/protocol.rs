@@ -200,6 +200,11 @@ pub struct JoinAccess {
     /// When the room is created: keep it out of the public list.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub private: bool,
+    /// Server-side only, never on the wire: the password's hash, put here (and the password
+    /// taken out) by the connection before the join reaches the hub, so the slow hashing runs
+    /// off the hub (`access::hash_join_password`).
+    #[serde(skip)]
+    pub password_hash: Option<String>,
 }
 
 impl fmt::Debug for JoinAccess {
@@ -210,6 +215,7 @@ impl fmt::Debug for JoinAccess {
             .field("token", &shown(&self.token))
             .field("rejoin_token", &shown(&self.rejoin_token))
             .field("private", &self.private)
+            .field("password_hash", &shown(&self.password_hash))
             .finish()
     }
 }

@@ -1,14 +1,16 @@
 //! The signaling server: accept loop, one task per WebSocket connection, and the hub actor that
-//! owns the room state machine (`hub.rs`). Depends on `signaling::{protocol, hub}` only.
+//! owns the room state machine (`hub.rs`). Depends on `signaling::{protocol, hub, access}` only.
 //!
 //! Shape: connection tasks decode, rate-limit and answer `hello` themselves, then forward
 //! messages to the hub over a bounded channel. The hub encodes each outgoing message once and
 //! hands it to every recipient's bounded outbox with `try_send`; a full outbox means the client
 //! cannot keep up and it is dropped, so no client can make the server buffer without bound.
 
+use super::access;
 use super::hub::{ConnId, Hub, HubConfig, HubInput, HubOutput};
 use super::protocol::{
-    self, ClientMessage, ErrorCode, IceServer, LeaveReason, Limits, PeerId, ServerMessage,
+    self, ClientMessage, ErrorCode, IceServer, JoinAccess, LeaveReason, Limits, PeerId,
+    ServerMessage,
 };
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
@@ -854,7 +856,15 @@ impl<S: Stream> Session<'_, S> {
                 "hello was already received on this connection",
                 false,
             ),
-            Ok(msg) => {
+            Ok(mut msg) => {
+                if let ClientMessage::Join { room, access, .. } = &mut msg
+                    && access.password.as_deref().is_some_and(|p| !p.is_empty())
+                {
+                    match hash_password_off_the_hub(room, std::mem::take(access)).await {
+                        Some(hashed) => *access = hashed,
+                        None => return Some(Ending::Closed),
+                    }
+                }
                 let input = HubMsg::Input(HubInput::Message { conn, msg });
                 return match hub_tx.send(input).await {
                     Ok(()) => None,
@@ -967,6 +977,23 @@ async fn run_hub(mut hub: Hub, mut rx: mpsc::Receiver<HubMsg>, cancel: Cancellat
             }
         }
     }
+}
+
+/// Argon2 runs at most this many at once in the process: each takes 19 MiB and tens of
+/// milliseconds, and a flood of password joins must not exhaust memory or the blocking pool.
+static PASSWORD_HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// Replaces a join's password by its hash on a blocking thread (the hub never hashes, so a
+/// password join costs it nothing). `None` if the hashing task died.
+async fn hash_password_off_the_hub(room: &str, mut access: JoinAccess) -> Option<JoinAccess> {
+    let _permit = PASSWORD_HASHING.acquire().await.ok()?;
+    let room = room.to_owned();
+    tokio::task::spawn_blocking(move || {
+        access::hash_join_password(&room, &mut access);
+        access
+    })
+    .await
+    .ok()
 }
 
 #[cfg(test)]

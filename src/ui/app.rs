@@ -381,6 +381,7 @@ impl HuddleApp {
                 token: self.lobby.token.clone(),
                 rejoin_token: None,
                 private,
+                ..Default::default()
             },
         });
     }
