@@ -14,6 +14,9 @@
 //! - `procstat`: a process's CPU and memory from /proc.
 //! - `linkemu`: a userspace link emulator (namespaces, TUN) for network tests and benchmarks.
 
+// House rule: no unwrap outside tests (clippy.toml allows it in tests).
+#![warn(clippy::unwrap_used)]
+
 pub mod bench;
 pub mod chat;
 pub mod engine;

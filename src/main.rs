@@ -1,5 +1,8 @@
 //! The `huddle` binary: parses the command line and hands off to the library.
 
+// House rule: no unwrap outside tests (clippy.toml allows it in tests).
+#![warn(clippy::unwrap_used)]
+
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use huddle::signaling::{

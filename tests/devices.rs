@@ -231,15 +231,18 @@ fn play_tone(
     hz: f32,
     seconds: f32,
 ) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut tone = ToneSource::new(hz, 0.5);
-        let mut frame = vec![0f32; FRAME_SAMPLES];
-        let start = Instant::now();
-        while start.elapsed().as_secs_f32() < seconds {
-            tone.next_frame(&mut frame).unwrap();
-            sink.play(&frame).unwrap();
-        }
-    })
+    std::thread::Builder::new()
+        .name("test-helper".into())
+        .spawn(move || {
+            let mut tone = ToneSource::new(hz, 0.5);
+            let mut frame = vec![0f32; FRAME_SAMPLES];
+            let start = Instant::now();
+            while start.elapsed().as_secs_f32() < seconds {
+                tone.next_frame(&mut frame).unwrap();
+                sink.play(&frame).unwrap();
+            }
+        })
+        .unwrap()
 }
 
 #[test]
@@ -294,18 +297,21 @@ fn inner_output_switch() {
         let stop = feeder_stop.clone();
         let playout = std::sync::Arc::new(playout);
         let p = playout.clone();
-        let handle = std::thread::spawn(move || {
-            let mut tone = ToneSource::new(500.0, 0.5);
-            let mut enc = OpusEncoder::new(32_000).unwrap();
-            let mut frame = vec![0f32; FRAME_SAMPLES];
-            let mut seq = 0u16;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                tone.next_frame(&mut frame).unwrap();
-                let packet = enc.encode(&frame).unwrap();
-                p.push("peer", seq, seq as u32 * 960, packet);
-                seq = seq.wrapping_add(1);
-            }
-        });
+        let handle = std::thread::Builder::new()
+            .name("test-helper".into())
+            .spawn(move || {
+                let mut tone = ToneSource::new(500.0, 0.5);
+                let mut enc = OpusEncoder::new(32_000).unwrap();
+                let mut frame = vec![0f32; FRAME_SAMPLES];
+                let mut seq = 0u16;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    tone.next_frame(&mut frame).unwrap();
+                    let packet = enc.encode(&frame).unwrap();
+                    p.push("peer", seq, seq as u32 * 960, packet);
+                    seq = seq.wrapping_add(1);
+                }
+            })
+            .unwrap();
         (handle, playout)
     };
     let mut out_monitor =

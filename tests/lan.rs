@@ -59,14 +59,18 @@ impl Lan {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
+        // Bounded: when the test stops reading, the reader waits and the child's pipe fills.
+        let (tx, lines) = mpsc::sync_channel(1024);
+        std::thread::Builder::new()
+            .name("child-stdout".into())
+            .spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
                 }
-            }
-        });
+            })
+            .unwrap();
         Proc { child, lines }
     }
 }

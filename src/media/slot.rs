@@ -108,7 +108,10 @@ mod tests {
         let slot = Arc::new(LatestSlot::new());
         let producer = {
             let slot = slot.clone();
-            std::thread::spawn(move || slot.put("frame"))
+            std::thread::Builder::new()
+                .name("producer".into())
+                .spawn(move || slot.put("frame"))
+                .unwrap()
         };
         assert_eq!(slot.take_timeout(Duration::from_secs(5)), Some("frame"));
         producer.join().unwrap();

@@ -134,7 +134,7 @@ pub struct HuddleApp {
     pub call: Option<CallState>,
     pub local: LocalMediaState,
     pub toasts: Vec<Toast>,
-    pub ui_tx: std_mpsc::Sender<UiMessage>,
+    pub ui_tx: std_mpsc::SyncSender<UiMessage>,
     ui_rx: std_mpsc::Receiver<UiMessage>,
     /// A room to join as soon as the server connection is up (from the command line or a link).
     pub pending_join: Option<String>,
@@ -154,12 +154,16 @@ pub struct HuddleApp {
     pub last_invite: Option<String>,
 }
 
+/// Results of background work (file dialog, hosting) waiting for the UI.
+const UI_MESSAGES: usize = 32;
+
 /// How long one frame may spend applying engine events before drawing.
 const EVENT_BUDGET: Duration = Duration::from_millis(8);
 
 impl HuddleApp {
     pub fn new(ctx: egui::Context, services: AppServices, settings: Settings) -> Self {
-        let (ui_tx, ui_rx) = std_mpsc::channel();
+        // One message per user action (a file pick, hosting started): never near full.
+        let (ui_tx, ui_rx) = std_mpsc::sync_channel(UI_MESSAGES);
         let lobby = LobbyState {
             rooms: BTreeMap::new(),
             selected: None,
@@ -248,7 +252,9 @@ impl HuddleApp {
         };
         self.services.runtime.spawn(async move {
             let result = start_lan_hosting(&name).await;
-            let _ = tx.send(UiMessage::Hosting(result));
+            if tx.try_send(UiMessage::Hosting(result)).is_err() {
+                tracing::warn!("the window is gone or not reading: hosting result dropped");
+            }
             ctx.request_repaint();
         });
     }
@@ -430,8 +436,10 @@ impl HuddleApp {
         let spawned = std::thread::Builder::new()
             .name("file-dialog".into())
             .spawn(move || {
-                if let Some(paths) = rfd::FileDialog::new().set_title("Send files").pick_files() {
-                    let _ = tx.send(UiMessage::FilesPicked(paths));
+                if let Some(paths) = rfd::FileDialog::new().set_title("Send files").pick_files()
+                    && tx.try_send(UiMessage::FilesPicked(paths)).is_err()
+                {
+                    tracing::warn!("the window is gone or not reading: picked files dropped");
                 }
                 ctx.request_repaint();
             });
