@@ -6,11 +6,26 @@ mod common;
 use common::peer::{PeerOptions, TestPeer};
 use common::*;
 use huddle::engine::{Command, Event};
+use huddle::media::analysis::{dbfs, estimate_frequency};
+use huddle::media::codec::SAMPLE_RATE;
 use huddle::media::video::VideoSourceSpec;
 use huddle::signaling::protocol::PeerId;
 use huddle::transfer::{Direction, TransferCommand, TransferState};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
+
+/// The last second the peer's speaker played, if it is a tone near `hz` above -30 dBFS:
+/// (frequency, level).
+fn played_tone_near(p: &TestPeer, hz: f32) -> Option<(f32, f32)> {
+    let second = SAMPLE_RATE as usize;
+    let tail = p.sink.last(second);
+    if tail.len() < second {
+        return None;
+    }
+    let level = dbfs(&tail);
+    let f = estimate_frequency(&tail, SAMPLE_RATE)?;
+    ((f - hz).abs() / hz < 0.02 && level > -30.0).then_some((f, level))
+}
 
 fn frequency_near(p: &TestPeer, from: &PeerId, hz: f32) -> Option<f32> {
     let stats = p.engine.media().remote_audio(from)?;
@@ -80,7 +95,14 @@ async fn two_peers_exchange_video_audio_chat_and_a_file() {
         })
         .await;
     eprintln!("bob hears {f} Hz from ann");
-    assert!(ann.sink.played() > 48_000, "the sink played audio");
+    // And it reached the speaker: the last second the sink played is that tone, loud enough to
+    // hear, not silence or noise (the playout thread, mixer and pacing included).
+    for (p, who, hz) in [(&mut ann, "ann", 660.0), (&mut bob, "bob", 440.0)] {
+        let (f, level) = p
+            .until(Duration::from_secs(5), |p| played_tone_near(p, hz))
+            .await;
+        eprintln!("{who}'s speaker played {f:.1} Hz at {level:.1} dBFS");
+    }
 
     // Chat.
     ann.send(Command::SendChat("hello bob".into()));

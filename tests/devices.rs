@@ -356,13 +356,24 @@ fn inner_device_gone() {
     record(&mut mic, 0.3);
     // Kill our capture stream on the server, as happens when its device disappears with
     // nowhere to move the stream to.
-    let outputs = pactl(&["list", "short", "source-outputs"]);
-    let index = outputs
+    // Ours is the stream recording from huddle_mic.monitor: match it by that source's index
+    // (`list short` names sources by index in the source-outputs table).
+    let sources = pactl(&["list", "short", "sources"]);
+    let source = sources
         .lines()
-        .find(|l| l.contains("huddle_mic") || !l.trim().is_empty())
-        .and_then(|l| l.split_whitespace().next())
-        .expect("our recording stream is listed")
-        .to_owned();
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|cols| cols.get(1) == Some(&"huddle_mic.monitor"))
+        .and_then(|cols| cols.first().map(|c| c.to_string()))
+        .unwrap_or_else(|| panic!("huddle_mic.monitor is listed: {sources}"));
+    let outputs = pactl(&["list", "short", "source-outputs"]);
+    let ours: Vec<String> = outputs
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|cols| cols.get(1) == Some(&source.as_str()))
+        .filter_map(|cols| cols.first().map(|c| c.to_string()))
+        .collect();
+    assert_eq!(ours.len(), 1, "one stream records from it: {outputs}");
+    let index = ours[0].clone();
     // pacmd wants a pid file; the CLI socket does the same without one.
     {
         use std::io::{Read, Write};
@@ -404,9 +415,13 @@ fn inner_device_gone() {
     let started = Instant::now();
     let silence = record(&mut mic, 1.0);
     assert_eq!(silence.len(), 50 * FRAME_SAMPLES);
+    // Paced like a device: a second of frames takes about a second. Never faster (a path that
+    // spins would hand out frames as fast as it is asked), and not stuck either.
+    let took = started.elapsed();
     assert!(
-        started.elapsed() < Duration::from_secs(8),
-        "the microphone path hung"
+        took >= Duration::from_millis(900),
+        "silence not paced: {took:?}"
     );
+    assert!(took < Duration::from_secs(8), "the microphone path hung");
     assert!(notices.drain().iter().any(|n| n.contains("No microphone")));
 }
