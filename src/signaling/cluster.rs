@@ -7,11 +7,11 @@
 
 use super::access::{JoinRate, Refusal, ScreenedJoin, room_key};
 use super::hub::{ConnId, HubConfig, HubInput};
+use super::hub_link::{HubMsg, Outgoing, now_ms};
 use super::protocol::{
     self, ChatMessage, ClientMessage, ErrorCode, JoinAccess, LeaveReason, PeerId, PeerInfo,
     RoomInfo, ServerMessage, validate_chat, validate_nickname,
 };
-use super::server::{HubMsg, Outgoing, ServerConfig, now_ms};
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
@@ -97,12 +97,22 @@ pub struct ClusterHub {
     pending_leaves: Vec<(String, PeerId, LeaveReason)>,
 }
 
+/// What the cluster hub reads of the server's configuration.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// The room rules, as the in-memory hub would apply them (its rejoin secret is replaced by
+    /// the cluster's shared one).
+    pub hub: HubConfig,
+    /// How often this node tells Redis it is alive.
+    pub heartbeat_interval: Duration,
+}
+
 impl ClusterHub {
     /// Connects to Redis, registers this process as a node and loads the cluster's shared
     /// rejoin-token secret (created by the first node).
     pub async fn connect(
         url: &str,
-        config: &ServerConfig,
+        config: &ClusterConfig,
         cancel: CancellationToken,
     ) -> Result<ClusterHub, ClusterError> {
         let err = |source| ClusterError::Redis {

@@ -1,11 +1,14 @@
 //! Signaling: the WebSocket protocol (`protocol`), the room state machine (`hub`), the server
-//! (`server`), join rules (`access`), the Redis cluster hub (`cluster`), TURN credentials (`turn`) and the
-//! client actor (`client`). Depends on nothing else in the crate.
+//! (`server`), join rules (`access`), the Redis cluster hub (`cluster`), what connections and a
+//! hub backend exchange (`hub_link`, which keeps `server` and `cluster` from using each other),
+//! TURN credentials (`turn`) and the client actor (`client`). Depends on nothing else in the
+//! crate.
 
 pub mod access;
 pub mod client;
 pub mod cluster;
 pub mod hub;
+mod hub_link;
 pub mod protocol;
 pub mod server;
 pub mod turn;

@@ -7,7 +7,9 @@
 //! cannot keep up and it is dropped, so no client can make the server buffer without bound.
 
 use super::access;
+use super::cluster::{ClusterConfig, ClusterHub};
 use super::hub::{ConnId, Hub, HubConfig, HubInput, HubOutput};
+use super::hub_link::{HubMsg, Outgoing, now_ms};
 use super::protocol::{
     self, ClientMessage, ErrorCode, IceServer, JoinAccess, LeaveReason, Limits, PeerId,
     ServerMessage,
@@ -19,7 +21,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -282,9 +284,33 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
     let (hub_tx, hub_rx) = mpsc::channel(4096);
     let config = Arc::new(config);
     let mut tasks = JoinSet::new();
+    start_hub_backend(&config, hub_rx, &cancel, &mut tasks).await?;
+    let tls = config.tls.is_some();
+    tasks.spawn(accept_loop(listener, config, hub_tx, cancel.clone()));
+    info!(%local_addr, tls, "signaling server listening");
+    Ok(ServerHandle {
+        local_addr,
+        tls,
+        cancel,
+        tasks: Some(tasks),
+    })
+}
+
+/// The one place the hub backend is chosen: the Redis cluster hub when a Redis URL is
+/// configured, else the in-memory hub. Either reads connection messages from `hub_rx`.
+async fn start_hub_backend(
+    config: &ServerConfig,
+    hub_rx: mpsc::Receiver<HubMsg>,
+    cancel: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Result<(), ServerError> {
     match &config.redis_url {
         Some(url) => {
-            let cluster = super::cluster::ClusterHub::connect(url, &config, cancel.clone())
+            let cluster_config = ClusterConfig {
+                hub: config.hub.clone(),
+                heartbeat_interval: config.heartbeat_interval,
+            };
+            let cluster = ClusterHub::connect(url, &cluster_config, cancel.clone())
                 .await
                 .map_err(|e| ServerError::Cluster(e.to_string()))?;
             tasks.spawn(cluster.run(hub_rx));
@@ -297,34 +323,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
             ));
         }
     }
-    let tls = config.tls.is_some();
-    tasks.spawn(accept_loop(listener, config, hub_tx, cancel.clone()));
-    info!(%local_addr, tls, "signaling server listening");
-    Ok(ServerHandle {
-        local_addr,
-        tls,
-        cancel,
-        tasks: Some(tasks),
-    })
-}
-
-/// What a connection task sends the hub actor. Registration carries the outbox, which the
-/// state machine never sees.
-pub(super) enum HubMsg {
-    Register {
-        conn: ConnId,
-        peer_id: PeerId,
-        outbox: mpsc::Sender<Outgoing>,
-    },
-    Input(HubInput),
-}
-
-/// What the hub puts in a connection's outbox.
-pub(super) enum Outgoing {
-    /// An encoded message to write.
-    Frame(Utf8Bytes),
-    /// Send this fatal error and close (the cluster lost Redis, ...).
-    Close(ErrorCode, &'static str),
+    Ok(())
 }
 
 async fn accept_loop(
@@ -549,13 +548,6 @@ fn new_peer_id() -> PeerId {
             .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
             .collect(),
     )
-}
-
-pub(super) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 struct TokenBucket {
