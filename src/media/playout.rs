@@ -6,6 +6,12 @@
 //! last two seconds (the latest of them, at most `MAX_DELAY`), growing at once when frames come
 //! later, shrinking within a second or two when the path calms down. A frame later than its
 //! slot is shown at once.
+//!
+//! The first late frame would still freeze the picture: until one has come, the window says
+//! nothing is late. So for its first seconds the clock also grows, a little per frame (the
+//! pictures slow down slightly instead of stopping), towards a prior: how late a frame that
+//! needs one retransmission would be on this path (a round trip and the NACK tick). On a path
+//! that loses nothing, that delay drains away once the start is over.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -18,6 +24,11 @@ const WINDOW: Duration = Duration::from_secs(2);
 pub const MAX_DELAY: Duration = Duration::from_millis(300);
 /// How fast the delay comes down once less is needed (fraction of the excess per second).
 const SHRINK_PER_SECOND: f64 = 1.0;
+/// How long after the first picture the start prior holds.
+const START_PHASE: Duration = Duration::from_secs(2);
+/// How much the delay grows per picture towards the start prior: each picture comes at most
+/// this much after its slot's interval, far below what reads as a freeze.
+const PRIOR_STEP_MS: f64 = 12.0;
 const RTP_CLOCK: f64 = 90_000.0;
 
 pub struct VideoPlayout {
@@ -27,6 +38,8 @@ pub struct VideoPlayout {
     lateness: VecDeque<(Instant, f64)>,
     delay_ms: f64,
     last_update: Option<Instant>,
+    /// See `set_start_prior` (ms).
+    start_prior_ms: f64,
 }
 
 impl Default for VideoPlayout {
@@ -42,7 +55,15 @@ impl VideoPlayout {
             lateness: VecDeque::new(),
             delay_ms: 0.0,
             last_update: None,
+            start_prior_ms: 0.0,
         }
+    }
+
+    /// How late a frame held up by one retransmission arrives on this path; for the first
+    /// seconds of the stream the delay works up to it (capped at `MAX_DELAY`).
+    pub fn set_start_prior(&mut self, lateness: Duration) {
+        self.start_prior_ms =
+            (lateness.as_secs_f64() * 1000.0).min(MAX_DELAY.as_secs_f64() * 1000.0);
     }
 
     /// The delay added now on top of the earliest possible time.
@@ -78,15 +99,22 @@ impl VideoPlayout {
         let earliest = sorted[0];
         let latest = sorted[sorted.len() - 1];
         let needed = (latest - earliest).clamp(0.0, MAX_DELAY.as_secs_f64() * 1000.0);
+        let first_picture = self.last_update.is_none();
         let elapsed = self
             .last_update
             .map_or(0.0, |t| arrived.saturating_duration_since(t).as_secs_f64());
         self.last_update = Some(arrived);
-        if needed >= self.delay_ms {
+        let starting = arrived.saturating_duration_since(ref_at) < START_PHASE;
+        let floor = if starting { self.start_prior_ms } else { 0.0 };
+        if needed >= self.delay_ms && needed >= floor {
             self.delay_ms = needed;
+        } else if self.delay_ms < floor && !first_picture {
+            // Late frames ask for less than the prior: work up to it a step at a time, or at
+            // once to what they ask, whichever is more.
+            self.delay_ms = (self.delay_ms + PRIOR_STEP_MS).min(floor).max(needed);
         } else {
             let shrink = (SHRINK_PER_SECOND * elapsed).min(1.0);
-            self.delay_ms -= (self.delay_ms - needed) * shrink;
+            self.delay_ms -= (self.delay_ms - needed.max(floor)) * shrink;
         }
         let show_ms = offset_ms + earliest + self.delay_ms;
         let show = if show_ms >= 0.0 {
@@ -150,6 +178,55 @@ mod tests {
             "{:?}",
             p.delay()
         );
+    }
+
+    /// On a 4G-like path (150 ms round trip) the first retransmission of the call: frame 20
+    /// arrives 180 ms late and the two behind it queue up. Returns the display times.
+    fn first_retransmission(prior: Option<Duration>) -> (Vec<f64>, VideoPlayout) {
+        let t0 = Instant::now();
+        let mut p = VideoPlayout::new();
+        let mut shown = Vec::new();
+        for i in 0..180u32 {
+            if let Some(prior) = prior {
+                p.set_start_prior(prior);
+            }
+            let on_time = i as f64 * 1000.0 / 30.0;
+            let late = match i {
+                20 => 180.0,
+                21 => 147.0,
+                22 => 114.0,
+                _ => 0.0,
+            };
+            let show = p.schedule(i * FRAME_TS, t0 + ms(on_time + late));
+            shown.push(show.duration_since(t0).as_secs_f64() * 1000.0);
+        }
+        (shown, p)
+    }
+
+    fn largest_gap(shown: &[f64]) -> f64 {
+        shown.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn a_start_prior_keeps_the_first_retransmission_from_freezing_the_picture() {
+        // Without a prior, the first late frame is a freeze (> 150 ms without a picture).
+        let (without, _) = first_retransmission(None);
+        assert!(largest_gap(&without) > 150.0, "{}", largest_gap(&without));
+        // With the path's retransmission lateness as the prior: the first picture is not held
+        // back, the pictures slow down by at most a step each while the delay builds, and the
+        // late frame lands inside the delay.
+        let (with, p) = first_retransmission(Some(ms(170.0)));
+        assert!(with[0] < 1.0, "first picture held {} ms", with[0]);
+        for (i, w) in with.windows(2).enumerate().take(20) {
+            assert!(
+                w[1] - w[0] <= 33.4 + PRIOR_STEP_MS,
+                "frame {i}: {}",
+                w[1] - w[0]
+            );
+        }
+        assert!(largest_gap(&with) < 100.0, "{}", largest_gap(&with));
+        // A path that then loses nothing drains the delay after the start (6 s here).
+        assert!(p.delay() < ms(20.0), "{:?}", p.delay());
     }
 
     #[test]

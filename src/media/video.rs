@@ -420,6 +420,9 @@ pub struct AccessUnit {
     pub received_at: Instant,
     /// RTP timestamp (90 kHz): the capture rhythm the playout clock follows.
     pub rtp_timestamp: u32,
+    /// How late a frame that needs a retransmission arrives on this path, when measured: the
+    /// playout clock starts with that much delay (see `VideoPlayout::set_start_prior`).
+    pub retransmission_lateness: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -621,6 +624,9 @@ fn decoder_loop(
         match result {
             Ok(true) => {
                 // Hold the picture until its slot in the capture rhythm (see `playout`).
+                if let Some(lateness) = unit.retransmission_lateness {
+                    playout.set_start_prior(lateness);
+                }
                 let show_at = playout.schedule(unit.rtp_timestamp, unit.received_at);
                 let wait = show_at.saturating_duration_since(Instant::now());
                 if !wait.is_zero() {

@@ -454,6 +454,9 @@ struct Actor {
 struct VideoReceiveShared {
     /// How long to wait for a missing packet, microseconds (0: the default).
     wait_us: AtomicU64,
+    /// How late a frame that needed one retransmission arrives: a round trip plus the NACK
+    /// generator's tick, microseconds (0: not measured yet).
+    retransmission_lateness_us: AtomicU64,
     assembler: Mutex<AssemblerStats>,
     keyframe_requests: AtomicU64,
     /// Whole frames skipped while waiting for a keyframe after a loss.
@@ -968,6 +971,11 @@ impl Actor {
         self.receive
             .wait_us
             .store(wait.as_micros() as u64, Ordering::Relaxed);
+        if let Some(rtt) = self.rtt {
+            self.receive
+                .retransmission_lateness_us
+                .store((rtt + NACK_INTERVAL).as_micros() as u64, Ordering::Relaxed);
+        }
     }
 
     async fn report_stats(&mut self) {
@@ -1290,10 +1298,13 @@ async fn receive_video(
                         }
                         waiting_for_keyframe = false;
                     }
+                    let lateness = shared.retransmission_lateness_us.load(Ordering::Relaxed);
                     receiver.push(AccessUnit {
                         data: unit.freeze(),
                         received_at: Instant::now(),
                         rtp_timestamp: timestamp,
+                        retransmission_lateness: (lateness > 0)
+                            .then(|| Duration::from_micros(lateness)),
                     });
                 }
                 Assembled::Lost { .. } => {
