@@ -153,6 +153,7 @@ fn network_json(n: &crate::engine::PeerStats) -> serde_json::Value {
         "nacked_by_peer": n.nacked_by_peer, "retransmissions_sent": n.retransmissions_sent,
         "retransmissions_withheld": n.retransmissions_withheld,
         "retransmissions_repeat_skipped": n.retransmissions_repeat_skipped,
+        "dtls_handshake_copies_sent": n.dtls_handshake_copies_sent,
         "video_packets_abandoned": n.video_packets_abandoned,
         "video_frames_assembled": n.video_frames_assembled,
         "frames_skipped_for_keyframe": n.frames_skipped_for_keyframe,

@@ -6,6 +6,7 @@
 use super::assembler::{Assembled, AssemblerStats, FrameAssembler};
 use super::estimator::{self, HuddleEstimator, PublishedEstimate};
 use super::feedback::{FeedbackReader, LinkFeedback, RetransmissionGate, is_keyframe_request};
+use super::handshake_copies::HandshakeCopyRuntime;
 use super::negotiation::{CandidateInit, NegotiationAction, Negotiator, Signal, is_polite};
 use super::quality::{LinkQuality, QualityMeter, QualitySample};
 use super::{Envelope, RtcError};
@@ -133,6 +134,8 @@ pub struct PeerStats {
     pub retransmissions_withheld: u64,
     /// NACK repeats not answered because our retransmission of that packet was still in flight.
     pub retransmissions_repeat_skipped: u64,
+    /// Extra copies of DTLS handshake datagrams sent (`handshake_copies`).
+    pub dtls_handshake_copies_sent: u64,
     /// NACK packets we sent, and holes in the peer's video that a late packet filled.
     pub nacks_sent: u64,
     pub retransmissions_received: u64,
@@ -447,6 +450,8 @@ struct Actor {
     /// The peer's microphone or camera is on (its last media-state signal).
     remote_sending: bool,
     quality: QualityMeter,
+    /// What the connection's sockets run on; counts the handshake copies.
+    runtime: Arc<HandshakeCopyRuntime>,
 }
 
 /// What the video receive task and the session share.
@@ -653,7 +658,9 @@ impl Actor {
             rtc_config = rtc_config.with_ice_transport_policy(RTCIceTransportPolicy::Relay);
         }
         let rtc_config = rtc_config.build();
+        let runtime = Arc::new(HandshakeCopyRuntime::new());
         let pc = PeerConnectionBuilder::new()
+            .with_runtime(Arc::clone(&runtime) as Arc<dyn webrtc::runtime::Runtime>)
             .with_configuration(rtc_config)
             .with_media_engine(me)
             .with_interceptor_registry(registry)
@@ -691,6 +698,7 @@ impl Actor {
             video_track: None,
             remote_sending: true,
             quality: QualityMeter::new(),
+            runtime,
         };
         if let Err(e) = actor.add_media(media).await {
             let _ = actor.pc.close().await;
@@ -1058,6 +1066,7 @@ impl Actor {
             stats.video_frames_assembled = assembler.frames;
         }
         stats.keyframe_requests_sent = self.receive.keyframe_requests.load(Ordering::Relaxed);
+        stats.dtls_handshake_copies_sent = self.runtime.copies_sent();
         stats.frames_skipped_for_keyframe =
             self.receive.skipped_for_keyframe.load(Ordering::Relaxed);
         if let Some(video) = &self.remote_video {

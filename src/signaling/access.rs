@@ -108,6 +108,12 @@ pub struct Claims {
     /// sealed (`seal`) so that the token, whose claims anyone can read, reveals nothing about it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealed_password: Option<String>,
+    /// Rejoin tokens minted before passwords were sealed carried the room's (older, SHA-256)
+    /// password hash in the clear under this name. Read only so that such a token, still valid
+    /// during a rolling upgrade, cannot recreate its room without a password: it is not honoured
+    /// as a rejoin token at all, and its holder passes the ordinary checks.
+    #[serde(default, rename = "password_hash", skip_serializing)]
+    pub legacy_password_hash: Option<serde_json::Value>,
 }
 
 /// The key a room is stored under: its validated name, lower-cased.
@@ -215,6 +221,7 @@ pub fn mint(
         exp: iat + ttl.as_secs().max(1),
         private: false,
         sealed_password: None,
+        legacy_password_hash: None,
     };
     sign(secret, &claims)
 }
@@ -365,7 +372,8 @@ impl AccessConfig {
                 room_key,
                 TokenKind::Rejoin,
                 now_ms,
-            ) {
+            ) && claims.legacy_password_hash.is_none()
+            {
                 // A seal that does not open (a bug, since the signature held) must not recreate
                 // the room without its password: then the ordinary checks apply.
                 let recreate_password_hash = match &claims.sealed_password {
@@ -481,6 +489,7 @@ impl AccessConfig {
                 Some(hash) => Some(seal(&self.rejoin_secret, hash)?),
                 None => None,
             },
+            legacy_password_hash: None,
         };
         sign(&self.rejoin_secret, &claims).ok()
     }
@@ -692,6 +701,39 @@ mod tests {
             config.admit("r", &with_rejoin, late).unwrap_err().code,
             ErrorCode::TokenRequired
         );
+    }
+
+    #[test]
+    fn a_rejoin_token_from_before_sealed_passwords_is_not_honoured() {
+        // Minted by an older server sharing the cluster's rejoin secret: the password hash in
+        // the clear. Honouring it would recreate the room without any password.
+        let config = config_with_tokens();
+        let iat = NOW / 1000;
+        let legacy = serde_json::json!({
+            "room": "r", "kind": "rejoin", "iat": iat, "exp": iat + 600,
+            "private": true, "password_hash": "ab".repeat(32),
+        });
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &legacy,
+            &EncodingKey::from_secret(config.rejoin_secret.as_bytes()),
+        )
+        .unwrap();
+        let claims = verify(&config.rejoin_secret, &token, "r", TokenKind::Rejoin, NOW).unwrap();
+        assert!(claims.legacy_password_hash.is_some());
+        let creds = Credentials {
+            rejoin_token: Some(&token),
+            ..Credentials::default()
+        };
+        // Ordinary rules instead: this server wants a join token.
+        assert_eq!(
+            config.admit("r", &creds, NOW).unwrap_err().code,
+            ErrorCode::TokenRequired
+        );
+        // And the field is never written into new tokens.
+        let fresh = config.rejoin_token("r", false, None, NOW).unwrap();
+        let fresh = verify(&config.rejoin_secret, &fresh, "r", TokenKind::Rejoin, NOW).unwrap();
+        assert_eq!(fresh.legacy_password_hash, None);
     }
 
     #[test]
