@@ -161,6 +161,7 @@ fn network_json(n: &crate::engine::PeerStats) -> serde_json::Value {
         "keyframe_requests_received": n.keyframe_requests_received,
         "backoffs": {"delay": n.estimator.delay_backoffs, "queue": n.estimator.queue_backoffs, "loss": n.estimator.loss_backoffs},
         "queue_delay_ms": n.estimator.queue_delay_ms,
+        "ceiling_kbps": n.estimator.ceiling_kbps,
         "path": n.path.as_ref().map(|(l, r)| json!({"local": l, "remote": r})),
         "sending": n.sending.map(|t| json!({"width": t.width, "height": t.height, "fps": t.fps, "bitrate_kbps": t.bitrate_bps / 1000})),
         "quality": n.quality,

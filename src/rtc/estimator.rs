@@ -9,7 +9,7 @@
 //!   from feedback, which over-counts: see `LOSS_HOLD`).
 //! - its increase is 8 %/s, or +60 kbit/s per second after any backoff, so after a capacity drop
 //!   it takes 15 s or more to come back. Ours climbs faster the longer the path stays quiet and
-//!   forgets an old ceiling once it has safely passed it.
+//!   forgets an old ceiling once the path delivers clearly more than it.
 //! - it climbs without bound while the encoder sends less than the estimate; ours stays within
 //!   1.5x of what the far end is actually receiving (plus a margin), as libwebrtc does.
 //!
@@ -41,16 +41,20 @@ const GROWTH_START: f64 = 2.0;
 const QUIET_FOR_FAST_GROWTH: Duration = Duration::from_secs(2);
 /// Additive growth (bits per second, per second) between 0.85x and 1.3x of the last ceiling.
 const NEAR_CEILING_GROWTH_BPS: f64 = 80_000.0;
-/// Near a known ceiling the estimate grows by this share of it per second (at most the figure
-/// above), and the ceiling is forgotten only once the estimate has passed it by this factor
-/// without trouble: probing faster past a drop-tail bottleneck fills its queue again.
+/// Near a known ceiling (the estimate above 0.85 of it) the estimate grows by this share of it
+/// per second (at most the figure above): probing faster past a drop-tail bottleneck fills its
+/// queue again.
 const NEAR_CEILING_GROWTH_SHARE: f64 = 0.15;
-const CEILING_FORGOTTEN_AT: f64 = 1.3;
 /// What arrives at the far end, as a share of the last ceiling, from which growth slows to
-/// `AT_CEILING_GROWTH_SHARE` per second; and above which the ceiling is taken as gone.
+/// `AT_CEILING_GROWTH_SHARE` per second; and above which the ceiling is taken as gone. Judged
+/// on what arrives, not on the estimate: the estimate runs about a third above what is sent
+/// (audio, the retransmission reserve, an encoder under its target), and forgetting the
+/// ceiling once the estimate passed it let the estimate race past a bottleneck still there.
 const AT_CEILING: f64 = 0.9;
-const AT_CEILING_GROWTH_SHARE: f64 = 0.05;
-const CEILING_PASSED_AT: f64 = 1.1;
+const AT_CEILING_GROWTH_SHARE: f64 = 0.08;
+const CEILING_PASSED_AT: f64 = 1.15;
+/// How recent a reading of the saturated path must be to serve as the ceiling.
+const SATURATED_MAX_AGE: Duration = Duration::from_secs(2);
 /// Loss over the last second above which the rate stops climbing, and above which it is cut.
 /// Higher than the packet loss they mean: rtc 0.21's feedback history counts every packet a
 /// lost feedback packet would have acknowledged as lost, so on a path losing 5 % of packets
@@ -76,6 +80,8 @@ pub struct PublishedEstimate {
     /// queue, and on heavy loss; and the queuing delay now (ms).
     backoffs: Arc<[AtomicU64; 3]>,
     queue_delay_ms: Arc<AtomicU64>,
+    /// The ceiling the estimate probes against (bits per second, 0: none).
+    ceiling_bps: Arc<AtomicU64>,
 }
 
 /// What made the estimator back off, and the queuing delay it sees.
@@ -85,6 +91,7 @@ pub struct EstimatorCounters {
     pub queue_backoffs: u64,
     pub loss_backoffs: u64,
     pub queue_delay_ms: u64,
+    pub ceiling_kbps: u64,
 }
 
 impl PublishedEstimate {
@@ -108,6 +115,7 @@ impl PublishedEstimate {
             queue_backoffs: b(1),
             loss_backoffs: b(2),
             queue_delay_ms: self.queue_delay_ms.load(Ordering::Relaxed),
+            ceiling_kbps: self.ceiling_bps.load(Ordering::Relaxed) / 1000,
         }
     }
     fn backoff(&self, reason: usize) {
@@ -191,6 +199,14 @@ pub struct HuddleEstimator {
     received: RateCalculator,
     arrival_epoch: Instant,
     latest_arrival: Option<Duration>,
+    /// The received rate while a queue of more than `QUEUE_OVERUSE_MS` stood at the bottleneck,
+    /// and when (a shorter queue may empty within the rate's window): with its queue never
+    /// empty a bottleneck delivers exactly its capacity, so this reads the capacity, even while
+    /// our own backoff is draining the queue (when what we send is already below it). Taken as
+    /// the ceiling at a backoff. Using the received rate instead, a backoff during a drain set
+    /// a ceiling far below the capacity, which the estimate then passed and forgot, and the
+    /// fast growth that followed filled the queue again seconds after a capacity drop.
+    saturated_rate: Option<(Instant, f64)>,
     state: RateControlState,
     target: f64,
     last_change: Option<Instant>,
@@ -222,6 +238,7 @@ impl HuddleEstimator {
             received: RateCalculator::default(),
             arrival_epoch: Instant::now(),
             latest_arrival: None,
+            saturated_rate: None,
             state: RateControlState::default(),
             target: INITIAL_BPS,
             last_change: None,
@@ -253,7 +270,13 @@ impl HuddleEstimator {
                 if let Some(received) = received {
                     // The received window can still hold a faster past: never back off upwards.
                     self.target = self.target.min(received * DECREASE_FACTOR);
-                    self.ceiling = Some(received);
+                    // The path's capacity is what it delivered while its queue stood; failing
+                    // a recent such reading, what it delivers now.
+                    let saturated = self
+                        .saturated_rate
+                        .filter(|(at, _)| now.saturating_duration_since(*at) <= SATURATED_MAX_AGE)
+                        .map(|(_, rate)| rate);
+                    self.ceiling = Some(saturated.unwrap_or(received));
                     self.last_change = Some(now);
                 }
             }
@@ -262,12 +285,6 @@ impl HuddleEstimator {
                     .last_change
                     .map_or(CHANGE_INTERVAL, |t| now.saturating_duration_since(t))
                     .min(Duration::from_secs(1));
-                if let Some(ceiling) = self.ceiling
-                    && self.target > ceiling * CEILING_FORGOTTEN_AT
-                {
-                    // Well past the old ceiling without trouble: it no longer holds.
-                    self.ceiling = None;
-                }
                 if let (Some(ceiling), Some(received)) = (self.ceiling, received)
                     && received > ceiling * CEILING_PASSED_AT
                 {
@@ -380,6 +397,8 @@ impl HuddleEstimator {
             .store(self.target_bitrate() as u64, Ordering::Relaxed);
         p.loss_ppm
             .store((self.loss_avg * 1e6) as u64, Ordering::Relaxed);
+        p.ceiling_bps
+            .store(self.ceiling.unwrap_or(0.0) as u64, Ordering::Relaxed);
     }
 }
 
@@ -427,6 +446,11 @@ impl BandwidthEstimator for HuddleEstimator {
         let received = self
             .latest_arrival
             .and_then(|at| self.received.rate_bits_per_second(self.arrival_epoch + at));
+        if let (Some(q), Some(r)) = (queue, received)
+            && q > QUEUE_OVERUSE_MS
+        {
+            self.saturated_rate = Some((now, r));
+        }
         let before = self.target;
         self.delay_control(now, usage, received);
         let backed_off = self.target < before;
@@ -631,6 +655,9 @@ mod tests {
         let ms: Vec<u128> = worst.iter().map(|d| d.as_millis()).collect();
         // Once settled (4 s after the drop), probing for more must not fill the queue again.
         assert!(ms[4..].iter().all(|&q| q < 150), "{ms:?}");
+        // The limit it probes against is the new capacity, not what it sent while draining.
+        let ceiling = est.ceiling.expect("a ceiling from the low phase");
+        assert!((250_000.0..400_000.0).contains(&ceiling), "{ceiling}");
     }
 
     #[test]
