@@ -3,11 +3,11 @@
 //! knowing (joined, peers, connections, first frame with its latency, periodic video/audio
 //! figures, chat, files). Tests, benchmarks and bots use it. Depends on `engine` and `media`.
 
-use crate::engine::{self, AudioInput, Command, EngineConfig, Event, JoinAccess};
+use crate::engine::{self, AudioInput, Command, EngineConfig, EngineHandle, Event, JoinAccess};
 use crate::media::audio::{self, RecordingSink};
 use crate::media::video::{RemoteVideo, VideoSourceSpec};
 use crate::signaling::protocol::PeerId;
-use crate::transfer::{Direction, TransferCommand, TransferEvent, TransferState};
+use crate::transfer::{Direction, TransferCommand, TransferEvent, TransferState, TransferUpdate};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -170,31 +170,73 @@ fn network_json(n: &crate::engine::PeerStats) -> serde_json::Value {
 
 /// Runs the headless peer until the duration ends (or `stop` resolves), logging to `out`.
 pub async fn run(
-    opts: HeadlessOptions,
+    mut opts: HeadlessOptions,
     mut out: impl Write,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), HeadlessError> {
-    let mut opts = opts;
     if opts.discover {
-        let found = crate::lan::find_room(&opts.room, Duration::from_secs(20))
-            .await
-            .map_err(|e| HeadlessError::Option(e.to_string()))?
-            .ok_or_else(|| {
-                HeadlessError::Option(format!(
-                    "no room {:?} found on the local network",
-                    opts.room
-                ))
-            })?;
-        writeln!(
-            out,
-            "{}",
-            json!({"event": "discovered", "room": found.room, "host": found.host, "server": found.server_url})
-        )?;
-        opts.server = found.server_url;
+        opts.server = discover_server(&opts.room, &mut out).await?;
     }
+    let sink = RecordingSink::new(48_000 * 2);
+    let (engine, mut events) = engine::spawn(engine_config(&opts, &sink)?, Arc::new(|| {}))?;
+    engine.send(Command::Join {
+        room: opts.room.clone(),
+        nickname: opts.name.clone(),
+        access: opts.access.clone(),
+    })?;
+    let mut ticker = tokio::time::interval(opts.stats_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut peer = HeadlessPeer::new(opts, out, engine);
+    tokio::pin!(stop);
+    loop {
+        let deadline = match (peer.joined_at, peer.opts.duration) {
+            (Some(t), Some(d)) => Some(t + d),
+            _ => None,
+        };
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = sleep => break,
+            _ = ticker.tick() => peer.on_tick()?,
+            event = events.recv() => {
+                let Some(event) = event else { break };
+                peer.on_event(event)?;
+            }
+        }
+    }
+    peer.log_summary(&sink)?;
+    peer.engine.send(Command::Leave)?;
+    peer.engine.shutdown().await;
+    Ok(())
+}
+
+/// `--discover`: the signaling server of the room announced on the local network.
+async fn discover_server(room: &str, out: &mut impl Write) -> Result<String, HeadlessError> {
+    let found = crate::lan::find_room(room, Duration::from_secs(20))
+        .await
+        .map_err(|e| HeadlessError::Option(e.to_string()))?
+        .ok_or_else(|| {
+            HeadlessError::Option(format!("no room {room:?} found on the local network"))
+        })?;
+    writeln!(
+        out,
+        "{}",
+        json!({"event": "discovered", "room": found.room, "host": found.host, "server": found.server_url})
+    )?;
+    Ok(found.server_url)
+}
+
+fn engine_config(
+    opts: &HeadlessOptions,
+    sink: &RecordingSink,
+) -> Result<EngineConfig, HeadlessError> {
     let video = parse_video(&opts.video, opts.source_id)?;
     let audio = audio::source_from_arg(&opts.audio)?;
-    let sink = RecordingSink::new(48_000 * 2);
     let mut config = EngineConfig::new(
         opts.server.clone(),
         Box::new(sink.clone()),
@@ -211,248 +253,292 @@ pub async fn run(
     config.read_stamps = true;
     config.detect_clicks = opts.detect_clicks;
     config.transfers.machine.auto_accept = opts.accept_files;
-    let (engine, mut events) = engine::spawn(config, Arc::new(|| {}))?;
-    let mut log = |value: serde_json::Value| -> Result<(), HeadlessError> {
-        let mut line = value.to_string();
-        line.push('\n');
-        out.write_all(line.as_bytes())?;
-        out.flush()?;
-        Ok(())
-    };
-    engine.send(Command::Join {
-        room: opts.room.clone(),
-        nickname: opts.name.clone(),
-        access: opts.access.clone(),
-    })?;
-    let started = Instant::now();
-    let mut joined_at: Option<Instant> = None;
-    let mut peers: HashMap<PeerId, PeerView> = HashMap::new();
-    let mut chat_sent = false;
-    let mut files_received = 0u32;
-    let mut ticker = tokio::time::interval(opts.stats_interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut pending_send: HashSet<PeerId> = HashSet::new();
-    let mut warmed_up = opts.warmup.is_zero();
-    let mut usage_at_join = None;
-    tokio::pin!(stop);
-    loop {
-        let deadline = match (joined_at, opts.duration) {
-            (Some(t), Some(d)) => Some(t + d),
-            _ => None,
-        };
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d.into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = &mut stop => break,
-            _ = sleep => break,
-                        _ = ticker.tick() => {
-                if !warmed_up && joined_at.is_some_and(|t| t.elapsed() >= opts.warmup) {
-                    warmed_up = true;
-                    for view in peers.values() {
-                        if let Some(v) = &view.video {
-                            v.reset_samples();
-                        }
-                    }
-                    log(json!({"event": "warmed_up"}))?;
-                }
-                for (peer, view) in peers.iter_mut() {
-                    let mut record = json!({"event": "stats", "peer": peer.as_str(), "nickname": view.nickname});
-                    if let Some(v) = &view.video {
-                        let s = v.stats();
-                        let mut lat = s.latency_us.values();
-                        lat.sort_unstable();
-                        // A new connection's decoder starts counting from zero again.
-                        let fps = s.frames_decoded.saturating_sub(view.last_frames) as f64 / opts.stats_interval.as_secs_f64();
-                        view.last_frames = s.frames_decoded;
-                        // Latency of the frames decoded since the previous line alone.
-                        let mut window = s.latency_us.since(view.last_latency_count);
-                        view.last_latency_count = s.latency_us.pushed();
-                        window.sort_unstable();
-                        record["video"] = json!({
-                            "frames_decoded": s.frames_decoded,
-                            "fps": (fps * 10.0).round() / 10.0,
-                            "width": s.width, "height": s.height,
-                            "last_frame_number": s.last_stamp.map(|t| t.number),
-                            "out_of_order": s.out_of_order,
-                            "latency_p50_ms": percentile(&lat, 0.5).map(|u| u as f64 / 1000.0),
-                            "latency_p95_ms": percentile(&lat, 0.95).map(|u| u as f64 / 1000.0),
-                            "window_latency_p50_ms": percentile(&window, 0.5).map(|u| u as f64 / 1000.0),
-                            "window_latency_max_ms": window.last().map(|u| *u as f64 / 1000.0),
-                            "freezes": s.freezes, "frozen_ms": s.frozen_us / 1000,
-                            "playout_delay_ms": (s.playout_delay_ms * 10.0).round() / 10.0,
-                            "decode_errors": s.decode_errors, "units_dropped": s.units_dropped,
-                            "units_received": s.units_received,
-                        });
-                    }
-                    if let Some(n) = &view.network {
-                        record["network"] = network_json(n);
-                    }
-                    if let Some(e) = engine.media().encoder_stats() {
-                        record["encoder"] = json!({"frames": e.frames, "keyframes": e.keyframes, "encodings": e.encodings});
-                    }
-                    if let Some(a) = engine.media().remote_audio(peer) {
-                        record["audio"] = json!({
-                            "level_dbfs": (a.level_dbfs * 10.0).round() / 10.0,
-                            "frequency_hz": a.frequency.map(|f| (f * 10.0).round() / 10.0),
-                            "frames_played": a.frames_played,
-                            "concealed": a.jitter.concealed,
-                            "fec_decoded": a.jitter.fec_decoded,
-                            "received": a.jitter.received,
-                            "late": a.jitter.late,
-                            "underruns": a.jitter.underruns,
-                            "dropped_for_latency": a.jitter.dropped_for_latency,
-                            "target_delay_ms": a.target_delay_ms,
-                        });
-                    }
-                    log(record)?;
-                }
-            }
-            event = events.recv() => {
-                let Some(event) = event else { break };
-                match event {
-                    Event::ServerConnected { peer_id } => log(json!({"event": "server_connected", "peer_id": peer_id.as_str()}))?,
-                    Event::ServerDisconnected { reason, retry_in } => log(json!({"event": "server_disconnected", "reason": reason, "retry_in_ms": retry_in.map(ms)}))?,
-                    Event::Joined { room, you, peers: present, history } => {
-                        joined_at = Some(Instant::now());
-                        usage_at_join = crate::procstat::usage(None);
-                        for p in &present {
-                            peers.insert(p.id.clone(), PeerView::new(p.nickname.clone()));
-                        }
-                        log(json!({
-                            "event": "joined", "room": room, "peer_id": you.id.as_str(),
-                            "peers": present.iter().map(|p| json!({"id": p.id.as_str(), "nickname": p.nickname})).collect::<Vec<_>>(),
-                            "history": history.len(), "since_start_ms": ms(started.elapsed()),
-                        }))?;
-                        if let (Some(text), false) = (&opts.chat, chat_sent) {
-                            engine.send(Command::SendChat(text.clone()))?;
-                            chat_sent = true;
-                        }
-                    }
-                    Event::ServerError { code, message } => log(json!({"event": "error", "code": code.as_str(), "message": message}))?,
-                    Event::PeerJoined(p) => {
-                        peers.insert(p.id.clone(), PeerView::new(p.nickname.clone()));
-                        log(json!({"event": "peer_joined", "peer": p.id.as_str(), "nickname": p.nickname}))?;
-                    }
-                    Event::PeerLeft { peer, reason } => {
-                        peers.remove(&peer);
-                        log(json!({"event": "peer_left", "peer": peer.as_str(), "reason": format!("{reason:?}").to_lowercase()}))?;
-                    }
-                                        Event::PeerConnected { peer, setup, offer_to_ice, offer_to_connected } => {
-                        log(json!({"event": "connected", "peer": peer.as_str(), "setup_ms": ms(setup),
-                            "offer_to_ice_ms": offer_to_ice.map(ms), "offer_to_connected_ms": offer_to_connected.map(ms)}))?;
-                        if let Some(view) = peers.get_mut(&peer)
-                            && !view.files_sent
-                            && !opts.send.is_empty()
-                        {
-                            view.files_sent = true;
-                            pending_send.insert(peer.clone());
-                        }
-                    }
-                    Event::PeerConnectionClosed { peer, reason } => log(json!({"event": "connection_closed", "peer": peer.as_str(), "reason": reason}))?,
-                    Event::PeerVideo { peer, video } => {
-                        if let Some(view) = peers.get_mut(&peer) {
-                            view.video = Some(video);
-                            view.last_frames = 0;
-                            view.last_latency_count = 0;
-                        }
-                    }
-                    Event::PeerStats { peer, stats } => {
-                        if let Some(view) = peers.get_mut(&peer) {
-                            view.network = Some(stats);
-                        }
-                    }
-                    Event::PeerMediaState { peer, audio, video } => log(json!({"event": "media_state", "peer": peer.as_str(), "audio": audio, "video": video}))?,
-                    Event::Chat(m) => log(json!({"event": "chat", "from": m.from.as_str(), "nickname": m.nickname, "text": m.text, "time_ms": m.time_ms}))?,
-                    Event::Transfer(TransferEvent::Update { peer, update }) => {
-                        // Nobody is there to ask: without a receive folder, every offer is
-                        // declined at once, so the sender is not left waiting.
-                        if update.state == TransferState::AwaitingConsent && !opts.accept_files {
-                            log(json!({"event": "file_declined", "peer": peer.as_str(), "name": update.name, "size": update.size}))?;
-                            engine.send(Command::Transfer(TransferCommand::Decline { peer: peer.clone(), id: update.id }))?;
-                        }
-                        if update.state == TransferState::Completed && update.direction == Direction::Incoming {
-                            files_received += 1;
-                            log(json!({"event": "file_received", "peer": peer.as_str(), "name": update.name, "size": update.size,
-                                "path": update.path.as_ref().map(|p| p.display().to_string()), "sha256": update.sha256}))?;
-                        } else if update.state == TransferState::Completed {
-                            log(json!({"event": "file_sent", "peer": peer.as_str(), "name": update.name, "size": update.size, "sha256": update.sha256}))?;
-                        } else if update.state.is_final() || matches!(update.state, TransferState::Paused(_)) {
-                            log(json!({"event": "transfer", "peer": peer.as_str(), "name": update.name, "direction": update.direction, "state": update.state}))?;
-                        }
-                    }
-                    Event::Transfer(TransferEvent::Problem(p)) | Event::Problem(p) => log(json!({"event": "problem", "message": p}))?,
-                    _ => {}
-                }
-                // Transfers can only start once the file channel is open; the engine queues
-                // offers until then, so sending right after "connected" is safe.
-                for peer in pending_send.drain() {
-                    engine.send(Command::Transfer(TransferCommand::SendFiles { paths: opts.send.clone(), to: Some(peer) }))?;
-                }
-                // First decoded frame per peer, with its glass-to-glass latency.
-                for (peer, view) in peers.iter_mut() {
-                    if view.first_frame_logged {
-                        continue;
-                    }
-                    if let Some(v) = &view.video {
-                        let s = v.stats();
-                        if let Some(first_at) = s.first_frame_at {
-                            view.first_frame_logged = true;
-                            // The decoder recorded when and how late the first frame was.
-                            let latency = s.latency_us.values().first().map(|u| *u as f64 / 1000.0);
-                            log(json!({"event": "first_frame", "peer": peer.as_str(), "latency_ms": latency,
-                                "since_join_ms": joined_at.map(|t| ms(first_at.saturating_duration_since(t)))}))?;
-                        }
-                    }
-                }
-            }
+    Ok(config)
+}
+
+/// The headless peer between events: who is in the room and what has been logged, one JSON
+/// object per line to `out`.
+struct HeadlessPeer<W: Write> {
+    opts: HeadlessOptions,
+    out: W,
+    engine: EngineHandle,
+    started: Instant,
+    joined_at: Option<Instant>,
+    peers: HashMap<PeerId, PeerView>,
+    chat_sent: bool,
+    files_received: u32,
+    /// Peers whose connection is up and who are still to be sent `--send` files.
+    pending_send: HashSet<PeerId>,
+    warmed_up: bool,
+    usage_at_join: Option<crate::procstat::Usage>,
+}
+
+impl<W: Write> HeadlessPeer<W> {
+    fn new(opts: HeadlessOptions, out: W, engine: EngineHandle) -> Self {
+        HeadlessPeer {
+            warmed_up: opts.warmup.is_zero(),
+            opts,
+            out,
+            engine,
+            started: Instant::now(),
+            joined_at: None,
+            peers: HashMap::new(),
+            chat_sent: false,
+            files_received: 0,
+            pending_send: HashSet::new(),
+            usage_at_join: None,
         }
     }
-    // The whole run in one line, for benchmarks: latency over the run (after warm-up), encode
-    // and decode times, clicks sent and heard, and this process's own CPU and memory.
-    let in_room = joined_at.map(|t| t.elapsed()).unwrap_or_default();
-    let usage = crate::procstat::usage(None);
-    let mut peer_summaries = Vec::new();
-    for (peer, view) in &peers {
-        let Some(v) = &view.video else { continue };
-        let s = v.stats();
-        let mut lat = s.latency_us.values();
-        lat.sort_unstable();
-        let mut dec = s.decode_us.values();
-        dec.sort_unstable();
-        let to_ms = |v: Option<i64>| v.map(|u| u as f64 / 1000.0);
-        peer_summaries.push(json!({
-            "peer": peer.as_str(), "nickname": view.nickname,
-            "frames_decoded": s.frames_decoded, "units_dropped": s.units_dropped, "out_of_order": s.out_of_order,
-            "freezes": s.freezes, "frozen_ms": s.frozen_us / 1000,
-            "network": view.network.as_ref().map(network_json),
-            "width": s.width, "height": s.height,
-            "latency_ms": {"count": lat.len(), "p50": to_ms(percentile(&lat, 0.5)), "p95": to_ms(percentile(&lat, 0.95)), "max": to_ms(lat.last().copied())},
-            "decode_ms": {"p50": to_ms(percentile(&dec, 0.5)), "p95": to_ms(percentile(&dec, 0.95))},
-        }));
+
+    fn log(&mut self, value: serde_json::Value) -> Result<(), HeadlessError> {
+        let mut line = value.to_string();
+        line.push('\n');
+        self.out.write_all(line.as_bytes())?;
+        self.out.flush()?;
+        Ok(())
     }
-    let encoder = engine.media().encoder_stats().map(|e| {
-        let mut enc = e.encode_us.values();
-        enc.sort_unstable();
-        json!({"frames": e.frames, "keyframes": e.keyframes, "bytes": e.bytes, "width": e.width, "height": e.height,
-            "encode_ms": {"p50": percentile(&enc, 0.5).map(|u| u as f64 / 1000.0), "p95": percentile(&enc, 0.95).map(|u| u as f64 / 1000.0)}})
-    });
-    log(json!({
-        "event": "summary",
-        "seconds_in_room": in_room.as_secs_f64(),
-        "cpu_seconds": usage.map(|u| u.cpu_seconds),
-        "cpu_seconds_in_room": usage.zip(usage_at_join).map(|(u, j)| u.cpu_seconds - j.cpu_seconds),
-        "rss_mb": usage.map(|u| u.rss_mb), "peak_rss_mb": usage.map(|u| u.peak_rss_mb),
-        "encoder": encoder, "peers": peer_summaries,
-        "click_times_us": engine.click_times(), "onset_times_us": engine.media().click_onsets(),
-    }))?;
-    log(
-        json!({"event": "leaving", "files_received": files_received, "audio_samples_played": sink.played()}),
-    )?;
-    engine.send(Command::Leave)?;
-    engine.shutdown().await;
-    Ok(())
+
+    /// Every stats interval: one `stats` line per peer.
+    fn on_tick(&mut self) -> Result<(), HeadlessError> {
+        if !self.warmed_up
+            && self
+                .joined_at
+                .is_some_and(|t| t.elapsed() >= self.opts.warmup)
+        {
+            self.warmed_up = true;
+            for view in self.peers.values() {
+                if let Some(v) = &view.video {
+                    v.reset_samples();
+                }
+            }
+            self.log(json!({"event": "warmed_up"}))?;
+        }
+        let interval = self.opts.stats_interval.as_secs_f64();
+        let mut records = Vec::with_capacity(self.peers.len());
+        for (peer, view) in self.peers.iter_mut() {
+            let mut record =
+                json!({"event": "stats", "peer": peer.as_str(), "nickname": view.nickname});
+            if let Some(video) = video_stats_json(view, interval) {
+                record["video"] = video;
+            }
+            if let Some(n) = &view.network {
+                record["network"] = network_json(n);
+            }
+            if let Some(e) = self.engine.media().encoder_stats() {
+                record["encoder"] =
+                    json!({"frames": e.frames, "keyframes": e.keyframes, "encodings": e.encodings});
+            }
+            if let Some(a) = self.engine.media().remote_audio(peer) {
+                record["audio"] = json!({
+                    "level_dbfs": (a.level_dbfs * 10.0).round() / 10.0,
+                    "frequency_hz": a.frequency.map(|f| (f * 10.0).round() / 10.0),
+                    "frames_played": a.frames_played,
+                    "concealed": a.jitter.concealed,
+                    "fec_decoded": a.jitter.fec_decoded,
+                    "received": a.jitter.received,
+                    "late": a.jitter.late,
+                    "underruns": a.jitter.underruns,
+                    "dropped_for_latency": a.jitter.dropped_for_latency,
+                    "target_delay_ms": a.target_delay_ms,
+                });
+            }
+            records.push(record);
+        }
+        for record in records {
+            self.log(record)?;
+        }
+        Ok(())
+    }
+
+    fn on_event(&mut self, event: Event) -> Result<(), HeadlessError> {
+        match event {
+            Event::ServerConnected { peer_id } => self.log(json!({"event": "server_connected", "peer_id": peer_id.as_str()}))?,
+            Event::ServerDisconnected { reason, retry_in } => self.log(json!({"event": "server_disconnected", "reason": reason, "retry_in_ms": retry_in.map(ms)}))?,
+            Event::Joined { room, you, peers: present, history } => {
+                self.joined_at = Some(Instant::now());
+                self.usage_at_join = crate::procstat::usage(None);
+                for p in &present {
+                    self.peers.insert(p.id.clone(), PeerView::new(p.nickname.clone()));
+                }
+                self.log(json!({
+                    "event": "joined", "room": room, "peer_id": you.id.as_str(),
+                    "peers": present.iter().map(|p| json!({"id": p.id.as_str(), "nickname": p.nickname})).collect::<Vec<_>>(),
+                    "history": history.len(), "since_start_ms": ms(self.started.elapsed()),
+                }))?;
+                if let (Some(text), false) = (&self.opts.chat, self.chat_sent) {
+                    self.engine.send(Command::SendChat(text.clone()))?;
+                    self.chat_sent = true;
+                }
+            }
+            Event::ServerError { code, message } => self.log(json!({"event": "error", "code": code.as_str(), "message": message}))?,
+            Event::PeerJoined(p) => {
+                self.peers.insert(p.id.clone(), PeerView::new(p.nickname.clone()));
+                self.log(json!({"event": "peer_joined", "peer": p.id.as_str(), "nickname": p.nickname}))?;
+            }
+            Event::PeerLeft { peer, reason } => {
+                self.peers.remove(&peer);
+                self.log(json!({"event": "peer_left", "peer": peer.as_str(), "reason": format!("{reason:?}").to_lowercase()}))?;
+            }
+            Event::PeerConnected { peer, setup, offer_to_ice, offer_to_connected } => {
+                self.log(json!({"event": "connected", "peer": peer.as_str(), "setup_ms": ms(setup),
+                    "offer_to_ice_ms": offer_to_ice.map(ms), "offer_to_connected_ms": offer_to_connected.map(ms)}))?;
+                if let Some(view) = self.peers.get_mut(&peer)
+                    && !view.files_sent
+                    && !self.opts.send.is_empty()
+                {
+                    view.files_sent = true;
+                    self.pending_send.insert(peer.clone());
+                }
+            }
+            Event::PeerConnectionClosed { peer, reason } => self.log(json!({"event": "connection_closed", "peer": peer.as_str(), "reason": reason}))?,
+            Event::PeerVideo { peer, video } => {
+                if let Some(view) = self.peers.get_mut(&peer) {
+                    view.video = Some(video);
+                    view.last_frames = 0;
+                    view.last_latency_count = 0;
+                }
+            }
+            Event::PeerStats { peer, stats } => {
+                if let Some(view) = self.peers.get_mut(&peer) {
+                    view.network = Some(stats);
+                }
+            }
+            Event::PeerMediaState { peer, audio, video } => self.log(json!({"event": "media_state", "peer": peer.as_str(), "audio": audio, "video": video}))?,
+            Event::Chat(m) => self.log(json!({"event": "chat", "from": m.from.as_str(), "nickname": m.nickname, "text": m.text, "time_ms": m.time_ms}))?,
+            Event::Transfer(TransferEvent::Update { peer, update }) => self.on_transfer(peer, update)?,
+            Event::Transfer(TransferEvent::Problem(p)) | Event::Problem(p) => self.log(json!({"event": "problem", "message": p}))?,
+            _ => {}
+        }
+        // Transfers can only start once the file channel is open; the engine queues
+        // offers until then, so sending right after "connected" is safe.
+        for peer in std::mem::take(&mut self.pending_send) {
+            self.engine
+                .send(Command::Transfer(TransferCommand::SendFiles {
+                    paths: self.opts.send.clone(),
+                    to: Some(peer),
+                }))?;
+        }
+        self.log_first_frames()
+    }
+
+    fn on_transfer(&mut self, peer: PeerId, update: TransferUpdate) -> Result<(), HeadlessError> {
+        // Nobody is there to ask: without a receive folder, every offer is declined at once,
+        // so the sender is not left waiting.
+        if update.state == TransferState::AwaitingConsent && !self.opts.accept_files {
+            self.log(json!({"event": "file_declined", "peer": peer.as_str(), "name": update.name, "size": update.size}))?;
+            self.engine
+                .send(Command::Transfer(TransferCommand::Decline {
+                    peer: peer.clone(),
+                    id: update.id,
+                }))?;
+        }
+        if update.state == TransferState::Completed && update.direction == Direction::Incoming {
+            self.files_received += 1;
+            self.log(json!({"event": "file_received", "peer": peer.as_str(), "name": update.name, "size": update.size,
+                "path": update.path.as_ref().map(|p| p.display().to_string()), "sha256": update.sha256}))?;
+        } else if update.state == TransferState::Completed {
+            self.log(json!({"event": "file_sent", "peer": peer.as_str(), "name": update.name, "size": update.size, "sha256": update.sha256}))?;
+        } else if update.state.is_final() || matches!(update.state, TransferState::Paused(_)) {
+            self.log(json!({"event": "transfer", "peer": peer.as_str(), "name": update.name, "direction": update.direction, "state": update.state}))?;
+        }
+        Ok(())
+    }
+
+    /// First decoded frame per peer, with its capture-to-decoded latency.
+    fn log_first_frames(&mut self) -> Result<(), HeadlessError> {
+        let mut firsts = Vec::new();
+        for (peer, view) in self.peers.iter_mut() {
+            if view.first_frame_logged {
+                continue;
+            }
+            let Some(v) = &view.video else { continue };
+            let s = v.stats();
+            if let Some(first_at) = s.first_frame_at {
+                view.first_frame_logged = true;
+                // The decoder recorded when and how late the first frame was.
+                let latency = s.latency_us.values().first().map(|u| *u as f64 / 1000.0);
+                firsts.push(json!({"event": "first_frame", "peer": peer.as_str(), "latency_ms": latency,
+                    "since_join_ms": self.joined_at.map(|t| ms(first_at.saturating_duration_since(t)))}));
+            }
+        }
+        for first in firsts {
+            self.log(first)?;
+        }
+        Ok(())
+    }
+
+    /// The whole run in one line, for benchmarks: latency over the run (after warm-up), encode
+    /// and decode times, clicks sent and heard, and this process's own CPU and memory.
+    fn log_summary(&mut self, sink: &RecordingSink) -> Result<(), HeadlessError> {
+        let in_room = self.joined_at.map(|t| t.elapsed()).unwrap_or_default();
+        let usage = crate::procstat::usage(None);
+        let mut peer_summaries = Vec::new();
+        for (peer, view) in &self.peers {
+            let Some(v) = &view.video else { continue };
+            let s = v.stats();
+            let mut lat = s.latency_us.values();
+            lat.sort_unstable();
+            let mut dec = s.decode_us.values();
+            dec.sort_unstable();
+            let to_ms = |v: Option<i64>| v.map(|u| u as f64 / 1000.0);
+            peer_summaries.push(json!({
+                "peer": peer.as_str(), "nickname": view.nickname,
+                "frames_decoded": s.frames_decoded, "units_dropped": s.units_dropped, "out_of_order": s.out_of_order,
+                "freezes": s.freezes, "frozen_ms": s.frozen_us / 1000,
+                "network": view.network.as_ref().map(network_json),
+                "width": s.width, "height": s.height,
+                "latency_ms": {"count": lat.len(), "p50": to_ms(percentile(&lat, 0.5)), "p95": to_ms(percentile(&lat, 0.95)), "max": to_ms(lat.last().copied())},
+                "decode_ms": {"p50": to_ms(percentile(&dec, 0.5)), "p95": to_ms(percentile(&dec, 0.95))},
+            }));
+        }
+        let encoder = self.engine.media().encoder_stats().map(|e| {
+            let mut enc = e.encode_us.values();
+            enc.sort_unstable();
+            json!({"frames": e.frames, "keyframes": e.keyframes, "bytes": e.bytes, "width": e.width, "height": e.height,
+                "encode_ms": {"p50": percentile(&enc, 0.5).map(|u| u as f64 / 1000.0), "p95": percentile(&enc, 0.95).map(|u| u as f64 / 1000.0)}})
+        });
+        let summary = json!({
+            "event": "summary",
+            "seconds_in_room": in_room.as_secs_f64(),
+            "cpu_seconds": usage.map(|u| u.cpu_seconds),
+            "cpu_seconds_in_room": usage.zip(self.usage_at_join).map(|(u, j)| u.cpu_seconds - j.cpu_seconds),
+            "rss_mb": usage.map(|u| u.rss_mb), "peak_rss_mb": usage.map(|u| u.peak_rss_mb),
+            "encoder": encoder, "peers": peer_summaries,
+            "click_times_us": self.engine.click_times(), "onset_times_us": self.engine.media().click_onsets(),
+        });
+        self.log(summary)?;
+        let leaving = json!({"event": "leaving", "files_received": self.files_received, "audio_samples_played": sink.played()});
+        self.log(leaving)
+    }
+}
+
+/// A peer's `video` stats object: frames, fps over the last interval, latency over the run and
+/// over the interval, freezes.
+fn video_stats_json(view: &mut PeerView, interval_secs: f64) -> Option<serde_json::Value> {
+    let v = view.video.as_ref()?;
+    let s = v.stats();
+    let mut lat = s.latency_us.values();
+    lat.sort_unstable();
+    // A new connection's decoder starts counting from zero again.
+    let fps = s.frames_decoded.saturating_sub(view.last_frames) as f64 / interval_secs;
+    view.last_frames = s.frames_decoded;
+    // Latency of the frames decoded since the previous line alone.
+    let mut window = s.latency_us.since(view.last_latency_count);
+    view.last_latency_count = s.latency_us.pushed();
+    window.sort_unstable();
+    Some(json!({
+        "frames_decoded": s.frames_decoded,
+        "fps": (fps * 10.0).round() / 10.0,
+        "width": s.width, "height": s.height,
+        "last_frame_number": s.last_stamp.map(|t| t.number),
+        "out_of_order": s.out_of_order,
+        "latency_p50_ms": percentile(&lat, 0.5).map(|u| u as f64 / 1000.0),
+        "latency_p95_ms": percentile(&lat, 0.95).map(|u| u as f64 / 1000.0),
+        "window_latency_p50_ms": percentile(&window, 0.5).map(|u| u as f64 / 1000.0),
+        "window_latency_max_ms": window.last().map(|u| *u as f64 / 1000.0),
+        "freezes": s.freezes, "frozen_ms": s.frozen_us / 1000,
+        "playout_delay_ms": (s.playout_delay_ms * 10.0).round() / 10.0,
+        "decode_errors": s.decode_errors, "units_dropped": s.units_dropped,
+        "units_received": s.units_received,
+    }))
 }

@@ -403,7 +403,7 @@ fn cpu_per_second(summary: &Value) -> f64 {
 }
 
 async fn video(opts: &BenchOptions) -> Result<Value, BenchError> {
-    let mut out = json!({"what": "glass-to-glass: capture stamp in the frame to decoded picture on the other side, both directions of a 1:1 call, after 2 s warm-up"});
+    let mut out = json!({"what": "capture stamp in the frame to the decoded picture handed to the display on the other side (encode, network, decode and playout delay included; texture upload, paint and any camera left out), both directions of a 1:1 call, after 2 s warm-up"});
     for (label, size) in [("640x480", "test"), ("1280x720", "test:1280x720")] {
         let summaries = call(
             opts,
@@ -845,7 +845,7 @@ pub fn table(report: &Value) -> String {
         );
     }
     if let Some(v) = report.get("video") {
-        out.push_str("Video (glass-to-glass, 1:1)\n");
+        out.push_str("Video (capture stamp to picture handed to the display, no paint, 1:1)\n");
         for label in ["640x480", "1280x720"] {
             for (i, d) in v[label]["directions"]
                 .as_array()

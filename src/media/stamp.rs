@@ -1,6 +1,6 @@
 //! A frame stamp drawn into the picture: frame number and capture time as a grid of black and
 //! white cells in the top-left corner, large enough (1/40 of the width per cell) to survive lossy
-//! H.264 coding, so a receiver can read loss, order and glass-to-glass latency from decoded pixels.
+//! H.264 coding, so a receiver can read loss, order and capture-to-display-hand-off latency from decoded pixels.
 
 use super::frame::{I420Frame, RgbaFrame};
 

@@ -319,6 +319,11 @@ fn to_message(cmd: &ClientCommand) -> ClientMessage {
     }
 }
 
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// One connection to the server, from connecting to its end: hello and welcome, restoring what
+/// the owner wanted, then commands out and server messages in.
 async fn session(
     config: &ClientConfig,
     tls: Option<&Arc<rustls::ClientConfig>>,
@@ -327,105 +332,16 @@ async fn session(
     wanted: &mut Wanted,
     backoff: &mut Duration,
 ) -> LinkEnd {
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(4 * 1024)
-        .max_write_buffer_size(1024 * 1024)
-        .max_message_size(Some(protocol::MAX_FRAME_BYTES))
-        .max_frame_size(Some(protocol::MAX_FRAME_BYTES));
-    let connector = tls.map(|t| Connector::Rustls(t.clone()));
-    let connect = tokio_tungstenite::connect_async_tls_with_config(
-        &config.url,
-        Some(ws_config),
-        true,
-        connector,
-    );
-    let mut ws = match tokio::time::timeout(Duration::from_secs(10), connect).await {
-        Ok(Ok((ws, _))) => ws,
-        Ok(Err(e)) => {
-            if let Some(refusal) = certificate_refusal(&e) {
-                return LinkEnd::GiveUp(format!("{}: {refusal}", config.url));
-            }
-            return LinkEnd::Retry(format!("cannot reach {}: {e}", config.url));
-        }
-        Err(_) => return LinkEnd::Retry(format!("timed out connecting to {}", config.url)),
+    let mut ws = match connect(config, tls).await {
+        Ok(ws) => ws,
+        Err(end) => return end,
     };
-    let hello = ClientMessage::Hello {
-        version: PROTOCOL_VERSION,
-        client: Some(config.client_name.clone()),
-    };
-    if ws
-        .send(Message::Text(protocol::encode(&hello).into()))
-        .await
-        .is_err()
-    {
-        return LinkEnd::Retry("connection closed during hello".into());
+    if let Err(end) = greet(&mut ws, config, events, backoff).await {
+        return end;
     }
-    // Everything until the welcome, bounded.
-    let welcome = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(frame) = ws.next().await {
-            if let Ok(Message::Text(t)) = frame {
-                return protocol::decode_server(&t).ok();
-            }
-            if frame.is_err() {
-                return None;
-            }
-        }
-        None
-    })
-    .await;
-    match welcome {
-        Ok(Some(ServerMessage::Welcome {
-            peer_id,
-            ice_servers,
-            limits,
-            ..
-        })) => {
-            *backoff = config.backoff_initial;
-            if events
-                .send(ClientEvent::Connected {
-                    peer_id,
-                    ice_servers,
-                    limits,
-                })
-                .await
-                .is_err()
-            {
-                return LinkEnd::Stopped;
-            }
-        }
-        Ok(Some(ServerMessage::Error {
-            code: ErrorCode::VersionMismatch,
-            message,
-            ..
-        })) => return LinkEnd::GiveUp(message),
-        Ok(Some(ServerMessage::Error { message, .. })) => return LinkEnd::Retry(message),
-        Ok(_) => return LinkEnd::Retry("the server did not welcome us".into()),
-        Err(_) => return LinkEnd::Retry("no welcome from the server in time".into()),
+    if let Err(end) = restore(&mut ws, wanted).await {
+        return end;
     }
-
-    // Restore what the owner wanted before the link dropped.
-    let mut restore = Vec::new();
-    if wanted.subscribed {
-        restore.push(ClientMessage::SubscribeRooms);
-    }
-    if let Some(w) = &wanted.room {
-        restore.push(ClientMessage::Join {
-            room: w.room.clone(),
-            nickname: w.nickname.clone(),
-            access: w.access.clone(),
-        });
-    }
-    for msg in restore {
-        if ws
-            .send(Message::Text(protocol::encode(&msg).into()))
-            .await
-            .is_err()
-        {
-            return LinkEnd::Retry("connection closed while restoring state".into());
-        }
-    }
-
     let mut silence = tokio::time::interval(config.silence_timeout / 4);
     silence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = tokio::time::Instant::now();
@@ -451,39 +367,8 @@ async fn session(
                     Some(Err(e)) => return LinkEnd::Retry(format!("connection error: {e}")),
                     Some(Ok(Message::Close(_))) => return LinkEnd::Retry("the server closed the connection".into()),
                     Some(Ok(Message::Text(t))) => {
-                        let msg = match protocol::decode_server(&t) {
-                            Ok(m) => m,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "ignoring a message from the server");
-                                continue;
-                            }
-                        };
-                        if let ServerMessage::Error { fatal: true, code, message } = &msg {
-                            let _ = events.send(ClientEvent::Server(msg.clone())).await;
-                            if *code == ErrorCode::VersionMismatch {
-                                return LinkEnd::GiveUp(message.clone());
-                            }
-                            return LinkEnd::Retry(format!("{code}: {message}"));
-                        }
-                                                match &msg {
-                            ServerMessage::Joined { room, you, rejoin_token, .. } => {
-                                if let Some(w) = wanted.room.as_mut() {
-                                    w.room = room.clone();
-                                    w.nickname = you.nickname.clone();
-                                    w.access.rejoin_token = rejoin_token.clone();
-                                }
-                            }
-                            ServerMessage::RejoinToken { token } => {
-                                if let Some(w) = wanted.room.as_mut() {
-                                    w.access.rejoin_token = Some(token.clone());
-                                }
-                            }
-                            // A join that failed is not something to retry on reconnect.
-                            ServerMessage::Error { code, .. } if code.refuses_join() => wanted.room = None,
-                            _ => {}
-                        }
-                        if events.send(ClientEvent::Server(msg)).await.is_err() {
-                            return LinkEnd::Stopped;
+                        if let Err(end) = on_server_text(&t, wanted, events).await {
+                            return end;
                         }
                     }
                     Some(Ok(_)) => {}
@@ -496,4 +381,172 @@ async fn session(
             }
         }
     }
+}
+
+async fn connect(
+    config: &ClientConfig,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<WsStream, LinkEnd> {
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(4 * 1024)
+        .max_write_buffer_size(1024 * 1024)
+        .max_message_size(Some(protocol::MAX_FRAME_BYTES))
+        .max_frame_size(Some(protocol::MAX_FRAME_BYTES));
+    let connector = tls.map(|t| Connector::Rustls(t.clone()));
+    let connect = tokio_tungstenite::connect_async_tls_with_config(
+        &config.url,
+        Some(ws_config),
+        true,
+        connector,
+    );
+    match tokio::time::timeout(Duration::from_secs(10), connect).await {
+        Ok(Ok((ws, _))) => Ok(ws),
+        Ok(Err(e)) => {
+            if let Some(refusal) = certificate_refusal(&e) {
+                return Err(LinkEnd::GiveUp(format!("{}: {refusal}", config.url)));
+            }
+            Err(LinkEnd::Retry(format!("cannot reach {}: {e}", config.url)))
+        }
+        Err(_) => Err(LinkEnd::Retry(format!(
+            "timed out connecting to {}",
+            config.url
+        ))),
+    }
+}
+
+/// Hello, and everything until the welcome (bounded); tells the owner we are connected.
+async fn greet(
+    ws: &mut WsStream,
+    config: &ClientConfig,
+    events: &mpsc::Sender<ClientEvent>,
+    backoff: &mut Duration,
+) -> Result<(), LinkEnd> {
+    let hello = ClientMessage::Hello {
+        version: PROTOCOL_VERSION,
+        client: Some(config.client_name.clone()),
+    };
+    if ws
+        .send(Message::Text(protocol::encode(&hello).into()))
+        .await
+        .is_err()
+    {
+        return Err(LinkEnd::Retry("connection closed during hello".into()));
+    }
+    let welcome = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(frame) = ws.next().await {
+            if let Ok(Message::Text(t)) = frame {
+                return protocol::decode_server(&t).ok();
+            }
+            if frame.is_err() {
+                return None;
+            }
+        }
+        None
+    })
+    .await;
+    match welcome {
+        Ok(Some(ServerMessage::Welcome {
+            peer_id,
+            ice_servers,
+            limits,
+            ..
+        })) => {
+            *backoff = config.backoff_initial;
+            let connected = ClientEvent::Connected {
+                peer_id,
+                ice_servers,
+                limits,
+            };
+            events.send(connected).await.map_err(|_| LinkEnd::Stopped)
+        }
+        Ok(Some(ServerMessage::Error {
+            code: ErrorCode::VersionMismatch,
+            message,
+            ..
+        })) => Err(LinkEnd::GiveUp(message)),
+        Ok(Some(ServerMessage::Error { message, .. })) => Err(LinkEnd::Retry(message)),
+        Ok(_) => Err(LinkEnd::Retry("the server did not welcome us".into())),
+        Err(_) => Err(LinkEnd::Retry("no welcome from the server in time".into())),
+    }
+}
+
+/// Restores what the owner wanted before the link dropped: the room list, the room.
+async fn restore(ws: &mut WsStream, wanted: &Wanted) -> Result<(), LinkEnd> {
+    let mut restore = Vec::new();
+    if wanted.subscribed {
+        restore.push(ClientMessage::SubscribeRooms);
+    }
+    if let Some(w) = &wanted.room {
+        restore.push(ClientMessage::Join {
+            room: w.room.clone(),
+            nickname: w.nickname.clone(),
+            access: w.access.clone(),
+        });
+    }
+    for msg in restore {
+        if ws
+            .send(Message::Text(protocol::encode(&msg).into()))
+            .await
+            .is_err()
+        {
+            return Err(LinkEnd::Retry(
+                "connection closed while restoring state".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A text frame from the server: remembered where a reconnect needs it, passed to the owner.
+async fn on_server_text(
+    text: &str,
+    wanted: &mut Wanted,
+    events: &mpsc::Sender<ClientEvent>,
+) -> Result<(), LinkEnd> {
+    let msg = match protocol::decode_server(text) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring a message from the server");
+            return Ok(());
+        }
+    };
+    if let ServerMessage::Error {
+        fatal: true,
+        code,
+        message,
+    } = &msg
+    {
+        let _ = events.send(ClientEvent::Server(msg.clone())).await;
+        if *code == ErrorCode::VersionMismatch {
+            return Err(LinkEnd::GiveUp(message.clone()));
+        }
+        return Err(LinkEnd::Retry(format!("{code}: {message}")));
+    }
+    match &msg {
+        ServerMessage::Joined {
+            room,
+            you,
+            rejoin_token,
+            ..
+        } => {
+            if let Some(w) = wanted.room.as_mut() {
+                w.room = room.clone();
+                w.nickname = you.nickname.clone();
+                w.access.rejoin_token = rejoin_token.clone();
+            }
+        }
+        ServerMessage::RejoinToken { token } => {
+            if let Some(w) = wanted.room.as_mut() {
+                w.access.rejoin_token = Some(token.clone());
+            }
+        }
+        // A join that failed is not something to retry on reconnect.
+        ServerMessage::Error { code, .. } if code.refuses_join() => wanted.room = None,
+        _ => {}
+    }
+    events
+        .send(ClientEvent::Server(msg))
+        .await
+        .map_err(|_| LinkEnd::Stopped)
 }

@@ -330,126 +330,20 @@ impl PeerTransfers {
                 name,
                 size,
                 media_type,
-            } => {
-                self.outgoing.insert(
-                    id,
-                    Outgoing {
-                        name,
-                        size,
-                        media_type,
-                        state: TransferState::Offered,
-                        next_read: 0,
-                        reading: false,
-                        acked: 0,
-                        sent_total: 0,
-                        hasher: Sha256::new(),
-                        hashing: false,
-                        speed: SpeedMeter::default(),
-                    },
-                );
-                if self.connected {
-                    self.offer(id, &mut out);
-                }
-                self.report_out(id, &mut out);
-            }
+            } => self.on_send(id, name, size, media_type, &mut out),
             Input::Accept(id) => self.accept(id, &mut out),
-            Input::Decline(id) => {
-                if let Some(t) = self.incoming.get_mut(&id)
-                    && t.state == TransferState::AwaitingConsent
-                {
-                    t.state = TransferState::Declined("you declined".into());
-                    out.push(Action::SendControl(Control::Decline {
-                        id,
-                        reason: "declined".into(),
-                    }));
-                    self.report_in(id, &mut out);
-                }
-            }
+            Input::Decline(id) => self.decline(id, &mut out),
             Input::Cancel(id) => self.cancel_local(id, &mut out),
             Input::Retry(id) => self.retry(id, &mut out),
-            Input::Connected => {
-                self.connected = true;
-                let ids: Vec<TransferId> = self
-                    .outgoing
-                    .iter()
-                    .filter(|(_, t)| !t.state.is_final())
-                    .map(|(id, _)| *id)
-                    .collect();
-                for id in ids {
-                    self.offer(id, &mut out);
-                }
-            }
-            Input::Disconnected => {
-                self.connected = false;
-                for (id, t) in self.outgoing.iter_mut() {
-                    if matches!(
-                        t.state,
-                        TransferState::Transferring | TransferState::Verifying
-                    ) {
-                        t.state = TransferState::Interrupted;
-                        t.reading = false;
-                        out.push(Action::Report(Self::out_update(*id, t)));
-                    }
-                }
-                for (id, t) in self.incoming.iter_mut() {
-                    if t.state == TransferState::Transferring {
-                        t.state = TransferState::Interrupted;
-                        out.push(Action::Report(Self::in_update(*id, t)));
-                    }
-                }
-            }
-            Input::PeerGone => {
-                self.connected = false;
-                let reason = "the other person left the call".to_owned();
-                for (id, t) in self.outgoing.iter_mut() {
-                    if !t.state.is_final() {
-                        t.state = TransferState::Failed(reason.clone());
-                        out.push(Action::CloseSource(*id));
-                        out.push(Action::Report(Self::out_update(*id, t)));
-                    }
-                }
-                for (id, t) in self.incoming.iter_mut() {
-                    if !t.state.is_final() {
-                        t.state = TransferState::Failed(reason.clone());
-                        if t.has_part {
-                            t.has_part = false;
-                            out.push(Action::DeletePart(*id));
-                        }
-                        out.push(Action::Report(Self::in_update(*id, t)));
-                    }
-                }
-            }
+            Input::Connected => self.on_connected(&mut out),
+            Input::Disconnected => self.on_disconnected(&mut out),
+            Input::PeerGone => self.on_peer_gone(&mut out),
             Input::Control(msg) => self.on_control(msg, &mut out),
             Input::Chunk(chunk) => self.on_chunk(chunk, &mut out),
             Input::BadFrame(_) => self.violations += 1,
             Input::ChunkRead { id, offset, data } => self.on_read(id, offset, data, now, &mut out),
-            Input::ReadFailed { id, error } => {
-                if let Some(t) = self.outgoing.get_mut(&id)
-                    && !t.state.is_final()
-                {
-                    t.state = TransferState::Failed(format!("cannot read the file: {error}"));
-                    out.push(Action::SendControl(Control::Cancel {
-                        id,
-                        reason: "the sender could not read the file".into(),
-                    }));
-                    out.push(Action::CloseSource(id));
-                    self.report_out(id, &mut out);
-                }
-            }
-            Input::PartCreated { id, path } => {
-                if let Some(t) = self.incoming.get_mut(&id) {
-                    if t.state.is_final() {
-                        // Cancelled while the file was being created.
-                        out.push(Action::DeletePart(id));
-                        return out;
-                    }
-                    t.has_part = true;
-                    t.path = Some(path);
-                    t.state = TransferState::Transferring;
-                    out.push(Action::SendControl(Control::Accept { id, offset: 0 }));
-                    self.report_in(id, &mut out);
-                }
-            }
+            Input::ReadFailed { id, error } => self.on_read_failed(id, error, &mut out),
+            Input::PartCreated { id, path } => self.on_part_created(id, path, &mut out),
             Input::PartFailed { id, error } => {
                 if let Some(t) = self.incoming.get_mut(&id) {
                     t.state = TransferState::Failed(format!("cannot save the file: {error}"));
@@ -483,22 +377,155 @@ impl PeerTransfers {
             Input::PrefixHashed { id, len, hasher } => {
                 self.on_prefix_hashed(id, len, hasher, &mut out)
             }
-            Input::Tick => {
-                for (id, t) in self.outgoing.iter_mut() {
-                    if t.state == TransferState::Transferring {
-                        t.speed.record(now, t.acked);
-                        out.push(Action::Report(Self::out_update(*id, t)));
-                    }
-                }
-                for (id, t) in self.incoming.iter_mut() {
-                    if t.state == TransferState::Transferring {
-                        t.speed.record(now, t.written);
-                        out.push(Action::Report(Self::in_update(*id, t)));
-                    }
-                }
-            }
+            Input::Tick => self.on_tick(now, &mut out),
         }
         out
+    }
+
+    fn on_send(
+        &mut self,
+        id: TransferId,
+        name: String,
+        size: u64,
+        media_type: Option<String>,
+        out: &mut Vec<Action>,
+    ) {
+        self.outgoing.insert(
+            id,
+            Outgoing {
+                name,
+                size,
+                media_type,
+                state: TransferState::Offered,
+                next_read: 0,
+                reading: false,
+                acked: 0,
+                sent_total: 0,
+                hasher: Sha256::new(),
+                hashing: false,
+                speed: SpeedMeter::default(),
+            },
+        );
+        if self.connected {
+            self.offer(id, out);
+        }
+        self.report_out(id, out);
+    }
+
+    fn decline(&mut self, id: TransferId, out: &mut Vec<Action>) {
+        if let Some(t) = self.incoming.get_mut(&id)
+            && t.state == TransferState::AwaitingConsent
+        {
+            t.state = TransferState::Declined("you declined".into());
+            out.push(Action::SendControl(Control::Decline {
+                id,
+                reason: "declined".into(),
+            }));
+            self.report_in(id, out);
+        }
+    }
+
+    /// The file channel is open: offer everything not finished (again).
+    fn on_connected(&mut self, out: &mut Vec<Action>) {
+        self.connected = true;
+        let ids: Vec<TransferId> = self
+            .outgoing
+            .iter()
+            .filter(|(_, t)| !t.state.is_final())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.offer(id, out);
+        }
+    }
+
+    /// The channel closed: transfers under way pause as interrupted, to resume on reconnect.
+    fn on_disconnected(&mut self, out: &mut Vec<Action>) {
+        self.connected = false;
+        for (id, t) in self.outgoing.iter_mut() {
+            if matches!(
+                t.state,
+                TransferState::Transferring | TransferState::Verifying
+            ) {
+                t.state = TransferState::Interrupted;
+                t.reading = false;
+                out.push(Action::Report(Self::out_update(*id, t)));
+            }
+        }
+        for (id, t) in self.incoming.iter_mut() {
+            if t.state == TransferState::Transferring {
+                t.state = TransferState::Interrupted;
+                out.push(Action::Report(Self::in_update(*id, t)));
+            }
+        }
+    }
+
+    /// The peer left the call: nothing can resume, so everything unfinished fails.
+    fn on_peer_gone(&mut self, out: &mut Vec<Action>) {
+        self.connected = false;
+        let reason = "the other person left the call".to_owned();
+        for (id, t) in self.outgoing.iter_mut() {
+            if !t.state.is_final() {
+                t.state = TransferState::Failed(reason.clone());
+                out.push(Action::CloseSource(*id));
+                out.push(Action::Report(Self::out_update(*id, t)));
+            }
+        }
+        for (id, t) in self.incoming.iter_mut() {
+            if !t.state.is_final() {
+                t.state = TransferState::Failed(reason.clone());
+                if t.has_part {
+                    t.has_part = false;
+                    out.push(Action::DeletePart(*id));
+                }
+                out.push(Action::Report(Self::in_update(*id, t)));
+            }
+        }
+    }
+
+    fn on_read_failed(&mut self, id: TransferId, error: String, out: &mut Vec<Action>) {
+        if let Some(t) = self.outgoing.get_mut(&id)
+            && !t.state.is_final()
+        {
+            t.state = TransferState::Failed(format!("cannot read the file: {error}"));
+            out.push(Action::SendControl(Control::Cancel {
+                id,
+                reason: "the sender could not read the file".into(),
+            }));
+            out.push(Action::CloseSource(id));
+            self.report_out(id, out);
+        }
+    }
+
+    fn on_part_created(&mut self, id: TransferId, path: PathBuf, out: &mut Vec<Action>) {
+        if let Some(t) = self.incoming.get_mut(&id) {
+            if t.state.is_final() {
+                // Cancelled while the file was being created.
+                out.push(Action::DeletePart(id));
+                return;
+            }
+            t.has_part = true;
+            t.path = Some(path);
+            t.state = TransferState::Transferring;
+            out.push(Action::SendControl(Control::Accept { id, offset: 0 }));
+            self.report_in(id, out);
+        }
+    }
+
+    /// Once a second: progress and speed of every transfer under way.
+    fn on_tick(&mut self, now: Instant, out: &mut Vec<Action>) {
+        for (id, t) in self.outgoing.iter_mut() {
+            if t.state == TransferState::Transferring {
+                t.speed.record(now, t.acked);
+                out.push(Action::Report(Self::out_update(*id, t)));
+            }
+        }
+        for (id, t) in self.incoming.iter_mut() {
+            if t.state == TransferState::Transferring {
+                t.speed.record(now, t.written);
+                out.push(Action::Report(Self::in_update(*id, t)));
+            }
+        }
     }
 
     // ----- sending -----

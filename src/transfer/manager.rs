@@ -474,33 +474,13 @@ impl Manager {
     async fn act(&mut self, peer: &PeerId, action: Action) {
         let download_dir = self.config.download_dir.clone();
         let inbound = self.inbound_tx.clone();
+        let tamper = self.config.tamper;
         let Some(link) = self.links.get_mut(peer) else {
             return;
         };
         match action {
             Action::SendControl(c) => {
-                let c = match (self.config.tamper, c) {
-                    (Some(Tamper::WrongHash), Control::Done { id, .. }) => Control::Done {
-                        id,
-                        sha256: "0".repeat(64),
-                    },
-                    (Some(Tamper::ExtraBytes(extra)), Control::Done { id, sha256 }) => {
-                        let size = link.machine.outgoing_size(id).unwrap_or(0);
-                        let mut offset = size;
-                        while offset < size + extra {
-                            let n =
-                                (size + extra - offset).min(protocol::CHUNK_DATA as u64) as usize;
-                            let junk = vec![0xEE; n];
-                            send_out(
-                                link,
-                                Outgoing::Binary(protocol::encode_chunk(id, offset, &junk)),
-                            );
-                            offset += n as u64;
-                        }
-                        Control::Done { id, sha256 }
-                    }
-                    (_, c) => c,
-                };
+                let c = tampered(tamper, link, c);
                 let text = protocol::encode_control(&c);
                 send_out(link, Outgoing::Text(text));
             }
@@ -511,64 +491,15 @@ impl Manager {
                 );
             }
             Action::ReadChunk { id, offset, len } => {
-                let Some(file) = link.sources.get(&id).cloned() else {
-                    return;
-                };
-                let peer = peer.clone();
-                tokio::spawn(async move {
-                    let input = tokio::task::spawn_blocking(move || {
-                        let mut buf = vec![0u8; len];
-                        match file.read_exact_at(&mut buf, offset) {
-                            Ok(()) => Input::ChunkRead {
-                                id,
-                                offset,
-                                data: Bytes::from(buf),
-                            },
-                            Err(e) => Input::ReadFailed {
-                                id,
-                                error: e.to_string(),
-                            },
-                        }
-                    })
-                    .await
-                    .unwrap_or_else(|e| Input::ReadFailed {
-                        id,
-                        error: e.to_string(),
-                    });
-                    let _ = inbound.send(Inbound::Io { peer, input }).await;
-                });
+                if let Some(file) = link.sources.get(&id).cloned() {
+                    spawn_read(inbound, peer.clone(), id, file, offset, len);
+                }
             }
             Action::CloseSource(id) => {
                 link.sources.remove(&id);
             }
             Action::CreatePart { id, name } => {
-                let peer = peer.clone();
-                tokio::spawn(async move {
-                    let reserved =
-                        tokio::task::spawn_blocking(move || names::reserve(&download_dir, &name))
-                            .await
-                            .map_err(std::io::Error::other)
-                            .and_then(|r| r);
-                    let msg = match reserved {
-                        Ok(r) => Inbound::PartReady {
-                            peer,
-                            id,
-                            part: PartFile {
-                                file: Arc::new(r.file),
-                                part_path: r.part_path,
-                                final_path: r.final_path,
-                            },
-                        },
-                        Err(e) => Inbound::Io {
-                            peer,
-                            input: Input::PartFailed {
-                                id,
-                                error: e.to_string(),
-                            },
-                        },
-                    };
-                    let _ = inbound.send(msg).await;
-                });
+                spawn_create_part(inbound, peer.clone(), id, download_dir, name)
             }
             Action::WriteChunk { id, offset, data } => {
                 link.write_queue
@@ -578,28 +509,9 @@ impl Manager {
                 self.start_write(peer, id);
             }
             Action::FinishFile(id) => {
-                let Some(part) = link.parts.remove(&id) else {
-                    return;
-                };
-                let peer = peer.clone();
-                tokio::spawn(async move {
-                    let input = tokio::task::spawn_blocking(move || {
-                        part.file
-                            .sync_all()
-                            .and_then(|_| names::finish(&part.part_path, &part.final_path))
-                    })
-                    .await
-                    .map_err(std::io::Error::other)
-                    .and_then(|r| r);
-                    let input = match input {
-                        Ok(path) => Input::Finished { id, path },
-                        Err(e) => Input::FinishFailed {
-                            id,
-                            error: e.to_string(),
-                        },
-                    };
-                    let _ = inbound.send(Inbound::Io { peer, input }).await;
-                });
+                if let Some(part) = link.parts.remove(&id) {
+                    spawn_finish(inbound, peer.clone(), id, part);
+                }
             }
             Action::DeletePart(id) => {
                 link.write_queue.remove(&id);
@@ -616,23 +528,9 @@ impl Manager {
                     .get(&id)
                     .cloned()
                     .or_else(|| link.parts.get(&id).map(|p| p.file.clone()));
-                let Some(file) = file else { return };
-                let peer = peer.clone();
-                tokio::spawn(async move {
-                    let hashed = tokio::task::spawn_blocking(move || hash_prefix(&file, len)).await;
-                    let input = match hashed {
-                        Ok(Ok(hasher)) => Input::PrefixHashed { id, len, hasher },
-                        Ok(Err(e)) => Input::ReadFailed {
-                            id,
-                            error: e.to_string(),
-                        },
-                        Err(e) => Input::ReadFailed {
-                            id,
-                            error: e.to_string(),
-                        },
-                    };
-                    let _ = inbound.send(Inbound::Io { peer, input }).await;
-                });
+                if let Some(file) = file {
+                    spawn_hash_prefix(inbound, peer.clone(), id, file, len);
+                }
             }
             Action::Report(update) => {
                 self.emit(TransferEvent::Update {
@@ -699,6 +597,146 @@ impl Manager {
             let _ = inbound.send(Inbound::Written { peer, id, results }).await;
         });
     }
+}
+
+/// Tests only (`TransferConfig::tamper`): a sender that lies about its file.
+fn tampered(tamper: Option<Tamper>, link: &mut Link, control: Control) -> Control {
+    match (tamper, control) {
+        (Some(Tamper::WrongHash), Control::Done { id, .. }) => Control::Done {
+            id,
+            sha256: "0".repeat(64),
+        },
+        (Some(Tamper::ExtraBytes(extra)), Control::Done { id, sha256 }) => {
+            let size = link.machine.outgoing_size(id).unwrap_or(0);
+            let mut offset = size;
+            while offset < size + extra {
+                let n = (size + extra - offset).min(protocol::CHUNK_DATA as u64) as usize;
+                let junk = vec![0xEE; n];
+                send_out(
+                    link,
+                    Outgoing::Binary(protocol::encode_chunk(id, offset, &junk)),
+                );
+                offset += n as u64;
+            }
+            Control::Done { id, sha256 }
+        }
+        (_, control) => control,
+    }
+}
+
+/// Reads one chunk of a file being sent on the blocking pool; the result comes back as input.
+fn spawn_read(
+    inbound: mpsc::Sender<Inbound>,
+    peer: PeerId,
+    id: TransferId,
+    file: Arc<File>,
+    offset: u64,
+    len: usize,
+) {
+    tokio::spawn(async move {
+        let input = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; len];
+            match file.read_exact_at(&mut buf, offset) {
+                Ok(()) => Input::ChunkRead {
+                    id,
+                    offset,
+                    data: Bytes::from(buf),
+                },
+                Err(e) => Input::ReadFailed {
+                    id,
+                    error: e.to_string(),
+                },
+            }
+        })
+        .await
+        .unwrap_or_else(|e| Input::ReadFailed {
+            id,
+            error: e.to_string(),
+        });
+        let _ = inbound.send(Inbound::Io { peer, input }).await;
+    });
+}
+
+/// Reserves a name in the download folder and creates the part file for an accepted offer.
+fn spawn_create_part(
+    inbound: mpsc::Sender<Inbound>,
+    peer: PeerId,
+    id: TransferId,
+    download_dir: PathBuf,
+    name: String,
+) {
+    tokio::spawn(async move {
+        let reserved = tokio::task::spawn_blocking(move || names::reserve(&download_dir, &name))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+        let msg = match reserved {
+            Ok(r) => Inbound::PartReady {
+                peer,
+                id,
+                part: PartFile {
+                    file: Arc::new(r.file),
+                    part_path: r.part_path,
+                    final_path: r.final_path,
+                },
+            },
+            Err(e) => Inbound::Io {
+                peer,
+                input: Input::PartFailed {
+                    id,
+                    error: e.to_string(),
+                },
+            },
+        };
+        let _ = inbound.send(msg).await;
+    });
+}
+
+/// Syncs a received file and gives it its final name.
+fn spawn_finish(inbound: mpsc::Sender<Inbound>, peer: PeerId, id: TransferId, part: PartFile) {
+    tokio::spawn(async move {
+        let input = tokio::task::spawn_blocking(move || {
+            part.file
+                .sync_all()
+                .and_then(|_| names::finish(&part.part_path, &part.final_path))
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        let input = match input {
+            Ok(path) => Input::Finished { id, path },
+            Err(e) => Input::FinishFailed {
+                id,
+                error: e.to_string(),
+            },
+        };
+        let _ = inbound.send(Inbound::Io { peer, input }).await;
+    });
+}
+
+/// Hashes the first `len` bytes of a file, to check what a resumed transfer already holds.
+fn spawn_hash_prefix(
+    inbound: mpsc::Sender<Inbound>,
+    peer: PeerId,
+    id: TransferId,
+    file: Arc<File>,
+    len: u64,
+) {
+    tokio::spawn(async move {
+        let hashed = tokio::task::spawn_blocking(move || hash_prefix(&file, len)).await;
+        let input = match hashed {
+            Ok(Ok(hasher)) => Input::PrefixHashed { id, len, hasher },
+            Ok(Err(e)) => Input::ReadFailed {
+                id,
+                error: e.to_string(),
+            },
+            Err(e) => Input::ReadFailed {
+                id,
+                error: e.to_string(),
+            },
+        };
+        let _ = inbound.send(Inbound::Io { peer, input }).await;
+    });
 }
 
 fn send_out(link: &mut Link, msg: Outgoing) {

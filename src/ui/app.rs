@@ -618,49 +618,9 @@ impl HuddleApp {
                 you,
                 peers,
                 history,
-            } => {
-                self.lobby.joining = None;
-                self.lobby.error = None;
-                self.my_id = Some(you.id.clone());
-                let mut chat = ChatLog::new(true);
-                chat.load_history(&history, &you.id);
-                let participants = peers.into_iter().map(Participant::new).collect();
-                self.call = Some(CallState {
-                    room,
-                    me: you,
-                    peers: participants,
-                    chat,
-                    draft: String::new(),
-                    transfers: BTreeMap::new(),
-                    send_target: None,
-                    self_tile: VideoTile::new("self"),
-                    left_notice: None,
-                });
-                self.view = View::Call;
-            }
+            } => self.on_joined(room, you, peers, history),
             Event::ServerError { code, message } => {
-                let text = match code {
-                    ErrorCode::RoomFull => format!("That room is full. {message}"),
-                    ErrorCode::NicknameTaken => {
-                        format!("Someone in that room already uses that nickname. {message}")
-                    }
-                    ErrorCode::BadNickname => format!("That nickname cannot be used: {message}"),
-                    ErrorCode::BadRoomName => format!("That room name cannot be used: {message}"),
-                    ErrorCode::PasswordRequired => {
-                        "That room has a password: type it in the Password field and join again."
-                            .to_owned()
-                    }
-                    ErrorCode::WrongPassword => {
-                        "That password is not right for the room.".to_owned()
-                    }
-                    ErrorCode::TokenRequired
-                    | ErrorCode::BadToken
-                    | ErrorCode::TokenExpired
-                    | ErrorCode::TokenWrongRoom => {
-                        format!("This server only lets in people with an invitation: {message}")
-                    }
-                    _ => format!("{message} ({code})"),
-                };
+                let text = server_error_text(code, &message);
                 if self.lobby.joining.take().is_some() || self.view == View::Lobby {
                     self.lobby.error = Some(text);
                 } else {
@@ -675,21 +635,7 @@ impl HuddleApp {
                     call.chat.notice(format!("{name} joined"), Self::now_ms());
                 }
             }
-            Event::PeerLeft { peer, reason } => {
-                let name = self.peer_name(&peer);
-                if let Some(call) = self.call.as_mut() {
-                    call.peers.retain(|p| p.info.id != peer);
-                    let how = match reason {
-                        LeaveReason::Left => "left",
-                        LeaveReason::Disconnected | LeaveReason::Dropped => "disconnected",
-                        LeaveReason::TimedOut => "lost connection",
-                    };
-                    call.chat.notice(format!("{name} {how}"), Self::now_ms());
-                    if call.send_target.as_ref() == Some(&peer) {
-                        call.send_target = None;
-                    }
-                }
-            }
+            Event::PeerLeft { peer, reason } => self.on_peer_left(peer, reason),
             Event::NicknameChanged { peer, nickname } => {
                 if let Some(p) = self.participant(&peer) {
                     p.info.nickname = nickname;
@@ -722,57 +668,109 @@ impl HuddleApp {
                     p.video_on = video;
                 }
             }
-            Event::PeerStats { peer, stats } => {
-                if let Some(p) = self.participant(&peer) {
-                    let frames = p.tile.frames_decoded();
-                    let now = Instant::now();
-                    if let (prev, Some(then)) = p.frames_at_last_stats {
-                        let secs = now.duration_since(then).as_secs_f64().max(0.001);
-                        p.fps = frames.saturating_sub(prev) as f64 / secs;
-                    }
-                    p.frames_at_last_stats = (frames, Some(now));
-                    p.stats = Some(stats);
-                }
-            }
+            Event::PeerStats { peer, stats } => self.on_peer_stats(&peer, stats),
             Event::Chat(message) => self.on_chat(message),
             Event::ChatNotSent(text) => self.toast(format!("Not sent (offline): {text}")),
             Event::LocalMedia(state) => self.local = state,
-            Event::Devices(list) => {
-                // With no camera chosen yet (a first run starts with it off), use the first
-                // real one found.
-                let first_real = list.cameras.first().map(|c| format!("camera:{}", c.index));
-                self.devices = list;
-                if self.settings.camera.is_empty()
-                    && let Some(id) = first_real
-                {
-                    self.switch_camera(id);
-                }
-            }
-            Event::Camera(state) => {
-                match &state {
-                    CameraState::NoCamera(why) => self.toast(format!("No camera: {why}")),
-                    CameraState::Busy(why) => self.toast(format!("The camera is busy: {why}")),
-                    CameraState::Disconnected(why) => {
-                        self.toast(format!("Camera disconnected: {why}"))
-                    }
-                    _ => {}
-                }
-                self.camera_state = state;
-            }
+            Event::Devices(list) => self.on_devices(list),
+            Event::Camera(state) => self.on_camera(state),
             Event::Transfer(TransferEvent::Update { peer, update }) => {
-                let peer_name = self.peer_name(&peer);
-                if let Some(call) = self.call.as_mut() {
-                    call.transfers.insert(
-                        (peer.clone(), update.id),
-                        TransferRow {
-                            peer,
-                            peer_name,
-                            update,
-                        },
-                    );
-                }
+                self.on_transfer_update(peer, update)
             }
             Event::Transfer(TransferEvent::Problem(p)) | Event::Problem(p) => self.toast(p),
+        }
+    }
+
+    fn on_joined(
+        &mut self,
+        room: String,
+        you: PeerInfo,
+        peers: Vec<PeerInfo>,
+        history: Vec<ChatMessage>,
+    ) {
+        self.lobby.joining = None;
+        self.lobby.error = None;
+        self.my_id = Some(you.id.clone());
+        let mut chat = ChatLog::new(true);
+        chat.load_history(&history, &you.id);
+        let participants = peers.into_iter().map(Participant::new).collect();
+        self.call = Some(CallState {
+            room,
+            me: you,
+            peers: participants,
+            chat,
+            draft: String::new(),
+            transfers: BTreeMap::new(),
+            send_target: None,
+            self_tile: VideoTile::new("self"),
+            left_notice: None,
+        });
+        self.view = View::Call;
+    }
+
+    fn on_peer_left(&mut self, peer: PeerId, reason: LeaveReason) {
+        let name = self.peer_name(&peer);
+        if let Some(call) = self.call.as_mut() {
+            call.peers.retain(|p| p.info.id != peer);
+            let how = match reason {
+                LeaveReason::Left => "left",
+                LeaveReason::Disconnected | LeaveReason::Dropped => "disconnected",
+                LeaveReason::TimedOut => "lost connection",
+            };
+            call.chat.notice(format!("{name} {how}"), Self::now_ms());
+            if call.send_target.as_ref() == Some(&peer) {
+                call.send_target = None;
+            }
+        }
+    }
+
+    /// The peer's figures, and its tile's frame rate since the last ones.
+    fn on_peer_stats(&mut self, peer: &PeerId, stats: PeerStats) {
+        if let Some(p) = self.participant(peer) {
+            let frames = p.tile.frames_decoded();
+            let now = Instant::now();
+            if let (prev, Some(then)) = p.frames_at_last_stats {
+                let secs = now.duration_since(then).as_secs_f64().max(0.001);
+                p.fps = frames.saturating_sub(prev) as f64 / secs;
+            }
+            p.frames_at_last_stats = (frames, Some(now));
+            p.stats = Some(stats);
+        }
+    }
+
+    fn on_devices(&mut self, list: DeviceList) {
+        // With no camera chosen yet (a first run starts with it off), use the first real one
+        // found.
+        let first_real = list.cameras.first().map(|c| format!("camera:{}", c.index));
+        self.devices = list;
+        if self.settings.camera.is_empty()
+            && let Some(id) = first_real
+        {
+            self.switch_camera(id);
+        }
+    }
+
+    fn on_camera(&mut self, state: CameraState) {
+        match &state {
+            CameraState::NoCamera(why) => self.toast(format!("No camera: {why}")),
+            CameraState::Busy(why) => self.toast(format!("The camera is busy: {why}")),
+            CameraState::Disconnected(why) => self.toast(format!("Camera disconnected: {why}")),
+            _ => {}
+        }
+        self.camera_state = state;
+    }
+
+    fn on_transfer_update(&mut self, peer: PeerId, update: TransferUpdate) {
+        let peer_name = self.peer_name(&peer);
+        if let Some(call) = self.call.as_mut() {
+            call.transfers.insert(
+                (peer.clone(), update.id),
+                TransferRow {
+                    peer,
+                    peer_name,
+                    update,
+                },
+            );
         }
     }
 
@@ -832,4 +830,27 @@ async fn start_lan_hosting(name: &str) -> Result<Hosting, String> {
         _server: server,
         _announcer: announcer,
     })
+}
+
+/// What a refusal from the server means to the person who asked, in their words.
+fn server_error_text(code: ErrorCode, message: &str) -> String {
+    match code {
+        ErrorCode::RoomFull => format!("That room is full. {message}"),
+        ErrorCode::NicknameTaken => {
+            format!("Someone in that room already uses that nickname. {message}")
+        }
+        ErrorCode::BadNickname => format!("That nickname cannot be used: {message}"),
+        ErrorCode::BadRoomName => format!("That room name cannot be used: {message}"),
+        ErrorCode::PasswordRequired => {
+            "That room has a password: type it in the Password field and join again.".to_owned()
+        }
+        ErrorCode::WrongPassword => "That password is not right for the room.".to_owned(),
+        ErrorCode::TokenRequired
+        | ErrorCode::BadToken
+        | ErrorCode::TokenExpired
+        | ErrorCode::TokenWrongRoom => {
+            format!("This server only lets in people with an invitation: {message}")
+        }
+        _ => format!("{message} ({code})"),
+    }
 }
