@@ -457,8 +457,12 @@ impl<W: Write> HeadlessPeer<W> {
                 view.first_frame_logged = true;
                 // The decoder recorded when and how late the first frame was.
                 let latency = s.latency_us.values().first().map(|u| *u as f64 / 1000.0);
+                // From this process's start (exec), good to about 20 ms.
+                let since_process_start = crate::procstat::process_age()
+                    .map(|age| age.saturating_sub(first_at.elapsed()));
                 firsts.push(json!({"event": "first_frame", "peer": peer.as_str(), "latency_ms": latency,
-                    "since_join_ms": self.joined_at.map(|t| ms(first_at.saturating_duration_since(t)))}));
+                    "since_join_ms": self.joined_at.map(|t| ms(first_at.saturating_duration_since(t))),
+                    "since_process_start_ms": since_process_start.map(ms)}));
             }
         }
         for first in firsts {

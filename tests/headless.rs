@@ -120,6 +120,12 @@ async fn two_headless_processes_call_chat_and_send_a_file() {
         .until(Duration::from_secs(10), |v| is(v, "first_frame"))
         .await;
     assert!(first["latency_ms"].as_f64().unwrap() < 500.0);
+    // Process start comes before the join, so it is the longer of the two (to within the
+    // 20 ms the kernel's clock-tick stamps allow).
+    let from_start = first["since_process_start_ms"].as_f64().unwrap();
+    let from_join = first["since_join_ms"].as_f64().unwrap();
+    assert!(from_start + 20.0 >= from_join, "{first}");
+    assert!(from_start < 60_000.0, "{first}");
 
     let chat = ann
         .until(Duration::from_secs(10), |v| {
