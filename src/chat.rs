@@ -2,7 +2,8 @@
 //! join/leave notices, history on join, and an unread count while the panel is collapsed.
 //! Plain data; depends on `signaling::protocol` for the message type only.
 
-use crate::signaling::protocol::{ChatMessage, PeerId};
+use crate::ids::PeerId;
+use crate::signaling::protocol::ChatMessage;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChatEntry {

@@ -4,9 +4,9 @@
 //! figures, chat, files). Tests, benchmarks and bots use it. Depends on `engine` and `media`.
 
 use crate::engine::{self, AudioInput, Command, EngineConfig, EngineHandle, Event, JoinAccess};
+use crate::ids::PeerId;
 use crate::media::audio::{self, RecordingSink};
 use crate::media::video::{RemoteVideo, VideoSourceSpec};
-use crate::signaling::protocol::PeerId;
 use crate::transfer::{Direction, TransferCommand, TransferEvent, TransferState, TransferUpdate};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};

@@ -347,7 +347,7 @@ fn the_embedded_server_starts_when_none_is_configured() {
     };
     assert_eq!(settings.server, huddle::settings::EMBEDDED_SERVER);
     // Port 0 here; the app asks for 8787.
-    let (embedded, url) = huddle::ui::start_embedded_server(&rt, &settings, 0);
+    let (embedded, url) = huddle::services::start_embedded_server(&rt, &settings, 0);
     let embedded = embedded.expect("the built-in server started");
     let url = url.unwrap();
     assert_eq!(url, embedded.url());
@@ -363,7 +363,7 @@ fn the_embedded_server_starts_when_none_is_configured() {
         ..settings
     };
     assert!(
-        huddle::ui::start_embedded_server(&rt, &configured, 0)
+        huddle::services::start_embedded_server(&rt, &configured, 0)
             .0
             .is_none()
     );

@@ -8,7 +8,7 @@ use super::apm::AudioProcessor;
 use super::audio::{AudioSink, AudioSource};
 use super::codec::{EncodedAudio, FRAME_SAMPLES, OpusDecoder, OpusEncoder, SAMPLE_RATE};
 use super::jitter::{JitterBuffer, JitterConfig, JitterStats, Playout};
-use super::video::Samples;
+use super::samples::Samples;
 use super::{MediaError, Stopper, now_us};
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};

@@ -1,6 +1,9 @@
 //! Raw video frames: planar I420 (what sources produce and encoders take) and RGBA (what decoders
 //! deliver for display), with the conversions between them (BT.601, limited range, as H.264
-//! camera video uses).
+//! camera video uses), and a pool that reuses RGBA buffers the display has let go of.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
 
 /// A planar 4:2:0 frame: the Y plane (`width * height`), then U and V (`ceil(w/2) * ceil(h/2)` each).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -194,5 +197,28 @@ mod tests {
         f.to_rgba(&mut out);
         assert_eq!(out.pixels.len(), 5 * 3 * 4);
         assert!(out.pixels.chunks(4).all(|p| p[0] == 0 && p[3] == 255));
+    }
+}
+
+/// Reuses RGBA buffers the display has let go of, instead of allocating one per frame.
+#[derive(Default)]
+pub(crate) struct FramePool {
+    recent: VecDeque<Arc<RgbaFrame>>,
+}
+
+impl FramePool {
+    pub(crate) fn get(&mut self) -> Arc<RgbaFrame> {
+        if let Some(i) = self.recent.iter().position(|f| Arc::strong_count(f) == 1)
+            && let Some(f) = self.recent.remove(i)
+        {
+            return f;
+        }
+        Arc::new(RgbaFrame::default())
+    }
+    pub(crate) fn publish(&mut self, frame: Arc<RgbaFrame>) {
+        self.recent.push_back(frame);
+        while self.recent.len() > 3 {
+            self.recent.pop_front();
+        }
     }
 }

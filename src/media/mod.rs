@@ -16,6 +16,7 @@ pub mod ladder;
 pub mod pattern;
 pub mod playout;
 pub mod resample;
+pub mod samples;
 pub mod scene;
 pub mod slot;
 pub mod sound;

@@ -5,12 +5,15 @@
 
 use super::MediaError;
 use super::codec::H264Decoder;
+use super::frame::FramePool;
 use super::frame::{I420Frame, RgbaFrame};
 use super::pattern::TestPattern;
 use super::playout::VideoPlayout;
+pub use super::samples::Samples;
 use super::scene::Scene;
 use super::slot::LatestSlot;
 use super::stamp::{FrameStamp, read_stamp};
+pub use super::video_send::EncoderStats;
 use super::video_send::{EncoderThread, Subscribers, VideoFeed};
 use super::{Stopper, now_us};
 use bytes::Bytes;
@@ -68,74 +71,6 @@ impl VideoSourceSpec {
             VideoSourceSpec::Camera { name, .. } => name.clone(),
         }
     }
-}
-
-/// Keeps the last `N` samples of a measurement for percentiles.
-#[derive(Debug, Clone, Default)]
-pub struct Samples {
-    values: VecDeque<i64>,
-    capacity: usize,
-    /// Every value ever pushed, kept or not.
-    pushed: u64,
-}
-
-impl Samples {
-    pub fn with_capacity(capacity: usize) -> Self {
-        Samples {
-            values: VecDeque::with_capacity(capacity.min(4096)),
-            capacity,
-            pushed: 0,
-        }
-    }
-    pub fn push(&mut self, v: i64) {
-        self.pushed += 1;
-        if self.values.len() == self.capacity.max(1) {
-            self.values.pop_front();
-        }
-        self.values.push_back(v);
-    }
-    pub fn len(&self) -> usize {
-        self.values.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
-    }
-    pub fn values(&self) -> Vec<i64> {
-        self.values.iter().copied().collect()
-    }
-    /// How many values were ever pushed.
-    pub fn pushed(&self) -> u64 {
-        self.pushed
-    }
-    /// The values pushed after the first `since` (as far as they are still kept).
-    pub fn since(&self, since: u64) -> Vec<i64> {
-        let new = self
-            .pushed
-            .saturating_sub(since)
-            .min(self.values.len() as u64) as usize;
-        self.values
-            .iter()
-            .skip(self.values.len() - new)
-            .copied()
-            .collect()
-    }
-    pub fn clear(&mut self) {
-        self.values.clear();
-    }
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct EncoderStats {
-    /// Frames encoded, over every encoding.
-    pub frames: u64,
-    pub keyframes: u64,
-    pub bytes: u64,
-    pub encode_us: Samples,
-    /// The largest picture being encoded.
-    pub width: usize,
-    pub height: usize,
-    /// Encodings running (one per ladder rung some peer is on).
-    pub encodings: usize,
 }
 
 /// The local video: capture thread + encoder thread. Encoded frames go to `subscribe()`rs.
@@ -385,29 +320,6 @@ impl Drop for VideoSender {
         self.encoder_stop.stop();
         if let Some(h) = self.encoder.take() {
             let _ = h.join();
-        }
-    }
-}
-
-/// Reuses RGBA buffers the display has let go of, instead of allocating one per frame.
-#[derive(Default)]
-pub(crate) struct FramePool {
-    recent: VecDeque<Arc<RgbaFrame>>,
-}
-
-impl FramePool {
-    pub(crate) fn get(&mut self) -> Arc<RgbaFrame> {
-        if let Some(i) = self.recent.iter().position(|f| Arc::strong_count(f) == 1)
-            && let Some(f) = self.recent.remove(i)
-        {
-            return f;
-        }
-        Arc::new(RgbaFrame::default())
-    }
-    pub(crate) fn publish(&mut self, frame: Arc<RgbaFrame>) {
-        self.recent.push_back(frame);
-        while self.recent.len() > 3 {
-            self.recent.pop_front();
         }
     }
 }

@@ -11,15 +11,31 @@
 use super::Stopper;
 use super::codec::{EncodedVideo, H264Encoder};
 use super::convert::I420Scaler;
+use super::frame::FramePool;
 use super::frame::{I420Frame, RgbaFrame};
 use super::ladder::{Ladder, VideoTarget};
+use super::samples::Samples;
 use super::slot::LatestSlot;
-use super::video::{EncoderStats, FramePool};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+
+/// What the encoder thread has done, for statistics.
+#[derive(Debug, Clone, Default)]
+pub struct EncoderStats {
+    /// Frames encoded, over every encoding.
+    pub frames: u64,
+    pub keyframes: u64,
+    pub bytes: u64,
+    pub encode_us: Samples,
+    /// The largest picture being encoded.
+    pub width: usize,
+    pub height: usize,
+    /// Encodings running (one per ladder rung some peer is on).
+    pub encodings: usize,
+}
 
 /// Encoded frames queued for one peer's connection before older ones are dropped.
 const PEER_QUEUE: usize = 4;

@@ -17,12 +17,12 @@
 //! machine over reports and `now`, tested without a network.
 
 use super::feedback::LinkFeedback;
+pub use super::published_estimate::{EstimatorCounters, PublishedEstimate};
 use rtc::interceptor::{
     BandwidthEstimator, EstimatorStats, OveruseDetector, PacketReport, RateCalculator,
     RateControlState, SlopeEstimator, Usage,
 };
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// Where the estimate starts: 320x240 video and audio; its first keyframe (about 6 kB) still
@@ -69,59 +69,6 @@ const LOSS_MIN_PACKETS: usize = 20;
 /// shows may be lost feedback, not lost media, and only holds the rate.
 const LOSS_REPORT_CONFIRMS: f64 = 0.10;
 const LOSS_REPORT_MAX_AGE: Duration = Duration::from_secs(3);
-
-/// What the session reads from the estimator, shared through atomics.
-#[derive(Clone, Debug, Default)]
-pub struct PublishedEstimate {
-    target_bps: Arc<AtomicU64>,
-    /// Smoothed share of packets the far end reported lost, in millionths.
-    loss_ppm: Arc<AtomicU64>,
-    /// Why the estimate went down: backoffs on a growing delay (GCC's slope), on a standing
-    /// queue, and on heavy loss; and the queuing delay now (ms).
-    backoffs: Arc<[AtomicU64; 3]>,
-    queue_delay_ms: Arc<AtomicU64>,
-    /// The ceiling the estimate probes against (bits per second, 0: none).
-    ceiling_bps: Arc<AtomicU64>,
-}
-
-/// What made the estimator back off, and the queuing delay it sees.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EstimatorCounters {
-    pub delay_backoffs: u64,
-    pub queue_backoffs: u64,
-    pub loss_backoffs: u64,
-    pub queue_delay_ms: u64,
-    pub ceiling_kbps: u64,
-}
-
-impl PublishedEstimate {
-    pub fn new(initial: f64) -> Self {
-        let p = PublishedEstimate::default();
-        p.target_bps.store(initial as u64, Ordering::Relaxed);
-        p
-    }
-    /// The estimate for all RTP to this peer (audio and video), bits per second.
-    pub fn target_bps(&self) -> u64 {
-        self.target_bps.load(Ordering::Relaxed)
-    }
-    /// Smoothed loss before retransmission, 0..=1.
-    pub fn loss(&self) -> f64 {
-        self.loss_ppm.load(Ordering::Relaxed) as f64 / 1e6
-    }
-    pub fn counters(&self) -> EstimatorCounters {
-        let b = |i: usize| self.backoffs[i].load(Ordering::Relaxed);
-        EstimatorCounters {
-            delay_backoffs: b(0),
-            queue_backoffs: b(1),
-            loss_backoffs: b(2),
-            queue_delay_ms: self.queue_delay_ms.load(Ordering::Relaxed),
-            ceiling_kbps: self.ceiling_bps.load(Ordering::Relaxed) / 1000,
-        }
-    }
-    fn backoff(&self, reason: usize) {
-        self.backoffs[reason].fetch_add(1, Ordering::Relaxed);
-    }
-}
 
 /// Queuing delay from one-way delays: each packet's (arrival − departure) against the smallest
 /// seen in the last half minute, which is the path without a queue (the two clocks' offset

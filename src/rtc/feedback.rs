@@ -14,7 +14,7 @@
 //!
 //! Both write into a shared `LinkFeedback` the session reads once per tick.
 
-use super::estimator::PublishedEstimate;
+use super::published_estimate::PublishedEstimate;
 use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;

@@ -1,13 +1,14 @@
 //! WebRTC: one `PeerSession` actor per remote peer around a webrtc 0.21 PeerConnection,
 //! the negotiation state machine, RTP frame reassembly, the bandwidth estimator and the RTCP
 //! feedback taps, and the runtime whose sockets send DTLS handshake datagrams twice.
-//! Depends on `media` (pipelines) and `signaling::protocol` (peer ids, ICE servers).
+//! Depends on `media` (pipelines) and `ids` (peer ids, ICE servers).
 
 pub mod assembler;
 pub mod estimator;
 pub mod feedback;
 pub mod handshake_copies;
 pub mod negotiation;
+pub mod published_estimate;
 pub mod quality;
 pub mod session;
 

@@ -10,12 +10,12 @@ use super::handshake_copies::HandshakeCopyRuntime;
 use super::negotiation::{CandidateInit, NegotiationAction, Negotiator, Signal, is_polite};
 use super::quality::{LinkQuality, QualityMeter, QualitySample};
 use super::{Envelope, RtcError};
+use crate::ids::{IceServer, PeerId};
 use crate::media::audio_pipeline::AudioPlayout;
 use crate::media::codec::EncodedAudio;
 use crate::media::ladder::VideoTarget;
 use crate::media::video::{AccessUnit, Callback, RemoteVideo, VideoReceiver};
 use crate::media::video_send::{VideoDemand, VideoFeed};
-use crate::signaling::protocol::{IceServer, PeerId};
 use bytes::BytesMut;
 use rtc::interceptor::{
     CongestionControlBuilder, NackGeneratorBuilder, NackResponderBuilder, Slot,

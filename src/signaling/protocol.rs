@@ -1,5 +1,5 @@
 //! Signaling protocol v1: the typed JSON messages between client and server, their limits and
-//! validation rules. Pure data and parsing; depends on nothing else in the crate.
+//! validation rules. Pure data and parsing; depends only on `ids`.
 //! The wire format is documented in `docs/protocol.md`; `tests/protocol_doc.rs` keeps the two in step.
 
 use serde::{Deserialize, Serialize};
@@ -18,28 +18,7 @@ pub const MAX_ROOM_NAME_CHARS: usize = 64;
 /// How many chat messages a room keeps for late joiners.
 pub const CHAT_HISTORY_LEN: usize = 100;
 
-/// A connection's identity on the server, assigned in `welcome`. Opaque to clients.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct PeerId(pub String);
-
-impl PeerId {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for PeerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl From<&str> for PeerId {
-    fn from(s: &str) -> Self {
-        PeerId(s.to_owned())
-    }
-}
+pub use crate::ids::{IceServer, PeerId};
 
 /// Messages a client sends.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -248,16 +227,6 @@ pub enum LeaveReason {
     TimedOut,
     /// The server dropped the peer (flooding, too slow to read, ...).
     Dropped,
-}
-
-/// An ICE server (STUN or TURN) as WebRTC's `RTCIceServer` expects it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IceServer {
-    pub urls: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub username: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credential: Option<String>,
 }
 
 /// The server's limits, announced in `welcome` so clients can check before sending.

@@ -7,7 +7,7 @@
 use super::machine::{Action, Input, MachineConfig, PeerTransfers, TransferUpdate};
 use super::names;
 use super::protocol::{self, Control, TransferId};
-use crate::signaling::protocol::PeerId;
+use crate::ids::PeerId;
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};

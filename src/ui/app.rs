@@ -9,10 +9,10 @@ use crate::engine::{
     ErrorCode, Event, JoinAccess, LeaveReason, LocalMediaState, PeerId, PeerInfo, PeerStats,
     RoomInfo, TransferCommand, TransferEvent, TransferId, TransferUpdate,
 };
-use crate::media::apm::ProcessingSettings;
-use crate::media::audio::{AudioSink, NullSink, ToneSource};
-use crate::media::camera::CameraState;
-use crate::media::devices::{self, MicChoice, SpeakerChoice};
+use crate::services::{
+    self, AudioSink, CameraState, Hosting, LanRoom, MicChoice, NullSink, ProcessingSettings,
+    SpeakerChoice, ToneSource, devices,
+};
 use crate::settings::Settings;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -34,16 +34,6 @@ pub struct AppServices {
     pub bind_addrs: Vec<String>,
     /// Look for rooms on the local network (mDNS).
     pub discover_lan: bool,
-}
-
-/// The server built into the app, and whether it is offered to the local network.
-pub struct Hosting {
-    /// The invite base others can use (`ws://192.168.1.20:8787`).
-    pub lan_url: String,
-    /// The same server as this machine reaches it.
-    pub local_url: String,
-    _server: crate::signaling::ServerHandle,
-    _announcer: crate::lan::Announcing,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -145,8 +135,8 @@ pub struct HuddleApp {
     pub devices: DeviceList,
     pub camera_state: CameraState,
     /// Rooms announced on the local network.
-    pub lan_rooms: Vec<crate::lan::LanRoom>,
-    lan_updates: Option<mpsc::Receiver<Vec<crate::lan::LanRoom>>>,
+    pub lan_rooms: Vec<LanRoom>,
+    lan_updates: Option<mpsc::Receiver<Vec<LanRoom>>>,
     /// Set while this app hosts its server for the local network.
     pub hosting: Option<Hosting>,
     pub hosting_pending: bool,
@@ -210,7 +200,7 @@ impl HuddleApp {
         };
         if app.services.discover_lan {
             let _entered = app.services.runtime.enter();
-            match crate::lan::browse() {
+            match services::browse_lan() {
                 Ok(rx) => app.lan_updates = Some(rx),
                 Err(e) => tracing::info!(error = %e, "no local network discovery"),
             }
@@ -251,7 +241,7 @@ impl HuddleApp {
             format!("{}'s Huddle", self.settings.nickname)
         };
         self.services.runtime.spawn(async move {
-            let result = start_lan_hosting(&name).await;
+            let result = services::start_lan_hosting(&name).await;
             if tx.try_send(UiMessage::Hosting(result)).is_err() {
                 tracing::warn!("the window is gone or not reading: hosting result dropped");
             }
@@ -795,41 +785,6 @@ impl Participant {
             fps: 0.0,
         }
     }
-}
-
-/// The machine's address on the network its default route uses (no packet is sent).
-pub fn lan_address() -> Option<std::net::IpAddr> {
-    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
-    socket.connect("192.0.2.1:9").ok()?;
-    let ip = socket.local_addr().ok()?.ip();
-    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
-}
-
-/// Starts a second built-in server on all interfaces (port 8787, else any) and announces it.
-async fn start_lan_hosting(name: &str) -> Result<Hosting, String> {
-    let ip = lan_address().ok_or("this machine has no network address")?;
-    let mut config = crate::signaling::ServerConfig {
-        bind: std::net::SocketAddr::from(([0, 0, 0, 0], 8787)),
-        ..Default::default()
-    };
-    let server = match crate::signaling::server::start(config.clone()).await {
-        Ok(s) => s,
-        Err(_) => {
-            config.bind = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
-            crate::signaling::server::start(config)
-                .await
-                .map_err(|e| e.to_string())?
-        }
-    };
-    let port = server.local_addr().port();
-    let announcer = crate::lan::announce_server(name, &format!("ws://127.0.0.1:{port}"), port)
-        .map_err(|e| e.to_string())?;
-    Ok(Hosting {
-        lan_url: format!("ws://{ip}:{port}"),
-        local_url: format!("ws://127.0.0.1:{port}"),
-        _server: server,
-        _announcer: announcer,
-    })
 }
 
 /// What a refusal from the server means to the person who asked, in their words.

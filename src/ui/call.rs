@@ -6,7 +6,7 @@ use super::app::{HuddleApp, Participant, TransferRow};
 use super::video::{VideoTile, fit, grid_columns};
 use crate::chat::{ChatEntry, clock_time};
 use crate::engine::{Direction, LinkQuality, PeerId, TransferCommand, TransferId, TransferState};
-use crate::media::devices;
+use crate::services::devices;
 
 const MUTE: egui::KeyboardShortcut =
     egui::KeyboardShortcut::new(egui::Modifiers::CTRL, egui::Key::D);
@@ -194,7 +194,7 @@ fn controls_bar(app: &mut HuddleApp, ui: &mut egui::Ui) {
 }
 
 fn processing_toggles(app: &mut HuddleApp, ui: &mut egui::Ui) {
-    let mut s = crate::media::apm::ProcessingSettings {
+    let mut s = crate::services::ProcessingSettings {
         echo_cancellation: app.settings.echo_cancellation,
         noise_suppression: app.settings.noise_suppression,
         gain_control: app.settings.gain_control,

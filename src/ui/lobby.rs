@@ -209,7 +209,7 @@ fn lan_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
             }
         }
     });
-    let mut join: Option<crate::lan::LanRoom> = None;
+    let mut join: Option<crate::services::LanRoom> = None;
     let own = app.hosting.as_ref().map(|h| h.lan_url.clone());
     for room in app
         .lan_rooms

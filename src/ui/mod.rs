@@ -114,34 +114,6 @@ impl HuddleApp {
     }
 }
 
-/// With no server configured, starts the signaling server built into the app on loopback
-/// (`port`, normally 8787). If that port is taken (another Huddle already serves there), that
-/// server is used. Returns the server (if we started one) and the URL to use, or nothing when
-/// a server is configured.
-pub fn start_embedded_server(
-    runtime: &tokio::runtime::Runtime,
-    settings: &Settings,
-    port: u16,
-) -> (Option<crate::signaling::ServerHandle>, Option<String>) {
-    if settings.server != settings::EMBEDDED_SERVER {
-        return (None, None);
-    }
-    let config = crate::signaling::ServerConfig {
-        bind: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        ..Default::default()
-    };
-    match runtime.block_on(crate::signaling::server::start(config)) {
-        Ok(server) => {
-            let url = server.url();
-            (Some(server), Some(url))
-        }
-        Err(e) => {
-            tracing::info!(error = %e, "port {port} busy; using the server already there");
-            (None, Some(format!("ws://127.0.0.1:{port}")))
-        }
-    }
-}
-
 /// Runs the app until its window closes.
 pub fn run(options: LaunchOptions) -> Result<(), UiError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -167,7 +139,8 @@ pub fn run(options: LaunchOptions) -> Result<(), UiError> {
     if let Some(cert) = &options.trusted_cert {
         settings.trusted_cert = Some(cert.clone());
     }
-    let (embedded, embedded_url) = start_embedded_server(&runtime, &settings, 8787);
+    let (embedded, embedded_url) =
+        crate::services::start_embedded_server(&runtime, &settings, 8787);
     let handle = runtime.handle().clone();
     let mut viewport = egui::ViewportBuilder::default()
         .with_title("Huddle")

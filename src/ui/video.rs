@@ -1,8 +1,8 @@
 //! Video on screen: one texture per stream, updated in place with each new frame and re-created
 //! only when the frame size changes; drawn letterboxed (aspect kept), optionally mirrored.
 
-use crate::media::frame::RgbaFrame;
-use crate::media::video::RemoteVideo;
+use crate::services::RemoteVideo;
+use crate::services::RgbaFrame;
 use std::sync::Arc;
 
 pub struct VideoTile {
