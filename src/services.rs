@@ -2,7 +2,8 @@
 //! hosts (on loopback, or offered to the local network and announced there), rooms found on the
 //! local network, the device choices the settings offer, and the media types that appear in the
 //! engine's commands and events. `ui` imports `engine` and this module, never `media`,
-//! `signaling` or `lan` directly. May import `signaling`, `lan`, `media` and `settings`.
+//! `signaling` or `lan` directly. May import `signaling`, `lan`, `media`, `procstat` and
+//! `settings`.
 
 use crate::settings::{self, Settings};
 use tokio::sync::mpsc;
@@ -14,6 +15,7 @@ pub use crate::media::camera::CameraState;
 pub use crate::media::devices::{self, MicChoice, SpeakerChoice};
 pub use crate::media::frame::RgbaFrame;
 pub use crate::media::video::RemoteVideo;
+pub use crate::procstat::process_age;
 
 /// The signaling server built into the app; it stops when this is dropped.
 pub struct EmbeddedServer {

@@ -133,6 +133,8 @@ fn the_app_joins_shows_video_chats_mutes_and_receives_a_file() {
                 .as_ref()
                 .is_some_and(|c| c.peers.first().is_some_and(|p| p.tile.frames_shown >= 5))
     });
+    // The app noted (in its log) when the first remote picture reached a texture.
+    assert!(ui.harness.state().app().first_remote_picture_logged);
     let shown = ui.harness.state().app().call.as_ref().unwrap().peers[0]
         .tile
         .frames_shown;

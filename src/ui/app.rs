@@ -131,6 +131,8 @@ pub struct HuddleApp {
     pub show_stats: bool,
     /// Frame counter, for tests and the stats view.
     pub frames_drawn: u64,
+    /// The first remote picture's time from process start has been logged.
+    pub first_remote_picture_logged: bool,
     /// Real devices found on this machine (listed off the UI thread).
     pub devices: DeviceList,
     pub camera_state: CameraState,
@@ -190,6 +192,7 @@ impl HuddleApp {
             ui_rx,
             pending_join: None,
             frames_drawn: 0,
+            first_remote_picture_logged: false,
             devices: DeviceList::default(),
             camera_state: CameraState::Off,
             lan_rooms: Vec::new(),

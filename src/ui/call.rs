@@ -38,8 +38,19 @@ pub fn call_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
     // New frames into textures before drawing.
     let self_frame = app.engine.as_ref().and_then(|e| e.media().self_view());
     if let Some(call) = app.call.as_mut() {
+        let mut uploaded = false;
         for p in &mut call.peers {
-            p.tile.refresh(&ctx);
+            uploaded |= p.tile.refresh(&ctx);
+        }
+        if uploaded && !app.first_remote_picture_logged {
+            app.first_remote_picture_logged = true;
+            // Join time as a person sees it: from the app's start (exec) to the first remote
+            // picture in a texture, in the app's log (good to about 20 ms).
+            tracing::info!(
+                since_process_start_ms =
+                    crate::services::process_age().map(|a| a.as_millis() as u64),
+                "first remote picture uploaded for display"
+            );
         }
         let frame = if app.local.video_enabled {
             self_frame

@@ -58,12 +58,14 @@ impl VideoTile {
         self.texture.as_ref()
     }
 
-    /// Uploads the newest decoded remote frame, if one arrived since the last call.
-    pub fn refresh(&mut self, ctx: &egui::Context) {
+    /// Uploads the newest decoded remote frame, if one arrived since the last call; says
+    /// whether one did.
+    pub fn refresh(&mut self, ctx: &egui::Context) -> bool {
         let Some(frame) = self.source.as_ref().and_then(|s| s.latest.take()) else {
-            return;
+            return false;
         };
         self.upload(ctx, &frame);
+        true
     }
 
     /// Uploads a frame from a peeked slot (the self-view) unless it is the one already shown.
