@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 
 #[derive(Clone, Debug)]
@@ -226,6 +226,11 @@ struct Manager {
     links: HashMap<PeerId, Link>,
     events: mpsc::Sender<TransferEvent>,
     inbound_tx: mpsc::Sender<Inbound>,
+    /// Disk work under way (open, read, create, write, finish, hash), each ending in a message
+    /// on `inbound_tx`. Owned here: finished ones are reaped by the loop, and whatever is still
+    /// running when the manager stops is aborted with it (a blocking read or write in progress
+    /// completes, but its result goes nowhere).
+    io: JoinSet<()>,
 }
 
 async fn run(
@@ -239,6 +244,7 @@ async fn run(
         links: HashMap::new(),
         events,
         inbound_tx,
+        io: JoinSet::new(),
     };
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -249,6 +255,7 @@ async fn run(
                 None => break,
             },
             Some(msg) = inbound.recv() => m.on_inbound(msg).await,
+            Some(_) = m.io.join_next(), if !m.io.is_empty() => {}
             _ = tick.tick() => {
                 let peers: Vec<PeerId> = m.links.keys().cloned().collect();
                 for peer in peers {
@@ -359,10 +366,10 @@ impl Manager {
         }
     }
 
-    fn open_source(&self, peer: PeerId, path: PathBuf, name: Option<String>) {
+    fn open_source(&mut self, peer: PeerId, path: PathBuf, name: Option<String>) {
         let inbound = self.inbound_tx.clone();
         let id = new_id();
-        tokio::spawn(async move {
+        self.io.spawn(async move {
             let result = tokio::task::spawn_blocking(move || {
                 let name = match name {
                     Some(n) => n,
@@ -492,14 +499,14 @@ impl Manager {
             }
             Action::ReadChunk { id, offset, len } => {
                 if let Some(file) = link.sources.get(&id).cloned() {
-                    spawn_read(inbound, peer.clone(), id, file, offset, len);
+                    spawn_read(&mut self.io, inbound, peer.clone(), id, file, offset, len);
                 }
             }
             Action::CloseSource(id) => {
                 link.sources.remove(&id);
             }
             Action::CreatePart { id, name } => {
-                spawn_create_part(inbound, peer.clone(), id, download_dir, name)
+                spawn_create_part(&mut self.io, inbound, peer.clone(), id, download_dir, name)
             }
             Action::WriteChunk { id, offset, data } => {
                 link.write_queue
@@ -510,7 +517,7 @@ impl Manager {
             }
             Action::FinishFile(id) => {
                 if let Some(part) = link.parts.remove(&id) {
-                    spawn_finish(inbound, peer.clone(), id, part);
+                    spawn_finish(&mut self.io, inbound, peer.clone(), id, part);
                 }
             }
             Action::DeletePart(id) => {
@@ -529,7 +536,7 @@ impl Manager {
                     .cloned()
                     .or_else(|| link.parts.get(&id).map(|p| p.file.clone()));
                 if let Some(file) = file {
-                    spawn_hash_prefix(inbound, peer.clone(), id, file, len);
+                    spawn_hash_prefix(&mut self.io, inbound, peer.clone(), id, file, len);
                 }
             }
             Action::Report(update) => {
@@ -565,7 +572,7 @@ impl Manager {
         let batch: Vec<(u64, Bytes)> = queue.drain(..).collect();
         link.writing.insert(id, true);
         let peer = peer.clone();
-        tokio::spawn(async move {
+        self.io.spawn(async move {
             let results = tokio::task::spawn_blocking(move || {
                 let mut results = Vec::with_capacity(batch.len());
                 let mut failed = false;
@@ -626,6 +633,7 @@ fn tampered(tamper: Option<Tamper>, link: &mut Link, control: Control) -> Contro
 
 /// Reads one chunk of a file being sent on the blocking pool; the result comes back as input.
 fn spawn_read(
+    io: &mut JoinSet<()>,
     inbound: mpsc::Sender<Inbound>,
     peer: PeerId,
     id: TransferId,
@@ -633,7 +641,7 @@ fn spawn_read(
     offset: u64,
     len: usize,
 ) {
-    tokio::spawn(async move {
+    io.spawn(async move {
         let input = tokio::task::spawn_blocking(move || {
             let mut buf = vec![0u8; len];
             match file.read_exact_at(&mut buf, offset) {
@@ -659,13 +667,14 @@ fn spawn_read(
 
 /// Reserves a name in the download folder and creates the part file for an accepted offer.
 fn spawn_create_part(
+    io: &mut JoinSet<()>,
     inbound: mpsc::Sender<Inbound>,
     peer: PeerId,
     id: TransferId,
     download_dir: PathBuf,
     name: String,
 ) {
-    tokio::spawn(async move {
+    io.spawn(async move {
         let reserved = tokio::task::spawn_blocking(move || names::reserve(&download_dir, &name))
             .await
             .map_err(std::io::Error::other)
@@ -693,8 +702,14 @@ fn spawn_create_part(
 }
 
 /// Syncs a received file and gives it its final name.
-fn spawn_finish(inbound: mpsc::Sender<Inbound>, peer: PeerId, id: TransferId, part: PartFile) {
-    tokio::spawn(async move {
+fn spawn_finish(
+    io: &mut JoinSet<()>,
+    inbound: mpsc::Sender<Inbound>,
+    peer: PeerId,
+    id: TransferId,
+    part: PartFile,
+) {
+    io.spawn(async move {
         let input = tokio::task::spawn_blocking(move || {
             part.file
                 .sync_all()
@@ -716,13 +731,14 @@ fn spawn_finish(inbound: mpsc::Sender<Inbound>, peer: PeerId, id: TransferId, pa
 
 /// Hashes the first `len` bytes of a file, to check what a resumed transfer already holds.
 fn spawn_hash_prefix(
+    io: &mut JoinSet<()>,
     inbound: mpsc::Sender<Inbound>,
     peer: PeerId,
     id: TransferId,
     file: Arc<File>,
     len: u64,
 ) {
-    tokio::spawn(async move {
+    io.spawn(async move {
         let hashed = tokio::task::spawn_blocking(move || hash_prefix(&file, len)).await;
         let input = match hashed {
             Ok(Ok(hasher)) => Input::PrefixHashed { id, len, hasher },
