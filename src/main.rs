@@ -64,7 +64,7 @@ struct TokenArgs {
 #[derive(Args)]
 struct BenchArgs {
     /// Sections to run, comma-separated: join, video, audio, mesh, transfer, big-transfer,
-    /// signaling, network (default: all).
+    /// signaling, network, churn (default: all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// How many joins to time.
@@ -97,6 +97,9 @@ struct BenchArgs {
     /// call's start-up every run).
     #[arg(long)]
     link_seed: Option<u64>,
+    /// Connections that come and go in the churn section (the figure is for 200).
+    #[arg(long, default_value_t = 200)]
+    churn_connections: usize,
 }
 
 #[derive(Args)]
@@ -489,6 +492,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         profiles: args.profiles,
         network_seconds: args.network_seconds,
         link_seed: args.link_seed,
+        churn_connections: args.churn_connections.max(1),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     let report = runtime.block_on(bench::run(options))?;

@@ -35,10 +35,11 @@ pub enum Section {
     BigTransfer,
     Signaling,
     Network,
+    Churn,
 }
 
 impl Section {
-    pub const ALL: [Section; 8] = [
+    pub const ALL: [Section; 9] = [
         Section::Join,
         Section::Video,
         Section::Audio,
@@ -47,6 +48,7 @@ impl Section {
         Section::BigTransfer,
         Section::Signaling,
         Section::Network,
+        Section::Churn,
     ];
 
     pub fn parse(s: &str) -> Option<Section> {
@@ -59,6 +61,7 @@ impl Section {
             "big-transfer" => Section::BigTransfer,
             "signaling" => Section::Signaling,
             "network" => Section::Network,
+            "churn" => Section::Churn,
             _ => return None,
         })
     }
@@ -79,6 +82,8 @@ pub struct BenchOptions {
     pub network_seconds: Option<f64>,
     /// Seed for the link emulator (`None`: a new one per profile, reported).
     pub link_seed: Option<u64>,
+    /// Connections that come and go in the churn section.
+    pub churn_connections: usize,
 }
 
 /// A child process of this binary with its JSON-lines stdout.
@@ -301,6 +306,7 @@ pub async fn run(opts: BenchOptions) -> Result<Value, BenchError> {
             Section::BigTransfer => transfer(&opts, 1024, false).await,
             Section::Signaling => signaling(&opts).await,
             Section::Network => network::run(&opts).await,
+            Section::Churn => churn(&opts).await,
         };
         let key = format!("{section:?}").to_lowercase();
         let mut value = result.unwrap_or_else(|e| json!({"error": e.to_string()}));
@@ -363,6 +369,76 @@ async fn join_times(opts: &BenchOptions) -> Result<Value, BenchError> {
         "joined_to_first_frame_ms": stats(to_frame),
         "offer_to_ice_connected_ms": stats(offer_ice),
         "offer_to_connected_ms": stats(offer_conn),
+    }))
+}
+
+/// Connections after which the churn section takes its baseline: allocator arenas, codec
+/// tables and thread pools have reached their working size by then.
+const CHURN_WARMUP: usize = 20;
+
+/// Memory of a peer that stays in a room while others come and go, one at a time: each guest
+/// joins, shows the host's first frame (the connection is up and media flowed), leaves, and the
+/// host sees it go. The host's RSS is read from /proc after the warm-up and every 20
+/// connections.
+async fn churn(opts: &BenchOptions) -> Result<Value, BenchError> {
+    let server = start_server(&opts.exe, &[]).await?;
+    let mut host = Proc::spawn(
+        &opts.exe,
+        &peer_args(&server.url, "churn", "host", &["--source-id", "1"]),
+        "host",
+    )?;
+    host.event(Duration::from_secs(10), "joined").await?;
+    let host_pid = host.child.id();
+    let rss_mb = || {
+        host_pid
+            .and_then(|p| procstat::usage(Some(p)))
+            .map(|u| u.rss_mb)
+    };
+    let at_start = rss_mb();
+    let mut after_warmup = None;
+    let mut samples = Vec::new();
+    let started = Instant::now();
+    for i in 0..opts.churn_connections {
+        let name = format!("guest{i}");
+        let mut guest = Proc::spawn(
+            &opts.exe,
+            &peer_args(
+                &server.url,
+                "churn",
+                &name,
+                &["--source-id", "2", "--audio", "none"],
+            ),
+            &name,
+        )?;
+        guest.event(Duration::from_secs(15), "first_frame").await?;
+        guest.finish().await?;
+        host.event(Duration::from_secs(15), "peer_left").await?;
+        let done = i + 1;
+        if done == CHURN_WARMUP {
+            after_warmup = rss_mb();
+        }
+        if done % 20 == 0 || done == opts.churn_connections {
+            samples.push(json!({"connections": done, "rss_mb": rss_mb()}));
+        }
+    }
+    let at_end = rss_mb();
+    let seconds = started.elapsed().as_secs_f64();
+    host.finish().await?;
+    drop(server);
+    let round1 = network::round1;
+    let growth = |from: Option<f64>| from.zip(at_end).map(|(a, b)| round1(b - a));
+    let after = opts.churn_connections.saturating_sub(CHURN_WARMUP);
+    Ok(json!({
+        "what": format!("RSS of a headless peer that stays in a room while {} others join one at a time, exchange video until the newcomer shows the host's first frame, and leave; read from /proc", opts.churn_connections),
+        "connections": opts.churn_connections,
+        "seconds": round1(seconds),
+        "rss_mb_at_start": at_start,
+        "rss_mb_after_warmup": after_warmup,
+        "rss_mb_at_end": at_end,
+        "warmup_connections": CHURN_WARMUP,
+        "rss_growth_mb_after_warmup": growth(after_warmup),
+        "rss_growth_kb_per_connection_after_warmup": growth(after_warmup).filter(|_| after > 0).map(|g| round1(g * 1024.0 / after as f64)),
+        "rss_mb_every_20": samples,
     }))
 }
 
@@ -912,6 +988,30 @@ pub fn table(report: &Value) -> String {
             &mut out,
             "RSS MB peak per peer",
             format!("{}", m["peak_rss_mb_per_peer"]),
+        );
+    }
+    if let Some(c) = report.get("churn") {
+        out.push_str(
+            "Churn (one peer stays, others come and go)
+",
+        );
+        line(
+            &mut out,
+            "host RSS MB: start / after warm-up / end",
+            format!(
+                "{} / {} / {}",
+                c["rss_mb_at_start"], c["rss_mb_after_warmup"], c["rss_mb_at_end"]
+            ),
+        );
+        line(
+            &mut out,
+            "growth after warm-up",
+            format!(
+                "{} MB over {} connections ({} KB each)",
+                c["rss_growth_mb_after_warmup"],
+                num(&c["connections"]) - num(&c["warmup_connections"]),
+                c["rss_growth_kb_per_connection_after_warmup"]
+            ),
         );
     }
     for key in ["transfer", "bigtransfer"] {
