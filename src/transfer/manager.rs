@@ -631,6 +631,25 @@ fn tampered(tamper: Option<Tamper>, link: &mut Link, control: Control) -> Contro
     }
 }
 
+/// Runs `work` on the blocking pool and hands what `outcome` makes of its result back to the
+/// manager as the peer's input; a blocking job that panicked counts as an I/O error.
+fn spawn_io<T: Send + 'static>(
+    io: &mut JoinSet<()>,
+    inbound: mpsc::Sender<Inbound>,
+    peer: PeerId,
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    outcome: impl FnOnce(std::io::Result<T>) -> Input + Send + 'static,
+) {
+    io.spawn(async move {
+        let result = tokio::task::spawn_blocking(work)
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+        let input = outcome(result);
+        let _ = inbound.send(Inbound::Io { peer, input }).await;
+    });
+}
+
 /// Reads one chunk of a file being sent on the blocking pool; the result comes back as input.
 fn spawn_read(
     io: &mut JoinSet<()>,
@@ -641,27 +660,20 @@ fn spawn_read(
     offset: u64,
     len: usize,
 ) {
-    io.spawn(async move {
-        let input = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; len];
-            match file.read_exact_at(&mut buf, offset) {
-                Ok(()) => Input::ChunkRead {
-                    id,
-                    offset,
-                    data: Bytes::from(buf),
-                },
-                Err(e) => Input::ReadFailed {
-                    id,
-                    error: e.to_string(),
-                },
-            }
-        })
-        .await
-        .unwrap_or_else(|e| Input::ReadFailed {
+    let read = move || {
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, offset).map(|()| buf)
+    };
+    spawn_io(io, inbound, peer, read, move |result| match result {
+        Ok(buf) => Input::ChunkRead {
+            id,
+            offset,
+            data: Bytes::from(buf),
+        },
+        Err(e) => Input::ReadFailed {
             id,
             error: e.to_string(),
-        });
-        let _ = inbound.send(Inbound::Io { peer, input }).await;
+        },
     });
 }
 
@@ -709,23 +721,17 @@ fn spawn_finish(
     id: TransferId,
     part: PartFile,
 ) {
-    io.spawn(async move {
-        let input = tokio::task::spawn_blocking(move || {
-            part.file
-                .sync_all()
-                .and_then(|_| names::finish(&part.part_path, &part.final_path))
-        })
-        .await
-        .map_err(std::io::Error::other)
-        .and_then(|r| r);
-        let input = match input {
-            Ok(path) => Input::Finished { id, path },
-            Err(e) => Input::FinishFailed {
-                id,
-                error: e.to_string(),
-            },
-        };
-        let _ = inbound.send(Inbound::Io { peer, input }).await;
+    let finish = move || {
+        part.file
+            .sync_all()
+            .and_then(|_| names::finish(&part.part_path, &part.final_path))
+    };
+    spawn_io(io, inbound, peer, finish, move |result| match result {
+        Ok(path) => Input::Finished { id, path },
+        Err(e) => Input::FinishFailed {
+            id,
+            error: e.to_string(),
+        },
     });
 }
 
@@ -738,20 +744,13 @@ fn spawn_hash_prefix(
     file: Arc<File>,
     len: u64,
 ) {
-    io.spawn(async move {
-        let hashed = tokio::task::spawn_blocking(move || hash_prefix(&file, len)).await;
-        let input = match hashed {
-            Ok(Ok(hasher)) => Input::PrefixHashed { id, len, hasher },
-            Ok(Err(e)) => Input::ReadFailed {
-                id,
-                error: e.to_string(),
-            },
-            Err(e) => Input::ReadFailed {
-                id,
-                error: e.to_string(),
-            },
-        };
-        let _ = inbound.send(Inbound::Io { peer, input }).await;
+    let hash = move || hash_prefix(&file, len);
+    spawn_io(io, inbound, peer, hash, move |result| match result {
+        Ok(hasher) => Input::PrefixHashed { id, len, hasher },
+        Err(e) => Input::ReadFailed {
+            id,
+            error: e.to_string(),
+        },
     });
 }
 
