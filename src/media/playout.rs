@@ -7,6 +7,13 @@
 //! later, shrinking within a second or two when the path calms down. A frame later than its
 //! slot is shown at once.
 //!
+//! "Late" is against the earliest frame of the second before it, not of the whole window: a
+//! bottleneck queue draining after a capacity drop delivers frames ever less late, and measured
+//! against the drained path those frames read as seconds of jitter, which held the delay at its
+//! maximum for two seconds after the queue had gone (capture-to-display latency over 300 ms
+//! with an empty network queue). A frame held up by a retransmission is late against the
+//! frames just before it, so it still counts in full.
+//!
 //! The first late frame would still freeze the picture: until one has come, the window says
 //! nothing is late. So for its first seconds the clock also grows, a little per frame (the
 //! pictures slow down slightly instead of stopping), towards a prior: how late a frame that
@@ -20,6 +27,8 @@ use std::time::{Duration, Instant};
 /// events on a lossy path, short enough that a queue that built up and drained (a capacity
 /// drop) stops adding to the latency soon after.
 const WINDOW: Duration = Duration::from_secs(2);
+/// A frame's lateness is measured against the earliest frame that arrived this long before it.
+const LOCAL_BASE: Duration = Duration::from_secs(1);
 /// The delay never exceeds this (a path this bad freezes anyway; latency must stay bounded).
 pub const MAX_DELAY: Duration = Duration::from_millis(300);
 /// How fast the delay comes down once less is needed (fraction of the excess per second).
@@ -34,8 +43,9 @@ const RTP_CLOCK: f64 = 90_000.0;
 pub struct VideoPlayout {
     /// A frame's RTP timestamp and its arrival, as the reference for every other frame.
     reference: Option<(u32, Instant)>,
-    /// (arrival, lateness against the reference in ms), newest last.
-    lateness: VecDeque<(Instant, f64)>,
+    /// Per frame, newest last: arrival, lateness against the reference (ms), and how much later
+    /// it came than the earliest frame of the `LOCAL_BASE` before it (ms).
+    lateness: VecDeque<(Instant, f64, f64)>,
     delay_ms: f64,
     last_update: Option<Instant>,
     /// See `set_start_prior` (ms).
@@ -85,20 +95,30 @@ impl VideoPlayout {
         let arrived_ms = arrived.saturating_duration_since(ref_at).as_secs_f64() * 1000.0
             - ref_at.saturating_duration_since(arrived).as_secs_f64() * 1000.0;
         let late_ms = arrived_ms - offset_ms;
-        self.lateness.push_back((arrived, late_ms));
+        let local_earliest = self
+            .lateness
+            .iter()
+            .rev()
+            .take_while(|(t, _, _)| arrived.saturating_duration_since(*t) <= LOCAL_BASE)
+            .map(|(_, l, _)| *l)
+            .fold(late_ms, f64::min);
+        self.lateness
+            .push_back((arrived, late_ms, late_ms - local_earliest));
         while self
             .lateness
             .front()
-            .is_some_and(|(t, _)| arrived.saturating_duration_since(*t) > WINDOW)
+            .is_some_and(|(t, _, _)| arrived.saturating_duration_since(*t) > WINDOW)
         {
             self.lateness.pop_front();
         }
-        let mut sorted: Vec<f64> = self.lateness.iter().map(|(_, l)| *l).collect();
-        sorted.sort_by(|a, b| a.total_cmp(b));
         // The earliest frame in the window defines "on time"; the others are late against it.
-        let earliest = sorted[0];
-        let latest = sorted[sorted.len() - 1];
-        let needed = (latest - earliest).clamp(0.0, MAX_DELAY.as_secs_f64() * 1000.0);
+        let earliest = self
+            .lateness
+            .iter()
+            .map(|(_, l, _)| *l)
+            .fold(f64::MAX, f64::min);
+        let jitter = self.lateness.iter().map(|(_, _, j)| *j).fold(0.0, f64::max);
+        let needed = jitter.min(MAX_DELAY.as_secs_f64() * 1000.0);
         let first_picture = self.last_update.is_none();
         let elapsed = self
             .last_update
@@ -241,5 +261,32 @@ mod tests {
         }
         // Everything is equally late now: nothing to cover, and the old spike has aged out.
         assert!(p.delay() < ms(20.0), "{:?}", p.delay());
+    }
+
+    #[test]
+    fn a_bottleneck_queue_draining_after_a_capacity_drop_adds_no_delay() {
+        // As seen at a capacity drop: 10 s on time, 2.3 s with no picture while the queue
+        // filled, then the queued frames in a burst, each 25 ms less late than the one before
+        // (1600 ms down to 50 ms), then a steady path 50 ms later than before the drop.
+        let t0 = Instant::now();
+        let mut p = VideoPlayout::new();
+        let mut held = Vec::new();
+        for i in (0..300u32).chain(370..600) {
+            let late = match i {
+                0..300 => 0.0,
+                370..432 => 1600.0 - 25.0 * (i - 370) as f64,
+                _ => 50.0,
+            };
+            let arrived = t0 + ms(i as f64 * 1000.0 / 30.0 + late);
+            let show = p.schedule(i * FRAME_TS, arrived);
+            if i >= 432 {
+                held.push(show.duration_since(arrived).as_secs_f64() * 1000.0);
+            }
+        }
+        // From the first frame after the drain on, nothing is held back for jitter that was
+        // only the queue emptying.
+        let worst = held.iter().cloned().fold(0.0, f64::max);
+        assert!(worst < 5.0, "a picture held {worst:.1} ms after the drain");
+        assert!(p.delay() < ms(5.0), "{:?}", p.delay());
     }
 }
