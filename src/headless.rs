@@ -124,6 +124,9 @@ struct PeerView {
     files_sent: bool,
     /// The connection's latest figures.
     network: Option<crate::engine::PeerStats>,
+    /// When this peer learned the other was in the room: at its own join for those already
+    /// there, at their arrival for those who came later.
+    known_at: Instant,
 }
 
 impl PeerView {
@@ -136,6 +139,7 @@ impl PeerView {
             last_latency_count: 0,
             files_sent: false,
             network: None,
+            known_at: Instant::now(),
         }
     }
 }
@@ -462,6 +466,7 @@ impl<W: Write> HeadlessPeer<W> {
                     .map(|age| age.saturating_sub(first_at.elapsed()));
                 firsts.push(json!({"event": "first_frame", "peer": peer.as_str(), "latency_ms": latency,
                     "since_join_ms": self.joined_at.map(|t| ms(first_at.saturating_duration_since(t))),
+                    "since_peer_known_ms": ms(first_at.saturating_duration_since(view.known_at)),
                     "since_process_start_ms": since_process_start.map(ms)}));
             }
         }

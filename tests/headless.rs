@@ -126,6 +126,10 @@ async fn two_headless_processes_call_chat_and_send_a_file() {
     let from_join = first["since_join_ms"].as_f64().unwrap();
     assert!(from_start + 20.0 >= from_join, "{first}");
     assert!(from_start < 60_000.0, "{first}");
+    // Ann was in the room when bob joined: bob knew of her from his join on.
+    let from_known = first["since_peer_known_ms"].as_f64().unwrap();
+    assert!(from_known <= from_join + 1.0, "{first}");
+    assert!(from_known + 100.0 >= from_join, "{first}");
 
     let chat = ann
         .until(Duration::from_secs(10), |v| {

@@ -1223,6 +1223,9 @@ async fn receive_video(
     let mut last_pli: Option<Instant> = None;
     // After a loss, P-frames would only make decoder errors: skip to the next keyframe.
     let mut waiting_for_keyframe = false;
+    // Until the first keyframe, likewise: the stream's first packets may have been lost before
+    // we knew the stream, and no NACK can ask for packets before the first one seen.
+    let mut had_keyframe = false;
     let send_pli = async |last_pli: &mut Option<Instant>| {
         if last_pli.is_some_and(|t| t.elapsed() < PLI_INTERVAL) {
             return;
@@ -1300,13 +1303,19 @@ async fn receive_video(
                     if unit.is_empty() {
                         continue;
                     }
+                    let keyframe = contains_idr(&unit);
+                    if !had_keyframe && !keyframe && !waiting_for_keyframe {
+                        waiting_for_keyframe = true;
+                        send_pli(&mut last_pli).await;
+                    }
                     if waiting_for_keyframe {
-                        if !contains_idr(&unit) {
+                        if !keyframe {
                             shared.skipped_for_keyframe.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
                         waiting_for_keyframe = false;
                     }
+                    had_keyframe = true;
                     let lateness = shared.retransmission_lateness_us.load(Ordering::Relaxed);
                     receiver.push(AccessUnit {
                         data: unit.freeze(),
