@@ -25,7 +25,7 @@ pub use crate::signaling::protocol::{
 pub use crate::transfer::manager::{TransferCommand, TransferEvent};
 use crate::transfer::manager::{TransferConfig, TransferManager};
 pub use crate::transfer::{Direction, TransferId, TransferState, TransferUpdate};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -91,6 +91,9 @@ pub struct EngineConfig {
     /// once only that quarter is left, so a front end that stops draining (a minimised window)
     /// never stalls the engine.
     pub event_queue: usize,
+    /// How long a peer the server stops listing (after a server restart) keeps its place and
+    /// its connection before it counts as gone.
+    pub missing_peer_grace: Duration,
 }
 
 /// The event queue's default size: over an hour of per-second statistics for a few peers.
@@ -117,6 +120,7 @@ impl EngineConfig {
             processing: None,
             transfers: TransferConfig::new(download_dir),
             event_queue: EVENT_QUEUE,
+            missing_peer_grace: MISSING_PEER_GRACE,
         }
     }
 }
@@ -168,6 +172,12 @@ pub enum Event {
         you: PeerInfo,
         peers: Vec<PeerInfo>,
         history: Vec<ChatMessage>,
+    },
+    /// Back in the room after a reconnect with our old id: the call went on; peers the server
+    /// now lists that were new come as `PeerJoined`, peers that do not come back as `PeerLeft`.
+    Resumed {
+        room: String,
+        you: PeerInfo,
     },
     /// Join refused, or another request failed, with the server's code and words.
     ServerError {
@@ -397,6 +407,8 @@ pub fn spawn(
         my_id: None,
         ice_servers: Vec::new(),
         room: None,
+        joined_as: None,
+        missing_peer_grace: config.missing_peer_grace,
         peers: HashMap::new(),
         transfers,
         audio_muted: false,
@@ -428,7 +440,15 @@ struct PeerEntry {
     closed_sessions: Vec<u32>,
     /// The connection's latest figures.
     last_stats: Option<PeerStats>,
+    /// Since when the server has not listed this peer in our room (after our signaling session
+    /// resumed): it may come back within `MISSING_PEER_GRACE`, else it is gone.
+    missing_since: Option<Instant>,
 }
+
+/// How long a peer the server no longer lists (after a server restart) keeps its place and its
+/// connection before it counts as gone: long enough for its own signaling client to come back
+/// through a few reconnect backoffs.
+pub const MISSING_PEER_GRACE: Duration = Duration::from_secs(20);
 
 impl PeerEntry {
     fn new(info: PeerInfo) -> Self {
@@ -440,6 +460,7 @@ impl PeerEntry {
             failures: 0,
             closed_sessions: Vec::new(),
             last_stats: None,
+            missing_since: None,
         }
     }
 
@@ -477,6 +498,10 @@ struct Engine {
     my_id: Option<PeerId>,
     ice_servers: Vec<IceServer>,
     room: Option<String>,
+    /// Our id in `room`: a `joined` with the same room and id after a reconnect is the
+    /// signaling session resumed, and the connections to the others stay up.
+    joined_as: Option<PeerId>,
+    missing_peer_grace: Duration,
     peers: HashMap<PeerId, PeerEntry>,
     transfers: TransferManager,
     audio_muted: bool,
@@ -798,8 +823,9 @@ impl Engine {
                 self.emit(Event::ServerConnected { peer_id }).await;
             }
             ClientEvent::Disconnected { reason, retry_in } => {
-                // Our id changes on reconnect: the room will see us leave and come back, and the
-                // connections are rebuilt then. Peer-to-peer media keeps flowing meanwhile.
+                // Peer-to-peer media keeps flowing meanwhile. On reconnect the client asks for
+                // our old id back (`hello.resume`): given it, the `joined` that follows resumes
+                // the room and keeps the connections; given a new one, they are rebuilt.
                 self.emit(Event::ServerDisconnected { reason, retry_in })
                     .await;
             }
@@ -825,9 +851,19 @@ impl Engine {
                 history,
                 ..
             } => {
-                // A rejoin after a reconnect: old connections belong to our previous identity.
+                let resumed = self.joined_as.as_ref() == Some(&you.id)
+                    && self
+                        .room
+                        .as_deref()
+                        .is_some_and(|r| r.to_lowercase() == room.to_lowercase());
+                if resumed {
+                    self.resume_room(room, you, peers).await;
+                    return;
+                }
+                // A rejoin under a new id: old connections belong to our previous identity.
                 self.leave_room().await;
                 self.my_id = Some(you.id.clone());
+                self.joined_as = Some(you.id.clone());
                 self.room = Some(room.clone());
                 for peer in &peers {
                     self.peers
@@ -845,6 +881,21 @@ impl Engine {
             }
             ServerMessage::Left { .. } => self.emit(Event::Left).await,
             ServerMessage::PeerJoined { peer, .. } => {
+                if let Some(entry) = self.peers.get_mut(&peer.id) {
+                    // Back after a server restart, with the id and the connection it had (if
+                    // that connection was lost, the newcomer offers a new one).
+                    entry.missing_since = None;
+                    let renamed = entry.info.nickname != peer.nickname;
+                    entry.info = peer.clone();
+                    if renamed {
+                        self.emit(Event::NicknameChanged {
+                            peer: peer.id,
+                            nickname: peer.nickname,
+                        })
+                        .await;
+                    }
+                    return;
+                }
                 self.peers
                     .insert(peer.id.clone(), PeerEntry::new(peer.clone()));
                 self.emit(Event::PeerJoined(peer)).await;
@@ -1069,6 +1120,7 @@ impl Engine {
     }
 
     async fn on_tick(&mut self) {
+        self.drop_missing_peers().await;
         let due: Vec<PeerId> = self
             .peers
             .iter()
@@ -1114,5 +1166,76 @@ impl Engine {
             self.transfers.send(TransferCommand::PeerGone(peer));
         }
         self.room = None;
+        self.joined_as = None;
+    }
+
+    /// Our signaling session came back with the same id (after a server restart or a lost
+    /// link): live connections stay. To peers the server lists that we did not know, or whose
+    /// connection we lost meanwhile, we offer as any newcomer does (they were there first, so
+    /// they wait for our offer; no two sides offer at once). Peers we know that it does not
+    /// list are not back yet, or gone: they keep their place for `missing_peer_grace`.
+    async fn resume_room(&mut self, room: String, you: PeerInfo, listed: Vec<PeerInfo>) {
+        let now = Instant::now();
+        let listed_ids: HashSet<PeerId> = listed.iter().map(|p| p.id.clone()).collect();
+        for entry in self
+            .peers
+            .iter_mut()
+            .filter(|(id, _)| !listed_ids.contains(*id))
+            .map(|(_, e)| e)
+        {
+            entry.missing_since.get_or_insert(now);
+        }
+        for peer in listed {
+            if let Some(entry) = self.peers.get_mut(&peer.id) {
+                entry.missing_since = None;
+                entry.info = peer.clone();
+                if entry.connected {
+                    continue;
+                }
+                // Our connection to it did not survive (a long outage on our side): it may have
+                // seen us leave and forgotten us, and waits for our offer as for any newcomer.
+                if let Some(old) = entry.take_session() {
+                    old.close().await;
+                    self.transfers
+                        .send(TransferCommand::PeerDisconnected(peer.id.clone()));
+                }
+                self.emit(Event::PeerConnecting {
+                    peer: peer.id.clone(),
+                })
+                .await;
+                self.start_session(&peer.id, rand::random(), true);
+                continue;
+            }
+            self.peers
+                .insert(peer.id.clone(), PeerEntry::new(peer.clone()));
+            self.start_session(&peer.id, rand::random(), true);
+            self.emit(Event::PeerJoined(peer)).await;
+        }
+        self.room = Some(room.clone());
+        self.emit(Event::Resumed { room, you }).await;
+    }
+
+    /// Peers still missing after the grace: gone. Told as having left.
+    async fn drop_missing_peers(&mut self) {
+        let grace = self.missing_peer_grace;
+        let gone: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, e)| e.missing_since.is_some_and(|t| t.elapsed() >= grace))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for peer in gone {
+            if let Some(entry) = self.peers.remove(&peer)
+                && let Some(s) = entry.session
+            {
+                s.close().await;
+            }
+            self.transfers.send(TransferCommand::PeerGone(peer.clone()));
+            self.emit(Event::PeerLeft {
+                peer,
+                reason: LeaveReason::Disconnected,
+            })
+            .await;
+        }
     }
 }

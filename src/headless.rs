@@ -374,6 +374,7 @@ impl<W: Write> HeadlessPeer<W> {
                     self.chat_sent = true;
                 }
             }
+            Event::Resumed { room, you } => self.log(json!({"event": "resumed", "room": room, "peer_id": you.id.as_str()}))?,
             Event::ServerError { code, message } => self.log(json!({"event": "error", "code": code.as_str(), "message": message}))?,
             Event::PeerJoined(p) => {
                 self.peers.insert(p.id.clone(), PeerView::new(p.nickname.clone()));

@@ -233,6 +233,12 @@ struct ServeArgs {
     /// Require a signed join token (`huddle token`) for every join.
     #[arg(long, env = "HUDDLE_TOKEN_SECRET", hide_env_values = true)]
     token_secret: Option<String>,
+    /// Signs the rejoin tokens clients hold, which also let them keep their peer ids (and their
+    /// calls) across a restart of this server. Default: a random secret kept in
+    /// `$XDG_STATE_HOME/huddle/rejoin-secret`, created on first start. (With --redis the
+    /// cluster keeps its own in Redis.)
+    #[arg(long, env = "HUDDLE_REJOIN_SECRET", hide_env_values = true)]
+    rejoin_secret: Option<String>,
     /// Share rooms with other `huddle serve` processes through this Redis (redis://HOST:PORT).
     #[arg(long)]
     redis: Option<String>,
@@ -313,6 +319,26 @@ fn init_tracing(log_file: Option<std::fs::File>) {
         .init();
 }
 
+/// The secret given, else the one in the state folder (created on first start), else (no
+/// state folder) a random one for this run only, with a warning: clients then lose their peer
+/// ids when the server restarts.
+fn rejoin_secret(given: Option<String>) -> anyhow::Result<access::Secret> {
+    if let Some(given) = given {
+        return access::Secret::new(given).context("--rejoin-secret");
+    }
+    let Some(path) = huddle::settings::default_rejoin_secret_path() else {
+        tracing::warn!("no state folder: rejoin tokens will not survive a restart");
+        return Ok(access::Secret::random());
+    };
+    match access::Secret::load_or_create(&path) {
+        Ok(secret) => Ok(secret),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot keep the rejoin secret; rejoin tokens will not survive a restart");
+            Ok(access::Secret::random())
+        }
+    }
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.heartbeat_secs > 0.0,
@@ -333,6 +359,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .map(access::Secret::new)
         .transpose()
         .context("--token-secret")?;
+    let rejoin_secret = rejoin_secret(args.rejoin_secret)?;
     let config = signaling::ServerConfig {
         bind: args.bind,
         ice_servers: args.ice_servers,
@@ -341,8 +368,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_rooms: args.max_rooms,
             access: access::AccessConfig {
                 token_secret,
+                rejoin_secret,
                 joins_per_minute: args.joins_per_minute,
-                ..Default::default()
             },
             ..Default::default()
         },

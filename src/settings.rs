@@ -78,6 +78,16 @@ pub fn default_log_path() -> Option<PathBuf> {
     })
 }
 
+/// Where `huddle serve` keeps the secret its rejoin tokens are signed with:
+/// `$XDG_STATE_HOME/huddle/rejoin-secret` on Linux.
+pub fn default_rejoin_secret_path() -> Option<PathBuf> {
+    directories::ProjectDirs::from("org", "huddle", "huddle").map(|d| {
+        d.state_dir()
+            .unwrap_or_else(|| d.data_local_dir())
+            .join("rejoin-secret")
+    })
+}
+
 /// Opens a fresh log file at `default_log_path`, keeping the previous run's as
 /// `huddle.previous.log` (so the file never holds more than two runs). `None` if the folder
 /// cannot be written: the app runs on without a log file.

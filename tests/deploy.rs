@@ -496,8 +496,9 @@ async fn the_client_rejoins_a_password_room_after_the_server_restarts() {
         backoff_initial: Duration::from_millis(50),
         ..ClientConfig::new(server.url())
     });
-    next_event(&mut events, |e| {
-        matches!(e, ClientEvent::Connected { .. }).then_some(())
+    let first_id = next_event(&mut events, |e| match e {
+        ClientEvent::Connected { peer_id, .. } => Some(peer_id.clone()),
+        _ => None,
     })
     .await;
     client
@@ -513,6 +514,13 @@ async fn the_client_rejoins_a_password_room_after_the_server_restarts() {
     .await;
     server.shutdown().await;
     let server = start_server(config).await;
+    // The client resumes with its rejoin token and is given its old peer id back.
+    let resumed_id = next_event(&mut events, |e| match e {
+        ClientEvent::Connected { peer_id, .. } => Some(peer_id.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(resumed_id, first_id);
     let room = next_event(&mut events, |e| match e {
         ClientEvent::Server(ServerMessage::Joined { room, .. }) => Some(room.clone()),
         ClientEvent::Server(ServerMessage::Error { code, .. }) if code.refuses_join() => {
@@ -541,6 +549,7 @@ async fn hello_answer(url: &str) -> ServerMessage {
     let hello = ClientMessage::Hello {
         version: huddle::signaling::protocol::PROTOCOL_VERSION,
         client: None,
+        resume: None,
     };
     // A refused socket may already be closing; the answer is read either way.
     let _ = ws

@@ -696,3 +696,47 @@ async fn shutdown_tells_clients() {
         }
     )));
 }
+
+#[tokio::test]
+async fn a_resumed_peer_id_is_given_back_only_when_no_one_holds_it() {
+    let server = start_server(test_config()).await;
+    let url = server.url();
+    let mut ann = TestClient::connect(&url).await;
+    let token = match ann.join("Desk", "ann").await {
+        ServerMessage::Joined {
+            rejoin_token: Some(t),
+            ..
+        } => t,
+        other => panic!("expected joined with a rejoin token, got {other:?}"),
+    };
+    let ann_id = ann.peer_id.clone();
+    // While ann's connection lives, her token does not give her id to another connection.
+    let other = TestClient::connect_resuming(&url, Some(token.clone())).await;
+    assert_ne!(other.peer_id, ann_id);
+    drop(other);
+    let mut bob = TestClient::connect(&url).await;
+    bob.join("Desk", "bob").await;
+    drop(ann);
+    bob.recv_until(|m| matches!(m, ServerMessage::PeerLeft { peer_id, .. } if *peer_id == ann_id))
+        .await;
+    // Once it is gone, the token gives her id back; rejoining shows bob the id he knew.
+    let mut back = TestClient::connect_resuming(&url, Some(token.clone())).await;
+    assert_eq!(back.peer_id, ann_id);
+    let rejoined = back
+        .join_with(
+            "Desk",
+            "ann",
+            huddle::signaling::protocol::JoinAccess {
+                rejoin_token: Some(token),
+                ..Default::default()
+            },
+        )
+        .await;
+    assert!(matches!(rejoined, ServerMessage::Joined { ref you, .. } if you.id == ann_id));
+    bob.recv_until(|m| matches!(m, ServerMessage::PeerJoined { peer, .. } if peer.id == ann_id))
+        .await;
+    // A token that is not one of ours gets a fresh id, not an error.
+    let stranger = TestClient::connect_resuming(&url, Some("not.a.token".into())).await;
+    assert_ne!(stranger.peer_id, ann_id);
+    server.shutdown().await;
+}

@@ -783,7 +783,7 @@ async fn signaling(opts: &BenchOptions) -> Result<Value, BenchError> {
         tasks.spawn(async move {
             let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.map_err(|e| e.to_string())?;
             let send = |m: &ClientMessage| Message::Text(protocol::encode(m).into());
-            ws.send(send(&ClientMessage::Hello { version: protocol::PROTOCOL_VERSION, client: None })).await.map_err(|e| e.to_string())?;
+            ws.send(send(&ClientMessage::Hello { version: protocol::PROTOCOL_VERSION, client: None, resume: None })).await.map_err(|e| e.to_string())?;
             ws.send(send(&ClientMessage::Join { room: format!("load-{}", i / 5), nickname: format!("c{i}"), access: Default::default() }))
                 .await
                 .map_err(|e| e.to_string())?;

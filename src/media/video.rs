@@ -364,6 +364,8 @@ pub struct VideoRecvStats {
     /// the previous one. `frozen_us` adds up those intervals.
     pub freezes: u64,
     pub frozen_us: u64,
+    /// The longest interval between two pictures since the first picture or `reset_samples`.
+    pub longest_interval_us: u64,
     /// Recent intervals between decoded pictures, for the median.
     intervals_us: VecDeque<u64>,
 }
@@ -382,6 +384,7 @@ impl VideoRecvStats {
             self.freezes += 1;
             self.frozen_us += interval_us;
         }
+        self.longest_interval_us = self.longest_interval_us.max(interval_us);
         if self.intervals_us.len() == 31 {
             self.intervals_us.pop_front();
         }
@@ -417,11 +420,13 @@ impl RemoteVideo {
             .unwrap_or_default()
     }
 
-    /// Clears the latency and decode-time samples (e.g. after warm-up in a benchmark).
+    /// Clears the latency and decode-time samples and the longest interval (e.g. after warm-up
+    /// in a benchmark).
     pub fn reset_samples(&self) {
         if let Ok(mut s) = self.stats.lock() {
             s.latency_us.clear();
             s.decode_us.clear();
+            s.longest_interval_us = 0;
         }
     }
 }

@@ -2,7 +2,7 @@
 //! tokens, and the per-connection join rate. Pure functions over `now`; no I/O. Shared by the
 //! in-memory hub and the Redis cluster hub. Depends only on `signaling::protocol`.
 
-use super::protocol::{ErrorCode, JoinAccess, validate_nickname, validate_room_name};
+use super::protocol::{ErrorCode, JoinAccess, PeerId, validate_nickname, validate_room_name};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chacha20poly1305::aead::{Aead, KeyInit};
@@ -14,6 +14,9 @@ use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
 use std::fmt;
 use std::time::Duration;
+
+/// Length of the peer ids the server hands out (lower-case letters and digits).
+pub const PEER_ID_LEN: usize = 12;
 
 /// How long a rejoin token stays valid: long enough to ride out a reconnect with backoff.
 pub const REJOIN_TTL: Duration = Duration::from_secs(5 * 60);
@@ -70,6 +73,43 @@ impl Secret {
         Secret(rand::random::<[u8; 32]>().to_vec())
     }
 
+    /// The secret kept in the file at `path`, created (random, readable by its owner only) if
+    /// there is none yet: so that a restarted server still honours the tokens it issued.
+    pub fn load_or_create(path: &std::path::Path) -> std::io::Result<Secret> {
+        use std::io::Write;
+        match std::fs::read_to_string(path) {
+            Ok(text) if text.trim().len() >= 32 => {
+                return Ok(Secret(text.trim().as_bytes().to_vec()));
+            }
+            Ok(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{} holds fewer than 32 characters", path.display()),
+                ));
+            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            Err(_) => {}
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let text = hex::encode(rand::random::<[u8; 32]>());
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        match options.open(path) {
+            Ok(mut file) => {
+                file.write_all(text.as_bytes())?;
+                file.sync_all()?;
+                Ok(Secret(text.into_bytes()))
+            }
+            // Another process created it first: use theirs.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::load_or_create(path),
+            Err(e) => Err(e),
+        }
+    }
+
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
@@ -114,6 +154,10 @@ pub struct Claims {
     /// as a rejoin token at all, and its holder passes the ordinary checks.
     #[serde(default, rename = "password_hash", skip_serializing)]
     pub legacy_password_hash: Option<serde_json::Value>,
+    /// Rejoin tokens only: the peer id it was issued to, which its holder may take again in
+    /// `hello.resume` after a reconnect (so the others keep their connections to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
 }
 
 /// The key a room is stored under: its validated name, lower-cased.
@@ -222,6 +266,7 @@ pub fn mint(
         private: false,
         sealed_password: None,
         legacy_password_hash: None,
+        peer: None,
     };
     sign(secret, &claims)
 }
@@ -241,6 +286,23 @@ pub fn verify(
     secret: &Secret,
     token: &str,
     room_key: &str,
+    kind: TokenKind,
+    now_ms: u64,
+) -> Result<Claims, Refusal> {
+    let claims = verify_any_room(secret, token, kind, now_ms)?;
+    if claims.room != room_key {
+        return Err(Refusal::new(
+            ErrorCode::TokenWrongRoom,
+            format!("the token is for room {:?}, not this one", claims.room),
+        ));
+    }
+    Ok(claims)
+}
+
+/// `verify` without the room check.
+fn verify_any_room(
+    secret: &Secret,
+    token: &str,
     kind: TokenKind,
     now_ms: u64,
 ) -> Result<Claims, Refusal> {
@@ -275,12 +337,6 @@ pub fn verify(
         return Err(Refusal::new(
             ErrorCode::TokenExpired,
             "the token has expired; ask for a new one",
-        ));
-    }
-    if claims.room != room_key {
-        return Err(Refusal::new(
-            ErrorCode::TokenWrongRoom,
-            format!("the token is for room {:?}, not this one", claims.room),
         ));
     }
     Ok(claims)
@@ -470,12 +526,27 @@ impl AccessConfig {
         }
     }
 
-    /// A rejoin token for someone who just joined `room_key`.
+    /// The peer id a client may take again after a reconnect: the one its rejoin token (sent
+    /// as `hello.resume`) was issued to, if the token is ours, unexpired and names a well-formed
+    /// id. Whether that id is free is the caller's question.
+    pub fn resumable_peer(&self, resume_token: &str, now_ms: u64) -> Option<PeerId> {
+        let claims =
+            verify_any_room(&self.rejoin_secret, resume_token, TokenKind::Rejoin, now_ms).ok()?;
+        let peer = claims.peer?;
+        let well_formed = peer.len() == PEER_ID_LEN
+            && peer
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        well_formed.then_some(PeerId(peer))
+    }
+
+    /// A rejoin token for `peer`, who just joined `room_key`.
     pub fn rejoin_token(
         &self,
         room_key: &str,
         private: bool,
         password_hash: Option<&str>,
+        peer: &PeerId,
         now_ms: u64,
     ) -> Option<String> {
         let iat = now_ms / 1000;
@@ -490,6 +561,7 @@ impl AccessConfig {
                 None => None,
             },
             legacy_password_hash: None,
+            peer: Some(peer.as_str().to_owned()),
         };
         sign(&self.rejoin_secret, &claims).ok()
     }
@@ -502,13 +574,14 @@ impl AccessConfig {
         room_key: &str,
         private: bool,
         password_hash: Option<&str>,
+        peer: &PeerId,
         now_ms: u64,
     ) -> Option<String> {
         let renew_after = REJOIN_TTL.as_millis() as u64 / 2;
         if now_ms.saturating_sub(*issued_ms) < renew_after {
             return None;
         }
-        let token = self.rejoin_token(room_key, private, password_hash, now_ms)?;
+        let token = self.rejoin_token(room_key, private, password_hash, peer, now_ms)?;
         *issued_ms = now_ms;
         Some(token)
     }
@@ -638,7 +711,9 @@ mod tests {
             ErrorCode::BadToken
         );
         // A rejoin token is not a join token.
-        let rejoin = config.rejoin_token("standup", false, None, NOW).unwrap();
+        let rejoin = config
+            .rejoin_token("standup", false, None, &PeerId::from("abcdefghijkl"), NOW)
+            .unwrap();
         assert_eq!(
             code(config.admit("standup", &creds(Some(&rejoin)), NOW)),
             ErrorCode::BadToken
@@ -646,11 +721,70 @@ mod tests {
     }
 
     #[test]
+    fn a_rejoin_token_names_its_peer_which_may_resume_with_it_in_any_room() {
+        let config = AccessConfig::default();
+        let peer = PeerId::from("abcdefghij12");
+        let token = config.rejoin_token("r", false, None, &peer, NOW).unwrap();
+        assert_eq!(
+            config.resumable_peer(&token, NOW + 1000),
+            Some(peer.clone())
+        );
+        // Expired, or from another server's secret: no resume.
+        let late = NOW + (REJOIN_TTL.as_secs() + LEEWAY_SECS + 1) * 1000;
+        assert_eq!(config.resumable_peer(&token, late), None);
+        assert_eq!(AccessConfig::default().resumable_peer(&token, NOW), None);
+        // A join token is not a resume token, and neither is junk.
+        let join = mint(
+            &config.rejoin_secret,
+            "r",
+            TokenKind::Join,
+            Duration::from_secs(60),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(config.resumable_peer(&join, NOW), None);
+        assert_eq!(config.resumable_peer("not.a.token", NOW), None);
+        // A signed token naming an id the server would never hand out is not honoured.
+        let claims = Claims {
+            room: "r".into(),
+            kind: TokenKind::Rejoin,
+            iat: NOW / 1000,
+            exp: NOW / 1000 + 60,
+            private: false,
+            sealed_password: None,
+            legacy_password_hash: None,
+            peer: Some("../../etc".into()),
+        };
+        let odd = sign(&config.rejoin_secret, &claims).unwrap();
+        assert_eq!(config.resumable_peer(&odd, NOW), None);
+    }
+
+    #[test]
+    fn the_rejoin_secret_file_is_created_private_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state").join("rejoin-secret");
+        let first = Secret::load_or_create(&path).unwrap();
+        let again = Secret::load_or_create(&path).unwrap();
+        assert_eq!(first.as_bytes(), again.as_bytes());
+        assert!(first.as_bytes().len() >= 32);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::write(&path, "short").unwrap();
+        assert!(Secret::load_or_create(&path).is_err());
+    }
+
+    #[test]
     fn rejoin_tokens_are_renewed_half_way_to_expiry() {
         let config = AccessConfig::default();
         let half = REJOIN_TTL.as_millis() as u64 / 2;
         let mut issued = NOW;
-        let renew = |issued: &mut u64, at| config.renew_rejoin_token(issued, "r", false, None, at);
+        let renew = |issued: &mut u64, at| {
+            config.renew_rejoin_token(issued, "r", false, None, &PeerId::from("abcdefghijkl"), at)
+        };
         assert_eq!(renew(&mut issued, NOW + half - 1), None);
         assert_eq!(issued, NOW);
         let token = renew(&mut issued, NOW + half).expect("due");
@@ -669,7 +803,9 @@ mod tests {
     fn rejoin_token_skips_password_and_token_but_only_for_its_room() {
         let config = config_with_tokens();
         let hash = password_hash("r", "hunter2").unwrap();
-        let rejoin = config.rejoin_token("r", true, Some(&hash), NOW).unwrap();
+        let rejoin = config
+            .rejoin_token("r", true, Some(&hash), &PeerId::from("abcdefghijkl"), NOW)
+            .unwrap();
         // Anyone can read a JWT's claims: the hash is not among them, not even encoded.
         let claims = rejoin.split('.').nth(1).unwrap();
         let claims = String::from_utf8(URL_SAFE_NO_PAD.decode(claims).unwrap()).unwrap();
@@ -731,7 +867,9 @@ mod tests {
             ErrorCode::TokenRequired
         );
         // And the field is never written into new tokens.
-        let fresh = config.rejoin_token("r", false, None, NOW).unwrap();
+        let fresh = config
+            .rejoin_token("r", false, None, &PeerId::from("abcdefghijkl"), NOW)
+            .unwrap();
         let fresh = verify(&config.rejoin_secret, &fresh, "r", TokenKind::Rejoin, NOW).unwrap();
         assert_eq!(fresh.legacy_password_hash, None);
     }

@@ -336,7 +336,13 @@ async fn session(
         Ok(ws) => ws,
         Err(end) => return end,
     };
-    if let Err(end) = greet(&mut ws, config, events, backoff).await {
+    // Back in a room after a reconnect: ask for our old peer id, so the others keep their
+    // connections to us (the latest rejoin token proves it was ours).
+    let resume = wanted
+        .room
+        .as_ref()
+        .and_then(|w| w.access.rejoin_token.clone());
+    if let Err(end) = greet(&mut ws, config, events, backoff, resume).await {
         return end;
     }
     if let Err(end) = restore(&mut ws, wanted).await {
@@ -421,10 +427,12 @@ async fn greet(
     config: &ClientConfig,
     events: &mpsc::Sender<ClientEvent>,
     backoff: &mut Duration,
+    resume: Option<String>,
 ) -> Result<(), LinkEnd> {
     let hello = ClientMessage::Hello {
         version: PROTOCOL_VERSION,
         client: Some(config.client_name.clone()),
+        resume,
     };
     if ws
         .send(Message::Text(protocol::encode(&hello).into()))

@@ -295,6 +295,7 @@ impl ClusterHub {
                 key,
                 c.room_private,
                 c.room_password_hash.as_deref(),
+                &c.peer_id,
                 now,
             ) {
                 renewed.push((*conn, token));
@@ -422,7 +423,9 @@ impl ClusterHub {
     /// Drops a connection from local state.
     fn forget(&mut self, conn: ConnId) -> Option<LocalConn> {
         let c = self.conns.remove(&conn)?;
-        self.by_peer.remove(&c.peer_id);
+        if self.by_peer.get(&c.peer_id) == Some(&conn) {
+            self.by_peer.remove(&c.peer_id);
+        }
         if let Some(room) = &c.room {
             self.leave_locally(conn, room);
         }
@@ -442,9 +445,15 @@ impl ClusterHub {
         match msg {
             HubMsg::Register {
                 conn,
-                peer_id,
+                fresh: peer_id,
+                resume: _,
                 outbox,
+                assigned,
             } => {
+                // No resumed ids in a cluster: the id may still be a member of a room in Redis
+                // through another process (one that has not noticed the old connection's end,
+                // or has died and not been reaped yet).
+                let _ = assigned.send(peer_id.clone());
                 self.by_peer.insert(peer_id.clone(), conn);
                 self.conns.insert(
                     conn,
@@ -702,7 +711,7 @@ impl ClusterHub {
         let rejoin_token =
             self.hub
                 .access
-                .rejoin_token(&key, private, password_hash.as_deref(), now);
+                .rejoin_token(&key, private, password_hash.as_deref(), &peer_id, now);
         if let Some(me) = self.conns.get_mut(&conn) {
             me.room = Some(key.clone());
             me.nickname = Some(nickname.clone());

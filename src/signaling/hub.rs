@@ -102,6 +102,11 @@ impl Hub {
         self.rooms.len()
     }
 
+    /// Whether a connection holds `peer` now.
+    pub fn is_live(&self, peer: &PeerId) -> bool {
+        self.by_peer.contains_key(peer)
+    }
+
     pub fn connection_count(&self) -> usize {
         self.conns.len()
     }
@@ -133,7 +138,11 @@ impl Hub {
             HubInput::Disconnected { conn, reason } => {
                 self.subscribers.remove(&conn);
                 self.remove_from_room(conn, reason, out);
-                if let Some(c) = self.conns.remove(&conn) {
+                // Only if the id still maps to this connection: a client that resumed its id
+                // on a new connection may have registered before this one's end was handled.
+                if let Some(c) = self.conns.remove(&conn)
+                    && self.by_peer.get(&c.peer_id) == Some(&conn)
+                {
                     self.by_peer.remove(&c.peer_id);
                 }
             }
@@ -317,6 +326,7 @@ impl Hub {
             &key,
             room.private,
             room.password_hash.as_deref(),
+            &you.id,
             now_ms,
         );
         send(
@@ -492,6 +502,7 @@ impl Hub {
                 key,
                 room.private,
                 room.password_hash.as_deref(),
+                &c.peer_id,
                 now_ms,
             ) {
                 send(out, *conn, ServerMessage::RejoinToken { token });

@@ -5,16 +5,21 @@
 use super::hub::{ConnId, HubInput};
 use super::protocol::{ErrorCode, PeerId};
 use std::time::{SystemTime, UNIX_EPOCH};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// What a connection task sends the hub actor. Registration carries the outbox, which the
 /// state machine never sees.
 pub(super) enum HubMsg {
+    /// A connection finished its hello. The backend gives it `resume` if that id is free
+    /// here (a client taking its id back after a reconnect), else `fresh`, and answers with
+    /// the id given.
     Register {
         conn: ConnId,
-        peer_id: PeerId,
+        fresh: PeerId,
+        resume: Option<PeerId>,
         outbox: mpsc::Sender<Outgoing>,
+        assigned: oneshot::Sender<PeerId>,
     },
     Input(HubInput),
 }

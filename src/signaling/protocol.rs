@@ -29,6 +29,11 @@ pub enum ClientMessage {
         version: u32,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         client: Option<String>,
+        /// After a reconnect: the latest rejoin token, to be given the same peer id again (if
+        /// the token is valid and no live connection holds that id), so that the others keep
+        /// their connections to this client instead of seeing a new participant.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<String>,
     },
     /// One-shot list of public rooms, answered with `room_list`.
     ListRooms,
@@ -588,6 +593,7 @@ mod tests {
             ClientMessage::Hello {
                 version: 1,
                 client: None,
+                resume: None,
             },
             ClientMessage::ListRooms,
             ClientMessage::SubscribeRooms,

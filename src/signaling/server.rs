@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -544,7 +544,7 @@ fn new_peer_id() -> PeerId {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
     PeerId(
-        (0..12)
+        (0..super::access::PEER_ID_LEN)
             .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
             .collect(),
     )
@@ -633,8 +633,10 @@ async fn serve_connection<S: Stream>(
         Ok(None) => return,
         Ok(Some(text)) => protocol::decode_client(&text),
     };
-    match first {
-        Ok(ClientMessage::Hello { version, .. }) if version == protocol::PROTOCOL_VERSION => {}
+    let resume = match first {
+        Ok(ClientMessage::Hello {
+            version, resume, ..
+        }) if version == protocol::PROTOCOL_VERSION => resume,
         Ok(ClientMessage::Hello { version, .. }) => {
             let msg = format!(
                 "this server speaks protocol version {}, the client speaks {version}; update the older side",
@@ -657,9 +659,26 @@ async fn serve_connection<S: Stream>(
             let _ = send_fatal(&mut ws, &config, e.code(), &e.to_string()).await;
             return;
         }
+    };
+    let resume = resume.and_then(|token| config.hub.access.resumable_peer(&token, now_ms()));
+    let (outbox_tx, mut outbox) = mpsc::channel(config.outbox_len);
+    let (assigned_tx, assigned) = oneshot::channel();
+    if hub_tx
+        .send(HubMsg::Register {
+            conn,
+            fresh: new_peer_id(),
+            resume,
+            outbox: outbox_tx,
+            assigned: assigned_tx,
+        })
+        .await
+        .is_err()
+    {
+        return;
     }
-
-    let peer_id = new_peer_id();
+    let Ok(peer_id) = assigned.await else {
+        return;
+    };
     let welcome = ServerMessage::Welcome {
         version: protocol::PROTOCOL_VERSION,
         peer_id: peer_id.clone(),
@@ -682,18 +701,6 @@ async fn serve_connection<S: Stream>(
             max_room_size: config.hub.max_room_size,
         },
     };
-    let (outbox_tx, mut outbox) = mpsc::channel(config.outbox_len);
-    if hub_tx
-        .send(HubMsg::Register {
-            conn,
-            peer_id: peer_id.clone(),
-            outbox: outbox_tx,
-        })
-        .await
-        .is_err()
-    {
-        return;
-    }
     debug!(%addr, %peer_id, "client connected");
 
     let mut session = Session {
@@ -933,9 +940,16 @@ async fn run_hub(mut hub: Hub, mut rx: mpsc::Receiver<HubMsg>, cancel: Cancellat
         let input = match msg {
             HubMsg::Register {
                 conn,
-                peer_id,
+                fresh,
+                resume,
                 outbox,
+                assigned,
             } => {
+                let peer_id = resume.filter(|p| !hub.is_live(p)).unwrap_or(fresh);
+                if assigned.send(peer_id.clone()).is_err() {
+                    // The connection ended while waiting: nothing to register.
+                    continue;
+                }
                 outboxes.insert(conn, outbox);
                 HubInput::Connected { conn, peer_id }
             }

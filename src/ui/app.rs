@@ -621,6 +621,14 @@ impl HuddleApp {
                 }
             }
             Event::Left => {}
+            Event::Resumed { .. } => {
+                if let Some(call) = self.call.as_mut() {
+                    call.chat.notice(
+                        "Back on the server; the call went on".into(),
+                        Self::now_ms(),
+                    );
+                }
+            }
             Event::PeerJoined(info) => {
                 let name = info.nickname.clone();
                 if let Some(call) = self.call.as_mut() {

@@ -50,10 +50,16 @@ pub async fn raw_connect(url: &str) -> WebSocketStream<MaybeTlsStream<TcpStream>
 impl TestClient {
     /// Connects and completes hello/welcome.
     pub async fn connect(url: &str) -> TestClient {
+        Self::connect_resuming(url, None).await
+    }
+
+    /// Connects with `hello.resume` set to `resume` (a rejoin token).
+    pub async fn connect_resuming(url: &str, resume: Option<String>) -> TestClient {
         let mut ws = raw_connect(url).await;
         let hello = ClientMessage::Hello {
             version: protocol::PROTOCOL_VERSION,
             client: Some("test".into()),
+            resume,
         };
         ws.send(Message::Text(protocol::encode(&hello).into()))
             .await

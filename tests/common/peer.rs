@@ -19,6 +19,8 @@ pub struct PeerOptions {
     pub tamper: Option<huddle::transfer::manager::Tamper>,
     /// Size of the engine's event queue (`None`: the default).
     pub event_queue: Option<usize>,
+    /// How long a peer the server stops listing keeps its place (`None`: the default).
+    pub missing_peer_grace: Option<Duration>,
 }
 
 impl PeerOptions {
@@ -30,6 +32,7 @@ impl PeerOptions {
             download_dir,
             tamper: None,
             event_queue: None,
+            missing_peer_grace: None,
         }
     }
 }
@@ -62,6 +65,9 @@ impl TestPeer {
         config.transfers.tamper = opts.tamper;
         if let Some(n) = opts.event_queue {
             config.event_queue = n;
+        }
+        if let Some(grace) = opts.missing_peer_grace {
+            config.missing_peer_grace = grace;
         }
         let woken = Arc::new(tokio::sync::Notify::new());
         let wake = {
