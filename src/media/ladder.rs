@@ -64,6 +64,16 @@ const VGA_RUNGS: [Rung; 5] = [
 /// below), and above the next rung's entry before stepping up.
 const DOWN_AFTER: Duration = Duration::from_millis(400);
 const UP_AFTER: Duration = Duration::from_millis(1000);
+/// A step up that has to be undone within this long failed: the wait before trying that rung
+/// again doubles, up to `MAX_UP_WAIT`, and comes back to `UP_AFTER` once the rung holds this
+/// long. Each step is a keyframe, which on a 200 kbit/s link holds the bottleneck (and the
+/// audio behind it) for a third of a second: a ladder that retried every few seconds on a link
+/// just short of the next rung concealed 2 % of the audio.
+const FAILED_UP_WITHIN: Duration = Duration::from_secs(10);
+const MAX_UP_WAIT: Duration = Duration::from_secs(16);
+/// A budget this far above the next rung's entry is not a marginal link: step up after
+/// `UP_AFTER` whatever failed before (capacity came back).
+const CLEARLY_ABOVE: f32 = 1.5;
 /// Below this share of the minimum, step down at once.
 const FAR_BELOW: f32 = 0.7;
 
@@ -83,6 +93,10 @@ pub struct Ladder {
     current: usize,
     below_since: Option<Instant>,
     above_since: Option<Instant>,
+    /// Per rung, how long the budget must cover it before stepping up onto it.
+    up_waits: Vec<Duration>,
+    /// The rung last stepped up onto, and when.
+    stepped_up: Option<(usize, Instant)>,
 }
 
 /// Even dimensions of `source` scaled by `scale`, at least 16x16.
@@ -111,10 +125,12 @@ impl Ladder {
             .unwrap_or(rungs.len() - 1);
         Ladder {
             source,
+            up_waits: vec![UP_AFTER; rungs.len()],
             rungs,
             current,
             below_since: None,
             above_since: None,
+            stepped_up: None,
         }
     }
 
@@ -130,10 +146,24 @@ impl Ladder {
     pub fn update(&mut self, now: Instant, budget_bps: u32) -> VideoTarget {
         let rung = self.rungs[self.current];
         let budget = budget_bps as f32;
+        if let Some((onto, at)) = self.stepped_up
+            && onto == self.current
+            && now.duration_since(at) >= FAILED_UP_WITHIN
+        {
+            // The step up held: trying it again later needs no longer wait.
+            self.up_waits[onto] = UP_AFTER;
+            self.stepped_up = None;
+        }
         if self.current + 1 < self.rungs.len() && budget < rung.min_bps as f32 {
             self.above_since = None;
             let since = *self.below_since.get_or_insert(now);
             if budget < rung.min_bps as f32 * FAR_BELOW || now.duration_since(since) >= DOWN_AFTER {
+                if let Some((onto, at)) = self.stepped_up.take()
+                    && onto == self.current
+                    && now.duration_since(at) < FAILED_UP_WITHIN
+                {
+                    self.up_waits[onto] = (self.up_waits[onto] * 2).min(MAX_UP_WAIT);
+                }
                 // Step down as far as the budget says, not one rung at a time.
                 while self.current + 1 < self.rungs.len()
                     && budget < self.rungs[self.current].min_bps as f32
@@ -145,9 +175,16 @@ impl Ladder {
         } else if self.current > 0 && budget >= self.rungs[self.current - 1].enter_bps as f32 {
             self.below_since = None;
             let since = *self.above_since.get_or_insert(now);
-            if now.duration_since(since) >= UP_AFTER {
-                self.current -= 1;
+            let next = self.current - 1;
+            let wait = if budget >= self.rungs[next].enter_bps as f32 * CLEARLY_ABOVE {
+                UP_AFTER
+            } else {
+                self.up_waits[next]
+            };
+            if now.duration_since(since) >= wait {
+                self.current = next;
                 self.above_since = None;
+                self.stepped_up = Some((next, now));
             }
         } else {
             self.below_since = None;
@@ -219,6 +256,69 @@ mod tests {
         assert_eq!(l.update(at(start, 4_400), 2_000_000).rung, 0);
         // On the top rung the bitrate is capped at what the rung can use.
         assert_eq!(l.update(at(start, 4_500), 2_000_000).bitrate_bps, 1_500_000);
+    }
+
+    /// A link just short of 320x240: every step up onto it overloads the link, and the budget
+    /// falls below the rung's minimum 1.5 s later. Returns the times of the steps up.
+    fn marginal_link(l: &mut Ladder, start: Instant, seconds: u64) -> Vec<u64> {
+        let mut ups = Vec::new();
+        let mut on_since = None;
+        for ms in (0..seconds * 1000).step_by(100) {
+            let budget = match on_since {
+                Some(t) if ms - t >= 1500 => 60_000,
+                _ => 140_000,
+            };
+            let before = l.current;
+            let t = l.update(at(start, ms), budget);
+            if (t.rung as usize) < before {
+                ups.push(ms);
+                on_since = Some(ms);
+            } else if (t.rung as usize) > before {
+                on_since = None;
+            }
+        }
+        ups
+    }
+
+    #[test]
+    fn a_step_up_that_fails_is_retried_less_and_less_often() {
+        let start = Instant::now();
+        let mut l = Ladder::new((640, 480), 100_000);
+        assert_eq!(l.current, 3);
+        let ups = marginal_link(&mut l, start, 40);
+        // Without the growing wait: an attempt about every 3 s (13 in 40 s). With it the gaps
+        // grow 1 s, 2 s, 4 s, 8 s, 16 s after each failure.
+        let gaps: Vec<u64> = ups.windows(2).map(|w| w[1] - w[0]).collect();
+        eprintln!("steps up at {ups:?} ms");
+        assert!(ups.len() <= 6, "{ups:?}");
+        assert!(gaps.windows(2).all(|g| g[1] >= g[0]), "{gaps:?}");
+        // Capacity coming back for real is not held up by those failures.
+        let back = at(start, 40_000);
+        let mut rung = l.current;
+        for ms in (0..4000).step_by(100) {
+            rung = l.update(back + Duration::from_millis(ms), 2_000_000).rung as usize;
+        }
+        assert_eq!(rung, 0, "not on the top rung 4 s after the budget jumped");
+    }
+
+    #[test]
+    fn a_step_up_that_holds_resets_the_wait() {
+        let start = Instant::now();
+        let mut l = Ladder::new((640, 480), 100_000);
+        marginal_link(&mut l, start, 12);
+        let rung = l.rungs()[2];
+        assert!(l.up_waits[2] > UP_AFTER, "{:?}", l.up_waits);
+        // Then the link improves a little: the next step up holds for 10 s.
+        let mut ms = 12_000;
+        while l.current != 2 {
+            l.update(at(start, ms), rung.enter_bps + 1000);
+            ms += 100;
+        }
+        for _ in 0..110 {
+            l.update(at(start, ms), rung.enter_bps + 1000);
+            ms += 100;
+        }
+        assert_eq!(l.up_waits[2], UP_AFTER);
     }
 
     #[test]

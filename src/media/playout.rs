@@ -7,12 +7,15 @@
 //! later, shrinking within a second or two when the path calms down. A frame later than its
 //! slot is shown at once.
 //!
-//! "Late" is against the earliest frame of the second before it, not of the whole window: a
-//! bottleneck queue draining after a capacity drop delivers frames ever less late, and measured
-//! against the drained path those frames read as seconds of jitter, which held the delay at its
-//! maximum for two seconds after the queue had gone (capture-to-display latency over 300 ms
-//! with an empty network queue). A frame held up by a retransmission is late against the
-//! frames just before it, so it still counts in full.
+//! "Late" is against the earliest frame of the quarter second before it, not of the whole
+//! window: a bottleneck queue draining after a capacity drop delivers frames ever less late, and
+//! measured against the drained path those frames read as seconds of jitter, which held the
+//! delay at its maximum for two seconds after the queue had gone (capture-to-display latency
+//! over 300 ms with an empty network queue). A queue building up (a sender probing past the
+//! capacity) delivers frames ever later, a few ms each: against the last quarter second that
+//! is a few tens of ms, not the whole queue, which the delay would otherwise add a second time
+//! on top of it. A frame held up by a retransmission is late against the frames just before
+//! it, so it still counts in full.
 //!
 //! The first late frame would still freeze the picture: until one has come, the window says
 //! nothing is late. So for its first seconds the clock also grows, a little per frame (the
@@ -27,8 +30,10 @@ use std::time::{Duration, Instant};
 /// events on a lossy path, short enough that a queue that built up and drained (a capacity
 /// drop) stops adding to the latency soon after.
 const WINDOW: Duration = Duration::from_secs(2);
-/// A frame's lateness is measured against the earliest frame that arrived this long before it.
-const LOCAL_BASE: Duration = Duration::from_secs(1);
+/// A frame's lateness is measured against the earliest of the frames captured up to this long
+/// before it (by RTP time, so frames stuck behind a retransmission still have on-time frames
+/// to be measured against): short against a queue's growth.
+const LOCAL_BASE_MS: f64 = 250.0;
 /// The delay never exceeds this (a path this bad freezes anyway; latency must stay bounded).
 pub const MAX_DELAY: Duration = Duration::from_millis(300);
 /// How fast the delay comes down once less is needed (fraction of the excess per second).
@@ -40,12 +45,21 @@ const START_PHASE: Duration = Duration::from_secs(2);
 const PRIOR_STEP_MS: f64 = 12.0;
 const RTP_CLOCK: f64 = 90_000.0;
 
+struct Lateness {
+    arrived: Instant,
+    /// Capture time against the reference frame's (ms, from RTP timestamps).
+    offset_ms: f64,
+    /// Arrival against the reference, less the capture offset (ms).
+    late_ms: f64,
+    /// How much later than the earliest frame captured in the `LOCAL_BASE_MS` before it (ms).
+    jitter_ms: f64,
+}
+
 pub struct VideoPlayout {
     /// A frame's RTP timestamp and its arrival, as the reference for every other frame.
     reference: Option<(u32, Instant)>,
-    /// Per frame, newest last: arrival, lateness against the reference (ms), and how much later
-    /// it came than the earliest frame of the `LOCAL_BASE` before it (ms).
-    lateness: VecDeque<(Instant, f64, f64)>,
+    /// Per frame, newest last.
+    lateness: VecDeque<Lateness>,
     delay_ms: f64,
     last_update: Option<Instant>,
     /// See `set_start_prior` (ms).
@@ -98,16 +112,19 @@ impl VideoPlayout {
         let local_earliest = self
             .lateness
             .iter()
-            .rev()
-            .take_while(|(t, _, _)| arrived.saturating_duration_since(*t) <= LOCAL_BASE)
-            .map(|(_, l, _)| *l)
+            .filter(|l| l.offset_ms <= offset_ms && l.offset_ms >= offset_ms - LOCAL_BASE_MS)
+            .map(|l| l.late_ms)
             .fold(late_ms, f64::min);
-        self.lateness
-            .push_back((arrived, late_ms, late_ms - local_earliest));
+        self.lateness.push_back(Lateness {
+            arrived,
+            offset_ms,
+            late_ms,
+            jitter_ms: late_ms - local_earliest,
+        });
         while self
             .lateness
             .front()
-            .is_some_and(|(t, _, _)| arrived.saturating_duration_since(*t) > WINDOW)
+            .is_some_and(|l| arrived.saturating_duration_since(l.arrived) > WINDOW)
         {
             self.lateness.pop_front();
         }
@@ -115,9 +132,13 @@ impl VideoPlayout {
         let earliest = self
             .lateness
             .iter()
-            .map(|(_, l, _)| *l)
+            .map(|l| l.late_ms)
             .fold(f64::MAX, f64::min);
-        let jitter = self.lateness.iter().map(|(_, _, j)| *j).fold(0.0, f64::max);
+        let jitter = self
+            .lateness
+            .iter()
+            .map(|l| l.jitter_ms)
+            .fold(0.0, f64::max);
         let needed = jitter.min(MAX_DELAY.as_secs_f64() * 1000.0);
         let first_picture = self.last_update.is_none();
         let elapsed = self
@@ -261,6 +282,23 @@ mod tests {
         }
         // Everything is equally late now: nothing to cover, and the old spike has aged out.
         assert!(p.delay() < ms(20.0), "{:?}", p.delay());
+    }
+
+    #[test]
+    fn a_queue_building_up_is_not_taken_for_jitter() {
+        // A sender 10 % over the bottleneck's capacity for 3 s: each frame 3.3 ms later than
+        // the one before, 300 ms late in the end. The queue is the network's latency already;
+        // the playout delay must not add it again.
+        let t0 = Instant::now();
+        let mut p = VideoPlayout::new();
+        for i in 0..300u32 {
+            let late = if i < 120 { 0.0 } else { (i - 120) as f64 * 3.3 };
+            p.schedule(
+                i * FRAME_TS,
+                t0 + ms(i as f64 * 1000.0 / 30.0 + late.min(300.0)),
+            );
+        }
+        assert!(p.delay() < ms(30.0), "{:?}", p.delay());
     }
 
     #[test]
