@@ -126,6 +126,8 @@ struct StreamHealth {
     dropped_samples: AtomicU64,
     /// Samples the device took (output): shows whether it is still consuming.
     consumed: AtomicU64,
+    /// The most samples (interleaved) one callback asked for: the device's period.
+    period_samples: AtomicU64,
 }
 
 impl StreamHealth {
@@ -436,8 +438,8 @@ fn open_output(id: Option<&str>) -> Result<OpenOutput, MediaError> {
         .unwrap_or_else(|| "speaker".into());
     let config = stream_config(&device, false).map_err(|e| MediaError::Sink(e.to_string()))?;
     let channels = config.channels.max(1) as usize;
-    // Up to 100 ms queued: the PulseAudio client pulls in bursts; the queue stays short in
-    // steady state because the device drains it as fast as we fill it.
+    // Room for 100 ms, as slack for the PulseAudio client's bursty pulls; `SpeakerSink::play`
+    // keeps only a few periods of it filled.
     let capacity = config.sample_rate as usize * channels / 10;
     let (ring, mut consumer) = rtrb::RingBuffer::new(capacity);
     let health = Arc::new(StreamHealth::default());
@@ -465,6 +467,9 @@ fn open_output(id: Option<&str>) -> Result<OpenOutput, MediaError> {
                 cb_health
                     .consumed
                     .fetch_add(out.len() as u64, Ordering::Relaxed);
+                cb_health
+                    .period_samples
+                    .fetch_max(out.len() as u64, Ordering::Relaxed);
             },
             move |e| err_health.fail(e),
             Some(Duration::from_secs(3)),
@@ -485,14 +490,28 @@ fn open_output(id: Option<&str>) -> Result<OpenOutput, MediaError> {
     })
 }
 
-/// A real speaker as an `AudioSink`. `play` blocks while the device queue is full, which paces
-/// the playout thread at the device's rate.
+/// Device periods kept queued for the speaker before a frame is added: enough that the
+/// device's next pull finds samples even when the playout thread is scheduled a little late,
+/// few enough that they add only tens of ms. Blocking only when the 100 ms ring was full (as
+/// before) kept it full: 100 ms of delay in steady state that no figure showed.
+const TARGET_PERIODS: usize = 2;
+/// After underruns, up to this many periods more, one per burst; one less after each
+/// `CALM_AFTER` without any.
+const MAX_EXTRA_PERIODS: usize = 4;
+const CALM_AFTER: Duration = Duration::from_secs(10);
+
+/// A real speaker as an `AudioSink`. `play` blocks until the device queue has drained to a
+/// few periods, which paces the playout thread at the device's rate.
 pub struct SpeakerSink {
     open: Option<OpenOutput>,
     notices: Notices,
     pacer: Pacer,
     next_retry: Instant,
     interleaved: Vec<f32>,
+    /// Extra periods queued after underruns, and the underrun count they answered.
+    extra_periods: usize,
+    underruns_seen: Option<u64>,
+    calm_since: Instant,
 }
 
 impl SpeakerSink {
@@ -505,6 +524,9 @@ impl SpeakerSink {
             pacer: Pacer::new(FRAME_DURATION),
             next_retry: Instant::now(),
             interleaved: Vec::with_capacity(FRAME_SAMPLES * 2),
+            extra_periods: 0,
+            underruns_seen: None,
+            calm_since: Instant::now(),
         })
     }
 
@@ -513,6 +535,14 @@ impl SpeakerSink {
         self.open
             .as_ref()
             .map(|o| o.health.dropped_samples.load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
+    /// The device's period as seen in its callbacks (samples per channel), for diagnostics.
+    pub fn device_period(&self) -> usize {
+        self.open
+            .as_ref()
+            .map(|o| o.health.period_samples.load(Ordering::Relaxed) as usize / o.channels)
             .unwrap_or(0)
     }
 
@@ -559,11 +589,34 @@ impl AudioSink for SpeakerSink {
                 self.interleaved.push(s);
             }
         }
+        // Underruns since the last frame (the device found the queue empty): keep a period
+        // more queued. A new device starts its own count.
+        let underruns = open.health.dropped_samples.load(Ordering::Relaxed);
+        let seen = *self.underruns_seen.get_or_insert(underruns);
+        if underruns > seen {
+            self.extra_periods = (self.extra_periods + 1).min(MAX_EXTRA_PERIODS);
+            self.calm_since = Instant::now();
+        } else if self.extra_periods > 0 && self.calm_since.elapsed() >= CALM_AFTER {
+            self.extra_periods -= 1;
+            self.calm_since = Instant::now();
+        }
+        self.underruns_seen = Some(underruns);
+        let capacity = open.ring.buffer().capacity();
+        let period = (open.health.period_samples.load(Ordering::Relaxed) as usize)
+            .max(DEVICE_FRAMES as usize * open.channels);
+        let target = (period * (TARGET_PERIODS + self.extra_periods))
+            .min(capacity.saturating_sub(self.interleaved.len()));
+        let samples_per_ms = (open.rate as usize * open.channels / 1000).max(1);
         let mut written = 0;
         let mut consumed = open.health.consumed.load(Ordering::Relaxed);
         let mut progress_at = Instant::now();
         while written < self.interleaved.len() {
-            let n = open.ring.slots().min(self.interleaved.len() - written);
+            let fill = capacity - open.ring.slots();
+            let n = if written == 0 && fill > target {
+                0
+            } else {
+                open.ring.slots().min(self.interleaved.len() - written)
+            };
             if n > 0 {
                 if let Ok(mut chunk) = open.ring.write_chunk_uninit(n) {
                     let (a, b) = chunk.as_mut_slices();
@@ -593,7 +646,10 @@ impl AudioSink for SpeakerSink {
                 open.health.failed.store(true, Ordering::Release);
                 break;
             }
-            std::thread::sleep(Duration::from_millis(2));
+            // Until the queue has drained to the target (at the device's rate), or a little.
+            let excess = fill.saturating_sub(target).max(samples_per_ms);
+            let until_drained = Duration::from_millis((excess / samples_per_ms) as u64);
+            std::thread::sleep(until_drained.min(Duration::from_millis(5)));
         }
         Ok(())
     }
