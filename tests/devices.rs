@@ -502,3 +502,177 @@ fn inner_click_round_trip() {
     );
     assert!(notices.drain().is_empty());
 }
+
+#[test]
+fn clicks_go_mouth_to_ear_through_a_call_on_the_real_device_paths() {
+    SoundServer::start().run_inner("inner_mouth_to_ear");
+}
+
+/// Onsets (instants) of clicks heard by `mic` until `stop`; each is when the onset sample left
+/// the microphone path (the frame holding it returned, less the samples after it).
+fn onsets(
+    mut mic: MicSource,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Instant>> {
+    std::thread::Builder::new()
+        .name("test-helper".into())
+        .spawn(move || {
+            let mut found = Vec::new();
+            let mut frame = vec![0f32; FRAME_SAMPLES];
+            let mut quiet_for = usize::MAX / 2;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                mic.next_frame(&mut frame).unwrap();
+                let now = Instant::now();
+                for (i, s) in frame.iter().enumerate() {
+                    if s.abs() > 0.15 {
+                        if quiet_for > SAMPLE_RATE as usize / 5 {
+                            let after = (FRAME_SAMPLES - i) as f64 / SAMPLE_RATE as f64;
+                            found.push(now - Duration::from_secs_f64(after));
+                        }
+                        quiet_for = 0;
+                    } else {
+                        quiet_for += 1;
+                    }
+                }
+            }
+            found
+        })
+        .unwrap()
+}
+
+/// Mouth-to-ear in a call through the real device paths: a click played into one null sink
+/// ("the mouth"), peer A's microphone on that sink's monitor, Opus over a real PeerConnection on
+/// loopback, peer B's jitter buffer and speaker path into another null sink ("the ear"). The
+/// figure is the click's onset seen on the mouth's monitor → its onset seen on the ear's
+/// monitor, both by the same capture code, so their own capture delay cancels. Printed, not
+/// asserted; the test checks the clicks arrive.
+#[test]
+#[ignore = "run by clicks_go_mouth_to_ear_through_a_call_on_the_real_device_paths"]
+fn inner_mouth_to_ear() {
+    use huddle::engine::{self, AudioInput, Command, EngineConfig, Event};
+    use huddle::media::audio::RecordingSink;
+    assert!(in_private_server());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let notices = Notices::default();
+    let dir = tempfile::tempdir().unwrap();
+    let (server, a, b) = rt.block_on(async {
+        let server = huddle::signaling::server::start(huddle::signaling::ServerConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let url = server.url();
+        let mut ca = EngineConfig::new(
+            url.clone(),
+            Box::new(RecordingSink::new(48_000)),
+            dir.path().into(),
+        );
+        ca.bind_addrs = vec!["127.0.0.1:0".into()];
+        ca.video = None;
+        ca.audio = AudioInput::Device(Some("pulseaudio:huddle_mic.monitor".into()));
+        let mut cb = EngineConfig::new(
+            url,
+            Box::new(SpeakerSink::open(Some("pulseaudio:huddle_out"), notices.clone()).unwrap()),
+            dir.path().into(),
+        );
+        cb.bind_addrs = vec!["127.0.0.1:0".into()];
+        cb.video = None;
+        let (a, mut a_events) = engine::spawn(ca, std::sync::Arc::new(|| {})).unwrap();
+        let (b, mut b_events) = engine::spawn(cb, std::sync::Arc::new(|| {})).unwrap();
+        for (engine, name) in [(&a, "a"), (&b, "b")] {
+            engine
+                .send(Command::Join {
+                    room: "ears".into(),
+                    nickname: name.into(),
+                    access: Default::default(),
+                })
+                .unwrap();
+        }
+        for events in [&mut a_events, &mut b_events] {
+            tokio::time::timeout(Duration::from_secs(20), async {
+                while let Some(e) = events.recv().await {
+                    if matches!(e, Event::PeerConnected { .. }) {
+                        return;
+                    }
+                }
+            })
+            .await
+            .expect("the call connects");
+        }
+        // Keep draining so the engines never wait on us.
+        for mut events in [a_events, b_events] {
+            tokio::spawn(async move { while events.recv().await.is_some() {} });
+        }
+        (server, a, b)
+    });
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mouth = onsets(
+        MicSource::open(Some("pulseaudio:huddle_mic.monitor"), notices.clone()).unwrap(),
+        stop.clone(),
+    );
+    let ear = onsets(
+        MicSource::open(Some("pulseaudio:huddle_out.monitor"), notices.clone()).unwrap(),
+        stop.clone(),
+    );
+    const CLICKS: usize = 10;
+    let mut voice = SpeakerSink::open(Some("pulseaudio:huddle_mic"), notices.clone()).unwrap();
+    let silence = vec![0f32; FRAME_SAMPLES];
+    // A 10 ms 1 kHz burst: survives Opus better than a single-sample click.
+    let click: Vec<f32> = (0..FRAME_SAMPLES)
+        .map(|i| {
+            if i < 480 {
+                0.8 * (i as f32 * 2.0 * std::f32::consts::PI * 1000.0 / SAMPLE_RATE as f32).sin()
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    // A second of silence to settle, then a click every 600 ms, then silence to hear the last.
+    for i in 0..(50 + CLICKS * 30 + 50) {
+        let is_click = i >= 50 && (i - 50) % 30 == 0 && i < 50 + CLICKS * 30;
+        voice
+            .play(if is_click { &click } else { &silence })
+            .unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mouth, ear) = (mouth.join().unwrap(), ear.join().unwrap());
+    let mut delays: Vec<f64> = ear
+        .iter()
+        .filter_map(|e| {
+            let m = mouth.iter().rev().find(|m| *m <= e)?;
+            Some(e.duration_since(*m).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    println!(
+        "measured: mouth-to-ear through the device paths: clicks at the mouth {}, at the ear {}",
+        mouth.len(),
+        ear.len()
+    );
+    assert!(
+        mouth.len() >= CLICKS - 1,
+        "{} clicks at the mouth",
+        mouth.len()
+    );
+    assert!(
+        delays.len() >= CLICKS - 2,
+        "{} clicks reached the ear",
+        delays.len()
+    );
+    delays.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "measured: mouth-to-ear (click onset on the mic's sink monitor -> onset on the speaker's sink monitor), {} clicks: p50 {:.1} ms, max {:.1} ms",
+        delays.len(),
+        delays[delays.len() / 2],
+        delays[delays.len() - 1]
+    );
+    rt.block_on(async {
+        a.shutdown().await;
+        b.shutdown().await;
+        server.shutdown().await;
+    });
+}
