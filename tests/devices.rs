@@ -559,7 +559,7 @@ fn inner_mouth_to_ear() {
         .unwrap();
     let notices = Notices::default();
     let dir = tempfile::tempdir().unwrap();
-    let (server, a, b) = rt.block_on(async {
+    let (server, a, b, a_id) = rt.block_on(async {
         let server = huddle::signaling::server::start(huddle::signaling::ServerConfig {
             bind: "127.0.0.1:0".parse().unwrap(),
             ..Default::default()
@@ -593,22 +593,26 @@ fn inner_mouth_to_ear() {
                 })
                 .unwrap();
         }
+        let mut connected_to = Vec::new();
         for events in [&mut a_events, &mut b_events] {
-            tokio::time::timeout(Duration::from_secs(20), async {
+            let peer = tokio::time::timeout(Duration::from_secs(20), async {
                 while let Some(e) = events.recv().await {
-                    if matches!(e, Event::PeerConnected { .. }) {
-                        return;
+                    if let Event::PeerConnected { peer, .. } = e {
+                        return Some(peer);
                     }
                 }
+                None
             })
             .await
-            .expect("the call connects");
+            .expect("the call connects")
+            .expect("the engine runs");
+            connected_to.push(peer);
         }
         // Keep draining so the engines never wait on us.
         for mut events in [a_events, b_events] {
             tokio::spawn(async move { while events.recv().await.is_some() {} });
         }
-        (server, a, b)
+        (server, a, b, connected_to.remove(1))
     });
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mouth = onsets(
@@ -641,6 +645,7 @@ fn inner_mouth_to_ear() {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (mouth, ear) = (mouth.join().unwrap(), ear.join().unwrap());
+    let jitter_target = b.media().remote_audio(&a_id).map(|s| s.target_delay_ms);
     let mut delays: Vec<f64> = ear
         .iter()
         .filter_map(|e| {
@@ -670,6 +675,7 @@ fn inner_mouth_to_ear() {
         delays[delays.len() / 2],
         delays[delays.len() - 1]
     );
+    println!("measured: listener's audio jitter buffer target at the end: {jitter_target:?} ms");
     rt.block_on(async {
         a.shutdown().await;
         b.shutdown().await;
