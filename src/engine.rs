@@ -16,6 +16,7 @@ pub use crate::rtc::session::PeerStats;
 use crate::rtc::session::{
     self, CloseReason, SessionConfig, SessionEvent, SessionHandle, SessionMedia,
 };
+use crate::signaling::access::room_key;
 use crate::signaling::client::{ClientCommand, ClientConfig, ClientEvent, SignalingClient};
 use crate::signaling::protocol::{IceServer, ServerMessage};
 // The types front ends need, so they never import `signaling` or `rtc` themselves.
@@ -855,7 +856,7 @@ impl Engine {
                     && self
                         .room
                         .as_deref()
-                        .is_some_and(|r| r.to_lowercase() == room.to_lowercase());
+                        .is_some_and(|r| room_key(r) == room_key(&room));
                 if resumed {
                     self.resume_room(room, you, peers).await;
                     return;
@@ -902,20 +903,7 @@ impl Engine {
             }
             ServerMessage::PeerLeft {
                 peer_id, reason, ..
-            } => {
-                if let Some(entry) = self.peers.remove(&peer_id)
-                    && let Some(s) = entry.session
-                {
-                    s.close().await;
-                }
-                self.transfers
-                    .send(TransferCommand::PeerGone(peer_id.clone()));
-                self.emit(Event::PeerLeft {
-                    peer: peer_id,
-                    reason,
-                })
-                .await;
-            }
+            } => self.remove_peer(peer_id, reason).await,
             ServerMessage::NicknameChanged { peer_id, nickname } => {
                 if let Some(e) = self.peers.get_mut(&peer_id) {
                     e.info.nickname = nickname.clone();
@@ -950,12 +938,8 @@ impl Engine {
         if current == Some(envelope.session) {
             if envelope.signal == Signal::Bye {
                 // The other side closed this connection: close ours and rebuild.
-                if let Some(s) = entry.take_session() {
-                    s.close().await;
-                }
                 entry.failures += 1;
-                self.transfers
-                    .send(TransferCommand::PeerDisconnected(from.clone()));
+                self.drop_session(&from).await;
                 self.emit(Event::PeerConnectionClosed {
                     peer: from.clone(),
                     reason: "closed by the other side".into(),
@@ -977,11 +961,7 @@ impl Engine {
             return;
         }
         // The peer started a fresh connection: answer it, dropping any old one.
-        if let Some(old) = entry.take_session() {
-            old.close().await;
-            self.transfers
-                .send(TransferCommand::PeerDisconnected(from.clone()));
-        }
+        self.drop_session(&from).await;
         self.start_session(&from, envelope.session, false);
         if let Some(s) = self.peers.get(&from).and_then(|e| e.session.as_ref()) {
             s.signal(envelope.signal);
@@ -1194,11 +1174,7 @@ impl Engine {
                 }
                 // Our connection to it did not survive (a long outage on our side): it may have
                 // seen us leave and forgotten us, and waits for our offer as for any newcomer.
-                if let Some(old) = entry.take_session() {
-                    old.close().await;
-                    self.transfers
-                        .send(TransferCommand::PeerDisconnected(peer.id.clone()));
-                }
+                self.drop_session(&peer.id).await;
                 self.emit(Event::PeerConnecting {
                     peer: peer.id.clone(),
                 })
@@ -1225,17 +1201,28 @@ impl Engine {
             .map(|(id, _)| id.clone())
             .collect();
         for peer in gone {
-            if let Some(entry) = self.peers.remove(&peer)
-                && let Some(s) = entry.session
-            {
-                s.close().await;
-            }
-            self.transfers.send(TransferCommand::PeerGone(peer.clone()));
-            self.emit(Event::PeerLeft {
-                peer,
-                reason: LeaveReason::Disconnected,
-            })
-            .await;
+            self.remove_peer(peer, LeaveReason::Disconnected).await;
         }
+    }
+
+    /// `peer` left the room: its connection closes, its transfers end, the front end is told.
+    async fn remove_peer(&mut self, peer: PeerId, reason: LeaveReason) {
+        if let Some(entry) = self.peers.remove(&peer)
+            && let Some(s) = entry.session
+        {
+            s.close().await;
+        }
+        self.transfers.send(TransferCommand::PeerGone(peer.clone()));
+        self.emit(Event::PeerLeft { peer, reason }).await;
+    }
+
+    /// Closes the connection to `peer` (if any), which stays in the room; its transfers pause.
+    async fn drop_session(&mut self, peer: &PeerId) {
+        let Some(old) = self.peers.get_mut(peer).and_then(|e| e.take_session()) else {
+            return;
+        };
+        old.close().await;
+        self.transfers
+            .send(TransferCommand::PeerDisconnected(peer.clone()));
     }
 }

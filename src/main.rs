@@ -330,8 +330,8 @@ fn rejoin_secret(given: Option<String>) -> anyhow::Result<access::Secret> {
         tracing::warn!("no state folder: rejoin tokens will not survive a restart");
         return Ok(access::Secret::random());
     };
-    match access::Secret::load_or_create(&path) {
-        Ok(secret) => Ok(secret),
+    match huddle::settings::load_or_create_secret(&path) {
+        Ok(secret) => access::Secret::new(secret).context("the rejoin secret file"),
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "cannot keep the rejoin secret; rejoin tokens will not survive a restart");
             Ok(access::Secret::random())

@@ -1,5 +1,6 @@
 //! The user's settings, kept as JSON in the platform's config directory: nickname, server,
-//! devices, download folder, file-transfer preferences. Plain data plus load/save; callers do the
+//! devices, download folder, file-transfer preferences; and the files kept in the state folder
+//! (the app's log, `huddle serve`'s rejoin secret). Plain data plus load/save; callers do the
 //! saving off the UI thread.
 
 use serde::{Deserialize, Serialize};
@@ -68,24 +69,60 @@ pub fn default_path() -> Option<PathBuf> {
         .map(|d| d.config_dir().join("settings.json"))
 }
 
-/// Where the desktop app's log goes: `$XDG_STATE_HOME/huddle/huddle.log` on Linux (the data
-/// folder where the platform has no state folder).
-pub fn default_log_path() -> Option<PathBuf> {
+/// `$XDG_STATE_HOME/huddle` on Linux (the data folder where the platform has no state folder).
+fn state_dir() -> Option<PathBuf> {
     directories::ProjectDirs::from("org", "huddle", "huddle").map(|d| {
         d.state_dir()
             .unwrap_or_else(|| d.data_local_dir())
-            .join("huddle.log")
+            .to_owned()
     })
 }
 
-/// Where `huddle serve` keeps the secret its rejoin tokens are signed with:
-/// `$XDG_STATE_HOME/huddle/rejoin-secret` on Linux.
+/// Where the desktop app's log goes: `huddle.log` in the state folder.
+pub fn default_log_path() -> Option<PathBuf> {
+    state_dir().map(|d| d.join("huddle.log"))
+}
+
+/// Where `huddle serve` keeps the secret its rejoin tokens are signed with: `rejoin-secret` in
+/// the state folder.
 pub fn default_rejoin_secret_path() -> Option<PathBuf> {
-    directories::ProjectDirs::from("org", "huddle", "huddle").map(|d| {
-        d.state_dir()
-            .unwrap_or_else(|| d.data_local_dir())
-            .join("rejoin-secret")
-    })
+    state_dir().map(|d| d.join("rejoin-secret"))
+}
+
+/// The secret (64 hex characters) kept in the file at `path`, created random and readable by
+/// its owner only if there is none yet: so that a restarted server still honours the tokens it
+/// issued. A file holding fewer than 32 characters is an error, not replaced.
+pub fn load_or_create_secret(path: &Path) -> std::io::Result<String> {
+    use std::io::Write;
+    match std::fs::read_to_string(path) {
+        Ok(text) if text.trim().len() >= 32 => return Ok(text.trim().to_owned()),
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} holds fewer than 32 characters", path.display()),
+            ));
+        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        Err(_) => {}
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let text = hex::encode(rand::random::<[u8; 32]>());
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(mut file) => {
+            file.write_all(text.as_bytes())?;
+            file.sync_all()?;
+            Ok(text)
+        }
+        // Another process created it first: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_or_create_secret(path),
+        Err(e) => Err(e),
+    }
 }
 
 /// Opens a fresh log file at `default_log_path`, keeping the previous run's as
@@ -160,6 +197,24 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_secret_file_is_created_private_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state").join("rejoin-secret");
+        let first = load_or_create_secret(&path).unwrap();
+        let again = load_or_create_secret(&path).unwrap();
+        assert_eq!(first, again);
+        assert!(first.len() >= 32);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::write(&path, "short").unwrap();
+        assert!(load_or_create_secret(&path).is_err());
+    }
 
     #[test]
     fn round_trip_and_defaults() {

@@ -9,14 +9,31 @@ use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
 use std::fmt;
 use std::time::Duration;
 
-/// Length of the peer ids the server hands out (lower-case letters and digits).
-pub const PEER_ID_LEN: usize = 12;
+/// The peer ids the server hands out: this many of these characters.
+const PEER_ID_LEN: usize = 12;
+const PEER_ID_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+
+/// A fresh random peer id.
+pub fn new_peer_id() -> PeerId {
+    let mut rng = rand::rng();
+    PeerId(
+        (0..PEER_ID_LEN)
+            .map(|_| PEER_ID_ALPHABET[rng.random_range(0..PEER_ID_ALPHABET.len())] as char)
+            .collect(),
+    )
+}
+
+/// Whether `id` is one `new_peer_id` could have made.
+fn is_server_peer_id(id: &str) -> bool {
+    id.len() == PEER_ID_LEN && id.bytes().all(|b| PEER_ID_ALPHABET.contains(&b))
+}
 
 /// How long a rejoin token stays valid: long enough to ride out a reconnect with backoff.
 pub const REJOIN_TTL: Duration = Duration::from_secs(5 * 60);
@@ -71,43 +88,6 @@ impl Secret {
     /// 32 random bytes, for a process that has no configured secret.
     pub fn random() -> Secret {
         Secret(rand::random::<[u8; 32]>().to_vec())
-    }
-
-    /// The secret kept in the file at `path`, created (random, readable by its owner only) if
-    /// there is none yet: so that a restarted server still honours the tokens it issued.
-    pub fn load_or_create(path: &std::path::Path) -> std::io::Result<Secret> {
-        use std::io::Write;
-        match std::fs::read_to_string(path) {
-            Ok(text) if text.trim().len() >= 32 => {
-                return Ok(Secret(text.trim().as_bytes().to_vec()));
-            }
-            Ok(_) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("{} holds fewer than 32 characters", path.display()),
-                ));
-            }
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            Err(_) => {}
-        }
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let text = hex::encode(rand::random::<[u8; 32]>());
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        match options.open(path) {
-            Ok(mut file) => {
-                file.write_all(text.as_bytes())?;
-                file.sync_all()?;
-                Ok(Secret(text.into_bytes()))
-            }
-            // Another process created it first: use theirs.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::load_or_create(path),
-            Err(e) => Err(e),
-        }
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -533,11 +513,7 @@ impl AccessConfig {
         let claims =
             verify_any_room(&self.rejoin_secret, resume_token, TokenKind::Rejoin, now_ms).ok()?;
         let peer = claims.peer?;
-        let well_formed = peer.len() == PEER_ID_LEN
-            && peer
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-        well_formed.then_some(PeerId(peer))
+        is_server_peer_id(&peer).then_some(PeerId(peer))
     }
 
     /// A rejoin token for `peer`, who just joined `room_key`.
@@ -757,24 +733,6 @@ mod tests {
         };
         let odd = sign(&config.rejoin_secret, &claims).unwrap();
         assert_eq!(config.resumable_peer(&odd, NOW), None);
-    }
-
-    #[test]
-    fn the_rejoin_secret_file_is_created_private_and_read_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state").join("rejoin-secret");
-        let first = Secret::load_or_create(&path).unwrap();
-        let again = Secret::load_or_create(&path).unwrap();
-        assert_eq!(first.as_bytes(), again.as_bytes());
-        assert!(first.as_bytes().len() >= 32);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-            assert_eq!(mode & 0o777, 0o600);
-        }
-        std::fs::write(&path, "short").unwrap();
-        assert!(Secret::load_or_create(&path).is_err());
     }
 
     #[test]

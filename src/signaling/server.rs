@@ -11,11 +11,9 @@ use super::cluster::{ClusterConfig, ClusterHub};
 use super::hub::{ConnId, Hub, HubConfig, HubInput, HubOutput};
 use super::hub_link::{HubMsg, Outgoing, now_ms};
 use super::protocol::{
-    self, ClientMessage, ErrorCode, IceServer, JoinAccess, LeaveReason, Limits, PeerId,
-    ServerMessage,
+    self, ClientMessage, ErrorCode, IceServer, JoinAccess, LeaveReason, Limits, ServerMessage,
 };
 use futures_util::{SinkExt, StreamExt};
-use rand::Rng;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -540,16 +538,6 @@ async fn send_fatal<S: Stream>(
     sent
 }
 
-fn new_peer_id() -> PeerId {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let mut rng = rand::rng();
-    PeerId(
-        (0..super::access::PEER_ID_LEN)
-            .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-            .collect(),
-    )
-}
-
 struct TokenBucket {
     tokens: f64,
     last: Instant,
@@ -666,7 +654,7 @@ async fn serve_connection<S: Stream>(
     if hub_tx
         .send(HubMsg::Register {
             conn,
-            fresh: new_peer_id(),
+            fresh: access::new_peer_id(),
             resume,
             outbox: outbox_tx,
             assigned: assigned_tx,
