@@ -1,7 +1,8 @@
 //! Huddle's send-side bandwidth estimate for one peer connection, fed by transport-wide
-//! congestion-control feedback. The delay-gradient detection is the `rtc` crate's GCC parts
-//! (arrival grouping, Kalman slope, adaptive overuse threshold, received-rate window); the rate
-//! control and the loss half are ours, because GCC's fit video calls badly here:
+//! congestion-control feedback. Arrival grouping, the Kalman group-delay estimate, the
+//! adaptive overuse threshold and the received-rate window are the `rtc` crate's GCC parts;
+//! the trendline used near a known ceiling, the rate control and the loss half are ours,
+//! because GCC's fit video calls badly here:
 //! - its loss half holds the rate anywhere between 2 % and 10 % loss, so at a steady 5 % random
 //!   loss (Wi-Fi) the estimate never climbs past its start. Random loss that NACK repairs is not
 //!   congestion; a drop-tail queue overflowing shows first as a standing queue, which the delay
@@ -9,14 +10,20 @@
 //!   from feedback, which over-counts: see `LOSS_HOLD`).
 //! - its increase is 8 %/s, or +60 kbit/s per second after any backoff, so after a capacity drop
 //!   it takes 15 s or more to come back. Ours climbs faster the longer the path stays quiet and
-//!   forgets an old ceiling once the path delivers clearly more than it.
+//!   forgets an old ceiling once the path delivers clearly more than it (twice: see
+//!   `ceiling_passed_once`).
 //! - it climbs without bound while the encoder sends less than the estimate; ours stays within
 //!   1.5x of what the far end is actually receiving (plus a margin), as libwebrtc does.
+//! - the crate's Kalman estimate misses a queue growing slowly (a probe a few percent past the
+//!   capacity); near a known ceiling libwebrtc's trendline judges instead (`DelayTrendline`).
+//! - while feedback is not arriving at all, `PublishedEstimate::target_bps_at` pushes the rate
+//!   back (see `feedback_silence_factor`), and the first feedback after it keeps that cut.
 //!
 //! The estimate is published through an atomic the session reads; the struct is a plain state
 //! machine over reports and `now`, tested without a network.
 
 use super::feedback::LinkFeedback;
+use super::published_estimate::feedback_silence_factor;
 pub use super::published_estimate::{EstimatorCounters, PublishedEstimate};
 use rtc::interceptor::{
     BandwidthEstimator, EstimatorStats, OveruseDetector, PacketReport, RateCalculator,
@@ -53,8 +60,13 @@ const NEAR_CEILING_GROWTH_SHARE: f64 = 0.15;
 const AT_CEILING: f64 = 0.9;
 const AT_CEILING_GROWTH_SHARE: f64 = 0.08;
 const CEILING_PASSED_AT: f64 = 1.15;
+/// Growth per second, as a share of the ceiling, towards a ceiling passed once (see
+/// `ceiling_passed_once`): capacity that came back is found within seconds.
+const PASSED_CEILING_GROWTH_SHARE: f64 = 0.3;
 /// How recent a reading of the saturated path must be to serve as the ceiling.
 const SATURATED_MAX_AGE: Duration = Duration::from_secs(2);
+/// How long such a reading still counts as a capacity the ceiling must be passed by.
+const SATURATED_MEMORY: Duration = Duration::from_secs(10);
 /// Loss over the last second above which the rate stops climbing, and above which it is cut.
 /// Higher than the packet loss they mean: rtc 0.21's feedback history counts every packet a
 /// lost feedback packet would have acknowledged as lost, so on a path losing 5 % of packets
@@ -97,6 +109,67 @@ const QUEUE_DRAIN_GRACE: Duration = Duration::from_secs(1);
 /// How much the queue may grow over its level at the backoff and still count as draining.
 const QUEUE_REGROWTH_MS: f64 = 30.0;
 
+/// The delay trend as libwebrtc's trendline reads it: the accumulated inter-group delay,
+/// smoothed, and the slope of a line fitted through its last `TRENDLINE_WINDOW` points, scaled
+/// by the number of readings behind it (up to `TRENDLINE_MAX_DELTAS`) and a gain. A queue
+/// growing 15 % faster than it drains (a sender probing 15 % past the capacity) adds 5 ms per
+/// 33 ms frame: the `rtc` crate's Kalman estimate of the per-group delta reads about that, below
+/// the 12.5 ms threshold, so it never called overuse and the queue only stopped at the standing
+/// queue detector's 100 ms. The fitted slope, scaled, reads 0.15 x 60 x 4 = 36 against a
+/// threshold that starts at 12.5 (it adapts upwards after large swings, so in practice the
+/// queue is caught at a few tens of ms rather than at once).
+#[derive(Default)]
+struct DelayTrendline {
+    first_at: Option<Instant>,
+    accumulated_ms: f64,
+    smoothed_ms: f64,
+    /// (send time since the first reading, smoothed accumulated delay), both ms; newest last.
+    points: std::collections::VecDeque<(f64, f64)>,
+    readings: u32,
+    trend: f64,
+}
+
+const TRENDLINE_WINDOW: usize = 20;
+const TRENDLINE_SMOOTHING: f64 = 0.9;
+const TRENDLINE_GAIN: f64 = 4.0;
+const TRENDLINE_MAX_DELTAS: u32 = 60;
+
+impl DelayTrendline {
+    /// Folds in one inter-group delay (`delta_ms`, the group sent at `at`); returns the scaled
+    /// trend to compare against the overuse threshold (0 until the window has filled).
+    fn update(&mut self, at: Instant, delta_ms: f64) -> f64 {
+        let first = *self.first_at.get_or_insert(at);
+        self.readings = (self.readings + 1).min(TRENDLINE_MAX_DELTAS);
+        self.accumulated_ms += delta_ms;
+        self.smoothed_ms = TRENDLINE_SMOOTHING * self.smoothed_ms
+            + (1.0 - TRENDLINE_SMOOTHING) * self.accumulated_ms;
+        let x = at.saturating_duration_since(first).as_secs_f64() * 1000.0;
+        self.points.push_back((x, self.smoothed_ms));
+        if self.points.len() > TRENDLINE_WINDOW {
+            self.points.pop_front();
+        }
+        if self.points.len() == TRENDLINE_WINDOW
+            && let Some(slope) = fitted_slope(&self.points)
+        {
+            self.trend = slope * f64::from(self.readings) * TRENDLINE_GAIN;
+        }
+        self.trend
+    }
+}
+
+/// Least-squares slope of y over x; `None` when all x are equal.
+fn fitted_slope(points: &std::collections::VecDeque<(f64, f64)>) -> Option<f64> {
+    let n = points.len() as f64;
+    let (sx, sy) = points
+        .iter()
+        .fold((0.0, 0.0), |(sx, sy), (x, y)| (sx + x, sy + y));
+    let (mx, my) = (sx / n, sy / n);
+    let (num, den) = points.iter().fold((0.0, 0.0), |(num, den), (x, y)| {
+        (num + (x - mx) * (y - my), den + (x - mx) * (x - mx))
+    });
+    (den > 0.0).then(|| num / den)
+}
+
 impl QueueDelay {
     /// Folds in a batch of reports; returns the smoothed queuing delay in ms.
     fn update(&mut self, reports: &[PacketReport]) -> Option<f64> {
@@ -136,8 +209,17 @@ impl QueueDelay {
 
 pub struct HuddleEstimator {
     queue: QueueDelay,
+    /// Groups the reports into send bursts (its Kalman estimate is not used: see
+    /// `DelayTrendline`).
     slope: SlopeEstimator,
+    trendline: DelayTrendline,
+    /// Overuse by the `rtc` crate's Kalman estimate of the group delay: coarse (it misses a
+    /// queue growing slowly) but blind to a lone keyframe's burst. Rules away from a known
+    /// ceiling, where the estimate climbs fast and ladder switches send large keyframes.
     detector: OveruseDetector,
+    /// Overuse by the trendline: rules near a known ceiling, where the estimate probes a few
+    /// percent past the capacity and the queue grows slowly.
+    trend_detector: OveruseDetector,
     /// What the far end received, stamped with arrival times on its clock (`arrival_epoch` +
     /// arrival). Stamped with our feedback times instead, each feedback's packets land at one
     /// instant, and a 500 ms window then holds five batches over a 400 ms span: the rate read
@@ -159,6 +241,8 @@ pub struct HuddleEstimator {
     last_change: Option<Instant>,
     /// The received rate at the last backoff: approached carefully, then forgotten once passed.
     ceiling: Option<f64>,
+    /// The delivered rate passed the ceiling once since the last backoff (and it was raised).
+    ceiling_passed_once: bool,
     /// Any backoff yet (delay or loss): until then the estimate grows as fast as it can.
     backed_off_ever: bool,
     /// Since when the delay signal has said nothing but "normal".
@@ -181,7 +265,9 @@ impl HuddleEstimator {
         HuddleEstimator {
             queue: QueueDelay::default(),
             slope: SlopeEstimator::new(),
+            trendline: DelayTrendline::default(),
             detector: OveruseDetector::new(),
+            trend_detector: OveruseDetector::new(),
             received: RateCalculator::default(),
             arrival_epoch: Instant::now(),
             latest_arrival: None,
@@ -190,6 +276,7 @@ impl HuddleEstimator {
             target: INITIAL_BPS,
             last_change: None,
             ceiling: None,
+            ceiling_passed_once: false,
             quiet_since: None,
             backed_off_ever: false,
             loss_avg: 0.0,
@@ -219,11 +306,9 @@ impl HuddleEstimator {
                     self.target = self.target.min(received * DECREASE_FACTOR);
                     // The path's capacity is what it delivered while its queue stood; failing
                     // a recent such reading, what it delivers now.
-                    let saturated = self
-                        .saturated_rate
-                        .filter(|(at, _)| now.saturating_duration_since(*at) <= SATURATED_MAX_AGE)
-                        .map(|(_, rate)| rate);
+                    let saturated = self.saturated_within(now, SATURATED_MAX_AGE);
                     self.ceiling = Some(saturated.unwrap_or(received));
+                    self.ceiling_passed_once = false;
                     self.last_change = Some(now);
                 }
             }
@@ -232,11 +317,27 @@ impl HuddleEstimator {
                     .last_change
                     .map_or(CHANGE_INTERVAL, |t| now.saturating_duration_since(t))
                     .min(Duration::from_secs(1));
+                // A capacity the path showed recently (delivered under a standing queue) must
+                // be passed too: the ceilings set in the chaos right after a drop (loss cuts,
+                // feedback lost on the congested way back) can be a fifth of it.
+                let shown = self.saturated_within(now, SATURATED_MEMORY).unwrap_or(0.0);
                 if let (Some(ceiling), Some(received)) = (self.ceiling, received)
-                    && received > ceiling * CEILING_PASSED_AT
+                    && received > ceiling.max(shown) * CEILING_PASSED_AT
                 {
-                    // The path delivers clearly more than at the last backoff: capacity came back.
-                    self.ceiling = None;
+                    // The path delivers clearly more than at the last backoff. Once may be a
+                    // ceiling read too low: one set in the chaos of a capacity drop (our own
+                    // cuts draining the queue, feedback lost on the congested reverse path)
+                    // read 170-235 kbit/s on a 300 kbit/s path, and forgetting it at the first
+                    // pass let the fast growth fill the queue to 200 ms seconds later. So the
+                    // first pass raises the ceiling to what arrives and approaches it faster;
+                    // a second pass (1.3x the old ceiling) means the capacity came back.
+                    if self.ceiling_passed_once {
+                        self.ceiling = None;
+                        self.ceiling_passed_once = false;
+                    } else {
+                        self.ceiling = Some(received);
+                        self.ceiling_passed_once = true;
+                    }
                 }
                 let near_ceiling = self.ceiling.is_some_and(|c| self.target > c * 0.85);
                 let before = self.target;
@@ -245,12 +346,14 @@ impl HuddleEstimator {
                     // Slower still once what arrives is at the limit: from there every bit of
                     // growth goes into the queue until the delay signal catches it.
                     let at_limit = received.is_some_and(|r| r >= c * AT_CEILING);
-                    let share = if at_limit {
-                        AT_CEILING_GROWTH_SHARE
+                    let per_second = if self.ceiling_passed_once {
+                        // Passed once: arriving "at" this ceiling says nothing of a limit.
+                        c * PASSED_CEILING_GROWTH_SHARE
+                    } else if at_limit {
+                        (c * AT_CEILING_GROWTH_SHARE).min(NEAR_CEILING_GROWTH_BPS)
                     } else {
-                        NEAR_CEILING_GROWTH_SHARE
+                        (c * NEAR_CEILING_GROWTH_SHARE).min(NEAR_CEILING_GROWTH_BPS)
                     };
-                    let per_second = (c * share).min(NEAR_CEILING_GROWTH_BPS);
                     self.target + per_second * elapsed.as_secs_f64()
                 } else {
                     let quiet_long = self
@@ -275,6 +378,13 @@ impl HuddleEstimator {
             }
             RateControlState::Increase => {}
         }
+    }
+
+    /// The rate delivered under a standing queue, if read within `age`.
+    fn saturated_within(&self, now: Instant, age: Duration) -> Option<f64> {
+        self.saturated_rate
+            .filter(|(at, _)| now.saturating_duration_since(*at) <= age)
+            .map(|(_, rate)| rate)
     }
 
     /// `backed_off`: the delay half already backed off on this feedback.
@@ -313,8 +423,11 @@ impl HuddleEstimator {
             }
             let base = self.loss_cap.unwrap_or(self.target).min(self.target);
             self.loss_cap = Some(base * (1.0 - 0.5 * self.loss_avg));
-            // Heavy loss marks a limit as much as a queue does.
-            self.ceiling = Some(base);
+            // Heavy loss marks a limit as much as a queue does; where a queue stood just now,
+            // the loss is that queue overflowing, and what it delivered is the limit.
+            let saturated = self.saturated_within(now, SATURATED_MAX_AGE);
+            self.ceiling = Some(saturated.map_or(base, |s| s.max(base)));
+            self.ceiling_passed_once = false;
             self.backed_off_ever = true;
             self.published.backoff(2);
         }
@@ -354,14 +467,34 @@ impl BandwidthEstimator for HuddleEstimator {
         if reports.is_empty() {
             return;
         }
-        let mut usage = self.detector.usage();
+        // Feedback after a long silence: the rate was pushed back meanwhile (see
+        // `feedback_silence_factor`); keep that cut rather than jump back to the old estimate
+        // and wait for these reports to show the queue it would fill.
+        if let Some(silence) = self.published.take_unacknowledged(now) {
+            let factor = feedback_silence_factor(silence);
+            if factor < 1.0 {
+                self.target = (self.target * factor).max(MIN_BPS);
+                self.backed_off_ever = true;
+                self.last_change = Some(now);
+            }
+        }
+        // Near a known ceiling (the same test the rate control's slow growth uses).
+        let probing_ceiling = self.ceiling.is_some_and(|c| self.target > c * 0.85);
+        let mut usage = if probing_ceiling {
+            self.trend_detector.usage()
+        } else {
+            self.detector.usage()
+        };
         for report in reports {
             if let Some(arrival) = report.arrival.filter(|_| report.arrived) {
                 self.received.add(self.arrival_epoch + arrival, report.size);
                 self.latest_arrival = self.latest_arrival.max(Some(arrival));
             }
             if let Some(trend) = self.slope.accumulate(report) {
-                usage = self.detector.update(trend.at, trend.estimate_ms);
+                let growth = self.trendline.update(trend.at, trend.measurement_ms);
+                let by_trend = self.trend_detector.update(trend.at, growth);
+                let by_kalman = self.detector.update(trend.at, trend.estimate_ms);
+                usage = if probing_ceiling { by_trend } else { by_kalman };
             }
         }
         // Either delay signal may call overuse; a standing queue holds the rate where it is.
@@ -654,6 +787,48 @@ mod tests {
 
     fn published_backoffs(est: &HuddleEstimator) -> u64 {
         est.published.counters().loss_backoffs
+    }
+
+    #[test]
+    fn feedback_that_comes_back_after_a_long_silence_keeps_the_push_back() {
+        let (mut est, published) = estimator();
+        let mut path = Path::new();
+        path.run(&mut est, Duration::from_secs(8), 2_000_000.0, 0.0);
+        let before = est.target_bitrate();
+        // Both directions congested: what was sent goes unacknowledged for 1.8 s.
+        let silent_from = path.start + path.sent_at;
+        published.note_sent(silent_from);
+        let resumed = silent_from + Duration::from_millis(1800);
+        let pushed = published.target_bps_at(resumed) as f64;
+        assert!(pushed < before * 0.2, "{pushed} of {before}");
+        // The first feedback after it does not bring the old estimate back.
+        path.sent_at += Duration::from_millis(1800);
+        path.busy_until = path.sent_at;
+        path.run(&mut est, Duration::from_millis(150), 2_000_000.0, 0.0);
+        assert!(
+            est.target_bitrate() < before * 0.2,
+            "{} of {before}",
+            est.target_bitrate()
+        );
+    }
+
+    #[test]
+    fn the_trendline_reads_a_slowly_growing_queue_and_not_a_steady_one() {
+        let t0 = Instant::now();
+        let frame = Duration::from_millis(33);
+        let mut steady = DelayTrendline::default();
+        let mut growing = DelayTrendline::default();
+        let (mut flat, mut rising) = (0.0, 0.0);
+        for i in 0..80u32 {
+            let at = t0 + frame * i;
+            // Jitter of a few ms either way on the steady path; 5 ms more per frame on the
+            // other (a sender 15 % past the capacity).
+            let jitter = if i % 2 == 0 { 3.0 } else { -3.0 };
+            flat = steady.update(at, jitter);
+            rising = growing.update(at, 5.0);
+        }
+        assert!(flat.abs() < 6.0, "steady path read {flat}");
+        assert!(rising > 12.5, "growing queue read {rising}");
     }
 
     #[test]

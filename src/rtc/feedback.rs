@@ -313,6 +313,9 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RetransmissionGate {
     }
 
     fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtp(_) = &msg.message.packet {
+            self.estimate.note_sent(Instant::now());
+        }
         if let Packet::Rtp(rtp) = &msg.message.packet
             && msg.message.has(&Attribute::Retransmission)
         {
@@ -328,7 +331,9 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RetransmissionGate {
             }
             // Payload plus RTP header, extensions, SRTP tag, UDP and IP: about 60 bytes.
             let bytes = rtp.payload.len() + 60;
-            let admitted = self.budget.admit(now, bytes, self.estimate.target_bps());
+            let admitted = self
+                .budget
+                .admit(now, bytes, self.estimate.target_bps_at(now));
             if admitted {
                 state.retransmissions_sent += 1;
             } else {

@@ -4,10 +4,34 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long sent packets may go unacknowledged before the estimate is pushed back: feedback
+/// comes every 100 ms or so after a round trip, and a full 300 ms queue on the way back adds
+/// its wait; longer than this means the feedback itself is stuck in, or lost to, congestion.
+const FEEDBACK_SILENCE_GRACE: Duration = Duration::from_millis(600);
+/// Past the grace, the estimate halves every this long while the silence lasts.
+const FEEDBACK_SILENCE_HALVING: Duration = Duration::from_millis(400);
+
+/// The share of the estimate to use when the oldest unacknowledged packet is `silence` old.
+/// When both directions of a path lose capacity at once (a shared uplink that drops), each
+/// side's congestion feedback is queued behind, and mostly dropped with, the other side's
+/// overflowing media: measured on the `capacity-drop` link, no feedback at all arrived for
+/// 1.8 s after the drop, the estimator saw nothing, and the sender kept sending 1.5 Mbit/s into
+/// 300 kbit/s the whole time. Like libwebrtc's congestion window, unacknowledged data pushes
+/// the rate down without waiting for feedback that is not coming.
+pub fn feedback_silence_factor(silence: Duration) -> f64 {
+    let over = silence.saturating_sub(FEEDBACK_SILENCE_GRACE);
+    0.5f64.powf(over.as_secs_f64() / FEEDBACK_SILENCE_HALVING.as_secs_f64())
+}
 
 /// What the session reads from the estimator, shared through atomics.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct PublishedEstimate {
+    epoch: Instant,
+    /// When the oldest packet sent since the last feedback went out (ms since `epoch`, plus
+    /// one; 0: everything sent has been acknowledged).
+    unacknowledged_since: Arc<AtomicU64>,
     pub(super) target_bps: Arc<AtomicU64>,
     /// Smoothed share of packets the far end reported lost, in millionths.
     pub(super) loss_ppm: Arc<AtomicU64>,
@@ -31,13 +55,50 @@ pub struct EstimatorCounters {
 
 impl PublishedEstimate {
     pub fn new(initial: f64) -> Self {
-        let p = PublishedEstimate::default();
-        p.target_bps.store(initial as u64, Ordering::Relaxed);
-        p
+        PublishedEstimate {
+            epoch: Instant::now(),
+            unacknowledged_since: Arc::default(),
+            target_bps: Arc::new(AtomicU64::new(initial as u64)),
+            loss_ppm: Arc::default(),
+            backoffs: Arc::default(),
+            queue_delay_ms: Arc::default(),
+            ceiling_bps: Arc::default(),
+        }
     }
-    /// The estimate for all RTP to this peer (audio and video), bits per second.
+    /// The estimate for all RTP to this peer (audio and video), bits per second, as the
+    /// estimator last set it.
     pub fn target_bps(&self) -> u64 {
         self.target_bps.load(Ordering::Relaxed)
+    }
+    /// The estimate to send at now: `target_bps`, pushed back while what was sent goes
+    /// unacknowledged (see `feedback_silence_factor`).
+    pub fn target_bps_at(&self, now: Instant) -> u64 {
+        let factor = self
+            .unacknowledged_for(now)
+            .map_or(1.0, feedback_silence_factor);
+        (self.target_bps() as f64 * factor) as u64
+    }
+    fn unacknowledged_for(&self, now: Instant) -> Option<Duration> {
+        let since = self
+            .unacknowledged_since
+            .load(Ordering::Relaxed)
+            .checked_sub(1)?;
+        Some(now.saturating_duration_since(self.epoch + Duration::from_millis(since)))
+    }
+    /// An RTP packet went out at `now`.
+    pub(super) fn note_sent(&self, now: Instant) {
+        let ms = now.saturating_duration_since(self.epoch).as_millis() as u64 + 1;
+        // Only the first packet after an acknowledgement starts the clock.
+        let _ =
+            self.unacknowledged_since
+                .compare_exchange(0, ms, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    /// Feedback arrived at `now`: returns how long the oldest packet it could cover had gone
+    /// unacknowledged, and restarts the clock.
+    pub(super) fn take_unacknowledged(&self, now: Instant) -> Option<Duration> {
+        let age = self.unacknowledged_for(now);
+        self.unacknowledged_since.store(0, Ordering::Relaxed);
+        age
     }
     /// Smoothed loss before retransmission, 0..=1.
     pub fn loss(&self) -> f64 {
@@ -55,5 +116,43 @@ impl PublishedEstimate {
     }
     pub(super) fn backoff(&self, reason: usize) {
         self.backoffs[reason].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    #[test]
+    fn feedback_silence_halves_the_estimate_every_400_ms_past_its_grace() {
+        assert_eq!(feedback_silence_factor(ms(0)), 1.0);
+        assert_eq!(feedback_silence_factor(ms(600)), 1.0);
+        assert!((feedback_silence_factor(ms(1000)) - 0.5).abs() < 1e-9);
+        assert!((feedback_silence_factor(ms(1800)) - 0.125).abs() < 1e-9);
+    }
+
+    #[test]
+    fn unacknowledged_packets_push_the_estimate_back_until_feedback_comes() {
+        let p = PublishedEstimate::new(2_000_000.0);
+        let t0 = Instant::now();
+        // Nothing sent: no silence to speak of, however long.
+        assert_eq!(p.target_bps_at(t0 + ms(5000)), 2_000_000);
+        p.note_sent(t0 + ms(10));
+        // Later packets do not restart the clock: the oldest unacknowledged one counts.
+        p.note_sent(t0 + ms(500));
+        assert_eq!(p.target_bps_at(t0 + ms(300)), 2_000_000);
+        let pushed = p.target_bps_at(t0 + ms(1010));
+        assert!((990_000..=1_010_000).contains(&pushed), "{pushed}");
+        let age = p
+            .take_unacknowledged(t0 + ms(1010))
+            .expect("packets were unacknowledged");
+        assert!(age >= ms(999) && age <= ms(1001), "{age:?}");
+        // Feedback came: the estimator's own target stands again.
+        assert_eq!(p.target_bps_at(t0 + ms(1500)), 2_000_000);
+        assert_eq!(p.take_unacknowledged(t0 + ms(1500)), None);
     }
 }

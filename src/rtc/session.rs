@@ -959,7 +959,7 @@ impl Actor {
     /// budget, and the measured round trip and jitter size the receive side's wait for
     /// retransmissions.
     fn steer(&mut self) {
-        let estimate = self.taps.estimate.target_bps();
+        let estimate = self.taps.estimate.target_bps_at(Instant::now());
         if let Some(demand) = &self.video_demand {
             demand.set_budget(video_budget_bps(estimate));
         }
@@ -1041,7 +1041,7 @@ impl Actor {
             stats.send_kbps = stats.bytes_sent.saturating_sub(tx) as f64 * 8.0 / 1000.0 / secs;
         }
         self.last_stats = Some((now, stats.bytes_received, stats.bytes_sent));
-        let estimate = self.taps.estimate.target_bps();
+        let estimate = self.taps.estimate.target_bps_at(now);
         stats.estimate_kbps = estimate as f64 / 1000.0;
         stats.loss_estimated = self.taps.estimate.loss();
         stats.estimator = self.taps.estimate.counters();
