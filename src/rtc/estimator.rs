@@ -23,6 +23,7 @@
 //! machine over reports and `now`, tested without a network.
 
 use super::feedback::LinkFeedback;
+pub use super::published_estimate::MIN_BPS;
 use super::published_estimate::feedback_silence_factor;
 pub use super::published_estimate::{EstimatorCounters, PublishedEstimate};
 use rtc::interceptor::{
@@ -36,7 +37,6 @@ use std::time::{Duration, Instant};
 /// fits a 200 kbit/s uplink's 300 ms queue. Until the first backoff the estimate grows fast
 /// (`GROWTH_START`), so a good link reaches 640x480 in about three seconds.
 pub const INITIAL_BPS: f64 = 300_000.0;
-pub const MIN_BPS: f64 = 60_000.0;
 pub const MAX_BPS: f64 = 3_500_000.0;
 
 const DECREASE_FACTOR: f64 = 0.85;

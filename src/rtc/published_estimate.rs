@@ -6,6 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// The lowest estimate: audio and the smallest video rung still fit.
+pub const MIN_BPS: f64 = 60_000.0;
+
 /// How long sent packets may go unacknowledged before the estimate is pushed back: feedback
 /// comes every 100 ms or so after a round trip, and a full 300 ms queue on the way back adds
 /// its wait; longer than this means the feedback itself is stuck in, or lost to, congestion.
@@ -71,12 +74,15 @@ impl PublishedEstimate {
         self.target_bps.load(Ordering::Relaxed)
     }
     /// The estimate to send at now: `target_bps`, pushed back while what was sent goes
-    /// unacknowledged (see `feedback_silence_factor`).
+    /// unacknowledged (see `feedback_silence_factor`), not below `MIN_BPS`.
     pub fn target_bps_at(&self, now: Instant) -> u64 {
-        let factor = self
-            .unacknowledged_for(now)
-            .map_or(1.0, feedback_silence_factor);
-        (self.target_bps() as f64 * factor) as u64
+        let target = self.target_bps() as f64;
+        match self.unacknowledged_for(now) {
+            Some(silence) => {
+                (target * feedback_silence_factor(silence)).max(MIN_BPS.min(target)) as u64
+            }
+            None => target as u64,
+        }
     }
     fn unacknowledged_for(&self, now: Instant) -> Option<Duration> {
         let since = self
@@ -147,6 +153,8 @@ mod tests {
         assert_eq!(p.target_bps_at(t0 + ms(300)), 2_000_000);
         let pushed = p.target_bps_at(t0 + ms(1010));
         assert!((990_000..=1_010_000).contains(&pushed), "{pushed}");
+        // However long the silence, not below the floor.
+        assert_eq!(p.target_bps_at(t0 + ms(20_000)), MIN_BPS as u64);
         let age = p
             .take_unacknowledged(t0 + ms(1010))
             .expect("packets were unacknowledged");
