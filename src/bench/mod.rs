@@ -84,6 +84,8 @@ pub struct BenchOptions {
     pub link_seed: Option<u64>,
     /// Connections that come and go in the churn section.
     pub churn_connections: usize,
+    /// How long each churn guest stays in the call after its first picture.
+    pub churn_stay: Duration,
 }
 
 /// A child process of this binary with its JSON-lines stdout.
@@ -377,8 +379,9 @@ async fn join_times(opts: &BenchOptions) -> Result<Value, BenchError> {
 const CHURN_WARMUP: usize = 20;
 
 /// Memory of a peer that stays in a room while others come and go, one at a time: each guest
-/// joins, shows the host's first frame (the connection is up and media flowed), leaves, and the
-/// host sees it go. The host's RSS is read from /proc after the warm-up and every 20
+/// joins, shows the host's first frame (the connection is up and media flowed), stays in the
+/// call for `churn_stay` (jitter buffers, retransmission history and transfer state fill, as in
+/// a real visit), leaves, and the host sees it go. The host's RSS is read from /proc after the warm-up and every 20
 /// connections.
 async fn churn(opts: &BenchOptions) -> Result<Value, BenchError> {
     let server = start_server(&opts.exe, &[]).await?;
@@ -411,6 +414,8 @@ async fn churn(opts: &BenchOptions) -> Result<Value, BenchError> {
             &name,
         )?;
         guest.event(Duration::from_secs(15), "first_frame").await?;
+        // The visit itself: a call of this length, not a wait for anything.
+        tokio::time::sleep(opts.churn_stay).await;
         guest.finish().await?;
         host.event(Duration::from_secs(15), "peer_left").await?;
         let done = i + 1;
@@ -429,8 +434,9 @@ async fn churn(opts: &BenchOptions) -> Result<Value, BenchError> {
     let growth = |from: Option<f64>| from.zip(at_end).map(|(a, b)| round1(b - a));
     let after = opts.churn_connections.saturating_sub(CHURN_WARMUP);
     Ok(json!({
-        "what": format!("RSS of a headless peer that stays in a room while {} others join one at a time, exchange video until the newcomer shows the host's first frame, and leave; read from /proc", opts.churn_connections),
+        "what": format!("RSS of a headless peer that stays in a room while {} others join one at a time, exchange video until the newcomer shows the host's first frame, stay {} ms more, and leave; read from /proc", opts.churn_connections, opts.churn_stay.as_millis()),
         "connections": opts.churn_connections,
+        "stay_after_first_frame_ms": opts.churn_stay.as_millis() as u64,
         "seconds": round1(seconds),
         "rss_mb_at_start": at_start,
         "rss_mb_after_warmup": after_warmup,
