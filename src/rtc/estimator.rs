@@ -209,13 +209,14 @@ impl QueueDelay {
 
 pub struct HuddleEstimator {
     queue: QueueDelay,
-    /// Groups the reports into send bursts (its Kalman estimate is not used: see
-    /// `DelayTrendline`).
+    /// Groups the reports into send bursts, and keeps the Kalman estimate of the delay between
+    /// them that `detector` judges.
     slope: SlopeEstimator,
     trendline: DelayTrendline,
     /// Overuse by the `rtc` crate's Kalman estimate of the group delay: coarse (it misses a
-    /// queue growing slowly) but blind to a lone keyframe's burst. Rules away from a known
-    /// ceiling, where the estimate climbs fast and ladder switches send large keyframes.
+    /// queue growing slowly) and, smoothed as it is, little moved by a lone keyframe's burst
+    /// (the trendline backed off on those). Rules away from a known ceiling, where the
+    /// estimate climbs fast and ladder switches send large keyframes.
     detector: OveruseDetector,
     /// Overuse by the trendline: rules near a known ceiling, where the estimate probes a few
     /// percent past the capacity and the queue grows slowly.

@@ -9,14 +9,15 @@ use std::time::{Duration, Instant};
 /// The lowest estimate: audio and the smallest video rung still fit.
 pub const MIN_BPS: f64 = 60_000.0;
 
-/// How long sent packets may go unacknowledged before the estimate is pushed back: feedback
-/// comes every 100 ms or so after a round trip, and a full 300 ms queue on the way back adds
-/// its wait; longer than this means the feedback itself is stuck in, or lost to, congestion.
+/// How long feedback may stay away while we send before the estimate is pushed back. The clock
+/// starts at the first packet sent after the last feedback arrived, so it measures the gap
+/// between feedback arrivals (about 100 ms), not the round trip: a lost feedback packet doubles
+/// it, and 600 ms means several in a row are stuck in, or lost to, congestion.
 const FEEDBACK_SILENCE_GRACE: Duration = Duration::from_millis(600);
 /// Past the grace, the estimate halves every this long while the silence lasts.
 const FEEDBACK_SILENCE_HALVING: Duration = Duration::from_millis(400);
 
-/// The share of the estimate to use when the oldest unacknowledged packet is `silence` old.
+/// The share of the estimate to use when no feedback has come for `silence` while we sent.
 /// When both directions of a path lose capacity at once (a shared uplink that drops), each
 /// side's congestion feedback is queued behind, and mostly dropped with, the other side's
 /// overflowing media: measured on the `capacity-drop` link, no feedback at all arrived for
