@@ -380,9 +380,9 @@ const CHURN_WARMUP: usize = 20;
 
 /// Memory of a peer that stays in a room while others come and go, one at a time: each guest
 /// joins, shows the host's first frame (the connection is up and media flowed), stays in the
-/// call for `churn_stay` (jitter buffers, retransmission history and transfer state fill, as in
-/// a real visit), leaves, and the host sees it go. The host's RSS is read from /proc after the warm-up and every 20
-/// connections.
+/// call for `churn_stay` (jitter buffers and retransmission history fill, as in a real visit),
+/// leaves, and the host sees it go. The host's RSS is read from /proc after the warm-up and
+/// every 20 connections.
 async fn churn(opts: &BenchOptions) -> Result<Value, BenchError> {
     let server = start_server(&opts.exe, &[]).await?;
     let mut host = Proc::spawn(

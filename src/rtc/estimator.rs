@@ -52,6 +52,8 @@ const NEAR_CEILING_GROWTH_BPS: f64 = 80_000.0;
 /// per second (at most the figure above): probing faster past a drop-tail bottleneck fills its
 /// queue again.
 const NEAR_CEILING_GROWTH_SHARE: f64 = 0.15;
+/// The estimate counts as near a known ceiling above this share of it.
+const NEAR_CEILING: f64 = 0.85;
 /// What arrives at the far end, as a share of the last ceiling, from which growth slows to
 /// `AT_CEILING_GROWTH_SHARE` per second; and above which the ceiling is taken as gone. Judged
 /// on what arrives, not on the estimate: the estimate runs about a third above what is sent
@@ -340,9 +342,8 @@ impl HuddleEstimator {
                         self.ceiling_passed_once = true;
                     }
                 }
-                let near_ceiling = self.ceiling.is_some_and(|c| self.target > c * 0.85);
                 let before = self.target;
-                self.target = if let Some(c) = self.ceiling.filter(|_| near_ceiling) {
+                self.target = if let Some(c) = self.near_ceiling() {
                     // Slowly near a known limit: overshooting it fills the bottleneck's queue.
                     // Slower still once what arrives is at the limit: from there every bit of
                     // growth goes into the queue until the delay signal catches it.
@@ -379,6 +380,12 @@ impl HuddleEstimator {
             }
             RateControlState::Increase => {}
         }
+    }
+
+    /// The ceiling, when the estimate is close enough to it (above 0.85 of it) that growth
+    /// slows and the trendline judges overuse.
+    fn near_ceiling(&self) -> Option<f64> {
+        self.ceiling.filter(|c| self.target > c * NEAR_CEILING)
     }
 
     /// The rate delivered under a standing queue, if read within `age`.
@@ -479,8 +486,7 @@ impl BandwidthEstimator for HuddleEstimator {
                 self.last_change = Some(now);
             }
         }
-        // Near a known ceiling (the same test the rate control's slow growth uses).
-        let probing_ceiling = self.ceiling.is_some_and(|c| self.target > c * 0.85);
+        let probing_ceiling = self.near_ceiling().is_some();
         let mut usage = if probing_ceiling {
             self.trend_detector.usage()
         } else {

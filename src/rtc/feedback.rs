@@ -10,7 +10,8 @@
 //!   everything it missed, and answering all of it would feed the very congestion that lost it.
 //!   It also sends a packet again only once a round trip has passed since its last
 //!   retransmission: the far end repeats its NACK every few tens of milliseconds until the hole
-//!   fills, and answering each repeat would send three copies where one was in flight.
+//!   fills, and answering each repeat would send three copies where one was in flight. It also
+//!   tells the published estimate when RTP goes out, for its feedback-silence clock.
 //!
 //! Both write into a shared `LinkFeedback` the session reads once per tick.
 
@@ -313,13 +314,13 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RetransmissionGate {
     }
 
     fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        let now = Instant::now();
         if let Packet::Rtp(_) = &msg.message.packet {
-            self.estimate.note_sent(Instant::now());
+            self.estimate.note_sent(now);
         }
         if let Packet::Rtp(rtp) = &msg.message.packet
             && msg.message.has(&Attribute::Retransmission)
         {
-            let now = Instant::now();
             let Ok(mut state) = self.state.lock() else {
                 self.write.push_back(msg);
                 return Ok(());
