@@ -157,6 +157,8 @@ fn network_json(n: &crate::engine::PeerStats) -> serde_json::Value {
         "nacked_by_peer": n.nacked_by_peer, "retransmissions_sent": n.retransmissions_sent,
         "retransmissions_withheld": n.retransmissions_withheld,
         "retransmissions_repeat_skipped": n.retransmissions_repeat_skipped,
+        "retransmission_copies_sent": n.retransmission_copies_sent,
+        "retransmission_copies_withheld": n.retransmission_copies_withheld,
         "dtls_handshake_copies_sent": n.dtls_handshake_copies_sent,
         "video_packets_abandoned": n.video_packets_abandoned,
         "video_frames_assembled": n.video_frames_assembled,

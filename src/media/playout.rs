@@ -21,7 +21,18 @@
 //! nothing is late. So for its first seconds the clock also grows, a little per frame (the
 //! pictures slow down slightly instead of stopping), towards a prior: how late a frame that
 //! needs one retransmission would be on this path (a round trip and the NACK tick). On a path
-//! that loses nothing, that delay drains away once the start is over.
+//! that repairs nothing in its first seconds (`QUIET_START`), that delay then drains away; on
+//! one that does, it holds for `START_PHASE`.
+//!
+//! Losses on a lossy path come every second or few, not every two seconds like clockwork: with
+//! only the two-second window, the delay drained between them and the next retransmitted frame
+//! froze the picture (the `4g` benchmark, 1 % loss, 150 ms round trip). So frames the network
+//! delivered only after a hole was repaired (`schedule`'s `repaired`) are remembered for
+//! `REPAIR_MEMORY`, like libwebrtc's jitter delay that adds a round trip once NACKs have been
+//! seen. What they add is capped at a little over one retransmission on the path at its
+//! quietest (`note_retransmission_lateness`): retransmissions stuck behind a congested queue
+//! are that queue's doing, and holding their lateness for long would keep latency high after
+//! the queue has gone.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -38,11 +49,24 @@ const LOCAL_BASE_MS: f64 = 250.0;
 pub const MAX_DELAY: Duration = Duration::from_millis(300);
 /// How fast the delay comes down once less is needed (fraction of the excess per second).
 const SHRINK_PER_SECOND: f64 = 1.0;
-/// How long after the first picture the start prior holds.
-const START_PHASE: Duration = Duration::from_secs(2);
+/// How long the lateness of a repaired frame (one retransmission) is covered.
+const REPAIR_MEMORY: Duration = Duration::from_secs(15);
+/// What repaired frames keep in the delay is at most this many times the path's quietest
+/// retransmission lateness (jitter comes on top of the round trip).
+const REPAIR_CAP_FACTOR: f64 = 1.3;
+/// How long after the first picture the start prior holds on a path that has repaired a frame
+/// in its first `QUIET_START`: as long as a repaired frame is remembered, since losses so far
+/// say more will come. (Two seconds froze the picture at the first losses 3–5 s into calls on
+/// the `4g` link.)
+const START_PHASE: Duration = REPAIR_MEMORY;
+/// A path that repaired nothing in this long after the first picture has shown it loses
+/// little: the start prior drains away then instead of adding a round trip to the latency
+/// for `START_PHASE` (which kept latency over 300 ms for 4.4 s after a capacity drop 10 s
+/// into a call on a path that had lost nothing before it).
+const QUIET_START: Duration = Duration::from_secs(3);
 /// How much the delay grows per picture towards the start prior: each picture comes at most
 /// this much after its slot's interval, far below what reads as a freeze.
-const PRIOR_STEP_MS: f64 = 12.0;
+const PRIOR_STEP_MS: f64 = 40.0;
 const RTP_CLOCK: f64 = 90_000.0;
 
 struct Lateness {
@@ -62,8 +86,15 @@ pub struct VideoPlayout {
     lateness: VecDeque<Lateness>,
     delay_ms: f64,
     last_update: Option<Instant>,
-    /// See `set_start_prior` (ms).
+    /// See `note_retransmission_lateness` (ms).
     start_prior_ms: f64,
+    /// The smallest retransmission lateness noted (ms): the path at its quietest.
+    quietest_repair_ms: Option<f64>,
+    /// Repaired frames of the last `REPAIR_MEMORY`: arrival and lateness against the local
+    /// base (ms), newest last.
+    repairs: VecDeque<(Instant, f64)>,
+    /// A frame was repaired within `QUIET_START` of the first picture.
+    repaired_early: bool,
 }
 
 impl Default for VideoPlayout {
@@ -80,14 +111,22 @@ impl VideoPlayout {
             delay_ms: 0.0,
             last_update: None,
             start_prior_ms: 0.0,
+            quietest_repair_ms: None,
+            repairs: VecDeque::new(),
+            repaired_early: false,
         }
     }
 
-    /// How late a frame held up by one retransmission arrives on this path; for the first
-    /// seconds of the stream the delay works up to it (capped at `MAX_DELAY`).
-    pub fn set_start_prior(&mut self, lateness: Duration) {
-        self.start_prior_ms =
-            (lateness.as_secs_f64() * 1000.0).min(MAX_DELAY.as_secs_f64() * 1000.0);
+    /// How late a frame held up by one retransmission arrives on this path now (a round trip
+    /// and the NACK tick). For the first seconds of the stream the delay works up to it (capped
+    /// at `MAX_DELAY`); the smallest value seen caps what repaired frames keep in the delay.
+    pub fn note_retransmission_lateness(&mut self, lateness: Duration) {
+        let lateness_ms = (lateness.as_secs_f64() * 1000.0).min(MAX_DELAY.as_secs_f64() * 1000.0);
+        self.start_prior_ms = lateness_ms;
+        self.quietest_repair_ms = Some(
+            self.quietest_repair_ms
+                .map_or(lateness_ms, |q| q.min(lateness_ms)),
+        );
     }
 
     /// The delay added now on top of the earliest possible time.
@@ -95,8 +134,9 @@ impl VideoPlayout {
         Duration::from_secs_f64(self.delay_ms / 1000.0)
     }
 
-    /// When to show a frame with RTP timestamp `ts` whose last packet arrived at `arrived`.
-    pub fn schedule(&mut self, ts: u32, arrived: Instant) -> Instant {
+    /// When to show a frame with RTP timestamp `ts` whose last packet arrived at `arrived`;
+    /// `repaired` when the frame waited for a hole in its packets to be filled.
+    pub fn schedule(&mut self, ts: u32, arrived: Instant, repaired: bool) -> Instant {
         let (ref_ts, ref_at) = *self.reference.get_or_insert((ts, arrived));
         let offset_ms = ts.wrapping_sub(ref_ts) as i32 as f64 * 1000.0 / RTP_CLOCK;
         // Where this frame would be on the reference's clock; a jump of minutes means the
@@ -104,6 +144,8 @@ impl VideoPlayout {
         if offset_ms.abs() > 60_000.0 {
             self.reference = Some((ts, arrived));
             self.lateness.clear();
+            self.repairs.clear();
+            self.repaired_early = false;
             return arrived;
         }
         let arrived_ms = arrived.saturating_duration_since(ref_at).as_secs_f64() * 1000.0
@@ -115,12 +157,23 @@ impl VideoPlayout {
             .filter(|l| l.offset_ms <= offset_ms && l.offset_ms >= offset_ms - LOCAL_BASE_MS)
             .map(|l| l.late_ms)
             .fold(late_ms, f64::min);
+        let jitter_ms = late_ms - local_earliest;
         self.lateness.push_back(Lateness {
             arrived,
             offset_ms,
             late_ms,
-            jitter_ms: late_ms - local_earliest,
+            jitter_ms,
         });
+        if repaired {
+            self.repairs.push_back((arrived, jitter_ms));
+        }
+        while self
+            .repairs
+            .front()
+            .is_some_and(|(at, _)| arrived.saturating_duration_since(*at) > REPAIR_MEMORY)
+        {
+            self.repairs.pop_front();
+        }
         while self
             .lateness
             .front()
@@ -139,13 +192,25 @@ impl VideoPlayout {
             .iter()
             .map(|l| l.jitter_ms)
             .fold(0.0, f64::max);
-        let needed = jitter.min(MAX_DELAY.as_secs_f64() * 1000.0);
+        let repair = match self.quietest_repair_ms {
+            Some(quietest) => self
+                .repairs
+                .iter()
+                .map(|(_, j)| *j)
+                .fold(0.0, f64::max)
+                .min(quietest * REPAIR_CAP_FACTOR),
+            None => 0.0,
+        };
+        let needed = jitter.max(repair).min(MAX_DELAY.as_secs_f64() * 1000.0);
         let first_picture = self.last_update.is_none();
         let elapsed = self
             .last_update
             .map_or(0.0, |t| arrived.saturating_duration_since(t).as_secs_f64());
         self.last_update = Some(arrived);
-        let starting = arrived.saturating_duration_since(ref_at) < START_PHASE;
+        let since_start = arrived.saturating_duration_since(ref_at);
+        self.repaired_early |= repaired && since_start < QUIET_START;
+        let starting =
+            since_start < QUIET_START || (self.repaired_early && since_start < START_PHASE);
         let floor = if starting { self.start_prior_ms } else { 0.0 };
         if needed >= self.delay_ms && needed >= floor {
             self.delay_ms = needed;
@@ -186,7 +251,7 @@ mod tests {
         let mut p = VideoPlayout::new();
         for i in 0..100u32 {
             let arrived = t0 + ms(i as f64 * 1000.0 / 30.0);
-            let show = p.schedule(i * FRAME_TS, arrived);
+            let show = p.schedule(i * FRAME_TS, arrived, false);
             assert!(show.duration_since(arrived) < ms(1.0), "frame {i}");
         }
     }
@@ -205,7 +270,7 @@ mod tests {
                 12 => 34.0,
                 _ => 0.0,
             };
-            shown.push(p.schedule(i * FRAME_TS, t0 + ms(on_time + late)));
+            shown.push(p.schedule(i * FRAME_TS, t0 + ms(on_time + late), i % 30 == 10));
         }
         // Once the delay has adapted (after the first late frame), pictures are shown evenly.
         let gaps: Vec<f64> = shown[60..]
@@ -229,7 +294,7 @@ mod tests {
         let mut shown = Vec::new();
         for i in 0..180u32 {
             if let Some(prior) = prior {
-                p.set_start_prior(prior);
+                p.note_retransmission_lateness(prior);
             }
             let on_time = i as f64 * 1000.0 / 30.0;
             let late = match i {
@@ -238,7 +303,7 @@ mod tests {
                 22 => 114.0,
                 _ => 0.0,
             };
-            let show = p.schedule(i * FRAME_TS, t0 + ms(on_time + late));
+            let show = p.schedule(i * FRAME_TS, t0 + ms(on_time + late), i == 20);
             shown.push(show.duration_since(t0).as_secs_f64() * 1000.0);
         }
         (shown, p)
@@ -266,19 +331,75 @@ mod tests {
             );
         }
         assert!(largest_gap(&with) < 100.0, "{}", largest_gap(&with));
-        // A path that then loses nothing drains the delay after the start (6 s here).
+        // The repaired frame is remembered: 5 s later the delay still covers it.
+        assert!(p.delay() >= ms(175.0), "{:?}", p.delay());
+    }
+
+    /// Frames on a 150 ms path (retransmission lateness 170 ms at its quietest): frame 20
+    /// waits for a retransmission `late` ms; returns the delay after 10 s and after 20 s.
+    fn delay_after_one_repair(late: f64) -> (Duration, Duration) {
+        let t0 = Instant::now();
+        let mut p = VideoPlayout::new();
+        let mut at_10s = Duration::ZERO;
+        for i in 0..600u32 {
+            p.note_retransmission_lateness(ms(170.0));
+            let on_time = i as f64 * 1000.0 / 30.0;
+            let late = if i == 20 { late } else { 0.0 };
+            p.schedule(i * FRAME_TS, t0 + ms(on_time + late), i == 20);
+            if i == 300 {
+                at_10s = p.delay();
+            }
+        }
+        (at_10s, p.delay())
+    }
+
+    #[test]
+    fn a_repaired_frame_is_covered_until_the_repair_memory_ends() {
+        // Losses on a 1 % path come seconds apart: the delay keeps covering a retransmission
+        // well past the two-second window, then drains on a path that stopped losing.
+        let (at_10s, at_20s) = delay_after_one_repair(180.0);
+        assert!(at_10s >= ms(179.0), "{at_10s:?}");
+        assert!(at_20s < ms(20.0), "{at_20s:?}");
+    }
+
+    #[test]
+    fn a_path_that_repairs_nothing_at_first_drops_the_prior_soon_after() {
+        let t0 = Instant::now();
+        let mut p = VideoPlayout::new();
+        let mut at_2s = Duration::ZERO;
+        for i in 0..210u32 {
+            p.note_retransmission_lateness(ms(170.0));
+            p.schedule(i * FRAME_TS, t0 + ms(i as f64 * 1000.0 / 30.0), false);
+            if i == 60 {
+                at_2s = p.delay();
+            }
+        }
+        // The prior held while the path had not shown itself yet, then drained.
+        assert!(at_2s >= ms(169.0), "{at_2s:?}");
         assert!(p.delay() < ms(20.0), "{:?}", p.delay());
+    }
+
+    #[test]
+    fn a_retransmission_stuck_behind_a_queue_is_not_held_for_long() {
+        // 290 ms late (a congested queue on the way): after the window only what one
+        // retransmission takes on the quiet path stays, 1.3 x 170 ms.
+        let (at_10s, _) = delay_after_one_repair(290.0);
+        assert!(at_10s <= ms(222.0) && at_10s >= ms(215.0), "{at_10s:?}");
     }
 
     #[test]
     fn the_delay_shrinks_when_the_path_calms_down_and_stays_bounded() {
         let t0 = Instant::now();
         let mut p = VideoPlayout::new();
-        p.schedule(0, t0);
-        p.schedule(FRAME_TS, t0 + ms(33.3 + 900.0));
+        p.schedule(0, t0, false);
+        p.schedule(FRAME_TS, t0 + ms(33.3 + 900.0), false);
         assert_eq!(p.delay(), MAX_DELAY);
         for i in 2..500u32 {
-            p.schedule(i * FRAME_TS, t0 + ms(i as f64 * 1000.0 / 30.0 + 900.0));
+            p.schedule(
+                i * FRAME_TS,
+                t0 + ms(i as f64 * 1000.0 / 30.0 + 900.0),
+                false,
+            );
         }
         // Everything is equally late now: nothing to cover, and the old spike has aged out.
         assert!(p.delay() < ms(20.0), "{:?}", p.delay());
@@ -296,6 +417,7 @@ mod tests {
             p.schedule(
                 i * FRAME_TS,
                 t0 + ms(i as f64 * 1000.0 / 30.0 + late.min(300.0)),
+                false,
             );
         }
         assert!(p.delay() < ms(30.0), "{:?}", p.delay());
@@ -316,7 +438,7 @@ mod tests {
                 _ => 50.0,
             };
             let arrived = t0 + ms(i as f64 * 1000.0 / 30.0 + late);
-            let show = p.schedule(i * FRAME_TS, arrived);
+            let show = p.schedule(i * FRAME_TS, arrived, false);
             if i >= 432 {
                 held.push(show.duration_since(arrived).as_secs_f64() * 1000.0);
             }

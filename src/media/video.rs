@@ -332,9 +332,11 @@ pub struct AccessUnit {
     pub received_at: Instant,
     /// RTP timestamp (90 kHz): the capture rhythm the playout clock follows.
     pub rtp_timestamp: u32,
-    /// How late a frame that needs a retransmission arrives on this path, when measured: the
-    /// playout clock starts with that much delay (see `VideoPlayout::set_start_prior`).
+    /// How late a frame that needs a retransmission arrives on this path, when measured (see
+    /// `VideoPlayout::note_retransmission_lateness`).
     pub retransmission_lateness: Option<Duration>,
+    /// The frame waited for a hole in its packets to be filled (a retransmission).
+    pub repaired: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -542,9 +544,9 @@ fn decoder_loop(
             Ok(true) => {
                 // Hold the picture until its slot in the capture rhythm (see `playout`).
                 if let Some(lateness) = unit.retransmission_lateness {
-                    playout.set_start_prior(lateness);
+                    playout.note_retransmission_lateness(lateness);
                 }
-                let show_at = playout.schedule(unit.rtp_timestamp, unit.received_at);
+                let show_at = playout.schedule(unit.rtp_timestamp, unit.received_at, unit.repaired);
                 let wait = show_at.saturating_duration_since(Instant::now());
                 if !wait.is_zero() {
                     std::thread::sleep(wait);

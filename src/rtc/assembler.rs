@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Assembled {
-    /// Payloads of one frame, in sequence order.
+    /// Payloads of one frame, in sequence order; `repaired` when it waited for a hole in its
+    /// packets to be filled (a retransmission, or a packet overtaken on the way).
     Frame {
         timestamp: u32,
         payloads: Vec<Bytes>,
+        repaired: bool,
     },
     /// Packets were lost; what follows may not decode until the next keyframe.
     Lost { packets: u64 },
@@ -161,11 +163,12 @@ impl FrameAssembler {
                         .map(|p| p.payload)
                         .collect();
                     self.next_start = Some(seq + 1);
-                    self.gap_since = None;
+                    let repaired = self.gap_since.take().is_some();
                     self.stats.frames += 1;
                     return Some(Assembled::Frame {
                         timestamp,
                         payloads,
+                        repaired,
                     });
                 }
                 seq += 1;
@@ -217,6 +220,16 @@ mod tests {
         Assembled::Frame {
             timestamp: ts,
             payloads: ns.iter().map(|n| pkt(*n)).collect(),
+            repaired: false,
+        }
+    }
+
+    /// A frame that waited for a hole to be filled.
+    fn repaired(ts: u32, ns: &[u8]) -> Assembled {
+        Assembled::Frame {
+            timestamp: ts,
+            payloads: ns.iter().map(|n| pkt(*n)).collect(),
+            repaired: true,
         }
     }
 
@@ -251,10 +264,11 @@ mod tests {
         assert!(a.push(5, 18, true, pkt(5), ms(t, 33)).is_empty());
         assert!(a.push(6, 27, true, pkt(6), ms(t, 66)).is_empty());
         assert!(a.poll(ms(t, 150)).is_empty());
-        // The retransmission arrives after 120 ms: everything waiting comes out, in order.
+        // The retransmission arrives after 120 ms: everything waiting comes out, in order; the
+        // frame that waited is marked repaired (the playout clock remembers its lateness).
         assert_eq!(
             a.push(3, 9, false, pkt(3), ms(t, 121)),
-            vec![frame(9, &[2, 3, 4]), frame(18, &[5]), frame(27, &[6])]
+            vec![repaired(9, &[2, 3, 4]), frame(18, &[5]), frame(27, &[6])]
         );
         assert_eq!(a.stats().recovered, 1);
         assert_eq!(a.deadline(), None);

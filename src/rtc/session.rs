@@ -134,6 +134,9 @@ pub struct PeerStats {
     pub retransmissions_withheld: u64,
     /// NACK repeats not answered because our retransmission of that packet was still in flight.
     pub retransmissions_repeat_skipped: u64,
+    /// Second copies of our retransmissions sent on a long path, and those the budget held back.
+    pub retransmission_copies_sent: u64,
+    pub retransmission_copies_withheld: u64,
     /// Extra copies of DTLS handshake datagrams sent (`handshake_copies`).
     pub dtls_handshake_copies_sent: u64,
     /// NACK packets we sent, and holes in the peer's video that a late packet filled.
@@ -1058,6 +1061,8 @@ impl Actor {
             stats.retransmissions_sent = feedback.retransmissions_sent;
             stats.retransmissions_withheld = feedback.retransmissions_withheld;
             stats.retransmissions_repeat_skipped = feedback.retransmissions_repeat_skipped;
+            stats.retransmission_copies_sent = feedback.retransmission_copies_sent;
+            stats.retransmission_copies_withheld = feedback.retransmission_copies_withheld;
             stats.keyframe_requests_received = feedback.keyframe_requests;
         }
         if let Ok(assembler) = self.receive.assembler.lock() {
@@ -1285,6 +1290,7 @@ async fn receive_video(
                 Assembled::Frame {
                     payloads,
                     timestamp,
+                    repaired,
                 } => {
                     let mut unit = BytesMut::new();
                     let mut broken = false;
@@ -1323,6 +1329,7 @@ async fn receive_video(
                         rtp_timestamp: timestamp,
                         retransmission_lateness: (lateness > 0)
                             .then(|| Duration::from_micros(lateness)),
+                        repaired,
                     });
                 }
                 Assembled::Lost { .. } => {
