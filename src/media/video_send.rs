@@ -39,7 +39,8 @@ pub struct EncoderStats {
 
 /// Encoded frames queued for one peer's connection before older ones are dropped.
 const PEER_QUEUE: usize = 4;
-/// Forced keyframes per encoding at most this often (PLI storms, many peers joining).
+/// Forced keyframes per encoding at most this often (PLI storms, many peers joining), plus the
+/// time the last one takes to leave at the encoding's bitrate (see `keyframe_hold`).
 const KEYFRAME_MIN_INTERVAL: Duration = Duration::from_millis(300);
 /// An encoder nobody has used for this long is dropped.
 const IDLE_ENCODER: Duration = Duration::from_secs(3);
@@ -143,8 +144,18 @@ struct Encoding {
     encoder: H264Encoder,
     fps: u32,
     next_due_us: u64,
-    last_keyframe: Option<Instant>,
+    /// When the last forced keyframe was sent, and how long until the next may be forced.
+    last_keyframe: Option<(Instant, Duration)>,
     last_used: Instant,
+}
+
+/// How long after a forced keyframe of `bytes` at `bitrate_bps` another may be forced: the
+/// far end asks again (its PLI repeats) while the first is still on its way, and on a slow link
+/// a keyframe takes most of a second to get through: forcing one per request there kept the
+/// bottleneck full of keyframes (eight in 2.5 s after a drop to 300 kbit/s, no picture shown).
+fn keyframe_hold(bytes: usize, bitrate_bps: u32) -> Duration {
+    let sending = Duration::from_secs_f64(bytes as f64 * 8.0 / bitrate_bps.max(10_000) as f64);
+    KEYFRAME_MIN_INTERVAL + sending.min(Duration::from_secs(2))
 }
 
 pub(crate) struct EncoderThread {
@@ -301,7 +312,7 @@ impl EncoderThread {
             .any(|(d, _)| d.keyframe.load(Ordering::Relaxed));
         let allowed = enc
             .last_keyframe
-            .is_none_or(|t| now.duration_since(t) >= KEYFRAME_MIN_INTERVAL);
+            .is_none_or(|(at, hold)| now.duration_since(at) >= hold);
         let force = wanted && allowed;
         let input = if size == (frame.width, frame.height) {
             frame
@@ -331,7 +342,8 @@ impl EncoderThread {
                     // Only forced keyframes count against the limit: a new encoder's first
                     // frame must not delay the keyframe a peer that just connected asks for.
                     if force {
-                        enc.last_keyframe = Some(now);
+                        let hold = keyframe_hold(out.data.len(), enc.encoder.bitrate());
+                        enc.last_keyframe = Some((now, hold));
                     }
                     for (d, _) in &group.members {
                         d.keyframe.store(false, Ordering::Relaxed);
@@ -363,4 +375,23 @@ impl EncoderThread {
 struct Group {
     target: VideoTarget,
     members: Vec<(Arc<VideoDemand>, mpsc::Sender<Arc<EncodedVideo>>)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_keyframe_holds_the_next_for_as_long_as_it_takes_to_send() {
+        // 60 kB at 1.5 Mbit/s leaves in 320 ms; 10 kB at 120 kbit/s needs 667 ms.
+        let fast = keyframe_hold(60_000, 1_500_000);
+        assert!(fast >= Duration::from_millis(619) && fast <= Duration::from_millis(621));
+        let slow = keyframe_hold(10_000, 120_000);
+        assert!(slow >= Duration::from_millis(966) && slow <= Duration::from_millis(968));
+        // Bounded whatever the figures say.
+        assert_eq!(
+            keyframe_hold(10_000_000, 0),
+            KEYFRAME_MIN_INTERVAL + Duration::from_secs(2)
+        );
+    }
 }
