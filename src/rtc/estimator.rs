@@ -82,6 +82,10 @@ const LOSS_MIN_PACKETS: usize = 20;
 /// share in a report younger than `LOSS_REPORT_MAX_AGE`. Otherwise the heavy loss our feedback
 /// shows may be lost feedback, not lost media, and only holds the rate.
 const LOSS_REPORT_CONFIRMS: f64 = 0.10;
+/// The same for a hold: on a 5 % path our figure read 13-28 % through the first seconds of a
+/// call (lost feedback again) while the reports said 0-1.5 %, and the hold kept the picture at
+/// 480x360 for 5 s.
+const LOSS_REPORT_CONFIRMS_HOLD: f64 = 0.05;
 const LOSS_REPORT_MAX_AGE: Duration = Duration::from_secs(3);
 
 /// Queuing delay from one-way delays: each packet's (arrival − departure) against the smallest
@@ -415,7 +419,7 @@ impl HuddleEstimator {
             return;
         }
         self.loss_avg = lost as f64 / total as f64;
-        if self.loss_avg < LOSS_HOLD {
+        if self.loss_avg < LOSS_HOLD || !self.reports_confirm_loss(now, LOSS_REPORT_CONFIRMS_HOLD) {
             self.loss_cap = None;
         } else if self.loss_avg < LOSS_CUT {
             self.loss_cap.get_or_insert(self.target);
@@ -425,7 +429,7 @@ impl HuddleEstimator {
             if backed_off {
                 return;
             }
-            if !self.reports_confirm_heavy_loss(now) {
+            if !self.reports_confirm_loss(now, LOSS_REPORT_CONFIRMS) {
                 self.loss_cap.get_or_insert(self.target);
                 return;
             }
@@ -446,8 +450,9 @@ impl HuddleEstimator {
     /// overstates: at a call's start on a 5 % path one lost feedback packet read as 50 % loss,
     /// and the cut kept the picture at 320x240 for seconds. So with reports wired, only a recent
     /// report of real loss confirms a cut (until the first report, nothing does); without them
-    /// (tests of the estimator alone) our own figure stands.
-    fn reports_confirm_heavy_loss(&self, now: Instant) -> bool {
+    /// (tests of the estimator alone) our own figure stands. `at_least`: the share of packets
+    /// a report must say were lost.
+    fn reports_confirm_loss(&self, now: Instant, at_least: f64) -> bool {
         let Some(reports) = &self.reports else {
             return true;
         };
@@ -455,7 +460,7 @@ impl HuddleEstimator {
             return true;
         };
         state.last_loss_report.is_some_and(|(at, lost)| {
-            now.saturating_duration_since(at) <= LOSS_REPORT_MAX_AGE && lost >= LOSS_REPORT_CONFIRMS
+            now.saturating_duration_since(at) <= LOSS_REPORT_MAX_AGE && lost >= at_least
         })
     }
 
@@ -790,6 +795,31 @@ mod tests {
             "{}",
             est.target_bitrate()
         );
+    }
+
+    /// The target after 4 s of a 20 % loss in our feedback, with the far end reporting
+    /// `reported` loss.
+    fn climb_under_feedback_loss(reported: f64) -> f64 {
+        let reports = LinkFeedback::default();
+        let mut est =
+            HuddleEstimator::new(PublishedEstimate::new(INITIAL_BPS), Some(reports.clone()));
+        let mut path = Path::new();
+        for _ in 0..8 {
+            reports.lock().unwrap().last_loss_report = Some((path.start + path.sent_at, reported));
+            path.run(&mut est, Duration::from_millis(500), 10_000_000.0, 0.2);
+        }
+        est.target_bitrate()
+    }
+
+    #[test]
+    fn loss_only_our_feedback_shows_does_not_hold_the_climb() {
+        // A 5 % path at a call's start: our feedback reads 13-28 %, the reports 0-1.5 %.
+        let climbed = climb_under_feedback_loss(0.01);
+        assert!(climbed > INITIAL_BPS * 2.0, "{climbed}");
+        // Loss the far end reports too holds the rate (after the first fraction of a second,
+        // before the loss window has enough packets to judge).
+        let held = climb_under_feedback_loss(0.2);
+        assert!(held < climbed / 2.0, "{held} against {climbed}");
     }
 
     fn published_backoffs(est: &HuddleEstimator) -> u64 {
