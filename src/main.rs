@@ -64,7 +64,7 @@ struct TokenArgs {
 #[derive(Args)]
 struct BenchArgs {
     /// Sections to run, comma-separated: join, video, audio, mesh, transfer, big-transfer,
-    /// signaling, network, churn (default: all).
+    /// signaling, network, churn (default: all of these), and soak (only when named).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// How many joins to time.
@@ -104,6 +104,9 @@ struct BenchArgs {
     /// measurement held each for 2 s).
     #[arg(long, default_value_t = 0)]
     churn_stay_ms: u64,
+    /// Length of the soak section's 1:1 call, in minutes.
+    #[arg(long, default_value_t = 30.0)]
+    soak_minutes: f64,
 }
 
 #[derive(Args)]
@@ -525,6 +528,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         link_seed: args.link_seed,
         churn_connections: args.churn_connections.max(1),
         churn_stay: std::time::Duration::from_millis(args.churn_stay_ms),
+        soak_minutes: args.soak_minutes,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     let report = runtime.block_on(bench::run(options))?;

@@ -4,6 +4,7 @@
 //! JSON summary. Every figure carries its sample count; nothing is estimated.
 
 mod network;
+mod soak;
 
 use crate::procstat;
 use serde_json::{Value, json};
@@ -36,6 +37,8 @@ pub enum Section {
     Signaling,
     Network,
     Churn,
+    /// Opt-in: not in `ALL`.
+    Soak,
 }
 
 impl Section {
@@ -62,6 +65,7 @@ impl Section {
             "signaling" => Section::Signaling,
             "network" => Section::Network,
             "churn" => Section::Churn,
+            "soak" => Section::Soak,
             _ => return None,
         })
     }
@@ -86,6 +90,8 @@ pub struct BenchOptions {
     pub churn_connections: usize,
     /// How long each churn guest stays in the call after its first picture.
     pub churn_stay: Duration,
+    /// Length of the soak section's call.
+    pub soak_minutes: f64,
 }
 
 /// A child process of this binary with its JSON-lines stdout.
@@ -309,6 +315,7 @@ pub async fn run(opts: BenchOptions) -> Result<Value, BenchError> {
             Section::Signaling => signaling(&opts).await,
             Section::Network => network::run(&opts).await,
             Section::Churn => churn(&opts).await,
+            Section::Soak => soak::run(&opts).await,
         };
         let key = format!("{section:?}").to_lowercase();
         let mut value = result.unwrap_or_else(|e| json!({"error": e.to_string()}));
@@ -1019,6 +1026,26 @@ pub fn table(report: &Value) -> String {
                 c["rss_growth_kb_per_connection_after_warmup"]
             ),
         );
+    }
+    if let Some(k) = report.get("soak") {
+        out.push_str(&format!(
+            "Soak ({} min 1:1 call, {} samples, {} missing a figure)\n",
+            k["minutes"], k["samples"], k["samples_missing_a_figure"]
+        ));
+        for (i, p) in k["per_peer"].as_array().into_iter().flatten().enumerate() {
+            line(
+                &mut out,
+                &format!("peer {i}: RSS growth after 60 s / fps mean, lowest / CPU mean, highest"),
+                format!(
+                    "{} MB / {}, {} / {}, {}",
+                    p["rss_growth_mb_after_warmup"],
+                    p["fps_mean"],
+                    p["fps_lowest_interval"],
+                    p["cpu_cores_mean"],
+                    p["cpu_cores_highest_interval"]
+                ),
+            );
+        }
     }
     for key in ["transfer", "bigtransfer"] {
         if let Some(t) = report.get(key) {
