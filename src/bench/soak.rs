@@ -80,13 +80,13 @@ pub(super) async fn run(opts: &BenchOptions) -> Result<Value, BenchError> {
     let mut missing_samples = 0u64;
     while started.elapsed() < length {
         let span_started = Instant::now();
-        if let [a, b] = watched.as_mut_slice() {
-            tokio::try_join!(a.follow(SAMPLE_EVERY), b.follow(SAMPLE_EVERY))?;
-        }
+        let [a, b] = watched.as_mut_slice() else {
+            return Err(fail("soak: expected two peers"));
+        };
+        tokio::try_join!(a.follow(SAMPLE_EVERY), b.follow(SAMPLE_EVERY))?;
         let wall = span_started.elapsed();
         let mut per_peer = Vec::new();
         for w in &mut watched {
-            let frames_before = w.frames_decoded;
             let usage = w.proc.child.id().and_then(|pid| procstat::usage(Some(pid)));
             let cpu = w
                 .usage
@@ -100,7 +100,6 @@ pub(super) async fn run(opts: &BenchOptions) -> Result<Value, BenchError> {
                 "rss_mb": usage.as_ref().map(|u| round1(u.rss_mb)),
                 "cpu_cores": cpu.map(|c| (c * 1000.0).round() / 1000.0),
                 "frames_decoded": w.frames_decoded,
-                "frames_before": frames_before,
             }));
             w.usage = usage;
         }

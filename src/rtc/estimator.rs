@@ -80,7 +80,8 @@ const LOSS_WINDOW: Duration = Duration::from_secs(1);
 const LOSS_MIN_PACKETS: usize = 20;
 /// The far end's reception reports (RFC 3550 fraction lost) confirm a loss cut: at least this
 /// share in a report younger than `LOSS_REPORT_MAX_AGE`. Otherwise the heavy loss our feedback
-/// shows may be lost feedback, not lost media, and only holds the rate.
+/// shows may be lost feedback, not lost media, and at most holds the rate (if a report confirms
+/// `LOSS_REPORT_CONFIRMS_HOLD`).
 const LOSS_REPORT_CONFIRMS: f64 = 0.10;
 /// The same for a hold: on a 5 % path our figure read 13-28 % through the first seconds of a
 /// call (lost feedback again) while the reports said 0-1.5 %, and the hold kept the picture at
@@ -753,7 +754,7 @@ mod tests {
     }
 
     #[test]
-    fn heavy_feedback_loss_the_far_end_does_not_report_only_holds_the_rate() {
+    fn heavy_feedback_loss_the_far_end_does_not_report_does_not_cut_the_rate() {
         let published = PublishedEstimate::new(INITIAL_BPS);
         let reports = LinkFeedback::default();
         let mut est = HuddleEstimator::new(published, Some(reports.clone()));
