@@ -34,6 +34,10 @@ struct Cli {
     /// A PEM certificate to trust for wss:// besides the system's roots (self-hosted servers).
     #[arg(long)]
     trust_cert: Option<std::path::PathBuf>,
+    /// Print what reached the screen once a second as JSON lines on stdout: per remote picture,
+    /// frames decoded, uploaded and painted, and capture stamp → paint latency (benchmarks).
+    #[arg(long)]
+    display_stats: bool,
 }
 
 #[derive(Subcommand)]
@@ -64,7 +68,7 @@ struct TokenArgs {
 #[derive(Args)]
 struct BenchArgs {
     /// Sections to run, comma-separated: join, video, audio, mesh, transfer, big-transfer,
-    /// signaling, network, churn (default: all of these), and soak (only when named).
+    /// signaling, network, churn, app (default: all of these), and soak (only when named).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// How many joins to time.
@@ -290,6 +294,7 @@ fn main() -> anyhow::Result<()> {
                 settings_path: cli.settings,
                 trusted_cert: cli.trust_cert,
                 token: None,
+                display_stats: cli.display_stats,
             };
             if let Some(link) = &cli.link {
                 // A malformed link is a clear message, not a crash.

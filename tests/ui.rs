@@ -242,6 +242,7 @@ fn app_harness(
         speaker_override: Some(Box::new(|| Box::new(NullSink::new()))),
         bind_addrs: vec!["127.0.0.1:0".into()],
         discover_lan: false,
+        read_stamps: false,
     };
     let harness = Harness::builder()
         .with_size([1180.0, 760.0])

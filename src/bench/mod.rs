@@ -3,6 +3,7 @@
 //! their JSON logs and their own CPU and memory accounting, and prints a readable table plus a
 //! JSON summary. Every figure carries its sample count; nothing is estimated.
 
+mod app;
 mod network;
 mod soak;
 
@@ -37,12 +38,14 @@ pub enum Section {
     Signaling,
     Network,
     Churn,
+    /// The desktop app under Xvfb.
+    App,
     /// Opt-in: not in `ALL`.
     Soak,
 }
 
 impl Section {
-    pub const ALL: [Section; 9] = [
+    pub const ALL: [Section; 10] = [
         Section::Join,
         Section::Video,
         Section::Audio,
@@ -52,6 +55,7 @@ impl Section {
         Section::Signaling,
         Section::Network,
         Section::Churn,
+        Section::App,
     ];
 
     pub fn parse(s: &str) -> Option<Section> {
@@ -65,6 +69,7 @@ impl Section {
             "signaling" => Section::Signaling,
             "network" => Section::Network,
             "churn" => Section::Churn,
+            "app" => Section::App,
             "soak" => Section::Soak,
             _ => return None,
         })
@@ -315,6 +320,7 @@ pub async fn run(opts: BenchOptions) -> Result<Value, BenchError> {
             Section::Signaling => signaling(&opts).await,
             Section::Network => network::run(&opts).await,
             Section::Churn => churn(&opts).await,
+            Section::App => app::run(&opts).await,
             Section::Soak => soak::run(&opts).await,
         };
         let key = format!("{section:?}").to_lowercase();
@@ -1025,6 +1031,45 @@ pub fn table(report: &Value) -> String {
                 num(&c["connections"]) - num(&c["warmup_connections"]),
                 c["rss_growth_kb_per_connection_after_warmup"]
             ),
+        );
+    }
+    if let Some(a) = report.get("app") {
+        out.push_str("Desktop app under Xvfb, 1:1 call (see `what` in the JSON)\n");
+        line(
+            &mut out,
+            "CPU (cores) / RSS, peak (MB)",
+            format!("{} / {}, {}", a["cpu_cores"], a["rss_mb"], a["peak_rss_mb"]),
+        );
+        line(
+            &mut out,
+            "passes run / painted per s",
+            format!("{} / {}", a["passes_run_per_s"], a["passes_painted_per_s"]),
+        );
+        line(
+            &mut out,
+            "CPU per painted pass / eframe pass w/o swap (ms)",
+            format!(
+                "{} / {}",
+                a["cpu_ms_per_painted_pass"], a["eframe_pass_cpu_ms_mean_without_swap"]
+            ),
+        );
+        for s in a["streams"].as_array().into_iter().flatten() {
+            line(
+                &mut out,
+                "remote frames decoded / painted per s, never painted",
+                format!(
+                    "{} / {}, {} of {}",
+                    s["decoded_per_s"],
+                    s["painted_per_s"],
+                    s["decoded_never_painted"],
+                    s["decoded"]
+                ),
+            );
+        }
+        line(
+            &mut out,
+            "capture stamp → paint issued (ms)",
+            st(&a["capture_to_paint_latency_ms"]),
         );
     }
     if let Some(k) = report.get("soak") {

@@ -554,7 +554,8 @@ fn decoder_loop(
                 let done_us = now_us();
                 let stamp = output.read_stamps.then(|| read_stamp(buf)).flatten();
                 if let Some(s) = stamp {
-                    buf.capture_us = s.capture_us;
+                    // The stamp carries the time modulo 2^48 µs; the frame says it in full.
+                    buf.capture_us = done_us.saturating_sub(s.age_us(done_us).max(0) as u64);
                 }
                 if let Ok(mut s) = output.stats.lock() {
                     let now = Instant::now();

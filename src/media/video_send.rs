@@ -158,6 +158,20 @@ fn keyframe_hold(bytes: usize, bitrate_bps: u32) -> Duration {
     KEYFRAME_MIN_INTERVAL + sending.min(Duration::from_secs(2))
 }
 
+/// The self-view is drawn at most 260 points wide (`ui::call`); converting and uploading the
+/// camera's full picture for it cost the app as much as a remote picture.
+const SELF_VIEW_MAX_WIDTH: usize = 320;
+
+/// The self-view's size for a camera picture: the same aspect, at most
+/// [`SELF_VIEW_MAX_WIDTH`] wide, even sides (I420).
+fn self_view_size(width: usize, height: usize) -> (usize, usize) {
+    if width <= SELF_VIEW_MAX_WIDTH || width == 0 {
+        return (width, height);
+    }
+    let scaled_height = (height * SELF_VIEW_MAX_WIDTH / width) & !1;
+    (SELF_VIEW_MAX_WIDTH, scaled_height.max(2))
+}
+
 pub(crate) struct EncoderThread {
     pub frames: Arc<LatestSlot<I420Frame>>,
     pub subscribers: Subscribers,
@@ -177,17 +191,34 @@ impl EncoderThread {
             let Some(frame) = self.frames.take_timeout(Duration::from_millis(50)) else {
                 continue;
             };
+            // Scaled copies of this frame, shared by the self-view and the encodings.
+            let mut scaled: HashMap<(usize, usize), I420Frame> = HashMap::new();
             if let Some(view) = &self.self_view {
-                let mut rgba = view_pool.get();
-                if let Some(buf) = Arc::get_mut(&mut rgba) {
-                    frame.to_rgba(buf);
+                let size = self_view_size(frame.width, frame.height);
+                let source = if size == (frame.width, frame.height) {
+                    Some(&frame)
+                } else {
+                    if let std::collections::hash_map::Entry::Vacant(slot) = scaled.entry(size) {
+                        match scaler.scale(&frame, size.0, size.1) {
+                            Ok(s) => {
+                                slot.insert(s);
+                            }
+                            Err(e) => tracing::debug!(error = %e, "cannot scale the self-view"),
+                        }
+                    }
+                    scaled.get(&size)
+                };
+                if let Some(source) = source {
+                    let mut rgba = view_pool.get();
+                    if let Some(buf) = Arc::get_mut(&mut rgba) {
+                        source.to_rgba(buf);
+                    }
+                    view_pool.publish(rgba.clone());
+                    view.put(rgba);
                 }
-                view_pool.publish(rgba.clone());
-                view.put(rgba);
             }
             let now = Instant::now();
             let groups = self.plan(&frame, now);
-            let mut scaled: HashMap<(usize, usize), I420Frame> = HashMap::new();
             for (rung, group) in groups {
                 self.encode_group(
                     &mut encodings,
@@ -380,6 +411,18 @@ struct Group {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_self_view_is_a_small_copy_with_the_same_aspect() {
+        assert_eq!(self_view_size(640, 480), (320, 240));
+        assert_eq!(self_view_size(1280, 720), (320, 180));
+        assert_eq!(self_view_size(1920, 1080), (320, 180));
+        // Small pictures and odd shapes: kept, or even-sided.
+        assert_eq!(self_view_size(320, 240), (320, 240));
+        assert_eq!(self_view_size(160, 120), (160, 120));
+        assert_eq!(self_view_size(642, 482), (320, 240));
+        assert_eq!(self_view_size(4000, 2), (320, 2));
+    }
 
     #[test]
     fn a_keyframe_holds_the_next_for_as_long_as_it_takes_to_send() {

@@ -2,6 +2,7 @@
 //! each frame (within a time budget) into view state, and turns user intents into engine
 //! commands without waiting. Drawing lives in `lobby.rs` and `call.rs`.
 
+use super::display_meter::DisplayMeter;
 use super::video::VideoTile;
 use crate::chat::ChatLog;
 use crate::engine::{
@@ -17,6 +18,7 @@ use crate::settings::Settings;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -34,6 +36,8 @@ pub struct AppServices {
     pub bind_addrs: Vec<String>,
     /// Look for rooms on the local network (mDNS).
     pub discover_lan: bool,
+    /// Read the capture stamp drawn into remote test pictures (for the display meter).
+    pub read_stamps: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -144,10 +148,18 @@ pub struct HuddleApp {
     pub hosting_pending: bool,
     /// The last invite link copied (also on the clipboard).
     pub last_invite: Option<String>,
+    /// What reached the screen, when asked for (`--display-stats`).
+    pub display_meter: Option<DisplayMeter>,
+    /// The engine asked for a pass that has not yet run (cleared by `pump`).
+    wake_pending: Arc<AtomicBool>,
 }
 
 /// Results of background work (file dialog, hosting) waiting for the UI.
 const UI_MESSAGES: usize = 32;
+
+/// The engine's wake-up asks for a pass this soon. Not zero: egui answers a zero-delay request
+/// with two passes, and each pass costs a full paint.
+const WAKE_DELAY: Duration = Duration::from_millis(1);
 
 /// How long one frame may spend applying engine events before drawing.
 const EVENT_BUDGET: Duration = Duration::from_millis(8);
@@ -198,6 +210,8 @@ impl HuddleApp {
             lan_rooms: Vec::new(),
             lan_updates: None,
             hosting: None,
+            display_meter: None,
+            wake_pending: Arc::default(),
             hosting_pending: false,
             last_invite: None,
         };
@@ -287,6 +301,7 @@ impl HuddleApp {
         config.trusted_cert = self.settings.trusted_cert.clone();
         config.bind_addrs = self.services.bind_addrs.clone();
         config.self_view = true;
+        config.read_stamps = self.services.read_stamps;
         config.video =
             devices::camera_spec(&self.settings.camera, &self.devices.cameras, rand::random());
         config.audio = Self::microphone_input(&self.settings.microphone);
@@ -299,7 +314,14 @@ impl HuddleApp {
         config.transfers.machine.max_incoming =
             self.settings.max_incoming_mib.saturating_mul(1 << 20);
         let ctx = self.ctx.clone();
-        let wake = Arc::new(move || ctx.request_repaint());
+        let pending = self.wake_pending.clone();
+        // One pass per burst of wake-ups: a zero-delay request makes egui paint twice, and
+        // decoders wake once per frame each.
+        let wake = Arc::new(move || {
+            if !pending.swap(true, Ordering::AcqRel) {
+                ctx.request_repaint_after(WAKE_DELAY);
+            }
+        });
         let _entered = self.services.runtime.enter();
         match engine::spawn(config, wake) {
             Ok((handle, events)) => {
@@ -508,6 +530,8 @@ impl HuddleApp {
 
     /// Applies engine events and background results, spending at most `EVENT_BUDGET`.
     pub fn pump(&mut self) {
+        // Before draining: a wake-up from here on asks for another pass.
+        self.wake_pending.store(false, Ordering::Release);
         while let Ok(msg) = self.ui_rx.try_recv() {
             match msg {
                 UiMessage::FilesPicked(paths) => self.send_files(paths),

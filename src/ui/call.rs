@@ -64,144 +64,161 @@ pub fn call_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
     controls_bar(app, ui);
     if app.call.as_ref().is_some_and(|c| c.chat.is_open()) {
         egui::Panel::right("side")
+            .frame(unfilled(egui::Frame::side_top_panel(ui.style())))
             .resizable(true)
             .default_size(320.0)
             .min_size(240.0)
             .show(ui, |ui| {
                 egui::Panel::bottom("files")
+                    .frame(unfilled(egui::Frame::side_top_panel(ui.style())))
                     .resizable(true)
                     .default_size(230.0)
                     .min_size(120.0)
                     .show(ui, |ui| files_ui(app, ui));
-                egui::CentralPanel::default().show(ui, |ui| chat_ui(app, ui));
+                egui::CentralPanel::default()
+                    .frame(unfilled(egui::Frame::central_panel(ui.style())))
+                    .show(ui, |ui| chat_ui(app, ui));
             });
     }
-    egui::CentralPanel::default().show(ui, |ui| video_grid(app, ui));
+    egui::CentralPanel::default()
+        .frame(unfilled(egui::Frame::central_panel(ui.style())))
+        .show(ui, |ui| video_grid(app, ui));
+}
+
+/// A panel frame without its fill. The window is cleared to the panel colour
+/// (`HuddleApp::clear_color`), so the fill would paint the same pixels again; under a software
+/// rasteriser every panel fill costs about as much per pixel as the video beside it.
+fn unfilled(frame: egui::Frame) -> egui::Frame {
+    frame.fill(egui::Color32::TRANSPARENT)
 }
 
 fn top_bar(app: &mut HuddleApp, ui: &mut egui::Ui) {
-    egui::Panel::top("call-top").show(ui, |ui| {
-        ui.horizontal(|ui| {
-            let Some(call) = app.call.as_mut() else {
-                return;
-            };
-            ui.strong(&call.room);
-            ui.label(format!("{} in the call", call.peers.len() + 1));
-            if let super::app::Connection::Disconnected { reason, .. } = &app.connection {
-                ui.colored_label(
-                    egui::Color32::from_rgb(230, 110, 90),
-                    format!("Server: {reason}"),
-                );
-            }
-            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
-                if ui.button("Leave").clicked() {
-                    app.leave();
-                    return;
-                }
-                if ui
-                    .button("Copy invite link")
-                    .on_hover_text("A huddle:// link others can open to join this room")
-                    .clicked()
-                    && let Some(link) = app.invite_link()
-                {
-                    ui.ctx().copy_text(link.clone());
-                    app.toast(format!("Copied {link}"));
-                    app.last_invite = Some(link);
-                }
+    egui::Panel::top("call-top")
+        .frame(unfilled(egui::Frame::side_top_panel(ui.style())))
+        .show(ui, |ui| {
+            ui.horizontal(|ui| {
                 let Some(call) = app.call.as_mut() else {
                     return;
                 };
-                let chat_label = if call.chat.is_open() {
-                    "Hide chat".to_owned()
-                } else if call.chat.unread() > 0 {
-                    format!("Chat ({} unread)", call.chat.unread())
-                } else {
-                    "Chat".to_owned()
-                };
-                if ui.button(chat_label).clicked() {
-                    let open = !call.chat.is_open();
-                    call.chat.set_open(open);
+                ui.strong(&call.room);
+                ui.label(format!("{} in the call", call.peers.len() + 1));
+                if let super::app::Connection::Disconnected { reason, .. } = &app.connection {
+                    ui.colored_label(
+                        egui::Color32::from_rgb(230, 110, 90),
+                        format!("Server: {reason}"),
+                    );
                 }
-                let mut stats = app.show_stats;
-                if ui.toggle_value(&mut stats, "Stats").changed() {
-                    app.show_stats = stats;
-                    app.settings.show_stats = stats;
-                    app.save_settings();
-                }
+                ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                    if ui.button("Leave").clicked() {
+                        app.leave();
+                        return;
+                    }
+                    if ui
+                        .button("Copy invite link")
+                        .on_hover_text("A huddle:// link others can open to join this room")
+                        .clicked()
+                        && let Some(link) = app.invite_link()
+                    {
+                        ui.ctx().copy_text(link.clone());
+                        app.toast(format!("Copied {link}"));
+                        app.last_invite = Some(link);
+                    }
+                    let Some(call) = app.call.as_mut() else {
+                        return;
+                    };
+                    let chat_label = if call.chat.is_open() {
+                        "Hide chat".to_owned()
+                    } else if call.chat.unread() > 0 {
+                        format!("Chat ({} unread)", call.chat.unread())
+                    } else {
+                        "Chat".to_owned()
+                    };
+                    if ui.button(chat_label).clicked() {
+                        let open = !call.chat.is_open();
+                        call.chat.set_open(open);
+                    }
+                    let mut stats = app.show_stats;
+                    if ui.toggle_value(&mut stats, "Stats").changed() {
+                        app.show_stats = stats;
+                        app.settings.show_stats = stats;
+                        app.save_settings();
+                    }
+                });
             });
         });
-    });
 }
 
 fn controls_bar(app: &mut HuddleApp, ui: &mut egui::Ui) {
-    egui::Panel::bottom("call-controls").show(ui, |ui| {
-        ui.add_space(4.0);
-        ui.horizontal_wrapped(|ui| {
-            let mute_label = if app.local.audio_muted {
-                "Unmute"
-            } else {
-                "Mute"
-            };
-            if ui
-                .add(egui::Button::new(mute_label).selected(app.local.audio_muted))
-                .on_hover_text("Ctrl+D")
-                .clicked()
-            {
-                let muted = !app.local.audio_muted;
-                app.set_muted(muted);
-            }
-            let cam_label = if app.local.video_enabled {
-                "Camera off"
-            } else {
-                "Camera on"
-            };
-            if ui
-                .add(egui::Button::new(cam_label).selected(!app.local.video_enabled))
-                .on_hover_text("Ctrl+E")
-                .clicked()
-            {
-                let on = !app.local.video_enabled;
-                app.set_camera_on(on);
-            }
-            let status = format!(
-                "Microphone {} · camera {}",
-                if app.local.audio_muted { "muted" } else { "on" },
-                if app.local.video_enabled { "on" } else { "off" }
-            );
-            ui.label(status);
-            level_meter(app, ui);
-            ui.separator();
-            let cameras = devices::cameras(&app.devices.cameras);
-            let mics = devices::microphones(&app.devices.microphones);
-            let speakers = devices::speakers(&app.devices.speakers);
-            device_picker(
-                app,
-                ui,
-                "Camera",
-                cameras,
-                |a| a.settings.camera.clone(),
-                HuddleApp::switch_camera,
-            );
-            device_picker(
-                app,
-                ui,
-                "Microphone",
-                mics,
-                |a| a.settings.microphone.clone(),
-                HuddleApp::switch_microphone,
-            );
-            device_picker(
-                app,
-                ui,
-                "Speaker",
-                speakers,
-                |a| a.settings.speaker.clone(),
-                HuddleApp::switch_speaker,
-            );
-            processing_toggles(app, ui);
+    egui::Panel::bottom("call-controls")
+        .frame(unfilled(egui::Frame::side_top_panel(ui.style())))
+        .show(ui, |ui| {
+            ui.add_space(4.0);
+            ui.horizontal_wrapped(|ui| {
+                let mute_label = if app.local.audio_muted {
+                    "Unmute"
+                } else {
+                    "Mute"
+                };
+                if ui
+                    .add(egui::Button::new(mute_label).selected(app.local.audio_muted))
+                    .on_hover_text("Ctrl+D")
+                    .clicked()
+                {
+                    let muted = !app.local.audio_muted;
+                    app.set_muted(muted);
+                }
+                let cam_label = if app.local.video_enabled {
+                    "Camera off"
+                } else {
+                    "Camera on"
+                };
+                if ui
+                    .add(egui::Button::new(cam_label).selected(!app.local.video_enabled))
+                    .on_hover_text("Ctrl+E")
+                    .clicked()
+                {
+                    let on = !app.local.video_enabled;
+                    app.set_camera_on(on);
+                }
+                let status = format!(
+                    "Microphone {} · camera {}",
+                    if app.local.audio_muted { "muted" } else { "on" },
+                    if app.local.video_enabled { "on" } else { "off" }
+                );
+                ui.label(status);
+                level_meter(app, ui);
+                ui.separator();
+                let cameras = devices::cameras(&app.devices.cameras);
+                let mics = devices::microphones(&app.devices.microphones);
+                let speakers = devices::speakers(&app.devices.speakers);
+                device_picker(
+                    app,
+                    ui,
+                    "Camera",
+                    cameras,
+                    |a| a.settings.camera.clone(),
+                    HuddleApp::switch_camera,
+                );
+                device_picker(
+                    app,
+                    ui,
+                    "Microphone",
+                    mics,
+                    |a| a.settings.microphone.clone(),
+                    HuddleApp::switch_microphone,
+                );
+                device_picker(
+                    app,
+                    ui,
+                    "Speaker",
+                    speakers,
+                    |a| a.settings.speaker.clone(),
+                    HuddleApp::switch_speaker,
+                );
+                processing_toggles(app, ui);
+            });
+            ui.add_space(4.0);
         });
-        ui.add_space(4.0);
-    });
 }
 
 fn processing_toggles(app: &mut HuddleApp, ui: &mut egui::Ui) {
@@ -287,12 +304,14 @@ struct TileLook<'a> {
     connecting: bool,
     /// The connection's grade, drawn as signal bars in the top right corner.
     quality: Option<LinkQuality>,
+    /// Painted right after the picture (the display meter's mark).
+    after_picture: Option<egui::Shape>,
 }
 
 fn draw_tile(ui: &mut egui::Ui, rect: egui::Rect, tile: &VideoTile, look: TileLook<'_>) {
     let response = ui.allocate_rect(rect, egui::Sense::hover());
     let painter = ui.painter_at(rect);
-    painter.rect_filled(rect, 8.0, egui::Color32::from_gray(28));
+    let background = egui::Color32::from_gray(28);
     match tile.texture() {
         Some(texture) if look.camera_on => {
             let uv = if look.mirrored {
@@ -300,14 +319,21 @@ fn draw_tile(ui: &mut egui::Ui, rect: egui::Rect, tile: &VideoTile, look: TileLo
             } else {
                 egui::Rect::from_min_max(egui::Pos2::ZERO, egui::pos2(1.0, 1.0))
             };
-            painter.image(
-                texture.id(),
-                fit(texture.size_vec2(), rect),
-                uv,
-                egui::Color32::WHITE,
-            );
+            let picture = fit(texture.size_vec2(), rect);
+            // The plate shows only around a letterboxed picture: painting it under one that
+            // covers the tile doubles the tile's cost on a software rasteriser.
+            let covers =
+                picture.width() >= rect.width() - 0.5 && picture.height() >= rect.height() - 0.5;
+            if !covers {
+                painter.rect_filled(rect, 8.0, background);
+            }
+            painter.image(texture.id(), picture, uv, egui::Color32::WHITE);
+            if let Some(mark) = look.after_picture {
+                painter.add(mark);
+            }
         }
         _ => {
+            painter.rect_filled(rect, 8.0, background);
             let r = (rect.height().min(rect.width()) * 0.18).clamp(16.0, 60.0);
             painter.circle_filled(rect.center(), r, egui::Color32::from_rgb(70, 90, 140));
             painter.text(
@@ -481,10 +507,14 @@ fn video_grid(app: &mut HuddleApp, ui: &mut egui::Ui) {
     let media = app.engine.as_ref().map(|e| e.media().clone());
     let show_stats = app.show_stats;
     let local_video = app.local.video_enabled;
+    let meter = app.display_meter.as_ref();
     let Some(call) = app.call.as_mut() else {
         return;
     };
     let area = ui.available_rect_before_wrap();
+    if let Some(m) = meter {
+        ui.painter().add(m.pass_marker(area));
+    }
     if call.peers.is_empty() {
         ui.painter().text(
             area.center(),
@@ -533,6 +563,10 @@ fn video_grid(app: &mut HuddleApp, ui: &mut egui::Ui) {
                     overlay: show_stats.then(|| stats_text(p)),
                     connecting: !p.connected && !p.tile.has_picture(),
                     quality: p.stats.as_ref().and_then(|s| s.quality),
+                    after_picture: meter.map(|m| {
+                        let id = p.info.id.to_string();
+                        m.tile_marker(rect, &id, p.tile.frames_shown, p.tile.shown_capture_us())
+                    }),
                 },
             );
         }
@@ -556,6 +590,7 @@ fn video_grid(app: &mut HuddleApp, ui: &mut egui::Ui) {
             overlay: None,
             connecting: false,
             quality: None,
+            after_picture: None,
         },
     );
 }

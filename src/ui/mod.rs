@@ -5,6 +5,7 @@
 
 pub mod app;
 mod call;
+pub mod display_meter;
 mod lobby;
 pub mod video;
 
@@ -35,6 +36,8 @@ pub struct LaunchOptions {
     pub trusted_cert: Option<PathBuf>,
     /// A join token (from an invite link) for the room.
     pub token: Option<String>,
+    /// Print what reached the screen to stdout once a second (JSON lines, for benchmarks).
+    pub display_stats: bool,
 }
 
 /// The local UTC offset in seconds (for chat times).
@@ -61,8 +64,31 @@ impl eframe::App for HuddleApp {
         self.pump();
     }
 
-    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+    /// The call view's panels are left unfilled (`call::unfilled`): clearing to the panel colour
+    /// costs a software rasteriser far less than filling it.
+    fn clear_color(&self, visuals: &egui::Visuals) -> [f32; 4] {
+        visuals.panel_fill.to_normalized_gamma_f32()
+    }
+
+    fn ui(&mut self, ui: &mut egui::Ui, frame: &mut eframe::Frame) {
+        if let Some(meter) = &mut self.display_meter {
+            meter.pass_ran(frame.info().cpu_usage);
+        }
         self.draw(ui);
+        if let Some(call) = &self.call
+            && let Some(meter) = &mut self.display_meter
+        {
+            meter.maybe_report(|| {
+                call.peers
+                    .iter()
+                    .map(|p| display_meter::StreamCounts {
+                        name: p.info.id.to_string(),
+                        decoded: p.tile.frames_decoded(),
+                        uploaded: p.tile.frames_shown,
+                    })
+                    .collect()
+            });
+        }
     }
 }
 
@@ -160,6 +186,7 @@ pub fn run(options: LaunchOptions) -> Result<(), UiError> {
     };
     let room = options.room.clone();
     let token = options.token.clone();
+    let display_stats = options.display_stats;
     let result = eframe::run_native(
         "Huddle",
         native,
@@ -170,11 +197,15 @@ pub fn run(options: LaunchOptions) -> Result<(), UiError> {
                 embedded_url,
                 speaker_override: None,
                 discover_lan: true,
+                read_stamps: display_stats,
                 bind_addrs: vec!["0.0.0.0:0".into()],
             };
             let mut app = HuddleApp::new(cc.egui_ctx.clone(), services, settings);
             app.pending_join = room;
             app.lobby.token = token;
+            if display_stats {
+                app.display_meter = Some(display_meter::DisplayMeter::to_stdout()?);
+            }
             Ok(Box::new(app))
         }),
     );

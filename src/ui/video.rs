@@ -14,6 +14,8 @@ pub struct VideoTile {
     pub frames_shown: u64,
     /// The self-view frame last uploaded, to skip re-uploading the same one.
     last_frame: Option<*const RgbaFrame>,
+    /// Capture stamp of the picture in the texture (0 when unknown).
+    shown_capture_us: u64,
 }
 
 impl VideoTile {
@@ -25,6 +27,7 @@ impl VideoTile {
             size: [0, 0],
             frames_shown: 0,
             last_frame: None,
+            shown_capture_us: 0,
         }
     }
 
@@ -52,6 +55,11 @@ impl VideoTile {
             .as_ref()
             .map(|s| s.stats().frames_decoded)
             .unwrap_or(0)
+    }
+
+    /// Capture stamp of the picture in the texture (0 when unknown).
+    pub fn shown_capture_us(&self) -> u64 {
+        self.shown_capture_us
     }
 
     pub fn texture(&self) -> Option<&egui::TextureHandle> {
@@ -107,6 +115,7 @@ impl VideoTile {
             }
         }
         self.frames_shown += 1;
+        self.shown_capture_us = frame.capture_us;
     }
 }
 

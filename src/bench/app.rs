@@ -1,0 +1,291 @@
+//! `huddle bench --only app`: the desktop app as people run it, under Xvfb (Mesa's software GL),
+//! in a 1:1 call with a headless peer sending the stamped 640x480 test pattern. Reads the app's
+//! `--display-stats` lines: frames decoded, uploaded and painted, capture stamp → paint latency,
+//! passes run and painted; CPU and RSS come from /proc. Needs the `Xvfb` binary.
+
+use super::network::round1;
+use super::{BenchError, BenchOptions, Proc, fail, peer_args, start_server, stats};
+use crate::procstat;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+/// After the first painted remote frame, before measuring: the ladder climbs, caches fill.
+const WARMUP: Duration = Duration::from_secs(4);
+
+/// An Xvfb server on a display number nobody uses, stopped when dropped.
+struct VirtualDisplay {
+    _child: Child,
+    name: String,
+}
+
+impl VirtualDisplay {
+    async fn start() -> Result<VirtualDisplay, BenchError> {
+        let number = (90..200)
+            .find(|n| {
+                !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+                    && !Path::new(&format!("/tmp/.X{n}-lock")).exists()
+            })
+            .ok_or_else(|| fail("no free X display number in 90..200"))?;
+        let name = format!(":{number}");
+        let child = Command::new("Xvfb")
+            .args([&name, "-screen", "0", "1280x800x24", "-nolisten", "tcp"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| fail(format!("cannot start Xvfb (install the xvfb package): {e}")))?;
+        let socket = format!("/tmp/.X11-unix/X{number}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Xvfb says nothing when it is ready; its socket appearing is the sign.
+        while !Path::new(&socket).exists() {
+            if Instant::now() > deadline {
+                return Err(fail(format!("Xvfb {name} did not come up within 10 s")));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(VirtualDisplay {
+            _child: child,
+            name,
+        })
+    }
+}
+
+/// Counters of one display line, for differences over the window.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct DisplayCounters {
+    passes_run: f64,
+    passes_painted: f64,
+    pass_cpu_seconds: f64,
+    pass_cpu_count: f64,
+    /// Per stream: decoded, uploaded, painted.
+    streams: Vec<(String, [f64; 3])>,
+}
+
+impl DisplayCounters {
+    fn read(line: &Value) -> DisplayCounters {
+        let n = |v: &Value| v.as_f64().unwrap_or(0.0);
+        DisplayCounters {
+            passes_run: n(&line["passes_run"]),
+            passes_painted: n(&line["passes_painted"]),
+            pass_cpu_seconds: n(&line["pass_cpu_seconds"]),
+            pass_cpu_count: n(&line["pass_cpu_count"]),
+            streams: line["streams"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| {
+                    (
+                        s["name"].as_str().unwrap_or("?").to_owned(),
+                        [n(&s["decoded"]), n(&s["uploaded"]), n(&s["painted"])],
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn painted_any(&self) -> bool {
+        self.streams.iter().any(|(_, c)| c[2] > 0.0)
+    }
+}
+
+pub(super) async fn run(opts: &BenchOptions) -> Result<Value, BenchError> {
+    let display = VirtualDisplay::start().await?;
+    let server = start_server(&opts.exe, &[]).await?;
+    let room = "app-bench";
+    let mut peer = Proc::spawn(
+        &opts.exe,
+        &peer_args(
+            &server.url,
+            room,
+            "peer",
+            &["--video", "test", "--source-id", "1", "--audio", "tone:660"],
+        ),
+        "peer",
+    )?;
+    peer.event(Duration::from_secs(15), "joined").await?;
+    let settings = opts.work_dir.join("app-bench-settings.json");
+    std::fs::write(
+        &settings,
+        json!({"nickname": "app", "camera": "test:640x480", "microphone": "tone:440", "speaker": "none"})
+            .to_string(),
+    )?;
+    let mut cmd = Command::new(&opts.exe);
+    cmd.args(["--server", &server.url, "--room", room, "--nickname", "app"])
+        .arg("--settings")
+        .arg(&settings)
+        .arg("--display-stats")
+        .env("DISPLAY", &display.name)
+        .env("LIBGL_ALWAYS_SOFTWARE", "1");
+    let mut app = Proc::spawn_command(cmd, "app", Stdio::null())?;
+    app.until(Duration::from_secs(30), |v| {
+        v["event"] == "display" && DisplayCounters::read(v).painted_any()
+    })
+    .await?;
+    // Warm up, then measure from the next line on.
+    let warm_until = tokio::time::Instant::now() + WARMUP;
+    loop {
+        let left = warm_until.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        if app.until(left, |v| v["event"] == "display").await.is_err() {
+            break;
+        }
+    }
+    let pid = app
+        .child
+        .id()
+        .ok_or_else(|| fail("app: exited during warm-up"))?;
+    let (_, line) = app
+        .until(Duration::from_secs(5), |v| v["event"] == "display")
+        .await?;
+    let before = DisplayCounters::read(&line);
+    let usage_before = procstat::usage(Some(pid)).ok_or_else(|| fail("app: no /proc"))?;
+    let wall_started = Instant::now();
+    let window = Duration::from_secs_f64(opts.call_seconds.max(2.0));
+    let mut latencies = Vec::new();
+    let mut samples_not_kept = 0.0;
+    let mut last = line;
+    let mut not_kept_before = not_kept(&last);
+    while wall_started.elapsed() < window {
+        let (_, line) = app
+            .until(Duration::from_secs(5), |v| v["event"] == "display")
+            .await?;
+        for s in line["streams"].as_array().into_iter().flatten() {
+            for pair in s["paint_us_and_latency_us"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                if let Some(l) = pair[1].as_f64() {
+                    latencies.push(l / 1000.0);
+                }
+            }
+        }
+        let nk = not_kept(&line);
+        samples_not_kept += nk - not_kept_before;
+        not_kept_before = nk;
+        last = line;
+    }
+    let wall = wall_started.elapsed();
+    let usage_after = procstat::usage(Some(pid)).ok_or_else(|| fail("app: no /proc"))?;
+    let after = DisplayCounters::read(&last);
+    peer.interrupt();
+    drop(app);
+    drop(server);
+    drop(display);
+    Ok(summarise(
+        &before,
+        &after,
+        wall,
+        (usage_before, usage_after),
+        latencies,
+        samples_not_kept,
+    ))
+}
+
+fn not_kept(line: &Value) -> f64 {
+    line["streams"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["latency_samples_not_kept"].as_f64())
+        .sum()
+}
+
+fn summarise(
+    before: &DisplayCounters,
+    after: &DisplayCounters,
+    wall: Duration,
+    (usage_before, usage_after): (procstat::Usage, procstat::Usage),
+    latencies_ms: Vec<f64>,
+    samples_not_kept: f64,
+) -> Value {
+    let secs = wall.as_secs_f64().max(1e-9);
+    let cpu = procstat::cpu_share(&usage_before, &usage_after, wall);
+    let painted_passes = after.passes_painted - before.passes_painted;
+    let cpu_seconds = usage_after.cpu_seconds - usage_before.cpu_seconds;
+    let pass_cpu_count = after.pass_cpu_count - before.pass_cpu_count;
+    let streams: Vec<Value> = after
+        .streams
+        .iter()
+        .map(|(name, a)| {
+            let b = before
+                .streams
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, c)| *c)
+                .unwrap_or_default();
+            let d = [a[0] - b[0], a[1] - b[1], a[2] - b[2]];
+            json!({
+                "decoded_per_s": round1(d[0] / secs),
+                "uploaded_per_s": round1(d[1] / secs),
+                "painted_per_s": round1(d[2] / secs),
+                "decoded": d[0],
+                "painted": d[2],
+                "decoded_never_painted": (d[0] - d[2]).max(0.0),
+            })
+        })
+        .collect();
+    json!({
+        "what": "the desktop app under Xvfb 1280x800 (Mesa software GL, glow) in a 1:1 call on loopback with a headless peer sending the stamped 640x480 test pattern at 30 fps; the app sends its 640x480 test pattern too and shows its self-view. Latency: capture stamp in the peer's frame to the moment the app's painter issued that picture's draw (a paint callback right after it), first paint of each frame only; the buffer swap and X server's copy after it are not included. Never painted: frames decoded in the window minus distinct frames painted (replaced in the latest-frame slot before the UI took them, or uploaded and replaced before a paint); counters are read once a second, so the window's edges can shift a frame or two",
+        "seconds": round1(secs),
+        "cpu_cores": (cpu * 1000.0).round() / 1000.0,
+        "rss_mb": round1(usage_after.rss_mb),
+        "peak_rss_mb": round1(usage_after.peak_rss_mb),
+        "passes_run_per_s": round1((after.passes_run - before.passes_run) / secs),
+        "passes_painted_per_s": round1(painted_passes / secs),
+        "cpu_ms_per_painted_pass": (painted_passes > 0.0).then(|| round1(cpu_seconds * 1000.0 / painted_passes)),
+        "eframe_pass_cpu_ms_mean_without_swap": (pass_cpu_count > 0.0).then(|| {
+            round1((after.pass_cpu_seconds - before.pass_cpu_seconds) * 1000.0 / pass_cpu_count)
+        }),
+        "streams": streams,
+        "capture_to_paint_latency_ms": stats(latencies_ms),
+        "latency_samples_not_kept": samples_not_kept,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(passes: u64, painted_passes: u64, decoded: u64, painted: u64) -> Value {
+        json!({
+            "event": "display", "passes_run": passes, "passes_painted": painted_passes,
+            "pass_cpu_seconds": passes as f64 * 0.004, "pass_cpu_count": passes,
+            "streams": [{"name": "p1", "decoded": decoded, "uploaded": painted, "painted": painted}],
+        })
+    }
+
+    #[test]
+    fn figures_are_differences_over_the_window() {
+        let before = DisplayCounters::read(&line(100, 90, 300, 290));
+        let after = DisplayCounters::read(&line(400, 390, 600, 585));
+        let usage = |cpu: f64| procstat::Usage {
+            cpu_seconds: cpu,
+            rss_mb: 100.0,
+            peak_rss_mb: 120.0,
+        };
+        let v = summarise(
+            &before,
+            &after,
+            Duration::from_secs(10),
+            (usage(1.0), usage(4.0)),
+            vec![30.0, 40.0, 50.0],
+            2.0,
+        );
+        assert_eq!(v["cpu_cores"], 0.3);
+        assert_eq!(v["passes_painted_per_s"], 30.0);
+        assert_eq!(v["cpu_ms_per_painted_pass"], 10.0);
+        assert_eq!(v["eframe_pass_cpu_ms_mean_without_swap"], 4.0);
+        assert_eq!(v["streams"][0]["decoded_per_s"], 30.0);
+        assert_eq!(v["streams"][0]["decoded_never_painted"], 5.0);
+        assert_eq!(v["capture_to_paint_latency_ms"]["p50"], 40.0);
+        assert_eq!(v["latency_samples_not_kept"], 2.0);
+        assert!(DisplayCounters::read(&line(1, 1, 1, 1)).painted_any());
+        assert!(!DisplayCounters::read(&line(1, 1, 1, 0)).painted_any());
+    }
+}
