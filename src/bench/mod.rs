@@ -1042,6 +1042,11 @@ pub fn table(report: &Value) -> String {
         );
         line(
             &mut out,
+            "process start → first remote picture in a texture (ms)",
+            format!("{}", a["process_start_to_first_remote_picture_uploaded_ms"]),
+        );
+        line(
+            &mut out,
             "passes run / painted per s",
             format!("{} / {}", a["passes_run_per_s"], a["passes_painted_per_s"]),
         );

@@ -54,6 +54,9 @@ const BITRATE_STEP: f64 = 0.05;
 pub struct VideoDemand {
     budget_bps: AtomicU32,
     keyframe: AtomicBool,
+    /// The pending keyframe is this peer's first since its connection came up: it is not held
+    /// back by a keyframe forced earlier for someone else.
+    first_keyframe: AtomicBool,
     sending: Mutex<Option<VideoTarget>>,
 }
 
@@ -65,6 +68,7 @@ impl VideoDemand {
             // sender asks for one once it is (a keyframe forced now would only hold that one
             // back by `KEYFRAME_MIN_INTERVAL`).
             keyframe: AtomicBool::new(false),
+            first_keyframe: AtomicBool::new(false),
             sending: Mutex::new(None),
         }
     }
@@ -79,6 +83,13 @@ impl VideoDemand {
     }
 
     pub fn request_keyframe(&self) {
+        self.keyframe.store(true, Ordering::Relaxed);
+    }
+
+    /// The connection just came up: a keyframe now, whatever the hold. Once per connection, so
+    /// it cannot become a keyframe storm.
+    pub fn request_first_keyframe(&self) {
+        self.first_keyframe.store(true, Ordering::Relaxed);
         self.keyframe.store(true, Ordering::Relaxed);
     }
 
@@ -153,6 +164,18 @@ struct Encoding {
 /// far end asks again (its PLI repeats) while the first is still on its way, and on a slow link
 /// a keyframe takes most of a second to get through: forcing one per request there kept the
 /// bottleneck full of keyframes (eight in 2.5 s after a drop to 300 kbit/s, no picture shown).
+/// Whether to force a keyframe now: one is wanted, and either the last forced one's hold has
+/// passed or a peer whose connection just came up is waiting for its first.
+fn may_force_keyframe(
+    wanted: bool,
+    first: bool,
+    last_forced: Option<(Instant, Duration)>,
+    now: Instant,
+) -> bool {
+    let held = last_forced.is_some_and(|(at, hold)| now.duration_since(at) < hold);
+    wanted && (first || !held)
+}
+
 fn keyframe_hold(bytes: usize, bitrate_bps: u32) -> Duration {
     let sending = Duration::from_secs_f64(bytes as f64 * 8.0 / bitrate_bps.max(10_000) as f64);
     KEYFRAME_MIN_INTERVAL + sending.min(Duration::from_secs(2))
@@ -341,10 +364,11 @@ impl EncoderThread {
             .members
             .iter()
             .any(|(d, _)| d.keyframe.load(Ordering::Relaxed));
-        let allowed = enc
-            .last_keyframe
-            .is_none_or(|(at, hold)| now.duration_since(at) >= hold);
-        let force = wanted && allowed;
+        let first = group
+            .members
+            .iter()
+            .any(|(d, _)| d.first_keyframe.load(Ordering::Relaxed));
+        let force = may_force_keyframe(wanted, first, enc.last_keyframe, now);
         let input = if size == (frame.width, frame.height) {
             frame
         } else {
@@ -378,6 +402,7 @@ impl EncoderThread {
                     }
                     for (d, _) in &group.members {
                         d.keyframe.store(false, Ordering::Relaxed);
+                        d.first_keyframe.store(false, Ordering::Relaxed);
                     }
                 }
                 if let Ok(mut s) = self.stats.lock() {
@@ -422,6 +447,20 @@ mod tests {
         assert_eq!(self_view_size(160, 120), (160, 120));
         assert_eq!(self_view_size(642, 482), (320, 240));
         assert_eq!(self_view_size(4000, 2), (320, 2));
+    }
+
+    #[test]
+    fn a_peer_just_connected_gets_its_keyframe_through_a_hold() {
+        let now = Instant::now();
+        let held = Some((now, Duration::from_millis(600)));
+        let over = Some((now - Duration::from_millis(700), Duration::from_millis(600)));
+        assert!(!may_force_keyframe(false, false, None, now));
+        assert!(may_force_keyframe(true, false, None, now));
+        // A repeated PLI waits out the hold...
+        assert!(!may_force_keyframe(true, false, held, now));
+        assert!(may_force_keyframe(true, false, over, now));
+        // ...a connection's first keyframe does not.
+        assert!(may_force_keyframe(true, true, held, now));
     }
 
     #[test]

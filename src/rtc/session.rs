@@ -1117,8 +1117,23 @@ async fn send_video(
     mut connected: watch::Receiver<bool>,
 ) {
     let VideoFeed { mut frames, demand } = feed;
-    if !wait_connected(&mut connected).await {
-        return;
+    // Keep taking frames until the connection is up: a full queue reads to the encoder as a
+    // peer that missed a frame, and the keyframe it would force then (thrown away here) holds
+    // back the one this peer really needs.
+    loop {
+        tokio::select! {
+            up = wait_connected(&mut connected) => {
+                if !up {
+                    return;
+                }
+                break;
+            }
+            frame = frames.recv() => {
+                if frame.is_none() {
+                    return;
+                }
+            }
+        }
     }
     let Some(pt) = payload_type(&sender, MIME_TYPE_H264).await else {
         tracing::warn!("no H.264 payload type negotiated; not sending video");
@@ -1126,7 +1141,7 @@ async fn send_video(
     };
     // Frames queued before the connection was up are stale: start from a fresh keyframe.
     while frames.try_recv().is_ok() {}
-    demand.request_keyframe();
+    demand.request_first_keyframe();
     let mut waiting_for_keyframe = true;
     let mut last_capture: Option<u64> = None;
     while let Some(frame) = frames.recv().await {

@@ -46,11 +46,14 @@ pub fn call_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
             app.first_remote_picture_logged = true;
             // Join time as a person sees it: from the app's start (exec) to the first remote
             // picture in a texture, in the app's log (good to about 20 ms).
+            let since_start = crate::services::process_age();
             tracing::info!(
-                since_process_start_ms =
-                    crate::services::process_age().map(|a| a.as_millis() as u64),
+                since_process_start_ms = since_start.map(|a| a.as_millis() as u64),
                 "first remote picture uploaded for display"
             );
+            if let (Some(meter), Some(age)) = (app.display_meter.as_mut(), since_start) {
+                meter.note_first_remote_picture(age);
+            }
         }
         let frame = if app.local.video_enabled {
             self_frame

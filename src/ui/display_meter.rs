@@ -48,6 +48,8 @@ pub struct DisplayMeter {
     lines: Option<mpsc::SyncSender<String>>,
     reports_dropped: u64,
     writer: Option<std::thread::JoinHandle<()>>,
+    /// Process start (the kernel's record) → the first remote picture in a texture.
+    first_remote_picture: Option<Duration>,
 }
 
 fn now_us() -> u64 {
@@ -94,6 +96,7 @@ impl DisplayMeter {
             lines: None,
             reports_dropped: 0,
             writer: None,
+            first_remote_picture: None,
         }
     }
 
@@ -104,6 +107,11 @@ impl DisplayMeter {
             self.pass_cpu_seconds += f64::from(s);
             self.pass_cpu_count += 1;
         }
+    }
+
+    /// The first remote picture reached a texture this long after the process started.
+    pub fn note_first_remote_picture(&mut self, since_process_start: Duration) {
+        self.first_remote_picture.get_or_insert(since_process_start);
     }
 
     /// A shape that counts the pass when the painter reaches it.
@@ -160,6 +168,8 @@ impl DisplayMeter {
             "pass_cpu_seconds": self.pass_cpu_seconds,
             "pass_cpu_count": self.pass_cpu_count,
             "reports_dropped": self.reports_dropped,
+            "first_remote_picture_since_process_start_ms":
+                self.first_remote_picture.map(|d| d.as_millis() as u64),
             "streams": per_stream,
         })
     }
@@ -288,7 +298,10 @@ mod tests {
         meter.pass_ran(None);
         meter.pass_ran(Some(0.25));
         meter.pass_ran(Some(0.5));
+        meter.note_first_remote_picture(Duration::from_millis(480));
+        meter.note_first_remote_picture(Duration::from_millis(900));
         let r = meter.report(&[]);
+        assert_eq!(r["first_remote_picture_since_process_start_ms"], 480);
         assert_eq!(r["passes_run"], 3);
         assert_eq!(r["pass_cpu_count"], 2);
         assert_eq!(r["pass_cpu_seconds"], 0.75);
