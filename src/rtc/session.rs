@@ -972,12 +972,14 @@ impl Actor {
             self.rtt = feedback.rtt;
         }
         // A retransmission takes a round trip plus the NACK generator's tick; jitter can delay
-        // either way. Wait for two rounds: at 5 % loss one retransmission in twenty is lost
-        // too, and a second round costs less than giving up (a keyframe request, a round trip,
-        // and a keyframe many times a frame's size on the same lossy path).
+        // either way. Wait for three rounds: at 5 % loss one retransmission in twenty is lost
+        // too, and about one hole in a hundred loses two in a row (a NACK or a retransmission
+        // each time), about once a call-minute. A third round costs those rare frames one more
+        // round trip; giving up costs a keyframe request, a round trip and a keyframe many
+        // times a frame's size on the same lossy path: a freeze of half a second or more.
         let rtt = self.rtt.unwrap_or(Duration::from_millis(100));
         let jitter = self.jitter.unwrap_or_default();
-        let wait = (rtt.mul_f32(2.2) + jitter * 2 + NACK_INTERVAL + Duration::from_millis(20))
+        let wait = (rtt.mul_f32(3.2) + jitter * 2 + NACK_INTERVAL + Duration::from_millis(20))
             .clamp(Duration::from_millis(60), Duration::from_millis(500));
         self.receive
             .wait_us
