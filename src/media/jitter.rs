@@ -59,6 +59,8 @@ pub struct JitterBuffer {
     /// Next sequence number to play; `None` while (re)buffering.
     next: Option<u64>,
     missing_run: u32,
+    /// The missing frame we already waited one extra period for (see `pop`).
+    held_for: Option<u64>,
     jitter_secs: f64,
     /// (arrival, transit) over the last few seconds: the spread between the quickest and each
     /// packet is how much delay it takes to play every packet in time. The smoothed jitter
@@ -90,6 +92,7 @@ impl JitterBuffer {
             highest: None,
             next: None,
             missing_run: 0,
+            held_for: None,
             jitter_secs: 0.0,
             transits: std::collections::VecDeque::new(),
             spread_secs: 0.0,
@@ -227,6 +230,19 @@ impl JitterBuffer {
             self.stats.played += 1;
             return Playout::Frame(payload);
         }
+        // A loss with nothing behind it to recover it from (Opus carries a frame's FEC in the
+        // next packet) means the buffer is too lean for FEC: it starts at its target and never
+        // grew with it. Wait one period for this frame instead of skipping it, once: the buffer
+        // grows by a frame, and this frame is recovered from its successor if that comes.
+        if !self.packets.contains_key(&(next + 1))
+            && self.packets.len() <= target
+            && self.missing_run == 0
+            && self.held_for != Some(next)
+        {
+            self.held_for = Some(next);
+            self.stats.concealed += 1;
+            return Playout::Conceal { next: None };
+        }
         if self.packets.is_empty() {
             self.missing_run += 1;
             if self.missing_run > MAX_CONCEAL_WITH_EMPTY_BUFFER {
@@ -338,6 +354,10 @@ mod tests {
         }
         let quiet: Vec<_> = (0..6).map(|_| s.jb.pop()).collect();
         assert!(matches!(quiet[0], Playout::Conceal { next: None }));
+        // One period waited for the first missing frame (the lean buffer growing for FEC),
+        // three more concealed, then silence.
+        assert!(matches!(quiet[3], Playout::Conceal { next: None }));
+        assert_eq!(quiet[4], Playout::Silence);
         assert_eq!(quiet[5], Playout::Silence);
         assert_eq!(s.jb.stats().underruns, 1);
         // The sender resumes (muted senders keep their sequence numbers running on).
@@ -345,6 +365,32 @@ mod tests {
         assert_eq!(seq_of(&s.jb.pop()), Some(5));
         // The pause is not mistaken for network jitter.
         assert_eq!(s.jb.target_delay(), Duration::from_millis(20));
+    }
+
+    #[test]
+    fn a_lean_buffer_grows_at_a_loss_so_the_next_loss_is_recovered_by_fec() {
+        // Packets arrive exactly on time and are played as they come: one frame buffered at
+        // most, so a lost frame has no successor to recover it from yet.
+        let mut s = Sim::new();
+        let mut outs = Vec::new();
+        for i in 0..60u16 {
+            // Frames 20 and 40 are lost.
+            if i != 20 && i != 40 {
+                s.push_at(i, i as u64 * 20);
+            }
+            outs.push(s.jb.pop());
+        }
+        // The first loss is concealed for one period while its place is held (the buffer grows
+        // by a frame), then recovered from its successor; the second, with a frame buffered
+        // now, straight from its successor's in-band FEC.
+        assert_eq!(s.jb.stats().concealed, 1);
+        assert_eq!(s.jb.stats().fec_decoded, 2);
+        assert!(
+            outs.iter()
+                .any(|o| matches!(o, Playout::Conceal { next: Some(_) }))
+        );
+        // Nothing else was lost or dropped on the way.
+        assert_eq!(s.jb.stats().dropped_for_latency, 0);
     }
 
     #[test]
