@@ -14,6 +14,7 @@ pub use crate::media::audio::{AudioSink, NullSink, ToneSource};
 pub use crate::media::camera::CameraState;
 pub use crate::media::devices::{self, MicChoice, SpeakerChoice};
 pub use crate::media::frame::RgbaFrame;
+pub use crate::media::now_us;
 pub use crate::media::video::RemoteVideo;
 pub use crate::procstat::process_age;
 

@@ -54,7 +54,7 @@ impl VirtualDisplay {
 }
 
 /// Counters of one display line, for differences over the window.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Debug)]
 struct DisplayCounters {
     passes_run: f64,
     passes_painted: f64,

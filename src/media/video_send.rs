@@ -16,6 +16,7 @@ use super::frame::{I420Frame, RgbaFrame};
 use super::ladder::{Ladder, VideoTarget};
 use super::samples::Samples;
 use super::slot::LatestSlot;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -160,10 +161,6 @@ struct Encoding {
     last_used: Instant,
 }
 
-/// How long after a forced keyframe of `bytes` at `bitrate_bps` another may be forced: the
-/// far end asks again (its PLI repeats) while the first is still on its way, and on a slow link
-/// a keyframe takes most of a second to get through: forcing one per request there kept the
-/// bottleneck full of keyframes (eight in 2.5 s after a drop to 300 kbit/s, no picture shown).
 /// Whether to force a keyframe now: one is wanted, and either the last forced one's hold has
 /// passed or a peer whose connection just came up is waiting for its first.
 fn may_force_keyframe(
@@ -176,6 +173,10 @@ fn may_force_keyframe(
     wanted && (first || !held)
 }
 
+/// How long after a forced keyframe of `bytes` at `bitrate_bps` another may be forced: the
+/// far end asks again (its PLI repeats) while the first is still on its way, and on a slow link
+/// a keyframe takes most of a second to get through: forcing one per request there kept the
+/// bottleneck full of keyframes (eight in 2.5 s after a drop to 300 kbit/s, no picture shown).
 fn keyframe_hold(bytes: usize, bitrate_bps: u32) -> Duration {
     let sending = Duration::from_secs_f64(bytes as f64 * 8.0 / bitrate_bps.max(10_000) as f64);
     KEYFRAME_MIN_INTERVAL + sending.min(Duration::from_secs(2))
@@ -193,6 +194,23 @@ fn self_view_size(width: usize, height: usize) -> (usize, usize) {
     }
     let scaled_height = (height * SELF_VIEW_MAX_WIDTH / width) & !1;
     (SELF_VIEW_MAX_WIDTH, scaled_height.max(2))
+}
+
+/// `frame` at `size`: the frame itself, or a copy scaled once per captured frame and kept in
+/// `scaled` for whoever needs that size next (the self-view, the encodings).
+fn at_size<'a>(
+    frame: &'a I420Frame,
+    size: (usize, usize),
+    scaler: &mut I420Scaler,
+    scaled: &'a mut HashMap<(usize, usize), I420Frame>,
+) -> Result<&'a I420Frame, super::MediaError> {
+    if size == (frame.width, frame.height) {
+        return Ok(frame);
+    }
+    Ok(match scaled.entry(size) {
+        Entry::Occupied(copy) => copy.into_mut(),
+        Entry::Vacant(slot) => slot.insert(scaler.scale(frame, size.0, size.1)?),
+    })
 }
 
 pub(crate) struct EncoderThread {
@@ -218,26 +236,16 @@ impl EncoderThread {
             let mut scaled: HashMap<(usize, usize), I420Frame> = HashMap::new();
             if let Some(view) = &self.self_view {
                 let size = self_view_size(frame.width, frame.height);
-                let source = if size == (frame.width, frame.height) {
-                    Some(&frame)
-                } else {
-                    if let std::collections::hash_map::Entry::Vacant(slot) = scaled.entry(size) {
-                        match scaler.scale(&frame, size.0, size.1) {
-                            Ok(s) => {
-                                slot.insert(s);
-                            }
-                            Err(e) => tracing::debug!(error = %e, "cannot scale the self-view"),
+                match at_size(&frame, size, &mut scaler, &mut scaled) {
+                    Err(e) => tracing::debug!(error = %e, "cannot scale the self-view"),
+                    Ok(source) => {
+                        let mut rgba = view_pool.get();
+                        if let Some(buf) = Arc::get_mut(&mut rgba) {
+                            source.to_rgba(buf);
                         }
+                        view_pool.publish(rgba.clone());
+                        view.put(rgba);
                     }
-                    scaled.get(&size)
-                };
-                if let Some(source) = source {
-                    let mut rgba = view_pool.get();
-                    if let Some(buf) = Arc::get_mut(&mut rgba) {
-                        source.to_rgba(buf);
-                    }
-                    view_pool.publish(rgba.clone());
-                    view.put(rgba);
                 }
             }
             let now = Instant::now();
@@ -369,23 +377,11 @@ impl EncoderThread {
             .iter()
             .any(|(d, _)| d.first_keyframe.load(Ordering::Relaxed));
         let force = may_force_keyframe(wanted, first, enc.last_keyframe, now);
-        let input = if size == (frame.width, frame.height) {
-            frame
-        } else {
-            if let std::collections::hash_map::Entry::Vacant(slot) = scaled.entry(size) {
-                match scaler.scale(frame, size.0, size.1) {
-                    Ok(s) => {
-                        slot.insert(s);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot scale video");
-                        return;
-                    }
-                }
-            }
-            match scaled.get(&size) {
-                Some(s) => s,
-                None => return,
+        let input = match at_size(frame, size, scaler, scaled) {
+            Ok(input) => input,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot scale video");
+                return;
             }
         };
         let started = Instant::now();

@@ -2,8 +2,10 @@
 //! capture stamp → paint latency, taken by a paint callback that egui's glow painter runs right
 //! after it has issued the tile's picture; and the painted passes themselves. Opt-in
 //! (`huddle --display-stats`): once a second one JSON line goes to stdout through a writer thread
-//! the meter owns, so a slow reader never blocks the UI. Imports egui and eframe only.
+//! the meter owns, so a slow reader never blocks the UI. Imports egui, eframe and the clock the
+//! frame stamps use (`services::now_us`).
 
+use crate::services::now_us;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
@@ -50,13 +52,6 @@ pub struct DisplayMeter {
     writer: Option<std::thread::JoinHandle<()>>,
     /// Process start (the kernel's record) → the first remote picture in a texture.
     first_remote_picture: Option<Duration>,
-}
-
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
 }
 
 fn lock(m: &Mutex<Painted>) -> std::sync::MutexGuard<'_, Painted> {
