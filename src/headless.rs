@@ -165,7 +165,7 @@ fn network_json(n: &crate::engine::PeerStats) -> serde_json::Value {
         "frames_skipped_for_keyframe": n.frames_skipped_for_keyframe,
         "keyframe_requests_sent": n.keyframe_requests_sent,
         "keyframe_requests_received": n.keyframe_requests_received,
-        "backoffs": {"delay": n.estimator.delay_backoffs, "queue": n.estimator.queue_backoffs, "loss": n.estimator.loss_backoffs},
+        "backoffs": {"delay": n.estimator.delay_backoffs, "queue": n.estimator.queue_backoffs, "loss": n.estimator.loss_backoffs, "dispersion": n.estimator.dispersion_backoffs},
         "queue_delay_ms": n.estimator.queue_delay_ms,
         "ceiling_kbps": n.estimator.ceiling_kbps,
         "path": n.path.as_ref().map(|(l, r)| json!({"local": l, "remote": r})),

@@ -177,6 +177,74 @@ fn fitted_slope(points: &std::collections::VecDeque<(f64, f64)>) -> Option<f64> 
     (den > 0.0).then(|| num / den)
 }
 
+/// The path's capacity read from how a burst of packets (a keyframe, written all at once)
+/// spreads out on its way: a bottleneck serves them back to back, so they arrive spaced by its
+/// serialisation time (packet-train dispersion). libwebrtc sends probe clusters at a call's
+/// start for this; our keyframes serve as the clusters. Read only before the first backoff:
+/// at our 300 kbit/s start into a 200 kbit/s uplink the delay signals called overuse after
+/// about a second, when the 300 ms queue had overflowed and audio behind it had been concealed.
+#[derive(Default)]
+struct BurstDispersion {
+    /// Departure of the burst's latest packet.
+    last_departure: Option<Instant>,
+    /// (arrival on the far end's clock, size) of each packet of the burst.
+    arrivals: Vec<(Duration, usize)>,
+    /// A packet of the burst was lost: its slot would read as a slower path.
+    lost: bool,
+}
+
+/// Packets that left at most this far apart belong to one burst.
+const BURST_GAP: Duration = Duration::from_millis(2);
+/// A burst says something about the capacity from this many packets (three gaps) on.
+const BURST_MIN_PACKETS: usize = 4;
+/// Longer bursts are read from their first packets.
+const BURST_MAX_PACKETS: usize = 64;
+
+impl BurstDispersion {
+    /// Folds in one report (in send order); returns the capacity a burst it completed shows,
+    /// bits per second.
+    fn update(&mut self, report: &PacketReport) -> Option<f64> {
+        let continues = self
+            .last_departure
+            .is_some_and(|last| report.departure.saturating_duration_since(last) <= BURST_GAP);
+        let finished = if continues { None } else { self.finish() };
+        self.last_departure = Some(report.departure);
+        match report.arrival.filter(|_| report.arrived) {
+            Some(a) if self.arrivals.len() < BURST_MAX_PACKETS => {
+                self.arrivals.push((a, report.size))
+            }
+            Some(_) => {}
+            None => self.lost = true,
+        }
+        finished
+    }
+
+    /// The median of the rates each gap between consecutive arrivals shows (a packet's size
+    /// over the time since the one before it): at a bottleneck every gap reads its capacity,
+    /// while one jitter spike makes only one gap long.
+    fn finish(&mut self) -> Option<f64> {
+        let mut done = std::mem::take(self);
+        if done.lost || done.arrivals.len() < BURST_MIN_PACKETS {
+            return None;
+        }
+        done.arrivals.sort_by_key(|(at, _)| *at);
+        let mut rates: Vec<f64> = done
+            .arrivals
+            .windows(2)
+            .map(|w| {
+                let gap = w[1].0.saturating_sub(w[0].0).as_secs_f64();
+                if gap > 0.0 {
+                    w[1].1 as f64 * 8.0 / gap
+                } else {
+                    f64::INFINITY
+                }
+            })
+            .collect();
+        rates.sort_by(|a, b| a.total_cmp(b));
+        Some(rates[rates.len() / 2])
+    }
+}
+
 impl QueueDelay {
     /// Folds in a batch of reports; returns the smoothed queuing delay in ms.
     fn update(&mut self, reports: &[PacketReport]) -> Option<f64> {
@@ -216,6 +284,7 @@ impl QueueDelay {
 
 pub struct HuddleEstimator {
     queue: QueueDelay,
+    dispersion: BurstDispersion,
     /// Groups the reports into send bursts, and keeps the Kalman estimate of the delay between
     /// them that `detector` judges.
     slope: SlopeEstimator,
@@ -272,6 +341,7 @@ impl HuddleEstimator {
     pub fn new(published: PublishedEstimate, reports: Option<LinkFeedback>) -> Self {
         HuddleEstimator {
             queue: QueueDelay::default(),
+            dispersion: BurstDispersion::default(),
             slope: SlopeEstimator::new(),
             trendline: DelayTrendline::default(),
             detector: OveruseDetector::new(),
@@ -498,7 +568,12 @@ impl BandwidthEstimator for HuddleEstimator {
         } else {
             self.detector.usage()
         };
+        let mut burst_capacity: Option<f64> = None;
         for report in reports {
+            if let Some(read) = self.dispersion.update(report) {
+                tracing::debug!(kbps = read / 1000.0, "a send burst's spread at the far end");
+                burst_capacity = Some(burst_capacity.map_or(read, |c| c.max(read)));
+            }
             if let Some(arrival) = report.arrival.filter(|_| report.arrived) {
                 self.received.add(self.arrival_epoch + arrival, report.size);
                 self.latest_arrival = self.latest_arrival.max(Some(arrival));
@@ -509,6 +584,20 @@ impl BandwidthEstimator for HuddleEstimator {
                 let by_kalman = self.detector.update(trend.at, trend.estimate_ms);
                 usage = if probing_ceiling { by_trend } else { by_kalman };
             }
+        }
+        // A path that cannot carry even our start rate, shown by a burst before anything else
+        // spoke: start from what it carries. Only below the start rate, where a wrong read
+        // cannot do much harm; on a fast path with jitter a burst's spread reads megabits.
+        if let Some(capacity) = burst_capacity
+            && !self.backed_off_ever
+            && capacity < INITIAL_BPS
+        {
+            self.target = (capacity * DECREASE_FACTOR).max(MIN_BPS);
+            self.ceiling = Some(capacity);
+            self.ceiling_passed_once = false;
+            self.backed_off_ever = true;
+            self.last_change = Some(now);
+            self.published.backoff(3);
         }
         // Either delay signal may call overuse; a standing queue holds the rate where it is.
         let slope_overuse = usage == Usage::Over;
@@ -867,6 +956,94 @@ mod tests {
         }
         assert!(flat.abs() < 6.0, "steady path read {flat}");
         assert!(rising > 12.5, "growing queue read {rising}");
+    }
+
+    /// A keyframe's burst: `sizes` written at `sent` (0.1 ms apart), arriving at the given
+    /// offsets after `sent` on the far end's clock; then an audio packet 20 ms later, which
+    /// closes the burst.
+    fn burst(
+        t0: Instant,
+        sent: Duration,
+        sizes: &[usize],
+        arrivals_ms: &[f64],
+    ) -> Vec<PacketReport> {
+        let mut reports: Vec<PacketReport> = sizes
+            .iter()
+            .zip(arrivals_ms)
+            .enumerate()
+            .map(|(i, (&size, &at))| PacketReport {
+                ssrc: 1,
+                id: i as u64,
+                rtp_sequence_number: i as u16,
+                is_twcc: true,
+                twcc_sequence_number: i as u16,
+                size,
+                arrived: true,
+                departure: t0 + sent + Duration::from_micros(100 * i as u64),
+                arrival: Some(sent + Duration::from_secs_f64(at / 1000.0)),
+                ecn: Ecn::NotEct,
+            })
+            .collect();
+        let n = reports.len();
+        reports.push(PacketReport {
+            id: n as u64,
+            size: 120,
+            departure: t0 + sent + Duration::from_millis(20),
+            arrival: Some(sent + Duration::from_millis(300)),
+            ..reports[0].clone()
+        });
+        reports
+    }
+
+    #[test]
+    fn a_start_burst_spread_by_a_slow_uplink_brings_the_estimate_under_its_capacity() {
+        let (mut est, published) = estimator();
+        let t0 = Instant::now();
+        // Five 1200-byte packets through 200 kbit/s arrive 48 ms apart.
+        let arrivals: Vec<f64> = (0..5).map(|i| 40.0 + 48.0 * f64::from(i)).collect();
+        est.on_reports(
+            t0 + Duration::from_millis(400),
+            &burst(t0, Duration::ZERO, &[1200; 5], &arrivals),
+        );
+        let target = est.target_bitrate();
+        assert!((150_000.0..=175_000.0).contains(&target), "{target}");
+        assert_eq!(published.counters().dispersion_backoffs, 1);
+        // Read once, at the start: a later burst does not cut again.
+        est.on_reports(
+            t0 + Duration::from_millis(900),
+            &burst(t0, Duration::from_millis(500), &[1200; 5], &arrivals),
+        );
+        assert_eq!(published.counters().dispersion_backoffs, 1);
+    }
+
+    #[test]
+    fn a_start_burst_on_a_fast_path_with_a_jitter_spike_changes_nothing() {
+        let (mut est, published) = estimator();
+        let t0 = Instant::now();
+        // 4 Mbit/s (2.4 ms per packet), one packet held 30 ms by jitter (order kept).
+        let arrivals = [60.0, 62.4, 92.4, 92.5, 94.9];
+        est.on_reports(
+            t0 + Duration::from_millis(400),
+            &burst(t0, Duration::ZERO, &[1200; 5], &arrivals),
+        );
+        assert_eq!(published.counters().dispersion_backoffs, 0);
+        assert!(
+            est.target_bitrate() >= INITIAL_BPS,
+            "{}",
+            est.target_bitrate()
+        );
+    }
+
+    #[test]
+    fn a_burst_that_lost_a_packet_is_not_read() {
+        let (mut est, published) = estimator();
+        let t0 = Instant::now();
+        let arrivals: Vec<f64> = (0..5).map(|i| 40.0 + 48.0 * f64::from(i)).collect();
+        let mut reports = burst(t0, Duration::ZERO, &[1200; 5], &arrivals);
+        reports[2].arrived = false;
+        reports[2].arrival = None;
+        est.on_reports(t0 + Duration::from_millis(400), &reports);
+        assert_eq!(published.counters().dispersion_backoffs, 0);
     }
 
     #[test]

@@ -40,8 +40,8 @@ pub struct PublishedEstimate {
     /// Smoothed share of packets the far end reported lost, in millionths.
     pub(super) loss_ppm: Arc<AtomicU64>,
     /// Why the estimate went down: backoffs on a growing delay (GCC's slope), on a standing
-    /// queue, and on heavy loss; and the queuing delay now (ms).
-    backoffs: Arc<[AtomicU64; 3]>,
+    /// queue, on heavy loss, and on a start burst's dispersion; and the queuing delay now (ms).
+    backoffs: Arc<[AtomicU64; 4]>,
     pub(super) queue_delay_ms: Arc<AtomicU64>,
     /// The ceiling the estimate probes against (bits per second, 0: none).
     pub(super) ceiling_bps: Arc<AtomicU64>,
@@ -53,6 +53,8 @@ pub struct EstimatorCounters {
     pub delay_backoffs: u64,
     pub queue_backoffs: u64,
     pub loss_backoffs: u64,
+    /// Cuts at a call's start to a capacity read from a burst's spread (see `BurstDispersion`).
+    pub dispersion_backoffs: u64,
     pub queue_delay_ms: u64,
     pub ceiling_kbps: u64,
 }
@@ -117,6 +119,7 @@ impl PublishedEstimate {
             delay_backoffs: b(0),
             queue_backoffs: b(1),
             loss_backoffs: b(2),
+            dispersion_backoffs: b(3),
             queue_delay_ms: self.queue_delay_ms.load(Ordering::Relaxed),
             ceiling_kbps: self.ceiling_bps.load(Ordering::Relaxed) / 1000,
         }

@@ -1186,6 +1186,9 @@ async fn send_audio(
     if !wait_connected(&mut connected).await {
         return;
     }
+    // Speech captured while the connection was being set up is stale by now; sent, it arrives
+    // as a burst the far end's jitter buffer must drop again. Start from the next frame.
+    frames = frames.resubscribe();
     let Some(pt) = payload_type(&sender, MIME_TYPE_OPUS).await else {
         tracing::warn!("no Opus payload type negotiated; not sending audio");
         return;
