@@ -216,6 +216,9 @@ pub struct RemoteAudioStats {
     pub frames_played: u64,
     pub jitter: JitterStats,
     pub target_delay_ms: u32,
+    /// Inter-arrival jitter (RFC 3550) and the spread of transit times behind the target, ms.
+    pub arrival_jitter_ms: f32,
+    pub transit_spread_ms: f32,
 }
 
 struct RemoteStream {
@@ -417,5 +420,8 @@ fn measure(stream: &mut RemoteStream, frame: &[f32]) {
         stream.stats.frequency = estimate_frequency(&joined, SAMPLE_RATE);
         stream.stats.jitter = stream.jitter.stats().clone();
         stream.stats.target_delay_ms = stream.jitter.target_delay().as_millis() as u32;
+        let (jitter, spread) = stream.jitter.arrival_variation();
+        stream.stats.arrival_jitter_ms = jitter.as_secs_f32() * 1000.0;
+        stream.stats.transit_spread_ms = spread.as_secs_f32() * 1000.0;
     }
 }

@@ -76,6 +76,8 @@ pub struct JitterBuffer {
 
 /// Concealed frames in a row, with nothing buffered, before we decide the sender went quiet.
 const MAX_CONCEAL_WITH_EMPTY_BUFFER: u32 = 3;
+/// Arrival variation under this share of a frame does not add a frame to the target.
+const QUIET_PATH_SHARE: f64 = 0.25;
 /// Seconds of arrivals the transit spread is measured over.
 const SPREAD_WINDOW_SECS: f64 = 5.0;
 /// A sequence jump this large is a new stream, not loss.
@@ -111,6 +113,14 @@ impl JitterBuffer {
         self.packets.len()
     }
 
+    /// Smoothed inter-arrival jitter (RFC 3550) and the transit spread the target follows.
+    pub fn arrival_variation(&self) -> (Duration, Duration) {
+        (
+            Duration::from_secs_f64(self.jitter_secs.max(0.0)),
+            Duration::from_secs_f64(self.spread_secs.max(0.0)),
+        )
+    }
+
     /// Current target delay, a whole number of frames.
     pub fn target_delay(&self) -> Duration {
         self.config.frame * self.target_frames() as u32
@@ -118,7 +128,16 @@ impl JitterBuffer {
 
     fn target_frames(&self) -> usize {
         let frame = self.config.frame.as_secs_f64();
-        let wanted = frame + (3.0 * self.jitter_secs).max(self.spread_secs);
+        let variation = (3.0 * self.jitter_secs).max(self.spread_secs);
+        // Rounded up, the smallest variation would buy a whole frame of delay (on loopback a
+        // millisecond cost 20 ms of mouth-to-ear). Where it is that small, one frame; a packet
+        // that still comes late costs one concealed frame, and the buffer grows by it (`pop`).
+        let variation = if variation < frame * QUIET_PATH_SHARE {
+            0.0
+        } else {
+            variation
+        };
+        let wanted = frame + variation;
         let min = (self.config.min_delay.as_secs_f64() / frame)
             .round()
             .max(1.0) as usize;
@@ -310,6 +329,22 @@ mod tests {
         assert!(played.iter().zip(0..).all(|(p, i)| *p == Some(i)));
         assert_eq!(s.jb.target_delay(), Duration::from_millis(20));
         assert_eq!(s.jb.stats().concealed, 0);
+    }
+
+    #[test]
+    fn a_millisecond_of_jitter_does_not_cost_a_frame_of_delay_and_more_does() {
+        let mut quiet = Sim::new();
+        let mut jittery = Sim::new();
+        for i in 0..100u16 {
+            let wobble = if i % 2 == 0 { 1 } else { 0 };
+            quiet.push_at(i, i as u64 * 20 + wobble);
+            quiet.jb.pop();
+            let wobble = if i % 2 == 0 { 4 } else { 0 };
+            jittery.push_at(i, i as u64 * 20 + wobble);
+            jittery.jb.pop();
+        }
+        assert_eq!(quiet.jb.target_delay(), Duration::from_millis(20));
+        assert_eq!(jittery.jb.target_delay(), Duration::from_millis(40));
     }
 
     #[test]

@@ -126,11 +126,18 @@ struct StreamHealth {
     dropped_samples: AtomicU64,
     /// Samples the device took (output): shows whether it is still consuming.
     consumed: AtomicU64,
-    /// The most samples (interleaved) one callback asked for: the device's period.
-    period_samples: AtomicU64,
+    /// The most samples (interleaved) one callback asked for.
+    largest_callback: AtomicU64,
+    /// Callbacks so far: with `consumed`, the device's typical period. (The largest callback
+    /// is not it: PulseAudio's first request fills its whole buffer, twice a period.)
+    callbacks: AtomicU64,
 }
 
 impl StreamHealth {
+    /// Samples (interleaved) the device takes per callback on average; 0 before the first.
+    fn typical_period(&self) -> u64 {
+        self.consumed.load(Ordering::Relaxed) / self.callbacks.load(Ordering::Relaxed).max(1)
+    }
     fn fail(&self, e: cpal::Error) {
         if let Ok(mut r) = self.reason.lock() {
             *r = Some(e.to_string());
@@ -146,8 +153,15 @@ impl StreamHealth {
     }
 }
 
-/// 10 ms device buffers: low latency, and the PulseAudio default (2 s) is unusable.
-const DEVICE_FRAMES: u32 = 480;
+/// Device buffers, in frames at 48 kHz (the PulseAudio default, 2 s, is unusable). Capture:
+/// 10 ms fragments; with 5 ms ones the microphone's first frames came as a burst on the null
+/// sinks of `tests/devices.rs`, and the far end's jitter buffer held 60-220 ms for seconds after.
+const CAPTURE_FRAMES: u32 = 480;
+/// Playback: 10 ms requests, PulseAudio holding two of them. 5 ms ones took 14 ms off the
+/// speaker path there (34 against 48 ms), but PulseAudio would then hold only 10 ms: a 10 ms
+/// stall of the client thread on a busy desktop is an audible gap that no underrun counter of
+/// ours sees, and that the extra periods of `SpeakerSink` cannot answer.
+const PLAYBACK_FRAMES: u32 = 480;
 /// A speaker that takes no samples for this long is treated as gone.
 const STALL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -171,7 +185,11 @@ fn stream_config(device: &cpal::Device, input: bool) -> Result<cpal::StreamConfi
     Ok(cpal::StreamConfig {
         channels,
         sample_rate: rate,
-        buffer_size: cpal::BufferSize::Fixed(DEVICE_FRAMES),
+        buffer_size: cpal::BufferSize::Fixed(if input {
+            CAPTURE_FRAMES
+        } else {
+            PLAYBACK_FRAMES
+        }),
     })
 }
 
@@ -468,8 +486,9 @@ fn open_output(id: Option<&str>) -> Result<OpenOutput, MediaError> {
                     .consumed
                     .fetch_add(out.len() as u64, Ordering::Relaxed);
                 cb_health
-                    .period_samples
+                    .largest_callback
                     .fetch_max(out.len() as u64, Ordering::Relaxed);
+                cb_health.callbacks.fetch_add(1, Ordering::Relaxed);
             },
             move |e| err_health.fail(e),
             Some(Duration::from_secs(3)),
@@ -490,11 +509,12 @@ fn open_output(id: Option<&str>) -> Result<OpenOutput, MediaError> {
     })
 }
 
-/// Device periods kept queued for the speaker before a frame is added: enough that the
-/// device's next pull finds samples even when the playout thread is scheduled a little late,
-/// few enough that they add only tens of ms. Blocking only when the 100 ms ring was full (as
-/// before) kept it full: 100 ms of delay in steady state that no figure showed.
-const TARGET_PERIODS: usize = 2;
+/// Device periods kept queued for the speaker before a frame is added: with the frame on top,
+/// the device's next pull finds samples even when the playout thread is scheduled a period
+/// late; underruns add periods (`MAX_EXTRA_PERIODS`). Blocking only when the 100 ms ring was
+/// full kept it full: 100 ms of delay in steady state that no figure showed. Two periods, and
+/// the period read from the largest callback (PulseAudio's first, twice the others), kept 40 ms.
+const TARGET_PERIODS: usize = 1;
 /// After underruns, up to this many periods more, one per burst; one less after each
 /// `CALM_AFTER` without any.
 const MAX_EXTRA_PERIODS: usize = 4;
@@ -538,12 +558,18 @@ impl SpeakerSink {
             .unwrap_or(0)
     }
 
-    /// The device's period as seen in its callbacks (samples per channel), for diagnostics.
-    pub fn device_period(&self) -> usize {
+    /// The device's period as seen in its callbacks (samples per channel, on average), and the
+    /// largest one callback asked for; for diagnostics.
+    pub fn device_period(&self) -> (usize, usize) {
         self.open
             .as_ref()
-            .map(|o| o.health.period_samples.load(Ordering::Relaxed) as usize / o.channels)
-            .unwrap_or(0)
+            .map(|o| {
+                (
+                    o.health.typical_period() as usize / o.channels,
+                    o.health.largest_callback.load(Ordering::Relaxed) as usize / o.channels,
+                )
+            })
+            .unwrap_or((0, 0))
     }
 
     fn recover(&mut self) {
@@ -602,8 +628,8 @@ impl AudioSink for SpeakerSink {
         }
         self.underruns_seen = Some(underruns);
         let capacity = open.ring.buffer().capacity();
-        let period = (open.health.period_samples.load(Ordering::Relaxed) as usize)
-            .max(DEVICE_FRAMES as usize * open.channels);
+        let period =
+            (open.health.typical_period() as usize).max(PLAYBACK_FRAMES as usize * open.channels);
         let target = (period * (TARGET_PERIODS + self.extra_periods))
             .min(capacity.saturating_sub(self.interleaved.len()));
         let samples_per_ms = (open.rate as usize * open.channels / 1000).max(1);
