@@ -454,3 +454,35 @@ fn a_locked_room_asks_for_its_password_in_the_lobby() {
     drop(ui);
     rt.block_on(server.shutdown());
 }
+
+#[test]
+fn a_first_run_without_a_camera_starts_with_it_off_and_no_test_pattern_chosen() {
+    let rt = runtime();
+    let server = rt.block_on(start_server(test_config()));
+    // A first run: nothing chosen for the camera.
+    let settings = Settings {
+        server: server.url(),
+        nickname: "ada".into(),
+        microphone: "none".into(),
+        ..Default::default()
+    };
+    assert!(settings.camera.is_empty());
+    let mut ui = app_harness(&rt, settings, None, Some("first day".into()));
+    ui.until("the call", Duration::from_secs(10), |h| {
+        h.state().app().view == View::Call
+    });
+    ui.until("the device list", Duration::from_secs(10), |h| {
+        h.state().app().devices_listed
+    });
+    ui.harness.step();
+    let app = ui.harness.state().app();
+    if app.devices.cameras.is_empty() {
+        assert!(!app.local.video_enabled, "no camera, yet the camera is on");
+        assert!(app.settings.camera.is_empty(), "{}", app.settings.camera);
+    }
+    // Whatever the machine has, the test pattern is never picked for the user.
+    assert!(!app.settings.camera.starts_with("test:"));
+    assert!(ui.harness.query_by_label_contains("Test pattern").is_none());
+    drop(ui);
+    rt.block_on(server.shutdown());
+}

@@ -139,6 +139,8 @@ pub struct HuddleApp {
     pub first_remote_picture_logged: bool,
     /// Real devices found on this machine (listed off the UI thread).
     pub devices: DeviceList,
+    /// The list above has arrived at least once.
+    pub devices_listed: bool,
     pub camera_state: CameraState,
     /// Rooms announced on the local network.
     pub lan_rooms: Vec<LanRoom>,
@@ -206,6 +208,7 @@ impl HuddleApp {
             frames_drawn: 0,
             first_remote_picture_logged: false,
             devices: DeviceList::default(),
+            devices_listed: false,
             camera_state: CameraState::Off,
             lan_rooms: Vec::new(),
             lan_updates: None,
@@ -768,6 +771,7 @@ impl HuddleApp {
         // found.
         let first_real = list.cameras.first().map(|c| format!("camera:{}", c.index));
         self.devices = list;
+        self.devices_listed = true;
         if self.settings.camera.is_empty()
             && let Some(id) = first_real
         {

@@ -201,6 +201,8 @@ fn controls_bar(app: &mut HuddleApp, ui: &mut egui::Ui) {
                     cameras,
                     |a| a.settings.camera.clone(),
                     HuddleApp::switch_camera,
+                    // A first run without a camera: the test pattern is a choice, not a default.
+                    Some("No camera found"),
                 );
                 device_picker(
                     app,
@@ -209,6 +211,7 @@ fn controls_bar(app: &mut HuddleApp, ui: &mut egui::Ui) {
                     mics,
                     |a| a.settings.microphone.clone(),
                     HuddleApp::switch_microphone,
+                    None,
                 );
                 device_picker(
                     app,
@@ -217,6 +220,7 @@ fn controls_bar(app: &mut HuddleApp, ui: &mut egui::Ui) {
                     speakers,
                     |a| a.settings.speaker.clone(),
                     HuddleApp::switch_speaker,
+                    None,
                 );
                 processing_toggles(app, ui);
             });
@@ -263,10 +267,15 @@ fn device_picker(
     choices: Vec<devices::DeviceChoice>,
     current: impl Fn(&HuddleApp) -> String,
     switch: fn(&mut HuddleApp, String),
+    unset_label: Option<&str>,
 ) {
     let now = current(app);
     let shown = if now.is_empty() {
-        choices.first().map(|c| c.label.clone()).unwrap_or_default()
+        // Nothing chosen yet: what is used then (the system default), or what the caller says.
+        unset_label
+            .map(str::to_owned)
+            .or_else(|| choices.first().map(|c| c.label.clone()))
+            .unwrap_or_default()
     } else {
         devices::label_of(&choices, &now)
     };
@@ -288,16 +297,21 @@ fn device_picker(
     }
 }
 
+/// Up to two initials: the first letter or digit of the first two words that have one
+/// ("(you)", emoji and punctuation give none).
 fn initials(name: &str) -> String {
     name.split_whitespace()
-        .filter_map(|w| w.chars().next())
+        .filter_map(|w| w.chars().next().filter(|c| c.is_alphanumeric()))
         .take(2)
         .flat_map(char::to_uppercase)
         .collect()
 }
 
 struct TileLook<'a> {
+    /// The label under the picture.
     name: &'a str,
+    /// Whose initials stand in for the picture (the nickname, without the label's "(you)").
+    nickname: &'a str,
     accessible: String,
     camera_on: bool,
     speaking: bool,
@@ -342,7 +356,7 @@ fn draw_tile(ui: &mut egui::Ui, rect: egui::Rect, tile: &VideoTile, look: TileLo
             painter.text(
                 rect.center(),
                 egui::Align2::CENTER_CENTER,
-                initials(look.name),
+                initials(look.nickname),
                 egui::FontId::proportional(r * 0.8),
                 egui::Color32::WHITE,
             );
@@ -553,6 +567,7 @@ fn video_grid(app: &mut HuddleApp, ui: &mut egui::Ui) {
                 &p.tile,
                 TileLook {
                     name: &p.info.nickname,
+                    nickname: &p.info.nickname,
                     accessible: match p.stats.as_ref().and_then(|s| s.quality) {
                         Some(q) => {
                             format!("Video of {}, connection {}", p.info.nickname, q.label())
@@ -585,6 +600,7 @@ fn video_grid(app: &mut HuddleApp, ui: &mut egui::Ui) {
         &call.self_tile,
         TileLook {
             name: &name,
+            nickname: &call.me.nickname,
             accessible: "Your video".into(),
             camera_on: local_video,
             speaking: false,
@@ -815,4 +831,17 @@ fn transfer_row(ui: &mut egui::Ui, row: &TransferRow, actions: &mut Vec<(PeerId,
             actions.push((peer, TransferAction::OpenFolder));
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::initials;
+
+    #[test]
+    fn initials_come_from_letters_and_digits_only() {
+        assert_eq!(initials("newbie"), "N");
+        assert_eq!(initials("ada lovelace byron"), "AL");
+        assert_eq!(initials("(bob) ✨ 7up"), "7");
+        assert_eq!(initials(""), "");
+    }
 }
