@@ -195,6 +195,39 @@ fn the_app_joins_shows_video_chats_mutes_and_receives_a_file() {
         (s.level_dbfs > -30.0).then_some(())
     }));
 
+    // Push to talk: muted again, holding Space speaks, letting go mutes; the button keeps
+    // saying "Unmute" throughout (the user's choice is unchanged).
+    ui.harness.get_by_label("Mute").click();
+    ui.until("the Unmute label", Duration::from_secs(5), |h| {
+        h.query_by_label("Unmute").is_some()
+    });
+    rt.block_on(bob.until(Duration::from_secs(5), |p| {
+        let s = p.engine.media().remote_audio(&ann_id)?;
+        (s.level_dbfs <= -90.0).then_some(())
+    }));
+    ui.harness.key_down(egui::Key::Space);
+    ui.until("push to talk", Duration::from_secs(5), |h| {
+        h.state().app().push_to_talk
+    });
+    rt.block_on(bob.until(Duration::from_secs(5), |p| {
+        let s = p.engine.media().remote_audio(&ann_id)?;
+        (s.level_dbfs > -30.0).then_some(())
+    }));
+    assert!(ui.harness.state().app().local.audio_muted);
+    assert!(ui.harness.query_by_label("Unmute").is_some());
+    ui.harness.key_up(egui::Key::Space);
+    ui.until("push to talk released", Duration::from_secs(5), |h| {
+        !h.state().app().push_to_talk
+    });
+    rt.block_on(bob.until(Duration::from_secs(5), |p| {
+        let s = p.engine.media().remote_audio(&ann_id)?;
+        (s.level_dbfs <= -90.0).then_some(())
+    }));
+    ui.harness.get_by_label("Unmute").click();
+    ui.until("the Mute label", Duration::from_secs(5), |h| {
+        h.query_by_label("Mute").is_some()
+    });
+
     // Bob offers a file: Accept / Decline appear; accepting completes it.
     let file = bob_dir.path().join("agenda.txt");
     std::fs::write(&file, "1. video\n2. chat\n3. files\n").unwrap();

@@ -141,6 +141,9 @@ pub struct HuddleApp {
     pub devices: DeviceList,
     /// The list above has arrived at least once.
     pub devices_listed: bool,
+    /// Space is held while muted: the microphone is open until it is let go (push to talk).
+    /// `local.audio_muted` keeps the user's own choice meanwhile.
+    pub push_to_talk: bool,
     pub camera_state: CameraState,
     /// Rooms announced on the local network.
     pub lan_rooms: Vec<LanRoom>,
@@ -209,6 +212,7 @@ impl HuddleApp {
             first_remote_picture_logged: false,
             devices: DeviceList::default(),
             devices_listed: false,
+            push_to_talk: false,
             camera_state: CameraState::Off,
             lan_rooms: Vec::new(),
             lan_updates: None,
@@ -419,6 +423,19 @@ impl HuddleApp {
 
     pub fn set_muted(&mut self, muted: bool) {
         self.local.audio_muted = muted;
+        self.push_to_talk = false;
+        self.command(Command::SetAudioMuted(muted));
+    }
+
+    /// Push to talk: while muted, holding the key opens the microphone; letting go restores
+    /// the user's choice (still muted, unless they unmuted meanwhile).
+    pub fn set_push_to_talk(&mut self, held: bool) {
+        let held = held && self.local.audio_muted;
+        if held == self.push_to_talk {
+            return;
+        }
+        self.push_to_talk = held;
+        let muted = !held && self.local.audio_muted;
         self.command(Command::SetAudioMuted(muted));
     }
 
@@ -699,7 +716,15 @@ impl HuddleApp {
             Event::PeerStats { peer, stats } => self.on_peer_stats(&peer, stats),
             Event::Chat(message) => self.on_chat(message),
             Event::ChatNotSent(text) => self.toast(format!("Not sent (offline): {text}")),
-            Event::LocalMedia(state) => self.local = state,
+            Event::LocalMedia(state) => {
+                // While Space is held the engine is unmuted on purpose; the user's own choice
+                // (muted) stands until it is let go.
+                let chosen_mute = self.local.audio_muted;
+                self.local = state;
+                if self.push_to_talk {
+                    self.local.audio_muted = chosen_mute;
+                }
+            }
             Event::Devices(list) => self.on_devices(list),
             Event::Camera(state) => self.on_camera(state),
             Event::Transfer(TransferEvent::Update { peer, update }) => {

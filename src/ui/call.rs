@@ -12,6 +12,8 @@ const MUTE: egui::KeyboardShortcut =
     egui::KeyboardShortcut::new(egui::Modifiers::CTRL, egui::Key::D);
 const CAMERA: egui::KeyboardShortcut =
     egui::KeyboardShortcut::new(egui::Modifiers::CTRL, egui::Key::E);
+/// Held while muted, speaks (push to talk).
+const PUSH_TO_TALK: egui::Key = egui::Key::Space;
 /// Above this level a remote peer counts as speaking.
 const SPEAKING_DBFS: f32 = -45.0;
 
@@ -25,6 +27,14 @@ pub fn call_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
         let on = !app.local.video_enabled;
         app.set_camera_on(on);
     }
+    // Push to talk; not while typing (Space belongs to the chat box then). While muted the
+    // press is taken here, so it does not also press whichever button has the focus.
+    let typing = ctx.egui_wants_keyboard_input();
+    let space_held = !typing && ctx.input(|i| i.key_down(PUSH_TO_TALK));
+    if !typing && app.local.audio_muted {
+        ctx.input_mut(|i| i.consume_key(egui::Modifiers::NONE, PUSH_TO_TALK));
+    }
+    app.set_push_to_talk(space_held);
     let dropped: Vec<std::path::PathBuf> = ctx.input(|i| {
         i.raw
             .dropped_files
@@ -164,7 +174,7 @@ fn controls_bar(app: &mut HuddleApp, ui: &mut egui::Ui) {
                 };
                 if ui
                     .add(egui::Button::new(mute_label).selected(app.local.audio_muted))
-                    .on_hover_text("Ctrl+D")
+                    .on_hover_text("Ctrl+D · while muted, hold Space to talk")
                     .clicked()
                 {
                     let muted = !app.local.audio_muted;
@@ -185,7 +195,13 @@ fn controls_bar(app: &mut HuddleApp, ui: &mut egui::Ui) {
                 }
                 let status = format!(
                     "Microphone {} · camera {}",
-                    if app.local.audio_muted { "muted" } else { "on" },
+                    if app.push_to_talk {
+                        "on while Space is held"
+                    } else if app.local.audio_muted {
+                        "muted"
+                    } else {
+                        "on"
+                    },
                     if app.local.video_enabled { "on" } else { "off" }
                 );
                 ui.label(status);
