@@ -10,6 +10,7 @@ use egui_kittest::kittest::{NodeT, Queryable};
 use huddle::engine::{Command, Event, TransferCommand};
 use huddle::media::audio::NullSink;
 use huddle::settings::Settings;
+use huddle::ui::app::SelfViewPlace;
 use huddle::ui::{AppServices, HuddleApp, View};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -516,6 +517,52 @@ fn a_first_run_without_a_camera_starts_with_it_off_and_no_test_pattern_chosen() 
     // Whatever the machine has, the test pattern is never picked for the user.
     assert!(!app.settings.camera.starts_with("test:"));
     assert!(ui.harness.query_by_label_contains("Test pattern").is_none());
+    drop(ui);
+    rt.block_on(server.shutdown());
+}
+
+#[test]
+fn the_self_view_hides_comes_back_and_moves_and_f11_asks_for_full_screen() {
+    let rt = runtime();
+    let server = rt.block_on(start_server(test_config()));
+    let settings = Settings {
+        server: server.url(),
+        nickname: "cy".into(),
+        camera: "none".into(),
+        microphone: "none".into(),
+        ..Default::default()
+    };
+    let mut ui = app_harness(&rt, settings, None, Some("layout".into()));
+    ui.until(
+        "the call with the self-view",
+        Duration::from_secs(10),
+        |h| h.state().app().view == View::Call && h.query_by_label("Your video").is_some(),
+    );
+    ui.harness.get_by_label("Hide self-view").click();
+    ui.until("no self-view", Duration::from_secs(5), |h| {
+        h.query_by_label("Your video").is_none() && h.query_by_label("Show self-view").is_some()
+    });
+    assert_eq!(ui.harness.state().app().self_view, SelfViewPlace::Hidden);
+    ui.harness.get_by_label("Show self-view").click();
+    ui.until("the self-view again", Duration::from_secs(5), |h| {
+        h.query_by_label("Your video").is_some()
+    });
+    // Its context menu moves it to another corner.
+    ui.harness.get_by_label("Your video").click_secondary();
+    ui.until("the self-view's menu", Duration::from_secs(5), |h| {
+        h.query_by_label("Move to Top left").is_some()
+    });
+    ui.harness.get_by_label("Move to Top left").click();
+    ui.until(
+        "the self-view at the top left",
+        Duration::from_secs(5),
+        |h| h.state().app().self_view == SelfViewPlace::TopLeft,
+    );
+    assert!(!ui.harness.state().app().fullscreen);
+    ui.harness.key_press(egui::Key::F11);
+    ui.until("full screen asked for", Duration::from_secs(5), |h| {
+        h.state().app().fullscreen
+    });
     drop(ui);
     rt.block_on(server.shutdown());
 }

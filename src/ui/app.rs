@@ -115,6 +115,26 @@ pub enum UiMessage {
     Hosting(Result<Hosting, String>),
 }
 
+/// The self-view's corner of the video area, or hidden.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SelfViewPlace {
+    #[default]
+    BottomRight,
+    BottomLeft,
+    TopRight,
+    TopLeft,
+    Hidden,
+}
+
+impl SelfViewPlace {
+    pub const CORNERS: [(SelfViewPlace, &'static str); 4] = [
+        (SelfViewPlace::TopLeft, "Top left"),
+        (SelfViewPlace::TopRight, "Top right"),
+        (SelfViewPlace::BottomLeft, "Bottom left"),
+        (SelfViewPlace::BottomRight, "Bottom right"),
+    ];
+}
+
 pub struct HuddleApp {
     pub services: AppServices,
     pub settings: Settings,
@@ -141,6 +161,10 @@ pub struct HuddleApp {
     pub devices: DeviceList,
     /// The list above has arrived at least once.
     pub devices_listed: bool,
+    /// Where the self-view sits in the call, or hidden.
+    pub self_view: SelfViewPlace,
+    /// Full screen was asked for (F11, or a double-click on a tile).
+    pub fullscreen: bool,
     /// Space is held while muted: the microphone is open until it is let go (push to talk).
     /// `local.audio_muted` keeps the user's own choice meanwhile.
     pub push_to_talk: bool,
@@ -213,6 +237,8 @@ impl HuddleApp {
             devices: DeviceList::default(),
             devices_listed: false,
             push_to_talk: false,
+            self_view: SelfViewPlace::default(),
+            fullscreen: false,
             camera_state: CameraState::Off,
             lan_rooms: Vec::new(),
             lan_updates: None,
@@ -425,6 +451,13 @@ impl HuddleApp {
         self.local.audio_muted = muted;
         self.push_to_talk = false;
         self.command(Command::SetAudioMuted(muted));
+    }
+
+    /// Full screen on or off (F11, or a double-click on a remote tile).
+    pub fn toggle_fullscreen(&mut self) {
+        self.fullscreen = !self.fullscreen;
+        self.ctx
+            .send_viewport_cmd(egui::ViewportCommand::Fullscreen(self.fullscreen));
     }
 
     /// Push to talk: while muted, holding the key opens the microphone; letting go restores

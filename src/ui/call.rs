@@ -2,7 +2,7 @@
 //! nickname on each tile, speaking indicator, initials when the camera is off), a small mirrored
 //! self-view, the chat panel, the file panel, the call controls and an optional stats view.
 
-use super::app::{HuddleApp, Participant, TransferRow};
+use super::app::{HuddleApp, Participant, SelfViewPlace, TransferRow};
 use super::video::{VideoTile, fit, grid_columns};
 use crate::chat::{ChatEntry, clock_time};
 use crate::engine::{Direction, LinkQuality, PeerId, TransferCommand, TransferId, TransferState};
@@ -26,6 +26,13 @@ pub fn call_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
     if ctx.input_mut(|i| i.consume_shortcut(&CAMERA)) {
         let on = !app.local.video_enabled;
         app.set_camera_on(on);
+    }
+    // Full screen: the window manager may have taken it away (or given it) meanwhile.
+    if let Some(fullscreen) = ctx.input(|i| i.viewport().fullscreen) {
+        app.fullscreen = fullscreen;
+    }
+    if ctx.input_mut(|i| i.consume_key(egui::Modifiers::NONE, egui::Key::F11)) {
+        app.toggle_fullscreen();
     }
     // Push to talk; not while typing (Space belongs to the chat box then). While muted the
     // press is taken here, so it does not also press whichever button has the focus.
@@ -149,6 +156,19 @@ fn top_bar(app: &mut HuddleApp, ui: &mut egui::Ui) {
                     if ui.button(chat_label).clicked() {
                         let open = !call.chat.is_open();
                         call.chat.set_open(open);
+                    }
+                    let hidden = app.self_view == SelfViewPlace::Hidden;
+                    let self_label = if hidden {
+                        "Show self-view"
+                    } else {
+                        "Hide self-view"
+                    };
+                    if ui.button(self_label).clicked() {
+                        app.self_view = if hidden {
+                            SelfViewPlace::default()
+                        } else {
+                            SelfViewPlace::Hidden
+                        };
                     }
                     let mut stats = app.show_stats;
                     if ui.toggle_value(&mut stats, "Stats").changed() {
@@ -341,8 +361,13 @@ struct TileLook<'a> {
     after_picture: Option<egui::Shape>,
 }
 
-fn draw_tile(ui: &mut egui::Ui, rect: egui::Rect, tile: &VideoTile, look: TileLook<'_>) {
-    let response = ui.allocate_rect(rect, egui::Sense::hover());
+fn draw_tile(
+    ui: &mut egui::Ui,
+    rect: egui::Rect,
+    tile: &VideoTile,
+    look: TileLook<'_>,
+) -> egui::Response {
+    let response = ui.allocate_rect(rect, egui::Sense::click());
     let painter = ui.painter_at(rect);
     let background = egui::Color32::from_gray(28);
     match tile.texture() {
@@ -454,6 +479,7 @@ fn draw_tile(ui: &mut egui::Ui, rect: egui::Rect, tile: &VideoTile, look: TileLo
     }
     let accessible = look.accessible;
     response.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Image, true, accessible.clone()));
+    response
 }
 
 /// Three signal bars ending at `top_right`: all lit green when good, two amber when fair, one
@@ -540,6 +566,9 @@ fn video_grid(app: &mut HuddleApp, ui: &mut egui::Ui) {
     let media = app.engine.as_ref().map(|e| e.media().clone());
     let show_stats = app.show_stats;
     let local_video = app.local.video_enabled;
+    let self_place = app.self_view;
+    let mut toggle_fullscreen = false;
+    let mut new_self_place = None;
     let meter = app.display_meter.as_ref();
     let Some(call) = app.call.as_mut() else {
         return;
@@ -577,7 +606,7 @@ fn video_grid(app: &mut HuddleApp, ui: &mut egui::Ui) {
                 .and_then(|m| m.remote_audio(&p.info.id))
                 .map(|s| s.level_dbfs)
                 .unwrap_or(-100.0);
-            draw_tile(
+            let tile = draw_tile(
                 ui,
                 rect,
                 &p.tile,
@@ -603,19 +632,66 @@ fn video_grid(app: &mut HuddleApp, ui: &mut egui::Ui) {
                     }),
                 },
             );
+            toggle_fullscreen |= tile.double_clicked();
         }
     }
-    // The self-view: small, mirrored, bottom right.
+    // The self-view: small, mirrored, in the corner the user chose (bottom right at first).
     let w = (area.width() * 0.22).clamp(120.0, 260.0);
     let size = egui::vec2(w, w * 0.75);
-    let rect = egui::Rect::from_min_size(area.max - size - egui::vec2(10.0, 10.0), size);
-    let name = format!("{} (you)", call.me.nickname);
+    let margin = egui::vec2(10.0, 10.0);
+    let min = match self_place {
+        SelfViewPlace::Hidden => None,
+        SelfViewPlace::BottomRight => Some(area.max - size - margin),
+        SelfViewPlace::BottomLeft => Some(egui::pos2(
+            area.min.x + margin.x,
+            area.max.y - size.y - margin.y,
+        )),
+        SelfViewPlace::TopRight => Some(egui::pos2(
+            area.max.x - size.x - margin.x,
+            area.min.y + margin.y,
+        )),
+        SelfViewPlace::TopLeft => Some(area.min + margin),
+    };
+    if let Some(min) = min {
+        let rect = egui::Rect::from_min_size(min, size);
+        let name = format!("{} (you)", call.me.nickname);
+        let tile = draw_self_view(ui, rect, call, &name, local_video);
+        tile.context_menu(|ui| {
+            if ui.button("Hide self-view").clicked() {
+                new_self_place = Some(SelfViewPlace::Hidden);
+            }
+            ui.separator();
+            for (place, label) in SelfViewPlace::CORNERS {
+                if ui
+                    .selectable_label(place == self_place, format!("Move to {label}"))
+                    .clicked()
+                {
+                    new_self_place = Some(place);
+                }
+            }
+        });
+    }
+    if let Some(place) = new_self_place {
+        app.self_view = place;
+    }
+    if toggle_fullscreen {
+        app.toggle_fullscreen();
+    }
+}
+
+fn draw_self_view(
+    ui: &mut egui::Ui,
+    rect: egui::Rect,
+    call: &super::app::CallState,
+    name: &str,
+    local_video: bool,
+) -> egui::Response {
     draw_tile(
         ui,
         rect,
         &call.self_tile,
         TileLook {
-            name: &name,
+            name,
             nickname: &call.me.nickname,
             accessible: "Your video".into(),
             camera_on: local_video,
@@ -627,7 +703,7 @@ fn video_grid(app: &mut HuddleApp, ui: &mut egui::Ui) {
             quality: None,
             after_picture: None,
         },
-    );
+    )
 }
 
 fn chat_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
