@@ -17,6 +17,8 @@ pub use crate::media::frame::RgbaFrame;
 pub use crate::media::now_us;
 pub use crate::media::video::RemoteVideo;
 pub use crate::procstat::process_age;
+/// The server's rules for nicknames, so the lobby can say what is wrong before asking it.
+pub use crate::signaling::protocol::validate_nickname;
 
 /// The signaling server built into the app; it stops when this is dropped.
 pub struct EmbeddedServer {

@@ -566,3 +566,44 @@ fn the_self_view_hides_comes_back_and_moves_and_f11_asks_for_full_screen() {
     drop(ui);
     rt.block_on(server.shutdown());
 }
+
+#[test]
+fn a_nickname_the_server_would_refuse_is_explained_in_the_lobby_and_can_be_fixed() {
+    let rt = runtime();
+    let server = rt.block_on(start_server(test_config()));
+    let settings = Settings {
+        server: server.url(),
+        nickname: "ada (new)".into(),
+        camera: "none".into(),
+        microphone: "none".into(),
+        ..Default::default()
+    };
+    let mut ui = app_harness(&rt, settings, None, Some("names".into()));
+    ui.until("the explanation", Duration::from_secs(10), |h| {
+        h.query_by_label_contains("may not contain '('").is_some()
+    });
+    assert_eq!(ui.harness.state().app().view, View::Lobby);
+    // Fixing the name joins the room the link asked for.
+    let field = ui.harness.get_by_label("Nickname");
+    field.focus();
+    ui.harness.step();
+    for _ in 0.."ada (new)".len() {
+        ui.harness.key_press(egui::Key::Backspace);
+    }
+    ui.harness.get_by_label("Nickname").type_text("ada new");
+    ui.harness.step();
+    ui.until("the join button", Duration::from_secs(10), |h| {
+        h.query_by_label("Join names").is_some()
+            && h.state().app().connection == huddle::ui::app::Connection::Connected
+    });
+    ui.harness.get_by_label("Join names").click();
+    ui.until("the call", Duration::from_secs(10), |h| {
+        h.state().app().view == View::Call
+    });
+    assert_eq!(
+        ui.harness.state().app().call.as_ref().unwrap().me.nickname,
+        "ada new"
+    );
+    drop(ui);
+    rt.block_on(server.shutdown());
+}

@@ -420,6 +420,18 @@ impl HuddleApp {
             self.lobby.error = Some(format!("Choose a nickname to join {room}."));
             return;
         }
+        if let Err(why) = crate::services::validate_nickname(&nickname) {
+            // The server would refuse it: say why here, and join once it is fixed.
+            self.pending_join = Some(room.to_owned());
+            let mut why = why.chars();
+            let first = why.next().map(|c| c.to_uppercase().to_string());
+            self.lobby.error = Some(format!(
+                "{}{}. A nickname takes letters, digits, spaces and - _ . ' #.",
+                first.unwrap_or_default(),
+                why.as_str()
+            ));
+            return;
+        }
         if self.settings.nickname != nickname {
             self.settings.nickname = nickname.clone();
             self.save_settings();
