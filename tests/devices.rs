@@ -540,6 +540,24 @@ fn onsets(
         .unwrap()
 }
 
+/// For each onset in `to`, the time since the latest onset in `from` at or before it (ms),
+/// sorted.
+fn gaps_ms(from: &[Instant], to: &[Instant]) -> Vec<f64> {
+    let mut gaps: Vec<f64> = to
+        .iter()
+        .filter_map(|t| {
+            let f = from.iter().rev().find(|f| *f <= t)?;
+            Some(t.duration_since(*f).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    gaps.sort_by(|a, b| a.total_cmp(b));
+    gaps
+}
+
+fn median(sorted: &[f64]) -> Option<f64> {
+    sorted.get(sorted.len() / 2).copied()
+}
+
 /// Mouth-to-ear in a call through the real device paths: a click played into one null sink
 /// ("the mouth"), peer A's microphone on that sink's monitor, Opus over a real PeerConnection on
 /// loopback, peer B's jitter buffer and speaker path into another null sink ("the ear"). The
@@ -658,28 +676,11 @@ fn inner_mouth_to_ear() {
             instant_anchor.checked_sub(Duration::from_micros(back))
         })
         .collect();
-    let median_gap = |from: &[Instant], to: &[Instant]| -> Option<f64> {
-        let mut gaps: Vec<f64> = to
-            .iter()
-            .filter_map(|t| {
-                let f = from.iter().rev().find(|f| *f <= t)?;
-                Some(t.duration_since(*f).as_secs_f64() * 1000.0)
-            })
-            .collect();
-        gaps.sort_by(|a, b| a.total_cmp(b));
-        gaps.get(gaps.len() / 2).copied()
-    };
     let jitter_target = b
         .media()
         .remote_audio(&a_id)
         .map(|s| (s.target_delay_ms, s.arrival_jitter_ms, s.transit_spread_ms));
-    let mut delays: Vec<f64> = ear
-        .iter()
-        .filter_map(|e| {
-            let m = mouth.iter().rev().find(|m| *m <= e)?;
-            Some(e.duration_since(*m).as_secs_f64() * 1000.0)
-        })
-        .collect();
+    let delays = gaps_ms(&mouth, &ear);
     println!(
         "measured: mouth-to-ear through the device paths: clicks at the mouth {}, at the ear {}",
         mouth.len(),
@@ -695,7 +696,6 @@ fn inner_mouth_to_ear() {
         "{} clicks reached the ear",
         delays.len()
     );
-    delays.sort_by(|a, b| a.total_cmp(b));
     println!(
         "measured: mouth-to-ear (click onset on the mic's sink monitor -> onset on the speaker's sink monitor), {} clicks: p50 {:.1} ms, max {:.1} ms",
         delays.len(),
@@ -709,8 +709,8 @@ fn inner_mouth_to_ear() {
     // which cancels in the whole figure but here moves from the first part to the second.
     println!(
         "measured: breakdown (p50 each): mouth monitor -> decoded at the listener {:?} ms (microphone path, Opus, network, jitter buffer); decoded -> ear monitor {:?} ms (speaker path, PulseAudio); {} onsets decoded",
-        median_gap(&mouth, &played),
-        median_gap(&played, &ear),
+        median(&gaps_ms(&mouth, &played)),
+        median(&gaps_ms(&played, &ear)),
         played.len(),
     );
     rt.block_on(async {

@@ -170,19 +170,13 @@ fn the_app_joins_shows_video_chats_mutes_and_receives_a_file() {
 
     // The mute control toggles; bob is told and measures silence; unmute brings the tone back.
     let ann_id = ui.harness.state().app().my_id.clone().unwrap();
-    rt.block_on(bob.until(Duration::from_secs(10), |p| {
-        let s = p.engine.media().remote_audio(&ann_id)?;
-        (s.level_dbfs > -30.0).then_some(())
-    }));
+    hears_the_tone(&rt, &mut bob, &ann_id, Duration::from_secs(10));
     ui.harness.get_by_label("Mute").click();
     ui.until("the Unmute label", Duration::from_secs(5), |h| {
         h.query_by_label("Unmute").is_some()
     });
     assert!(ui.harness.state().app().local.audio_muted);
-    rt.block_on(bob.until(Duration::from_secs(5), |p| {
-        let s = p.engine.media().remote_audio(&ann_id)?;
-        (s.level_dbfs <= -90.0).then_some(())
-    }));
+    hears_silence(&rt, &mut bob, &ann_id, Duration::from_secs(5));
     // Ctrl+D unmutes (the shortcut).
     ui.harness.key_press_modifiers(
         egui::Modifiers::CTRL | egui::Modifiers::COMMAND,
@@ -191,10 +185,7 @@ fn the_app_joins_shows_video_chats_mutes_and_receives_a_file() {
     ui.until("the Mute label", Duration::from_secs(5), |h| {
         h.query_by_label("Mute").is_some()
     });
-    rt.block_on(bob.until(Duration::from_secs(5), |p| {
-        let s = p.engine.media().remote_audio(&ann_id)?;
-        (s.level_dbfs > -30.0).then_some(())
-    }));
+    hears_the_tone(&rt, &mut bob, &ann_id, Duration::from_secs(5));
 
     // Push to talk: muted again, holding Space speaks, letting go mutes; the button keeps
     // saying "Unmute" throughout (the user's choice is unchanged).
@@ -202,28 +193,19 @@ fn the_app_joins_shows_video_chats_mutes_and_receives_a_file() {
     ui.until("the Unmute label", Duration::from_secs(5), |h| {
         h.query_by_label("Unmute").is_some()
     });
-    rt.block_on(bob.until(Duration::from_secs(5), |p| {
-        let s = p.engine.media().remote_audio(&ann_id)?;
-        (s.level_dbfs <= -90.0).then_some(())
-    }));
+    hears_silence(&rt, &mut bob, &ann_id, Duration::from_secs(5));
     ui.harness.key_down(egui::Key::Space);
     ui.until("push to talk", Duration::from_secs(5), |h| {
         h.state().app().push_to_talk
     });
-    rt.block_on(bob.until(Duration::from_secs(5), |p| {
-        let s = p.engine.media().remote_audio(&ann_id)?;
-        (s.level_dbfs > -30.0).then_some(())
-    }));
+    hears_the_tone(&rt, &mut bob, &ann_id, Duration::from_secs(5));
     assert!(ui.harness.state().app().local.audio_muted);
     assert!(ui.harness.query_by_label("Unmute").is_some());
     ui.harness.key_up(egui::Key::Space);
     ui.until("push to talk released", Duration::from_secs(5), |h| {
         !h.state().app().push_to_talk
     });
-    rt.block_on(bob.until(Duration::from_secs(5), |p| {
-        let s = p.engine.media().remote_audio(&ann_id)?;
-        (s.level_dbfs <= -90.0).then_some(())
-    }));
+    hears_silence(&rt, &mut bob, &ann_id, Duration::from_secs(5));
     ui.harness.get_by_label("Unmute").click();
     ui.until("the Mute label", Duration::from_secs(5), |h| {
         h.query_by_label("Mute").is_some()
@@ -261,6 +243,32 @@ fn the_app_joins_shows_video_chats_mutes_and_receives_a_file() {
         bob.engine.shutdown().await;
         server.shutdown().await;
     });
+}
+
+/// Waits until `peer` hears `from`'s tone (above -30 dBFS).
+fn hears_the_tone(
+    rt: &tokio::runtime::Runtime,
+    peer: &mut TestPeer,
+    from: &huddle::engine::PeerId,
+    within: Duration,
+) {
+    rt.block_on(peer.until(within, |p| {
+        let s = p.engine.media().remote_audio(from)?;
+        (s.level_dbfs > -30.0).then_some(())
+    }));
+}
+
+/// Waits until `peer` hears silence from `from` (at or below -90 dBFS).
+fn hears_silence(
+    rt: &tokio::runtime::Runtime,
+    peer: &mut TestPeer,
+    from: &huddle::engine::PeerId,
+    within: Duration,
+) {
+    rt.block_on(peer.until(within, |p| {
+        let s = p.engine.media().remote_audio(from)?;
+        (s.level_dbfs <= -90.0).then_some(())
+    }));
 }
 
 fn app_harness(

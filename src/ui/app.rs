@@ -127,6 +127,17 @@ pub enum SelfViewPlace {
 }
 
 impl SelfViewPlace {
+    /// The corner as an alignment within the video area; `None` when hidden.
+    pub fn corner(self) -> Option<egui::Align2> {
+        match self {
+            SelfViewPlace::BottomRight => Some(egui::Align2::RIGHT_BOTTOM),
+            SelfViewPlace::BottomLeft => Some(egui::Align2::LEFT_BOTTOM),
+            SelfViewPlace::TopRight => Some(egui::Align2::RIGHT_TOP),
+            SelfViewPlace::TopLeft => Some(egui::Align2::LEFT_TOP),
+            SelfViewPlace::Hidden => None,
+        }
+    }
+
     pub const CORNERS: [(SelfViewPlace, &'static str); 4] = [
         (SelfViewPlace::TopLeft, "Top left"),
         (SelfViewPlace::TopRight, "Top right"),

@@ -638,22 +638,8 @@ fn video_grid(app: &mut HuddleApp, ui: &mut egui::Ui) {
     // The self-view: small, mirrored, in the corner the user chose (bottom right at first).
     let w = (area.width() * 0.22).clamp(120.0, 260.0);
     let size = egui::vec2(w, w * 0.75);
-    let margin = egui::vec2(10.0, 10.0);
-    let min = match self_place {
-        SelfViewPlace::Hidden => None,
-        SelfViewPlace::BottomRight => Some(area.max - size - margin),
-        SelfViewPlace::BottomLeft => Some(egui::pos2(
-            area.min.x + margin.x,
-            area.max.y - size.y - margin.y,
-        )),
-        SelfViewPlace::TopRight => Some(egui::pos2(
-            area.max.x - size.x - margin.x,
-            area.min.y + margin.y,
-        )),
-        SelfViewPlace::TopLeft => Some(area.min + margin),
-    };
-    if let Some(min) = min {
-        let rect = egui::Rect::from_min_size(min, size);
+    if let Some(corner) = self_place.corner() {
+        let rect = corner.align_size_within_rect(size, area.shrink(10.0));
         let name = format!("{} (you)", call.me.nickname);
         let tile = draw_self_view(ui, rect, call, &name, local_video);
         tile.context_menu(|ui| {
