@@ -349,7 +349,10 @@ fn inner_output_switch() {
 }
 
 fn pactl(args: &[&str]) -> String {
-    let out = Command::new("pactl").args(args).output().unwrap();
+    let out = std::process::Command::new("pactl")
+        .args(args)
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

@@ -1,7 +1,9 @@
 //! Adaptive audio jitter buffer as a state machine without I/O: packets go in with their RTP
 //! sequence number, timestamp and arrival time; every 20 ms the playout asks for the next frame.
 //! The target delay follows the measured inter-arrival jitter (RFC 3550) and the recent spread of
-//! transit times (bursts of delay the smoothed jitter misses), between 20 and 240 ms.
+//! transit times (bursts of delay the smoothed jitter misses), between 20 and 240 ms, plus a
+//! frame for each recent loss or late packet; a buffer that holds more than its target for a
+//! second sheds a frame, at a quiet one where it can.
 
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -71,6 +73,20 @@ pub struct JitterBuffer {
     last_transit: Option<f64>,
     last_arrival: Option<Instant>,
     epoch: Option<Instant>,
+    /// Frames added to the target by losses and late packets (see `pop`), kept while they
+    /// keep coming and given back one at a time after a calm spell.
+    grown_frames: usize,
+    /// `pops` at the last growth (or give-back).
+    grown_at_pop: u64,
+    /// The frame held for (see `pop`): the target grows once it or its successor comes, which
+    /// a sender that went quiet never sends.
+    growth_pending: Option<u64>,
+    pops: u64,
+    /// Pops in a row at which more than the target was buffered.
+    surplus_pops: u32,
+    /// Recent largest payload, decaying (halves in about 3 s): a much smaller payload is
+    /// likely silence, the place to shed a frame.
+    loud_payload: f64,
     stats: JitterStats,
 }
 
@@ -80,6 +96,18 @@ const MAX_CONCEAL_WITH_EMPTY_BUFFER: u32 = 3;
 /// this many arrivals (a second of audio) have been measured.
 const QUIET_PATH_SHARE: f64 = 0.25;
 const QUIET_PATH_MIN_ARRIVALS: usize = 50;
+/// Frames a loss or a late packet can add to the target, and how many pops (15 s) of calm
+/// give one back.
+const MAX_GROWN_FRAMES: usize = 3;
+const GROWN_KEEP_POPS: u64 = 750;
+/// A buffer holding more than its target at every pop for this long (1 s) sheds a frame at
+/// the next quiet packet, or at any packet once it has waited three times as long. Without it
+/// a buffer that started deep, or whose target fell, kept its extra frame for good: 20 ms of
+/// mouth-to-ear on every loopback call.
+const SHED_AFTER_POPS: u32 = 50;
+const SHED_ANYWAY_AFTER_POPS: u32 = 150;
+/// A payload under this share of the recent largest is taken for silence.
+const QUIET_PAYLOAD_SHARE: f64 = 0.5;
 /// Seconds of arrivals the transit spread is measured over.
 const SPREAD_WINDOW_SECS: f64 = 5.0;
 /// A sequence jump this large is a new stream, not loss.
@@ -103,6 +131,12 @@ impl JitterBuffer {
             last_transit: None,
             last_arrival: None,
             epoch: None,
+            grown_frames: 0,
+            grown_at_pop: 0,
+            growth_pending: None,
+            pops: 0,
+            surplus_pops: 0,
+            loud_payload: 0.0,
             stats: JitterStats::default(),
         }
     }
@@ -145,7 +179,7 @@ impl JitterBuffer {
             .round()
             .max(1.0) as usize;
         let max = (self.config.max_delay.as_secs_f64() / frame).round() as usize;
-        ((wanted / frame).ceil() as usize).clamp(min, max.max(min))
+        ((wanted / frame).ceil() as usize + self.grown_frames).clamp(min, max.max(min))
     }
 
     fn unwrap_seq(&self, seq: u16) -> u64 {
@@ -216,6 +250,7 @@ impl JitterBuffer {
             self.stats.late += 1;
             return;
         }
+        self.loud_payload = (self.loud_payload * 0.995).max(payload.len() as f64);
         if self.packets.insert(ext, payload).is_some() {
             self.stats.duplicates += 1;
         }
@@ -223,8 +258,14 @@ impl JitterBuffer {
 
     /// The frame to play now. Call once per frame period.
     pub fn pop(&mut self) -> Playout {
+        self.pops += 1;
+        if self.grown_frames > 0 && self.pops - self.grown_at_pop > GROWN_KEEP_POPS {
+            self.grown_frames -= 1;
+            self.grown_at_pop = self.pops;
+        }
         let target = self.target_frames();
         let Some(next) = self.next else {
+            self.surplus_pops = 0;
             if self.packets.len() < target {
                 return Playout::Silence;
             }
@@ -235,6 +276,13 @@ impl JitterBuffer {
             self.missing_run = 0;
             return self.pop();
         };
+        if self.growth_pending.take() == Some(next)
+            && (self.packets.contains_key(&next) || self.packets.contains_key(&(next + 1)))
+        {
+            self.grown_frames = (self.grown_frames + 1).min(MAX_GROWN_FRAMES);
+            self.grown_at_pop = self.pops;
+        }
+        let target = self.target_frames();
         // Too much queued (a burst, or the sender's clock runs fast): skip ahead.
         let mut next = next;
         if self.packets.len() > target + 2 {
@@ -245,6 +293,24 @@ impl JitterBuffer {
             if let Some((&first, _)) = self.packets.first_key_value() {
                 next = next.max(first);
             }
+            self.surplus_pops = 0;
+        }
+        if self.packets.len() > target {
+            self.surplus_pops += 1;
+        } else {
+            self.surplus_pops = 0;
+        }
+        if self.surplus_pops >= SHED_AFTER_POPS
+            && self.packets.contains_key(&(next + 1))
+            && self.packets.get(&next).is_some_and(|p| {
+                (p.len() as f64) < self.loud_payload * QUIET_PAYLOAD_SHARE
+                    || self.surplus_pops >= SHED_ANYWAY_AFTER_POPS
+            })
+        {
+            self.packets.remove(&next);
+            self.stats.dropped_for_latency += 1;
+            self.surplus_pops = 0;
+            next += 1;
         }
         if let Some(payload) = self.packets.remove(&next) {
             self.next = Some(next + 1);
@@ -262,6 +328,7 @@ impl JitterBuffer {
             && self.held_for != Some(next)
         {
             self.held_for = Some(next);
+            self.growth_pending = Some(next);
             self.stats.concealed += 1;
             return Playout::Conceal { next: None };
         }
@@ -303,11 +370,17 @@ mod tests {
             }
         }
         fn push_at(&mut self, seq: u16, ms: u64) {
+            self.push_sized(seq, ms, 2);
+        }
+        /// A payload of `len` bytes (at least the two of the sequence number).
+        fn push_sized(&mut self, seq: u16, ms: u64, len: usize) {
             let ts = (seq as u32).wrapping_mul(960);
+            let mut payload = seq.to_be_bytes().to_vec();
+            payload.resize(len.max(2), 0);
             self.jb.push(
                 seq,
                 ts,
-                Bytes::from(seq.to_be_bytes().to_vec()),
+                Bytes::from(payload),
                 self.start + Duration::from_millis(ms),
             );
         }
@@ -429,6 +502,78 @@ mod tests {
         );
         // Nothing else was lost or dropped on the way.
         assert_eq!(s.jb.stats().dropped_for_latency, 0);
+    }
+
+    /// Pushes frames `range` (loud except those in `quiet`) 20 ms apart with a 1 ms wobble,
+    /// popping after each but the first (the playout starts a period late, as when the first
+    /// two frames come together); returns what each pop played.
+    fn run_speech(
+        s: &mut Sim,
+        range: std::ops::Range<u16>,
+        quiet: std::ops::Range<u16>,
+    ) -> Vec<Option<u16>> {
+        let range_start = range.start;
+        range
+            .map(|i| {
+                let len = if quiet.contains(&i) { 3 } else { 100 };
+                s.push_sized(i, i as u64 * 20 + u64::from(i % 2), len);
+                if i == range_start {
+                    return None;
+                }
+                seq_of(&s.jb.pop())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_buffer_deeper_than_its_target_sheds_a_frame_where_it_is_quiet() {
+        // The 1 ms wobble asks for two frames until 50 arrivals show the path is quiet; the
+        // second frame then stays buffered until it is shed.
+        let mut s = Sim::new();
+        let played = run_speech(&mut s, 0..200, 110..120);
+        assert_eq!(s.jb.target_delay(), Duration::from_millis(20));
+        assert_eq!(s.jb.stats().dropped_for_latency, 1);
+        assert_eq!(s.jb.stats().concealed, 0);
+        let skipped: Vec<u16> = (0..199)
+            .filter(|seq| !played.contains(&Some(*seq)))
+            .collect();
+        assert_eq!(skipped.len(), 1, "{skipped:?}");
+        assert!((110..120).contains(&skipped[0]), "{skipped:?}");
+        // Played as soon as it came, where one frame waited a period before.
+        assert_eq!(played[60], Some(59));
+        assert_eq!(played[199], Some(199));
+    }
+
+    #[test]
+    fn without_a_quiet_frame_the_surplus_is_shed_anyway_later() {
+        let mut s = Sim::new();
+        let played = run_speech(&mut s, 0..300, 0..0);
+        assert_eq!(s.jb.stats().dropped_for_latency, 1);
+        assert_eq!(played[150], Some(149));
+        assert_eq!(played[299], Some(299));
+    }
+
+    #[test]
+    fn a_frame_grown_at_a_loss_is_kept_through_more_losses_and_given_back_after_calm() {
+        let mut s = Sim::new();
+        let lag_at = |s: &mut Sim, i: u16, lost: bool| {
+            if !lost {
+                s.push_at(i, i as u64 * 20);
+            }
+            seq_of(&s.jb.pop()).map(|p| i - p)
+        };
+        let mut lags = Vec::new();
+        for i in 0..1200u16 {
+            // Losses now and then for the first 10 s, then none.
+            lags.push(lag_at(&mut s, i, i < 500 && i % 100 == 20));
+        }
+        // One frame grown at the first loss, and the later losses come from FEC.
+        assert_eq!(s.jb.stats().concealed, 1);
+        assert_eq!(s.jb.stats().fec_decoded, 5);
+        assert_eq!(lags[100], Some(1));
+        // 15 s after the last loss the frame is given back.
+        assert_eq!(lags[1199], Some(0));
+        assert_eq!(s.jb.stats().dropped_for_latency, 1);
     }
 
     #[test]
