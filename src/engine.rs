@@ -21,7 +21,7 @@ use crate::signaling::client::{ClientCommand, ClientConfig, ClientEvent, Signali
 use crate::signaling::protocol::{IceServer, ServerMessage};
 // The types front ends need, so they never import `signaling` or `rtc` themselves.
 pub use crate::signaling::protocol::{
-    ChatMessage, ErrorCode, JoinAccess, LeaveReason, PeerId, PeerInfo, RoomInfo,
+    ChatMessage, ErrorCode, JoinAccess, LeaveReason, PeerId, PeerInfo, REACTIONS, RoomInfo,
 };
 pub use crate::transfer::manager::{TransferCommand, TransferEvent};
 use crate::transfer::manager::{TransferConfig, TransferManager};
@@ -139,6 +139,10 @@ pub enum Command {
     Leave,
     SendChat(String),
     SetNickname(String),
+    /// Raise or lower our hand in the room (kept up across reconnects).
+    SetHandRaised(bool),
+    /// Send a reaction to the room: one of `signaling::protocol::REACTIONS`.
+    React(String),
     SetAudioMuted(bool),
     SetVideoEnabled(bool),
     SetVideoSource(VideoSourceSpec),
@@ -194,6 +198,16 @@ pub enum Event {
     NicknameChanged {
         peer: PeerId,
         nickname: String,
+    },
+    /// A hand (ours too) went up or down; raised hands are taken in `raised_at_ms` order.
+    HandChanged {
+        peer: PeerId,
+        raised_at_ms: Option<u64>,
+    },
+    /// Someone in the room (we too) reacted.
+    Reaction {
+        peer: PeerId,
+        emoji: String,
     },
     PeerConnecting {
         peer: PeerId,
@@ -716,6 +730,12 @@ impl Engine {
             Command::SetNickname(n) => {
                 let _ = self.signaling.send(ClientCommand::SetNickname(n));
             }
+            Command::SetHandRaised(raised) => {
+                let _ = self.signaling.send(ClientCommand::SetHand(raised));
+            }
+            Command::React(emoji) => {
+                let _ = self.signaling.send(ClientCommand::React(emoji));
+            }
             Command::SetAudioMuted(muted) => {
                 self.audio_muted = muted;
                 self.audio.set_muted(muted);
@@ -858,7 +878,15 @@ impl Engine {
                         .as_deref()
                         .is_some_and(|r| room_key(r) == room_key(&room));
                 if resumed {
+                    // Hands may have changed while we were away.
+                    let hands: Vec<_> = peers
+                        .iter()
+                        .map(|p| (p.id.clone(), p.hand_raised_at_ms))
+                        .collect();
                     self.resume_room(room, you, peers).await;
+                    for (peer, raised_at_ms) in hands {
+                        self.emit(Event::HandChanged { peer, raised_at_ms }).await;
+                    }
                     return;
                 }
                 // A rejoin under a new id: old connections belong to our previous identity.
@@ -911,6 +939,26 @@ impl Engine {
                 self.emit(Event::NicknameChanged {
                     peer: peer_id,
                     nickname,
+                })
+                .await;
+            }
+            ServerMessage::HandChanged {
+                peer_id,
+                raised_at_ms,
+            } => {
+                if let Some(e) = self.peers.get_mut(&peer_id) {
+                    e.info.hand_raised_at_ms = raised_at_ms;
+                }
+                self.emit(Event::HandChanged {
+                    peer: peer_id,
+                    raised_at_ms,
+                })
+                .await;
+            }
+            ServerMessage::Reaction { peer_id, emoji } => {
+                self.emit(Event::Reaction {
+                    peer: peer_id,
+                    emoji,
                 })
                 .await;
             }

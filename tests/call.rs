@@ -400,7 +400,8 @@ async fn mute_and_camera_off_are_seen_and_reversible() {
 /// the same rejoin secret) does not touch a call that did not need the server: both peers take
 /// their ids back, keep their connection and see no one leave or arrive, and the picture never
 /// stops for more than 200 ms. A third peer that is gone for good when the server comes back
-/// (it quit while the server was down) is removed after the grace.
+/// (it quit while the server was down) is removed after the grace. A raised hand is up again
+/// after the restart (the client raises it again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signaling_server_restart_keeps_the_call_and_removes_who_does_not_return() {
     let mut config = test_config();
@@ -443,6 +444,17 @@ async fn a_signaling_server_restart_keeps_the_call_and_removes_who_does_not_retu
         })
         .await;
     }
+    // Bob's hand is up when the server goes away.
+    bob.send(Command::SetHandRaised(true));
+    let id = bob_id.clone();
+    ann.wait_for(Duration::from_secs(10), |e| match e {
+        Event::HandChanged {
+            peer,
+            raised_at_ms: Some(_),
+        } if *peer == id => Some(()),
+        _ => None,
+    })
+    .await;
     ann.drain();
     bob.drain();
     let seen_before = (ann.seen.len(), bob.seen.len());
@@ -493,6 +505,18 @@ async fn a_signaling_server_restart_keeps_the_call_and_removes_who_does_not_retu
     }
     ann.drain();
     bob.drain();
+    // Bob's hand, as ann last heard of it: up again.
+    let bob_hand = ann.seen[seen_before.0..]
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            Event::HandChanged { peer, raised_at_ms } if *peer == bob_id => Some(*raised_at_ms),
+            _ => None,
+        });
+    assert!(
+        matches!(bob_hand, Some(Some(_))),
+        "bob's hand after the restart: {bob_hand:?}"
+    );
     for (name, peer, other) in [("ann", &ann, &bob_id), ("bob", &bob, &ann_id)] {
         let since = if name == "ann" {
             seen_before.0

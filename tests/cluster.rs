@@ -178,13 +178,59 @@ async fn two_processes_share_rooms_chat_relays_and_calls_through_redis() {
     assert_eq!(ann_saw[1].text, "hello from two");
     assert!(ann_saw[1].id > ann_saw[0].id);
 
-    // A late joiner on process one gets the history written through process two.
+    // Bob raises his hand on process two; ann on process one is told, with its time; a reaction
+    // crosses too, and an unknown one is refused.
+    bob.send(&ClientMessage::SetHand { raised: true }).await;
+    let raised_at = match ann
+        .recv_until(|m| matches!(m, ServerMessage::HandChanged { .. }))
+        .await
+    {
+        ServerMessage::HandChanged {
+            peer_id,
+            raised_at_ms,
+        } => {
+            assert_eq!(peer_id, bob.peer_id);
+            raised_at_ms.expect("raised")
+        }
+        _ => unreachable!(),
+    };
+    ann.send(&ClientMessage::React {
+        emoji: "👏".into()
+    })
+    .await;
+    match bob
+        .recv_until(|m| matches!(m, ServerMessage::Reaction { .. }))
+        .await
+    {
+        ServerMessage::Reaction { peer_id, emoji } => {
+            assert_eq!((peer_id, emoji.as_str()), (ann.peer_id.clone(), "👏"))
+        }
+        _ => unreachable!(),
+    }
+    ann.send(&ClientMessage::React {
+        emoji: "<b>".into(),
+    })
+    .await;
+    match ann
+        .recv_until(|m| matches!(m, ServerMessage::Error { .. }))
+        .await
+    {
+        ServerMessage::Error { code, .. } => assert_eq!(code, ErrorCode::Malformed),
+        _ => unreachable!(),
+    }
+
+    // A late joiner on process one gets the history written through process two, and bob's
+    // raised hand with its time.
     let mut cat = TestClient::connect(&one.url).await;
     match cat.join("Across", "cat").await {
         ServerMessage::Joined { history, peers, .. } => {
             let texts: Vec<_> = history.iter().map(|m| m.text.as_str()).collect();
             assert_eq!(texts, ["hello from one", "hello from two"]);
             assert_eq!(peers.len(), 2);
+            let bob_there = peers.iter().find(|p| p.id == bob.peer_id).unwrap();
+            assert_eq!(bob_there.hand_raised_at_ms, Some(raised_at));
+            let ann_there = peers.iter().find(|p| p.id == ann.peer_id).unwrap();
+            assert_eq!(ann_there.hand_raised_at_ms, None);
         }
         other => panic!("{other:?}"),
     }

@@ -99,6 +99,8 @@ fn every_documented_example_round_trips() {
         "chat",
         "relay",
         "nickname_changed",
+        "hand_changed",
+        "reaction",
         "pong",
         "error",
     ]

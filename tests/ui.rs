@@ -211,6 +211,97 @@ fn the_app_joins_shows_video_chats_mutes_and_receives_a_file() {
         h.query_by_label("Mute").is_some()
     });
 
+    // Ann raises her hand from the control bar: bob is told; her button now lowers it.
+    ui.harness.get_by_label("Raise hand").click();
+    ui.until("the Lower hand label", Duration::from_secs(5), |h| {
+        h.query_by_label("Lower hand").is_some()
+    });
+    let ann_raised_at = rt.block_on(bob.wait_for(Duration::from_secs(10), |e| match e {
+        Event::HandChanged {
+            peer,
+            raised_at_ms: Some(at),
+        } if *peer == ann_id => Some(*at),
+        _ => None,
+    }));
+    ui.until("the Lower hand label", Duration::from_secs(5), |h| {
+        h.query_by_label("Lower hand").is_some()
+    });
+    // Bob raises his after her: his tile says so, and the people list has them in that order.
+    bob.send(Command::SetHandRaised(true));
+    ui.until("bob's hand on his tile", Duration::from_secs(5), |h| {
+        h.query_by_label("Video of bob, connection good, hand raised")
+            .is_some()
+    });
+    ui.harness.get_by_label("People").click();
+    ui.until(
+        "the people list in order of raising",
+        Duration::from_secs(5),
+        |h| {
+            h.query_by_label("ann (you), hand raised, 1 in line")
+                .is_some()
+                && h.query_by_label("bob, hand raised, 2 in line").is_some()
+        },
+    );
+    let bob_raised_at = ui.harness.state().app().call.as_ref().unwrap().peers[0]
+        .info
+        .hand_raised_at_ms
+        .unwrap();
+    assert!(ann_raised_at <= bob_raised_at);
+    // Ctrl+H lowers ann's hand; bob moves up to first.
+    ui.harness.key_press_modifiers(
+        egui::Modifiers::CTRL | egui::Modifiers::COMMAND,
+        egui::Key::H,
+    );
+    ui.until("ann's hand down", Duration::from_secs(5), |h| {
+        h.state()
+            .app()
+            .call
+            .as_ref()
+            .unwrap()
+            .me
+            .hand_raised_at_ms
+            .is_none()
+    });
+    rt.block_on(bob.wait_for(Duration::from_secs(10), |e| match e {
+        Event::HandChanged {
+            peer,
+            raised_at_ms: None,
+        } if *peer == ann_id => Some(()),
+        _ => None,
+    }));
+    ui.until("bob first in line", Duration::from_secs(5), |h| {
+        h.query_by_label("bob, hand raised, 1 in line").is_some()
+            && h.query_by_label("ann (you)").is_some()
+    });
+    // Bob reacts: it floats over his tile. Ann reacts from the bar: bob gets it.
+    bob.send(Command::React("🎉".into()));
+    ui.until("bob's reaction", Duration::from_secs(5), |h| {
+        let call = h.state().app().call.as_ref().unwrap();
+        call.reactions_of(&bob_id, Instant::now())
+            .iter()
+            .any(|(emoji, _)| *emoji == "🎉")
+    });
+    ui.harness.get_by_label("React").click();
+    ui.until("the reactions menu", Duration::from_secs(5), |h| {
+        h.query_by_label("React 👍").is_some()
+    });
+    ui.harness.get_by_label("React 👍").click();
+    ui.until(
+        "ann's own reaction over her self-view",
+        Duration::from_secs(5),
+        |h| {
+            let call = h.state().app().call.as_ref().unwrap();
+            call.reactions_of(&ann_id, Instant::now())
+                .iter()
+                .any(|(emoji, _)| *emoji == "👍")
+        },
+    );
+    let got = rt.block_on(bob.wait_for(Duration::from_secs(10), |e| match e {
+        Event::Reaction { peer, emoji } if *peer == ann_id => Some(emoji.clone()),
+        _ => None,
+    }));
+    assert_eq!(got, "👍");
+
     // Bob offers a file: Accept / Decline appear; accepting completes it.
     let file = bob_dir.path().join("agenda.txt");
     std::fs::write(&file, "1. video\n2. chat\n3. files\n").unwrap();
@@ -230,7 +321,6 @@ fn the_app_joins_shows_video_chats_mutes_and_receives_a_file() {
         std::fs::read_to_string(saved).unwrap(),
         "1. video\n2. chat\n3. files\n"
     );
-    let _ = bob_id;
 
     // Leaving returns to the lobby.
     ui.harness.get_by_label("Leave").click();

@@ -103,6 +103,10 @@ pub enum ClientCommand {
         payload: serde_json::Value,
     },
     SetNickname(String),
+    /// Raise or lower the hand; kept up across reconnects (at the back of the queue, since
+    /// the server stamps the time anew).
+    SetHand(bool),
+    React(String),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -173,6 +177,7 @@ struct WantedRoom {
     /// Kept whole (the password too: should the server have restarted and forgotten the room,
     /// it is recreated as it was), plus the latest rejoin token.
     access: JoinAccess,
+    hand_raised: bool,
 }
 
 enum LinkEnd {
@@ -279,6 +284,7 @@ fn remember(wanted: &mut Wanted, cmd: &ClientCommand) -> bool {
                     rejoin_token: None,
                     ..access.clone()
                 },
+                hand_raised: false,
             })
         }
         ClientCommand::Leave => wanted.room = None,
@@ -287,7 +293,15 @@ fn remember(wanted: &mut Wanted, cmd: &ClientCommand) -> bool {
                 w.nickname = n.clone();
             }
         }
-        ClientCommand::ListRooms | ClientCommand::Chat(_) | ClientCommand::Relay { .. } => {
+        ClientCommand::SetHand(raised) => {
+            if let Some(w) = wanted.room.as_mut() {
+                w.hand_raised = *raised;
+            }
+        }
+        ClientCommand::ListRooms
+        | ClientCommand::Chat(_)
+        | ClientCommand::Relay { .. }
+        | ClientCommand::React(_) => {
             return false;
         }
     }
@@ -316,6 +330,8 @@ fn to_message(cmd: &ClientCommand) -> ClientMessage {
             payload,
         },
         ClientCommand::SetNickname(nickname) => ClientMessage::SetNickname { nickname },
+        ClientCommand::SetHand(raised) => ClientMessage::SetHand { raised },
+        ClientCommand::React(emoji) => ClientMessage::React { emoji },
     }
 }
 
@@ -491,6 +507,9 @@ async fn restore(ws: &mut WsStream, wanted: &Wanted) -> Result<(), LinkEnd> {
             nickname: w.nickname.clone(),
             access: w.access.clone(),
         });
+        if w.hand_raised {
+            restore.push(ClientMessage::SetHand { raised: true });
+        }
     }
     for msg in restore {
         if ws

@@ -2,7 +2,7 @@
 -- change to rooms runs here so it is atomic and its events are published in the order the
 -- changes happened. ARGV[2] is the key prefix. Keys (with prefix P):
 --   P.room:<key>      hash: name, private ('0'/'1'), pw (password hash or ''), seq (event counter)
---   P.members:<key>   hash: peer id -> {"nickname", "nick_key", "node"}
+--   P.members:<key>   hash: peer id -> {"nickname", "nick_key", "node", "hand" (ms, if raised)}
 --   P.nicks:<key>     hash: nick_key (lower-cased nickname) -> peer id
 --   P.history:<key>   list of chat messages (JSON), newest last
 --   P.rooms           set of room keys
@@ -179,6 +179,26 @@ elseif op == 'nick' then
   member.nick_key = nick_key
   redis.call('HSET', members_key(key), peer, cjson.encode(member))
   publish_room(key, false, cjson.encode({ type = 'nickname_changed', peer_id = peer, nickname = nick }))
+  return 'ok'
+elseif op == 'hand' then
+  -- ARGV[5]: the time to record if the hand goes up, or '' to lower it. A hand already up
+  -- keeps its time (its place in the queue).
+  local key, peer, at = ARGV[3], ARGV[4], ARGV[5]
+  local current = redis.call('HGET', members_key(key), peer)
+  if not current then return 'not_in_room' end
+  local member = cjson.decode(current)
+  if at == '' then
+    member.hand = nil
+  elseif not member.hand then
+    member.hand = tonumber(at)
+  end
+  redis.call('HSET', members_key(key), peer, cjson.encode(member))
+  publish_room(key, false, cjson.encode({ type = 'hand_changed', peer_id = peer, raised_at_ms = member.hand }))
+  return 'ok'
+elseif op == 'react' then
+  local key, peer, emoji = ARGV[3], ARGV[4], ARGV[5]
+  if redis.call('HEXISTS', members_key(key), peer) == 0 then return 'not_in_room' end
+  publish_room(key, false, cjson.encode({ type = 'reaction', peer_id = peer, emoji = emoji }))
   return 'ok'
 elseif op == 'list' then
   local out = {}

@@ -10,7 +10,7 @@ use super::hub::{ConnId, HubConfig, HubInput};
 use super::hub_link::{HubMsg, Outgoing, now_ms};
 use super::protocol::{
     self, ChatMessage, ClientMessage, ErrorCode, JoinAccess, LeaveReason, PeerId, PeerInfo,
-    RoomInfo, ServerMessage, validate_chat, validate_nickname,
+    RoomInfo, ServerMessage, validate_chat, validate_nickname, validate_reaction,
 };
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
@@ -550,6 +550,18 @@ impl ClusterHub {
             ClientMessage::Chat { text } => self.chat(conn, &text).await,
             ClientMessage::Relay { to, from, payload } => self.relay(conn, to, from, payload).await,
             ClientMessage::SetNickname { nickname } => self.set_nickname(conn, &nickname).await,
+            ClientMessage::SetHand { raised } => {
+                let at = if raised {
+                    now_ms().to_string()
+                } else {
+                    String::new()
+                };
+                self.room_op(conn, "hand", &at).await
+            }
+            ClientMessage::React { emoji } => match validate_reaction(&emoji) {
+                Ok(()) => self.room_op(conn, "react", &emoji).await,
+                Err(why) => self.error(conn, ErrorCode::Malformed, &why),
+            },
             ClientMessage::Ping { nonce } => self.send(conn, &ServerMessage::Pong { nonce }),
             ClientMessage::Hello { .. } => {}
         }
@@ -701,6 +713,7 @@ impl ClusterHub {
                 Some(PeerInfo {
                     id: PeerId(m[0].clone()),
                     nickname: member.get("nickname")?.as_str()?.to_owned(),
+                    hand_raised_at_ms: member.get("hand").and_then(|h| h.as_u64()),
                 })
             })
             .collect();
@@ -728,6 +741,7 @@ impl ClusterHub {
                 you: PeerInfo {
                     id: peer_id,
                     nickname,
+                    hand_raised_at_ms: None,
                 },
                 peers,
                 history,
@@ -820,6 +834,28 @@ impl ClusterHub {
                 &format!("no other peer {to} in your room"),
             ),
             Err(e) => self.unavailable(conn, &e),
+        }
+    }
+
+    /// A script operation on the caller's own member entry (`hand`, `react`) that publishes
+    /// an event to the room.
+    async fn room_op(&mut self, conn: ConnId, op: &str, arg: &str) {
+        let Some((room, peer, _)) = self.room_of(conn) else {
+            return self.error(conn, ErrorCode::NotInRoom, "you are not in a room");
+        };
+        let done = self
+            .script
+            .arg(op)
+            .arg(PREFIX)
+            .arg(&room)
+            .arg(peer.as_str())
+            .arg(arg)
+            .invoke_async::<String>(&mut self.redis)
+            .await;
+        match done.as_deref() {
+            Ok("ok") => {}
+            Ok(_) => self.error(conn, ErrorCode::NotInRoom, "you are no longer in the room"),
+            Err(e) => self.unavailable(conn, e),
         }
     }
 

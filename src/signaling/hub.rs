@@ -5,7 +5,7 @@
 use super::access::{AccessConfig, JoinRate, Refusal, ScreenedJoin};
 use super::protocol::{
     ChatMessage, ClientMessage, ErrorCode, JoinAccess, LeaveReason, PeerId, PeerInfo, RoomInfo,
-    ServerMessage, validate_chat, validate_nickname,
+    ServerMessage, validate_chat, validate_nickname, validate_reaction,
 };
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
@@ -65,6 +65,8 @@ struct Conn {
     join_rate: JoinRate,
     /// When this connection's current rejoin token was issued.
     rejoin_issued_ms: u64,
+    /// When its hand went up in its room, if it is up.
+    hand_raised_at_ms: Option<u64>,
 }
 
 struct Room {
@@ -132,6 +134,7 @@ impl Hub {
                         room: None,
                         join_rate: JoinRate::default(),
                         rejoin_issued_ms: 0,
+                        hand_raised_at_ms: None,
                     },
                 );
             }
@@ -203,6 +206,8 @@ impl Hub {
             ClientMessage::Chat { text } => self.chat(conn, &text, now_ms, out),
             ClientMessage::Relay { to, from, payload } => self.relay(conn, to, from, payload, out),
             ClientMessage::SetNickname { nickname } => self.set_nickname(conn, &nickname, out),
+            ClientMessage::SetHand { raised } => self.set_hand(conn, raised, now_ms, out),
+            ClientMessage::React { emoji } => self.react(conn, emoji, out),
             // Answered here, not by the connection, so the pong follows everything the hub has
             // already queued for this client: a ping is an ordering barrier.
             ClientMessage::Ping { nonce } => send(out, conn, ServerMessage::Pong { nonce }),
@@ -306,9 +311,11 @@ impl Hub {
         me.nickname = Some(nickname.clone());
         me.room = Some(key.clone());
         me.rejoin_issued_ms = now_ms;
+        me.hand_raised_at_ms = None;
         let you = PeerInfo {
             id: me.peer_id.clone(),
             nickname,
+            hand_raised_at_ms: None,
         };
         let Some(room) = self.rooms.get_mut(&key) else {
             return Ok(());
@@ -489,6 +496,61 @@ impl Hub {
         });
     }
 
+    /// The members of `conn`'s room, or an error to `conn` saying it is in none.
+    fn room_members_of(&self, conn: ConnId, out: &mut Vec<HubOutput>) -> Option<Vec<ConnId>> {
+        let members = self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.room.as_ref())
+            .and_then(|key| self.rooms.get(key))
+            .map(|room| room.members.clone());
+        if members.is_none() {
+            error(out, conn, ErrorCode::NotInRoom, "you are not in a room");
+        }
+        members
+    }
+
+    fn set_hand(&mut self, conn: ConnId, raised: bool, now_ms: u64, out: &mut Vec<HubOutput>) {
+        let Some(members) = self.room_members_of(conn, out) else {
+            return;
+        };
+        let Some(me) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        // Raising a raised hand keeps its place in the queue.
+        me.hand_raised_at_ms = match (raised, me.hand_raised_at_ms) {
+            (false, _) => None,
+            (true, Some(at)) => Some(at),
+            (true, None) => Some(now_ms),
+        };
+        out.push(HubOutput::Deliver {
+            to: members,
+            msg: ServerMessage::HandChanged {
+                peer_id: me.peer_id.clone(),
+                raised_at_ms: me.hand_raised_at_ms,
+            },
+        });
+    }
+
+    fn react(&mut self, conn: ConnId, emoji: String, out: &mut Vec<HubOutput>) {
+        if let Err(why) = validate_reaction(&emoji) {
+            return error(out, conn, ErrorCode::Malformed, &why);
+        }
+        let Some(members) = self.room_members_of(conn, out) else {
+            return;
+        };
+        let Some(me) = self.conns.get(&conn) else {
+            return;
+        };
+        out.push(HubOutput::Deliver {
+            to: members,
+            msg: ServerMessage::Reaction {
+                peer_id: me.peer_id.clone(),
+                emoji,
+            },
+        });
+    }
+
     fn refresh_rejoin_tokens(&mut self, now_ms: u64, out: &mut Vec<HubOutput>) {
         for (conn, c) in self.conns.iter_mut() {
             let Some(key) = c.room.as_deref() else {
@@ -518,6 +580,7 @@ impl Hub {
         let Some(key) = me.room.take() else {
             return;
         };
+        me.hand_raised_at_ms = None;
         let peer_id = me.peer_id.clone();
         let Some(room) = self.rooms.get_mut(&key) else {
             return;
@@ -579,6 +642,7 @@ impl Hub {
         Some(PeerInfo {
             id: c.peer_id.clone(),
             nickname: c.nickname.clone()?,
+            hand_raised_at_ms: c.hand_raised_at_ms,
         })
     }
 }
@@ -684,6 +748,105 @@ mod tests {
         }
         assert!(to_conn(&outs, 1).iter().any(|m| matches!(m,
             ServerMessage::PeerJoined { peer, .. } if peer.nickname == "bob")));
+    }
+
+    fn hand_of(outs: &[HubOutput], conn: ConnId) -> Option<(PeerId, Option<u64>)> {
+        to_conn(outs, conn).into_iter().find_map(|m| match m {
+            ServerMessage::HandChanged {
+                peer_id,
+                raised_at_ms,
+            } => Some((peer_id.clone(), *raised_at_ms)),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn raised_hands_reach_the_room_keep_their_place_and_are_shown_to_late_joiners() {
+        let mut h = Harness::new(HubConfig::default());
+        for c in 1..=4 {
+            h.connect(c);
+        }
+        h.join(1, "r", "ann");
+        h.join(2, "r", "bob");
+        h.join(4, "elsewhere", "dan");
+        let outs = h.msg(2, ClientMessage::SetHand { raised: true });
+        let (peer, at) = hand_of(&outs, 1).expect("ann is told");
+        assert_eq!(peer, PeerId("p2".into()));
+        let at = at.expect("raised, with a time");
+        assert_eq!(hand_of(&outs, 2), Some((PeerId("p2".into()), Some(at))));
+        assert_eq!(hand_of(&outs, 4), None, "another room hears nothing");
+        // Raising again keeps bob's place in line.
+        let outs = h.msg(2, ClientMessage::SetHand { raised: true });
+        assert_eq!(hand_of(&outs, 1), Some((PeerId("p2".into()), Some(at))));
+        // A late joiner sees the raised hand in `joined`.
+        let outs = h.join(3, "r", "cat");
+        match to_conn(&outs, 3)[0] {
+            ServerMessage::Joined { peers, you, .. } => {
+                let bob = peers.iter().find(|p| p.nickname == "bob").unwrap();
+                assert_eq!(bob.hand_raised_at_ms, Some(at));
+                let ann = peers.iter().find(|p| p.nickname == "ann").unwrap();
+                assert_eq!(ann.hand_raised_at_ms, None);
+                assert_eq!(you.hand_raised_at_ms, None);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // Lowered, it is gone for everyone; leaving and coming back starts with it down.
+        let outs = h.msg(2, ClientMessage::SetHand { raised: false });
+        assert_eq!(hand_of(&outs, 3), Some((PeerId("p2".into()), None)));
+        h.msg(2, ClientMessage::SetHand { raised: true });
+        h.msg(2, ClientMessage::Leave);
+        let outs = h.join(2, "r", "bob");
+        match to_conn(&outs, 3).as_slice() {
+            [ServerMessage::PeerJoined { peer, .. }, ..] => {
+                assert_eq!(peer.hand_raised_at_ms, None)
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // Outside a room: refused.
+        h.connect(5);
+        let outs = h.msg(5, ClientMessage::SetHand { raised: true });
+        assert_eq!(error_code(&outs, 5), Some(ErrorCode::NotInRoom));
+    }
+
+    #[test]
+    fn reactions_reach_the_room_and_unknown_ones_are_refused() {
+        let mut h = Harness::new(HubConfig::default());
+        for c in 1..=3 {
+            h.connect(c);
+        }
+        h.join(1, "r", "ann");
+        h.join(2, "r", "bob");
+        let outs = h.msg(
+            1,
+            ClientMessage::React {
+                emoji: "🎉".into()
+            },
+        );
+        for conn in [1, 2] {
+            assert!(to_conn(&outs, conn).iter().any(|m| matches!(m,
+                ServerMessage::Reaction { peer_id, emoji } if peer_id.as_str() == "p1" && emoji == "🎉")));
+        }
+        for hostile in ["<script>", "", "🎉🎉", "x"] {
+            let outs = h.msg(
+                1,
+                ClientMessage::React {
+                    emoji: hostile.into(),
+                },
+            );
+            assert_eq!(
+                error_code(&outs, 1),
+                Some(ErrorCode::Malformed),
+                "{hostile:?}"
+            );
+            assert!(to_conn(&outs, 2).is_empty(), "{hostile:?} reached bob");
+        }
+        let outs = h.msg(
+            3,
+            ClientMessage::React {
+                emoji: "👍".into()
+            },
+        );
+        assert_eq!(error_code(&outs, 3), Some(ErrorCode::NotInRoom));
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub const MAX_NICKNAME_CHARS: usize = 32;
 pub const MAX_ROOM_NAME_CHARS: usize = 64;
 /// How many chat messages a room keeps for late joiners.
 pub const CHAT_HISTORY_LEN: usize = 100;
+/// The reactions a client may send (`react`); anything else is refused. Single code points
+/// without variation selectors, so that every client's emoji font can draw them.
+pub const REACTIONS: &[&str] = &["👍", "👏", "😂", "😮", "❤", "🎉"];
 
 pub use crate::ids::{IceServer, PeerId};
 
@@ -63,6 +66,14 @@ pub enum ClientMessage {
     SetNickname {
         nickname: String,
     },
+    /// Raise or lower your hand in your room.
+    SetHand {
+        raised: bool,
+    },
+    /// A reaction shown briefly over your tile to everyone in the room: one of [`REACTIONS`].
+    React {
+        emoji: String,
+    },
     Ping {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         nonce: Option<u64>,
@@ -80,6 +91,8 @@ pub const CLIENT_MESSAGE_TYPES: &[&str] = &[
     "chat",
     "relay",
     "set_nickname",
+    "set_hand",
+    "react",
     "ping",
 ];
 
@@ -147,6 +160,19 @@ pub enum ServerMessage {
         peer_id: PeerId,
         nickname: String,
     },
+    /// A peer in your room (you too) raised or lowered their hand.
+    HandChanged {
+        peer_id: PeerId,
+        /// Server time the hand went up, milliseconds since the Unix epoch: raised hands are
+        /// taken in this order. Absent when the hand is down.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        raised_at_ms: Option<u64>,
+    },
+    /// A peer in your room (you too) reacted.
+    Reaction {
+        peer_id: PeerId,
+        emoji: String,
+    },
     Pong {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         nonce: Option<u64>,
@@ -208,6 +234,9 @@ impl fmt::Debug for JoinAccess {
 pub struct PeerInfo {
     pub id: PeerId,
     pub nickname: String,
+    /// When this peer's hand went up (see `hand_changed`), if it is up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hand_raised_at_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -449,6 +478,14 @@ pub fn validate_room_name(name: &str) -> Result<String, String> {
 }
 
 /// Checks and normalises a nickname: same rules as room names, at most 32 characters.
+pub fn validate_reaction(emoji: &str) -> Result<(), String> {
+    if REACTIONS.contains(&emoji) {
+        Ok(())
+    } else {
+        Err(format!("unknown reaction; one of {}", REACTIONS.join(" ")))
+    }
+}
+
 pub fn validate_nickname(name: &str) -> Result<String, String> {
     validate_name(name, MAX_NICKNAME_CHARS, "nickname")
 }
@@ -612,6 +649,10 @@ mod tests {
             },
             ClientMessage::SetNickname {
                 nickname: "n".into(),
+            },
+            ClientMessage::SetHand { raised: true },
+            ClientMessage::React {
+                emoji: "👍".into()
             },
             ClientMessage::Ping { nonce: None },
         ];

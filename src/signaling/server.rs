@@ -830,7 +830,13 @@ impl<S: Stream> Session<'_, S> {
             Verdict::End(ending) => return Some(ending),
         }
         let decoded = protocol::decode_client(text);
-        if let Ok(ClientMessage::Chat { .. }) = decoded {
+        // Everything fanned out to the whole room shares the chat budget.
+        if let Ok(
+            ClientMessage::Chat { .. }
+            | ClientMessage::React { .. }
+            | ClientMessage::SetHand { .. },
+        ) = decoded
+        {
             match self.charge(Budget::Chat).await {
                 Verdict::Handle => {}
                 Verdict::Drop => return None,
@@ -874,7 +880,9 @@ impl<S: Stream> Session<'_, S> {
             Err(false) => {
                 let what = match budget {
                     Budget::Messages => "too many messages; this one was dropped",
-                    Budget::Chat => "too many chat messages; this one was not sent",
+                    Budget::Chat => {
+                        "too many chat messages, reactions or hand changes; this one was not sent"
+                    }
                 };
                 let frame = error_frame(ErrorCode::RateLimited, what, false);
                 match self.write(frame).await {

@@ -15,7 +15,7 @@ use crate::services::{
     SpeakerChoice, ToneSource, devices,
 };
 use crate::settings::Settings;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -102,6 +102,68 @@ pub struct CallState {
     pub send_target: Option<PeerId>,
     pub self_tile: VideoTile,
     pub left_notice: Option<String>,
+    /// Reactions still floating over their sender's tile, oldest first.
+    pub reactions: VecDeque<FloatingReaction>,
+    /// The participants list is open beside the video.
+    pub people_open: bool,
+}
+
+pub struct FloatingReaction {
+    pub peer: PeerId,
+    pub emoji: String,
+    pub at: Instant,
+}
+
+/// How long a reaction floats, and how many may float at once (older ones go first).
+pub const REACTION_SHOWN_FOR: Duration = Duration::from_secs(3);
+const MAX_FLOATING_REACTIONS: usize = 24;
+
+impl CallState {
+    /// Everyone whose hand is up (us too), first raised first.
+    pub fn raised_hands(&self) -> Vec<&PeerInfo> {
+        let mut raised: Vec<&PeerInfo> = std::iter::once(&self.me)
+            .chain(self.peers.iter().map(|p| &p.info))
+            .filter(|p| p.hand_raised_at_ms.is_some())
+            .collect();
+        raised.sort_by(|a, b| {
+            (a.hand_raised_at_ms, a.id.as_str()).cmp(&(b.hand_raised_at_ms, b.id.as_str()))
+        });
+        raised
+    }
+
+    /// 1 for the first hand raised, and so on.
+    pub fn hand_position(&self, peer: &PeerId) -> Option<usize> {
+        self.raised_hands()
+            .iter()
+            .position(|p| &p.id == peer)
+            .map(|i| i + 1)
+    }
+
+    fn forget_old_reactions(&mut self, now: Instant) {
+        while self
+            .reactions
+            .front()
+            .is_some_and(|r| now.duration_since(r.at) >= REACTION_SHOWN_FOR)
+            || self.reactions.len() > MAX_FLOATING_REACTIONS
+        {
+            self.reactions.pop_front();
+        }
+    }
+
+    /// Reactions floating over `peer`'s tile now, each with how far it has risen (0 to 1).
+    pub fn reactions_of(&self, peer: &PeerId, now: Instant) -> Vec<(&str, f32)> {
+        self.reactions
+            .iter()
+            .filter(|r| &r.peer == peer)
+            .map(|r| {
+                let age = now.duration_since(r.at).as_secs_f32();
+                (
+                    r.emoji.as_str(),
+                    (age / REACTION_SHOWN_FOR.as_secs_f32()).min(1.0),
+                )
+            })
+            .collect()
+    }
 }
 
 pub struct Toast {
@@ -206,6 +268,8 @@ const EVENT_BUDGET: Duration = Duration::from_millis(8);
 
 impl HuddleApp {
     pub fn new(ctx: egui::Context, services: AppServices, settings: Settings) -> Self {
+        // The control bar's icons.
+        egui_material_icons::initialize(&ctx);
         // One message per user action (a file pick, hosting started): never near full.
         let (ui_tx, ui_rx) = std_mpsc::sync_channel(UI_MESSAGES);
         let lobby = LobbyState {
@@ -468,6 +532,14 @@ impl HuddleApp {
         self.call = None;
         self.view = View::Lobby;
         self.lobby.joining = None;
+    }
+
+    pub fn set_hand_raised(&mut self, raised: bool) {
+        self.command(Command::SetHandRaised(raised));
+    }
+
+    pub fn react(&mut self, emoji: &str) {
+        self.command(Command::React(emoji.to_owned()));
     }
 
     pub fn set_muted(&mut self, muted: bool) {
@@ -742,6 +814,18 @@ impl HuddleApp {
                     p.info.nickname = nickname;
                 }
             }
+            Event::HandChanged { peer, raised_at_ms } => self.on_hand(peer, raised_at_ms),
+            Event::Reaction { peer, emoji } => {
+                if let Some(call) = self.call.as_mut() {
+                    let now = Instant::now();
+                    call.reactions.push_back(FloatingReaction {
+                        peer,
+                        emoji,
+                        at: now,
+                    });
+                    call.forget_old_reactions(now);
+                }
+            }
             Event::PeerConnecting { peer } | Event::PeerDisconnected { peer } => {
                 if let Some(p) = self.participant(&peer) {
                     p.connected = false;
@@ -813,8 +897,34 @@ impl HuddleApp {
             send_target: None,
             self_tile: VideoTile::new("self"),
             left_notice: None,
+            reactions: VecDeque::new(),
+            people_open: false,
         });
         self.view = View::Call;
+    }
+
+    fn on_hand(&mut self, peer: PeerId, raised_at_ms: Option<u64>) {
+        let name = self.peer_name(&peer);
+        let Some(call) = self.call.as_mut() else {
+            return;
+        };
+        let info = if call.me.id == peer {
+            Some(&mut call.me)
+        } else {
+            call.peers
+                .iter_mut()
+                .find(|p| p.info.id == peer)
+                .map(|p| &mut p.info)
+        };
+        let Some(info) = info else {
+            return;
+        };
+        let newly_raised = info.hand_raised_at_ms.is_none() && raised_at_ms.is_some();
+        info.hand_raised_at_ms = raised_at_ms;
+        if newly_raised && call.me.id != peer {
+            call.chat
+                .notice(format!("{name} raised a hand"), Self::now_ms());
+        }
     }
 
     fn on_peer_left(&mut self, peer: PeerId, reason: LeaveReason) {

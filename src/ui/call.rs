@@ -1,19 +1,14 @@
 //! The call view: remote videos in a grid that adapts to the number of people (aspect kept,
-//! nickname on each tile, speaking indicator, initials when the camera is off), a small mirrored
-//! self-view, the chat panel, the file panel, the call controls and an optional stats view.
+//! nickname on each tile with a muted mark, raised-hand badge, floating reactions, speaking
+//! indicator, initials when the camera is off), a small mirrored self-view, the chat panel, the
+//! file panel, the people list, the call controls (`controls`) and an optional stats view.
 
 use super::app::{HuddleApp, Participant, SelfViewPlace, TransferRow};
+use super::controls::{self, CAMERA, HAND, HAND_COLOUR, MUTE, PUSH_TO_TALK};
 use super::video::{VideoTile, fit, grid_columns};
 use crate::chat::{ChatEntry, clock_time};
 use crate::engine::{Direction, LinkQuality, PeerId, TransferCommand, TransferId, TransferState};
-use crate::services::devices;
-
-const MUTE: egui::KeyboardShortcut =
-    egui::KeyboardShortcut::new(egui::Modifiers::CTRL, egui::Key::D);
-const CAMERA: egui::KeyboardShortcut =
-    egui::KeyboardShortcut::new(egui::Modifiers::CTRL, egui::Key::E);
-/// Held while muted, speaks (push to talk).
-const PUSH_TO_TALK: egui::Key = egui::Key::Space;
+use egui_material_icons::icons::{ICON_MIC_OFF, ICON_PAN_TOOL};
 /// Above this level a remote peer counts as speaking.
 const SPEAKING_DBFS: f32 = -45.0;
 
@@ -26,6 +21,12 @@ pub fn call_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
     if ctx.input_mut(|i| i.consume_shortcut(&CAMERA)) {
         let on = !app.local.video_enabled;
         app.set_camera_on(on);
+    }
+    if ctx.input_mut(|i| i.consume_shortcut(&HAND))
+        && let Some(call) = app.call.as_ref()
+    {
+        let raised = call.me.hand_raised_at_ms.is_some();
+        app.set_hand_raised(!raised);
     }
     // Full screen: the window manager may have taken it away (or given it) meanwhile.
     if let Some(fullscreen) = ctx.input(|i| i.viewport().fullscreen) {
@@ -81,7 +82,15 @@ pub fn call_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
     }
 
     top_bar(app, ui);
-    controls_bar(app, ui);
+    controls::controls_bar(app, ui);
+    if let Some(call) = app.call.as_ref().filter(|c| c.people_open) {
+        egui::Panel::left("people")
+            .frame(unfilled(egui::Frame::side_top_panel(ui.style())))
+            .resizable(true)
+            .default_size(220.0)
+            .min_size(180.0)
+            .show(ui, |ui| controls::people_ui(call, ui));
+    }
     if app.call.as_ref().is_some_and(|c| c.chat.is_open()) {
         egui::Panel::right("side")
             .frame(unfilled(egui::Frame::side_top_panel(ui.style())))
@@ -108,7 +117,7 @@ pub fn call_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
 /// A panel frame without its fill. The window is cleared to the panel colour
 /// (`HuddleApp::clear_color`), so the fill would paint the same pixels again; under a software
 /// rasteriser every panel fill costs about as much per pixel as the video beside it.
-fn unfilled(frame: egui::Frame) -> egui::Frame {
+pub(super) fn unfilled(frame: egui::Frame) -> egui::Frame {
     frame.fill(egui::Color32::TRANSPARENT)
 }
 
@@ -129,10 +138,6 @@ fn top_bar(app: &mut HuddleApp, ui: &mut egui::Ui) {
                     );
                 }
                 ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
-                    if ui.button("Leave").clicked() {
-                        app.leave();
-                        return;
-                    }
                     if ui
                         .button("Copy invite link")
                         .on_hover_text("A huddle:// link others can open to join this room")
@@ -142,20 +147,6 @@ fn top_bar(app: &mut HuddleApp, ui: &mut egui::Ui) {
                         ui.ctx().copy_text(link.clone());
                         app.toast(format!("Copied {link}"));
                         app.last_invite = Some(link);
-                    }
-                    let Some(call) = app.call.as_mut() else {
-                        return;
-                    };
-                    let chat_label = if call.chat.is_open() {
-                        "Hide chat".to_owned()
-                    } else if call.chat.unread() > 0 {
-                        format!("Chat ({} unread)", call.chat.unread())
-                    } else {
-                        "Chat".to_owned()
-                    };
-                    if ui.button(chat_label).clicked() {
-                        let open = !call.chat.is_open();
-                        call.chat.set_open(open);
                     }
                     let hidden = app.self_view == SelfViewPlace::Hidden;
                     let self_label = if hidden {
@@ -179,158 +170,6 @@ fn top_bar(app: &mut HuddleApp, ui: &mut egui::Ui) {
                 });
             });
         });
-}
-
-fn controls_bar(app: &mut HuddleApp, ui: &mut egui::Ui) {
-    egui::Panel::bottom("call-controls")
-        .frame(unfilled(egui::Frame::side_top_panel(ui.style())))
-        .show(ui, |ui| {
-            ui.add_space(4.0);
-            ui.horizontal_wrapped(|ui| {
-                let mute_label = if app.local.audio_muted {
-                    "Unmute"
-                } else {
-                    "Mute"
-                };
-                if ui
-                    .add(egui::Button::new(mute_label).selected(app.local.audio_muted))
-                    .on_hover_text("Ctrl+D · while muted, hold Space to talk")
-                    .clicked()
-                {
-                    let muted = !app.local.audio_muted;
-                    app.set_muted(muted);
-                }
-                let cam_label = if app.local.video_enabled {
-                    "Camera off"
-                } else {
-                    "Camera on"
-                };
-                if ui
-                    .add(egui::Button::new(cam_label).selected(!app.local.video_enabled))
-                    .on_hover_text("Ctrl+E")
-                    .clicked()
-                {
-                    let on = !app.local.video_enabled;
-                    app.set_camera_on(on);
-                }
-                let status = format!(
-                    "Microphone {} · camera {}",
-                    if app.push_to_talk {
-                        "on while Space is held"
-                    } else if app.local.audio_muted {
-                        "muted"
-                    } else {
-                        "on"
-                    },
-                    if app.local.video_enabled { "on" } else { "off" }
-                );
-                ui.label(status);
-                level_meter(app, ui);
-                ui.separator();
-                let cameras = devices::cameras(&app.devices.cameras);
-                let mics = devices::microphones(&app.devices.microphones);
-                let speakers = devices::speakers(&app.devices.speakers);
-                device_picker(
-                    app,
-                    ui,
-                    "Camera",
-                    cameras,
-                    |a| a.settings.camera.clone(),
-                    HuddleApp::switch_camera,
-                    // A first run without a camera: the test pattern is a choice, not a default.
-                    Some("No camera found"),
-                );
-                device_picker(
-                    app,
-                    ui,
-                    "Microphone",
-                    mics,
-                    |a| a.settings.microphone.clone(),
-                    HuddleApp::switch_microphone,
-                    None,
-                );
-                device_picker(
-                    app,
-                    ui,
-                    "Speaker",
-                    speakers,
-                    |a| a.settings.speaker.clone(),
-                    HuddleApp::switch_speaker,
-                    None,
-                );
-                processing_toggles(app, ui);
-            });
-            ui.add_space(4.0);
-        });
-}
-
-fn processing_toggles(app: &mut HuddleApp, ui: &mut egui::Ui) {
-    let mut s = crate::services::ProcessingSettings {
-        echo_cancellation: app.settings.echo_cancellation,
-        noise_suppression: app.settings.noise_suppression,
-        gain_control: app.settings.gain_control,
-    };
-    let before = s;
-    ui.menu_button("Audio processing", |ui| {
-        ui.checkbox(&mut s.echo_cancellation, "Echo cancellation");
-        ui.checkbox(&mut s.noise_suppression, "Noise suppression");
-        ui.checkbox(&mut s.gain_control, "Automatic gain");
-    });
-    if s != before {
-        app.set_processing(s);
-    }
-}
-
-fn level_meter(app: &HuddleApp, ui: &mut egui::Ui) {
-    let dbfs = app
-        .engine
-        .as_ref()
-        .map(|e| e.media().local_level_dbfs())
-        .unwrap_or(-100.0);
-    let fill = ((dbfs + 60.0) / 60.0).clamp(0.0, 1.0);
-    ui.add(
-        egui::ProgressBar::new(fill)
-            .desired_width(80.0)
-            .text(format!("{dbfs:.0} dB")),
-    )
-    .on_hover_text("Your microphone level");
-}
-
-fn device_picker(
-    app: &mut HuddleApp,
-    ui: &mut egui::Ui,
-    label: &str,
-    choices: Vec<devices::DeviceChoice>,
-    current: impl Fn(&HuddleApp) -> String,
-    switch: fn(&mut HuddleApp, String),
-    unset_label: Option<&str>,
-) {
-    let now = current(app);
-    let shown = if now.is_empty() {
-        // Nothing chosen yet: what is used then (the system default), or what the caller says.
-        unset_label
-            .map(str::to_owned)
-            .or_else(|| choices.first().map(|c| c.label.clone()))
-            .unwrap_or_default()
-    } else {
-        devices::label_of(&choices, &now)
-    };
-    let mut picked = None;
-    egui::ComboBox::from_label(label)
-        .selected_text(shown)
-        .width(170.0)
-        .show_ui(ui, |ui| {
-            for c in &choices {
-                if ui.selectable_label(c.id == now, &c.label).clicked() {
-                    picked = Some(c.id.clone());
-                }
-            }
-        });
-    if let Some(id) = picked
-        && id != now
-    {
-        switch(app, id);
-    }
 }
 
 /// Up to two initials: the first letter or digit of the first two words that have one
@@ -359,6 +198,10 @@ struct TileLook<'a> {
     quality: Option<LinkQuality>,
     /// Painted right after the picture (the display meter's mark).
     after_picture: Option<egui::Shape>,
+    /// The hand is up: its place in line (1 = first).
+    hand: Option<usize>,
+    /// Reactions floating up from the name plate, each with how far it has risen (0 to 1).
+    reactions: Vec<(&'a str, f32)>,
 }
 
 fn draw_tile(
@@ -427,31 +270,23 @@ fn draw_tile(
             egui::StrokeKind::Inside,
         );
     }
-    let label = if look.muted {
-        format!("{} (muted)", look.name)
-    } else {
-        look.name.to_owned()
-    };
-    let galley_pos = rect.left_bottom() + egui::vec2(8.0, -8.0);
-    let text_rect = painter.text(
-        galley_pos,
-        egui::Align2::LEFT_BOTTOM,
-        &label,
-        egui::FontId::proportional(14.0),
-        egui::Color32::WHITE,
-    );
-    painter.rect_filled(
-        text_rect.expand(3.0),
-        4.0,
-        egui::Color32::from_black_alpha(120),
-    );
-    painter.text(
-        galley_pos,
-        egui::Align2::LEFT_BOTTOM,
-        &label,
-        egui::FontId::proportional(14.0),
-        egui::Color32::WHITE,
-    );
+    name_plate(&painter, rect, look.name, look.muted);
+    if let Some(place) = look.hand {
+        hand_badge(&painter, rect, place);
+    }
+    for (emoji, risen) in &look.reactions {
+        // Rises from the name plate to mid-tile, fading out over its last third.
+        let start = rect.center_bottom() + egui::vec2(0.0, -40.0);
+        let pos = start + egui::vec2(0.0, -risen * rect.height() * 0.45);
+        let alpha = ((1.0 - risen) * 3.0).clamp(0.0, 1.0);
+        painter.text(
+            pos,
+            egui::Align2::CENTER_CENTER,
+            *emoji,
+            egui::FontId::proportional((rect.height() * 0.14).clamp(24.0, 48.0)),
+            egui::Color32::WHITE.gamma_multiply(alpha),
+        );
+    }
     if let Some(quality) = look.quality {
         draw_quality_bars(
             &painter,
@@ -460,7 +295,8 @@ fn draw_tile(
         );
     }
     if let Some(overlay) = &look.overlay {
-        let pos = rect.left_top() + egui::vec2(8.0, 8.0);
+        let below_hand = if look.hand.is_some() { 34.0 } else { 8.0 };
+        let pos = rect.left_top() + egui::vec2(8.0, below_hand);
         let r = painter.text(
             pos,
             egui::Align2::LEFT_TOP,
@@ -480,6 +316,65 @@ fn draw_tile(
     let accessible = look.accessible;
     response.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Image, true, accessible.clone()));
     response
+}
+
+/// The name in the bottom left corner on a dark plate, after a red crossed-out microphone when
+/// muted.
+fn name_plate(painter: &egui::Painter, rect: egui::Rect, name: &str, muted: bool) {
+    let font = egui::FontId::proportional(14.0);
+    let mut job = egui::text::LayoutJob::default();
+    if muted {
+        job.append(
+            ICON_MIC_OFF.codepoint,
+            0.0,
+            egui::TextFormat::simple(
+                egui::FontId::new(15.0, ICON_MIC_OFF.font_family()),
+                egui::Color32::from_rgb(240, 90, 80),
+            ),
+        );
+    }
+    job.append(
+        name,
+        if muted { 4.0 } else { 0.0 },
+        egui::TextFormat::simple(font, egui::Color32::WHITE),
+    );
+    let galley = painter.layout_job(job);
+    let pos = rect.left_bottom() + egui::vec2(8.0, -8.0 - galley.size().y);
+    painter.rect_filled(
+        egui::Rect::from_min_size(pos, galley.size()).expand(3.0),
+        4.0,
+        egui::Color32::from_black_alpha(120),
+    );
+    painter.galley(pos, galley, egui::Color32::WHITE);
+}
+
+/// A raised hand and its place in line, top left.
+fn hand_badge(painter: &egui::Painter, rect: egui::Rect, place: usize) {
+    let pos = rect.left_top() + egui::vec2(8.0, 8.0);
+    let mut job = egui::text::LayoutJob::default();
+    job.append(
+        ICON_PAN_TOOL.codepoint,
+        0.0,
+        egui::TextFormat::simple(
+            egui::FontId::new(18.0, ICON_PAN_TOOL.font_family()),
+            egui::Color32::from_gray(20),
+        ),
+    );
+    job.append(
+        &place.to_string(),
+        4.0,
+        egui::TextFormat::simple(
+            egui::FontId::proportional(15.0),
+            egui::Color32::from_gray(20),
+        ),
+    );
+    let galley = painter.layout_job(job);
+    painter.rect_filled(
+        egui::Rect::from_min_size(pos, galley.size()).expand(4.0),
+        6.0,
+        HAND_COLOUR,
+    );
+    painter.galley(pos, galley, egui::Color32::from_gray(20));
 }
 
 /// Three signal bars ending at `top_right`: all lit green when good, two amber when fair, one
@@ -570,9 +465,16 @@ fn video_grid(app: &mut HuddleApp, ui: &mut egui::Ui) {
     let mut toggle_fullscreen = false;
     let mut new_self_place = None;
     let meter = app.display_meter.as_ref();
+    let muted = app.local.audio_muted && !app.push_to_talk;
+    let now = std::time::Instant::now();
     let Some(call) = app.call.as_mut() else {
         return;
     };
+    if !call.reactions.is_empty() {
+        // Reactions move: keep drawing while one floats.
+        ui.ctx()
+            .request_repaint_after(std::time::Duration::from_millis(33));
+    }
     let area = ui.available_rect_before_wrap();
     if let Some(m) = meter {
         ui.painter().add(m.pass_marker(area));
@@ -595,6 +497,7 @@ fn video_grid(app: &mut HuddleApp, ui: &mut egui::Ui) {
             (area.height() - gap * (rows as f32 - 1.0)) / rows as f32,
         );
         for (i, p) in call.peers.iter().enumerate() {
+            let hand = call.hand_position(&p.info.id);
             let (row, col) = (i / cols, i % cols);
             let cell_rect = egui::Rect::from_min_size(
                 area.min + egui::vec2(col as f32 * (cell.x + gap), row as f32 * (cell.y + gap)),
@@ -613,11 +516,15 @@ fn video_grid(app: &mut HuddleApp, ui: &mut egui::Ui) {
                 TileLook {
                     name: &p.info.nickname,
                     nickname: &p.info.nickname,
-                    accessible: match p.stats.as_ref().and_then(|s| s.quality) {
-                        Some(q) => {
-                            format!("Video of {}, connection {}", p.info.nickname, q.label())
+                    accessible: {
+                        let mut a = format!("Video of {}", p.info.nickname);
+                        if let Some(q) = p.stats.as_ref().and_then(|s| s.quality) {
+                            a.push_str(&format!(", connection {}", q.label()));
                         }
-                        None => format!("Video of {}", p.info.nickname),
+                        if hand.is_some() {
+                            a.push_str(", hand raised");
+                        }
+                        a
                     },
                     camera_on: p.video_on,
                     speaking: p.audio_on && level > SPEAKING_DBFS,
@@ -630,6 +537,8 @@ fn video_grid(app: &mut HuddleApp, ui: &mut egui::Ui) {
                         let id = p.info.id.to_string();
                         m.tile_marker(rect, &id, p.tile.frames_shown, p.tile.shown_capture_us())
                     }),
+                    hand,
+                    reactions: call.reactions_of(&p.info.id, now),
                 },
             );
             toggle_fullscreen |= tile.double_clicked();
@@ -641,7 +550,7 @@ fn video_grid(app: &mut HuddleApp, ui: &mut egui::Ui) {
     if let Some(corner) = self_place.corner() {
         let rect = corner.align_size_within_rect(size, area.shrink(10.0));
         let name = format!("{} (you)", call.me.nickname);
-        let tile = draw_self_view(ui, rect, call, &name, local_video);
+        let tile = draw_self_view(ui, rect, call, &name, local_video, muted, now);
         tile.context_menu(|ui| {
             if ui.button("Hide self-view").clicked() {
                 new_self_place = Some(SelfViewPlace::Hidden);
@@ -671,6 +580,8 @@ fn draw_self_view(
     call: &super::app::CallState,
     name: &str,
     local_video: bool,
+    muted: bool,
+    now: std::time::Instant,
 ) -> egui::Response {
     draw_tile(
         ui,
@@ -682,12 +593,14 @@ fn draw_self_view(
             accessible: "Your video".into(),
             camera_on: local_video,
             speaking: false,
-            muted: false,
+            muted,
             mirrored: true,
             overlay: None,
             connecting: false,
             quality: None,
             after_picture: None,
+            hand: call.hand_position(&call.me.id),
+            reactions: call.reactions_of(&call.me.id, now),
         },
     )
 }

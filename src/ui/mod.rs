@@ -5,6 +5,7 @@
 
 pub mod app;
 mod call;
+mod controls;
 pub mod display_meter;
 mod lobby;
 pub mod video;
