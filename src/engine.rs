@@ -148,6 +148,8 @@ pub enum Command {
     SetVideoSource(VideoSourceSpec),
     SetAudioSource(AudioInput),
     SetAudioOutput(AudioOutput),
+    /// Plays a short chime through the speaker (the device check).
+    PlayTestSound,
     /// Echo cancellation, noise suppression and gain control on or off.
     SetProcessing(crate::media::apm::ProcessingSettings),
     /// Finds cameras, microphones and speakers (answered with `Event::Devices`).
@@ -730,6 +732,9 @@ impl Engine {
             Command::SetNickname(n) => {
                 let _ = self.signaling.send(ClientCommand::SetNickname(n));
             }
+            Command::PlayTestSound => self
+                .playout
+                .play_local(crate::media::audio_pipeline::test_chime()),
             Command::SetHandRaised(raised) => {
                 let _ = self.signaling.send(ClientCommand::SetHand(raised));
             }

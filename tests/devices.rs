@@ -125,6 +125,11 @@ fn clicks_through_the_speaker_come_back_through_the_microphone_in_order() {
 }
 
 #[test]
+fn the_speaker_test_chime_comes_out_of_the_speaker() {
+    SoundServer::start().run_inner("inner_test_chime");
+}
+
+#[test]
 fn switching_the_output_mid_stream_keeps_audio_flowing() {
     SoundServer::start().run_inner("inner_output_switch");
 }
@@ -282,6 +287,42 @@ fn inner_tone_loop() {
         dbfs(tail)
     );
     assert!((f - 600.0).abs() / 600.0 < 0.02, "{f}");
+    assert!(notices.drain().is_empty());
+}
+
+/// The lobby's "Play test sound": the playout mixes the chime into what it plays, through the
+/// real speaker path into a null sink; its monitor hears the two notes, in order.
+#[test]
+#[ignore = "run by the_speaker_test_chime_comes_out_of_the_speaker"]
+fn inner_test_chime() {
+    assert!(in_private_server());
+    let notices = Notices::default();
+    let speaker = SpeakerSink::open(Some("pulseaudio:huddle_out"), notices.clone()).unwrap();
+    let mut mic = MicSource::open(Some("pulseaudio:huddle_out.monitor"), notices.clone()).unwrap();
+    let playout = AudioPlayout::start(Box::new(speaker), false, None).unwrap();
+    playout.play_local(huddle::media::audio_pipeline::test_chime());
+    let heard = record(&mut mic, 1.5);
+    drop(playout);
+    // The pitch of each loud 100 ms stretch, in order, with repeats merged.
+    let mut notes: Vec<u32> = Vec::new();
+    for window in heard.chunks(SAMPLE_RATE as usize / 10) {
+        if dbfs(window) < -30.0 {
+            continue;
+        }
+        if let Some(f) = estimate_frequency(window, SAMPLE_RATE) {
+            let note = (f / 10.0).round() as u32 * 10;
+            if notes.last() != Some(&note) {
+                notes.push(note);
+            }
+        }
+    }
+    println!("measured: test chime heard as {notes:?} Hz");
+    let first_660 = notes.iter().position(|n| n.abs_diff(660) <= 10);
+    let first_880 = notes.iter().position(|n| n.abs_diff(880) <= 10);
+    assert!(
+        matches!((first_660, first_880), (Some(a), Some(b)) if a < b),
+        "heard {notes:?}"
+    );
     assert!(notices.drain().is_empty());
 }
 

@@ -506,6 +506,74 @@ fn the_embedded_server_starts_when_none_is_configured() {
     rt.block_on(embedded.shutdown());
 }
 
+/// The lobby's device check shows the camera preview, the microphone level (moving with the
+/// test tone) and a test sound; typing in the filter narrows the room list.
+#[test]
+fn the_lobby_checks_devices_and_filters_rooms() {
+    let rt = runtime();
+    let server = rt.block_on(start_server(test_config()));
+    let holders = rt.block_on(async {
+        let mut holders = Vec::new();
+        for (room, nick) in [("Standup", "sam"), ("Design review", "dee")] {
+            let mut c = TestClient::connect(&server.url()).await;
+            c.join(room, nick).await;
+            holders.push(c);
+        }
+        holders
+    });
+    let settings = Settings {
+        server: server.url(),
+        nickname: "ann".into(),
+        camera: "test:640x480".into(),
+        microphone: "tone:440".into(),
+        speaker: "none".into(),
+        ..Default::default()
+    };
+    let mut ui = app_harness(&rt, settings, None, None);
+    ui.until("both rooms", Duration::from_secs(10), |h| {
+        h.query_by_label_contains("Standup").is_some()
+            && h.query_by_label_contains("Design review").is_some()
+    });
+    // The preview shows the camera's picture, and the tone moves the level meter.
+    ui.until("the camera preview", Duration::from_secs(10), |h| {
+        h.query_by_label("Your camera preview").is_some()
+            && h.state().app().lobby.preview.has_picture()
+    });
+    ui.until("the microphone level", Duration::from_secs(10), |h| {
+        h.query_by_label("Microphone level").is_some()
+            && h.state()
+                .app()
+                .engine
+                .as_ref()
+                .is_some_and(|e| e.media().local_level_dbfs() > -30.0)
+    });
+    ui.harness.get_by_label_contains("Play test sound").click();
+    ui.harness.step();
+    assert!(ui.harness.state().app().toasts.is_empty());
+    // Turning the camera off shows initials instead.
+    ui.harness.get_by_label_contains("Turn camera off").click();
+    ui.until("the camera off", Duration::from_secs(5), |h| {
+        h.query_by_label_contains("Turn camera on").is_some()
+            && !h.state().app().lobby.preview.has_picture()
+    });
+
+    // The filter keeps the rooms whose names contain what is typed, in any case.
+    ui.harness.get_by_label("Filter").focus();
+    ui.harness.step();
+    ui.harness.get_by_label("Filter").type_text("STAND");
+    ui.until("only Standup", Duration::from_secs(5), |h| {
+        h.query_by_label_contains("Standup").is_some()
+            && h.query_by_label_contains("Design review").is_none()
+    });
+    ui.harness.get_by_label("Filter").type_text("zzz");
+    ui.until("nothing matches", Duration::from_secs(5), |h| {
+        h.query_by_label_contains("No room matches").is_some()
+    });
+    drop(ui);
+    drop(holders);
+    rt.block_on(server.shutdown());
+}
+
 #[test]
 fn a_locked_room_asks_for_its_password_in_the_lobby() {
     let rt = runtime();

@@ -236,6 +236,23 @@ struct PlayoutShared {
     detect_clicks: bool,
     /// Wall-clock times (µs) at which click onsets were played.
     onsets: Mutex<Samples>,
+    /// A local sound (the speaker test) still to be mixed into what is played.
+    cue: Mutex<VecDeque<f32>>,
+}
+
+/// The speaker test's chime: two soft notes (660 Hz, then 880 Hz), 0.3 s each, faded in and
+/// out so they do not click, at about -14 dBFS.
+pub fn test_chime() -> Vec<f32> {
+    let note = |hz: f32| {
+        let n = SAMPLE_RATE as usize * 3 / 10;
+        let fade = SAMPLE_RATE as usize / 50;
+        (0..n).map(move |i| {
+            let envelope = (i.min(n - 1 - i) as f32 / fade as f32).min(1.0);
+            let t = i as f32 / SAMPLE_RATE as f32;
+            0.2 * envelope * (2.0 * std::f32::consts::PI * hz * t).sin()
+        })
+    };
+    note(660.0).chain(note(880.0)).collect()
 }
 
 /// Remote audio: jitter buffers, decoding, mixing, sink. Dropping it stops the thread.
@@ -258,6 +275,7 @@ impl AudioPlayout {
             sink_description: Mutex::new(sink.describe()),
             detect_clicks,
             onsets: Mutex::new(Samples::with_capacity(10_000)),
+            cue: Mutex::new(VecDeque::new()),
         });
         let stop = Stopper::new();
         let thread = {
@@ -317,6 +335,12 @@ impl AudioPlayout {
         lock(&self.shared.sink_description).clone()
     }
 
+    /// Plays `samples` (48 kHz mono) through the sink, mixed with the call; replaces a sound
+    /// still playing.
+    pub fn play_local(&self, samples: Vec<f32>) {
+        *lock(&self.shared.cue) = samples.into();
+    }
+
     /// Wall-clock times (µs since the epoch) at which click onsets reached the sink.
     pub fn click_onset_times(&self) -> Vec<i64> {
         lock(&self.shared.onsets).values()
@@ -368,6 +392,13 @@ fn playout_loop(
                     *m += s;
                 }
                 measure(stream, &frame);
+            }
+        }
+        {
+            let mut cue = lock(&shared.cue);
+            let take = FRAME_SAMPLES.min(cue.len());
+            for (m, s) in mix.iter_mut().zip(cue.drain(..take)) {
+                *m += s;
             }
         }
         for m in mix.iter_mut() {

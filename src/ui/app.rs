@@ -71,6 +71,10 @@ pub struct LobbyState {
     pub private_new_room: bool,
     /// A join token from an invite link, sent with joins.
     pub token: Option<String>,
+    /// Only rooms whose name contains this (any case) are listed.
+    pub filter: String,
+    /// The device check's camera preview.
+    pub preview: VideoTile,
 }
 
 pub struct Participant {
@@ -283,6 +287,8 @@ impl HuddleApp {
             password_field: String::new(),
             private_new_room: false,
             token: None,
+            filter: String::new(),
+            preview: VideoTile::new("preview"),
         };
         let mut app = HuddleApp {
             show_stats: settings.show_stats,
@@ -565,6 +571,10 @@ impl HuddleApp {
         self.push_to_talk = held;
         let muted = !held && self.local.audio_muted;
         self.command(Command::SetAudioMuted(muted));
+    }
+
+    pub fn play_test_sound(&mut self) {
+        self.command(Command::PlayTestSound);
     }
 
     pub fn set_camera_on(&mut self, on: bool) {

@@ -574,6 +574,37 @@ fn video_grid(app: &mut HuddleApp, ui: &mut egui::Ui) {
     }
 }
 
+/// The lobby's camera preview: mirrored like the self-view, initials when the camera is off.
+pub(super) fn draw_preview(
+    ui: &mut egui::Ui,
+    rect: egui::Rect,
+    tile: &VideoTile,
+    nickname: &str,
+    camera_on: bool,
+    muted: bool,
+) -> egui::Response {
+    draw_tile(
+        ui,
+        rect,
+        tile,
+        TileLook {
+            name: nickname,
+            nickname,
+            accessible: "Your camera preview".into(),
+            camera_on,
+            speaking: false,
+            muted,
+            mirrored: true,
+            overlay: None,
+            connecting: false,
+            quality: None,
+            after_picture: None,
+            hand: None,
+            reactions: Vec::new(),
+        },
+    )
+}
+
 fn draw_self_view(
     ui: &mut egui::Ui,
     rect: egui::Rect,

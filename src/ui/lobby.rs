@@ -1,10 +1,22 @@
 //! The lobby: server and nickname (remembered), the live list of rooms with head counts,
-//! double-click (or Enter on a selected room) to join, a field to create a room, and connection
-//! or join problems shown plainly with a retry.
+//! capacity and a lock for password rooms, filtered by typing, double-click (or Enter on a
+//! selected room) to join, a field to create a room, connection or join problems shown plainly
+//! with a retry; beside it a device check (camera preview, microphone level, a test sound for the
+//! speaker, the three device pickers).
 
 use super::app::{Connection, HuddleApp};
+use egui_material_icons::icons::{
+    ICON_LOCK, ICON_MIC, ICON_MIC_OFF, ICON_VIDEOCAM, ICON_VIDEOCAM_OFF, ICON_VOLUME_UP,
+};
+
+/// The server and nickname fields: wide enough for `wss://huddle.example.org:8787`.
+const FIELD: [f32; 2] = [320.0, 22.0];
 
 pub fn lobby_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
+    egui::Panel::right("device-check")
+        .resizable(false)
+        .exact_size(360.0)
+        .show(ui, |ui| device_check(app, ui));
     egui::CentralPanel::default().show(ui, |ui| {
         ui.add_space(8.0);
         ui.heading("Huddle");
@@ -14,11 +26,13 @@ pub fn lobby_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
             .spacing([12.0, 8.0])
             .show(ui, |ui| {
                 let label = ui.label("Server");
+                // Sized, not `desired_width`: inside a grid a text field gets only the width
+                // its column had in the previous pass, which on the first was a few letters.
                 let server = ui
-                    .add(
+                    .add_sized(
+                        FIELD,
                         egui::TextEdit::singleline(&mut app.lobby.server_field)
-                            .hint_text("embedded, or ws://host:8787")
-                            .desired_width(280.0),
+                            .hint_text("embedded, or ws://host:8787"),
                     )
                     .labelled_by(label.id);
                 let enter = server.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
@@ -36,10 +50,10 @@ pub fn lobby_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
 
                 let label = ui.label("Nickname");
                 let nick = ui
-                    .add(
+                    .add_sized(
+                        FIELD,
                         egui::TextEdit::singleline(&mut app.lobby.nickname_field)
-                            .hint_text("how others see you")
-                            .desired_width(280.0),
+                            .hint_text("how others see you"),
                     )
                     .labelled_by(label.id);
                 // Arrived through an invite link: the nickname is all that is missing.
@@ -66,7 +80,17 @@ pub fn lobby_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
             ui.colored_label(egui::Color32::from_rgb(230, 110, 90), err);
         }
         ui.separator();
-        ui.heading("Rooms");
+        ui.horizontal(|ui| {
+            ui.heading("Rooms");
+            ui.add_space(12.0);
+            let label = ui.label("Filter");
+            ui.add(
+                egui::TextEdit::singleline(&mut app.lobby.filter)
+                    .hint_text("type part of a name")
+                    .desired_width(200.0),
+            )
+            .labelled_by(label.id);
+        });
         rooms_ui(app, ui);
         lan_ui(app, ui);
         ui.add_space(8.0);
@@ -76,7 +100,7 @@ pub fn lobby_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
                 .add(
                     egui::TextEdit::singleline(&mut app.lobby.new_room)
                         .hint_text("room name")
-                        .desired_width(220.0),
+                        .desired_width(320.0),
                 )
                 .labelled_by(label.id);
             let enter = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
@@ -101,7 +125,7 @@ pub fn lobby_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
                 egui::TextEdit::singleline(&mut app.lobby.password_field)
                     .password(true)
                     .hint_text("for locked rooms, or to lock a new one")
-                    .desired_width(220.0),
+                    .desired_width(320.0),
             )
             .labelled_by(label.id);
         });
@@ -134,7 +158,28 @@ fn connection_line(app: &mut HuddleApp, ui: &mut egui::Ui) {
 
 fn rooms_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
     if app.lobby.rooms.is_empty() {
-        ui.label("No rooms yet. Create one below.");
+        let text = match app.connection {
+            Connection::Connected => {
+                "No public rooms on this server yet. Type a name under New room below to start \
+                 one; people who join the server will see it here."
+            }
+            _ => "The rooms appear here once the server is connected.",
+        };
+        ui.label(text);
+        return;
+    }
+    let filter = app.lobby.filter.trim().to_lowercase();
+    let shown: Vec<(&String, &crate::engine::RoomInfo)> = app
+        .lobby
+        .rooms
+        .iter()
+        .filter(|(key, _)| key.contains(&filter))
+        .collect();
+    if shown.is_empty() {
+        ui.label(format!(
+            "No room matches \u{201c}{}\u{201d}.",
+            app.lobby.filter.trim()
+        ));
         return;
     }
     let mut join: Option<String> = None;
@@ -143,22 +188,46 @@ fn rooms_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
         .max_height(ui.available_height() - 60.0)
         .auto_shrink([false, true])
         .show(ui, |ui| {
-            for (key, room) in &app.lobby.rooms {
+            for (key, room) in shown {
                 let selected = app.lobby.selected.as_deref() == Some(key.as_str());
                 let full = room.people >= room.capacity;
-                // Words, not a padlock emoji: egui's built-in fonts have no glyph for it.
                 let text = format!(
-                    "{}  —  {} of {}{}{}",
+                    "{}{}  —  {} of {}{}",
+                    if room.locked {
+                        format!("{} ", ICON_LOCK.codepoint)
+                    } else {
+                        String::new()
+                    },
                     room.name,
                     room.people,
                     room.capacity,
                     if full { " (full)" } else { "" },
-                    if room.locked { "  · password" } else { "" }
                 );
-                let response = ui.add_sized(
-                    [ui.available_width(), 24.0],
-                    egui::Button::selectable(selected, text),
+                let response = ui.add(
+                    egui::Button::selectable(selected, text)
+                        .min_size(egui::vec2(ui.available_width(), 26.0)),
                 );
+                // Read out without the icon's private-use character.
+                let spoken = format!(
+                    "{}, {} of {}{}{}",
+                    room.name,
+                    room.people,
+                    room.capacity,
+                    if full { ", full" } else { "" },
+                    if room.locked {
+                        ", needs a password"
+                    } else {
+                        ""
+                    }
+                );
+                response.widget_info(|| {
+                    egui::WidgetInfo::selected(egui::Role::Button, true, selected, &spoken)
+                });
+                let response = if room.locked {
+                    response.on_hover_text("Needs the room's password (the Password field below)")
+                } else {
+                    response
+                };
                 if response.clicked() {
                     app.lobby.selected = Some(key.clone());
                 }
@@ -234,4 +303,100 @@ fn lan_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
         app.connect();
         app.pending_join = Some(room.room);
     }
+}
+
+/// Camera preview (initials when off), microphone level, a test sound for the speaker and the
+/// device pickers, so a person knows their devices work before joining.
+fn device_check(app: &mut HuddleApp, ui: &mut egui::Ui) {
+    ui.add_space(8.0);
+    ui.heading("Check your devices");
+    ui.add_space(6.0);
+    let frame = app
+        .engine
+        .as_ref()
+        .filter(|_| app.local.video_enabled)
+        .and_then(|e| e.media().self_view());
+    let ctx = ui.ctx().clone();
+    app.lobby.preview.refresh_from(&ctx, frame);
+    let width = ui.available_width();
+    let (rect, _) = ui.allocate_exact_size(egui::vec2(width, width * 0.75), egui::Sense::hover());
+    let nickname = match app.lobby.nickname_field.trim() {
+        "" => "You",
+        name => name,
+    };
+    super::call::draw_preview(
+        ui,
+        rect,
+        &app.lobby.preview,
+        nickname,
+        app.local.video_enabled,
+        app.local.audio_muted,
+    );
+    if app.local.video_enabled {
+        // The preview moves: keep drawing it at the camera's pace, at most.
+        ui.ctx()
+            .request_repaint_after(std::time::Duration::from_millis(33));
+    }
+    ui.add_space(6.0);
+    ui.horizontal(|ui| {
+        let on = app.local.video_enabled;
+        let (icon, label) = if on {
+            (ICON_VIDEOCAM, "Turn camera off")
+        } else {
+            (ICON_VIDEOCAM_OFF, "Turn camera on")
+        };
+        if ui
+            .add(egui::Button::new(format!("{}  {label}", icon.codepoint)).selected(!on))
+            .clicked()
+        {
+            app.set_camera_on(!on);
+        }
+        let muted = app.local.audio_muted;
+        let (icon, label) = if muted {
+            (ICON_MIC_OFF, "Unmute")
+        } else {
+            (ICON_MIC, "Mute")
+        };
+        if ui
+            .add(egui::Button::new(format!("{}  {label}", icon.codepoint)).selected(muted))
+            .clicked()
+        {
+            app.set_muted(!muted);
+        }
+    });
+    ui.add_space(6.0);
+    let dbfs = app
+        .engine
+        .as_ref()
+        .map(|e| e.media().local_level_dbfs())
+        .unwrap_or(-100.0);
+    let fill = ((dbfs + 60.0) / 60.0).clamp(0.0, 1.0);
+    ui.horizontal(|ui| {
+        ui.label("Microphone");
+        ui.add(
+            egui::ProgressBar::new(fill)
+                .desired_width(ui.available_width())
+                .fill(egui::Color32::from_rgb(60, 170, 90)),
+        )
+        .on_hover_text(format!("{dbfs:.0} dB: speak and watch it move"))
+        .widget_info(|| {
+            egui::WidgetInfo::labeled(egui::Role::ProgressIndicator, true, "Microphone level")
+        });
+    });
+    // The level moves with the voice.
+    ui.ctx()
+        .request_repaint_after(std::time::Duration::from_millis(100));
+    ui.add_space(4.0);
+    if ui
+        .button(format!("{}  Play test sound", ICON_VOLUME_UP.codepoint))
+        .on_hover_text("A short chime through the chosen speaker")
+        .clicked()
+    {
+        app.play_test_sound();
+    }
+    ui.add_space(8.0);
+    egui::Grid::new("lobby-devices")
+        .num_columns(2)
+        .spacing([8.0, 6.0])
+        .show(ui, |ui| super::controls::device_pickers(app, ui));
 }
