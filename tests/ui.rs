@@ -10,7 +10,7 @@ use egui_kittest::kittest::{NodeT, Queryable};
 use huddle::engine::{Command, Event, TransferCommand};
 use huddle::media::audio::NullSink;
 use huddle::settings::Settings;
-use huddle::ui::app::SelfViewPlace;
+use huddle::ui::app::{CallLayout, SelfViewPlace};
 use huddle::ui::{AppServices, HuddleApp, View};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -731,6 +731,75 @@ fn the_self_view_hides_comes_back_and_moves_and_f11_asks_for_full_screen() {
     });
     drop(ui);
     rt.block_on(server.shutdown());
+}
+
+#[test]
+fn pinning_someone_shows_them_large_in_speaker_view_and_grid_view_evens_out() {
+    let rt = runtime();
+    let server = rt.block_on(start_server(test_config()));
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let (bob, dee) = rt.block_on(async {
+        let mut bob = TestPeer::start(&url, PeerOptions::new(2, 660.0, dir.path().into()));
+        bob.join("layout", "bob").await;
+        let mut dee = TestPeer::start(&url, PeerOptions::new(3, 880.0, dir.path().into()));
+        dee.join("layout", "dee").await;
+        (bob, dee)
+    });
+    let settings = Settings {
+        server: url,
+        nickname: "cy".into(),
+        camera: "none".into(),
+        microphone: "none".into(),
+        ..Default::default()
+    };
+    let mut ui = app_harness(&rt, settings, None, Some("layout".into()));
+    ui.until("both tiles", Duration::from_secs(15), |h| {
+        h.query_by_label_contains("Video of bob").is_some()
+            && h.query_by_label_contains("Video of dee").is_some()
+    });
+    let area = |ui: &Ui<'_>, who: &str| {
+        ui.harness
+            .get_by_label_contains(&format!("Video of {who}"))
+            .rect()
+            .area()
+    };
+    assert!(
+        (area(&ui, "bob") - area(&ui, "dee")).abs() < 1.0,
+        "the grid"
+    );
+    // Dee's tile menu pins her: speaker view, dee large, bob in the strip.
+    ui.harness
+        .get_by_label_contains("Video of dee")
+        .click_secondary();
+    ui.until("the tile's menu", Duration::from_secs(5), |h| {
+        h.query_by_label("Pin dee").is_some()
+    });
+    ui.harness.get_by_label("Pin dee").click();
+    ui.until("speaker view", Duration::from_secs(5), |h| {
+        let call = h.state().app().call.as_ref().unwrap();
+        call.layout == CallLayout::Speaker && call.pinned.as_ref() == dee.id.as_ref()
+    });
+    ui.harness.step();
+    assert!(
+        area(&ui, "dee") > 4.0 * area(&ui, "bob"),
+        "dee {} against bob {}",
+        area(&ui, "dee"),
+        area(&ui, "bob")
+    );
+    // Back to the grid: the same size again.
+    ui.harness.get_by_label("Grid view").click();
+    ui.until("the grid", Duration::from_secs(5), |h| {
+        h.state().app().call.as_ref().unwrap().layout == CallLayout::Grid
+    });
+    ui.harness.step();
+    assert!((area(&ui, "bob") - area(&ui, "dee")).abs() < 1.0);
+    drop(ui);
+    rt.block_on(async {
+        bob.engine.shutdown().await;
+        dee.engine.shutdown().await;
+        server.shutdown().await;
+    });
 }
 
 #[test]

@@ -87,6 +87,8 @@ pub struct Participant {
     /// Frames decoded at the last stats update, for fps.
     pub frames_at_last_stats: (u64, Option<Instant>),
     pub fps: f64,
+    /// When this peer was last heard above the speaking level.
+    pub spoke_at: Option<Instant>,
 }
 
 pub struct TransferRow {
@@ -110,7 +112,25 @@ pub struct CallState {
     pub reactions: VecDeque<FloatingReaction>,
     /// The participants list is open beside the video.
     pub people_open: bool,
+    pub layout: CallLayout,
+    /// Shown large in speaker view whoever speaks.
+    pub pinned: Option<PeerId>,
+    /// Shown large in speaker view when no one is pinned.
+    pub active_speaker: Option<PeerId>,
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CallLayout {
+    /// Everyone the same size.
+    #[default]
+    Grid,
+    /// One person large (pinned, or whoever speaks), the others in a strip.
+    Speaker,
+}
+
+/// The active speaker changes only after they have been quiet this long, so a cough from
+/// someone else does not swap the big picture.
+const SPEAKER_HOLD: Duration = Duration::from_millis(1500);
 
 pub struct FloatingReaction {
     pub peer: PeerId,
@@ -123,6 +143,50 @@ pub const REACTION_SHOWN_FOR: Duration = Duration::from_secs(3);
 const MAX_FLOATING_REACTIONS: usize = 24;
 
 impl CallState {
+    /// Notes who is speaking now and moves the active speaker to the latest one once the
+    /// current one has been quiet for `SPEAKER_HOLD`.
+    pub fn note_speaking(&mut self, speaking: &[PeerId], now: Instant) {
+        for p in &mut self.peers {
+            if speaking.contains(&p.info.id) {
+                p.spoke_at = Some(now);
+            }
+        }
+        let spoke_at = |id: &PeerId| {
+            self.peers
+                .iter()
+                .find(|p| &p.info.id == id)
+                .and_then(|p| p.spoke_at)
+        };
+        let current_quiet = self
+            .active_speaker
+            .as_ref()
+            .and_then(spoke_at)
+            .is_none_or(|t| now.duration_since(t) >= SPEAKER_HOLD);
+        if current_quiet
+            && let Some(latest) = self
+                .peers
+                .iter()
+                .filter(|p| p.spoke_at.is_some())
+                .max_by_key(|p| p.spoke_at)
+        {
+            self.active_speaker = Some(latest.info.id.clone());
+        }
+    }
+
+    /// Which peer (by index) is shown large: in speaker view, the pinned one, else the active
+    /// speaker, else the first; in the grid, none.
+    pub fn main_tile(&self) -> Option<usize> {
+        if self.layout != CallLayout::Speaker || self.peers.is_empty() {
+            return None;
+        }
+        let index_of = |id: &PeerId| self.peers.iter().position(|p| &p.info.id == id);
+        self.pinned
+            .as_ref()
+            .and_then(index_of)
+            .or_else(|| self.active_speaker.as_ref().and_then(index_of))
+            .or(Some(0))
+    }
+
     /// Everyone whose hand is up (us too), first raised first.
     pub fn raised_hands(&self) -> Vec<&PeerInfo> {
         let mut raised: Vec<&PeerInfo> = std::iter::once(&self.me)
@@ -909,6 +973,9 @@ impl HuddleApp {
             left_notice: None,
             reactions: VecDeque::new(),
             people_open: false,
+            layout: CallLayout::default(),
+            pinned: None,
+            active_speaker: None,
         });
         self.view = View::Call;
     }
@@ -1023,6 +1090,7 @@ impl Participant {
             stats: None,
             frames_at_last_stats: (0, None),
             fps: 0.0,
+            spoke_at: None,
         }
     }
 }
@@ -1047,5 +1115,56 @@ fn server_error_text(code: ErrorCode, message: &str) -> String {
             format!("This server only lets in people with an invitation: {message}")
         }
         _ => format!("{message} ({code})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call_with(peers: &[&str]) -> CallState {
+        let info = |id: &str| PeerInfo {
+            id: PeerId(id.into()),
+            nickname: id.into(),
+            hand_raised_at_ms: None,
+        };
+        CallState {
+            room: "r".into(),
+            me: info("me"),
+            peers: peers.iter().map(|p| Participant::new(info(p))).collect(),
+            chat: ChatLog::new(true),
+            draft: String::new(),
+            transfers: BTreeMap::new(),
+            send_target: None,
+            self_tile: VideoTile::new("self"),
+            left_notice: None,
+            reactions: VecDeque::new(),
+            people_open: false,
+            layout: CallLayout::Speaker,
+            pinned: None,
+            active_speaker: None,
+        }
+    }
+
+    #[test]
+    fn the_active_speaker_holds_through_a_short_interruption_and_a_pin_wins() {
+        let mut call = call_with(&["a", "b"]);
+        let (a, b) = (PeerId("a".into()), PeerId("b".into()));
+        let t0 = Instant::now();
+        assert_eq!(call.main_tile(), Some(0), "no one has spoken: the first");
+        call.note_speaking(std::slice::from_ref(&b), t0);
+        assert_eq!(call.main_tile(), Some(1));
+        // A speaks up while b paused for half a second: b stays large.
+        call.note_speaking(std::slice::from_ref(&a), t0 + Duration::from_millis(500));
+        assert_eq!(call.active_speaker.as_ref(), Some(&b));
+        // B quiet for the hold: a takes over.
+        call.note_speaking(std::slice::from_ref(&a), t0 + Duration::from_millis(1600));
+        assert_eq!(call.active_speaker.as_ref(), Some(&a));
+        assert_eq!(call.main_tile(), Some(0));
+        // Pinned b is large whoever speaks; the grid has no large tile.
+        call.pinned = Some(b);
+        assert_eq!(call.main_tile(), Some(1));
+        call.layout = CallLayout::Grid;
+        assert_eq!(call.main_tile(), None);
     }
 }

@@ -3,9 +3,10 @@
 //! indicator, initials when the camera is off), a small mirrored self-view, the chat panel, the
 //! file panel, the people list, the call controls (`controls`) and an optional stats view.
 
+use super::app::CallLayout;
 use super::app::{HuddleApp, Participant, SelfViewPlace, TransferRow};
 use super::controls::{self, CAMERA, HAND, HAND_COLOUR, MUTE, PUSH_TO_TALK};
-use super::video::{VideoTile, fit, grid_columns};
+use super::video::{VideoTile, fit, tile_rects};
 use crate::chat::{ChatEntry, clock_time};
 use crate::engine::{Direction, LinkQuality, PeerId, TransferCommand, TransferId, TransferState};
 use egui_material_icons::icons::{ICON_MIC_OFF, ICON_PAN_TOOL};
@@ -147,6 +148,21 @@ fn top_bar(app: &mut HuddleApp, ui: &mut egui::Ui) {
                         ui.ctx().copy_text(link.clone());
                         app.toast(format!("Copied {link}"));
                         app.last_invite = Some(link);
+                    }
+                    if let Some(call) = app.call.as_mut() {
+                        let (label, hint, next) = match call.layout {
+                            CallLayout::Grid => (
+                                "Speaker view",
+                                "Whoever speaks (or whoever you pin) large, the others in a strip",
+                                CallLayout::Speaker,
+                            ),
+                            CallLayout::Speaker => {
+                                ("Grid view", "Everyone the same size", CallLayout::Grid)
+                            }
+                        };
+                        if ui.button(label).on_hover_text(hint).clicked() {
+                            call.layout = next;
+                        }
                     }
                     let hidden = app.self_view == SelfViewPlace::Hidden;
                     let self_label = if hidden {
@@ -488,27 +504,29 @@ fn video_grid(app: &mut HuddleApp, ui: &mut egui::Ui) {
             egui::Color32::from_gray(180),
         );
     } else {
-        let n = call.peers.len();
-        let gap = 8.0;
-        let cols = grid_columns(n, area.size(), 4.0 / 3.0);
-        let rows = n.div_ceil(cols);
-        let cell = egui::vec2(
-            (area.width() - gap * (cols as f32 - 1.0)) / cols as f32,
-            (area.height() - gap * (rows as f32 - 1.0)) / rows as f32,
-        );
-        for (i, p) in call.peers.iter().enumerate() {
+        let levels: Vec<f32> = call
+            .peers
+            .iter()
+            .map(|p| {
+                media
+                    .as_ref()
+                    .and_then(|m| m.remote_audio(&p.info.id))
+                    .map(|s| s.level_dbfs)
+                    .unwrap_or(-100.0)
+            })
+            .collect();
+        let speaking: Vec<PeerId> = call
+            .peers
+            .iter()
+            .zip(&levels)
+            .filter(|(p, level)| p.audio_on && **level > SPEAKING_DBFS)
+            .map(|(p, _)| p.info.id.clone())
+            .collect();
+        call.note_speaking(&speaking, now);
+        let rects = tile_rects(area, call.peers.len(), call.main_tile());
+        let mut pin = None;
+        for ((p, rect), level) in call.peers.iter().zip(rects).zip(levels) {
             let hand = call.hand_position(&p.info.id);
-            let (row, col) = (i / cols, i % cols);
-            let cell_rect = egui::Rect::from_min_size(
-                area.min + egui::vec2(col as f32 * (cell.x + gap), row as f32 * (cell.y + gap)),
-                cell,
-            );
-            let rect = fit(egui::vec2(4.0, 3.0), cell_rect);
-            let level = media
-                .as_ref()
-                .and_then(|m| m.remote_audio(&p.info.id))
-                .map(|s| s.level_dbfs)
-                .unwrap_or(-100.0);
             let tile = draw_tile(
                 ui,
                 rect,
@@ -542,6 +560,24 @@ fn video_grid(app: &mut HuddleApp, ui: &mut egui::Ui) {
                 },
             );
             toggle_fullscreen |= tile.double_clicked();
+            let pinned = call.pinned.as_ref() == Some(&p.info.id);
+            tile.context_menu(|ui| {
+                let label = if pinned {
+                    "Unpin".to_owned()
+                } else {
+                    format!("Pin {}", p.info.nickname)
+                };
+                if ui.button(label).clicked() {
+                    pin = Some((!pinned).then(|| p.info.id.clone()));
+                }
+            });
+        }
+        if let Some(pinned) = pin {
+            // Pinning shows the person large; unpinning leaves the layout as it is.
+            if pinned.is_some() {
+                call.layout = CallLayout::Speaker;
+            }
+            call.pinned = pinned;
         }
     }
     // The self-view: small, mirrored, in the corner the user chose (bottom right at first).

@@ -146,9 +146,108 @@ pub fn grid_columns(n: usize, area: egui::Vec2, aspect: f32) -> usize {
     best.0
 }
 
+const TILE_ASPECT: f32 = 4.0 / 3.0;
+const TILE_GAP: f32 = 8.0;
+
+/// Where `n` tiles go in `area`, 4:3 each: a grid that makes them as large as it can, or, with
+/// `main` (speaker view), that tile large and the others in a strip along the bottom.
+pub fn tile_rects(area: egui::Rect, n: usize, main: Option<usize>) -> Vec<egui::Rect> {
+    let tile = |r: egui::Rect| fit(egui::vec2(4.0, 3.0), r);
+    match main {
+        Some(m) if m < n && n > 1 => {
+            let strip_h = (area.height() * 0.2).clamp(80.0, 180.0);
+            let others = n - 1;
+            let w = (strip_h * TILE_ASPECT)
+                .min((area.width() - TILE_GAP * (others as f32 - 1.0)) / others as f32);
+            let row_w = w * others as f32 + TILE_GAP * (others as f32 - 1.0);
+            let mut x = area.center().x - row_w / 2.0;
+            let strip_top = area.max.y - strip_h;
+            let main_rect = tile(egui::Rect::from_min_max(
+                area.min,
+                egui::pos2(area.max.x, strip_top - TILE_GAP),
+            ));
+            (0..n)
+                .map(|i| {
+                    if i == m {
+                        return main_rect;
+                    }
+                    let cell =
+                        egui::Rect::from_min_size(egui::pos2(x, strip_top), egui::vec2(w, strip_h));
+                    x += w + TILE_GAP;
+                    tile(cell)
+                })
+                .collect()
+        }
+        _ => {
+            let cols = grid_columns(n, area.size(), TILE_ASPECT);
+            let rows = n.div_ceil(cols.max(1));
+            let cell = egui::vec2(
+                (area.width() - TILE_GAP * (cols as f32 - 1.0)) / cols as f32,
+                (area.height() - TILE_GAP * (rows as f32 - 1.0)) / rows as f32,
+            );
+            (0..n)
+                .map(|i| {
+                    let (row, col) = (i / cols, i % cols);
+                    tile(egui::Rect::from_min_size(
+                        area.min
+                            + egui::vec2(
+                                col as f32 * (cell.x + TILE_GAP),
+                                row as f32 * (cell.y + TILE_GAP),
+                            ),
+                        cell,
+                    ))
+                })
+                .collect()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn overlap(a: egui::Rect, b: egui::Rect) -> bool {
+        a.intersect(b).is_positive()
+    }
+
+    #[test]
+    fn speaker_view_puts_the_main_tile_large_and_the_rest_in_a_strip() {
+        let area = egui::Rect::from_min_size(egui::pos2(10.0, 20.0), egui::vec2(1000.0, 700.0));
+        for n in 2..=6 {
+            let rects = tile_rects(area, n, Some(1));
+            assert_eq!(rects.len(), n);
+            let main = rects[1];
+            for (i, r) in rects.iter().enumerate() {
+                assert!(
+                    area.expand(0.5).contains_rect(*r),
+                    "{n}: tile {i} {r:?} outside"
+                );
+                for (j, o) in rects.iter().enumerate().skip(i + 1) {
+                    assert!(!overlap(*r, *o), "{n}: tiles {i} and {j} overlap");
+                }
+                if i != 1 {
+                    assert!(r.area() * 4.0 < main.area(), "{n}: tile {i} not small");
+                    assert!(r.min.y > main.max.y, "{n}: tile {i} not below the main one");
+                }
+            }
+        }
+        // One person: speaker view is that person, full size, as in the grid.
+        assert_eq!(tile_rects(area, 1, Some(0)), tile_rects(area, 1, None));
+    }
+
+    #[test]
+    fn the_grid_fills_the_area_without_overlap() {
+        let area = egui::Rect::from_min_size(egui::Pos2::ZERO, egui::vec2(1200.0, 600.0));
+        let rects = tile_rects(area, 4, None);
+        assert!(rects.windows(2).all(|w| !overlap(w[0], w[1])));
+        assert!(
+            rects
+                .iter()
+                .all(|r| (r.width() - rects[0].width()).abs() < 0.01)
+        );
+        // A main tile out of range falls back to the grid.
+        assert_eq!(tile_rects(area, 4, Some(9)), rects);
+    }
 
     #[test]
     fn fit_keeps_aspect() {
