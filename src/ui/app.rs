@@ -143,6 +143,25 @@ pub const REACTION_SHOWN_FOR: Duration = Duration::from_secs(3);
 const MAX_FLOATING_REACTIONS: usize = 24;
 
 impl CallState {
+    fn new(room: String, me: PeerInfo, peers: Vec<PeerInfo>, chat: ChatLog) -> Self {
+        CallState {
+            room,
+            me,
+            peers: peers.into_iter().map(Participant::new).collect(),
+            chat,
+            draft: String::new(),
+            transfers: BTreeMap::new(),
+            send_target: None,
+            self_tile: VideoTile::new("self"),
+            left_notice: None,
+            reactions: VecDeque::new(),
+            people_open: false,
+            layout: CallLayout::default(),
+            pinned: None,
+            active_speaker: None,
+        }
+    }
+
     /// Notes who is speaking now and moves the active speaker to the latest one once the
     /// current one has been quiet for `SPEAKER_HOLD`.
     pub fn note_speaking(&mut self, speaking: &[PeerId], now: Instant) {
@@ -637,6 +656,17 @@ impl HuddleApp {
         self.command(Command::SetAudioMuted(muted));
     }
 
+    /// The microphone's level in dBFS (measured even while muted), and as a 0-1 meter fill
+    /// over the 60 dB below full scale.
+    pub fn mic_level(&self) -> (f32, f32) {
+        let dbfs = self
+            .engine
+            .as_ref()
+            .map(|e| e.media().local_level_dbfs())
+            .unwrap_or(-100.0);
+        (dbfs, ((dbfs + 60.0) / 60.0).clamp(0.0, 1.0))
+    }
+
     pub fn play_test_sound(&mut self) {
         self.command(Command::PlayTestSound);
     }
@@ -960,23 +990,7 @@ impl HuddleApp {
         self.my_id = Some(you.id.clone());
         let mut chat = ChatLog::new(true);
         chat.load_history(&history, &you.id);
-        let participants = peers.into_iter().map(Participant::new).collect();
-        self.call = Some(CallState {
-            room,
-            me: you,
-            peers: participants,
-            chat,
-            draft: String::new(),
-            transfers: BTreeMap::new(),
-            send_target: None,
-            self_tile: VideoTile::new("self"),
-            left_notice: None,
-            reactions: VecDeque::new(),
-            people_open: false,
-            layout: CallLayout::default(),
-            pinned: None,
-            active_speaker: None,
-        });
+        self.call = Some(CallState::new(room, you, peers, chat));
         self.view = View::Call;
     }
 
@@ -1128,22 +1142,14 @@ mod tests {
             nickname: id.into(),
             hand_raised_at_ms: None,
         };
-        CallState {
-            room: "r".into(),
-            me: info("me"),
-            peers: peers.iter().map(|p| Participant::new(info(p))).collect(),
-            chat: ChatLog::new(true),
-            draft: String::new(),
-            transfers: BTreeMap::new(),
-            send_target: None,
-            self_tile: VideoTile::new("self"),
-            left_notice: None,
-            reactions: VecDeque::new(),
-            people_open: false,
-            layout: CallLayout::Speaker,
-            pinned: None,
-            active_speaker: None,
-        }
+        let mut call = CallState::new(
+            "r".into(),
+            info("me"),
+            peers.iter().map(|p| info(p)).collect(),
+            ChatLog::new(true),
+        );
+        call.layout = CallLayout::Speaker;
+        call
     }
 
     #[test]

@@ -619,26 +619,34 @@ pub(super) fn draw_preview(
     camera_on: bool,
     muted: bool,
 ) -> egui::Response {
-    draw_tile(
-        ui,
-        rect,
-        tile,
-        TileLook {
-            name: nickname,
-            nickname,
-            accessible: "Your camera preview".into(),
-            camera_on,
-            speaking: false,
-            muted,
-            mirrored: true,
-            overlay: None,
-            connecting: false,
-            quality: None,
-            after_picture: None,
-            hand: None,
-            reactions: Vec::new(),
-        },
-    )
+    let look = own_look(nickname, nickname, "Your camera preview", camera_on, muted);
+    draw_tile(ui, rect, tile, look)
+}
+
+/// How one's own picture looks (the lobby's preview, the call's self-view): mirrored, never
+/// "speaking", no connection to grade.
+fn own_look<'a>(
+    name: &'a str,
+    nickname: &'a str,
+    accessible: &str,
+    camera_on: bool,
+    muted: bool,
+) -> TileLook<'a> {
+    TileLook {
+        name,
+        nickname,
+        accessible: accessible.into(),
+        camera_on,
+        speaking: false,
+        muted,
+        mirrored: true,
+        overlay: None,
+        connecting: false,
+        quality: None,
+        after_picture: None,
+        hand: None,
+        reactions: Vec::new(),
+    }
 }
 
 fn draw_self_view(
@@ -655,19 +663,9 @@ fn draw_self_view(
         rect,
         &call.self_tile,
         TileLook {
-            name,
-            nickname: &call.me.nickname,
-            accessible: "Your video".into(),
-            camera_on: local_video,
-            speaking: false,
-            muted,
-            mirrored: true,
-            overlay: None,
-            connecting: false,
-            quality: None,
-            after_picture: None,
             hand: call.hand_position(&call.me.id),
             reactions: call.reactions_of(&call.me.id, now),
+            ..own_look(name, &call.me.nickname, "Your video", local_video, muted)
         },
     )
 }

@@ -158,12 +158,7 @@ fn microphone_and_camera(app: &mut HuddleApp, ui: &mut egui::Ui) {
 
 /// A thin vertical bar showing the microphone's level (measured even while muted).
 fn level_meter(app: &HuddleApp, ui: &mut egui::Ui) {
-    let dbfs = app
-        .engine
-        .as_ref()
-        .map(|e| e.media().local_level_dbfs())
-        .unwrap_or(-100.0);
-    let fill = ((dbfs + 60.0) / 60.0).clamp(0.0, 1.0);
+    let (dbfs, fill) = app.mic_level();
     let (rect, response) = ui.allocate_exact_size(egui::vec2(6.0, 32.0), egui::Sense::hover());
     let painter = ui.painter_at(rect);
     painter.rect_filled(rect, 3.0, egui::Color32::from_gray(60));

@@ -365,12 +365,7 @@ fn device_check(app: &mut HuddleApp, ui: &mut egui::Ui) {
         }
     });
     ui.add_space(6.0);
-    let dbfs = app
-        .engine
-        .as_ref()
-        .map(|e| e.media().local_level_dbfs())
-        .unwrap_or(-100.0);
-    let fill = ((dbfs + 60.0) / 60.0).clamp(0.0, 1.0);
+    let (dbfs, fill) = app.mic_level();
     ui.horizontal(|ui| {
         ui.label("Microphone");
         ui.add(
