@@ -27,6 +27,17 @@ impl TestApp {
     }
 }
 
+/// Settings for an app with no camera and no microphone.
+fn without_devices(server: String, nickname: &str) -> Settings {
+    Settings {
+        server,
+        nickname: nickname.into(),
+        camera: "none".into(),
+        microphone: "none".into(),
+        ..Default::default()
+    }
+}
+
 /// The runtime the app and the test's server and peers share, as in `huddle`.
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -413,13 +424,7 @@ fn an_invite_link_opens_straight_into_its_room() {
     let link = format!("huddle://{}/Design%20review", server.local_addr());
     // What `huddle huddle://...` does with the link.
     let invite = huddle::invite::Invite::parse(&link).unwrap();
-    let settings = Settings {
-        server: invite.server_url(),
-        nickname: "ann".into(),
-        camera: "none".into(),
-        microphone: "none".into(),
-        ..Default::default()
-    };
+    let settings = without_devices(invite.server_url(), "ann");
     let mut ui = app_harness(&rt, settings, None, Some(invite.room.clone()));
     ui.until("the call", Duration::from_secs(10), |h| {
         h.state().app().view == View::Call
@@ -592,13 +597,7 @@ fn a_locked_room_asks_for_its_password_in_the_lobby() {
         ));
         c
     });
-    let settings = Settings {
-        server: server.url(),
-        nickname: "ann".into(),
-        camera: "none".into(),
-        microphone: "none".into(),
-        ..Default::default()
-    };
+    let settings = without_devices(server.url(), "ann");
     let mut ui = app_harness(&rt, settings, None, None);
     ui.until(
         "the locked room in the list",
@@ -691,13 +690,7 @@ fn a_first_run_without_a_camera_starts_with_it_off_and_no_test_pattern_chosen() 
 fn the_self_view_hides_comes_back_and_moves_and_f11_asks_for_full_screen() {
     let rt = runtime();
     let server = rt.block_on(start_server(test_config()));
-    let settings = Settings {
-        server: server.url(),
-        nickname: "cy".into(),
-        camera: "none".into(),
-        microphone: "none".into(),
-        ..Default::default()
-    };
+    let settings = without_devices(server.url(), "cy");
     let mut ui = app_harness(&rt, settings, None, Some("layout".into()));
     ui.until(
         "the call with the self-view",
@@ -746,13 +739,7 @@ fn pinning_someone_shows_them_large_in_speaker_view_and_grid_view_evens_out() {
         dee.join("layout", "dee").await;
         (bob, dee)
     });
-    let settings = Settings {
-        server: url,
-        nickname: "cy".into(),
-        camera: "none".into(),
-        microphone: "none".into(),
-        ..Default::default()
-    };
+    let settings = without_devices(url, "cy");
     let mut ui = app_harness(&rt, settings, None, Some("layout".into()));
     ui.until("both tiles", Duration::from_secs(15), |h| {
         h.query_by_label_contains("Video of bob").is_some()
@@ -806,13 +793,7 @@ fn pinning_someone_shows_them_large_in_speaker_view_and_grid_view_evens_out() {
 fn a_nickname_the_server_would_refuse_is_explained_in_the_lobby_and_can_be_fixed() {
     let rt = runtime();
     let server = rt.block_on(start_server(test_config()));
-    let settings = Settings {
-        server: server.url(),
-        nickname: "ada (new)".into(),
-        camera: "none".into(),
-        microphone: "none".into(),
-        ..Default::default()
-    };
+    let settings = without_devices(server.url(), "ada (new)");
     let mut ui = app_harness(&rt, settings, None, Some("names".into()));
     ui.until("the explanation", Duration::from_secs(10), |h| {
         h.query_by_label_contains("may not contain '('").is_some()

@@ -263,18 +263,21 @@ impl JitterBuffer {
             self.grown_frames -= 1;
             self.grown_at_pop = self.pops;
         }
-        let target = self.target_frames();
-        let Some(next) = self.next else {
-            self.surplus_pops = 0;
-            if self.packets.len() < target {
-                return Playout::Silence;
+        let next = match self.next {
+            Some(next) => next,
+            // (Re)buffering: start once the target is buffered.
+            None => {
+                self.surplus_pops = 0;
+                if self.packets.len() < self.target_frames() {
+                    return Playout::Silence;
+                }
+                let Some((&first, _)) = self.packets.first_key_value() else {
+                    return Playout::Silence;
+                };
+                self.next = Some(first);
+                self.missing_run = 0;
+                first
             }
-            let Some((&first, _)) = self.packets.first_key_value() else {
-                return Playout::Silence;
-            };
-            self.next = Some(first);
-            self.missing_run = 0;
-            return self.pop();
         };
         if self.growth_pending.take() == Some(next)
             && (self.packets.contains_key(&next) || self.packets.contains_key(&(next + 1)))
@@ -293,7 +296,6 @@ impl JitterBuffer {
             if let Some((&first, _)) = self.packets.first_key_value() {
                 next = next.max(first);
             }
-            self.surplus_pops = 0;
         }
         if self.packets.len() > target {
             self.surplus_pops += 1;

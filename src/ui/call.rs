@@ -504,28 +504,29 @@ fn video_grid(app: &mut HuddleApp, ui: &mut egui::Ui) {
             egui::Color32::from_gray(180),
         );
     } else {
-        let levels: Vec<f32> = call
+        let speaking: Vec<bool> = call
             .peers
             .iter()
             .map(|p| {
-                media
+                let level = media
                     .as_ref()
                     .and_then(|m| m.remote_audio(&p.info.id))
                     .map(|s| s.level_dbfs)
-                    .unwrap_or(-100.0)
+                    .unwrap_or(-100.0);
+                p.audio_on && level > SPEAKING_DBFS
             })
             .collect();
-        let speaking: Vec<PeerId> = call
+        let speakers: Vec<PeerId> = call
             .peers
             .iter()
-            .zip(&levels)
-            .filter(|(p, level)| p.audio_on && **level > SPEAKING_DBFS)
+            .zip(&speaking)
+            .filter(|(_, speaking)| **speaking)
             .map(|(p, _)| p.info.id.clone())
             .collect();
-        call.note_speaking(&speaking, now);
+        call.note_speaking(&speakers, now);
         let rects = tile_rects(area, call.peers.len(), call.main_tile());
         let mut pin = None;
-        for ((p, rect), level) in call.peers.iter().zip(rects).zip(levels) {
+        for ((p, rect), speaking) in call.peers.iter().zip(rects).zip(speaking) {
             let hand = call.hand_position(&p.info.id);
             let tile = draw_tile(
                 ui,
@@ -545,7 +546,7 @@ fn video_grid(app: &mut HuddleApp, ui: &mut egui::Ui) {
                         a
                     },
                     camera_on: p.video_on,
-                    speaking: p.audio_on && level > SPEAKING_DBFS,
+                    speaking,
                     muted: !p.audio_on,
                     mirrored: false,
                     overlay: show_stats.then(|| stats_text(p)),
