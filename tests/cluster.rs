@@ -235,6 +235,23 @@ async fn two_processes_share_rooms_chat_relays_and_calls_through_redis() {
         other => panic!("{other:?}"),
     }
 
+    // Ann raises hers straight after, through the other process: it is stamped after bob's
+    // even if both land in the same millisecond.
+    ann.send(&ClientMessage::SetHand { raised: true }).await;
+    match cat
+        .recv_until(|m| matches!(m, ServerMessage::HandChanged { .. }))
+        .await
+    {
+        ServerMessage::HandChanged {
+            peer_id,
+            raised_at_ms,
+        } => {
+            assert_eq!(peer_id, ann.peer_id);
+            assert!(raised_at_ms.expect("raised") > raised_at);
+        }
+        _ => unreachable!(),
+    }
+
     // Relays cross processes with the real sender; forged senders and other rooms are refused.
     let payload = serde_json::json!({"kind": "offer", "sdp": "v=0"});
     ann.send(&ClientMessage::Relay {

@@ -257,7 +257,7 @@ fn the_app_joins_shows_video_chats_mutes_and_receives_a_file() {
         .info
         .hand_raised_at_ms
         .unwrap();
-    assert!(ann_raised_at <= bob_raised_at);
+    assert!(ann_raised_at < bob_raised_at);
     // Ctrl+H lowers ann's hand; bob moves up to first.
     ui.harness.key_press_modifiers(
         egui::Modifiers::CTRL | egui::Modifiers::COMMAND,

@@ -182,7 +182,8 @@ elseif op == 'nick' then
   return 'ok'
 elseif op == 'hand' then
   -- ARGV[5]: the time to record if the hand goes up, or '' to lower it. A hand already up
-  -- keeps its time (its place in the queue).
+  -- keeps its time (its place in the queue); a new one goes after every hand already up, so
+  -- the stamps give the order of raising even across nodes whose clocks differ.
   local key, peer, at = ARGV[3], ARGV[4], ARGV[5]
   local current = redis.call('HGET', members_key(key), peer)
   if not current then return 'not_in_room' end
@@ -190,7 +191,12 @@ elseif op == 'hand' then
   if at == '' then
     member.hand = nil
   elseif not member.hand then
-    member.hand = tonumber(at)
+    local stamp = tonumber(at)
+    for _, json in ipairs(redis.call('HVALS', members_key(key))) do
+      local other = cjson.decode(json)
+      if other.hand and other.hand >= stamp then stamp = other.hand + 1 end
+    end
+    member.hand = stamp
   end
   redis.call('HSET', members_key(key), peer, cjson.encode(member))
   publish_room(key, false, cjson.encode({ type = 'hand_changed', peer_id = peer, raised_at_ms = member.hand }))

@@ -514,6 +514,12 @@ impl Hub {
         let Some(members) = self.room_members_of(conn, out) else {
             return;
         };
+        // A new hand goes after every hand already up, even within the same millisecond, so
+        // the stamps alone give the order of raising.
+        let latest_up = members
+            .iter()
+            .filter_map(|m| self.conns.get(m)?.hand_raised_at_ms)
+            .max();
         let Some(me) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -521,7 +527,7 @@ impl Hub {
         me.hand_raised_at_ms = match (raised, me.hand_raised_at_ms) {
             (false, _) => None,
             (true, Some(at)) => Some(at),
-            (true, None) => Some(now_ms),
+            (true, None) => Some(latest_up.map_or(now_ms, |l| now_ms.max(l + 1))),
         };
         out.push(HubOutput::Deliver {
             to: members,
@@ -806,6 +812,29 @@ mod tests {
         h.connect(5);
         let outs = h.msg(5, ClientMessage::SetHand { raised: true });
         assert_eq!(error_code(&outs, 5), Some(ErrorCode::NotInRoom));
+    }
+
+    #[test]
+    fn hands_raised_in_the_same_millisecond_still_get_distinct_times_in_order() {
+        let mut h = Harness::new(HubConfig::default());
+        for c in 1..=3 {
+            h.connect(c);
+        }
+        h.join(1, "r", "ann");
+        h.join(2, "r", "bob");
+        h.join(3, "r", "cat");
+        let same_ms = h.now + 1;
+        let raise = |h: &mut Harness, conn: ConnId| {
+            let msg = ClientMessage::SetHand { raised: true };
+            h.hub
+                .handle(HubInput::Message { conn, msg }, same_ms, &mut h.out);
+            let outs = std::mem::take(&mut h.out);
+            hand_of(&outs, 1).and_then(|(_, at)| at).expect("raised")
+        };
+        let cat = raise(&mut h, 3);
+        let ann = raise(&mut h, 1);
+        let bob = raise(&mut h, 2);
+        assert!(cat < ann && ann < bob, "{cat} {ann} {bob}");
     }
 
     #[test]
