@@ -28,6 +28,7 @@ pub mod invite;
 pub mod lan;
 pub mod linkemu;
 pub mod media;
+pub mod notify;
 pub mod procstat;
 pub mod rtc;
 pub mod services;

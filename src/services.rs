@@ -2,8 +2,8 @@
 //! hosts (on loopback, or offered to the local network and announced there), rooms found on the
 //! local network, the device choices the settings offer, and the media types that appear in the
 //! engine's commands and events. `ui` imports `engine` and this module, never `media`,
-//! `signaling` or `lan` directly. May import `signaling`, `lan`, `media`, `procstat` and
-//! `settings`.
+//! `signaling` or `lan` directly. May import `signaling`, `lan`, `media`, `notify`, `procstat`
+//! and `settings`.
 
 use crate::settings::{self, Settings};
 use tokio::sync::mpsc;
@@ -16,6 +16,7 @@ pub use crate::media::devices::{self, MicChoice, SpeakerChoice};
 pub use crate::media::frame::RgbaFrame;
 pub use crate::media::now_us;
 pub use crate::media::video::RemoteVideo;
+pub use crate::notify::{Notification, Notifier};
 pub use crate::procstat::process_age;
 /// The server's rules for nicknames, so the lobby can say what is wrong before asking it.
 pub use crate::signaling::protocol::validate_nickname;

@@ -19,7 +19,11 @@ pub struct Settings {
     pub microphone: String,
     pub speaker: String,
     pub download_dir: Option<PathBuf>,
+    /// Accept files from everyone in the room without asking (up to `auto_accept_max_mib`).
     pub auto_accept_files: bool,
+    /// Larger files still ask, even from everyone.
+    pub auto_accept_max_mib: u64,
+    /// Larger offers are declined outright.
     pub max_incoming_mib: u64,
     pub show_stats: bool,
     pub echo_cancellation: bool,
@@ -27,6 +31,18 @@ pub struct Settings {
     pub gain_control: bool,
     /// A PEM certificate to trust for `wss://` besides the system's roots.
     pub trusted_cert: Option<PathBuf>,
+    pub theme: Theme,
+}
+
+/// The app's colours.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Theme {
+    Dark,
+    Light,
+    /// Whatever the desktop says (dark where it says nothing).
+    #[default]
+    FollowSystem,
 }
 
 impl Default for Settings {
@@ -39,12 +55,14 @@ impl Default for Settings {
             speaker: String::new(),
             download_dir: None,
             auto_accept_files: false,
+            auto_accept_max_mib: 100,
             max_incoming_mib: 16 * 1024,
             show_stats: false,
             echo_cancellation: true,
             noise_suppression: true,
             gain_control: true,
             trusted_cert: None,
+            theme: Theme::FollowSystem,
         }
     }
 }

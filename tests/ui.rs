@@ -7,8 +7,9 @@ use common::peer::{PeerOptions, TestPeer};
 use common::*;
 use egui_kittest::Harness;
 use egui_kittest::kittest::{NodeT, Queryable};
-use huddle::engine::{Command, Event, TransferCommand};
+use huddle::engine::{Command, Event, TransferCommand, TransferState};
 use huddle::media::audio::NullSink;
+use huddle::services::{Notification, Notifier};
 use huddle::settings::Settings;
 use huddle::ui::app::{CallLayout, SelfViewPlace};
 use huddle::ui::{AppServices, HuddleApp, View};
@@ -74,6 +75,12 @@ impl Ui<'_> {
                 .woken
                 .recv_timeout(left.min(Duration::from_millis(250)));
         }
+    }
+
+    /// Clicks a widget the way a screen reader does, wherever it is scrolled to (a pointer
+    /// click needs it inside the visible part of its scroll area).
+    fn click_in_view(&mut self, label: &str) {
+        self.harness.get_by_label(label).click_accesskit();
     }
 
     fn double_click(&mut self, label: &str) {
@@ -378,6 +385,16 @@ fn app_harness(
     embedded_url: Option<String>,
     pending_join: Option<String>,
 ) -> Ui<'static> {
+    app_harness_notifying(rt, settings, embedded_url, pending_join, Notifier::none())
+}
+
+fn app_harness_notifying(
+    rt: &tokio::runtime::Runtime,
+    settings: Settings,
+    embedded_url: Option<String>,
+    pending_join: Option<String>,
+    notifier: Notifier,
+) -> Ui<'static> {
     let services = AppServices {
         runtime: rt.handle().clone(),
         settings_path: None,
@@ -386,6 +403,7 @@ fn app_harness(
         bind_addrs: vec!["127.0.0.1:0".into()],
         discover_lan: false,
         read_stamps: false,
+        notifier,
     };
     let harness = Harness::builder()
         .with_size([1180.0, 760.0])
@@ -415,6 +433,303 @@ fn app_harness(
         let _ = wake_tx.try_send(());
     });
     Ui { harness, woken }
+}
+
+#[test]
+fn chat_groups_senders_links_jumps_to_new_messages_and_notifies_in_the_background() {
+    let rt = runtime();
+    let server = rt.block_on(start_server(test_config()));
+    let url = server.url();
+    let bob_dir = tempfile::tempdir().unwrap();
+    let app_dir = tempfile::tempdir().unwrap();
+    let bob = rt.block_on(async {
+        let mut options = PeerOptions::new(2, 660.0, bob_dir.path().into());
+        options.video = None;
+        let mut bob = TestPeer::start(&url, options);
+        bob.join("chatroom", "bob").await;
+        bob
+    });
+    let settings = Settings {
+        download_dir: Some(app_dir.path().to_path_buf()),
+        ..without_devices(url.clone(), "ann")
+    };
+    let (notified, notifications) = mpsc::sync_channel::<Notification>(16);
+    let mut ui = app_harness_notifying(
+        &rt,
+        settings,
+        None,
+        Some("chatroom".into()),
+        Notifier::channel(notified),
+    );
+    ui.until("bob in the call", Duration::from_secs(15), |h| {
+        h.state()
+            .app()
+            .call
+            .as_ref()
+            .is_some_and(|c| c.peers.iter().any(|p| p.connected))
+    });
+    let ann_id = ui.harness.state().app().my_id.clone().unwrap();
+
+    // Two messages in a row from bob share one header; the link in the second is a link, and
+    // clicking it asks the system to open it.
+    bob.send(Command::SendChat("first".into()));
+    bob.send(Command::SendChat(
+        "notes at https://example.org/notes?id=7 today".into(),
+    ));
+    ui.until("bob's link", Duration::from_secs(10), |h| {
+        h.query_by_label("https://example.org/notes?id=7").is_some()
+    });
+    let call = ui.harness.state().app().call.as_ref().unwrap();
+    assert_eq!(call.chat.entries().len(), 2);
+    assert!(!call.chat.continues_group(0) && call.chat.continues_group(1));
+    assert!(
+        ui.harness.query_by_label_contains("today").is_some(),
+        "text after the link"
+    );
+    ui.harness
+        .get_by_label("https://example.org/notes?id=7")
+        .click();
+    ui.harness.step();
+    let opened: Vec<String> = ui
+        .harness
+        .output()
+        .platform_output
+        .commands
+        .iter()
+        .filter_map(|c| match c {
+            egui::OutputCommand::OpenUrl(open) => Some(open.url.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(opened, ["https://example.org/notes?id=7"]);
+    assert!(
+        notifications.try_recv().is_err(),
+        "no notification while the window is in front"
+    );
+
+    // Enough long messages to scroll; scrolled up to read, a new one does not pull the view
+    // down but offers a jump to it; the jump goes there and the offer goes away.
+    for i in 0..6 {
+        bob.send(Command::SendChat(format!(
+            "{i} {}",
+            "long words ".repeat(60)
+        )));
+    }
+    ui.until("the long messages", Duration::from_secs(10), |h| {
+        h.state().app().call.as_ref().unwrap().chat.entries().len() == 8
+    });
+    for _ in 0..3 {
+        ui.harness.step();
+    }
+    let log = ui
+        .harness
+        .get_by_label_contains("5 long words")
+        .rect()
+        .center();
+    ui.harness.input_mut().events.extend([
+        egui::Event::PointerMoved(log),
+        egui::Event::MouseWheel {
+            unit: egui::MouseWheelUnit::Point,
+            delta: egui::vec2(0.0, 5000.0),
+            modifiers: egui::Modifiers::NONE,
+            phase: egui::TouchPhase::Move,
+            source: egui::MouseWheelSource::Wheel,
+        },
+    ]);
+    ui.harness.step();
+    bob.send(Command::SendChat("news while you read".into()));
+    ui.until("the new-messages jump", Duration::from_secs(10), |h| {
+        h.query_by_label_contains("1 new message").is_some()
+    });
+    ui.harness.get_by_label_contains("1 new message").click();
+    ui.until("the jump taken", Duration::from_secs(5), |h| {
+        h.query_by_label_contains("new message").is_none()
+    });
+    let call = ui.harness.state().app().call.as_ref().unwrap();
+    assert_eq!(call.chat_seen, call.chat.arrived_from_others());
+
+    // In the background, a message and a file offer each become a desktop notification.
+    ui.harness
+        .input_mut()
+        .viewports
+        .entry(egui::ViewportId::ROOT)
+        .or_default()
+        .focused = Some(false);
+    ui.harness.step();
+    bob.send(Command::SendChat("are you there?".into()));
+    let file = bob_dir.path().join("slides.pdf");
+    std::fs::write(&file, vec![7u8; 1500]).unwrap();
+    bob.send(Command::Transfer(TransferCommand::SendFiles {
+        paths: vec![file],
+        to: Some(ann_id.clone()),
+    }));
+    let mut seen = Vec::new();
+    ui.until("two notifications", Duration::from_secs(10), |_| {
+        seen.extend(notifications.try_iter());
+        seen.len() >= 2
+    });
+    // The offer travels peer to peer and the message through the server: either may be first.
+    seen.sort_by(|a, b| a.summary.cmp(&b.summary));
+    assert_eq!(
+        seen,
+        [
+            Notification {
+                summary: "bob in chatroom".into(),
+                body: "are you there?".into(),
+            },
+            Notification {
+                summary: "bob wants to send you a file".into(),
+                body: "slides.pdf (1.5 KB)".into(),
+            },
+        ]
+    );
+
+    drop(ui);
+    rt.block_on(async {
+        bob.engine.shutdown().await;
+        server.shutdown().await;
+    });
+}
+
+#[test]
+fn the_settings_window_renames_in_a_call_sets_who_sends_files_freely_and_the_theme() {
+    let rt = runtime();
+    let server = rt.block_on(start_server(test_config()));
+    let url = server.url();
+    let bob_dir = tempfile::tempdir().unwrap();
+    let app_dir = tempfile::tempdir().unwrap();
+    let mut bob = rt.block_on(async {
+        let mut options = PeerOptions::new(3, 660.0, bob_dir.path().into());
+        options.video = None;
+        let mut bob = TestPeer::start(&url, options);
+        bob.join("settings", "bob").await;
+        bob
+    });
+    let settings = Settings {
+        download_dir: Some(app_dir.path().to_path_buf()),
+        ..without_devices(url.clone(), "ann")
+    };
+    let mut ui = app_harness(&rt, settings, None, None);
+
+    // From the lobby: the theme changes at once; the shortcuts are listed.
+    ui.until("the lobby", Duration::from_secs(10), |h| {
+        h.query_by_label("Settings").is_some()
+    });
+    ui.harness
+        .get_by_role_and_label(egui::accesskit::Role::Button, "Settings")
+        .click();
+    ui.until("the settings window", Duration::from_secs(5), |h| {
+        h.query_by_label("Light").is_some()
+    });
+    assert!(ui.harness.query_by_label_contains("Hold Space").is_some());
+    ui.click_in_view("Light");
+    ui.until("the light theme", Duration::from_secs(5), |h| {
+        h.ctx.theme() == egui::Theme::Light
+    });
+    assert_eq!(
+        ui.harness.state().app().settings.theme,
+        huddle::settings::Theme::Light
+    );
+    ui.harness
+        .get_by_role_and_label(egui::accesskit::Role::Button, "Settings")
+        .click();
+    ui.until("the window closed", Duration::from_secs(5), |h| {
+        h.query_by_label("Light").is_none()
+    });
+
+    // In the call: a new nickname reaches bob.
+    ui.until("the room list", Duration::from_secs(10), |h| {
+        h.query_by_label_contains("settings").is_some()
+    });
+    ui.double_click("settings");
+    ui.until("bob connected", Duration::from_secs(15), |h| {
+        h.state()
+            .app()
+            .call
+            .as_ref()
+            .is_some_and(|c| c.peers.iter().any(|p| p.connected))
+    });
+    let ann_id = ui.harness.state().app().my_id.clone().unwrap();
+    ui.harness
+        .get_by_role_and_label(egui::accesskit::Role::Button, "Settings")
+        .click();
+    ui.until("the settings window", Duration::from_secs(5), |h| {
+        h.query_by_label("Nickname").is_some()
+    });
+    let field = ui.harness.get_by_label("Nickname");
+    field.focus();
+    ui.harness.step();
+    ui.harness
+        .key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
+    ui.harness.step();
+    ui.harness.get_by_label("Nickname").type_text("annie");
+    ui.harness.step();
+    ui.harness.get_by_label("Change").click();
+    ui.harness.step();
+    let renamed = rt.block_on(bob.wait_for(Duration::from_secs(10), |e| match e {
+        Event::NicknameChanged { peer, nickname } if *peer == ann_id => Some(nickname.clone()),
+        _ => None,
+    }));
+    assert_eq!(renamed, "annie");
+    ui.until("her own new name", Duration::from_secs(5), |h| {
+        let app = h.state().app();
+        app.call.as_ref().unwrap().me.nickname == "annie" && app.settings.nickname == "annie"
+    });
+
+    // Files from everyone in the room arrive without asking, from the next offer on; back to
+    // "nobody", the next one asks again.
+    ui.click_in_view("Everyone in the room");
+    ui.until("the policy set", Duration::from_secs(5), |h| {
+        h.state().app().settings.auto_accept_files
+    });
+    let send = |name: &str| {
+        let file = bob_dir.path().join(name);
+        std::fs::write(&file, name.repeat(100)).unwrap();
+        bob.send(Command::Transfer(TransferCommand::SendFiles {
+            paths: vec![file],
+            to: Some(ann_id.clone()),
+        }));
+    };
+    send("free.txt");
+    ui.until("the unasked file saved", Duration::from_secs(10), |h| {
+        let call = h.state().app().call.as_ref().unwrap();
+        let states: Vec<_> = call.transfers.values().map(|r| &r.update.state).collect();
+        assert!(
+            !states.contains(&&TransferState::AwaitingConsent),
+            "the file was never offered for a decision"
+        );
+        states == [&TransferState::Completed]
+    });
+    assert_eq!(
+        std::fs::read_to_string(app_dir.path().join("free.txt")).unwrap(),
+        "free.txt".repeat(100)
+    );
+    ui.click_in_view("Nobody: ask me every time");
+    ui.until("the policy unset", Duration::from_secs(5), |h| {
+        !h.state().app().settings.auto_accept_files
+    });
+    send("asked.txt");
+    ui.until("the offer asking", Duration::from_secs(10), |h| {
+        let call = h.state().app().call.as_ref().unwrap();
+        // Shown only if the test fails: what the app had instead.
+        eprintln!(
+            "transfers: {:?}",
+            call.transfers
+                .values()
+                .map(|r| (&r.update.name, &r.update.state))
+                .collect::<Vec<_>>()
+        );
+        call.transfers.values().any(|r| {
+            r.update.name == "asked.txt" && r.update.state == TransferState::AwaitingConsent
+        })
+    });
+    assert!(!app_dir.path().join("asked.txt").exists());
+
+    drop(ui);
+    rt.block_on(async {
+        bob.engine.shutdown().await;
+        server.shutdown().await;
+    });
 }
 
 #[test]

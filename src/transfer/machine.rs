@@ -21,7 +21,10 @@ pub struct MachineConfig {
     pub window: u64,
     /// The receiver acks after writing this many new bytes.
     pub ack_every: u64,
+    /// Accept offers without asking the user: see `auto_accept_max`.
     pub auto_accept: bool,
+    /// Larger offers still ask, even with `auto_accept`.
+    pub auto_accept_max: u64,
     /// Larger offers are declined.
     pub max_incoming: u64,
     /// Offers awaiting the user's answer, per peer; more are declined.
@@ -35,6 +38,7 @@ impl Default for MachineConfig {
             window: 8 * 1024 * 1024,
             ack_every: 512 * 1024,
             auto_accept: false,
+            auto_accept_max: u64::MAX,
             max_incoming: 16 * 1024 * 1024 * 1024,
             max_pending_offers: 64,
             chunk: CHUNK_DATA,
@@ -289,6 +293,12 @@ pub struct PeerTransfers {
 }
 
 impl PeerTransfers {
+    /// Who may send without asking, from now on (offers already waiting keep waiting).
+    pub fn set_auto_accept(&mut self, auto_accept: bool, up_to: u64) {
+        self.config.auto_accept = auto_accept;
+        self.config.auto_accept_max = up_to;
+    }
+
     pub fn new(config: MachineConfig) -> Self {
         PeerTransfers {
             config,
@@ -763,10 +773,12 @@ impl PeerTransfers {
         if let Some(reason) = refusal {
             out.push(Action::SendControl(Control::Decline { id, reason }));
         }
-        self.report_in(id, out);
-        if self.config.auto_accept {
+        // Accepted without asking, the first report already says so: the app would otherwise
+        // show Accept / Decline (and notify an offer) for a moment.
+        if self.config.auto_accept && size <= self.config.auto_accept_max {
             self.accept(id, out);
         }
+        self.report_in(id, out);
     }
 
     /// Sends `resume` once nothing is in flight to the disk, re-hashing if needed.

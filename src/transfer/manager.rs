@@ -86,6 +86,14 @@ pub enum TransferCommand {
     PeerDisconnected(PeerId),
     /// The peer left the room: its transfers end.
     PeerGone(PeerId),
+    /// Accept offers up to `up_to` bytes without asking (`auto_accept`), or ask for every one;
+    /// applies to every peer from the next offer on.
+    SetAutoAccept {
+        auto_accept: bool,
+        up_to: u64,
+    },
+    /// Where files accepted from now on are saved.
+    SetDownloadDir(PathBuf),
 }
 
 #[derive(Clone, Debug)]
@@ -355,6 +363,14 @@ impl Manager {
                     self.feed(&peer, Input::Disconnected).await;
                 }
             }
+            TransferCommand::SetAutoAccept { auto_accept, up_to } => {
+                self.config.machine.auto_accept = auto_accept;
+                self.config.machine.auto_accept_max = up_to;
+                for link in self.links.values_mut() {
+                    link.machine.set_auto_accept(auto_accept, up_to);
+                }
+            }
+            TransferCommand::SetDownloadDir(dir) => self.config.download_dir = dir,
             TransferCommand::PeerGone(peer) => {
                 if self.links.contains_key(&peer) {
                     self.feed(&peer, Input::PeerGone).await;

@@ -8,13 +8,13 @@ use crate::chat::ChatLog;
 use crate::engine::{
     self, AudioInput, AudioOutput, ChatMessage, Command, DeviceList, EngineConfig, EngineHandle,
     ErrorCode, Event, JoinAccess, LeaveReason, LocalMediaState, PeerId, PeerInfo, PeerStats,
-    RoomInfo, TransferCommand, TransferEvent, TransferId, TransferUpdate,
+    RoomInfo, TransferCommand, TransferEvent, TransferId, TransferState, TransferUpdate,
 };
 use crate::services::{
-    self, AudioSink, CameraState, Hosting, LanRoom, MicChoice, NullSink, ProcessingSettings,
-    SpeakerChoice, ToneSource, devices,
+    self, AudioSink, CameraState, Hosting, LanRoom, MicChoice, Notifier, NullSink,
+    ProcessingSettings, SpeakerChoice, ToneSource, devices,
 };
-use crate::settings::Settings;
+use crate::settings::{Settings, Theme};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,6 +38,8 @@ pub struct AppServices {
     pub discover_lan: bool,
     /// Read the capture stamp drawn into remote test pictures (for the display meter).
     pub read_stamps: bool,
+    /// Tells the person about chat and file offers while the window is in the background.
+    pub notifier: Notifier,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -103,6 +105,11 @@ pub struct CallState {
     pub peers: Vec<Participant>,
     pub chat: ChatLog,
     pub draft: String,
+    /// `ChatLog::arrived_from_others` when the chat last showed its newest message; more than
+    /// that while scrolled up offers a jump to the new ones.
+    pub chat_seen: u64,
+    /// Scroll the chat to its newest message on the next pass (the jump, or our own send).
+    pub chat_jump: bool,
     pub transfers: BTreeMap<(PeerId, TransferId), TransferRow>,
     /// `None` sends to everyone.
     pub send_target: Option<PeerId>,
@@ -150,6 +157,8 @@ impl CallState {
             peers: peers.into_iter().map(Participant::new).collect(),
             chat,
             draft: String::new(),
+            chat_seen: 0,
+            chat_jump: false,
             transfers: BTreeMap::new(),
             send_target: None,
             self_tile: VideoTile::new("self"),
@@ -261,6 +270,8 @@ pub struct Toast {
 /// Results from background work (file dialogs, hosting) back to the UI thread.
 pub enum UiMessage {
     FilesPicked(Vec<PathBuf>),
+    DownloadFolderPicked(PathBuf),
+    CertificatePicked(PathBuf),
     Hosting(Result<Hosting, String>),
 }
 
@@ -295,8 +306,17 @@ impl SelfViewPlace {
     ];
 }
 
+/// What the settings window is editing before it is applied (`None`: the window is closed).
+#[derive(Debug, Default)]
+pub struct SettingsDraft {
+    pub nickname: String,
+    pub nickname_error: Option<String>,
+    pub server: String,
+}
+
 pub struct HuddleApp {
     pub services: AppServices,
+    pub settings_draft: Option<SettingsDraft>,
     pub settings: Settings,
     pub ctx: egui::Context,
     pub engine: Option<EngineHandle>,
@@ -357,6 +377,7 @@ impl HuddleApp {
     pub fn new(ctx: egui::Context, services: AppServices, settings: Settings) -> Self {
         // The control bar's icons.
         egui_material_icons::initialize(&ctx);
+        apply_theme(&ctx, settings.theme);
         // One message per user action (a file pick, hosting started): never near full.
         let (ui_tx, ui_rx) = std_mpsc::sync_channel(UI_MESSAGES);
         let lobby = LobbyState {
@@ -376,6 +397,7 @@ impl HuddleApp {
         let mut app = HuddleApp {
             show_stats: settings.show_stats,
             services,
+            settings_draft: None,
             settings,
             ctx,
             engine: None,
@@ -508,6 +530,8 @@ impl HuddleApp {
             gain_control: self.settings.gain_control,
         });
         config.transfers.machine.auto_accept = self.settings.auto_accept_files;
+        config.transfers.machine.auto_accept_max =
+            self.settings.auto_accept_max_mib.saturating_mul(1 << 20);
         config.transfers.machine.max_incoming =
             self.settings.max_incoming_mib.saturating_mul(1 << 20);
         let ctx = self.ctx.clone();
@@ -685,6 +709,8 @@ impl HuddleApp {
             return;
         }
         call.draft.clear();
+        // Whoever sends wants to see their message, even if they had scrolled up.
+        call.chat_jump = true;
         self.command(Command::SendChat(text));
     }
 
@@ -698,21 +724,117 @@ impl HuddleApp {
 
     /// Opens the native file dialog on another thread; the answer comes back as a message.
     pub fn pick_files_to_send(&self) {
+        self.in_dialog(|| {
+            rfd::FileDialog::new()
+                .set_title("Send files")
+                .pick_files()
+                .map(UiMessage::FilesPicked)
+        });
+    }
+
+    pub fn pick_download_folder(&self) {
+        let start = self.settings.download_dir();
+        self.in_dialog(move || {
+            rfd::FileDialog::new()
+                .set_title("Download folder")
+                .set_directory(start)
+                .pick_folder()
+                .map(UiMessage::DownloadFolderPicked)
+        });
+    }
+
+    pub fn pick_trusted_certificate(&self) {
+        self.in_dialog(|| {
+            rfd::FileDialog::new()
+                .set_title("Trusted certificate (PEM)")
+                .add_filter("PEM certificate", &["pem", "crt", "cer"])
+                .pick_file()
+                .map(UiMessage::CertificatePicked)
+        });
+    }
+
+    /// Runs a modal system dialog on its own thread (it blocks until the person answers) and
+    /// hands its answer back through the UI queue.
+    fn in_dialog(&self, dialog: impl FnOnce() -> Option<UiMessage> + Send + 'static) {
         let tx = self.ui_tx.clone();
         let ctx = self.ctx.clone();
         let spawned = std::thread::Builder::new()
             .name("file-dialog".into())
             .spawn(move || {
-                if let Some(paths) = rfd::FileDialog::new().set_title("Send files").pick_files()
-                    && tx.try_send(UiMessage::FilesPicked(paths)).is_err()
+                if let Some(answer) = dialog()
+                    && tx.try_send(answer).is_err()
                 {
-                    tracing::warn!("the window is gone or not reading: picked files dropped");
+                    tracing::warn!("the window is gone or not reading: a dialog's answer dropped");
                 }
                 ctx.request_repaint();
             });
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "no file dialog");
         }
+    }
+
+    pub fn set_download_dir(&mut self, dir: PathBuf) {
+        self.settings.download_dir = Some(dir.clone());
+        self.save_settings();
+        self.command(Command::Transfer(TransferCommand::SetDownloadDir(dir)));
+    }
+
+    /// Who may send files without asking, and up to what size; applies at once.
+    pub fn set_auto_accept(&mut self, everyone: bool, up_to_mib: u64) {
+        self.settings.auto_accept_files = everyone;
+        self.settings.auto_accept_max_mib = up_to_mib;
+        self.save_settings();
+        self.command(Command::Transfer(TransferCommand::SetAutoAccept {
+            auto_accept: everyone,
+            up_to: up_to_mib.saturating_mul(1 << 20),
+        }));
+    }
+
+    /// Asks the server for a new nickname (in a call: the room sees it at once); the lobby's
+    /// field and the saved settings follow once the server agrees.
+    pub fn change_nickname(&mut self, nickname: &str) -> Result<(), String> {
+        let nickname = crate::services::validate_nickname(nickname.trim())?;
+        if self.call.is_some() {
+            self.command(Command::SetNickname(nickname));
+        } else {
+            self.lobby.nickname_field = nickname.clone();
+            self.settings.nickname = nickname;
+            self.save_settings();
+        }
+        Ok(())
+    }
+
+    pub fn toggle_settings(&mut self) {
+        if self.settings_draft.take().is_none() {
+            self.open_settings();
+        }
+    }
+
+    /// Opens the settings window, its fields filled from the current settings.
+    pub fn open_settings(&mut self) {
+        let nickname = match &self.call {
+            Some(call) => call.me.nickname.clone(),
+            None => self.settings.nickname.clone(),
+        };
+        self.settings_draft = Some(SettingsDraft {
+            nickname,
+            nickname_error: None,
+            server: self.settings.server.clone(),
+        });
+    }
+
+    /// Connects to `server` (`embedded` or a URL) and remembers it.
+    pub fn use_server(&mut self, server: &str) {
+        self.settings.server = server.to_owned();
+        self.lobby.server_field = server.to_owned();
+        self.save_settings();
+        self.connect();
+    }
+
+    pub fn set_theme(&mut self, theme: Theme) {
+        self.settings.theme = theme;
+        self.save_settings();
+        apply_theme(&self.ctx, theme);
     }
 
     /// Opens the download folder in the system's file manager, off the UI thread.
@@ -787,6 +909,11 @@ impl HuddleApp {
         while let Ok(msg) = self.ui_rx.try_recv() {
             match msg {
                 UiMessage::FilesPicked(paths) => self.send_files(paths),
+                UiMessage::DownloadFolderPicked(dir) => self.set_download_dir(dir),
+                UiMessage::CertificatePicked(path) => {
+                    self.settings.trusted_cert = Some(path);
+                    self.save_settings();
+                }
                 UiMessage::Hosting(Ok(hosting)) => {
                     self.hosting_pending = false;
                     self.toast(format!(
@@ -914,7 +1041,14 @@ impl HuddleApp {
             }
             Event::PeerLeft { peer, reason } => self.on_peer_left(peer, reason),
             Event::NicknameChanged { peer, nickname } => {
-                if let Some(p) = self.participant(&peer) {
+                if let Some(call) = self.call.as_mut()
+                    && call.me.id == peer
+                {
+                    call.me.nickname = nickname.clone();
+                    self.lobby.nickname_field = nickname.clone();
+                    self.settings.nickname = nickname;
+                    self.save_settings();
+                } else if let Some(p) = self.participant(&peer) {
                     p.info.nickname = nickname;
                 }
             }
@@ -1073,7 +1207,23 @@ impl HuddleApp {
 
     fn on_transfer_update(&mut self, peer: PeerId, update: TransferUpdate) {
         let peer_name = self.peer_name(&peer);
+        let in_background = self.in_background();
         if let Some(call) = self.call.as_mut() {
+            let asks_now = update.state == TransferState::AwaitingConsent
+                && !call
+                    .transfers
+                    .get(&(peer.clone(), update.id))
+                    .is_some_and(|row| row.update.state == TransferState::AwaitingConsent);
+            if asks_now && in_background {
+                self.services.notifier.notify(
+                    format!("{peer_name} wants to send you a file"),
+                    &format!(
+                        "{} ({})",
+                        update.name,
+                        super::call::human_bytes(update.size)
+                    ),
+                );
+            }
             call.transfers.insert(
                 (peer.clone(), update.id),
                 TransferRow {
@@ -1087,9 +1237,25 @@ impl HuddleApp {
 
     fn on_chat(&mut self, message: ChatMessage) {
         let Some(me) = self.my_id.clone() else { return };
+        let in_background = self.in_background();
         if let Some(call) = self.call.as_mut() {
-            call.chat.push(message, &me);
+            let (from_other, nickname, text) = (
+                message.from != me,
+                message.nickname.clone(),
+                message.text.clone(),
+            );
+            if call.chat.push(message, &me) && from_other && in_background {
+                self.services
+                    .notifier
+                    .notify(format!("{nickname} in {}", call.room), &text);
+            }
         }
+    }
+
+    /// The window is known not to have the keyboard focus (in another window, minimised):
+    /// news gets a desktop notification. Unknown counts as in front.
+    fn in_background(&self) -> bool {
+        self.ctx.input(|i| i.viewport().focused) == Some(false)
     }
 }
 
@@ -1130,6 +1296,15 @@ fn server_error_text(code: ErrorCode, message: &str) -> String {
         }
         _ => format!("{message} ({code})"),
     }
+}
+
+/// Sets egui's colours for `theme`.
+fn apply_theme(ctx: &egui::Context, theme: Theme) {
+    ctx.set_theme(match theme {
+        Theme::Dark => egui::ThemePreference::Dark,
+        Theme::Light => egui::ThemePreference::Light,
+        Theme::FollowSystem => egui::ThemePreference::System,
+    });
 }
 
 #[cfg(test)]

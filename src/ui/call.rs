@@ -7,9 +7,11 @@ use super::app::CallLayout;
 use super::app::{HuddleApp, Participant, SelfViewPlace, TransferRow};
 use super::controls::{self, CAMERA, HAND, HAND_COLOUR, MUTE, PUSH_TO_TALK};
 use super::video::{VideoTile, fit, tile_rects};
-use crate::chat::{ChatEntry, clock_time};
-use crate::engine::{Direction, LinkQuality, PeerId, TransferCommand, TransferId, TransferState};
-use egui_material_icons::icons::{ICON_MIC_OFF, ICON_PAN_TOOL};
+use crate::chat::{ChatEntry, TextPiece, clock_time, split_links};
+use crate::engine::{
+    ChatMessage, Direction, LinkQuality, PeerId, TransferCommand, TransferId, TransferState,
+};
+use egui_material_icons::icons::{ICON_ARROW_DOWNWARD, ICON_MIC_OFF, ICON_PAN_TOOL};
 /// Above this level a remote peer counts as speaking.
 const SPEAKING_DBFS: f32 = -45.0;
 
@@ -678,39 +680,59 @@ fn chat_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
     };
     ui.heading("Chat");
     let input_height = 36.0;
-    egui::ScrollArea::vertical()
+    let jump = std::mem::take(&mut call.chat_jump);
+    let log = egui::ScrollArea::vertical()
         .id_salt("chat-log")
         .stick_to_bottom(true)
         .auto_shrink([false, false])
         .max_height(ui.available_height() - input_height)
         .show(ui, |ui| {
-            for entry in call.chat.entries() {
+            for (index, entry) in call.chat.entries().iter().enumerate() {
                 match entry {
                     ChatEntry::Message { message, own } => {
-                        let time = clock_time(message.time_ms, offset);
-                        let who = if *own {
-                            "You".to_owned()
-                        } else {
-                            message.nickname.clone()
-                        };
-                        let colour = if *own {
-                            egui::Color32::from_rgb(120, 180, 255)
-                        } else {
-                            egui::Color32::from_rgb(230, 200, 120)
-                        };
-                        ui.horizontal_wrapped(|ui| {
-                            ui.colored_label(colour, egui::RichText::new(who).strong());
-                            ui.weak(time);
-                        });
-                        ui.label(&message.text);
-                        ui.add_space(4.0);
+                        if !call.chat.continues_group(index) {
+                            if index > 0 {
+                                ui.add_space(6.0);
+                            }
+                            message_header(ui, message, *own, offset);
+                        }
+                        message_text(ui, &message.text);
                     }
                     ChatEntry::Notice { text, .. } => {
+                        ui.add_space(2.0);
                         ui.label(egui::RichText::new(text).italics().weak());
                     }
                 }
             }
+            if jump {
+                ui.scroll_to_cursor(Some(egui::Align::BOTTOM));
+            }
         });
+    // Scrolled up to read, new messages from others do not pull the view away; a button over
+    // the log's bottom says how many came and jumps to them.
+    let arrived = call.chat.arrived_from_others();
+    let at_bottom = log.state.clamped_offset().y + log.inner_rect.height()
+        >= log.content_size.y - NEAR_BOTTOM_PX;
+    if at_bottom || jump {
+        call.chat_seen = arrived;
+    }
+    let unseen = arrived.saturating_sub(call.chat_seen);
+    if unseen > 0 {
+        let text = format!(
+            "{} {unseen} new message{}",
+            ICON_ARROW_DOWNWARD.codepoint,
+            if unseen == 1 { "" } else { "s" }
+        );
+        let size = egui::vec2(170.0, 26.0);
+        let rect = egui::Rect::from_center_size(
+            log.inner_rect.center_bottom() - egui::vec2(0.0, size.y),
+            size,
+        );
+        if ui.place(rect, egui::Button::new(text)).clicked() {
+            call.chat_jump = true;
+            ui.ctx().request_repaint();
+        }
+    }
     let mut send = false;
     ui.horizontal(|ui| {
         let field = ui.add(
@@ -732,7 +754,51 @@ fn chat_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
     }
 }
 
-fn human_bytes(n: u64) -> String {
+/// How close to the end of the chat log counts as "at the newest message".
+const NEAR_BOTTOM_PX: f32 = 4.0;
+
+/// A sender's name and the time, above the first of their messages in a row.
+fn message_header(ui: &mut egui::Ui, message: &ChatMessage, own: bool, utc_offset: i64) {
+    let who = if own {
+        "You".to_owned()
+    } else {
+        message.nickname.clone()
+    };
+    let colour = if own {
+        egui::Color32::from_rgb(120, 180, 255)
+    } else {
+        egui::Color32::from_rgb(230, 200, 120)
+    };
+    ui.horizontal_wrapped(|ui| {
+        ui.colored_label(colour, egui::RichText::new(who).strong());
+        ui.weak(clock_time(message.time_ms, utc_offset));
+    });
+}
+
+/// A message's text, selectable, with its web links clickable (opened by the system's
+/// handler through eframe).
+fn message_text(ui: &mut egui::Ui, text: &str) {
+    let pieces = split_links(text);
+    if let [TextPiece::Text(plain)] = pieces.as_slice() {
+        ui.add(egui::Label::new(*plain).selectable(true));
+        return;
+    }
+    ui.horizontal_wrapped(|ui| {
+        ui.spacing_mut().item_spacing.x = 0.0;
+        for piece in pieces {
+            match piece {
+                TextPiece::Text(plain) => {
+                    ui.add(egui::Label::new(plain).selectable(true));
+                }
+                TextPiece::Link(url) => {
+                    ui.hyperlink_to(url, url).on_hover_text(url);
+                }
+            }
+        }
+    });
+}
+
+pub(super) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
     let mut v = n as f64;
     let mut u = 0;

@@ -1,5 +1,5 @@
 //! The call's control bar (icon buttons for microphone, camera, hand, reactions, chat, people,
-//! files, devices and leave, centred, with tooltips that name their shortcuts) and the
+//! files, devices, settings and leave, centred, with tooltips that name their shortcuts) and the
 //! participants list. Reads and changes `HuddleApp` only; imports nothing below `engine`.
 
 use super::app::{CallState, HuddleApp};
@@ -8,7 +8,7 @@ use crate::services::devices;
 use egui_material_icons::MaterialIcon;
 use egui_material_icons::icons::{
     ICON_ADD_REACTION, ICON_ATTACH_FILE, ICON_CALL_END, ICON_CHAT, ICON_GROUP, ICON_MIC,
-    ICON_MIC_OFF, ICON_PAN_TOOL, ICON_TUNE, ICON_VIDEOCAM, ICON_VIDEOCAM_OFF,
+    ICON_MIC_OFF, ICON_PAN_TOOL, ICON_SETTINGS, ICON_TUNE, ICON_VIDEOCAM, ICON_VIDEOCAM_OFF,
 };
 
 pub const MUTE: egui::KeyboardShortcut =
@@ -91,6 +91,21 @@ pub fn controls_bar(app: &mut HuddleApp, ui: &mut egui::Ui) {
                 ui.separator();
                 panels_and_files(app, ui);
                 devices_button(app, ui);
+                if control_button(
+                    ui,
+                    ICON_SETTINGS,
+                    "Settings",
+                    "Nickname, files, theme, shortcuts and more",
+                    if app.settings_draft.is_some() {
+                        Look::On
+                    } else {
+                        Look::Plain
+                    },
+                )
+                .clicked()
+                {
+                    app.toggle_settings();
+                }
                 ui.separator();
                 let leave = egui::Button::new(
                     egui::RichText::new(format!("{}  Leave", ICON_CALL_END.codepoint))
@@ -330,7 +345,7 @@ pub fn device_pickers(app: &mut HuddleApp, ui: &mut egui::Ui) {
     );
 }
 
-fn processing_toggles(app: &mut HuddleApp, ui: &mut egui::Ui) {
+pub fn processing_toggles(app: &mut HuddleApp, ui: &mut egui::Ui) {
     let mut s = crate::services::ProcessingSettings {
         echo_cancellation: app.settings.echo_cancellation,
         noise_suppression: app.settings.noise_suppression,

@@ -6,7 +6,8 @@
 
 use super::app::{Connection, HuddleApp};
 use egui_material_icons::icons::{
-    ICON_LOCK, ICON_MIC, ICON_MIC_OFF, ICON_VIDEOCAM, ICON_VIDEOCAM_OFF, ICON_VOLUME_UP,
+    ICON_LOCK, ICON_MIC, ICON_MIC_OFF, ICON_SETTINGS, ICON_VIDEOCAM, ICON_VIDEOCAM_OFF,
+    ICON_VOLUME_UP,
 };
 
 const LOBBY_PREVIEW_PERIOD: std::time::Duration = std::time::Duration::from_millis(66);
@@ -22,6 +23,16 @@ pub fn lobby_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
         .show(ui, |ui| device_check(app, ui));
     egui::CentralPanel::default().show(ui, |ui| {
         ui.add_space(8.0);
+        ui.with_layout(egui::Layout::right_to_left(egui::Align::Min), |ui| {
+            let settings = ui
+                .button(format!("{}  Settings", ICON_SETTINGS.codepoint))
+                .on_hover_text("Nickname, files, theme, shortcuts and more");
+            settings
+                .widget_info(|| egui::WidgetInfo::labeled(egui::Role::Button, true, "Settings"));
+            if settings.clicked() {
+                app.toggle_settings();
+            }
+        });
         ui.heading("Huddle");
         ui.add_space(8.0);
         egui::Grid::new("lobby-fields")
@@ -41,13 +52,11 @@ pub fn lobby_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
                 let enter = server.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
                 if ui.button("Connect").clicked() || enter {
                     let wanted = app.lobby.server_field.trim().to_owned();
-                    app.settings.server = if wanted.is_empty() {
-                        crate::settings::EMBEDDED_SERVER.to_owned()
+                    app.use_server(if wanted.is_empty() {
+                        crate::settings::EMBEDDED_SERVER
                     } else {
-                        wanted
-                    };
-                    app.save_settings();
-                    app.connect();
+                        &wanted
+                    });
                 }
                 ui.end_row();
 

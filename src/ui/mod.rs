@@ -8,6 +8,7 @@ mod call;
 mod controls;
 pub mod display_meter;
 mod lobby;
+mod settings_window;
 pub mod video;
 
 pub use app::{AppServices, HuddleApp, View};
@@ -108,6 +109,7 @@ impl HuddleApp {
                 }
             }
         }
+        settings_window::settings_window(self, ui.ctx());
         self.toasts_ui(ui.ctx());
         // Levels and stats change without events; video frames wake us by themselves.
         if self.view == View::Call {
@@ -200,6 +202,7 @@ pub fn run(options: LaunchOptions) -> Result<(), UiError> {
                 discover_lan: true,
                 read_stamps: display_stats,
                 bind_addrs: vec!["0.0.0.0:0".into()],
+                notifier: crate::services::Notifier::desktop(),
             };
             let mut app = HuddleApp::new(cc.egui_ctx.clone(), services, settings);
             app.pending_join = room;

@@ -403,6 +403,23 @@ fn oversized_offers_are_declined_automatically() {
     assert!(matches!(sim.a.state(id), Some(TransferState::Declined(r)) if r.contains("larger")));
 }
 
+#[test]
+fn accepting_without_asking_stops_at_its_size_and_can_be_turned_off() {
+    let mut receiver = config();
+    receiver.auto_accept = true;
+    receiver.auto_accept_max = 1000;
+    let mut sim = Sim::new(5, receiver);
+    let small = sim.send(1, vec![1; 1000]);
+    let large = sim.send(2, vec![2; 1001]);
+    sim.settle();
+    assert_eq!(sim.b.state(small), Some(TransferState::Completed));
+    assert_eq!(sim.b.state(large), Some(TransferState::AwaitingConsent));
+    sim.b.m.set_auto_accept(false, u64::MAX);
+    let asked = sim.send(3, vec![3; 10]);
+    sim.settle();
+    assert_eq!(sim.b.state(asked), Some(TransferState::AwaitingConsent));
+}
+
 /// Feeds a receiver machine raw messages from a peer that does not follow the rules.
 struct Liar {
     m: PeerTransfers,
