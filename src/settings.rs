@@ -32,6 +32,8 @@ pub struct Settings {
     /// A PEM certificate to trust for `wss://` besides the system's roots.
     pub trusted_cert: Option<PathBuf>,
     pub theme: Theme,
+    /// Calls open in speaker view (else the grid); the last choice made in a call.
+    pub speaker_view: bool,
 }
 
 /// The app's colours.
@@ -63,6 +65,7 @@ impl Default for Settings {
             gain_control: true,
             trusted_cert: None,
             theme: Theme::FollowSystem,
+            speaker_view: false,
         }
     }
 }

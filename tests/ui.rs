@@ -385,19 +385,27 @@ fn app_harness(
     embedded_url: Option<String>,
     pending_join: Option<String>,
 ) -> Ui<'static> {
-    app_harness_notifying(rt, settings, embedded_url, pending_join, Notifier::none())
+    app_harness_with(
+        rt,
+        settings,
+        embedded_url,
+        pending_join,
+        Notifier::none(),
+        None,
+    )
 }
 
-fn app_harness_notifying(
+fn app_harness_with(
     rt: &tokio::runtime::Runtime,
     settings: Settings,
     embedded_url: Option<String>,
     pending_join: Option<String>,
     notifier: Notifier,
+    settings_path: Option<std::path::PathBuf>,
 ) -> Ui<'static> {
     let services = AppServices {
         runtime: rt.handle().clone(),
-        settings_path: None,
+        settings_path,
         embedded_url,
         speaker_override: Some(Box::new(|| Box::new(NullSink::new()))),
         bind_addrs: vec!["127.0.0.1:0".into()],
@@ -454,12 +462,13 @@ fn chat_groups_senders_links_jumps_to_new_messages_and_notifies_in_the_backgroun
         ..without_devices(url.clone(), "ann")
     };
     let (notified, notifications) = mpsc::sync_channel::<Notification>(16);
-    let mut ui = app_harness_notifying(
+    let mut ui = app_harness_with(
         &rt,
         settings,
         None,
         Some("chatroom".into()),
         Notifier::channel(notified),
+        None,
     );
     ui.until("bob in the call", Duration::from_secs(15), |h| {
         h.state()
@@ -592,7 +601,8 @@ fn chat_groups_senders_links_jumps_to_new_messages_and_notifies_in_the_backgroun
 }
 
 #[test]
-fn the_settings_window_renames_in_a_call_sets_who_sends_files_freely_and_the_theme() {
+fn the_settings_window_renames_in_a_call_sets_who_sends_files_freely_and_the_theme_and_they_are_saved()
+ {
     let rt = runtime();
     let server = rt.block_on(start_server(test_config()));
     let url = server.url();
@@ -609,7 +619,15 @@ fn the_settings_window_renames_in_a_call_sets_who_sends_files_freely_and_the_the
         download_dir: Some(app_dir.path().to_path_buf()),
         ..without_devices(url.clone(), "ann")
     };
-    let mut ui = app_harness(&rt, settings, None, None);
+    let settings_file = app_dir.path().join("settings.json");
+    let mut ui = app_harness_with(
+        &rt,
+        settings,
+        None,
+        None,
+        Notifier::none(),
+        Some(settings_file.clone()),
+    );
 
     // From the lobby: the theme changes at once; the shortcuts are listed.
     ui.until("the lobby", Duration::from_secs(10), |h| {
@@ -630,9 +648,11 @@ fn the_settings_window_renames_in_a_call_sets_who_sends_files_freely_and_the_the
         ui.harness.state().app().settings.theme,
         huddle::settings::Theme::Light
     );
-    ui.harness
-        .get_by_role_and_label(egui::accesskit::Role::Button, "Settings")
-        .click();
+    // Ctrl+, closes it (and opens it).
+    ui.harness.key_press_modifiers(
+        egui::Modifiers::CTRL | egui::Modifiers::COMMAND,
+        egui::Key::Comma,
+    );
     ui.until("the window closed", Duration::from_secs(5), |h| {
         h.query_by_label("Light").is_none()
     });
@@ -724,6 +744,43 @@ fn the_settings_window_renames_in_a_call_sets_who_sends_files_freely_and_the_the
         })
     });
     assert!(!app_dir.path().join("asked.txt").exists());
+
+    // The call's layout is remembered too. Everything chosen is in the settings file, and an
+    // app started from that file opens with it.
+    ui.harness.get_by_label("Speaker view").click();
+    let saved = |path: &std::path::Path| Settings::load(path).unwrap_or_default();
+    ui.until("the settings saved", Duration::from_secs(10), |_| {
+        let s = saved(&settings_file);
+        s.speaker_view && s.nickname == "annie"
+    });
+    let s = saved(&settings_file);
+    assert_eq!(s.theme, huddle::settings::Theme::Light);
+    assert!(!s.auto_accept_files);
+    assert_eq!(s.download_dir.as_deref(), Some(app_dir.path()));
+    drop(ui);
+    // Another room: the server keeps the first app's place in "settings" for a while.
+    let mut again = app_harness(&rt, s, None, Some("elsewhere".into()));
+    again.until("the remembered call", Duration::from_secs(15), |h| {
+        h.state()
+            .app()
+            .call
+            .as_ref()
+            .is_some_and(|c| c.layout == CallLayout::Speaker)
+    });
+    assert_eq!(again.harness.ctx.theme(), egui::Theme::Light);
+    assert_eq!(
+        again
+            .harness
+            .state()
+            .app()
+            .call
+            .as_ref()
+            .unwrap()
+            .me
+            .nickname,
+        "annie"
+    );
+    let ui = again;
 
     drop(ui);
     rt.block_on(async {

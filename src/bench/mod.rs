@@ -1040,6 +1040,15 @@ pub fn table(report: &Value) -> String {
             "CPU (cores) / RSS, peak (MB)",
             format!("{} / {}, {}", a["cpu_cores"], a["rss_mb"], a["peak_rss_mb"]),
         );
+        let lobby = &a["process_start_to_first_lobby_paint_issued"];
+        line(
+            &mut out,
+            "process start → first lobby paint issued, p50 / max (ms)",
+            format!(
+                "{} / {} of {}",
+                lobby["p50_ms"], lobby["max_ms"], lobby["starts"]
+            ),
+        );
         line(
             &mut out,
             "process start → first remote picture in a texture (ms)",

@@ -1124,7 +1124,11 @@ impl HuddleApp {
         self.my_id = Some(you.id.clone());
         let mut chat = ChatLog::new(true);
         chat.load_history(&history, &you.id);
-        self.call = Some(CallState::new(room, you, peers, chat));
+        let mut call = CallState::new(room, you, peers, chat);
+        if self.settings.speaker_view {
+            call.layout = CallLayout::Speaker;
+        }
+        self.call = Some(call);
         self.view = View::Call;
     }
 

@@ -164,6 +164,9 @@ fn top_bar(app: &mut HuddleApp, ui: &mut egui::Ui) {
                         };
                         if ui.button(label).on_hover_text(hint).clicked() {
                             call.layout = next;
+                            // The next call opens the way this one was left.
+                            app.settings.speaker_view = next == CallLayout::Speaker;
+                            app.save_settings();
                         }
                     }
                     let hidden = app.self_view == SelfViewPlace::Hidden;
@@ -826,7 +829,8 @@ fn files_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
         .unwrap_or_else(|| "Everyone".into());
     let mut pick = false;
     ui.horizontal(|ui| {
-        egui::ComboBox::from_label("Send to")
+        let label = ui.label("Send to");
+        egui::ComboBox::from_id_salt("send-to")
             .selected_text(target_name)
             .width(120.0)
             .show_ui(ui, |ui| {
@@ -838,7 +842,9 @@ fn files_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
                         &p.info.nickname,
                     );
                 }
-            });
+            })
+            .response
+            .labelled_by(label.id);
         if ui.button("Send file…").clicked() {
             pick = true;
         }

@@ -17,6 +17,9 @@ pub const CAMERA: egui::KeyboardShortcut =
     egui::KeyboardShortcut::new(egui::Modifiers::CTRL, egui::Key::E);
 pub const HAND: egui::KeyboardShortcut =
     egui::KeyboardShortcut::new(egui::Modifiers::CTRL, egui::Key::H);
+/// Opens or closes the settings window (the usual shortcut for preferences).
+pub const SETTINGS: egui::KeyboardShortcut =
+    egui::KeyboardShortcut::new(egui::Modifiers::CTRL, egui::Key::Comma);
 /// Held while muted, speaks (push to talk).
 pub const PUSH_TO_TALK: egui::Key = egui::Key::Space;
 
@@ -95,7 +98,10 @@ pub fn controls_bar(app: &mut HuddleApp, ui: &mut egui::Ui) {
                     ui,
                     ICON_SETTINGS,
                     "Settings",
-                    "Nickname, files, theme, shortcuts and more",
+                    &format!(
+                        "Nickname, files, theme, shortcuts and more ({})",
+                        ui.ctx().format_shortcut(&SETTINGS)
+                    ),
                     if app.settings_draft.is_some() {
                         Look::On
                     } else {

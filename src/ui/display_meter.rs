@@ -3,7 +3,7 @@
 //! after it has issued the tile's picture; and the painted passes themselves. Opt-in
 //! (`huddle --display-stats`): once a second one JSON line goes to stdout through a writer thread
 //! the meter owns, so a slow reader never blocks the UI. Imports egui, eframe and the clock the
-//! frame stamps use (`services::now_us`).
+//! frame stamps use (`services::now_us`, `services::process_age`).
 
 use crate::services::now_us;
 use std::collections::BTreeMap;
@@ -29,6 +29,9 @@ struct StreamPaints {
 struct Painted {
     /// Passes that reached the painter (a pass with nothing visible is not painted).
     passes: u64,
+    /// Process start (the kernel's record) → the painter reached the first pass's marker: its
+    /// GL commands issued, the buffer swap not yet done.
+    first_pass: Option<Duration>,
     streams: BTreeMap<String, StreamPaints>,
 }
 
@@ -112,7 +115,13 @@ impl DisplayMeter {
     /// A shape that counts the pass when the painter reaches it.
     pub fn pass_marker(&self, rect: egui::Rect) -> egui::Shape {
         let painted = self.painted.clone();
-        callback(rect, move || lock(&painted).passes += 1)
+        callback(rect, move || {
+            let mut p = lock(&painted);
+            p.passes += 1;
+            if p.first_pass.is_none() {
+                p.first_pass = crate::services::process_age();
+            }
+        })
     }
 
     /// A shape to add right after a tile's picture: when painted, it counts the frame (once per
@@ -165,6 +174,8 @@ impl DisplayMeter {
             "reports_dropped": self.reports_dropped,
             "first_remote_picture_since_process_start_ms":
                 self.first_remote_picture.map(|d| d.as_millis() as u64),
+            "first_pass_painted_since_process_start_ms":
+                p.first_pass.map(|d| d.as_millis() as u64),
             "streams": per_stream,
         })
     }

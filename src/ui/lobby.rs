@@ -23,17 +23,23 @@ pub fn lobby_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
         .show(ui, |ui| device_check(app, ui));
     egui::CentralPanel::default().show(ui, |ui| {
         ui.add_space(8.0);
-        ui.with_layout(egui::Layout::right_to_left(egui::Align::Min), |ui| {
-            let settings = ui
-                .button(format!("{}  Settings", ICON_SETTINGS.codepoint))
-                .on_hover_text("Nickname, files, theme, shortcuts and more");
-            settings
-                .widget_info(|| egui::WidgetInfo::labeled(egui::Role::Button, true, "Settings"));
-            if settings.clicked() {
-                app.toggle_settings();
-            }
+        ui.horizontal(|ui| {
+            ui.heading("Huddle");
+            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                let settings = ui
+                    .button(format!("{}  Settings", ICON_SETTINGS.codepoint))
+                    .on_hover_text(format!(
+                        "Nickname, files, theme, shortcuts and more ({})",
+                        ui.ctx().format_shortcut(&super::controls::SETTINGS)
+                    ));
+                settings.widget_info(|| {
+                    egui::WidgetInfo::labeled(egui::Role::Button, true, "Settings")
+                });
+                if settings.clicked() {
+                    app.toggle_settings();
+                }
+            });
         });
-        ui.heading("Huddle");
         ui.add_space(8.0);
         egui::Grid::new("lobby-fields")
             .num_columns(3)

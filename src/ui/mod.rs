@@ -77,12 +77,15 @@ impl eframe::App for HuddleApp {
             meter.pass_ran(frame.info().cpu_usage);
         }
         self.draw(ui);
-        if let Some(call) = &self.call
-            && let Some(meter) = &mut self.display_meter
-        {
+        if let Some(meter) = &mut self.display_meter {
+            if self.view == View::Lobby {
+                // The lobby's passes count too: start-up is measured to the first one painted.
+                ui.painter().add(meter.pass_marker(ui.max_rect()));
+            }
+            let call = self.call.as_ref();
             meter.maybe_report(|| {
-                call.peers
-                    .iter()
+                call.into_iter()
+                    .flat_map(|c| &c.peers)
                     .map(|p| display_meter::StreamCounts {
                         name: p.info.id.to_string(),
                         decoded: p.tile.frames_decoded(),
@@ -108,6 +111,12 @@ impl HuddleApp {
                     self.view = View::Lobby;
                 }
             }
+        }
+        if ui
+            .ctx()
+            .input_mut(|i| i.consume_shortcut(&controls::SETTINGS))
+        {
+            self.toggle_settings();
         }
         settings_window::settings_window(self, ui.ctx());
         self.toasts_ui(ui.ctx());

@@ -5,7 +5,7 @@
 //! `HuddleApp` only; imports nothing below `engine`.
 
 use super::app::{HuddleApp, SettingsDraft};
-use super::controls::{self, CAMERA, HAND, MUTE, PUSH_TO_TALK};
+use super::controls::{self, CAMERA, HAND, MUTE, PUSH_TO_TALK, SETTINGS};
 use crate::settings::{EMBEDDED_SERVER, Theme};
 
 /// Every keyboard shortcut, as the window lists them.
@@ -22,6 +22,7 @@ pub fn shortcuts(ctx: &egui::Context) -> Vec<(String, &'static str)> {
         ("F11".into(), "Full screen"),
         ("Double-click a tile".into(), "Full screen"),
         ("Enter".into(), "Send the chat message"),
+        (name(SETTINGS), "Open or close these settings"),
     ]
 }
 
