@@ -83,6 +83,27 @@ impl Ui<'_> {
         self.harness.get_by_label(label).click_accesskit();
     }
 
+    /// Presses Tab until the focus comes back round (at most 80 times) and returns the labels
+    /// of what got the focus, in order.
+    fn tab_through(&mut self) -> Vec<String> {
+        let mut seen: Vec<String> = Vec::new();
+        for _ in 0..80 {
+            self.harness.key_press(egui::Key::Tab);
+            self.harness.step();
+            let focused = self
+                .harness
+                .query_all(egui_kittest::kittest::by())
+                .find(|n| n.is_focused())
+                .map(|n| n.accesskit_node().label().unwrap_or_default());
+            let Some(label) = focused else { continue };
+            if seen.first() == Some(&label) {
+                break;
+            }
+            seen.push(label);
+        }
+        seen
+    }
+
     fn double_click(&mut self, label: &str) {
         let pos = self.harness.get_by_label_contains(label).rect().center();
         let events = &mut self.harness.input_mut().events;
@@ -787,6 +808,91 @@ fn the_settings_window_renames_in_a_call_sets_who_sends_files_freely_and_the_the
         bob.engine.shutdown().await;
         server.shutdown().await;
     });
+}
+
+/// Every one of `wanted` got the focus, in this order, and nothing that got it is named with an
+/// icon's private-use character (a screen reader would read it out).
+fn assert_reached_in_order(focused: &[String], wanted: &[&str]) {
+    let mut rest = focused.iter();
+    for w in wanted {
+        assert!(
+            rest.any(|f| f == w),
+            "{w:?} not reached with Tab (in order); focus went to {focused:?}"
+        );
+    }
+    for f in focused {
+        assert!(
+            !f.chars().any(|c| ('\u{e000}'..='\u{f8ff}').contains(&c)),
+            "{f:?} is spoken with an icon's character"
+        );
+    }
+}
+
+#[test]
+fn every_control_of_the_lobby_and_the_call_is_reached_with_tab() {
+    let rt = runtime();
+    let server = rt.block_on(start_server(test_config()));
+    let mut ui = app_harness(&rt, without_devices(server.url(), "ann"), None, None);
+    ui.until("the lobby", Duration::from_secs(10), |h| {
+        h.state().app().connection == huddle::ui::app::Connection::Connected
+    });
+    let lobby = ui.tab_through();
+    assert_reached_in_order(
+        &lobby,
+        &[
+            "Turn camera on",
+            "Mute",
+            "Play test sound",
+            "Camera",
+            "Microphone",
+            "Speaker",
+            "Settings",
+            "Server",
+            "Connect",
+            "Nickname",
+            "Filter",
+            "Host on this network",
+            "New room",
+            "Private",
+            "Password",
+        ],
+    );
+    drop(ui);
+    let mut ui = app_harness(
+        &rt,
+        without_devices(server.url(), "ann"),
+        None,
+        Some("tabbing".into()),
+    );
+    ui.until("the call", Duration::from_secs(10), |h| {
+        h.state().app().view == View::Call
+    });
+    let call = ui.tab_through();
+    assert_reached_in_order(
+        &call,
+        &[
+            "Copy invite link",
+            "Speaker view",
+            "Hide self-view",
+            "Stats",
+            "Mute",
+            "Camera on",
+            "Raise hand",
+            "React",
+            "Hide chat",
+            "People",
+            "Send files",
+            "Devices",
+            "Settings",
+            "Leave",
+            "Send to",
+            "Send file…",
+            "Message",
+            "Send",
+        ],
+    );
+    drop(ui);
+    rt.block_on(server.shutdown());
 }
 
 #[test]

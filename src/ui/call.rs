@@ -721,17 +721,16 @@ fn chat_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
     }
     let unseen = arrived.saturating_sub(call.chat_seen);
     if unseen > 0 {
-        let text = format!(
-            "{} {unseen} new message{}",
-            ICON_ARROW_DOWNWARD.codepoint,
-            if unseen == 1 { "" } else { "s" }
-        );
+        let spoken = format!("{unseen} new message{}", if unseen == 1 { "" } else { "s" });
+        let text = format!("{} {spoken}", ICON_ARROW_DOWNWARD.codepoint);
         let size = egui::vec2(170.0, 26.0);
         let rect = egui::Rect::from_center_size(
             log.inner_rect.center_bottom() - egui::vec2(0.0, size.y),
             size,
         );
-        if ui.place(rect, egui::Button::new(text)).clicked() {
+        let jump = ui.place(rect, egui::Button::new(text));
+        jump.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Button, true, &spoken));
+        if jump.clicked() {
             call.chat_jump = true;
             ui.ctx().request_repaint();
         }

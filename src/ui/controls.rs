@@ -62,6 +62,20 @@ fn control_button(
     response
 }
 
+/// A button with an icon before its text; screen readers hear the text alone (the icon is a
+/// private-use character).
+pub fn icon_text_button(
+    ui: &mut egui::Ui,
+    icon: MaterialIcon,
+    text: &str,
+    selected: bool,
+) -> egui::Response {
+    let response =
+        ui.add(egui::Button::new(format!("{}  {text}", icon.codepoint)).selected(selected));
+    response.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Button, true, text));
+    response
+}
+
 /// Lays `add` out in a row centred in the available width. The row's width is known only after
 /// it is drawn, so it is remembered for the next pass (and one more pass is asked for when it
 /// changed).

@@ -5,6 +5,7 @@
 //! speaker, the three device pickers).
 
 use super::app::{Connection, HuddleApp};
+use super::controls::icon_text_button;
 use egui_material_icons::icons::{
     ICON_LOCK, ICON_MIC, ICON_MIC_OFF, ICON_SETTINGS, ICON_VIDEOCAM, ICON_VIDEOCAM_OFF,
     ICON_VOLUME_UP,
@@ -366,10 +367,7 @@ fn device_check(app: &mut HuddleApp, ui: &mut egui::Ui) {
         } else {
             (ICON_VIDEOCAM_OFF, "Turn camera on")
         };
-        if ui
-            .add(egui::Button::new(format!("{}  {label}", icon.codepoint)).selected(!on))
-            .clicked()
-        {
+        if icon_text_button(ui, icon, label, !on).clicked() {
             app.set_camera_on(!on);
         }
         let muted = app.local.audio_muted;
@@ -378,10 +376,7 @@ fn device_check(app: &mut HuddleApp, ui: &mut egui::Ui) {
         } else {
             (ICON_MIC, "Mute")
         };
-        if ui
-            .add(egui::Button::new(format!("{}  {label}", icon.codepoint)).selected(muted))
-            .clicked()
-        {
+        if icon_text_button(ui, icon, label, muted).clicked() {
             app.set_muted(!muted);
         }
     });
@@ -400,8 +395,7 @@ fn device_check(app: &mut HuddleApp, ui: &mut egui::Ui) {
         });
     });
     ui.add_space(4.0);
-    if ui
-        .button(format!("{}  Play test sound", ICON_VOLUME_UP.codepoint))
+    if icon_text_button(ui, ICON_VOLUME_UP, "Play test sound", false)
         .on_hover_text("A short chime through the chosen speaker")
         .clicked()
     {
