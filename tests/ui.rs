@@ -723,7 +723,8 @@ fn the_settings_window_renames_in_a_call_sets_who_sends_files_freely_and_the_the
     ui.until("the policy set", Duration::from_secs(5), |h| {
         h.state().app().settings.auto_accept_files
     });
-    let send = |name: &str| {
+    policy_in_force(&rt, &mut ui, &mut bob, app_dir.path(), "ping-1.txt");
+    let send = |bob: &TestPeer, name: &str| {
         let file = bob_dir.path().join(name);
         std::fs::write(&file, name.repeat(100)).unwrap();
         bob.send(Command::Transfer(TransferCommand::SendFiles {
@@ -731,10 +732,15 @@ fn the_settings_window_renames_in_a_call_sets_who_sends_files_freely_and_the_the
             to: Some(ann_id.clone()),
         }));
     };
-    send("free.txt");
+    send(&bob, "free.txt");
     ui.until("the unasked file saved", Duration::from_secs(10), |h| {
         let call = h.state().app().call.as_ref().unwrap();
-        let states: Vec<_> = call.transfers.values().map(|r| &r.update.state).collect();
+        let states: Vec<_> = call
+            .transfers
+            .values()
+            .filter(|r| r.update.name == "free.txt")
+            .map(|r| &r.update.state)
+            .collect();
         assert!(
             !states.contains(&&TransferState::AwaitingConsent),
             "the file was never offered for a decision"
@@ -749,7 +755,8 @@ fn the_settings_window_renames_in_a_call_sets_who_sends_files_freely_and_the_the
     ui.until("the policy unset", Duration::from_secs(5), |h| {
         !h.state().app().settings.auto_accept_files
     });
-    send("asked.txt");
+    policy_in_force(&rt, &mut ui, &mut bob, app_dir.path(), "ping-2.txt");
+    send(&bob, "asked.txt");
     ui.until("the offer asking", Duration::from_secs(10), |h| {
         let call = h.state().app().call.as_ref().unwrap();
         // Shown only if the test fails: what the app had instead.
@@ -808,6 +815,41 @@ fn the_settings_window_renames_in_a_call_sets_who_sends_files_freely_and_the_the
         bob.engine.shutdown().await;
         server.shutdown().await;
     });
+}
+
+/// The file policy goes UI → engine → transfer manager, a peer's offer straight to the
+/// manager: on a busy machine the offer could overtake it. A file from the app to `bob` goes
+/// through the same manager queue after the policy, so once bob hears of it the policy is in
+/// force.
+fn policy_in_force(
+    rt: &tokio::runtime::Runtime,
+    ui: &mut Ui<'_>,
+    bob: &mut TestPeer,
+    dir: &std::path::Path,
+    name: &str,
+) {
+    let ping = dir.join(name);
+    std::fs::write(&ping, "ping").unwrap();
+    let bob_id = bob.id.clone().unwrap();
+    // To bob by name: the offer waits for the file channel if it is not open yet.
+    ui.harness
+        .state_mut()
+        .app
+        .as_mut()
+        .unwrap()
+        .command(Command::Transfer(TransferCommand::SendFiles {
+            paths: vec![ping],
+            to: Some(bob_id),
+        }));
+    ui.harness.step();
+    rt.block_on(bob.wait_for(Duration::from_secs(10), |e| match e {
+        Event::Transfer(huddle::engine::TransferEvent::Update { update, .. })
+            if update.name == name =>
+        {
+            Some(())
+        }
+        _ => None,
+    }));
 }
 
 /// Every one of `wanted` got the focus, in this order, and nothing that got it is named with an
