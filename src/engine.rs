@@ -810,6 +810,19 @@ impl Engine {
                     let _ = done.send(Opened::Devices(list)).await;
                 });
             }
+            // "Everyone" means everyone in the room now, file channel open or not: an offer to a
+            // peer whose channel is still opening waits for it (the manager alone knows only
+            // open channels, and a file sent in a call's first seconds went nowhere).
+            Command::Transfer(TransferCommand::SendFiles { paths, to: None })
+                if !self.peers.is_empty() =>
+            {
+                for peer in self.peers.keys() {
+                    self.transfers.send(TransferCommand::SendFiles {
+                        paths: paths.clone(),
+                        to: Some(peer.clone()),
+                    });
+                }
+            }
             Command::Transfer(cmd) => self.transfers.send(cmd),
             Command::RestartIce(peer) => {
                 if let Some(s) = self.peers.get(&peer).and_then(|e| e.session.as_ref()) {

@@ -116,6 +116,45 @@ fn completed_in(u: &TransferUpdate) -> bool {
     u.direction == Direction::Incoming && u.state == TransferState::Completed
 }
 
+/// "Send to everyone" in a call's first moments, before any file channel is open: the file
+/// still reaches everyone in the room (it used to say "nobody to send to yet").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sending_to_everyone_before_the_channels_open_still_reaches_the_room() {
+    let server = start_server(test_config()).await;
+    let url = server.url();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let mut so = PeerOptions::new(1, 440.0, src.path().join("inbox"));
+    so.video = None;
+    let mut ro = PeerOptions::new(2, 660.0, dst.path().into());
+    ro.video = None;
+    let mut receiver = TestPeer::start(&url, ro);
+    receiver.join("early", "receiver").await;
+    let mut sender = TestPeer::start(&url, so);
+    sender.join("early", "sender").await;
+    // Joined and told of the receiver, not yet connected to it.
+    assert!(
+        !sender
+            .seen
+            .iter()
+            .any(|e| matches!(e, Event::PeerConnected { .. })),
+        "too late: already connected"
+    );
+    let path = src.path().join("early.bin");
+    let sha = make_file(&path, 300_000, 7);
+    sender.send(Command::Transfer(TransferCommand::SendFiles {
+        paths: vec![path],
+        to: None,
+    }));
+    receiver
+        .transfer_update(Duration::from_secs(20), completed_in)
+        .await;
+    assert_eq!(file_sha(&dst.path().join("early.bin")), sha);
+    sender.engine.shutdown().await;
+    receiver.engine.shutdown().await;
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_200_mib_file_arrives_with_the_right_hash() {
     let mut p = pair("big", true, None).await;
