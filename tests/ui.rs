@@ -808,9 +808,8 @@ fn the_settings_window_renames_in_a_call_sets_who_sends_files_freely_and_the_the
             .nickname,
         "annie"
     );
-    let ui = again;
 
-    drop(ui);
+    drop(again);
     rt.block_on(async {
         bob.engine.shutdown().await;
         server.shutdown().await;
