@@ -7,6 +7,9 @@
 //! so each outer test starts the server and re-runs this test binary for one `inner_*` test
 //! (ignored in normal runs) with that variable set.
 
+mod common;
+
+use common::run_inner_test;
 use huddle::media::analysis::{dbfs, estimate_frequency};
 use huddle::media::audio::{AudioSink, AudioSource, ToneSource};
 use huddle::media::audio_pipeline::AudioPlayout;
@@ -76,26 +79,7 @@ impl SoundServer {
 
     /// Runs one inner test in a fresh process that sees this server.
     fn run_inner(&self, name: &str) {
-        let out = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                name,
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("XDG_RUNTIME_DIR", self.dir.path())
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success() && text.contains("1 passed"),
-            "{name} failed:\n{text}"
-        );
+        let text = run_inner_test(name, &[("XDG_RUNTIME_DIR", self.dir.path().as_os_str())]);
         eprintln!(
             "{}",
             // A line may follow libtest's "test inner_x ... " on the same line.
@@ -144,28 +128,14 @@ fn without_a_sound_device_alsa_says_nothing_on_stderr() {
     // No sound server to find (an empty runtime folder, a socket that does not exist) and a card
     // that does not exist, so the ALSA host probes and fails as on a machine without a sound card.
     let empty = tempfile::tempdir().unwrap();
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "inner_no_sound_device",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("XDG_RUNTIME_DIR", empty.path())
-        .env("PULSE_SERVER", "unix:/nonexistent/huddle-test")
-        .env("ALSA_CARD", "huddle-no-such-card")
-        .env("HUDDLE_INNER_NO_SOUND", "1")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && text.contains("1 passed"),
-        "inner_no_sound_device failed:\n{text}"
+    let text = run_inner_test(
+        "inner_no_sound_device",
+        &[
+            ("XDG_RUNTIME_DIR", empty.path().as_os_str()),
+            ("PULSE_SERVER", "unix:/nonexistent/huddle-test".as_ref()),
+            ("ALSA_CARD", "huddle-no-such-card".as_ref()),
+            ("HUDDLE_INNER_NO_SOUND", "1".as_ref()),
+        ],
     );
     let noise: Vec<&str> = text.lines().filter(|l| l.contains("ALSA lib")).collect();
     assert!(

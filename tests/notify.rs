@@ -3,6 +3,9 @@
 //! the app's `Notifier` talking to it through notify-rust as it does on a desktop. The inner
 //! test runs in its own process so the bus address in its environment is the private one.
 
+mod common;
+
+use common::run_inner_test;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -34,19 +37,9 @@ fn a_notification_reaches_the_desktop_notification_service() {
     let _bus = Bus(daemon);
     let address = address.trim();
     assert!(!address.is_empty(), "dbus-daemon printed no address");
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "inner_notification", "--ignored", "--nocapture"])
-        .env("DBUS_SESSION_BUS_ADDRESS", address)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && text.contains("1 passed"),
-        "inner test failed:\n{text}"
+    run_inner_test(
+        "inner_notification",
+        &[("DBUS_SESSION_BUS_ADDRESS", address.as_ref())],
     );
 }
 

@@ -125,13 +125,9 @@ async fn lobby_starts(
                 .unwrap_or(0.0),
         );
     }
-    let mut sorted = samples.clone();
-    sorted.sort_by(f64::total_cmp);
     Ok(json!({
         "what": "process start (kernel's record) -> first lobby pass's paint commands issued (buffer swap not included), fresh settings, Xvfb + Mesa llvmpipe, release build",
-        "starts": samples.len(),
-        "p50_ms": sorted.get(sorted.len() / 2),
-        "max_ms": sorted.last(),
+        "ms": stats(samples.clone()),
         "samples_ms": samples,
     }))
 }

@@ -1046,7 +1046,7 @@ pub fn table(report: &Value) -> String {
             "process start → first lobby paint issued, p50 / max (ms)",
             format!(
                 "{} / {} of {}",
-                lobby["p50_ms"], lobby["max_ms"], lobby["starts"]
+                lobby["ms"]["p50"], lobby["ms"]["max"], lobby["ms"]["count"]
             ),
         );
         line(

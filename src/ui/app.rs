@@ -530,10 +530,8 @@ impl HuddleApp {
             gain_control: self.settings.gain_control,
         });
         config.transfers.machine.auto_accept = self.settings.auto_accept_files;
-        config.transfers.machine.auto_accept_max =
-            self.settings.auto_accept_max_mib.saturating_mul(1 << 20);
-        config.transfers.machine.max_incoming =
-            self.settings.max_incoming_mib.saturating_mul(1 << 20);
+        config.transfers.machine.auto_accept_max = mib_to_bytes(self.settings.auto_accept_max_mib);
+        config.transfers.machine.max_incoming = mib_to_bytes(self.settings.max_incoming_mib);
         let ctx = self.ctx.clone();
         let pending = self.wake_pending.clone();
         // One pass per burst of wake-ups: a zero-delay request makes egui paint twice, and
@@ -786,7 +784,7 @@ impl HuddleApp {
         self.save_settings();
         self.command(Command::Transfer(TransferCommand::SetAutoAccept {
             auto_accept: everyone,
-            up_to: up_to_mib.saturating_mul(1 << 20),
+            up_to: mib_to_bytes(up_to_mib),
         }));
     }
 
@@ -797,11 +795,16 @@ impl HuddleApp {
         if self.call.is_some() {
             self.command(Command::SetNickname(nickname));
         } else {
-            self.lobby.nickname_field = nickname.clone();
-            self.settings.nickname = nickname;
-            self.save_settings();
+            self.remember_nickname(nickname);
         }
         Ok(())
+    }
+
+    /// Our nickname as agreed: in the lobby's field and the saved settings.
+    fn remember_nickname(&mut self, nickname: String) {
+        self.lobby.nickname_field = nickname.clone();
+        self.settings.nickname = nickname;
+        self.save_settings();
     }
 
     pub fn toggle_settings(&mut self) {
@@ -810,21 +813,29 @@ impl HuddleApp {
         }
     }
 
+    /// The name others see: in a call, the one the server agreed to; else the saved one.
+    pub fn current_nickname(&self) -> &str {
+        match &self.call {
+            Some(call) => &call.me.nickname,
+            None => &self.settings.nickname,
+        }
+    }
+
     /// Opens the settings window, its fields filled from the current settings.
     pub fn open_settings(&mut self) {
-        let nickname = match &self.call {
-            Some(call) => call.me.nickname.clone(),
-            None => self.settings.nickname.clone(),
-        };
         self.settings_draft = Some(SettingsDraft {
-            nickname,
+            nickname: self.current_nickname().to_owned(),
             nickname_error: None,
             server: self.settings.server.clone(),
         });
     }
 
-    /// Connects to `server` (`embedded` or a URL) and remembers it.
+    /// Connects to `server` (`embedded` or a URL; nothing means `embedded`) and remembers it.
     pub fn use_server(&mut self, server: &str) {
+        let server = match server.trim() {
+            "" => crate::settings::EMBEDDED_SERVER,
+            wanted => wanted,
+        };
         self.settings.server = server.to_owned();
         self.lobby.server_field = server.to_owned();
         self.save_settings();
@@ -1045,9 +1056,7 @@ impl HuddleApp {
                     && call.me.id == peer
                 {
                     call.me.nickname = nickname.clone();
-                    self.lobby.nickname_field = nickname.clone();
-                    self.settings.nickname = nickname;
-                    self.save_settings();
+                    self.remember_nickname(nickname);
                 } else if let Some(p) = self.participant(&peer) {
                     p.info.nickname = nickname;
                 }
@@ -1300,6 +1309,11 @@ fn server_error_text(code: ErrorCode, message: &str) -> String {
         }
         _ => format!("{message} ({code})"),
     }
+}
+
+/// The settings count file sizes in MiB; the transfer machine in bytes.
+fn mib_to_bytes(mib: u64) -> u64 {
+    mib.saturating_mul(1 << 20)
 }
 
 /// Sets egui's colours for `theme`.

@@ -62,6 +62,14 @@ fn control_button(
     response
 }
 
+/// The settings button's tooltip, in the lobby and in the call bar.
+pub fn settings_hint(ctx: &egui::Context) -> String {
+    format!(
+        "Nickname, files, theme, shortcuts and more ({})",
+        ctx.format_shortcut(&SETTINGS)
+    )
+}
+
 /// A button with an icon before its text; screen readers hear the text alone (the icon is a
 /// private-use character).
 pub fn icon_text_button(
@@ -112,10 +120,7 @@ pub fn controls_bar(app: &mut HuddleApp, ui: &mut egui::Ui) {
                     ui,
                     ICON_SETTINGS,
                     "Settings",
-                    &format!(
-                        "Nickname, files, theme, shortcuts and more ({})",
-                        ui.ctx().format_shortcut(&SETTINGS)
-                    ),
+                    &settings_hint(ui.ctx()),
                     if app.settings_draft.is_some() {
                         Look::On
                     } else {

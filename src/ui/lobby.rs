@@ -27,15 +27,8 @@ pub fn lobby_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
         ui.horizontal(|ui| {
             ui.heading("Huddle");
             ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
-                let settings = ui
-                    .button(format!("{}  Settings", ICON_SETTINGS.codepoint))
-                    .on_hover_text(format!(
-                        "Nickname, files, theme, shortcuts and more ({})",
-                        ui.ctx().format_shortcut(&super::controls::SETTINGS)
-                    ));
-                settings.widget_info(|| {
-                    egui::WidgetInfo::labeled(egui::Role::Button, true, "Settings")
-                });
+                let settings = icon_text_button(ui, ICON_SETTINGS, "Settings", false)
+                    .on_hover_text(super::controls::settings_hint(ui.ctx()));
                 if settings.clicked() {
                     app.toggle_settings();
                 }
@@ -58,12 +51,8 @@ pub fn lobby_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
                     .labelled_by(label.id);
                 let enter = server.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
                 if ui.button("Connect").clicked() || enter {
-                    let wanted = app.lobby.server_field.trim().to_owned();
-                    app.use_server(if wanted.is_empty() {
-                        crate::settings::EMBEDDED_SERVER
-                    } else {
-                        &wanted
-                    });
+                    let wanted = app.lobby.server_field.clone();
+                    app.use_server(&wanted);
                 }
                 ui.end_row();
 

@@ -6,7 +6,7 @@
 
 use super::app::{HuddleApp, SettingsDraft};
 use super::controls::{self, CAMERA, HAND, MUTE, PUSH_TO_TALK, SETTINGS};
-use crate::settings::{EMBEDDED_SERVER, Theme};
+use crate::settings::Theme;
 
 /// Every keyboard shortcut, as the window lists them.
 pub fn shortcuts(ctx: &egui::Context) -> Vec<(String, &'static str)> {
@@ -54,14 +54,10 @@ fn contents(app: &mut HuddleApp, draft: &mut SettingsDraft, ui: &mut egui::Ui) {
             .add(egui::TextEdit::singleline(&mut draft.nickname).desired_width(220.0))
             .labelled_by(label.id);
         let enter = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
-        let current = match &app.call {
-            Some(call) => call.me.nickname.clone(),
-            None => app.settings.nickname.clone(),
-        };
         if field.changed() {
             draft.nickname_error = None;
         }
-        let changed = draft.nickname.trim() != current;
+        let changed = draft.nickname.trim() != app.current_nickname();
         if (ui
             .add_enabled(changed, egui::Button::new("Change"))
             .clicked()
@@ -91,13 +87,7 @@ fn contents(app: &mut HuddleApp, draft: &mut SettingsDraft, ui: &mut egui::Ui) {
             .on_disabled_hover_text("Leave the call to change servers")
             .clicked()
         {
-            let wanted = draft.server.trim();
-            let wanted = if wanted.is_empty() {
-                EMBEDDED_SERVER
-            } else {
-                wanted
-            };
-            app.use_server(wanted);
+            app.use_server(&draft.server);
         }
     });
     ui.horizontal(|ui| {
