@@ -214,6 +214,7 @@ pub(super) async fn run(opts: &BenchOptions) -> Result<Value, BenchError> {
     }
     let wall = wall_started.elapsed();
     let usage_after = procstat::usage(Some(pid)).ok_or_else(|| fail("app: no /proc"))?;
+    let largest_files = procstat::largest_resident_files(pid, 4).unwrap_or_default();
     let after = DisplayCounters::read(&last);
     let first_picture_ms = last["first_remote_picture_since_process_start_ms"].as_f64();
     peer.interrupt();
@@ -233,6 +234,13 @@ pub(super) async fn run(opts: &BenchOptions) -> Result<Value, BenchError> {
     // in a texture; the peer was already in the room.
     report["process_start_to_first_remote_picture_uploaded_ms"] = json!(first_picture_ms);
     report["process_start_to_first_lobby_paint_issued"] = lobby;
+    // What the resident memory is made of: mapped files' pages (code of the executable and
+    // libraries, such as Mesa's LLVM for software GL) are clean and shared; anonymous is the
+    // app's own.
+    report["rss_largest_files_mb"] = largest_files
+        .iter()
+        .map(|(path, mb)| json!({"file": path, "mb": round1(*mb)}))
+        .collect();
     Ok(report)
 }
 
@@ -285,6 +293,9 @@ fn summarise(
         "cpu_cores": (cpu * 1000.0).round() / 1000.0,
         "rss_mb": round1(usage_after.rss_mb),
         "peak_rss_mb": round1(usage_after.peak_rss_mb),
+        "rss_anonymous_mb": round1(usage_after.rss_anon_mb),
+        "rss_file_backed_mb": round1(usage_after.rss_file_mb),
+        "rss_shared_memory_mb": round1(usage_after.rss_shmem_mb),
         "passes_run_per_s": round1((after.passes_run - before.passes_run) / secs),
         "passes_painted_per_s": round1(painted_passes / secs),
         "cpu_ms_per_painted_pass": (painted_passes > 0.0).then(|| round1(cpu_seconds * 1000.0 / painted_passes)),
@@ -317,6 +328,9 @@ mod tests {
             cpu_seconds: cpu,
             rss_mb: 100.0,
             peak_rss_mb: 120.0,
+            rss_anon_mb: 60.0,
+            rss_file_mb: 38.0,
+            rss_shmem_mb: 2.0,
         };
         let v = summarise(
             &before,

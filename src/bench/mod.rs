@@ -1040,6 +1040,27 @@ pub fn table(report: &Value) -> String {
             "CPU (cores) / RSS, peak (MB)",
             format!("{} / {}, {}", a["cpu_cores"], a["rss_mb"], a["peak_rss_mb"]),
         );
+        let files: Vec<String> = a["rss_largest_files_mb"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|f| {
+                let path = f["file"].as_str().unwrap_or("?");
+                let name = path.rsplit('/').next().unwrap_or(path);
+                format!("{name} {}", f["mb"])
+            })
+            .collect();
+        line(
+            &mut out,
+            "RSS: anonymous / file-backed / shared memory (MB)",
+            format!(
+                "{} / {} / {} (largest files: {})",
+                a["rss_anonymous_mb"],
+                a["rss_file_backed_mb"],
+                a["rss_shared_memory_mb"],
+                files.join(", ")
+            ),
+        );
         let lobby = &a["process_start_to_first_lobby_paint_issued"];
         line(
             &mut out,
