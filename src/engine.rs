@@ -7,6 +7,7 @@ use crate::media::MediaError;
 use crate::media::audio::{AudioSink, AudioSource};
 use crate::media::audio_pipeline::{AudioPlayout, AudioSender, RemoteAudioStats};
 use crate::media::frame::RgbaFrame;
+pub use crate::media::screen::{DEFAULT_SHARE_FPS, SMOOTH_SHARE_FPS, ScreenSource};
 use crate::media::slot::LatestSlot;
 use crate::media::video::{Callback, EncoderStats, RemoteVideo, VideoSender, VideoSourceSpec};
 use crate::rtc::Envelope;
@@ -148,6 +149,13 @@ pub enum Command {
     SetVideoSource(VideoSourceSpec),
     SetAudioSource(AudioInput),
     SetAudioOutput(AudioOutput),
+    /// Shares a screen or window at most `fps` frames a second, next to the camera (answered
+    /// with `LocalMedia`, or a `Problem` when capture cannot start).
+    StartScreenShare {
+        source: ScreenSource,
+        fps: u32,
+    },
+    StopScreenShare,
     /// Plays a short chime through the speaker (the device check).
     PlayTestSound,
     /// Echo cancellation, noise suppression and gain control on or off.
@@ -232,10 +240,17 @@ pub enum Event {
         peer: PeerId,
         video: Arc<RemoteVideo>,
     },
+    /// The peer's screen-share track: its pictures come while `PeerMediaState.screen` is on.
+    PeerScreen {
+        peer: PeerId,
+        video: Arc<RemoteVideo>,
+    },
     PeerMediaState {
         peer: PeerId,
         audio: bool,
         video: bool,
+        /// The peer is sharing a screen.
+        screen: bool,
     },
     PeerStats {
         peer: PeerId,
@@ -274,6 +289,8 @@ pub struct LocalMediaState {
     pub video_source: String,
     pub audio_source: String,
     pub audio_sink: String,
+    /// What we are sharing, if we are.
+    pub screen_share: Option<String>,
 }
 
 /// Read-only access to media data that changes every frame.
@@ -415,6 +432,7 @@ pub fn spawn(
         read_stamps: config.read_stamps,
         relay_only: config.relay_only,
         video,
+        screen: None,
         audio,
         playout,
         local_level,
@@ -506,6 +524,8 @@ struct Engine {
     read_stamps: bool,
     relay_only: bool,
     video: Option<VideoSender>,
+    /// Our screen share, while we share.
+    screen: Option<VideoSender>,
     audio: AudioSender,
     playout: Arc<AudioPlayout>,
     local_level: Arc<std::sync::atomic::AtomicU32>,
@@ -535,6 +555,7 @@ enum Opened {
     Microphone(Result<crate::media::sound::MicSource, MediaError>),
     Speaker(Result<crate::media::sound::SpeakerSink, MediaError>),
     Devices(DeviceList),
+    Screen(Result<VideoSender, MediaError>),
 }
 
 impl Engine {
@@ -603,6 +624,7 @@ impl Engine {
                 .unwrap_or_else(|| "none".into()),
             audio_source: self.audio.source_description(),
             audio_sink: self.playout.sink_description(),
+            screen_share: self.screen.as_ref().map(|s| s.spec().describe()),
         }
     }
 
@@ -616,6 +638,7 @@ impl Engine {
         let signal = Signal::MediaState {
             audio: !state.audio_muted,
             video: state.video_enabled,
+            screen: state.screen_share.is_some(),
         };
         for (peer, entry) in &self.peers {
             if only.is_some_and(|o| o != peer) {
@@ -694,7 +717,33 @@ impl Engine {
             }
             Opened::Speaker(Err(e)) => self.emit(Event::Problem(format!("Speaker: {e}"))).await,
             Opened::Devices(list) => self.emit(Event::Devices(list)).await,
+            Opened::Screen(Ok(share)) => {
+                let budget = session::video_budget_bps(crate::rtc::estimator::INITIAL_BPS as u64);
+                for session in self.peers.values().filter_map(|e| e.session.as_ref()) {
+                    session.attach_screen(Some(share.subscribe(session::screen_share_bps(budget))));
+                }
+                // A share started while another ran replaces it.
+                self.screen = Some(share);
+                self.announce_media_state(None);
+                self.emit_local_media().await;
+            }
+            Opened::Screen(Err(e)) => {
+                self.emit(Event::Problem(format!("Screen sharing: {e}")))
+                    .await;
+            }
         }
+    }
+
+    /// Ends our screen share: its capture and encoder stop, and peers are told.
+    async fn stop_screen_share(&mut self) {
+        if self.screen.take().is_none() {
+            return;
+        }
+        for session in self.peers.values().filter_map(|e| e.session.as_ref()) {
+            session.attach_screen(None);
+        }
+        self.announce_media_state(None);
+        self.emit_local_media().await;
     }
 
     async fn on_command(&mut self, cmd: Command, opened: &mpsc::Sender<Opened>) {
@@ -732,6 +781,19 @@ impl Engine {
             Command::SetNickname(n) => {
                 let _ = self.signaling.send(ClientCommand::SetNickname(n));
             }
+            Command::StartScreenShare { source, fps } => {
+                // Opening a display can block on a slow X server: off the actor.
+                let done = opened.clone();
+                tokio::spawn(async move {
+                    let spec = VideoSourceSpec::Screen { source, fps };
+                    let share =
+                        tokio::task::spawn_blocking(move || VideoSender::start(spec, None, None))
+                            .await
+                            .unwrap_or_else(|e| Err(MediaError::Thread(e.to_string())));
+                    let _ = done.send(Opened::Screen(share)).await;
+                });
+            }
+            Command::StopScreenShare => self.stop_screen_share().await,
             Command::PlayTestSound => self
                 .playout
                 .play_local(crate::media::audio_pipeline::test_chime()),
@@ -1044,6 +1106,10 @@ impl Engine {
         let initial_budget = session::video_budget_bps(crate::rtc::estimator::INITIAL_BPS as u64);
         let media = SessionMedia {
             video: self.video.as_ref().map(|v| v.subscribe(initial_budget)),
+            screen: self
+                .screen
+                .as_ref()
+                .map(|s| s.subscribe(session::screen_share_bps(initial_budget))),
             audio: Some(self.audio.subscribe()),
             playout: self.playout.clone(),
             on_video_frame: self.wake.clone(),
@@ -1093,9 +1159,21 @@ impl Engine {
                     channel,
                 });
             }
-            SessionEvent::RemoteMediaState { audio, video } => {
-                self.emit(Event::PeerMediaState { peer, audio, video })
-                    .await;
+            SessionEvent::RemoteScreen(video) => {
+                self.emit(Event::PeerScreen { peer, video }).await;
+            }
+            SessionEvent::RemoteMediaState {
+                audio,
+                video,
+                screen,
+            } => {
+                self.emit(Event::PeerMediaState {
+                    peer,
+                    audio,
+                    video,
+                    screen,
+                })
+                .await;
             }
             SessionEvent::Stats(stats) => {
                 entry.last_stats = Some((*stats).clone());
@@ -1194,6 +1272,14 @@ impl Engine {
         }
         for notice in self.notices.drain() {
             self.emit(Event::Problem(notice)).await;
+        }
+        // A shared window closed or the display went away: the share is over.
+        if self.screen.as_ref().is_some_and(|s| !s.is_capturing()) {
+            self.stop_screen_share().await;
+            self.emit(Event::Problem(
+                "Screen sharing stopped: the screen or window can no longer be captured".into(),
+            ))
+            .await;
         }
         if let Some(v) = &self.video {
             let state = v.camera_state();

@@ -59,6 +59,46 @@ pub struct HeadlessOptions {
     pub trusted_cert: Option<PathBuf>,
     /// ICE through TURN relays only.
     pub relay_only: bool,
+    /// Share a screen from the start: `test`, `test:WxH` or `x11` (the display in `DISPLAY`).
+    pub screen: Option<String>,
+    /// Frames per second of that share at most.
+    pub screen_fps: u32,
+}
+
+/// `--screen`: `test` (1920x1080), `test:WxH`, or `x11`.
+pub fn parse_screen(
+    arg: &str,
+    source_id: u8,
+) -> Result<crate::engine::ScreenSource, HeadlessError> {
+    use crate::engine::ScreenSource;
+    match arg {
+        "x11" => Ok(ScreenSource::X11 {
+            display: None,
+            window: None,
+        }),
+        "test" => Ok(ScreenSource::Test {
+            width: 1920,
+            height: 1080,
+            source_id,
+        }),
+        _ => {
+            let (w, h) = arg
+                .strip_prefix("test:")
+                .and_then(|size| size.split_once('x'))
+                .and_then(|(w, h)| Some((w.parse::<usize>().ok()?, h.parse::<usize>().ok()?)))
+                .filter(|(w, h)| (64..=7680).contains(w) && (64..=4320).contains(h))
+                .ok_or_else(|| {
+                    HeadlessError::Option(format!(
+                        "unknown screen source {arg:?} (test, test:WxH or x11)"
+                    ))
+                })?;
+            Ok(ScreenSource::Test {
+                width: w,
+                height: h,
+                source_id,
+            })
+        }
+    }
 }
 
 pub fn parse_video(arg: &str, source_id: u8) -> Result<Option<VideoSourceSpec>, HeadlessError> {
@@ -114,13 +154,33 @@ fn percentile(sorted: &[i64], p: f64) -> Option<i64> {
     Some(sorted[i])
 }
 
-struct PeerView {
-    nickname: String,
+/// One received video stream and what of it was already reported.
+#[derive(Default)]
+struct StreamView {
     video: Option<Arc<RemoteVideo>>,
     first_frame_logged: bool,
     last_frames: u64,
     /// Latency samples already reported in a window.
     last_latency_count: u64,
+}
+
+impl StreamView {
+    fn set(&mut self, video: Arc<RemoteVideo>) {
+        *self = StreamView {
+            video: Some(video),
+            first_frame_logged: self.first_frame_logged,
+            ..Default::default()
+        };
+    }
+}
+
+struct PeerView {
+    nickname: String,
+    /// The peer's camera and its screen share.
+    camera: StreamView,
+    screen: StreamView,
+    /// The peer says it is sharing its screen.
+    sharing: bool,
     files_sent: bool,
     /// The connection's latest figures.
     network: Option<crate::engine::PeerStats>,
@@ -133,10 +193,9 @@ impl PeerView {
     fn new(nickname: String) -> Self {
         PeerView {
             nickname,
-            video: None,
-            first_frame_logged: false,
-            last_frames: 0,
-            last_latency_count: 0,
+            camera: StreamView::default(),
+            screen: StreamView::default(),
+            sharing: false,
             files_sent: false,
             network: None,
             known_at: Instant::now(),
@@ -184,7 +243,18 @@ pub async fn run(
         opts.server = discover_server(&opts.room, &mut out).await?;
     }
     let sink = RecordingSink::new(48_000 * 2);
+    let screen = opts
+        .screen
+        .as_deref()
+        .map(|arg| parse_screen(arg, opts.source_id))
+        .transpose()?;
     let (engine, mut events) = engine::spawn(engine_config(&opts, &sink)?, Arc::new(|| {}))?;
+    if let Some(source) = screen {
+        engine.send(Command::StartScreenShare {
+            source,
+            fps: opts.screen_fps,
+        })?;
+    }
     engine.send(Command::Join {
         room: opts.room.clone(),
         nickname: opts.name.clone(),
@@ -313,7 +383,10 @@ impl<W: Write> HeadlessPeer<W> {
         {
             self.warmed_up = true;
             for view in self.peers.values() {
-                if let Some(v) = &view.video {
+                for v in [&view.camera.video, &view.screen.video]
+                    .into_iter()
+                    .flatten()
+                {
                     v.reset_samples();
                 }
             }
@@ -324,8 +397,15 @@ impl<W: Write> HeadlessPeer<W> {
         for (peer, view) in self.peers.iter_mut() {
             let mut record =
                 json!({"event": "stats", "peer": peer.as_str(), "nickname": view.nickname});
-            if let Some(video) = video_stats_json(view, interval) {
+            if let Some(video) = video_stats_json(&mut view.camera, interval) {
                 record["video"] = video;
+            }
+            // The share's own figures, apart from the camera's, while the peer shares.
+            if view.sharing
+                && let Some(mut screen) = video_stats_json(&mut view.screen, interval)
+            {
+                screen["sharing"] = json!(view.sharing);
+                record["screen"] = screen;
             }
             if let Some(n) = &view.network {
                 record["network"] = network_json(n);
@@ -400,17 +480,27 @@ impl<W: Write> HeadlessPeer<W> {
             Event::PeerConnectionClosed { peer, reason } => self.log(json!({"event": "connection_closed", "peer": peer.as_str(), "reason": reason}))?,
             Event::PeerVideo { peer, video } => {
                 if let Some(view) = self.peers.get_mut(&peer) {
-                    view.video = Some(video);
-                    view.last_frames = 0;
-                    view.last_latency_count = 0;
+                    view.camera.set(video);
                 }
             }
+            Event::PeerScreen { peer, video } => {
+                if let Some(view) = self.peers.get_mut(&peer) {
+                    view.screen.set(video);
+                }
+            }
+            Event::LocalMedia(state) => self.log(json!({"event": "local_media", "audio_muted": state.audio_muted,
+                "video_enabled": state.video_enabled, "screen_share": state.screen_share}))?,
             Event::PeerStats { peer, stats } => {
                 if let Some(view) = self.peers.get_mut(&peer) {
                     view.network = Some(stats);
                 }
             }
-            Event::PeerMediaState { peer, audio, video } => self.log(json!({"event": "media_state", "peer": peer.as_str(), "audio": audio, "video": video}))?,
+            Event::PeerMediaState { peer, audio, video, screen } => {
+                if let Some(view) = self.peers.get_mut(&peer) {
+                    view.sharing = screen;
+                }
+                self.log(json!({"event": "media_state", "peer": peer.as_str(), "audio": audio, "video": video, "screen": screen}))?
+            }
             Event::Chat(m) => self.log(json!({"event": "chat", "from": m.from.as_str(), "nickname": m.nickname, "text": m.text, "time_ms": m.time_ms}))?,
             Event::Transfer(TransferEvent::Update { peer, update }) => self.on_transfer(peer, update)?,
             Event::Transfer(TransferEvent::Problem(p)) | Event::Problem(p) => self.log(json!({"event": "problem", "message": p}))?,
@@ -451,26 +541,32 @@ impl<W: Write> HeadlessPeer<W> {
         Ok(())
     }
 
-    /// First decoded frame per peer, with its capture-to-decoded latency.
+    /// First decoded frame per peer and stream, with its capture-to-decoded latency.
     fn log_first_frames(&mut self) -> Result<(), HeadlessError> {
         let mut firsts = Vec::new();
         for (peer, view) in self.peers.iter_mut() {
-            if view.first_frame_logged {
-                continue;
-            }
-            let Some(v) = &view.video else { continue };
-            let s = v.stats();
-            if let Some(first_at) = s.first_frame_at {
-                view.first_frame_logged = true;
-                // The decoder recorded when and how late the first frame was.
-                let latency = s.latency_us.values().first().map(|u| *u as f64 / 1000.0);
-                // From this process's start (exec), good to about 20 ms.
-                let since_process_start = crate::procstat::process_age()
-                    .map(|age| age.saturating_sub(first_at.elapsed()));
-                firsts.push(json!({"event": "first_frame", "peer": peer.as_str(), "latency_ms": latency,
+            for (event, stream) in [
+                ("first_frame", &mut view.camera),
+                ("first_screen_frame", &mut view.screen),
+            ] {
+                if stream.first_frame_logged {
+                    continue;
+                }
+                let Some(v) = &stream.video else { continue };
+                let s = v.stats();
+                if let Some(first_at) = s.first_frame_at {
+                    stream.first_frame_logged = true;
+                    // The decoder recorded when and how late the first frame was.
+                    let latency = s.latency_us.values().first().map(|u| *u as f64 / 1000.0);
+                    // From this process's start (exec), good to about 20 ms.
+                    let since_process_start = crate::procstat::process_age()
+                        .map(|age| age.saturating_sub(first_at.elapsed()));
+                    firsts.push(json!({"event": event, "peer": peer.as_str(), "latency_ms": latency,
+                    "width": s.width, "height": s.height,
                     "since_join_ms": self.joined_at.map(|t| ms(first_at.saturating_duration_since(t))),
                     "since_peer_known_ms": ms(first_at.saturating_duration_since(view.known_at)),
                     "since_process_start_ms": since_process_start.map(ms)}));
+                }
             }
         }
         for first in firsts {
@@ -485,15 +581,25 @@ impl<W: Write> HeadlessPeer<W> {
         let in_room = self.joined_at.map(|t| t.elapsed()).unwrap_or_default();
         let usage = crate::procstat::usage(None);
         let mut peer_summaries = Vec::new();
+        let to_ms = |v: Option<i64>| v.map(|u| u as f64 / 1000.0);
         for (peer, view) in &self.peers {
-            let Some(v) = &view.video else { continue };
+            let Some(v) = &view.camera.video else {
+                continue;
+            };
             let s = v.stats();
             let mut lat = s.latency_us.values();
             lat.sort_unstable();
             let mut dec = s.decode_us.values();
             dec.sort_unstable();
-            let to_ms = |v: Option<i64>| v.map(|u| u as f64 / 1000.0);
+            let screen = view.screen.video.as_ref().map(|v| v.stats()).filter(|s| s.frames_decoded > 0).map(|s| {
+                let mut lat = s.latency_us.values();
+                lat.sort_unstable();
+                json!({"frames_decoded": s.frames_decoded, "width": s.width, "height": s.height,
+                    "freezes": s.freezes, "frozen_ms": s.frozen_us / 1000,
+                    "latency_ms": {"count": lat.len(), "p50": to_ms(percentile(&lat, 0.5)), "p95": to_ms(percentile(&lat, 0.95)), "max": to_ms(lat.last().copied())}})
+            });
             peer_summaries.push(json!({
+                "screen": screen,
                 "peer": peer.as_str(), "nickname": view.nickname,
                 "frames_decoded": s.frames_decoded, "units_dropped": s.units_dropped, "out_of_order": s.out_of_order,
                 "freezes": s.freezes, "frozen_ms": s.frozen_us / 1000,
@@ -524,9 +630,9 @@ impl<W: Write> HeadlessPeer<W> {
     }
 }
 
-/// A peer's `video` stats object: frames, fps over the last interval, latency over the run and
-/// over the interval, freezes.
-fn video_stats_json(view: &mut PeerView, interval_secs: f64) -> Option<serde_json::Value> {
+/// A stream's stats object (`video` for the camera, `screen` for a share): frames, fps over the
+/// last interval, latency over the run and over the interval, freezes.
+fn video_stats_json(view: &mut StreamView, interval_secs: f64) -> Option<serde_json::Value> {
     let v = view.video.as_ref()?;
     let s = v.stats();
     let mut lat = s.latency_us.values();

@@ -133,6 +133,13 @@ struct JoinArgs {
     /// Number stamped into the test pattern, to tell streams apart.
     #[arg(long, default_value_t = 0)]
     source_id: u8,
+    /// Share a screen from the start: `test` (a synthetic 1920x1080 page of text and lines),
+    /// `test:WxH`, or `x11` (the X display in DISPLAY).
+    #[arg(long)]
+    screen: Option<String>,
+    /// Frames per second of the screen share at most (15 by default; 30 for smooth motion).
+    #[arg(long, default_value_t = huddle::engine::DEFAULT_SHARE_FPS)]
+    screen_fps: u32,
     /// Audio source: `tone`, `tone:HZ`, `clicks`, a WAV file, or `none`.
     #[arg(long, default_value = "tone")]
     audio: String,
@@ -456,6 +463,8 @@ fn join(args: JoinArgs) -> anyhow::Result<()> {
         name: args.name,
         video: args.video,
         source_id: args.source_id,
+        screen: args.screen,
+        screen_fps: args.screen_fps,
         audio: args.audio,
         accept_files: args.recv_dir.is_some() && !args.decline_files,
         recv_dir: args.recv_dir.unwrap_or_else(|| ".".into()),

@@ -66,14 +66,38 @@ pub struct H264Encoder {
     bitrate_bps: u32,
     /// The per-layer ceiling openh264 holds the target under (it starts equal to the target).
     max_bitrate_bps: u32,
+    /// Tuned for screen content (text, flat areas) instead of camera pictures.
+    screen: bool,
 }
 
 impl H264Encoder {
+    /// An encoder for camera pictures.
     pub fn new(
         width: usize,
         height: usize,
         bitrate_bps: u32,
         fps: f32,
+    ) -> Result<Self, MediaError> {
+        Self::with_content(width, height, bitrate_bps, fps, false)
+    }
+
+    /// An encoder for a shared screen: openh264's screen-content mode, which codes text and
+    /// flat areas better and sends almost nothing for what did not change.
+    pub fn for_screen(
+        width: usize,
+        height: usize,
+        bitrate_bps: u32,
+        fps: f32,
+    ) -> Result<Self, MediaError> {
+        Self::with_content(width, height, bitrate_bps, fps, true)
+    }
+
+    fn with_content(
+        width: usize,
+        height: usize,
+        bitrate_bps: u32,
+        fps: f32,
+        screen: bool,
     ) -> Result<Self, MediaError> {
         if !width.is_multiple_of(2) || !height.is_multiple_of(2) || width == 0 || height == 0 {
             return Err(MediaError::Codec(format!(
@@ -81,7 +105,11 @@ impl H264Encoder {
             )));
         }
         let config = EncoderConfig::new()
-            .usage_type(UsageType::CameraVideoRealTime)
+            .usage_type(if screen {
+                UsageType::ScreenContentRealTime
+            } else {
+                UsageType::CameraVideoRealTime
+            })
             .profile(Profile::Baseline)
             .level(Level::Level_3_1)
             .rate_control_mode(RateControlMode::Bitrate)
@@ -95,7 +123,17 @@ impl H264Encoder {
             // "only the first".
             .intra_frame_period(IntraFramePeriod::from_num_frames(0))
             // Up to QP 51: at a few hundred kbit/s a coarser picture beats a skipped frame.
-            .qp(QpRange::new(12, 51))
+            .qp(QpRange::new(
+                if screen {
+                    std::env::var("QPMIN")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(12)
+                } else {
+                    12
+                },
+                51,
+            ))
             // A scene cut would force an IDR that nobody asked for.
             .scene_change_detect(false)
             .skip_frames(true)
@@ -110,6 +148,7 @@ impl H264Encoder {
             fps,
             bitrate_bps,
             max_bitrate_bps: bitrate_bps,
+            screen,
         })
     }
 
@@ -131,7 +170,13 @@ impl H264Encoder {
         }
         if self.frames == 0 {
             // Not initialised: SetOption would be refused. Rebuilding is free at this point.
-            let rebuilt = H264Encoder::new(self.width, self.height, bitrate_bps, self.fps)?;
+            let rebuilt = H264Encoder::with_content(
+                self.width,
+                self.height,
+                bitrate_bps,
+                self.fps,
+                self.screen,
+            )?;
             *self = rebuilt;
             return Ok(());
         }

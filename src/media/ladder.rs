@@ -60,6 +60,46 @@ const VGA_RUNGS: [Rung; 5] = [
     },
 ];
 
+/// Rungs for a 1920x1080 screen share at 15 fps: frames go before pixels, so text stays sharp on
+/// a slow link (issue 13). Budgets scale with the source's pixel count like the camera's.
+const SCREEN_RUNGS: [Rung; 5] = [
+    Rung {
+        scale: 1.0,
+        fps: 15,
+        min_bps: 700_000,
+        enter_bps: 950_000,
+        max_bps: 2_500_000,
+    },
+    Rung {
+        scale: 1.0,
+        fps: 8,
+        min_bps: 350_000,
+        enter_bps: 480_000,
+        max_bps: 1_400_000,
+    },
+    Rung {
+        scale: 1.0,
+        fps: 4,
+        min_bps: 170_000,
+        enter_bps: 240_000,
+        max_bps: 700_000,
+    },
+    Rung {
+        scale: 0.75,
+        fps: 3,
+        min_bps: 80_000,
+        enter_bps: 110_000,
+        max_bps: 350_000,
+    },
+    Rung {
+        scale: 0.5,
+        fps: 2,
+        min_bps: 0,
+        enter_bps: 0,
+        max_bps: 180_000,
+    },
+];
+
 /// How long the budget must stay below a rung's minimum before stepping down (unless it is far
 /// below), and above the next rung's entry before stepping up.
 const DOWN_AFTER: Duration = Duration::from_millis(400);
@@ -81,6 +121,9 @@ const FAR_BELOW: f32 = 0.7;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VideoTarget {
     pub rung: u8,
+    /// Rungs of the same size share one encoding, which drops frames for the slower ones (a
+    /// screen share's rungs differ in frame rate first): the lowest such rung's index.
+    pub encoding: u8,
     pub width: usize,
     pub height: usize,
     pub fps: u32,
@@ -108,9 +151,32 @@ pub fn scaled_size(source: (usize, usize), scale: f32) -> (usize, usize) {
 impl Ladder {
     /// A ladder for a source of this size, starting on the highest rung `initial_bps` covers.
     pub fn new(source: (usize, usize), initial_bps: u32) -> Self {
+        Self::from_rungs(source, initial_bps, &VGA_RUNGS, (640, 480))
+    }
+
+    /// A ladder for a screen share of this size whose top rung runs at `max_fps` (15 by
+    /// default, 30 for "smooth motion", which costs proportionally more bits to enter).
+    pub fn for_screen(source: (usize, usize), initial_bps: u32, max_fps: u32) -> Self {
+        let mut rungs = SCREEN_RUNGS;
+        let floor = rungs[1].fps + 1;
+        let top = &mut rungs[0];
+        let speed = (max_fps.clamp(1, 60) as f32 / top.fps as f32).max(1.0);
+        top.fps = max_fps.clamp(floor, 60);
+        top.min_bps = (top.min_bps as f32 * speed.sqrt()) as u32;
+        top.enter_bps = (top.enter_bps as f32 * speed.sqrt()) as u32;
+        top.max_bps = (top.max_bps as f32 * speed.sqrt()) as u32;
+        Self::from_rungs(source, initial_bps, &rungs, (1920, 1080))
+    }
+
+    fn from_rungs(
+        source: (usize, usize),
+        initial_bps: u32,
+        table: &[Rung],
+        table_size: (usize, usize),
+    ) -> Self {
         let pixels = (source.0 * source.1).max(1) as f32;
-        let factor = (pixels / (640.0 * 480.0)).powf(0.75);
-        let rungs: Vec<Rung> = VGA_RUNGS
+        let factor = (pixels / (table_size.0 * table_size.1) as f32).powf(0.75);
+        let rungs: Vec<Rung> = table
             .iter()
             .map(|r| Rung {
                 min_bps: (r.min_bps as f32 * factor) as u32,
@@ -196,8 +262,14 @@ impl Ladder {
     fn target(&self, budget_bps: u32) -> VideoTarget {
         let rung = self.rungs[self.current];
         let (width, height) = scaled_size(self.source, rung.scale);
+        let encoding = self
+            .rungs
+            .iter()
+            .position(|r| r.scale == rung.scale)
+            .unwrap_or(self.current);
         VideoTarget {
             rung: self.current as u8,
+            encoding: encoding as u8,
             width,
             height,
             fps: rung.fps,
@@ -319,6 +391,30 @@ mod tests {
             ms += 100;
         }
         assert_eq!(l.up_waits[2], UP_AFTER);
+    }
+
+    #[test]
+    fn a_screen_share_drops_frames_before_pixels() {
+        let start = Instant::now();
+        let mut l = Ladder::for_screen((1920, 1080), 3_000_000, 15);
+        let full = l.update(at(start, 0), 3_000_000);
+        assert_eq!((full.width, full.height, full.fps), (1920, 1080, 15));
+        // A budget that would cost a camera most of its pixels keeps the whole screen at fewer
+        // frames a second.
+        let mut t = full;
+        for ms in (100..2000).step_by(100) {
+            t = l.update(at(start, ms), 200_000);
+        }
+        assert_eq!((t.width, t.height, t.fps), (1920, 1080, 4));
+        // Only a very slow link costs pixels.
+        for ms in (2000..4000).step_by(100) {
+            t = l.update(at(start, ms), 60_000);
+        }
+        assert_eq!((t.width, t.height), (960, 540));
+        // Smooth motion runs its top rung at 30 fps and needs more to get there.
+        let smooth = Ladder::for_screen((1920, 1080), 0, 30);
+        assert_eq!(smooth.rungs()[0].fps, 30);
+        assert!(smooth.rungs()[0].enter_bps > l.rungs()[0].enter_bps);
     }
 
     #[test]

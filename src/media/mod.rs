@@ -18,6 +18,7 @@ pub mod playout;
 pub mod resample;
 pub mod samples;
 pub mod scene;
+pub mod screen;
 pub mod slot;
 pub mod sound;
 pub mod stamp;

@@ -11,6 +11,7 @@ use super::pattern::TestPattern;
 use super::playout::VideoPlayout;
 pub use super::samples::Samples;
 use super::scene::Scene;
+use super::screen::ScreenSource;
 use super::slot::LatestSlot;
 use super::stamp::{FrameStamp, read_stamp};
 pub use super::video_send::EncoderStats;
@@ -42,6 +43,8 @@ pub enum VideoSourceSpec {
     },
     /// A real camera (nokhwa index).
     Camera { index: u32, name: String },
+    /// A screen share: what to capture and at most how many frames a second.
+    Screen { source: ScreenSource, fps: u32 },
 }
 
 impl VideoSourceSpec {
@@ -69,6 +72,15 @@ impl VideoSourceSpec {
                 source_id,
             } => format!("synthetic scene {source_id} ({width}x{height}@{fps})"),
             VideoSourceSpec::Camera { name, .. } => name.clone(),
+            VideoSourceSpec::Screen { source, .. } => source.describe(),
+        }
+    }
+
+    /// The frame rate a screen share captures at, `None` for cameras and camera stand-ins.
+    pub fn screen_fps(&self) -> Option<u32> {
+        match self {
+            VideoSourceSpec::Screen { fps, .. } => Some((*fps).clamp(1, 60)),
+            _ => None,
         }
     }
 }
@@ -165,6 +177,7 @@ impl VideoSender {
             stop: encoder_stop.clone(),
             fixed_bitrate: bitrate_bps,
             self_view: self_view.clone(),
+            screen_fps: spec.screen_fps(),
         };
         let encoder = std::thread::Builder::new()
             .name("video-encoder".into())
@@ -204,6 +217,17 @@ impl VideoSender {
 
     pub fn is_enabled(&self) -> bool {
         self.enabled
+    }
+
+    /// Enabled and its capture thread still running (a screen capture ends by itself when
+    /// what it shows is gone).
+    pub fn is_capturing(&self) -> bool {
+        self.enabled
+            && self
+                .capture
+                .as_ref()
+                .and_then(|c| c.handle.as_ref())
+                .is_some_and(|h| !h.is_finished())
     }
 
     pub fn spec(&self) -> &VideoSourceSpec {
@@ -263,6 +287,40 @@ impl VideoSender {
                     .name("camera".into())
                     .spawn(move || {
                         super::camera::capture(index, frames, stop, state);
+                        None
+                    })
+                    .map_err(|e| MediaError::Thread(e.to_string()))?
+            }
+            VideoSourceSpec::Screen { source, fps } => {
+                // Opened here, so a display that is not there is the caller's error at once.
+                let mut capturer = super::screen::open(&source)?;
+                let stop = stop.clone();
+                let period = Duration::from_secs_f64(1.0 / fps.clamp(1, 60) as f64);
+                std::thread::Builder::new()
+                    .name("screen-capture".into())
+                    .spawn(move || {
+                        let mut pacer = super::audio::Pacer::new(period);
+                        let mut failures = 0u32;
+                        while !stop.is_stopped() {
+                            pacer.wait();
+                            match capturer.capture(now_us()) {
+                                Ok(frame) => {
+                                    failures = 0;
+                                    frames.put(frame);
+                                }
+                                // A window that closed, a display that went away: give up
+                                // after a second of failures, not at the first hiccup.
+                                Err(e) => {
+                                    failures += 1;
+                                    if failures == 1 || failures >= fps.max(1) {
+                                        tracing::warn!(error = %e, failures, "screen capture failed");
+                                    }
+                                    if failures >= fps.max(1) {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
                         None
                     })
                     .map_err(|e| MediaError::Thread(e.to_string()))?

@@ -63,6 +63,11 @@ pub struct VideoDemand {
     /// The pending keyframe is this peer's first since its connection came up: it is not held
     /// back by a keyframe forced earlier for someone else.
     first_keyframe: AtomicBool,
+    /// The peer's connection is up: until then nothing is encoded for it. Frames encoded
+    /// before would be thrown away, and the rate control would pay for their keyframe by
+    /// skipping the frames after it, the first real keyframe among them (seconds for a
+    /// 1080p screen at a starting budget).
+    ready: AtomicBool,
     sending: Mutex<Option<VideoTarget>>,
 }
 
@@ -75,6 +80,7 @@ impl VideoDemand {
             // back by `KEYFRAME_MIN_INTERVAL`).
             keyframe: AtomicBool::new(false),
             first_keyframe: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
             sending: Mutex::new(None),
         }
     }
@@ -92,9 +98,10 @@ impl VideoDemand {
         self.keyframe.store(true, Ordering::Relaxed);
     }
 
-    /// The connection just came up: a keyframe now, whatever the hold. Once per connection, so
-    /// it cannot become a keyframe storm.
+    /// The connection just came up: encoding for it starts, with a keyframe now, whatever the
+    /// hold. Once per connection, so it cannot become a keyframe storm.
     pub fn request_first_keyframe(&self) {
+        self.ready.store(true, Ordering::Relaxed);
         self.first_keyframe.store(true, Ordering::Relaxed);
         self.keyframe.store(true, Ordering::Relaxed);
     }
@@ -115,7 +122,8 @@ struct Subscriber {
     demand: Arc<VideoDemand>,
     frames: mpsc::Sender<Arc<EncodedVideo>>,
     ladder: Option<Ladder>,
-    rung: Option<u8>,
+    /// The encoding (`VideoTarget::encoding`) this peer gets.
+    encoding: Option<u8>,
 }
 
 /// Subscribers shared between `VideoSender` (adds) and the encoder thread (reads, prunes).
@@ -132,7 +140,7 @@ impl Subscribers {
                 demand: demand.clone(),
                 frames: tx,
                 ladder: None,
-                rung: None,
+                encoding: None,
             });
         }
         VideoFeed { frames: rx, demand }
@@ -232,6 +240,9 @@ pub(crate) struct EncoderThread {
     /// A fixed bitrate (tests, benchmarks): no ladder, one encoding at the source size.
     pub fixed_bitrate: Option<u32>,
     pub self_view: Option<Arc<LatestSlot<Arc<RgbaFrame>>>>,
+    /// A screen share at most this many frames a second (screen-content encoding, a ladder that
+    /// drops frames before pixels); `None` for a camera.
+    pub screen_fps: Option<u32>,
 }
 
 impl EncoderThread {
@@ -287,40 +298,48 @@ impl EncoderThread {
         };
         subs.retain(|s| !s.frames.is_closed());
         let source = (frame.width, frame.height);
-        for s in subs.iter_mut() {
+        for s in subs
+            .iter_mut()
+            .filter(|s| s.demand.ready.load(Ordering::Relaxed))
+        {
             let budget = s.demand.budget();
             let target = match self.fixed_bitrate {
                 Some(bps) => VideoTarget {
                     rung: 0,
+                    encoding: 0,
                     width: source.0,
                     height: source.1,
-                    fps: 30,
+                    fps: self.screen_fps.unwrap_or(30),
                     bitrate_bps: bps,
                 },
                 None => {
                     let ladder = match &mut s.ladder {
                         Some(l) if l.source() == source => l,
-                        slot => slot.insert(Ladder::new(source, budget)),
+                        slot => slot.insert(match self.screen_fps {
+                            Some(fps) => Ladder::for_screen(source, budget, fps),
+                            None => Ladder::new(source, budget),
+                        }),
                     };
                     ladder.update(now, budget)
                 }
             };
-            if s.rung != Some(target.rung) {
+            if s.encoding != Some(target.encoding) {
                 // Moving to another encoding: its stream starts with a keyframe. (Not on the
                 // first one: the connection asks for its keyframe once it is up, and one forced
                 // now would be thrown away and hold that one back by the keyframe limit.)
-                if s.rung.replace(target.rung).is_some() {
+                if s.encoding.replace(target.encoding).is_some() {
                     s.demand.request_keyframe();
                 }
             }
             if let Ok(mut sending) = s.demand.sending.lock() {
                 *sending = Some(target);
             }
-            let group = groups.entry(target.rung).or_insert_with(|| Group {
+            let group = groups.entry(target.encoding).or_insert_with(|| Group {
                 target,
                 members: Vec::new(),
             });
             group.target.bitrate_bps = group.target.bitrate_bps.min(target.bitrate_bps);
+            group.target.fps = group.target.fps.min(target.fps);
             group.members.push((s.demand.clone(), s.frames.clone()));
         }
         groups
@@ -339,11 +358,18 @@ impl EncoderThread {
     ) {
         let t = group.target;
         let size = (t.width, t.height);
+        // A new frame rate alone needs no new encoder (and no keyframe): frames are dropped by
+        // capture time below.
         let fresh = encodings
             .get(&rung)
-            .is_none_or(|e| e.encoder.size() != size || e.fps != t.fps);
+            .is_none_or(|e| e.encoder.size() != size);
         if fresh {
-            match H264Encoder::new(t.width, t.height, t.bitrate_bps, t.fps as f32) {
+            let encoder = if self.screen_fps.is_some() {
+                H264Encoder::for_screen(t.width, t.height, t.bitrate_bps, t.fps as f32)
+            } else {
+                H264Encoder::new(t.width, t.height, t.bitrate_bps, t.fps as f32)
+            };
+            match encoder {
                 Ok(encoder) => {
                     encodings.insert(
                         rung,
@@ -366,6 +392,7 @@ impl EncoderThread {
             return;
         };
         enc.last_used = now;
+        enc.fps = t.fps;
         // Lower frame rates take every n-th frame, by capture time.
         if frame.capture_us < enc.next_due_us {
             return;

@@ -16,11 +16,14 @@ pub enum Signal {
         sdp: String,
     },
     Candidate(CandidateInit),
-    /// The sender's microphone and camera state, so receivers show "muted" / "camera off"
-    /// instead of guessing from silence.
+    /// The sender's microphone, camera and screen-share state, so receivers show "muted" /
+    /// "camera off" instead of guessing from silence, and lay a share out as a presentation.
     MediaState {
         audio: bool,
         video: bool,
+        /// Absent from peers that cannot share: not sharing.
+        #[serde(default)]
+        screen: bool,
     },
     /// The sender closed this session (its connection is gone); close yours too.
     Bye,
@@ -323,9 +326,15 @@ mod tests {
             m,
             Signal::MediaState {
                 audio: false,
-                video: true
+                video: true,
+                screen: false,
             }
         );
+        let sharing: Signal = serde_json::from_str(
+            r#"{"kind":"media_state","audio":true,"video":false,"screen":true}"#,
+        )
+        .unwrap();
+        assert!(matches!(sharing, Signal::MediaState { screen: true, .. }));
         assert!(serde_json::from_str::<Signal>(r#"{"kind":"offer"}"#).is_err());
     }
 }

@@ -55,6 +55,12 @@ use webrtc::rtp_transceiver::RtpSender;
 /// pre-negotiated id races in webrtc 0.21 (data arriving before the local side opens the same
 /// stream id makes the open fail with "stream already exists" and the channel never works).
 pub const FILE_CHANNEL_LABEL: &str = "huddle-files";
+/// Stream id of the screen-share track in the SDP (`a=msid`): receivers show what arrives on it
+/// as a presentation, not as the sender's camera. The track's id starts with `screen-`.
+pub const SCREEN_STREAM_ID: &str = "huddle-screen";
+/// Stream id of the camera and microphone tracks.
+pub const CAMERA_STREAM_ID: &str = "huddle";
+
 /// Most bytes handed to the data channel and not yet acknowledged, per channel. `send` waits
 /// above this, which is what keeps memory flat for any file size.
 pub const DATA_CHANNEL_SEND_LIMIT: usize = 128 * 1024;
@@ -98,6 +104,8 @@ impl SessionConfig {
 pub struct SessionMedia {
     /// This peer's own feed from the video encoder (its frames, its bitrate budget).
     pub video: Option<VideoFeed>,
+    /// The same from the screen-share encoder, while we share.
+    pub screen: Option<VideoFeed>,
     pub audio: Option<broadcast::Receiver<Arc<EncodedAudio>>>,
     pub playout: Arc<AudioPlayout>,
     /// Runs on the decoder thread after each new remote frame (wakes the UI).
@@ -186,11 +194,14 @@ pub enum SessionEvent {
     /// Connectivity lost; it may come back (ICE restart) or end in `Closed`.
     Disconnected,
     RemoteVideo(Arc<RemoteVideo>),
+    /// The peer's screen-share track arrived (its pictures come while the peer shares).
+    RemoteScreen(Arc<RemoteVideo>),
     /// The file data channel is open; the receiver of this event owns it from now on.
     FileChannel(Arc<dyn DataChannel>),
     RemoteMediaState {
         audio: bool,
         video: bool,
+        screen: bool,
     },
     Stats(Box<PeerStats>),
     Closed(CloseReason),
@@ -200,6 +211,8 @@ enum SessionCommand {
     Signal(Signal),
     RestartIce,
     AttachVideo(VideoFeed),
+    /// A share's feed (`None`: the share stopped).
+    AttachScreen(Option<VideoFeed>),
 }
 
 /// The owner's side of a session. Dropping it closes the connection and stops every task.
@@ -229,6 +242,12 @@ impl SessionHandle {
     /// negotiated from the start; it just had nothing to send).
     pub fn attach_video(&self, feed: VideoFeed) {
         let _ = self.commands.try_send(SessionCommand::AttachVideo(feed));
+    }
+
+    /// Starts sending a screen share (`Some`) on the screen track negotiated from the start, or
+    /// stops (`None`).
+    pub fn attach_screen(&self, feed: Option<VideoFeed>) {
+        let _ = self.commands.try_send(SessionCommand::AttachScreen(feed));
     }
 
     /// Closes the connection and waits (bounded) for the actor to finish.
@@ -390,21 +409,23 @@ fn media_engine() -> Result<(MediaEngine, Registry, ChainTaps), RtcError> {
     Ok((me, registry, taps))
 }
 
+/// One of our tracks: `name` is "video", "audio" or "screen".
 fn local_track(
+    name: &str,
     kind: RtpCodecKind,
     codec: RTCRtpCodec,
     ssrc: u32,
 ) -> Result<Arc<TrackLocalStaticSample>, RtcError> {
-    let name = if kind == RtpCodecKind::Video {
-        "video"
+    let stream = if name == "screen" {
+        SCREEN_STREAM_ID
     } else {
-        "audio"
+        CAMERA_STREAM_ID
     };
     // Track ids must differ from the remote peer's: webrtc 0.21 routes feedback about a sent
     // track by its id and looks among *received* tracks first, so a remote "video" track would
     // swallow every keyframe request for our own "video" track.
     let track = MediaStreamTrack::new(
-        "huddle".to_owned(),
+        stream.to_owned(),
         format!("{name}-{ssrc:08x}"),
         name.to_owned(),
         kind,
@@ -450,6 +471,14 @@ struct Actor {
     remote_video: Option<Arc<RemoteVideo>>,
     /// Our video track and its sender, kept for a camera turned on after the session started.
     video_track: Option<(Arc<TrackLocalStaticSample>, Arc<dyn RtpSender>)>,
+    /// Our screen track and its sender, the share's demand while we share, and its two tasks.
+    screen_track: Option<(Arc<TrackLocalStaticSample>, Arc<dyn RtpSender>)>,
+    screen_ssrc: u32,
+    screen_demand: Option<Arc<VideoDemand>>,
+    screen_tasks: Vec<tokio::task::AbortHandle>,
+    /// The peer's screen share: its receive task's shared state and its decoded pictures.
+    screen_receive: Arc<VideoReceiveShared>,
+    remote_screen: Option<Arc<RemoteVideo>>,
     /// The peer's microphone or camera is on (its last media-state signal).
     remote_sending: bool,
     quality: QualityMeter,
@@ -491,6 +520,22 @@ pub fn video_budget_bps(estimate_bps: u64) -> u32 {
     (usable - audio_reserve_bps(estimate_bps) as f64).max(30_000.0) as u32
 }
 
+/// A screen share's part of the video budget: it keeps priority over the camera under
+/// congestion (slides and code are what the call is about), leaving the camera a quarter, or
+/// what a small camera picture needs when that is more, or half on a very slow link.
+pub fn screen_share_bps(video_budget_bps: u32) -> u32 {
+    let camera = (video_budget_bps / 4).max(60_000).min(video_budget_bps / 2);
+    video_budget_bps - camera
+}
+
+/// The camera's budget: all of it without a share, else what the share leaves unused.
+pub fn camera_budget_bps(video_budget_bps: u32, screen_uses_bps: Option<u32>) -> u32 {
+    match screen_uses_bps {
+        None => video_budget_bps,
+        Some(screen) => video_budget_bps.saturating_sub(screen).max(30_000),
+    }
+}
+
 async fn run(
     config: SessionConfig,
     media: SessionMedia,
@@ -528,9 +573,9 @@ async fn run(
                 None => break CloseReason::Closed,
                 // The owner handles bye (it replaces the session); nothing to do here.
                 Some(SessionCommand::Signal(Signal::Bye)) => {}
-                Some(SessionCommand::Signal(Signal::MediaState { audio, video })) => {
-                    actor.remote_sending = audio || video;
-                    actor.emit(SessionEvent::RemoteMediaState { audio, video }).await;
+                Some(SessionCommand::Signal(Signal::MediaState { audio, video, screen })) => {
+                    actor.remote_sending = audio || video || screen;
+                    actor.emit(SessionEvent::RemoteMediaState { audio, video, screen }).await;
                 }
                 Some(SessionCommand::Signal(signal)) => {
                     let actions = actor.negotiator.on_signal(signal);
@@ -541,6 +586,7 @@ async fn run(
                     actor.execute(actions).await;
                 }
                 Some(SessionCommand::AttachVideo(feed)) => actor.attach_video(feed),
+                Some(SessionCommand::AttachScreen(feed)) => actor.attach_screen(feed),
             },
             ev = pc_events.recv() => match ev {
                 None => break CloseReason::Failed("connection driver stopped".into()),
@@ -699,6 +745,12 @@ impl Actor {
             jitter: None,
             remote_video: None,
             video_track: None,
+            screen_track: None,
+            screen_ssrc: 0,
+            screen_demand: None,
+            screen_tasks: Vec::new(),
+            screen_receive: Arc::new(VideoReceiveShared::default()),
+            remote_screen: None,
             remote_sending: true,
             quality: QualityMeter::new(),
             runtime,
@@ -714,19 +766,33 @@ impl Actor {
     async fn add_media(&mut self, media: SessionMedia) -> Result<(), RtcError> {
         let video_ssrc: u32 = rand::random();
         self.video_ssrc = video_ssrc;
-        let video = local_track(RtpCodecKind::Video, h264_codec(), video_ssrc)?;
+        let video = local_track("video", RtpCodecKind::Video, h264_codec(), video_ssrc)?;
         let video_sender = self
             .pc
             .add_track(video.clone() as Arc<dyn TrackLocal>)
             .await
             .map_err(|e| RtcError::Setup(format!("add video track: {e}")))?;
         let audio_ssrc: u32 = rand::random();
-        let audio = local_track(RtpCodecKind::Audio, opus_codec(), audio_ssrc)?;
+        let audio = local_track("audio", RtpCodecKind::Audio, opus_codec(), audio_ssrc)?;
         let audio_sender = self
             .pc
             .add_track(audio.clone() as Arc<dyn TrackLocal>)
             .await
             .map_err(|e| RtcError::Setup(format!("add audio track: {e}")))?;
+        // The screen track is negotiated from the start, like the camera's, so a share starts
+        // and stops without renegotiation; it sends nothing until then.
+        let screen_ssrc: u32 = rand::random();
+        self.screen_ssrc = screen_ssrc;
+        let screen = local_track("screen", RtpCodecKind::Video, h264_codec(), screen_ssrc)?;
+        let screen_sender = self
+            .pc
+            .add_track(screen.clone() as Arc<dyn TrackLocal>)
+            .await
+            .map_err(|e| RtcError::Setup(format!("add screen track: {e}")))?;
+        self.screen_track = Some((screen, screen_sender));
+        if let Some(feed) = media.screen {
+            self.attach_screen(Some(feed));
+        }
 
         self.video_track = Some((video, video_sender));
         if let Some(feed) = media.video {
@@ -915,8 +981,61 @@ impl Actor {
         self.tasks.spawn(watch_keyframe_requests(track, demand));
     }
 
+    /// Starts (or, with `None`, stops) sending a screen share on our screen track. A new share
+    /// replaces the tasks of the one before.
+    fn attach_screen(&mut self, feed: Option<VideoFeed>) {
+        for task in self.screen_tasks.drain(..) {
+            task.abort();
+        }
+        self.screen_demand = None;
+        let (Some(feed), Some((track, sender))) = (feed, self.screen_track.clone()) else {
+            return;
+        };
+        let demand = feed.demand.clone();
+        self.screen_demand = Some(demand.clone());
+        self.screen_tasks.push(self.tasks.spawn(send_video(
+            track.clone(),
+            sender,
+            self.screen_ssrc,
+            feed,
+            self.connected.subscribe(),
+        )));
+        self.screen_tasks
+            .push(self.tasks.spawn(watch_keyframe_requests(track, demand)));
+    }
+
     async fn receive_track(&mut self, track: Arc<dyn TrackRemote>) {
+        let is_screen = track.stream_id().await == SCREEN_STREAM_ID
+            || track.track_id().await.starts_with("screen-");
         match track.kind().await {
+            RtpCodecKind::Video if is_screen => {
+                let keyframe_needed = Arc::new(Notify::new());
+                let on_keyframe: Callback = {
+                    let n = keyframe_needed.clone();
+                    Arc::new(move || n.notify_one())
+                };
+                let receiver = match VideoReceiver::start(
+                    &format!("{}-screen", self.config.remote),
+                    self.config.read_stamps,
+                    self.on_video_frame.clone(),
+                    on_keyframe,
+                ) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start screen-share decoder");
+                        return;
+                    }
+                };
+                self.remote_screen = Some(receiver.output());
+                self.emit(SessionEvent::RemoteScreen(receiver.output()))
+                    .await;
+                self.tasks.spawn(receive_video(
+                    track,
+                    receiver,
+                    keyframe_needed,
+                    self.screen_receive.clone(),
+                ));
+            }
             RtpCodecKind::Video => {
                 let keyframe_needed = Arc::new(Notify::new());
                 let on_keyframe: Callback = {
@@ -963,8 +1082,15 @@ impl Actor {
     /// retransmissions.
     fn steer(&mut self) {
         let estimate = self.taps.estimate.target_bps_at(Instant::now());
+        let budget = video_budget_bps(estimate);
+        let screen_wants = self.screen_demand.as_ref().map(|d| {
+            // What the share's encoder last said it uses; its whole share at first.
+            let share = screen_share_bps(budget);
+            d.set_budget(share);
+            d.sending().map_or(share, |t| t.bitrate_bps.min(share))
+        });
         if let Some(demand) = &self.video_demand {
-            demand.set_budget(video_budget_bps(estimate));
+            demand.set_budget(camera_budget_bps(budget, screen_wants));
         }
         if let Ok(feedback) = self.taps.feedback.lock()
             && feedback.rtt.is_some()
@@ -981,13 +1107,15 @@ impl Actor {
         let jitter = self.jitter.unwrap_or_default();
         let wait = (rtt.mul_f32(3.2) + jitter * 2 + NACK_INTERVAL + Duration::from_millis(20))
             .clamp(Duration::from_millis(60), Duration::from_millis(500));
-        self.receive
-            .wait_us
-            .store(wait.as_micros() as u64, Ordering::Relaxed);
-        if let Some(rtt) = self.rtt {
-            self.receive
-                .retransmission_lateness_us
-                .store((rtt + NACK_INTERVAL).as_micros() as u64, Ordering::Relaxed);
+        for receive in [&self.receive, &self.screen_receive] {
+            receive
+                .wait_us
+                .store(wait.as_micros() as u64, Ordering::Relaxed);
+            if let Some(rtt) = self.rtt {
+                receive
+                    .retransmission_lateness_us
+                    .store((rtt + NACK_INTERVAL).as_micros() as u64, Ordering::Relaxed);
+            }
         }
     }
 
@@ -1119,9 +1247,8 @@ async fn send_video(
     mut connected: watch::Receiver<bool>,
 ) {
     let VideoFeed { mut frames, demand } = feed;
-    // Keep taking frames until the connection is up: a full queue reads to the encoder as a
-    // peer that missed a frame, and the keyframe it would force then (thrown away here) holds
-    // back the one this peer really needs.
+    // Nothing is encoded for this peer before the connection is up (`VideoDemand`); any frame
+    // already queued is dropped.
     loop {
         tokio::select! {
             up = wait_connected(&mut connected) => {

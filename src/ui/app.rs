@@ -413,6 +413,7 @@ impl HuddleApp {
                 video_source: String::new(),
                 audio_source: String::new(),
                 audio_sink: String::new(),
+                screen_share: None,
             },
             toasts: Vec::new(),
             ui_tx,
@@ -1094,7 +1095,11 @@ impl HuddleApp {
                     p.tile.set_source(video);
                 }
             }
-            Event::PeerMediaState { peer, audio, video } => {
+            // Shown by the call view once it lays out presentations (issue 13 item 4).
+            Event::PeerScreen { .. } => {}
+            Event::PeerMediaState {
+                peer, audio, video, ..
+            } => {
                 if let Some(p) = self.participant(&peer) {
                     p.audio_on = audio;
                     p.video_on = video;

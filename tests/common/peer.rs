@@ -44,6 +44,8 @@ pub struct TestPeer {
     pub id: Option<PeerId>,
     /// Remote video outputs by peer, as announced.
     pub videos: HashMap<PeerId, Arc<RemoteVideo>>,
+    /// Remote screen shares by peer, as announced.
+    pub screens: HashMap<PeerId, Arc<RemoteVideo>>,
     /// Every event seen so far, for later assertions.
     pub seen: Vec<Event>,
     /// Signalled by the engine whenever there is a new event or decoded frame.
@@ -81,6 +83,7 @@ impl TestPeer {
             sink,
             id: None,
             videos: HashMap::new(),
+            screens: HashMap::new(),
             seen: Vec::new(),
             woken,
         }
@@ -135,6 +138,9 @@ impl TestPeer {
             Event::ServerConnected { peer_id } => self.id = Some(peer_id.clone()),
             Event::PeerVideo { peer, video } => {
                 self.videos.insert(peer.clone(), video.clone());
+            }
+            Event::PeerScreen { peer, video } => {
+                self.screens.insert(peer.clone(), video.clone());
             }
             _ => {}
         }

@@ -1,0 +1,346 @@
+//! Screen sharing on loopback: in-process engines with real PeerConnections and H.264 through
+//! the signaling server on 127.0.0.1:0. The synthetic share stands in for a screen where the
+//! test is about the call; a real X server (Xvfb) is captured where the test is about pixels.
+
+mod common;
+
+use common::peer::{PeerOptions, TestPeer};
+use common::*;
+use huddle::engine::{Command, Event, ScreenSource};
+use huddle::media::frame::RgbaFrame;
+use huddle::media::screen::ScreenPicture;
+use huddle::signaling::protocol::PeerId;
+use std::process::{Child, Command as Process, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The stamp source of ann's synthetic share, apart from her camera's (1).
+const SHARE_SOURCE: u8 = 201;
+
+async fn sharing_state(p: &mut TestPeer, of: &PeerId, sharing: bool) {
+    p.wait_for(Duration::from_secs(10), |e| match e {
+        Event::PeerMediaState { peer, screen, .. } if peer == of && *screen == sharing => Some(()),
+        _ => None,
+    })
+    .await;
+}
+
+/// Waits until `p` has decoded `more` screen pictures from `of` beyond `from`.
+async fn screen_frames_beyond(p: &mut TestPeer, of: &PeerId, from: u64, more: u64) -> u64 {
+    p.until(Duration::from_secs(30), |p| {
+        let decoded = p.screens.get(of)?.stats().frames_decoded;
+        (decoded >= from + more).then_some(decoded)
+    })
+    .await
+}
+
+async fn camera_frames_beyond(p: &mut TestPeer, of: &PeerId, from: u64, more: u64) -> u64 {
+    p.until(Duration::from_secs(10), |p| {
+        let decoded = p.videos.get(of)?.stats().frames_decoded;
+        (decoded >= from + more).then_some(decoded)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_share_starts_stops_and_restarts_beside_the_camera_and_reaches_a_late_joiner() {
+    let server = start_server(test_config()).await;
+    let url = server.url();
+    let dirs = [(); 3].map(|_| tempfile::tempdir().unwrap());
+    let mut ann = TestPeer::start(&url, PeerOptions::new(1, 440.0, dirs[0].path().into()));
+    let mut bob = TestPeer::start(&url, PeerOptions::new(2, 660.0, dirs[1].path().into()));
+    ann.join("share", "ann").await;
+    bob.join("share", "bob").await;
+    let ann_id = ann.id.clone().unwrap();
+    let bob_id = bob.id.clone().unwrap();
+    bob.connected_to(&ann_id).await;
+    ann.connected_to(&bob_id).await;
+    bob.video_frames(&ann_id, 5, Duration::from_secs(10)).await;
+
+    ann.send(Command::StartScreenShare {
+        source: ScreenSource::Test {
+            width: 1280,
+            height: 720,
+            source_id: SHARE_SOURCE,
+        },
+        fps: 10,
+    });
+    let shared = ann
+        .wait_for(Duration::from_secs(10), |e| match e {
+            Event::LocalMedia(state) => state.screen_share.clone(),
+            _ => None,
+        })
+        .await;
+    eprintln!("ann shares: {shared}");
+    sharing_state(&mut bob, &ann_id, true).await;
+    screen_frames_beyond(&mut bob, &ann_id, 0, 5).await;
+    let screen = bob.screens[&ann_id].stats();
+    let camera = bob.videos[&ann_id].stats();
+    // Two streams, each with its own pictures: the share's stamps on the screen track, the
+    // camera's on the camera track.
+    assert_eq!(screen.sources, vec![SHARE_SOURCE]);
+    assert_eq!(camera.sources, vec![1]);
+    assert_eq!(screen.out_of_order, 0);
+    assert!(
+        screen.width >= 640 && screen.width * 9 == screen.height * 16,
+        "{}x{}",
+        screen.width,
+        screen.height
+    );
+
+    // The frame rate stays within the chosen 10 fps, measured over 3 s of stamps.
+    let first = bob.screens[&ann_id].stats().last_stamp.unwrap();
+    let started = tokio::time::Instant::now();
+    bob.until(Duration::from_secs(5), |_| {
+        (started.elapsed() >= Duration::from_secs(3)).then_some(())
+    })
+    .await;
+    let last = bob.screens[&ann_id].stats().last_stamp.unwrap();
+    let seconds = (last.capture_us - first.capture_us) as f64 / 1e6;
+    let captured_fps = (last.number - first.number) as f64 / seconds;
+    eprintln!("share captured at {captured_fps:.1} fps over {seconds:.1} s");
+    assert!(
+        captured_fps > 2.0 && captured_fps <= 11.0,
+        "{captured_fps} fps"
+    );
+
+    // A late joiner gets the share too.
+    let mut carl = TestPeer::start(&url, PeerOptions::new(3, 880.0, dirs[2].path().into()));
+    carl.join("share", "carl").await;
+    carl.connected_to(&ann_id).await;
+    screen_frames_beyond(&mut carl, &ann_id, 0, 3).await;
+    assert_eq!(carl.screens[&ann_id].stats().sources, vec![SHARE_SOURCE]);
+
+    // Stopping: the others are told, the camera keeps coming, the share's pictures stop.
+    ann.send(Command::StopScreenShare);
+    sharing_state(&mut bob, &ann_id, false).await;
+    let screen_at_stop = bob.screens[&ann_id].stats().frames_decoded;
+    let camera_at_stop = bob.videos[&ann_id].stats().frames_decoded;
+    camera_frames_beyond(&mut bob, &ann_id, camera_at_stop, 45).await;
+    let screen_after = bob.screens[&ann_id].stats().frames_decoded;
+    // At most a picture that was on its way when the share stopped.
+    assert!(
+        screen_after <= screen_at_stop + 1,
+        "{screen_at_stop} then {screen_after} screen pictures after the stop"
+    );
+
+    // And sharing again mid-call works without renegotiation: the same track resumes.
+    ann.send(Command::StartScreenShare {
+        source: ScreenSource::Test {
+            width: 1280,
+            height: 720,
+            source_id: SHARE_SOURCE,
+        },
+        fps: 10,
+    });
+    sharing_state(&mut bob, &ann_id, true).await;
+    screen_frames_beyond(&mut bob, &ann_id, screen_after, 5).await;
+    let camera_now = bob.videos[&ann_id].stats().frames_decoded;
+    camera_frames_beyond(&mut bob, &ann_id, camera_now, 10).await;
+}
+
+/// An Xvfb server on a free display, stopped on drop.
+struct Xvfb {
+    child: Child,
+    display: String,
+}
+
+impl Xvfb {
+    fn start(width: usize, height: usize) -> Xvfb {
+        let base = 150 + std::process::id() % 50;
+        let number = (base..base + 50)
+            .find(|n| !std::path::Path::new(&format!("/tmp/.X11-unix/X{n}")).exists())
+            .expect("a free X display number");
+        let display = format!(":{number}");
+        let child = Process::new("Xvfb")
+            .args([
+                &display,
+                "-screen",
+                "0",
+                &format!("{width}x{height}x24"),
+                // The test's drawing client disconnects before capture starts; without this the
+                // server resets, and the picture with it, when its last client leaves.
+                "-noreset",
+                "-nolisten",
+                "tcp",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("Xvfb runs (scripts/setup --test installs it)");
+        let xvfb = Xvfb { child, display };
+        // Ready once it accepts a connection.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while x11rb::connect(Some(&xvfb.display)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "Xvfb {} did not start",
+                xvfb.display
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        xvfb
+    }
+}
+
+impl Drop for Xvfb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Draws `rgba` over the whole root window of `display` and puts the pointer in the far corner.
+fn draw_on_root(display: &str, rgba: &[u8], width: usize, height: usize) {
+    use x11rb::connection::Connection;
+    use x11rb::protocol::xproto::{ConnectionExt, CreateGCAux, ImageFormat};
+    let (conn, screen) = x11rb::connect(Some(display)).expect("connect to Xvfb");
+    let root = conn.setup().roots[screen].root;
+    let depth = conn.setup().roots[screen].root_depth;
+    let gc = conn.generate_id().unwrap();
+    conn.create_gc(gc, root, &CreateGCAux::new()).unwrap();
+    // In bands that stay under the core protocol's request size.
+    let band = 32;
+    for y0 in (0..height).step_by(band) {
+        let rows = band.min(height - y0);
+        let bgrx: Vec<u8> = rgba[y0 * width * 4..(y0 + rows) * width * 4]
+            .chunks(4)
+            .flat_map(|p| [p[2], p[1], p[0], 0])
+            .collect();
+        conn.put_image(
+            ImageFormat::Z_PIXMAP,
+            root,
+            gc,
+            width as u16,
+            rows as u16,
+            0,
+            y0 as i16,
+            0,
+            depth,
+            &bgrx,
+        )
+        .unwrap()
+        .check()
+        .expect("the picture is drawn");
+    }
+    conn.warp_pointer(
+        x11rb::NONE,
+        root,
+        0,
+        0,
+        0,
+        0,
+        width as i16 - 1,
+        height as i16 - 1,
+    )
+    .unwrap();
+    // A round trip: everything above has been applied.
+    conn.get_input_focus().unwrap().reply().unwrap();
+}
+
+/// PSNR of the luma of `got` against `want`, in dB.
+fn luma_psnr(got: &RgbaFrame, want: &RgbaFrame) -> f64 {
+    assert_eq!((got.width, got.height), (want.width, want.height));
+    let mut sum = 0.0;
+    for y in 0..got.height {
+        for x in 0..got.width {
+            let d = got.luma(x, y) as f64 - want.luma(x, y) as f64;
+            sum += d * d;
+        }
+    }
+    let mse = sum / (got.width * got.height) as f64;
+    10.0 * (255.0 * 255.0 / mse.max(1e-9)).log10()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_x_screen_arrives_sharp() {
+    let (width, height) = (1920, 1080);
+    let xvfb = Xvfb::start(width, height);
+    let picture = RgbaFrame {
+        width,
+        height,
+        pixels: ScreenPicture::rgba(width, height),
+        capture_us: 0,
+    };
+    draw_on_root(&xvfb.display, &picture.pixels, width, height);
+
+    let server = start_server(test_config()).await;
+    let url = server.url();
+    let dirs = [(); 2].map(|_| tempfile::tempdir().unwrap());
+    let mut ann = TestPeer::start(&url, PeerOptions::new(1, 440.0, dirs[0].path().into()));
+    let mut bob = TestPeer::start(&url, PeerOptions::new(2, 660.0, dirs[1].path().into()));
+    ann.join("x11", "ann").await;
+    bob.join("x11", "bob").await;
+    let ann_id = ann.id.clone().unwrap();
+    bob.connected_to(&ann_id).await;
+    ann.send(Command::StartScreenShare {
+        source: ScreenSource::X11 {
+            display: Some(xvfb.display.clone()),
+            window: None,
+        },
+        fps: 15,
+    });
+    sharing_state(&mut bob, &ann_id, true).await;
+
+    // The picture is refined frame after frame once it is static: wait (bounded) for one at
+    // full size as sharp as the target, and report every full-size picture's PSNR on the way.
+    let mut checked = 0;
+    let mut best = 0.0f64;
+    let psnr = bob
+        .until(Duration::from_secs(60), |p| {
+            let screen = p.screens.get(&ann_id)?;
+            let stats = screen.stats();
+            if stats.frames_decoded == checked {
+                return None;
+            }
+            checked = stats.frames_decoded;
+            let frame: Arc<RgbaFrame> = screen.latest.peek()?;
+            if (frame.width, frame.height) != (width, height) {
+                return None;
+            }
+            let psnr = luma_psnr(&frame, &picture);
+            best = best.max(psnr);
+            eprintln!("picture {checked}: {psnr:.1} dB");
+            (psnr >= 35.0).then_some(psnr)
+        })
+        .await;
+    eprintln!("received X screen at 1920x1080, luma PSNR {psnr:.1} dB (best {best:.1})");
+
+    // Frame rate within the chosen 15 fps: X captures carry no stamp, so count pictures.
+    let before = bob.screens[&ann_id].stats().frames_decoded;
+    let started = tokio::time::Instant::now();
+    bob.until(Duration::from_secs(5), |_| {
+        (started.elapsed() >= Duration::from_secs(3)).then_some(())
+    })
+    .await;
+    let after = bob.screens[&ann_id].stats().frames_decoded;
+    let fps = (after - before) as f64 / started.elapsed().as_secs_f64();
+    eprintln!("{fps:.1} pictures per second decoded");
+    assert!(fps <= 16.5, "{fps} fps with 15 chosen");
+}
+
+#[test]
+fn the_x_capture_reads_what_is_on_the_screen() {
+    let (width, height) = (1920, 1080);
+    let xvfb = Xvfb::start(width, height);
+    let picture = RgbaFrame {
+        width,
+        height,
+        pixels: ScreenPicture::rgba(width, height),
+        capture_us: 0,
+    };
+    draw_on_root(&xvfb.display, &picture.pixels, width, height);
+    let mut capturer = huddle::media::screen::open(&ScreenSource::X11 {
+        display: Some(xvfb.display.clone()),
+        window: None,
+    })
+    .expect("capture opens");
+    let frame = capturer.capture(1).expect("a picture");
+    assert_eq!((frame.width, frame.height), (width, height));
+    let mut rgba = RgbaFrame::default();
+    frame.to_rgba(&mut rgba);
+    // Only colour conversion (RGB to I420 and back) stands between them.
+    let psnr = luma_psnr(&rgba, &picture);
+    eprintln!("captured luma PSNR {psnr:.1} dB");
+    assert!(psnr >= 40.0, "{psnr:.1} dB");
+}
