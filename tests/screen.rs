@@ -5,12 +5,12 @@
 mod common;
 
 use common::peer::{PeerOptions, TestPeer};
+use common::xvfb::Xvfb;
 use common::*;
 use huddle::engine::{Command, Event, ScreenSource};
 use huddle::media::frame::RgbaFrame;
 use huddle::media::screen::ScreenPicture;
 use huddle::signaling::protocol::PeerId;
-use std::process::{Child, Command as Process, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -137,57 +137,6 @@ async fn a_share_starts_stops_and_restarts_beside_the_camera_and_reaches_a_late_
     screen_frames_beyond(&mut bob, &ann_id, screen_after, 5).await;
     let camera_now = bob.videos[&ann_id].stats().frames_decoded;
     camera_frames_beyond(&mut bob, &ann_id, camera_now, 10).await;
-}
-
-/// An Xvfb server on a free display, stopped on drop.
-struct Xvfb {
-    child: Child,
-    display: String,
-}
-
-impl Xvfb {
-    fn start(width: usize, height: usize) -> Xvfb {
-        let base = 150 + std::process::id() % 50;
-        let number = (base..base + 50)
-            .find(|n| !std::path::Path::new(&format!("/tmp/.X11-unix/X{n}")).exists())
-            .expect("a free X display number");
-        let display = format!(":{number}");
-        let child = Process::new("Xvfb")
-            .args([
-                &display,
-                "-screen",
-                "0",
-                &format!("{width}x{height}x24"),
-                // The test's drawing client disconnects before capture starts; without this the
-                // server resets, and the picture with it, when its last client leaves.
-                "-noreset",
-                "-nolisten",
-                "tcp",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("Xvfb runs (scripts/setup --test installs it)");
-        let xvfb = Xvfb { child, display };
-        // Ready once it accepts a connection.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while x11rb::connect(Some(&xvfb.display)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "Xvfb {} did not start",
-                xvfb.display
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        xvfb
-    }
-}
-
-impl Drop for Xvfb {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Draws `rgba` over the whole root window of `display` and puts the pointer in the far corner.

@@ -91,6 +91,9 @@ pub struct Participant {
     pub fps: f64,
     /// When this peer was last heard above the speaking level.
     pub spoke_at: Option<Instant>,
+    /// The peer's screen share (pictures come while `sharing`).
+    pub screen: VideoTile,
+    pub sharing: bool,
 }
 
 pub struct TransferRow {
@@ -124,6 +127,9 @@ pub struct CallState {
     pub pinned: Option<PeerId>,
     /// Shown large in speaker view when no one is pinned.
     pub active_speaker: Option<PeerId>,
+    /// The layout chosen before someone started sharing a screen (which switched to speaker
+    /// view), restored when the last share ends.
+    pub layout_before_share: Option<CallLayout>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -168,7 +174,31 @@ impl CallState {
             layout: CallLayout::default(),
             pinned: None,
             active_speaker: None,
+            layout_before_share: None,
         }
+    }
+
+    /// A peer started or stopped sharing a screen. The first share switches to speaker view
+    /// with the share large; when the last one ends, the layout chosen before comes back.
+    pub fn note_sharing(&mut self, peer: &PeerId, sharing: bool) {
+        let Some(p) = self.peers.iter_mut().find(|p| &p.info.id == peer) else {
+            return;
+        };
+        p.sharing = sharing;
+        let anyone = self.peers.iter().any(|p| p.sharing);
+        if anyone && self.layout_before_share.is_none() {
+            self.layout_before_share = Some(self.layout);
+            self.layout = CallLayout::Speaker;
+        } else if !anyone && let Some(before) = self.layout_before_share.take() {
+            self.layout = before;
+        }
+    }
+
+    /// The screen shown large: the first peer sharing whose picture has arrived.
+    pub fn presented_share(&self) -> Option<usize> {
+        self.peers
+            .iter()
+            .position(|p| p.sharing && p.screen.has_picture())
     }
 
     /// Notes who is speaking now and moves the active speaker to the latest one once the
@@ -694,6 +724,21 @@ impl HuddleApp {
         self.command(Command::PlayTestSound);
     }
 
+    /// Shares the whole X screen (the display the app runs on), at most `fps` frames a second.
+    pub fn start_screen_share(&mut self, fps: u32) {
+        self.command(Command::StartScreenShare {
+            source: crate::engine::ScreenSource::X11 {
+                display: None,
+                window: None,
+            },
+            fps,
+        });
+    }
+
+    pub fn stop_screen_share(&mut self) {
+        self.command(Command::StopScreenShare);
+    }
+
     pub fn set_camera_on(&mut self, on: bool) {
         self.local.video_enabled = on;
         self.command(Command::SetVideoEnabled(on));
@@ -1095,14 +1140,23 @@ impl HuddleApp {
                     p.tile.set_source(video);
                 }
             }
-            // Shown by the call view once it lays out presentations (issue 13 item 4).
-            Event::PeerScreen { .. } => {}
+            Event::PeerScreen { peer, video } => {
+                if let Some(p) = self.participant(&peer) {
+                    p.screen.set_source(video);
+                }
+            }
             Event::PeerMediaState {
-                peer, audio, video, ..
+                peer,
+                audio,
+                video,
+                screen,
             } => {
                 if let Some(p) = self.participant(&peer) {
                     p.audio_on = audio;
                     p.video_on = video;
+                }
+                if let Some(call) = self.call.as_mut() {
+                    call.note_sharing(&peer, screen);
                 }
             }
             Event::PeerStats { peer, stats } => self.on_peer_stats(&peer, stats),
@@ -1281,6 +1335,8 @@ impl Participant {
     fn new(info: PeerInfo) -> Self {
         Participant {
             tile: VideoTile::new(info.id.as_str()),
+            screen: VideoTile::new(&format!("{}-screen", info.id)),
+            sharing: false,
             info,
             audio_on: true,
             video_on: true,

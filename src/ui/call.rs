@@ -62,6 +62,9 @@ pub fn call_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
         let mut uploaded = false;
         for p in &mut call.peers {
             uploaded |= p.tile.refresh(&ctx);
+            if p.sharing {
+                p.screen.refresh(&ctx);
+            }
         }
         if uploaded && !app.first_remote_picture_logged {
             app.first_remote_picture_logged = true;
@@ -85,6 +88,7 @@ pub fn call_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
     }
 
     top_bar(app, ui);
+    sharing_banner(app, ui);
     controls::controls_bar(app, ui);
     if let Some(call) = app.call.as_ref().filter(|c| c.people_open) {
         egui::Panel::left("people")
@@ -115,6 +119,35 @@ pub fn call_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
     egui::CentralPanel::default()
         .frame(unfilled(egui::Frame::central_panel(ui.style())))
         .show(ui, |ui| video_grid(app, ui));
+}
+
+/// "You are sharing …" with Stop, across the top while we share.
+fn sharing_banner(app: &mut HuddleApp, ui: &mut egui::Ui) {
+    let Some(what) = app.local.screen_share.clone() else {
+        return;
+    };
+    let mut stop = false;
+    egui::Panel::top("sharing-banner")
+        .frame(
+            egui::Frame::new()
+                .fill(egui::Color32::from_rgb(38, 70, 140))
+                .inner_margin(egui::Margin::symmetric(12, 6)),
+        )
+        .show(ui, |ui| {
+            ui.horizontal(|ui| {
+                ui.label(
+                    egui::RichText::new(format!("You are sharing {what}"))
+                        .color(egui::Color32::WHITE)
+                        .strong(),
+                );
+                ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                    stop = ui.button("Stop").clicked();
+                });
+            });
+        });
+    if stop {
+        app.stop_screen_share();
+    }
 }
 
 /// A panel frame without its fill. The window is cleared to the panel colour
@@ -529,7 +562,44 @@ fn video_grid(app: &mut HuddleApp, ui: &mut egui::Ui) {
             .map(|(p, _)| p.info.id.clone())
             .collect();
         call.note_speaking(&speakers, now);
-        let rects = tile_rects(area, call.peers.len(), call.main_tile());
+        // Cameras first, then screens being shared; a share is shown large in speaker view
+        // unless someone is pinned.
+        let shares: Vec<usize> = (0..call.peers.len())
+            .filter(|&i| call.peers[i].sharing && call.peers[i].screen.has_picture())
+            .collect();
+        let main = match (call.layout, &call.pinned, call.presented_share()) {
+            (CallLayout::Speaker, None, Some(share)) => shares
+                .iter()
+                .position(|&i| i == share)
+                .map(|k| call.peers.len() + k),
+            _ => call.main_tile(),
+        };
+        let rects = tile_rects(area, call.peers.len() + shares.len(), main);
+        for (&i, &rect) in shares.iter().zip(&rects[call.peers.len()..]) {
+            let p = &call.peers[i];
+            let name = format!("{}'s screen", p.info.nickname);
+            let tile = draw_tile(
+                ui,
+                rect,
+                &p.screen,
+                TileLook {
+                    name: &name,
+                    nickname: &p.info.nickname,
+                    accessible: format!("Screen shared by {}", p.info.nickname),
+                    camera_on: true,
+                    speaking: false,
+                    muted: false,
+                    mirrored: false,
+                    overlay: None,
+                    connecting: false,
+                    quality: None,
+                    after_picture: None,
+                    hand: None,
+                    reactions: Vec::new(),
+                },
+            );
+            toggle_fullscreen |= tile.double_clicked();
+        }
         let mut pin = None;
         for ((p, rect), speaking) in call.peers.iter().zip(rects).zip(speaking) {
             let hand = call.hand_position(&p.info.id);

@@ -8,7 +8,8 @@ use crate::services::devices;
 use egui_material_icons::MaterialIcon;
 use egui_material_icons::icons::{
     ICON_ADD_REACTION, ICON_ATTACH_FILE, ICON_CALL_END, ICON_CHAT, ICON_GROUP, ICON_MIC,
-    ICON_MIC_OFF, ICON_PAN_TOOL, ICON_SETTINGS, ICON_TUNE, ICON_VIDEOCAM, ICON_VIDEOCAM_OFF,
+    ICON_MIC_OFF, ICON_PAN_TOOL, ICON_SCREEN_SHARE, ICON_SETTINGS, ICON_STOP_SCREEN_SHARE,
+    ICON_TUNE, ICON_VIDEOCAM, ICON_VIDEOCAM_OFF,
 };
 
 pub const MUTE: egui::KeyboardShortcut =
@@ -111,6 +112,7 @@ pub fn controls_bar(app: &mut HuddleApp, ui: &mut egui::Ui) {
             ui.add_space(6.0);
             centred_row(ui, |ui| {
                 microphone_and_camera(app, ui);
+                share_button(app, ui);
                 ui.separator();
                 hand_and_reactions(app, ui);
                 ui.separator();
@@ -194,6 +196,51 @@ fn microphone_and_camera(app: &mut HuddleApp, ui: &mut egui::Ui) {
     if control_button(ui, icon, label, &hint, look).clicked() {
         app.set_camera_on(!on);
     }
+}
+
+/// Share the screen (a menu: as it is, or smooth motion), or stop sharing.
+fn share_button(app: &mut HuddleApp, ui: &mut egui::Ui) {
+    if app.local.screen_share.is_some() {
+        if control_button(
+            ui,
+            ICON_STOP_SCREEN_SHARE,
+            "Stop sharing",
+            "Stop sharing your screen",
+            Look::On,
+        )
+        .clicked()
+        {
+            app.stop_screen_share();
+        }
+        return;
+    }
+    let response = control_button(
+        ui,
+        ICON_SCREEN_SHARE,
+        "Share screen",
+        "Share your screen",
+        Look::Plain,
+    );
+    egui::Popup::menu(&response)
+        .align(egui::RectAlign::TOP)
+        .show(|ui| {
+            // Captured through X11: on a Wayland desktop only what runs under XWayland shows.
+            let wayland = std::env::var_os("WAYLAND_DISPLAY").is_some();
+            if wayland {
+                ui.label("On Wayland only X11 (XWayland) windows show in a share.");
+                ui.separator();
+            }
+            if ui.button("Share entire screen").clicked() {
+                app.start_screen_share(crate::engine::DEFAULT_SHARE_FPS);
+            }
+            if ui
+                .button("Share entire screen, smooth motion (video)")
+                .on_hover_text("Up to 30 frames a second; text is less sharp on a slow link")
+                .clicked()
+            {
+                app.start_screen_share(crate::engine::SMOOTH_SHARE_FPS);
+            }
+        });
 }
 
 /// A thin vertical bar showing the microphone's level (measured even while muted).
