@@ -154,6 +154,8 @@ pub enum Command {
     StartScreenShare {
         source: ScreenSource,
         fps: u32,
+        /// Also share what the computer plays (the default speaker's monitor).
+        sound: bool,
     },
     StopScreenShare,
     /// Plays a short chime through the speaker (the device check).
@@ -433,6 +435,7 @@ pub fn spawn(
         relay_only: config.relay_only,
         video,
         screen: None,
+        screen_sound: false,
         audio,
         playout,
         local_level,
@@ -524,8 +527,9 @@ struct Engine {
     read_stamps: bool,
     relay_only: bool,
     video: Option<VideoSender>,
-    /// Our screen share, while we share.
+    /// Our screen share, while we share, and whether computer sound goes with it.
     screen: Option<VideoSender>,
+    screen_sound: bool,
     audio: AudioSender,
     playout: Arc<AudioPlayout>,
     local_level: Arc<std::sync::atomic::AtomicU32>,
@@ -555,7 +559,13 @@ enum Opened {
     Microphone(Result<crate::media::sound::MicSource, MediaError>),
     Speaker(Result<crate::media::sound::SpeakerSink, MediaError>),
     Devices(DeviceList),
-    Screen(Result<VideoSender, MediaError>),
+    Screen(Box<ScreenOpened>),
+}
+
+/// A screen share opened off the actor, and its computer sound if asked for.
+struct ScreenOpened {
+    share: Result<VideoSender, MediaError>,
+    sound: Option<Result<crate::media::sound::MicSource, MediaError>>,
 }
 
 impl Engine {
@@ -624,7 +634,14 @@ impl Engine {
                 .unwrap_or_else(|| "none".into()),
             audio_source: self.audio.source_description(),
             audio_sink: self.playout.sink_description(),
-            screen_share: self.screen.as_ref().map(|s| s.spec().describe()),
+            screen_share: self.screen.as_ref().map(|s| {
+                let what = s.spec().describe();
+                if self.screen_sound {
+                    format!("{what} with computer sound")
+                } else {
+                    what
+                }
+            }),
         }
     }
 
@@ -717,21 +734,52 @@ impl Engine {
             }
             Opened::Speaker(Err(e)) => self.emit(Event::Problem(format!("Speaker: {e}"))).await,
             Opened::Devices(list) => self.emit(Event::Devices(list)).await,
-            Opened::Screen(Ok(share)) => {
-                let budget = session::video_budget_bps(crate::rtc::estimator::INITIAL_BPS as u64);
-                for session in self.peers.values().filter_map(|e| e.session.as_ref()) {
-                    session.attach_screen(Some(share.subscribe(session::screen_share_bps(budget))));
+            Opened::Screen(opened) => {
+                let ScreenOpened { share, sound } = *opened;
+                match share {
+                    Ok(share) => self.screen_share_started(share, sound).await,
+                    Err(e) => {
+                        self.emit(Event::Problem(format!("Screen sharing: {e}")))
+                            .await;
+                    }
                 }
-                // A share started while another ran replaces it.
-                self.screen = Some(share);
-                self.announce_media_state(None);
-                self.emit_local_media().await;
-            }
-            Opened::Screen(Err(e)) => {
-                self.emit(Event::Problem(format!("Screen sharing: {e}")))
-                    .await;
             }
         }
+    }
+
+    /// Sends a share that just opened to every peer (replacing one already running), with its
+    /// computer sound when that opened too.
+    async fn screen_share_started(
+        &mut self,
+        share: VideoSender,
+        sound: Option<Result<crate::media::sound::MicSource, MediaError>>,
+    ) {
+        self.set_system_sound(None);
+        match sound {
+            Some(Ok(monitor)) => self.set_system_sound(Some(monitor)),
+            Some(Err(e)) => {
+                self.emit(Event::Problem(format!("Computer sound: {e}")))
+                    .await;
+            }
+            None => {}
+        }
+        let budget = session::video_budget_bps(crate::rtc::estimator::INITIAL_BPS as u64);
+        for session in self.peers.values().filter_map(|e| e.session.as_ref()) {
+            session.attach_screen(Some(share.subscribe(session::screen_share_bps(budget))));
+        }
+        self.screen = Some(share);
+        self.announce_media_state(None);
+        self.emit_local_media().await;
+    }
+
+    /// Mixes the speaker's monitor into what we send (`None`: stops). It is mixed in after the
+    /// microphone's processing, so the microphone's echo canceller does not take it out.
+    fn set_system_sound(&mut self, monitor: Option<crate::media::sound::MicSource>) {
+        self.screen_sound = monitor.is_some();
+        self.audio
+            .set_system_sound(monitor.map(|m| crate::media::audio_pipeline::SystemSound {
+                source: Box::new(m),
+            }));
     }
 
     /// Ends our screen share: its capture and encoder stop, and peers are told.
@@ -739,6 +787,7 @@ impl Engine {
         if self.screen.take().is_none() {
             return;
         }
+        self.set_system_sound(None);
         for session in self.peers.values().filter_map(|e| e.session.as_ref()) {
             session.attach_screen(None);
         }
@@ -781,16 +830,40 @@ impl Engine {
             Command::SetNickname(n) => {
                 let _ = self.signaling.send(ClientCommand::SetNickname(n));
             }
-            Command::StartScreenShare { source, fps } => {
-                // Opening a display can block on a slow X server: off the actor.
+            Command::StartScreenShare { source, fps, sound } => {
+                // Opening a display or a sound device can block: off the actor.
                 let done = opened.clone();
+                let notices = self.notices.clone();
                 tokio::spawn(async move {
                     let spec = VideoSourceSpec::Screen { source, fps };
-                    let share =
-                        tokio::task::spawn_blocking(move || VideoSender::start(spec, None, None))
-                            .await
-                            .unwrap_or_else(|e| Err(MediaError::Thread(e.to_string())));
-                    let _ = done.send(Opened::Screen(share)).await;
+                    let opened = tokio::task::spawn_blocking(move || {
+                        let share = VideoSender::start(spec, None, None)?;
+                        let monitor = sound.then(|| {
+                            let id =
+                                crate::media::sound::default_output_monitor().ok_or_else(|| {
+                                    MediaError::Source(
+                                        "no monitor of the speaker to share from (needs a \
+                                         PulseAudio or PipeWire sound server)"
+                                            .into(),
+                                    )
+                                })?;
+                            crate::media::sound::MicSource::open(Some(&id), notices)
+                        });
+                        Ok((share, monitor))
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(MediaError::Thread(e.to_string())));
+                    let message = Opened::Screen(Box::new(match opened {
+                        Ok((share, sound)) => ScreenOpened {
+                            share: Ok(share),
+                            sound,
+                        },
+                        Err(e) => ScreenOpened {
+                            share: Err(e),
+                            sound: None,
+                        },
+                    }));
+                    let _ = done.send(message).await;
                 });
             }
             Command::StopScreenShare => self.stop_screen_share().await,

@@ -63,6 +63,8 @@ pub struct HeadlessOptions {
     pub screen: Option<String>,
     /// Frames per second of that share at most.
     pub screen_fps: u32,
+    /// Share what the computer plays with it (the default speaker's monitor).
+    pub screen_sound: bool,
 }
 
 /// `--screen`: `test` (1920x1080), `test:WxH`, or `x11`.
@@ -253,6 +255,7 @@ pub async fn run(
         engine.send(Command::StartScreenShare {
             source,
             fps: opts.screen_fps,
+            sound: opts.screen_sound,
         })?;
     }
     engine.send(Command::Join {

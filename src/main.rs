@@ -140,6 +140,9 @@ struct JoinArgs {
     /// Frames per second of the screen share at most (15 by default; 30 for smooth motion).
     #[arg(long, default_value_t = huddle::engine::DEFAULT_SHARE_FPS)]
     screen_fps: u32,
+    /// Share what the computer plays with the screen (the default speaker's monitor).
+    #[arg(long)]
+    screen_sound: bool,
     /// Audio source: `tone`, `tone:HZ`, `clicks`, a WAV file, or `none`.
     #[arg(long, default_value = "tone")]
     audio: String,
@@ -465,6 +468,7 @@ fn join(args: JoinArgs) -> anyhow::Result<()> {
         source_id: args.source_id,
         screen: args.screen,
         screen_fps: args.screen_fps,
+        screen_sound: args.screen_sound,
         audio: args.audio,
         accept_files: args.recv_dir.is_some() && !args.decline_files,
         recv_dir: args.recv_dir.unwrap_or_else(|| ".".into()),

@@ -733,3 +733,210 @@ fn inner_mouth_to_ear() {
         server.shutdown().await;
     });
 }
+
+#[test]
+fn computer_sound_shared_with_the_screen_reaches_the_peer() {
+    SoundServer::start().run_inner("inner_computer_sound");
+}
+
+/// What is left of `samples` once the `hz` sinusoid in them is taken out (a least-squares fit),
+/// in dBFS: everything but that tone.
+fn level_without_tone(samples: &[f32], hz: f32) -> f32 {
+    let w = 2.0 * std::f64::consts::PI * hz as f64 / SAMPLE_RATE as f64;
+    let (mut ss, mut sc, mut cc, mut xs, mut xc) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for (i, &x) in samples.iter().enumerate() {
+        let (s, c) = ((w * i as f64).sin(), (w * i as f64).cos());
+        ss += s * s;
+        sc += s * c;
+        cc += c * c;
+        xs += x as f64 * s;
+        xc += x as f64 * c;
+    }
+    let det = ss * cc - sc * sc;
+    let a = (xs * cc - xc * sc) / det;
+    let b = (xc * ss - xs * sc) / det;
+    let residual: Vec<f32> = samples
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| x - (a * (w * i as f64).sin() + b * (w * i as f64).cos()) as f32)
+        .collect();
+    dbfs(&residual)
+}
+
+/// A speech-like voice: low-passed noise in bursts of a second with half-second pauses, as a
+/// WAV file (a pure tone would be a poor test of an echo canceller's delay estimate).
+fn speech_like_wav(path: &Path, seconds: usize) {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: SAMPLE_RATE,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut wav = hound::WavWriter::create(path, spec).unwrap();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut smooth = 0.0f32;
+    for i in 0..seconds * SAMPLE_RATE as usize {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let noise = (seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+        smooth += 0.15 * (noise - smooth);
+        let talking = (i % (SAMPLE_RATE as usize * 3 / 2)) < SAMPLE_RATE as usize;
+        let sample = if talking { smooth * 1.2 } else { 0.0 };
+        wav.write_sample((sample.clamp(-1.0, 1.0) * 32_000.0) as i16)
+            .unwrap();
+    }
+    wav.finalize().unwrap();
+}
+
+/// Level (dBFS) of the `hz` component of `samples` (Goertzel).
+fn tone_level(samples: &[f32], hz: f32) -> f32 {
+    let w = 2.0 * std::f32::consts::PI * hz / SAMPLE_RATE as f32;
+    let (mut s1, mut s2) = (0.0f32, 0.0f32);
+    for &x in samples {
+        let s0 = x + 2.0 * w.cos() * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    let power = s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2;
+    let amplitude = 2.0 * power.sqrt() / samples.len() as f32;
+    20.0 * (amplitude / std::f32::consts::SQRT_2).max(1e-9).log10()
+}
+
+#[test]
+#[ignore = "run by computer_sound_shared_with_the_screen_reaches_the_peer"]
+fn inner_computer_sound() {
+    use huddle::engine::{self, AudioInput, Command, EngineConfig, Event, ScreenSource};
+    use huddle::media::audio::RecordingSink;
+    assert!(in_private_server());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let notices = Notices::default();
+    let dir = tempfile::tempdir().unwrap();
+    let heard_by_b = RecordingSink::new(48_000 * 4);
+    // A: no microphone, its speaker the default sink (huddle_out), whose monitor is what this
+    // computer plays. B: a 440 Hz "voice", and a recording speaker.
+    let (server, a, b, a_id, a_events) = rt.block_on(async {
+        let server = huddle::signaling::server::start(huddle::signaling::ServerConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let url = server.url();
+        let mut ca = EngineConfig::new(
+            url.clone(),
+            Box::new(SpeakerSink::open(None, notices.clone()).unwrap()),
+            dir.path().into(),
+        );
+        ca.bind_addrs = vec!["127.0.0.1:0".into()];
+        ca.video = None;
+        ca.audio = AudioInput::None;
+        let mut cb = EngineConfig::new(url, Box::new(heard_by_b.clone()), dir.path().into());
+        cb.bind_addrs = vec!["127.0.0.1:0".into()];
+        cb.video = None;
+        let voice = dir.path().join("voice.wav");
+        speech_like_wav(&voice, 40);
+        cb.audio = AudioInput::Source(
+            huddle::media::audio::source_from_arg(voice.to_str().unwrap())
+                .unwrap()
+                .unwrap(),
+        );
+        let (a, mut a_events) = engine::spawn(ca, std::sync::Arc::new(|| {})).unwrap();
+        let (b, mut b_events) = engine::spawn(cb, std::sync::Arc::new(|| {})).unwrap();
+        for (engine, name) in [(&a, "a"), (&b, "b")] {
+            engine
+                .send(Command::Join {
+                    room: "sound".into(),
+                    nickname: name.into(),
+                    access: Default::default(),
+                })
+                .unwrap();
+        }
+        let mut connected_to = Vec::new();
+        for events in [&mut a_events, &mut b_events] {
+            let peer = tokio::time::timeout(Duration::from_secs(20), async {
+                while let Some(e) = events.recv().await {
+                    if let Event::PeerConnected { peer, .. } = e {
+                        return Some(peer);
+                    }
+                }
+                None
+            })
+            .await
+            .expect("the call connects")
+            .expect("the engine runs");
+            connected_to.push(peer);
+        }
+        tokio::spawn(async move { while b_events.recv().await.is_some() {} });
+        (server, a, b, connected_to.remove(1), a_events)
+    });
+    // Something else on this computer plays 1 kHz (a video, say) into the same speaker.
+    let other_app = play_tone(
+        SpeakerSink::open(None, notices.clone()).unwrap(),
+        1000.0,
+        12.0,
+    );
+    a.send(Command::StartScreenShare {
+        source: ScreenSource::Test {
+            width: 640,
+            height: 360,
+            source_id: 5,
+        },
+        fps: 5,
+        sound: true,
+    })
+    .unwrap();
+    let mut a_events = a_events;
+    let shared = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(e) = a_events.recv().await {
+                match e {
+                    Event::LocalMedia(state) if state.screen_share.is_some() => {
+                        return state.screen_share;
+                    }
+                    Event::Problem(p) => panic!("{p}"),
+                    _ => {}
+                }
+            }
+            None
+        })
+        .await
+        .expect("the share starts")
+        .expect("the engine runs")
+    });
+    println!("measured: A shares {shared}");
+    rt.spawn(async move { while a_events.recv().await.is_some() {} });
+    // B hears the computer's 1 kHz from A at the level it was played (a tone at amplitude 0.5
+    // is -9 dBFS), not cancelled or attenuated by A's processing.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (computer, rest) = loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let tail = heard_by_b.last(SAMPLE_RATE as usize);
+        let levels = (tone_level(&tail, 1000.0), level_without_tone(&tail, 1000.0));
+        if levels.0 > -12.0 {
+            break levels;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B hears the shared 1 kHz at only {:.1} dBFS",
+            levels.0
+        );
+    };
+    let from_a = b.media().remote_audio(&a_id).expect("A's audio at B");
+    println!(
+        "measured: B hears the shared 1 kHz at {computer:.1} dBFS (A's audio estimated at {:?} Hz); \
+         everything else from A, which is B's own voice coming back through A's speaker monitor \
+         (not removed yet), at {rest:.1} dBFS",
+        from_a.frequency
+    );
+    other_app.join().unwrap();
+    rt.block_on(async {
+        a.shutdown().await;
+        b.shutdown().await;
+        server.shutdown().await;
+    });
+}

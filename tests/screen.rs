@@ -64,6 +64,7 @@ async fn a_share_starts_stops_and_restarts_beside_the_camera_and_reaches_a_late_
             source_id: SHARE_SOURCE,
         },
         fps: 10,
+        sound: false,
     });
     let shared = ann
         .wait_for(Duration::from_secs(10), |e| match e {
@@ -132,6 +133,7 @@ async fn a_share_starts_stops_and_restarts_beside_the_camera_and_reaches_a_late_
             source_id: SHARE_SOURCE,
         },
         fps: 10,
+        sound: false,
     });
     sharing_state(&mut bob, &ann_id, true).await;
     screen_frames_beyond(&mut bob, &ann_id, screen_after, 5).await;
@@ -228,6 +230,7 @@ async fn a_shared_x_screen_arrives_sharp() {
             window: None,
         },
         fps: 15,
+        sound: false,
     });
     sharing_state(&mut bob, &ann_id, true).await;
 

@@ -52,6 +52,15 @@ struct SendShared {
     frames_sent: AtomicU32,
     /// What the network asks of the encoder: bitrate (bps) and expected loss (percent).
     network: Mutex<(i32, i32)>,
+    /// Computer sound to mix in (a screen share's), replacing the current one at the next frame.
+    next_system: Mutex<Option<Option<SystemSound>>>,
+}
+
+/// What the computer plays, shared with a screen share: the speaker's monitor. It holds what
+/// Huddle itself plays too (the others' voices); taking that out is not done yet (an echo
+/// canceller of its own, tried, did not hold: see the issue notes).
+pub struct SystemSound {
+    pub source: Box<dyn AudioSource>,
 }
 
 /// Local audio: source → Opus → subscribers. Dropping it stops the thread.
@@ -83,6 +92,7 @@ impl AudioSender {
             clicks: Mutex::new(Samples::with_capacity(10_000)),
             frames_sent: AtomicU32::new(0),
             network: Mutex::new((VOICE_BITRATE, DEFAULT_EXPECTED_LOSS)),
+            next_system: Mutex::new(None),
         });
         let stop = Stopper::new();
         let mut encoder = OpusEncoder::new(VOICE_BITRATE)?;
@@ -94,8 +104,10 @@ impl AudioSender {
                 .name("audio-send".into())
                 .spawn(move || {
                     let mut source = source;
+                    let mut system: Option<SystemSound> = None;
                     let mut silence = super::audio::SilenceSource::new();
                     let mut frame = vec![0f32; FRAME_SAMPLES];
+                    let mut system_frame = vec![0f32; FRAME_SAMPLES];
                     let mut network = (VOICE_BITRATE, DEFAULT_EXPECTED_LOSS);
                     while !stop.is_stopped() {
                         let wanted = *lock(&shared.network);
@@ -109,6 +121,9 @@ impl AudioSender {
                                 .map(|s| s.describe())
                                 .unwrap_or_else(|| "none".into());
                             source = replacement;
+                        }
+                        if let Some(replacement) = lock(&shared.next_system).take() {
+                            system = replacement;
                         }
                         let is_click = source.as_ref().is_some_and(|s| s.next_frame_is_marker());
                         let captured = match source.as_mut() {
@@ -129,7 +144,29 @@ impl AudioSender {
                         shared
                             .level
                             .store(dbfs(&frame).to_bits(), Ordering::Relaxed);
-                        if source.is_none() || shared.muted.load(Ordering::Relaxed) {
+                        let voice = source.is_some() && !shared.muted.load(Ordering::Relaxed);
+                        if !voice {
+                            frame.fill(0.0);
+                        }
+                        // Computer sound is mixed in after the voice's processing, so the
+                        // microphone's echo canceller never takes it out; it is sent while
+                        // the microphone is muted too.
+                        let mut shared_sound = false;
+                        if let Some(sys) = system.as_mut() {
+                            match sys.source.next_frame(&mut system_frame) {
+                                Ok(()) => {
+                                    for (f, s) in frame.iter_mut().zip(&system_frame) {
+                                        *f = (*f + s).clamp(-1.0, 1.0);
+                                    }
+                                    shared_sound = true;
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "computer sound failed; no longer shared");
+                                    system = None;
+                                }
+                            }
+                        }
+                        if !voice && !shared_sound {
                             continue;
                         }
                         match encoder.encode(&frame) {
@@ -175,6 +212,11 @@ impl AudioSender {
     /// Level of the local microphone in dBFS.
     pub fn level_dbfs(&self) -> f32 {
         f32::from_bits(self.shared.level.load(Ordering::Relaxed))
+    }
+
+    /// Mixes computer sound into what is sent (`None`: stops), from the next frame on.
+    pub fn set_system_sound(&self, system: Option<SystemSound>) {
+        *lock(&self.shared.next_system) = Some(system);
     }
 
     /// Replaces the source at the next frame boundary; the Opus stream continues unbroken.

@@ -94,6 +94,27 @@ pub fn list_inputs() -> Vec<SoundDevice> {
     })
 }
 
+/// The monitor of the default speaker: what the computer plays, as an input (PulseAudio and
+/// PipeWire's Pulse server offer one per output). Blocking. `None` without a sound server that
+/// has monitors.
+pub fn default_output_monitor() -> Option<String> {
+    quiet_alsa(|| {
+        let host = host();
+        let speaker = host.default_output_device()?.id().ok()?.to_string();
+        let inputs: Vec<String> = host
+            .input_devices()
+            .ok()?
+            .filter_map(|d| d.id().ok().map(|id| id.to_string()))
+            .collect();
+        let wanted = format!("{speaker}.monitor");
+        inputs
+            .iter()
+            .find(|id| **id == wanted)
+            .or_else(|| inputs.iter().find(|id| id.ends_with(".monitor")))
+            .cloned()
+    })
+}
+
 /// Speakers. Blocking: call it off the UI thread.
 pub fn list_outputs() -> Vec<SoundDevice> {
     quiet_alsa(|| {

@@ -353,6 +353,8 @@ pub struct HuddleApp {
     events: Option<mpsc::Receiver<Event>>,
     pub connection: Connection,
     pub my_id: Option<PeerId>,
+    /// Share what the computer plays with the next screen share.
+    pub share_sound: bool,
     pub view: View,
     pub lobby: LobbyState,
     pub call: Option<CallState>,
@@ -434,6 +436,7 @@ impl HuddleApp {
             events: None,
             connection: Connection::Connecting,
             my_id: None,
+            share_sound: false,
             view: View::Lobby,
             lobby,
             call: None,
@@ -732,6 +735,7 @@ impl HuddleApp {
                 window: None,
             },
             fps,
+            sound: self.share_sound,
         });
     }
 

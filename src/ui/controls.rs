@@ -230,6 +230,12 @@ fn share_button(app: &mut HuddleApp, ui: &mut egui::Ui) {
                 ui.label("On Wayland only X11 (XWayland) windows show in a share.");
                 ui.separator();
             }
+            ui.checkbox(&mut app.share_sound, "Share computer sound")
+                .on_hover_text(
+                    "What this computer plays goes with the screen. The others' voices that \
+                     Huddle plays go too, for now: best for a video, not a discussion",
+                );
+            ui.separator();
             if ui.button("Share entire screen").clicked() {
                 app.start_screen_share(crate::engine::DEFAULT_SHARE_FPS);
             }
