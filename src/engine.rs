@@ -7,7 +7,7 @@ use crate::media::MediaError;
 use crate::media::audio::{AudioSink, AudioSource};
 use crate::media::audio_pipeline::{AudioPlayout, AudioSender, RemoteAudioStats};
 use crate::media::frame::RgbaFrame;
-pub use crate::media::screen::{DEFAULT_SHARE_FPS, SMOOTH_SHARE_FPS, ScreenSource};
+pub use crate::media::screen::{DEFAULT_SHARE_FPS, SMOOTH_SHARE_FPS, ScreenChoice, ScreenSource};
 use crate::media::slot::LatestSlot;
 use crate::media::video::{Callback, EncoderStats, RemoteVideo, VideoSender, VideoSourceSpec};
 use crate::rtc::Envelope;
@@ -158,6 +158,11 @@ pub enum Command {
         sound: bool,
     },
     StopScreenShare,
+    /// Lists what can be shared on an X display (`None`: `DISPLAY`) with thumbnails (answered
+    /// with `Event::Screens`, or a `Problem`).
+    ListScreens {
+        display: Option<String>,
+    },
     /// Plays a short chime through the speaker (the device check).
     PlayTestSound,
     /// Echo cancellation, noise suppression and gain control on or off.
@@ -263,6 +268,8 @@ pub enum Event {
     ChatNotSent(String),
     LocalMedia(LocalMediaState),
     Devices(DeviceList),
+    /// What can be shared (`Command::ListScreens`): the screen first, then windows.
+    Screens(Vec<ScreenChoice>),
     /// A real camera's state changed ("no camera", "camera disconnected", running...).
     Camera(crate::media::camera::CameraState),
     Transfer(TransferEvent),
@@ -560,6 +567,7 @@ enum Opened {
     Speaker(Result<crate::media::sound::SpeakerSink, MediaError>),
     Devices(DeviceList),
     Screen(Box<ScreenOpened>),
+    Screens(Result<Vec<ScreenChoice>, MediaError>),
 }
 
 /// A screen share opened off the actor, and its computer sound if asked for.
@@ -734,6 +742,11 @@ impl Engine {
             }
             Opened::Speaker(Err(e)) => self.emit(Event::Problem(format!("Speaker: {e}"))).await,
             Opened::Devices(list) => self.emit(Event::Devices(list)).await,
+            Opened::Screens(Ok(choices)) => self.emit(Event::Screens(choices)).await,
+            Opened::Screens(Err(e)) => {
+                self.emit(Event::Problem(format!("Screen sharing: {e}")))
+                    .await;
+            }
             Opened::Screen(opened) => {
                 let ScreenOpened { share, sound } = *opened;
                 match share {
@@ -867,6 +880,17 @@ impl Engine {
                 });
             }
             Command::StopScreenShare => self.stop_screen_share().await,
+            Command::ListScreens { display } => {
+                let done = opened.clone();
+                tokio::spawn(async move {
+                    let list = tokio::task::spawn_blocking(move || {
+                        crate::media::screen::list_x11(display.as_deref())
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(MediaError::Thread(e.to_string())));
+                    let _ = done.send(Opened::Screens(list)).await;
+                });
+            }
             Command::PlayTestSound => self
                 .playout
                 .play_local(crate::media::audio_pipeline::test_chime()),

@@ -296,3 +296,117 @@ fn the_x_capture_reads_what_is_on_the_screen() {
     eprintln!("captured luma PSNR {psnr:.1} dB");
     assert!(psnr >= 40.0, "{psnr:.1} dB");
 }
+
+/// Makes a mapped 640x400 window titled `title` filled with one colour, and lists it in the
+/// root's `_NET_CLIENT_LIST` as a window manager would (Xvfb has none). Returns its id.
+fn open_window(display: &str, title: &str) -> (x11rb::rust_connection::RustConnection, u32) {
+    use x11rb::connection::Connection;
+    use x11rb::protocol::xproto::{
+        AtomEnum, ConnectionExt, CreateWindowAux, PropMode, WindowClass,
+    };
+    use x11rb::wrapper::ConnectionExt as _;
+    let (conn, screen) = x11rb::connect(Some(display)).expect("connect to Xvfb");
+    let root = conn.setup().roots[screen].root;
+    let window = conn.generate_id().unwrap();
+    conn.create_window(
+        x11rb::COPY_DEPTH_FROM_PARENT,
+        window,
+        root,
+        100,
+        80,
+        640,
+        400,
+        0,
+        WindowClass::INPUT_OUTPUT,
+        x11rb::COPY_FROM_PARENT,
+        &CreateWindowAux::new().background_pixel(0x00_30_a0_50),
+    )
+    .unwrap();
+    let atom = |name: &str| {
+        conn.intern_atom(false, name.as_bytes())
+            .unwrap()
+            .reply()
+            .unwrap()
+            .atom
+    };
+    let (net_name, utf8, list) = (
+        atom("_NET_WM_NAME"),
+        atom("UTF8_STRING"),
+        atom("_NET_CLIENT_LIST"),
+    );
+    conn.change_property8(PropMode::REPLACE, window, net_name, utf8, title.as_bytes())
+        .unwrap();
+    conn.change_property32(PropMode::REPLACE, root, list, AtomEnum::WINDOW, &[window])
+        .unwrap();
+    conn.map_window(window).unwrap();
+    conn.get_input_focus().unwrap().reply().unwrap();
+    // The connection keeps the window; dropping it closes the window.
+    (conn, window)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_are_offered_with_thumbnails_and_one_is_shared_at_its_size() {
+    let xvfb = Xvfb::start(1280, 720);
+    let (_keep, window) = open_window(&xvfb.display, "Quarterly report");
+    let server = start_server(test_config()).await;
+    let url = server.url();
+    let dirs = [(); 2].map(|_| tempfile::tempdir().unwrap());
+    let mut ann = TestPeer::start(&url, PeerOptions::new(1, 440.0, dirs[0].path().into()));
+    let mut bob = TestPeer::start(&url, PeerOptions::new(2, 660.0, dirs[1].path().into()));
+    ann.join("windows", "ann").await;
+    bob.join("windows", "bob").await;
+    let ann_id = ann.id.clone().unwrap();
+    bob.connected_to(&ann_id).await;
+
+    ann.send(Command::ListScreens {
+        display: Some(xvfb.display.clone()),
+    });
+    let choices = ann
+        .wait_for(Duration::from_secs(10), |e| match e {
+            Event::Screens(c) => Some(c.clone()),
+            _ => None,
+        })
+        .await;
+    let titles: Vec<&str> = choices.iter().map(|c| c.title.as_str()).collect();
+    assert_eq!(titles, vec!["Entire screen", "Quarterly report"]);
+    let screen = choices[0]
+        .thumbnail
+        .as_ref()
+        .expect("a thumbnail of the screen");
+    assert_eq!((screen.width, screen.height), (200, 112));
+    let thumb = choices[1]
+        .thumbnail
+        .as_ref()
+        .expect("a thumbnail of the window");
+    assert_eq!((thumb.width, thumb.height), (200, 124));
+    // The thumbnail shows the window: its green fill.
+    let centre = (thumb.height / 2 * thumb.width + thumb.width / 2) * 4;
+    let [r, g, b] = [0, 1, 2].map(|i| thumb.pixels[centre + i] as i32);
+    assert!(
+        (r - 0x30).abs() < 12 && (g - 0xa0).abs() < 12 && (b - 0x50).abs() < 12,
+        "{r},{g},{b}"
+    );
+
+    ann.send(Command::StartScreenShare {
+        source: choices[1].source.clone(),
+        fps: 15,
+        sound: false,
+    });
+    let shared = ann
+        .wait_for(Duration::from_secs(10), |e| match e {
+            Event::LocalMedia(state) => state.screen_share.clone(),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        shared,
+        format!("X11 window 0x{window:x} on {}", xvfb.display)
+    );
+    let size = bob
+        .until(Duration::from_secs(30), |p| {
+            let s = p.screens.get(&ann_id)?.stats();
+            (s.frames_decoded >= 3).then_some((s.width, s.height))
+        })
+        .await;
+    assert_eq!(size, (640, 400));
+}

@@ -66,6 +66,23 @@ pub trait ScreenCapturer: Send {
     fn capture(&mut self, capture_us: u64) -> Result<I420Frame, MediaError>;
 }
 
+/// Something the user can pick to share, with a small picture of it.
+#[derive(Clone, Debug)]
+pub struct ScreenChoice {
+    pub source: ScreenSource,
+    pub title: String,
+    /// At most [`THUMBNAIL_WIDTH`] wide; `None` when it could not be captured.
+    pub thumbnail: Option<std::sync::Arc<super::frame::RgbaFrame>>,
+}
+
+pub const THUMBNAIL_WIDTH: usize = 200;
+
+/// The screen and the windows of the X display `display` (`None`: `DISPLAY`), with thumbnails.
+/// Windows come from the window manager's `_NET_CLIENT_LIST`. Blocking: call it off the UI.
+pub fn list_x11(display: Option<&str>) -> Result<Vec<ScreenChoice>, MediaError> {
+    x11::list(display)
+}
+
 /// Opens the capturer for `source`.
 pub fn open(source: &ScreenSource) -> Result<Box<dyn ScreenCapturer>, MediaError> {
     match source {
@@ -369,6 +386,85 @@ mod x11 {
         }
     }
 
+    /// `list_x11`: the whole screen first, then each managed window.
+    pub fn list(display: Option<&str>) -> Result<Vec<super::ScreenChoice>, MediaError> {
+        use super::{ScreenChoice, ScreenSource};
+        use x11rb::protocol::xproto::{AtomEnum, ConnectionExt as _};
+        let (conn, screen_num) = x11rb::connect(display).map_err(|e| {
+            fail(
+                &format!("cannot open display {}", display.unwrap_or("$DISPLAY")),
+                e,
+            )
+        })?;
+        let root = conn
+            .setup()
+            .roots
+            .get(screen_num)
+            .ok_or_else(|| fail("display", "no such screen"))?
+            .root;
+        let atom = |name: &str| -> Option<u32> {
+            Some(
+                conn.intern_atom(false, name.as_bytes())
+                    .ok()?
+                    .reply()
+                    .ok()?
+                    .atom,
+            )
+        };
+        let windows: Vec<u32> = atom("_NET_CLIENT_LIST")
+            .and_then(|list| {
+                conn.get_property(false, root, list, AtomEnum::WINDOW, 0, 1024)
+                    .ok()?
+                    .reply()
+                    .ok()
+            })
+            .and_then(|reply| reply.value32().map(|v| v.collect()))
+            .unwrap_or_default();
+        let utf8 = atom("UTF8_STRING");
+        let net_name = atom("_NET_WM_NAME");
+        let title = |window: u32| -> Option<String> {
+            let named = |property: u32, kind: u32| -> Option<String> {
+                let reply = conn
+                    .get_property(false, window, property, kind, 0, 256)
+                    .ok()?
+                    .reply()
+                    .ok()?;
+                let text = String::from_utf8_lossy(&reply.value).trim().to_owned();
+                (!text.is_empty()).then_some(text)
+            };
+            net_name
+                .zip(utf8)
+                .and_then(|(name, utf8)| named(name, utf8))
+                .or_else(|| named(AtomEnum::WM_NAME.into(), AtomEnum::STRING.into()))
+        };
+        let display_name = display.map(str::to_owned);
+        let thumbnail = |window: Option<u32>| {
+            X11Capturer::open(display, window)
+                .ok()
+                .and_then(|mut c| c.thumbnail().ok())
+                .map(std::sync::Arc::new)
+        };
+        let mut choices = vec![ScreenChoice {
+            source: ScreenSource::X11 {
+                display: display_name.clone(),
+                window: None,
+            },
+            title: "Entire screen".into(),
+            thumbnail: thumbnail(None),
+        }];
+        for window in windows {
+            choices.push(ScreenChoice {
+                source: ScreenSource::X11 {
+                    display: display_name.clone(),
+                    window: Some(window),
+                },
+                title: title(window).unwrap_or_else(|| format!("Window 0x{window:x}")),
+                thumbnail: thumbnail(Some(window)),
+            });
+        }
+        Ok(choices)
+    }
+
     pub struct X11Capturer {
         conn: RustConnection,
         drawable: u32,
@@ -513,6 +609,19 @@ mod x11 {
                     }
                 }
             }
+        }
+    }
+
+    impl X11Capturer {
+        /// A small picture of what this capturer shows, for the picker.
+        fn thumbnail(&mut self) -> Result<crate::media::frame::RgbaFrame, MediaError> {
+            let frame = self.capture(0)?;
+            let width = super::THUMBNAIL_WIDTH.min(frame.width) & !1;
+            let height = ((frame.height * width / frame.width.max(1)) & !1).max(2);
+            let small = self.scaler.scale(&frame, width.max(2), height)?;
+            let mut rgba = crate::media::frame::RgbaFrame::default();
+            small.to_rgba(&mut rgba);
+            Ok(rgba)
         }
     }
 

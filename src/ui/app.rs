@@ -355,6 +355,8 @@ pub struct HuddleApp {
     pub my_id: Option<PeerId>,
     /// Share what the computer plays with the next screen share.
     pub share_sound: bool,
+    /// What the Share menu offers (the screen, then windows), with thumbnails.
+    pub screen_choices: Vec<(crate::engine::ScreenChoice, Option<egui::TextureHandle>)>,
     pub view: View,
     pub lobby: LobbyState,
     pub call: Option<CallState>,
@@ -437,6 +439,7 @@ impl HuddleApp {
             connection: Connection::Connecting,
             my_id: None,
             share_sound: false,
+            screen_choices: Vec::new(),
             view: View::Lobby,
             lobby,
             call: None,
@@ -729,14 +732,27 @@ impl HuddleApp {
 
     /// Shares the whole X screen (the display the app runs on), at most `fps` frames a second.
     pub fn start_screen_share(&mut self, fps: u32) {
-        self.command(Command::StartScreenShare {
-            source: crate::engine::ScreenSource::X11 {
+        self.share(
+            crate::engine::ScreenSource::X11 {
                 display: None,
                 window: None,
             },
             fps,
+        );
+    }
+
+    /// Shares `source` (a screen or a window from the Share menu).
+    pub fn share(&mut self, source: crate::engine::ScreenSource, fps: u32) {
+        self.command(Command::StartScreenShare {
+            source,
+            fps,
             sound: self.share_sound,
         });
+    }
+
+    /// Asks for the windows the Share menu offers (answered with `Event::Screens`).
+    pub fn list_screens(&mut self) {
+        self.command(Command::ListScreens { display: None });
     }
 
     pub fn stop_screen_share(&mut self) {
@@ -1143,6 +1159,24 @@ impl HuddleApp {
                 if let Some(p) = self.participant(&peer) {
                     p.tile.set_source(video);
                 }
+            }
+            Event::Screens(choices) => {
+                self.screen_choices = choices
+                    .into_iter()
+                    .map(|choice| {
+                        let texture = choice.thumbnail.as_ref().map(|t| {
+                            self.ctx.load_texture(
+                                format!("share-choice-{}", choice.title),
+                                egui::ColorImage::from_rgba_unmultiplied(
+                                    [t.width, t.height],
+                                    &t.pixels,
+                                ),
+                                egui::TextureOptions::LINEAR,
+                            )
+                        });
+                        (choice, texture)
+                    })
+                    .collect();
             }
             Event::PeerScreen { peer, video } => {
                 if let Some(p) = self.participant(&peer) {

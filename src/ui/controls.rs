@@ -218,9 +218,12 @@ fn share_button(app: &mut HuddleApp, ui: &mut egui::Ui) {
         ui,
         ICON_SCREEN_SHARE,
         "Share screen",
-        "Share your screen",
+        "Share your screen or a window",
         Look::Plain,
     );
+    if response.clicked() {
+        app.list_screens();
+    }
     egui::Popup::menu(&response)
         .align(egui::RectAlign::TOP)
         .show(|ui| {
@@ -246,7 +249,50 @@ fn share_button(app: &mut HuddleApp, ui: &mut egui::Ui) {
             {
                 app.start_screen_share(crate::engine::SMOOTH_SHARE_FPS);
             }
+            window_choices(app, ui);
         });
+}
+
+/// The windows of the display, each with its thumbnail; a click shares it.
+fn window_choices(app: &mut HuddleApp, ui: &mut egui::Ui) {
+    let mut chosen = None;
+    let windows: Vec<_> = app
+        .screen_choices
+        .iter()
+        .filter(|(c, _)| {
+            matches!(
+                c.source,
+                crate::engine::ScreenSource::X11 {
+                    window: Some(_),
+                    ..
+                }
+            )
+        })
+        .collect();
+    if windows.is_empty() {
+        return;
+    }
+    ui.separator();
+    ui.label("Or a window:");
+    egui::ScrollArea::vertical()
+        .max_height(320.0)
+        .show(ui, |ui| {
+            for (choice, texture) in windows {
+                ui.horizontal(|ui| {
+                    if let Some(t) = texture {
+                        let size = t.size_vec2() * (96.0 / t.size_vec2().x.max(1.0));
+                        ui.add(egui::Image::new((t.id(), size)));
+                    }
+                    let response = ui.button(format!("Share {}", choice.title));
+                    if response.clicked() {
+                        chosen = Some(choice.source.clone());
+                    }
+                });
+            }
+        });
+    if let Some(source) = chosen {
+        app.share(source, crate::engine::DEFAULT_SHARE_FPS);
+    }
 }
 
 /// A thin vertical bar showing the microphone's level (measured even while muted).
