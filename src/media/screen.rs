@@ -83,6 +83,29 @@ pub fn list_x11(display: Option<&str>) -> Result<Vec<ScreenChoice>, MediaError> 
     x11::list(display)
 }
 
+/// Why a display could not be opened, in words that say what to do: on a Wayland session without
+/// X11 the answer is the desktop portal, which is not supported yet.
+fn no_display(display: Option<&str>, wayland: bool, error: impl std::fmt::Display) -> MediaError {
+    let named = display
+        .map(str::to_owned)
+        .or_else(|| std::env::var("DISPLAY").ok());
+    if named.is_none() && wayland {
+        return MediaError::Source(
+            "screen capture: this is a Wayland session without X11; sharing there needs the \
+             desktop portal (org.freedesktop.portal.ScreenCast), which Huddle does not support yet"
+                .into(),
+        );
+    }
+    MediaError::Source(format!(
+        "screen capture: cannot open display {}: {error}",
+        named.as_deref().unwrap_or("(DISPLAY is not set)")
+    ))
+}
+
+fn is_wayland_session() -> bool {
+    std::env::var_os("WAYLAND_DISPLAY").is_some()
+}
+
 /// Opens the capturer for `source`.
 pub fn open(source: &ScreenSource) -> Result<Box<dyn ScreenCapturer>, MediaError> {
     match source {
@@ -390,12 +413,8 @@ mod x11 {
     pub fn list(display: Option<&str>) -> Result<Vec<super::ScreenChoice>, MediaError> {
         use super::{ScreenChoice, ScreenSource};
         use x11rb::protocol::xproto::{AtomEnum, ConnectionExt as _};
-        let (conn, screen_num) = x11rb::connect(display).map_err(|e| {
-            fail(
-                &format!("cannot open display {}", display.unwrap_or("$DISPLAY")),
-                e,
-            )
-        })?;
+        let (conn, screen_num) = x11rb::connect(display)
+            .map_err(|e| super::no_display(display, super::is_wayland_session(), e))?;
         let root = conn
             .setup()
             .roots
@@ -477,12 +496,8 @@ mod x11 {
 
     impl X11Capturer {
         pub fn open(display: Option<&str>, window: Option<u32>) -> Result<Self, MediaError> {
-            let (conn, screen_num) = x11rb::connect(display).map_err(|e| {
-                fail(
-                    &format!("cannot open display {}", display.unwrap_or("$DISPLAY")),
-                    e,
-                )
-            })?;
+            let (conn, screen_num) = x11rb::connect(display)
+                .map_err(|e| super::no_display(display, super::is_wayland_session(), e))?;
             let setup = conn.setup();
             let screen = setup
                 .roots
@@ -691,6 +706,22 @@ mod tests {
         let a = I420Frame::from_rgba(&rgba, 64, 48);
         let b = bgrx_to_i420(&bgrx, 64, 48, 64 * 4);
         assert_eq!((a.y(), a.u(), a.v()), (b.y(), b.u(), b.v()));
+    }
+
+    #[test]
+    fn a_wayland_session_without_x11_is_told_about_the_portal() {
+        let named = no_display(Some(":5"), true, "refused").to_string();
+        assert!(named.contains("cannot open display :5: refused"), "{named}");
+        // Without any display named (DISPLAY unset, as on CI): the portal, or "not set".
+        if std::env::var_os("DISPLAY").is_none() {
+            let wayland = no_display(None, true, "refused").to_string();
+            assert!(
+                wayland.contains("Wayland") && wayland.contains("portal"),
+                "{wayland}"
+            );
+            let neither = no_display(None, false, "refused").to_string();
+            assert!(neither.contains("DISPLAY is not set"), "{neither}");
+        }
     }
 
     #[test]
