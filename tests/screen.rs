@@ -42,19 +42,47 @@ async fn camera_frames_beyond(p: &mut TestPeer, of: &PeerId, from: u64, more: u6
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_share_starts_stops_and_restarts_beside_the_camera_and_reaches_a_late_joiner() {
+/// A server and two peers, ann and bob, in `room`, connected both ways.
+struct Pair {
+    server: huddle::signaling::server::ServerHandle,
+    ann: TestPeer,
+    bob: TestPeer,
+    ann_id: PeerId,
+    _dirs: [tempfile::TempDir; 2],
+}
+
+async fn pair(room: &str) -> Pair {
     let server = start_server(test_config()).await;
     let url = server.url();
-    let dirs = [(); 3].map(|_| tempfile::tempdir().unwrap());
+    let dirs = [(); 2].map(|_| tempfile::tempdir().unwrap());
     let mut ann = TestPeer::start(&url, PeerOptions::new(1, 440.0, dirs[0].path().into()));
     let mut bob = TestPeer::start(&url, PeerOptions::new(2, 660.0, dirs[1].path().into()));
-    ann.join("share", "ann").await;
-    bob.join("share", "bob").await;
+    ann.join(room, "ann").await;
+    bob.join(room, "bob").await;
     let ann_id = ann.id.clone().unwrap();
     let bob_id = bob.id.clone().unwrap();
     bob.connected_to(&ann_id).await;
     ann.connected_to(&bob_id).await;
+    Pair {
+        server,
+        ann,
+        bob,
+        ann_id,
+        _dirs: dirs,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_share_starts_stops_and_restarts_beside_the_camera_and_reaches_a_late_joiner() {
+    // Every field bound: the server and the folders must outlive the test.
+    let Pair {
+        server,
+        mut ann,
+        mut bob,
+        ann_id,
+        _dirs,
+    } = pair("share").await;
+    let carl_dir = tempfile::tempdir().unwrap();
     bob.video_frames(&ann_id, 5, Duration::from_secs(10)).await;
 
     ann.send(Command::StartScreenShare {
@@ -106,7 +134,10 @@ async fn a_share_starts_stops_and_restarts_beside_the_camera_and_reaches_a_late_
     );
 
     // A late joiner gets the share too.
-    let mut carl = TestPeer::start(&url, PeerOptions::new(3, 880.0, dirs[2].path().into()));
+    let mut carl = TestPeer::start(
+        &server.url(),
+        PeerOptions::new(3, 880.0, carl_dir.path().into()),
+    );
     carl.join("share", "carl").await;
     carl.connected_to(&ann_id).await;
     screen_frames_beyond(&mut carl, &ann_id, 0, 3).await;
@@ -215,15 +246,13 @@ async fn a_shared_x_screen_arrives_sharp() {
     };
     draw_on_root(&xvfb.display, &picture.pixels, width, height);
 
-    let server = start_server(test_config()).await;
-    let url = server.url();
-    let dirs = [(); 2].map(|_| tempfile::tempdir().unwrap());
-    let mut ann = TestPeer::start(&url, PeerOptions::new(1, 440.0, dirs[0].path().into()));
-    let mut bob = TestPeer::start(&url, PeerOptions::new(2, 660.0, dirs[1].path().into()));
-    ann.join("x11", "ann").await;
-    bob.join("x11", "bob").await;
-    let ann_id = ann.id.clone().unwrap();
-    bob.connected_to(&ann_id).await;
+    let Pair {
+        server: _server,
+        ann,
+        mut bob,
+        ann_id,
+        _dirs,
+    } = pair("x11").await;
     ann.send(Command::StartScreenShare {
         source: ScreenSource::X11 {
             display: Some(xvfb.display.clone()),
@@ -348,15 +377,13 @@ fn open_window(display: &str, title: &str) -> (x11rb::rust_connection::RustConne
 async fn windows_are_offered_with_thumbnails_and_one_is_shared_at_its_size() {
     let xvfb = Xvfb::start(1280, 720);
     let (_keep, window) = open_window(&xvfb.display, "Quarterly report");
-    let server = start_server(test_config()).await;
-    let url = server.url();
-    let dirs = [(); 2].map(|_| tempfile::tempdir().unwrap());
-    let mut ann = TestPeer::start(&url, PeerOptions::new(1, 440.0, dirs[0].path().into()));
-    let mut bob = TestPeer::start(&url, PeerOptions::new(2, 660.0, dirs[1].path().into()));
-    ann.join("windows", "ann").await;
-    bob.join("windows", "bob").await;
-    let ann_id = ann.id.clone().unwrap();
-    bob.connected_to(&ann_id).await;
+    let Pair {
+        server: _server,
+        mut ann,
+        mut bob,
+        ann_id,
+        _dirs,
+    } = pair("windows").await;
 
     ann.send(Command::ListScreens {
         display: Some(xvfb.display.clone()),

@@ -476,9 +476,8 @@ struct Actor {
     screen_ssrc: u32,
     screen_demand: Option<Arc<VideoDemand>>,
     screen_tasks: Vec<tokio::task::AbortHandle>,
-    /// The peer's screen share: its receive task's shared state and its decoded pictures.
+    /// The peer's screen share: its receive task's shared state.
     screen_receive: Arc<VideoReceiveShared>,
-    remote_screen: Option<Arc<RemoteVideo>>,
     /// The peer's microphone or camera is on (its last media-state signal).
     remote_sending: bool,
     quality: QualityMeter,
@@ -750,7 +749,6 @@ impl Actor {
             screen_demand: None,
             screen_tasks: Vec::new(),
             screen_receive: Arc::new(VideoReceiveShared::default()),
-            remote_screen: None,
             remote_sending: true,
             quality: QualityMeter::new(),
             runtime,
@@ -1004,65 +1002,52 @@ impl Actor {
             .push(self.tasks.spawn(watch_keyframe_requests(track, demand)));
     }
 
+    /// A decoder for a remote video track (camera or screen) and the task feeding it.
+    fn start_video_receive(
+        &mut self,
+        track: Arc<dyn TrackRemote>,
+        name: &str,
+        shared: Arc<VideoReceiveShared>,
+    ) -> Option<Arc<RemoteVideo>> {
+        let keyframe_needed = Arc::new(Notify::new());
+        let on_keyframe: Callback = {
+            let n = keyframe_needed.clone();
+            Arc::new(move || n.notify_one())
+        };
+        let receiver = VideoReceiver::start(
+            name,
+            self.config.read_stamps,
+            self.on_video_frame.clone(),
+            on_keyframe,
+        )
+        .inspect_err(|e| tracing::error!(error = %e, name, "cannot start a video decoder"))
+        .ok()?;
+        let output = receiver.output();
+        self.tasks
+            .spawn(receive_video(track, receiver, keyframe_needed, shared));
+        Some(output)
+    }
+
     async fn receive_track(&mut self, track: Arc<dyn TrackRemote>) {
         let is_screen = track.stream_id().await == SCREEN_STREAM_ID
             || track.track_id().await.starts_with("screen-");
         match track.kind().await {
-            RtpCodecKind::Video if is_screen => {
-                let keyframe_needed = Arc::new(Notify::new());
-                let on_keyframe: Callback = {
-                    let n = keyframe_needed.clone();
-                    Arc::new(move || n.notify_one())
-                };
-                let receiver = match VideoReceiver::start(
-                    &format!("{}-screen", self.config.remote),
-                    self.config.read_stamps,
-                    self.on_video_frame.clone(),
-                    on_keyframe,
-                ) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot start screen-share decoder");
-                        return;
-                    }
-                };
-                self.remote_screen = Some(receiver.output());
-                self.emit(SessionEvent::RemoteScreen(receiver.output()))
-                    .await;
-                self.tasks.spawn(receive_video(
-                    track,
-                    receiver,
-                    keyframe_needed,
-                    self.screen_receive.clone(),
-                ));
-            }
             RtpCodecKind::Video => {
-                let keyframe_needed = Arc::new(Notify::new());
-                let on_keyframe: Callback = {
-                    let n = keyframe_needed.clone();
-                    Arc::new(move || n.notify_one())
+                let remote = &self.config.remote;
+                let (name, shared) = if is_screen {
+                    (format!("{remote}-screen"), self.screen_receive.clone())
+                } else {
+                    (remote.to_string(), self.receive.clone())
                 };
-                let receiver = match VideoReceiver::start(
-                    self.config.remote.as_str(),
-                    self.config.read_stamps,
-                    self.on_video_frame.clone(),
-                    on_keyframe,
-                ) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot start video decoder");
-                        return;
-                    }
+                let Some(output) = self.start_video_receive(track, &name, shared) else {
+                    return;
                 };
-                self.remote_video = Some(receiver.output());
-                self.emit(SessionEvent::RemoteVideo(receiver.output()))
-                    .await;
-                self.tasks.spawn(receive_video(
-                    track,
-                    receiver,
-                    keyframe_needed,
-                    self.receive.clone(),
-                ));
+                if is_screen {
+                    self.emit(SessionEvent::RemoteScreen(output)).await;
+                } else {
+                    self.remote_video = Some(output.clone());
+                    self.emit(SessionEvent::RemoteVideo(output)).await;
+                }
             }
             RtpCodecKind::Audio => {
                 let key = self.config.remote.to_string();
