@@ -25,6 +25,15 @@ async fn sharing_state(p: &mut TestPeer, of: &PeerId, sharing: bool) {
     .await;
 }
 
+/// Waits until `p`'s own share is up, and returns how it describes it.
+async fn share_started(p: &mut TestPeer) -> String {
+    p.wait_for(Duration::from_secs(10), |e| match e {
+        Event::LocalMedia(state) => state.screen_share.clone(),
+        _ => None,
+    })
+    .await
+}
+
 /// Waits until `p` has decoded `more` screen pictures from `of` beyond `from`.
 async fn screen_frames_beyond(p: &mut TestPeer, of: &PeerId, from: u64, more: u64) -> u64 {
     p.until(Duration::from_secs(30), |p| {
@@ -94,12 +103,7 @@ async fn a_share_starts_stops_and_restarts_beside_the_camera_and_reaches_a_late_
         fps: 10,
         sound: false,
     });
-    let shared = ann
-        .wait_for(Duration::from_secs(10), |e| match e {
-            Event::LocalMedia(state) => state.screen_share.clone(),
-            _ => None,
-        })
-        .await;
+    let shared = share_started(&mut ann).await;
     eprintln!("ann shares: {shared}");
     sharing_state(&mut bob, &ann_id, true).await;
     screen_frames_beyond(&mut bob, &ann_id, 0, 5).await;
@@ -419,12 +423,7 @@ async fn windows_are_offered_with_thumbnails_and_one_is_shared_at_its_size() {
         fps: 15,
         sound: false,
     });
-    let shared = ann
-        .wait_for(Duration::from_secs(10), |e| match e {
-            Event::LocalMedia(state) => state.screen_share.clone(),
-            _ => None,
-        })
-        .await;
+    let shared = share_started(&mut ann).await;
     assert_eq!(
         shared,
         format!("X11 window 0x{window:x} on {}", xvfb.display)
