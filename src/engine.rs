@@ -7,6 +7,7 @@ use crate::media::MediaError;
 use crate::media::audio::{AudioSink, AudioSource};
 use crate::media::audio_pipeline::{AudioPlayout, AudioSender, RemoteAudioStats};
 use crate::media::frame::RgbaFrame;
+use crate::media::own_playout::OwnPlayoutRemover;
 pub use crate::media::screen::{DEFAULT_SHARE_FPS, SMOOTH_SHARE_FPS, ScreenChoice, ScreenSource};
 use crate::media::slot::LatestSlot;
 use crate::media::video::{Callback, EncoderStats, RemoteVideo, VideoSender, VideoSourceSpec};
@@ -308,7 +309,15 @@ pub struct MediaView {
     self_view: Arc<LatestSlot<Arc<RgbaFrame>>>,
     playout: Arc<AudioPlayout>,
     local_level: Arc<std::sync::atomic::AtomicU32>,
-    encoder_stats: Arc<std::sync::Mutex<Option<EncoderStats>>>,
+    encoder_stats: Arc<std::sync::Mutex<SenderStats>>,
+}
+
+/// The encoders' counters as of the engine's last tick.
+#[derive(Default)]
+struct SenderStats {
+    camera: Option<EncoderStats>,
+    /// The current share's, or the last one's after it stopped.
+    screen: Option<EncoderStats>,
 }
 
 impl MediaView {
@@ -331,7 +340,18 @@ impl MediaView {
     }
 
     pub fn encoder_stats(&self) -> Option<EncoderStats> {
-        self.encoder_stats.lock().ok().and_then(|s| s.clone())
+        self.encoder_stats
+            .lock()
+            .ok()
+            .and_then(|s| s.camera.clone())
+    }
+
+    /// The screen share's encoder: the current share's, or the last one's after it stopped.
+    pub fn screen_encoder_stats(&self) -> Option<EncoderStats> {
+        self.encoder_stats
+            .lock()
+            .ok()
+            .and_then(|s| s.screen.clone())
     }
 }
 
@@ -414,7 +434,7 @@ pub fn spawn(
         processor.clone(),
     )?);
     let local_level = Arc::new(std::sync::atomic::AtomicU32::new((-100.0f32).to_bits()));
-    let encoder_stats = Arc::new(std::sync::Mutex::new(None));
+    let encoder_stats = Arc::new(std::sync::Mutex::new(SenderStats::default()));
     let click_times = Arc::new(std::sync::Mutex::new(Vec::new()));
     let media = MediaView {
         self_view: self_view.clone(),
@@ -540,7 +560,7 @@ struct Engine {
     audio: AudioSender,
     playout: Arc<AudioPlayout>,
     local_level: Arc<std::sync::atomic::AtomicU32>,
-    encoder_stats: Arc<std::sync::Mutex<Option<EncoderStats>>>,
+    encoder_stats: Arc<std::sync::Mutex<SenderStats>>,
     click_times: Arc<std::sync::Mutex<Vec<i64>>>,
     self_view: Arc<LatestSlot<Arc<RgbaFrame>>>,
     my_id: Option<PeerId>,
@@ -785,13 +805,16 @@ impl Engine {
         self.emit_local_media().await;
     }
 
-    /// Mixes the speaker's monitor into what we send (`None`: stops). It is mixed in after the
-    /// microphone's processing, so the microphone's echo canceller does not take it out.
+    /// Mixes the speaker's monitor, without our own playout, into what we send (`None`: stops).
+    /// It is mixed in after the microphone's processing, so the microphone's echo canceller
+    /// does not take it out.
     fn set_system_sound(&mut self, monitor: Option<crate::media::sound::MicSource>) {
         self.screen_sound = monitor.is_some();
         self.audio
             .set_system_sound(monitor.map(|m| crate::media::audio_pipeline::SystemSound {
                 source: Box::new(m),
+                // The monitor hears our own playout too: the others' voices are taken out.
+                remover: Some(OwnPlayoutRemover::new(self.playout.history())),
             }));
     }
 
@@ -1359,10 +1382,13 @@ impl Engine {
             self.audio.level_dbfs().to_bits(),
             std::sync::atomic::Ordering::Relaxed,
         );
-        if let Some(v) = &self.video
-            && let Ok(mut s) = self.encoder_stats.lock()
-        {
-            *s = Some(v.stats());
+        if let Ok(mut s) = self.encoder_stats.lock() {
+            if let Some(v) = &self.video {
+                s.camera = Some(v.stats());
+            }
+            if let Some(screen) = &self.screen {
+                s.screen = Some(screen.stats());
+            }
         }
         if let Ok(mut c) = self.click_times.lock() {
             *c = self.audio.click_times();

@@ -6,7 +6,7 @@
 use crate::engine::{self, AudioInput, Command, EngineConfig, EngineHandle, Event, JoinAccess};
 use crate::ids::PeerId;
 use crate::media::audio::{self, RecordingSink};
-use crate::media::video::{RemoteVideo, VideoSourceSpec};
+use crate::media::video::{EncoderStats, RemoteVideo, VideoSourceSpec};
 use crate::transfer::{Direction, TransferCommand, TransferEvent, TransferState, TransferUpdate};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
@@ -417,6 +417,10 @@ impl<W: Write> HeadlessPeer<W> {
                 record["encoder"] =
                     json!({"frames": e.frames, "keyframes": e.keyframes, "encodings": e.encodings});
             }
+            if let Some(e) = self.engine.media().screen_encoder_stats() {
+                record["screen_encoder"] = json!({"frames": e.frames, "keyframes": e.keyframes,
+                    "bytes": e.bytes, "width": e.width, "height": e.height});
+            }
             if let Some(a) = self.engine.media().remote_audio(peer) {
                 record["audio"] = json!({
                     "level_dbfs": (a.level_dbfs * 10.0).round() / 10.0,
@@ -586,14 +590,7 @@ impl<W: Write> HeadlessPeer<W> {
         let mut peer_summaries = Vec::new();
         let to_ms = |v: Option<i64>| v.map(|u| u as f64 / 1000.0);
         for (peer, view) in &self.peers {
-            let Some(v) = &view.camera.video else {
-                continue;
-            };
-            let s = v.stats();
-            let mut lat = s.latency_us.values();
-            lat.sort_unstable();
-            let mut dec = s.decode_us.values();
-            dec.sort_unstable();
+            let camera = view.camera.video.as_ref().map(|v| v.stats());
             let screen = view.screen.video.as_ref().map(|v| v.stats()).filter(|s| s.frames_decoded > 0).map(|s| {
                 let mut lat = s.latency_us.values();
                 lat.sort_unstable();
@@ -601,30 +598,48 @@ impl<W: Write> HeadlessPeer<W> {
                     "freezes": s.freezes, "frozen_ms": s.frozen_us / 1000,
                     "latency_ms": {"count": lat.len(), "p50": to_ms(percentile(&lat, 0.5)), "p95": to_ms(percentile(&lat, 0.95)), "max": to_ms(lat.last().copied())}})
             });
-            peer_summaries.push(json!({
+            if camera.is_none() && screen.is_none() {
+                continue;
+            }
+            let mut summary = json!({
                 "screen": screen,
                 "peer": peer.as_str(), "nickname": view.nickname,
-                "frames_decoded": s.frames_decoded, "units_dropped": s.units_dropped, "out_of_order": s.out_of_order,
-                "freezes": s.freezes, "frozen_ms": s.frozen_us / 1000,
                 "network": view.network.as_ref().map(network_json),
-                "width": s.width, "height": s.height,
-                "latency_ms": {"count": lat.len(), "p50": to_ms(percentile(&lat, 0.5)), "p95": to_ms(percentile(&lat, 0.95)), "max": to_ms(lat.last().copied())},
-                "decode_ms": {"p50": to_ms(percentile(&dec, 0.5)), "p95": to_ms(percentile(&dec, 0.95))},
-            }));
+            });
+            // A peer whose camera is off has no camera figures, only its share's.
+            if let Some(s) = camera {
+                let mut lat = s.latency_us.values();
+                lat.sort_unstable();
+                let mut dec = s.decode_us.values();
+                dec.sort_unstable();
+                let fields = json!({
+                    "frames_decoded": s.frames_decoded, "units_dropped": s.units_dropped, "out_of_order": s.out_of_order,
+                    "freezes": s.freezes, "frozen_ms": s.frozen_us / 1000,
+                    "width": s.width, "height": s.height,
+                    "latency_ms": {"count": lat.len(), "p50": to_ms(percentile(&lat, 0.5)), "p95": to_ms(percentile(&lat, 0.95)), "max": to_ms(lat.last().copied())},
+                    "decode_ms": {"p50": to_ms(percentile(&dec, 0.5)), "p95": to_ms(percentile(&dec, 0.95))},
+                });
+                if let (Some(out), Some(fields)) = (summary.as_object_mut(), fields.as_object()) {
+                    out.extend(fields.clone());
+                }
+            }
+            peer_summaries.push(summary);
         }
-        let encoder = self.engine.media().encoder_stats().map(|e| {
+        let encoder_json = |e: EncoderStats| {
             let mut enc = e.encode_us.values();
             enc.sort_unstable();
             json!({"frames": e.frames, "keyframes": e.keyframes, "bytes": e.bytes, "width": e.width, "height": e.height,
-                "encode_ms": {"p50": percentile(&enc, 0.5).map(|u| u as f64 / 1000.0), "p95": percentile(&enc, 0.95).map(|u| u as f64 / 1000.0)}})
-        });
+                "encode_ms": {"p50": to_ms(percentile(&enc, 0.5)), "p95": to_ms(percentile(&enc, 0.95)), "max": to_ms(enc.last().copied())}})
+        };
+        let encoder = self.engine.media().encoder_stats().map(encoder_json);
+        let screen_encoder = self.engine.media().screen_encoder_stats().map(encoder_json);
         let summary = json!({
             "event": "summary",
             "seconds_in_room": in_room.as_secs_f64(),
             "cpu_seconds": usage.map(|u| u.cpu_seconds),
             "cpu_seconds_in_room": usage.zip(self.usage_at_join).map(|(u, j)| u.cpu_seconds - j.cpu_seconds),
             "rss_mb": usage.map(|u| u.rss_mb), "peak_rss_mb": usage.map(|u| u.peak_rss_mb),
-            "encoder": encoder, "peers": peer_summaries,
+            "encoder": encoder, "screen_encoder": screen_encoder, "peers": peer_summaries,
             "click_times_us": self.engine.click_times(), "onset_times_us": self.engine.media().click_onsets(),
         });
         self.log(summary)?;

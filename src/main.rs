@@ -68,7 +68,7 @@ struct TokenArgs {
 #[derive(Args)]
 struct BenchArgs {
     /// Sections to run, comma-separated: join, video, audio, mesh, transfer, big-transfer,
-    /// signaling, network, churn, app (default: all of these), and soak (only when named).
+    /// signaling, network, churn, app, screen (default: all of these), and soak (only when named).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// How many joins to time.

@@ -5,6 +5,7 @@
 
 mod app;
 mod network;
+mod screen;
 mod soak;
 
 use crate::procstat;
@@ -40,12 +41,14 @@ pub enum Section {
     Churn,
     /// The desktop app under Xvfb.
     App,
+    /// A screen share at 5 and 15 fps.
+    Screen,
     /// Opt-in: not in `ALL`.
     Soak,
 }
 
 impl Section {
-    pub const ALL: [Section; 10] = [
+    pub const ALL: [Section; 11] = [
         Section::Join,
         Section::Video,
         Section::Audio,
@@ -56,6 +59,7 @@ impl Section {
         Section::Network,
         Section::Churn,
         Section::App,
+        Section::Screen,
     ];
 
     pub fn parse(s: &str) -> Option<Section> {
@@ -70,6 +74,7 @@ impl Section {
             "network" => Section::Network,
             "churn" => Section::Churn,
             "app" => Section::App,
+            "screen" => Section::Screen,
             "soak" => Section::Soak,
             _ => return None,
         })
@@ -159,6 +164,18 @@ impl Proc {
                 return Ok((now, v));
             }
         }
+    }
+
+    /// Reads lines into the log for `within`, so the child's pipe never fills while we wait.
+    async fn read_for(&mut self, within: Duration) -> Result<(), BenchError> {
+        let deadline = tokio::time::Instant::now() + within;
+        while let Ok(line) = tokio::time::timeout_at(deadline, self.lines.next_line()).await {
+            let line = line?.ok_or_else(|| fail(format!("{}: exited early", self.name)))?;
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                self.log.push((Instant::now(), v));
+            }
+        }
+        Ok(())
     }
 
     async fn event(
@@ -259,7 +276,7 @@ fn peer_args(url: &str, room: &str, name: &str, extra: &[&str]) -> Vec<String> {
     args
 }
 
-/// Median, 95th percentile and max of a sample, in its own unit.
+/// Min, median, 95th and 99th percentile and max of a sample, in its own unit.
 fn stats(mut v: Vec<f64>) -> Value {
     v.retain(|x| x.is_finite());
     if v.is_empty() {
@@ -268,7 +285,7 @@ fn stats(mut v: Vec<f64>) -> Value {
     v.sort_by(|a, b| a.total_cmp(b));
     let pick = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
     let round = |x: f64| (x * 100.0).round() / 100.0;
-    json!({"count": v.len(), "p50": round(pick(0.5)), "p95": round(pick(0.95)), "p99": round(pick(0.99)), "max": round(v[v.len() - 1])})
+    json!({"count": v.len(), "min": round(v[0]), "p50": round(pick(0.5)), "p95": round(pick(0.95)), "p99": round(pick(0.99)), "max": round(v[v.len() - 1])})
 }
 
 fn num(v: &Value) -> f64 {
@@ -321,6 +338,7 @@ pub async fn run(opts: BenchOptions) -> Result<Value, BenchError> {
             Section::Network => network::run(&opts).await,
             Section::Churn => churn(&opts).await,
             Section::App => app::run(&opts).await,
+            Section::Screen => screen::run(&opts).await,
             Section::Soak => soak::run(&opts).await,
         };
         let key = format!("{section:?}").to_lowercase();
@@ -1192,6 +1210,9 @@ pub fn table(report: &Value) -> String {
     }
     if let Some(n) = report.get("network") {
         out.push_str(&network::table(n));
+    }
+    if let Some(s) = report.get("screen") {
+        out.push_str(&screen::table(s));
     }
     for (k, v) in report.as_object().into_iter().flatten() {
         if let Some(e) = v.get("error") {

@@ -8,6 +8,7 @@ use super::apm::AudioProcessor;
 use super::audio::{AudioSink, AudioSource};
 use super::codec::{EncodedAudio, FRAME_SAMPLES, OpusDecoder, OpusEncoder, SAMPLE_RATE};
 use super::jitter::{JitterBuffer, JitterConfig, JitterStats, Playout};
+use super::own_playout::{OwnPlayoutRemover, PlayoutHistory};
 use super::samples::Samples;
 use super::{MediaError, Stopper, now_us};
 use bytes::Bytes;
@@ -57,10 +58,11 @@ struct SendShared {
 }
 
 /// What the computer plays, shared with a screen share: the speaker's monitor. It holds what
-/// Huddle itself plays too (the others' voices); taking that out is not done yet (an echo
-/// canceller of its own, tried, did not hold: see the issue notes).
+/// Huddle itself plays too (the others' voices); `remover` takes that out so nobody hears
+/// themselves back.
 pub struct SystemSound {
     pub source: Box<dyn AudioSource>,
+    pub remover: Option<OwnPlayoutRemover>,
 }
 
 /// Local audio: source → Opus → subscribers. Dropping it stops the thread.
@@ -155,6 +157,9 @@ impl AudioSender {
                         if let Some(sys) = system.as_mut() {
                             match sys.source.next_frame(&mut system_frame) {
                                 Ok(()) => {
+                                    if let Some(remover) = sys.remover.as_mut() {
+                                        remover.process(&mut system_frame);
+                                    }
                                     for (f, s) in frame.iter_mut().zip(&system_frame) {
                                         *f = (*f + s).clamp(-1.0, 1.0);
                                     }
@@ -280,6 +285,8 @@ struct PlayoutShared {
     onsets: Mutex<Samples>,
     /// A local sound (the speaker test) still to be mixed into what is played.
     cue: Mutex<VecDeque<f32>>,
+    /// What was handed to the sink, for taking it out of shared computer sound.
+    history: Arc<PlayoutHistory>,
 }
 
 /// The speaker test's chime: two soft notes (660 Hz, then 880 Hz), 0.3 s each, faded in and
@@ -318,6 +325,7 @@ impl AudioPlayout {
             detect_clicks,
             onsets: Mutex::new(Samples::with_capacity(10_000)),
             cue: Mutex::new(VecDeque::new()),
+            history: PlayoutHistory::new(),
         });
         let stop = Stopper::new();
         let thread = {
@@ -381,6 +389,11 @@ impl AudioPlayout {
     /// still playing.
     pub fn play_local(&self, samples: Vec<f32>) {
         *lock(&self.shared.cue) = samples.into();
+    }
+
+    /// What this playout has handed to its sink lately.
+    pub fn history(&self) -> Arc<PlayoutHistory> {
+        self.shared.history.clone()
     }
 
     /// Wall-clock times (µs since the epoch) at which click onsets reached the sink.
@@ -449,6 +462,7 @@ fn playout_loop(
         if let Some(apm) = &processor {
             apm.render(&mix);
         }
+        shared.history.push(&mix);
         let played_at = now_us();
         if shared.detect_clicks {
             let onsets = click_onsets(&mix, 0.2, 0);

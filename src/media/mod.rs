@@ -13,6 +13,7 @@ pub mod devices;
 pub mod frame;
 pub mod jitter;
 pub mod ladder;
+pub mod own_playout;
 pub mod pattern;
 pub mod playout;
 pub mod resample;
