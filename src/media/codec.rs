@@ -123,20 +123,13 @@ impl H264Encoder {
             // "only the first".
             .intra_frame_period(IntraFramePeriod::from_num_frames(0))
             // Up to QP 51: at a few hundred kbit/s a coarser picture beats a skipped frame.
-            .qp(QpRange::new(
-                if screen {
-                    std::env::var("QPMIN")
-                        .ok()
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(12)
-                } else {
-                    12
-                },
-                51,
-            ))
+            .qp(QpRange::new(12, 51))
             // A scene cut would force an IDR that nobody asked for.
             .scene_change_detect(false)
-            .skip_frames(true)
+            // A screen share keeps its frame rate and lets the quality give instead: skipping
+            // frames to pay for a 1080p keyframe of ~500 KB at a starting budget of ~190 kbit/s
+            // froze the share for 10-20 s (0.4 fps decoded 6-16 s after the first picture).
+            .skip_frames(!screen)
             .num_threads(1);
         let inner = Encoder::with_api_config(OpenH264API::from_source(), config)
             .map_err(|e| MediaError::Codec(format!("openh264 encoder: {e}")))?;

@@ -84,11 +84,14 @@ const SCREEN_RUNGS: [Rung; 5] = [
         enter_bps: 240_000,
         max_bps: 700_000,
     },
+    // Full size down to 2 fps: a share starts here at the first estimate, so its first
+    // keyframe is already the full picture (a step up in size later is a second keyframe of
+    // ~400 KB, which rate control pays for with seconds of skipped frames).
     Rung {
-        scale: 0.75,
-        fps: 3,
-        min_bps: 80_000,
-        enter_bps: 110_000,
+        scale: 1.0,
+        fps: 2,
+        min_bps: 60_000,
+        enter_bps: 90_000,
         max_bps: 350_000,
     },
     Rung {
@@ -408,9 +411,20 @@ mod tests {
         assert_eq!((t.width, t.height, t.fps), (1920, 1080, 4));
         // Only a very slow link costs pixels.
         for ms in (2000..4000).step_by(100) {
-            t = l.update(at(start, ms), 60_000);
+            t = l.update(at(start, ms), 40_000);
         }
         assert_eq!((t.width, t.height), (960, 540));
+        // A share starts at full size on a new connection's first budget (the 300 kbit/s start
+        // estimate leaves the share about 190 kbit/s), and on much less.
+        for budget in [190_000, 100_000] {
+            let mut fresh = Ladder::for_screen((1920, 1080), budget, 15);
+            let first = fresh.update(start, budget);
+            assert_eq!(
+                (first.width, first.height),
+                (1920, 1080),
+                "at {budget} bit/s"
+            );
+        }
         // Smooth motion runs its top rung at 30 fps and needs more to get there.
         let smooth = Ladder::for_screen((1920, 1080), 0, 30);
         assert_eq!(smooth.rungs()[0].fps, 30);
