@@ -96,6 +96,10 @@ struct BenchArgs {
     /// Seconds per network profile (default: each profile's own, 25-40 s).
     #[arg(long)]
     network_seconds: Option<f64>,
+    /// In the network section, peer A also shares the synthetic 1080p text page at this frame
+    /// rate, beside its camera (default: no share).
+    #[arg(long)]
+    network_screen_fps: Option<u32>,
     /// Seed of the link emulator's loss and jitter draws, to repeat a run exactly (default: a
     /// new seed per profile, printed in the report: a fixed seed loses the same packets of the
     /// call's start-up every run).
@@ -543,6 +547,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         work_dir: args.work_dir,
         profiles: args.profiles,
         network_seconds: args.network_seconds,
+        network_screen_fps: args.network_screen_fps,
         link_seed: args.link_seed,
         churn_connections: args.churn_connections.max(1),
         churn_stay: std::time::Duration::from_millis(args.churn_stay_ms),

@@ -94,6 +94,8 @@ pub struct BenchOptions {
     pub profiles: Vec<String>,
     /// Seconds per profile (`None`: each profile's own length).
     pub network_seconds: Option<f64>,
+    /// Peer A of the network section also shares the synthetic screen at this frame rate.
+    pub network_screen_fps: Option<u32>,
     /// Seed for the link emulator (`None`: a new one per profile, reported).
     pub link_seed: Option<u64>,
     /// Connections that come and go in the churn section.

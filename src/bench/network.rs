@@ -88,6 +88,9 @@ async fn profile_run(
             "1",
             "--decline-files",
         ]);
+        if let (Side::A, Some(fps)) = (side, opts.network_screen_fps) {
+            cmd.args(["--screen", "test", "--screen-fps", &fps.to_string()]);
+        }
         // Each peer's own log (RUST_LOG applies), for a closer look at a failed run.
         let stderr = std::fs::File::create(
             opts.work_dir
@@ -237,6 +240,57 @@ fn stats_lines<'a>(log: &'a [Line], peer: &'a str) -> impl Iterator<Item = &'a L
         .filter(move |l| l.value["event"] == "stats" && l.value["peer"] == peer)
 }
 
+/// A screen share's figures for one direction, if the sender shared: decoded fps from its first
+/// picture, the slowest second, the receiver's capture stamp → decoded latency over the run,
+/// freezes, and the sender's screen-encoder bitrate over the same span.
+fn screen_direction(rx: &[Line], tx: &[Line], sender_id: &str) -> Option<Value> {
+    let lines: Vec<&Line> = stats_lines(rx, sender_id)
+        .filter(|l| num(&l.value["screen"]["frames_decoded"]) > 0.0)
+        .collect();
+    let (first, last) = (lines.first()?, lines.last()?);
+    let frames = |l: &Line| num(&l.value["screen"]["frames_decoded"]);
+    let span = last.at - first.at;
+    // The receiver writes stats every 0.1 s here: the slowest span of about a second.
+    let mut slowest_second: Option<f64> = None;
+    let mut i = 0;
+    for (j, l) in lines.iter().enumerate() {
+        while l.at - lines[i].at > 1.0 {
+            i += 1;
+        }
+        if j > i && l.at - lines[i].at >= 0.95 {
+            let fps = (frames(l) - frames(lines[i])) / (l.at - lines[i].at);
+            slowest_second = Some(slowest_second.map_or(fps, |s: f64| s.min(fps)));
+        }
+    }
+    let encoder = |l: &Line| num(&l.value["screen_encoder"]["bytes"]);
+    let tx_lines: Vec<&Line> = tx
+        .iter()
+        .filter(|l| {
+            l.value["event"] == "stats"
+                && l.value["screen_encoder"].is_object()
+                && l.at >= first.at
+                && l.at <= last.at
+        })
+        .collect();
+    let bitrate = match (tx_lines.first(), tx_lines.last()) {
+        (Some(a), Some(b)) if b.at > a.at => Some(round1(
+            8.0 * (encoder(b) - encoder(a)) / (b.at - a.at) / 1000.0,
+        )),
+        _ => None,
+    };
+    Some(json!({
+        "first_picture_at_s": round1(first.at),
+        "fps_mean_from_first_picture": (span > 0.0).then(|| round1((frames(last) - frames(first)) / span)),
+        "fps_slowest_second": slowest_second.map(round1),
+        "latency_p50_ms": last.value["screen"]["latency_p50_ms"],
+        "latency_p95_ms": last.value["screen"]["latency_p95_ms"],
+        "freezes": num(&last.value["screen"]["freezes"]) - num(&first.value["screen"]["freezes"]),
+        "frozen_ms": num(&last.value["screen"]["frozen_ms"]) - num(&first.value["screen"]["frozen_ms"]),
+        "width": last.value["screen"]["width"], "height": last.value["screen"]["height"],
+        "encoder_kbps": bitrate,
+    }))
+}
+
 /// Figures for one direction: `rx` is the receiver's log, `tx` the sender's.
 fn direction(
     rx: &[Line],
@@ -317,7 +371,9 @@ fn direction(
         .and_then(|ps| ps.iter().find(|p| p["peer"] == sender_id))
         .cloned()
         .unwrap_or_default();
+    let screen = screen_direction(rx, tx, sender_id);
     json!({
+        "screen": screen,
         "first_frame_after_both_in_room_ms": first_frame_ms,
         "first_frame_after_receiver_joined_ms": first_frame_after_receiver_joined_ms,
         "fps_mean_whole_run": round1(fps_mean),
@@ -500,6 +556,14 @@ pub(super) fn table(n: &Value) -> String {
                 d["first_frame_after_both_in_room_ms"],
                 d["recovery"],
             ));
+            if let Some(sc) = d.get("screen").filter(|v| v.is_object()) {
+                out.push_str(&format!(
+                    "                screen share: {}x{}, fps from first picture {} (slowest second {}), first picture at {} s, latency p50/p95 {}/{} ms, freezes {} ({} ms), encoder {} kbit/s\n",
+                    sc["width"], sc["height"], sc["fps_mean_from_first_picture"], sc["fps_slowest_second"],
+                    sc["first_picture_at_s"], sc["latency_p50_ms"], sc["latency_p95_ms"], sc["freezes"],
+                    sc["frozen_ms"], sc["encoder_kbps"],
+                ));
+            }
             for t in d["targets"].as_array().into_iter().flatten() {
                 out.push_str(&format!(
                     "      {} {}: {}\n",
