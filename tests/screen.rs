@@ -178,50 +178,8 @@ async fn a_share_starts_stops_and_restarts_beside_the_camera_and_reaches_a_late_
 
 /// Draws `rgba` over the whole root window of `display` and puts the pointer in the far corner.
 fn draw_on_root(display: &str, rgba: &[u8], width: usize, height: usize) {
-    use x11rb::connection::Connection;
-    use x11rb::protocol::xproto::{ConnectionExt, CreateGCAux, ImageFormat};
-    let (conn, screen) = x11rb::connect(Some(display)).expect("connect to Xvfb");
-    let root = conn.setup().roots[screen].root;
-    let depth = conn.setup().roots[screen].root_depth;
-    let gc = conn.generate_id().unwrap();
-    conn.create_gc(gc, root, &CreateGCAux::new()).unwrap();
-    // In bands that stay under the core protocol's request size.
-    let band = 32;
-    for y0 in (0..height).step_by(band) {
-        let rows = band.min(height - y0);
-        let bgrx: Vec<u8> = rgba[y0 * width * 4..(y0 + rows) * width * 4]
-            .chunks(4)
-            .flat_map(|p| [p[2], p[1], p[0], 0])
-            .collect();
-        conn.put_image(
-            ImageFormat::Z_PIXMAP,
-            root,
-            gc,
-            width as u16,
-            rows as u16,
-            0,
-            y0 as i16,
-            0,
-            depth,
-            &bgrx,
-        )
-        .unwrap()
-        .check()
+    huddle::media::screen::show_on_x11_root(display, rgba, width, height)
         .expect("the picture is drawn");
-    }
-    conn.warp_pointer(
-        x11rb::NONE,
-        root,
-        0,
-        0,
-        0,
-        0,
-        width as i16 - 1,
-        height as i16 - 1,
-    )
-    .unwrap();
-    // A round trip: everything above has been applied.
-    conn.get_input_focus().unwrap().reply().unwrap();
 }
 
 /// PSNR of the luma of `got` against `want`, in dB.

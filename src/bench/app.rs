@@ -16,13 +16,13 @@ use tokio::process::{Child, Command};
 const WARMUP: Duration = Duration::from_secs(4);
 
 /// An Xvfb server on a display number nobody uses, stopped when dropped.
-struct VirtualDisplay {
+pub(super) struct VirtualDisplay {
     _child: Child,
-    name: String,
+    pub(super) name: String,
 }
 
 impl VirtualDisplay {
-    async fn start() -> Result<VirtualDisplay, BenchError> {
+    pub(super) async fn start(width: usize, height: usize) -> Result<VirtualDisplay, BenchError> {
         let number = (90..200)
             .find(|n| {
                 !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
@@ -31,7 +31,16 @@ impl VirtualDisplay {
             .ok_or_else(|| fail("no free X display number in 90..200"))?;
         let name = format!(":{number}");
         let child = Command::new("Xvfb")
-            .args([&name, "-screen", "0", "1280x800x24", "-nolisten", "tcp"])
+            .args([
+                &name,
+                "-screen",
+                "0",
+                &format!("{width}x{height}x24"),
+                // The picture drawn before a share must stay when its client leaves.
+                "-noreset",
+                "-nolisten",
+                "tcp",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -133,7 +142,7 @@ async fn lobby_starts(
 }
 
 pub(super) async fn run(opts: &BenchOptions) -> Result<Value, BenchError> {
-    let display = VirtualDisplay::start().await?;
+    let display = VirtualDisplay::start(1280, 800).await?;
     let server = start_server(&opts.exe, &[]).await?;
     let lobby = lobby_starts(opts, &display, &server.url).await?;
     let room = "app-bench";

@@ -2,9 +2,13 @@
 //! sharer sends the synthetic text page (`--screen test`, 1920x1080, camera off) at 5 and at
 //! 15 fps; the viewer decodes it. Reports the share's latency, frame rate and resolution as the
 //! viewer saw them, the sharer's CPU, and the screen encoder's bitrate from its byte counter.
+//! Then the same page on an Xvfb display captured as a real share (`--screen x11`), for the
+//! capture's cost.
 
+use super::app::VirtualDisplay;
 use super::network::round1;
 use super::{BenchError, BenchOptions, Proc, fail, num, peer_args, start_server, stats};
+use crate::media::screen::{ScreenPicture, show_on_x11_root};
 use crate::procstat;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -17,19 +21,32 @@ const SHARE_FPS: [u32; 2] = [5, 15];
 
 pub(super) async fn run(opts: &BenchOptions) -> Result<Value, BenchError> {
     let mut out = json!({
-        "what": "1:1 call on loopback: peer A shares the synthetic 1920x1080 text page (one-pixel text, ruled lines, a small moving block; camera off, a tone as microphone), peer B (camera off) decodes it. latency_ms: capture stamp in the shared picture -> decoded picture handed to the display at B (encode, network, decode and playout included; no paint, no X capture: the picture is drawn in memory), every frame after warm-up. sharer_cpu_cores: A's whole process (share and audio) over the measurement, from /proc. Bitrates come from A's screen encoder byte counter: steady over the measurement, and over the whole share including its first keyframe.",
+        "what": "1:1 call on loopback: peer A shares the synthetic 1920x1080 text page (one-pixel text, ruled lines, a small moving block; camera off, a tone as microphone), peer B (camera off) decodes it. latency_ms: capture stamp in the shared picture -> decoded picture handed to the display at B (encode, network, decode and playout included; no paint, no X capture: the picture is drawn in memory), every frame after warm-up. sharer_cpu_cores: A's whole process (share and audio) over the measurement, from /proc. Bitrates come from A's screen encoder byte counter: steady over the measurement, and over the whole share including its first keyframe. x11_*: the same page drawn on the root window of an Xvfb 1920x1080 display and shared with --screen x11 (MIT-SHM capture, pointer drawn in), so the capture's cost is in the sharer's CPU; that picture carries no stamps, so those runs have no latency samples.",
         "warmup_after_first_picture_s": WARMUP.as_secs_f64(),
         "measure_s": opts.call_seconds,
     });
     for fps in SHARE_FPS {
-        out[format!("{fps}_fps")] = share(opts, fps).await?;
+        out[format!("{fps}_fps")] = share(opts, fps, None).await?;
+    }
+    // The same page on a real X server (Xvfb), captured through MIT-SHM: the capture's cost is
+    // in the sharer's CPU. The picture carries no stamps, so there is no latency figure.
+    match VirtualDisplay::start(1920, 1080).await {
+        Ok(display) => {
+            show_on_x11_root(&display.name, &ScreenPicture::rgba(1920, 1080), 1920, 1080)
+                .map_err(|e| fail(e.to_string()))?;
+            for fps in SHARE_FPS {
+                out[format!("x11_{fps}_fps")] = share(opts, fps, Some(&display.name)).await?;
+            }
+        }
+        Err(e) => out["x11_error"] = json!(e.to_string()),
     }
     Ok(out)
 }
 
-async fn share(opts: &BenchOptions, fps: u32) -> Result<Value, BenchError> {
+/// One share at `fps`: the synthetic page, or the X display `x11` when given.
+async fn share(opts: &BenchOptions, fps: u32, x11: Option<&str>) -> Result<Value, BenchError> {
     let server = start_server(&opts.exe, &[]).await?;
-    let room = format!("screen-{fps}");
+    let room = format!("screen-{fps}{}", if x11.is_some() { "-x11" } else { "" });
     let measure = Duration::from_secs_f64(opts.call_seconds);
     // The viewer resets its latency samples this long after joining: the sharer joins right
     // after it, so every sample left is from after the warm-up.
@@ -53,27 +70,28 @@ async fn share(opts: &BenchOptions, fps: u32) -> Result<Value, BenchError> {
     )?;
     viewer.event(Duration::from_secs(10), "joined").await?;
     let fps_arg = fps.to_string();
-    let mut sharer = Proc::spawn(
-        &opts.exe,
-        &peer_args(
-            &server.url,
-            &room,
-            "sharer",
-            &[
-                "--video",
-                "none",
-                "--audio",
-                "tone:660",
-                "--screen",
-                "test",
-                "--screen-fps",
-                &fps_arg,
-                "--source-id",
-                "1",
-            ],
-        ),
+    let mut command = tokio::process::Command::new(&opts.exe);
+    command.args(peer_args(
+        &server.url,
+        &room,
         "sharer",
-    )?;
+        &[
+            "--video",
+            "none",
+            "--audio",
+            "tone:660",
+            "--screen",
+            if x11.is_some() { "x11" } else { "test" },
+            "--screen-fps",
+            &fps_arg,
+            "--source-id",
+            "1",
+        ],
+    ));
+    if let Some(display) = x11 {
+        command.env("DISPLAY", display);
+    }
+    let mut sharer = Proc::spawn_command(command, "sharer", std::process::Stdio::null())?;
     sharer.event(Duration::from_secs(10), "joined").await?;
     let sharer_pid = sharer.child.id().ok_or_else(|| fail("the sharer exited"))?;
     let (first_at, _) = viewer
@@ -165,8 +183,16 @@ pub(super) fn table(report: &Value) -> String {
     let mut out = String::from(
         "Screen share, synthetic 1920x1080 text page, 1:1 on loopback (see `what` in the JSON)\n",
     );
-    for fps in SHARE_FPS {
-        let r = &report[format!("{fps}_fps")];
+    let runs = SHARE_FPS
+        .iter()
+        .map(|fps| (format!("{fps}_fps"), format!("{fps} fps")))
+        .chain(
+            SHARE_FPS
+                .iter()
+                .map(|fps| (format!("x11_{fps}_fps"), format!("X11 {fps} fps"))),
+        );
+    for (key, label) in runs {
+        let r = &report[key];
         if r.is_null() {
             continue;
         }
@@ -174,10 +200,14 @@ pub(super) fn table(report: &Value) -> String {
         let rows = [
             (
                 "capture stamp → decoded (ms)",
-                format!(
-                    "p50 {} / p95 {} / max {}  (n={})",
-                    lat["p50"], lat["p95"], lat["max"], lat["count"]
-                ),
+                if lat["count"].as_u64().unwrap_or(0) == 0 {
+                    "no samples (an X picture carries no stamps)".to_owned()
+                } else {
+                    format!(
+                        "p50 {} / p95 {} / max {}  (n={})",
+                        lat["p50"], lat["p95"], lat["max"], lat["count"]
+                    )
+                },
             ),
             (
                 "received size; fps sent / decoded p50 (min)",
@@ -205,7 +235,7 @@ pub(super) fn table(report: &Value) -> String {
             ),
         ];
         for (k, v) in rows {
-            out.push_str(&format!("  {:<48} {v}\n", format!("{fps} fps: {k}")));
+            out.push_str(&format!("  {:<48} {v}\n", format!("{label}: {k}")));
         }
     }
     out

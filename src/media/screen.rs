@@ -83,6 +83,17 @@ pub fn list_x11(display: Option<&str>) -> Result<Vec<ScreenChoice>, MediaError> 
     x11::list(display)
 }
 
+/// Draws `rgba` (`width` x `height`) over the root window of the X display `display` and puts
+/// the pointer in the far corner: a known picture to share, for tests and the benchmark.
+pub fn show_on_x11_root(
+    display: &str,
+    rgba: &[u8],
+    width: usize,
+    height: usize,
+) -> Result<(), MediaError> {
+    x11::show_on_root(display, rgba, width, height)
+}
+
 /// Why a display could not be opened, in words that say what to do: on a Wayland session without
 /// X11 the answer is the desktop portal, which is not supported yet.
 fn no_display(display: Option<&str>, wayland: bool, error: impl std::fmt::Display) -> MediaError {
@@ -407,6 +418,57 @@ mod x11 {
                 libc::shmdt(self.addr as *const libc::c_void);
             }
         }
+    }
+
+    /// `show_on_x11_root`.
+    pub fn show_on_root(
+        display: &str,
+        rgba: &[u8],
+        width: usize,
+        height: usize,
+    ) -> Result<(), MediaError> {
+        use x11rb::protocol::xproto::CreateGCAux;
+        let failed =
+            |e: &dyn std::fmt::Display| MediaError::Source(format!("drawing on {display}: {e}"));
+        let (conn, screen) = x11rb::connect(Some(display)).map_err(|e| failed(&e))?;
+        let root = conn.setup().roots[screen].root;
+        let depth = conn.setup().roots[screen].root_depth;
+        let gc = conn.generate_id().map_err(|e| failed(&e))?;
+        conn.create_gc(gc, root, &CreateGCAux::new())
+            .map_err(|e| failed(&e))?;
+        // In bands that stay under the core protocol's request size.
+        let band = 32;
+        for y0 in (0..height).step_by(band) {
+            let rows = band.min(height - y0);
+            let bgrx: Vec<u8> = rgba[y0 * width * 4..(y0 + rows) * width * 4]
+                .chunks(4)
+                .flat_map(|p| [p[2], p[1], p[0], 0])
+                .collect();
+            conn.put_image(
+                ImageFormat::Z_PIXMAP,
+                root,
+                gc,
+                width as u16,
+                rows as u16,
+                0,
+                y0 as i16,
+                0,
+                depth,
+                &bgrx,
+            )
+            .map_err(|e| failed(&e))?
+            .check()
+            .map_err(|e| failed(&e))?;
+        }
+        let corner = (width as i16 - 1, height as i16 - 1);
+        conn.warp_pointer(x11rb::NONE, root, 0, 0, 0, 0, corner.0, corner.1)
+            .map_err(|e| failed(&e))?;
+        // A round trip: everything above has been applied.
+        conn.get_input_focus()
+            .map_err(|e| failed(&e))?
+            .reply()
+            .map_err(|e| failed(&e))?;
+        Ok(())
     }
 
     /// `list_x11`: the whole screen first, then each managed window.
