@@ -588,16 +588,21 @@ impl<W: Write> HeadlessPeer<W> {
         let in_room = self.joined_at.map(|t| t.elapsed()).unwrap_or_default();
         let usage = crate::procstat::usage(None);
         let mut peer_summaries = Vec::new();
-        let to_ms = |v: Option<i64>| v.map(|u| u as f64 / 1000.0);
         for (peer, view) in &self.peers {
             let camera = view.camera.video.as_ref().map(|v| v.stats());
-            let screen = view.screen.video.as_ref().map(|v| v.stats()).filter(|s| s.frames_decoded > 0).map(|s| {
-                let mut lat = s.latency_us.values();
-                lat.sort_unstable();
-                json!({"frames_decoded": s.frames_decoded, "width": s.width, "height": s.height,
+            let screen = view
+                .screen
+                .video
+                .as_ref()
+                .map(|v| v.stats())
+                .filter(|s| s.frames_decoded > 0)
+                .map(|s| {
+                    let mut lat = s.latency_us.values();
+                    lat.sort_unstable();
+                    json!({"frames_decoded": s.frames_decoded, "width": s.width, "height": s.height,
                     "freezes": s.freezes, "frozen_ms": s.frozen_us / 1000,
-                    "latency_ms": {"count": lat.len(), "p50": to_ms(percentile(&lat, 0.5)), "p95": to_ms(percentile(&lat, 0.95)), "max": to_ms(lat.last().copied())}})
-            });
+                    "latency_ms": ms_summary(&lat)})
+                });
             if camera.is_none() && screen.is_none() {
                 continue;
             }
@@ -616,7 +621,7 @@ impl<W: Write> HeadlessPeer<W> {
                     "frames_decoded": s.frames_decoded, "units_dropped": s.units_dropped, "out_of_order": s.out_of_order,
                     "freezes": s.freezes, "frozen_ms": s.frozen_us / 1000,
                     "width": s.width, "height": s.height,
-                    "latency_ms": {"count": lat.len(), "p50": to_ms(percentile(&lat, 0.5)), "p95": to_ms(percentile(&lat, 0.95)), "max": to_ms(lat.last().copied())},
+                    "latency_ms": ms_summary(&lat),
                     "decode_ms": {"p50": to_ms(percentile(&dec, 0.5)), "p95": to_ms(percentile(&dec, 0.95))},
                 });
                 if let (Some(out), Some(fields)) = (summary.as_object_mut(), fields.as_object()) {
@@ -648,6 +653,16 @@ impl<W: Write> HeadlessPeer<W> {
     }
 }
 
+fn to_ms(us: Option<i64>) -> Option<f64> {
+    us.map(|u| u as f64 / 1000.0)
+}
+
+/// Count, p50, p95 and max in ms of sorted µs samples (a summary's `latency_ms`).
+fn ms_summary(sorted_us: &[i64]) -> serde_json::Value {
+    json!({"count": sorted_us.len(), "p50": to_ms(percentile(sorted_us, 0.5)),
+        "p95": to_ms(percentile(sorted_us, 0.95)), "max": to_ms(sorted_us.last().copied())})
+}
+
 /// A stream's stats object (`video` for the camera, `screen` for a share): frames, fps over the
 /// last interval, latency over the run and over the interval, freezes.
 fn video_stats_json(view: &mut StreamView, interval_secs: f64) -> Option<serde_json::Value> {
@@ -668,10 +683,10 @@ fn video_stats_json(view: &mut StreamView, interval_secs: f64) -> Option<serde_j
         "width": s.width, "height": s.height,
         "last_frame_number": s.last_stamp.map(|t| t.number),
         "out_of_order": s.out_of_order,
-        "latency_p50_ms": percentile(&lat, 0.5).map(|u| u as f64 / 1000.0),
-        "latency_p95_ms": percentile(&lat, 0.95).map(|u| u as f64 / 1000.0),
-        "window_latency_p50_ms": percentile(&window, 0.5).map(|u| u as f64 / 1000.0),
-        "window_latency_max_ms": window.last().map(|u| *u as f64 / 1000.0),
+        "latency_p50_ms": to_ms(percentile(&lat, 0.5)),
+        "latency_p95_ms": to_ms(percentile(&lat, 0.95)),
+        "window_latency_p50_ms": to_ms(percentile(&window, 0.5)),
+        "window_latency_max_ms": to_ms(window.last().copied()),
         "freezes": s.freezes, "frozen_ms": s.frozen_us / 1000,
         "playout_delay_ms": (s.playout_delay_ms * 10.0).round() / 10.0,
         "decode_errors": s.decode_errors, "units_dropped": s.units_dropped,

@@ -240,7 +240,12 @@ impl OwnPlayoutRemover {
         if window_power < QUIET_POWER * SEARCH_WINDOW as f32 {
             return;
         }
-        let Some((lag, correlation)) = self.best_lag(&window, &span, window_power) else {
+        let Some(Match {
+            lag,
+            correlation,
+            gain,
+        }) = self.best_lag(&window, &span, window_power)
+        else {
             return;
         };
         if correlation < MIN_CORRELATION {
@@ -267,21 +272,13 @@ impl OwnPlayoutRemover {
                 self.cross = [0.0; TAPS];
                 self.fitted = 0.0;
                 // Until the fit has data: the gain the match implies, at the centre tap.
-                let seen: f32 = window.iter().zip(&span[lag..]).map(|(m, r)| m * r).sum();
-                let reference_power: f32 =
-                    span[lag..lag + SEARCH_WINDOW].iter().map(|r| r * r).sum();
-                self.weights[CENTRE] = seen / reference_power.max(1e-9);
+                self.weights[CENTRE] = gain;
             }
         }
     }
 
-    /// The lag into `span` where `window` matches best, with its normalised correlation.
-    fn best_lag(
-        &mut self,
-        window: &[f32],
-        span: &[f32],
-        window_power: f32,
-    ) -> Option<(usize, f32)> {
+    /// The lag into `span` where `window` matches best.
+    fn best_lag(&mut self, window: &[f32], span: &[f32], window_power: f32) -> Option<Match> {
         let size = (window.len() + span.len()).next_power_of_two();
         let forward = self.planner.plan_fft_forward(size);
         let inverse = self.planner.plan_fft_inverse(size);
@@ -303,7 +300,7 @@ impl OwnPlayoutRemover {
         inverse.process(&mut product, &mut correlation).ok()?;
         // Running power of the span under the window at each lag.
         let mut span_power: f32 = span[..window.len()].iter().map(|x| x * x).sum();
-        let mut best: Option<(usize, f32)> = None;
+        let mut best: Option<Match> = None;
         for lag in 0..=span.len() - window.len() {
             if lag > 0 {
                 let gone = span[lag - 1];
@@ -313,13 +310,28 @@ impl OwnPlayoutRemover {
             if span_power < QUIET_POWER * window.len() as f32 {
                 continue;
             }
-            let rho = correlation[lag] / size as f32 / (window_power * span_power).sqrt();
-            if best.is_none_or(|(_, r)| rho > r) {
-                best = Some((lag, rho));
+            let dot = correlation[lag] / size as f32;
+            let rho = dot / (window_power * span_power).sqrt();
+            if best.is_none_or(|b| rho > b.correlation) {
+                best = Some(Match {
+                    lag,
+                    correlation: rho,
+                    gain: dot / span_power,
+                });
             }
         }
         best
     }
+}
+
+/// Where the monitor's window sits in the playout span.
+#[derive(Clone, Copy)]
+struct Match {
+    lag: usize,
+    /// Normalised correlation of the window with the span there.
+    correlation: f32,
+    /// The least-squares gain from the span there to the window.
+    gain: f32,
 }
 
 /// Solves `R w = p` for the symmetric Toeplitz `R` built from `autocorrelation` (by Cholesky,
