@@ -907,7 +907,7 @@ impl Engine {
                 let done = opened.clone();
                 tokio::spawn(async move {
                     let list = tokio::task::spawn_blocking(move || {
-                        crate::media::screen::list_x11(display.as_deref())
+                        crate::media::screen::list_choices(display.as_deref())
                     })
                     .await
                     .unwrap_or_else(|e| Err(MediaError::Thread(e.to_string())));

@@ -59,7 +59,8 @@ pub struct HeadlessOptions {
     pub trusted_cert: Option<PathBuf>,
     /// ICE through TURN relays only.
     pub relay_only: bool,
-    /// Share a screen from the start: `test`, `test:WxH` or `x11` (the display in `DISPLAY`).
+    /// Share a screen from the start: `test`, `test:WxH`, `x11` (the display in `DISPLAY`) or
+    /// `portal` (the desktop portal, on Wayland).
     pub screen: Option<String>,
     /// Frames per second of that share at most.
     pub screen_fps: u32,
@@ -67,7 +68,8 @@ pub struct HeadlessOptions {
     pub screen_sound: bool,
 }
 
-/// `--screen`: `test` (1920x1080), `test:WxH`, or `x11`.
+/// `--screen`: `test` (1920x1080), `test:WxH`, `x11`, `x11:MONITOR` (one RandR monitor, e.g.
+/// `x11:DP-1`), or `portal` (the desktop portal's dialog, through PipeWire: Wayland).
 pub fn parse_screen(
     arg: &str,
     source_id: u8,
@@ -77,6 +79,11 @@ pub fn parse_screen(
         "x11" => Ok(ScreenSource::X11 {
             display: None,
             window: None,
+        }),
+        "portal" => Ok(ScreenSource::Portal { bus: None }),
+        _ if arg.starts_with("x11:") => Ok(ScreenSource::X11Monitor {
+            display: None,
+            monitor: arg["x11:".len()..].to_owned(),
         }),
         "test" => Ok(ScreenSource::Test {
             width: 1920,
@@ -91,7 +98,7 @@ pub fn parse_screen(
                 .filter(|(w, h)| (64..=7680).contains(w) && (64..=4320).contains(h))
                 .ok_or_else(|| {
                     HeadlessError::Option(format!(
-                        "unknown screen source {arg:?} (test, test:WxH or x11)"
+                        "unknown screen source {arg:?} (test, test:WxH, x11, x11:MONITOR or portal)"
                     ))
                 })?;
             Ok(ScreenSource::Test {

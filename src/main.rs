@@ -138,7 +138,9 @@ struct JoinArgs {
     #[arg(long, default_value_t = 0)]
     source_id: u8,
     /// Share a screen from the start: `test` (a synthetic 1920x1080 page of text and lines),
-    /// `test:WxH`, or `x11` (the X display in DISPLAY).
+    /// `test:WxH`, `x11` (the X display in DISPLAY), `x11:MONITOR` (one of its monitors, e.g.
+    /// x11:DP-1), or `portal` (Wayland: the desktop portal's
+    /// dialog chooses, the picture comes through PipeWire).
     #[arg(long)]
     screen: Option<String>,
     /// Frames per second of the screen share at most (15 by default; 30 for smooth motion).

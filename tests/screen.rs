@@ -288,6 +288,105 @@ fn the_x_capture_reads_what_is_on_the_screen() {
     assert!(psnr >= 40.0, "{psnr:.1} dB");
 }
 
+/// Declares RandR monitors on `display` (as `xrandr --setmonitor NAME geometry none` does):
+/// each `(name, x, width)` a column of the full height.
+fn set_monitors(display: &str, height: u16, monitors: &[(&str, i16, u16)]) {
+    use x11rb::connection::Connection;
+    use x11rb::protocol::randr::{ConnectionExt as _, MonitorInfo};
+    use x11rb::protocol::xproto::ConnectionExt as _;
+    let (conn, screen) = x11rb::connect(Some(display)).expect("connect to Xvfb");
+    let root = conn.setup().roots[screen].root;
+    conn.randr_query_version(1, 5).unwrap().reply().unwrap();
+    for &(name, x, width) in monitors {
+        let atom = conn
+            .intern_atom(false, name.as_bytes())
+            .unwrap()
+            .reply()
+            .unwrap()
+            .atom;
+        conn.randr_set_monitor(
+            root,
+            MonitorInfo {
+                name: atom,
+                primary: false,
+                automatic: false,
+                x,
+                y: 0,
+                width,
+                height,
+                width_in_millimeters: 300,
+                height_in_millimeters: 200,
+                outputs: vec![],
+            },
+        )
+        .unwrap()
+        .check()
+        .unwrap();
+    }
+}
+
+#[test]
+fn one_monitor_of_two_is_listed_and_captured_alone() {
+    let (width, height) = (2560, 720);
+    let xvfb = Xvfb::start(width, height);
+    let pixels = ScreenPicture::rgba(width, height);
+    draw_on_root(&xvfb.display, &pixels, width, height);
+    set_monitors(
+        &xvfb.display,
+        height as u16,
+        &[("HUDDLE-LEFT", 0, 1280), ("HUDDLE-RIGHT", 1280, 1280)],
+    );
+
+    let choices = huddle::media::screen::list_x11(Some(&xvfb.display)).expect("list");
+    let right = choices
+        .iter()
+        .find(|c| {
+            c.source
+                == ScreenSource::X11Monitor {
+                    display: Some(xvfb.display.clone()),
+                    monitor: "HUDDLE-RIGHT".into(),
+                }
+        })
+        .expect("the right monitor is a choice");
+    assert!(
+        right.title.contains("HUDDLE-RIGHT (1280x720)"),
+        "{}",
+        right.title
+    );
+    assert!(right.thumbnail.is_some(), "the monitor has a thumbnail");
+
+    let mut capturer = huddle::media::screen::open(&right.source).expect("capture opens");
+    let frame = capturer.capture(1).expect("a picture");
+    assert_eq!((frame.width, frame.height), (1280, 720));
+    let mut rgba = RgbaFrame::default();
+    frame.to_rgba(&mut rgba);
+    // The right half of what was drawn, and nothing of the left.
+    let want = RgbaFrame {
+        width: 1280,
+        height: 720,
+        pixels: pixels
+            .chunks_exact(width * 4)
+            .flat_map(|row| row[1280 * 4..].iter().copied())
+            .collect(),
+        capture_us: 0,
+    };
+    let psnr = luma_psnr(&rgba, &want);
+    eprintln!("right monitor luma PSNR {psnr:.1} dB");
+    assert!(psnr >= 40.0, "{psnr:.1} dB");
+
+    let missing = match huddle::media::screen::open(&ScreenSource::X11Monitor {
+        display: Some(xvfb.display.clone()),
+        monitor: "HDMI-9".into(),
+    }) {
+        Ok(_) => panic!("a monitor that is not there opened"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        missing.contains("no monitor named HDMI-9") && missing.contains("HUDDLE-LEFT"),
+        "{missing}"
+    );
+}
+
 /// Makes a mapped 640x400 window titled `title` filled with one colour, and lists it in the
 /// root's `_NET_CLIENT_LIST` as a window manager would (Xvfb has none). Returns its id.
 fn open_window(display: &str, title: &str) -> (x11rb::rust_connection::RustConnection, u32) {

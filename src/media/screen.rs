@@ -1,7 +1,10 @@
 //! Screen capture: what a screen share shows. An X11 screen or window (MIT-SHM where the server
-//! offers it, `GetImage` otherwise, the pointer drawn in through XFixes) and a synthetic
-//! high-detail picture (text and lines) for tests and the benchmark. Captured pictures larger
-//! than 1920x1080 are scaled down to fit. Depends only on the rest of `media`.
+//! offers it, `GetImage` otherwise, the pointer drawn in through XFixes), whatever the desktop
+//! portal's dialog chose on Wayland (`portal`, through PipeWire), and a synthetic high-detail
+//! picture (text and lines) for tests and the benchmark. Captured pictures larger than 1920x1080
+//! are scaled down to fit. Depends only on the rest of `media`.
+
+mod portal;
 
 use super::MediaError;
 use super::convert::I420Scaler;
@@ -29,6 +32,15 @@ pub enum ScreenSource {
         display: Option<String>,
         window: Option<u32>,
     },
+    /// One monitor of an X11 display (a RandR monitor, e.g. `DP-1`): its part of the screen.
+    X11Monitor {
+        display: Option<String>,
+        monitor: String,
+    },
+    /// What the user picks in the desktop portal's dialog (`org.freedesktop.portal.ScreenCast`),
+    /// read through PipeWire: how a Wayland session shares. `bus`: a D-Bus address (`None`: the
+    /// session bus).
+    Portal { bus: Option<String> },
 }
 
 impl ScreenSource {
@@ -36,17 +48,49 @@ impl ScreenSource {
         match self {
             ScreenSource::Test { width, height, .. } => format!("test screen ({width}x{height})"),
             ScreenSource::X11 { display, window } => {
-                let display = display
-                    .clone()
-                    .or_else(|| std::env::var("DISPLAY").ok())
-                    .unwrap_or_else(|| "?".into());
+                let display = display_name(display.as_deref());
                 match window {
                     Some(w) => format!("X11 window 0x{w:x} on {display}"),
                     None => format!("X11 screen {display}"),
                 }
             }
+            ScreenSource::X11Monitor { display, monitor } => {
+                format!(
+                    "X11 monitor {monitor} on {}",
+                    display_name(display.as_deref())
+                )
+            }
+            ScreenSource::Portal { .. } => {
+                "the screen or window chosen in the desktop portal".into()
+            }
         }
     }
+
+    /// The whole screen as this desktop shares it: the portal's dialog on a Wayland session (X11
+    /// capture there sees only XWayland windows), the X screen otherwise.
+    pub fn for_this_desktop() -> ScreenSource {
+        if is_wayland_session() {
+            ScreenSource::Portal { bus: None }
+        } else {
+            ScreenSource::X11 {
+                display: None,
+                window: None,
+            }
+        }
+    }
+
+    /// Whether the desktop's own dialog chooses what is shared (so Huddle lists no windows).
+    pub fn is_chosen_by_the_desktop(&self) -> bool {
+        matches!(self, ScreenSource::Portal { .. })
+    }
+}
+
+/// `display`, or the one `DISPLAY` names.
+fn display_name(display: Option<&str>) -> String {
+    display
+        .map(str::to_owned)
+        .or_else(|| std::env::var("DISPLAY").ok())
+        .unwrap_or_else(|| "?".into())
 }
 
 /// The size a picture of `width` x `height` is sent at: itself when it fits in
@@ -77,6 +121,15 @@ pub struct ScreenChoice {
 
 pub const THUMBNAIL_WIDTH: usize = 200;
 
+/// What the Share menu offers: on a Wayland session nothing (the portal's dialog chooses), else
+/// the X screen and its windows ([`list_x11`]). Blocking: call it off the UI.
+pub fn list_choices(display: Option<&str>) -> Result<Vec<ScreenChoice>, MediaError> {
+    if display.is_none() && is_wayland_session() {
+        return Ok(Vec::new());
+    }
+    list_x11(display)
+}
+
 /// The screen and the windows of the X display `display` (`None`: `DISPLAY`), with thumbnails.
 /// Windows come from the window manager's `_NET_CLIENT_LIST`. Blocking: call it off the UI.
 pub fn list_x11(display: Option<&str>) -> Result<Vec<ScreenChoice>, MediaError> {
@@ -95,15 +148,16 @@ pub fn show_on_x11_root(
 }
 
 /// Why a display could not be opened, in words that say what to do: on a Wayland session without
-/// X11 the answer is the desktop portal, which is not supported yet.
+/// X11 the answer is the desktop portal.
 fn no_display(display: Option<&str>, wayland: bool, error: impl std::fmt::Display) -> MediaError {
     let named = display
         .map(str::to_owned)
         .or_else(|| std::env::var("DISPLAY").ok());
     if named.is_none() && wayland {
         return MediaError::Source(
-            "screen capture: this is a Wayland session without X11; sharing there needs the \
-             desktop portal (org.freedesktop.portal.ScreenCast), which Huddle does not support yet"
+            "screen capture: this is a Wayland session without X11; share through the desktop \
+             portal instead (org.freedesktop.portal.ScreenCast: `--screen portal`, or the Share \
+             menu's system dialog)"
                 .into(),
         );
     }
@@ -127,8 +181,13 @@ pub fn open(source: &ScreenSource) -> Result<Box<dyn ScreenCapturer>, MediaError
         } => Ok(Box::new(SyntheticScreen::new(*width, *height, *source_id))),
         ScreenSource::X11 { display, window } => Ok(Box::new(x11::X11Capturer::open(
             display.as_deref(),
-            *window,
+            x11::Area::from_window(*window),
         )?)),
+        ScreenSource::X11Monitor { display, monitor } => Ok(Box::new(x11::X11Capturer::open(
+            display.as_deref(),
+            x11::Area::Monitor(monitor),
+        )?)),
+        ScreenSource::Portal { bus } => Ok(Box::new(portal::PortalCapturer::open(bus.as_deref())?)),
     }
 }
 
@@ -302,12 +361,48 @@ impl ScreenCapturer for SyntheticScreen {
 
 /// BGRX rows (X11's 32-bit ZPixmap, least significant byte first) to I420.
 pub fn bgrx_to_i420(bgrx: &[u8], width: usize, height: usize, stride: usize) -> I420Frame {
+    packed_to_i420(bgrx, width, height, stride, Channels::BGRX)
+}
+
+/// The channel order of a packed 32-bit picture, as byte offsets of red, green and blue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Channels {
+    red: usize,
+    green: usize,
+    blue: usize,
+}
+
+impl Channels {
+    const BGRX: Channels = Channels {
+        red: 2,
+        green: 1,
+        blue: 0,
+    };
+    const RGBX: Channels = Channels {
+        red: 0,
+        green: 1,
+        blue: 2,
+    };
+}
+
+/// Packed 32-bit RGB rows, channels where `channels` says, to I420.
+fn packed_to_i420(
+    bytes: &[u8],
+    width: usize,
+    height: usize,
+    stride: usize,
+    channels: Channels,
+) -> I420Frame {
     let mut frame = I420Frame::new(width, height);
     let (cw, _) = frame.chroma_size();
     let (y_plane, u_plane, v_plane) = frame.planes_mut();
     let px = |x: usize, y: usize| {
         let i = y * stride + x * 4;
-        (bgrx[i + 2] as i32, bgrx[i + 1] as i32, bgrx[i] as i32)
+        (
+            bytes[i + channels.red] as i32,
+            bytes[i + channels.green] as i32,
+            bytes[i + channels.blue] as i32,
+        )
     };
     for y in 0..height {
         for x in 0..width {
@@ -353,6 +448,64 @@ mod x11 {
 
     fn fail(what: &str, e: impl std::fmt::Display) -> MediaError {
         MediaError::Source(format!("screen capture: {what}: {e}"))
+    }
+
+    /// What part of the display a capturer reads.
+    #[derive(Clone, Copy, Debug)]
+    pub enum Area<'a> {
+        /// The whole screen (every monitor).
+        Screen,
+        Window(u32),
+        /// One RandR monitor, by name.
+        Monitor(&'a str),
+    }
+
+    impl Area<'_> {
+        pub fn from_window(window: Option<u32>) -> Area<'static> {
+            window.map_or(Area::Screen, Area::Window)
+        }
+    }
+
+    /// A RandR monitor: its name and where it sits on the screen.
+    struct Monitor {
+        name: String,
+        x: i16,
+        y: i16,
+        width: u16,
+        height: u16,
+    }
+
+    /// The display's active monitors (RandR 1.5); none when the server has no RandR.
+    fn monitors(conn: &RustConnection, root: u32) -> Vec<Monitor> {
+        use x11rb::protocol::randr::ConnectionExt as _;
+        let supported = conn
+            .randr_query_version(1, 5)
+            .ok()
+            .and_then(|c| c.reply().ok())
+            .is_some_and(|v| (v.major_version, v.minor_version) >= (1, 5));
+        let Some(reply) = supported
+            .then(|| conn.randr_get_monitors(root, true).ok()?.reply().ok())
+            .flatten()
+        else {
+            return Vec::new();
+        };
+        reply
+            .monitors
+            .iter()
+            .enumerate()
+            .map(|(i, m)| Monitor {
+                name: conn
+                    .get_atom_name(m.name)
+                    .ok()
+                    .and_then(|c| c.reply().ok())
+                    .map(|r| String::from_utf8_lossy(&r.name).into_owned())
+                    .unwrap_or_else(|| format!("monitor-{}", i + 1)),
+                x: m.x,
+                y: m.y,
+                width: m.width,
+                height: m.height,
+            })
+            .collect()
     }
 
     /// A System V shared-memory segment the X server writes pictures into.
@@ -519,8 +672,8 @@ mod x11 {
                 .or_else(|| named(AtomEnum::WM_NAME.into(), AtomEnum::STRING.into()))
         };
         let display_name = display.map(str::to_owned);
-        let thumbnail = |window: Option<u32>| {
-            X11Capturer::open(display, window)
+        let thumbnail = |area: Area| {
+            X11Capturer::open(display, area)
                 .ok()
                 .and_then(|mut c| c.thumbnail().ok())
                 .map(std::sync::Arc::new)
@@ -531,8 +684,22 @@ mod x11 {
                 window: None,
             },
             title: "Entire screen".into(),
-            thumbnail: thumbnail(None),
+            thumbnail: thumbnail(Area::Screen),
         }];
+        // With more than one monitor each is a choice of its own.
+        let monitors = monitors(&conn, root);
+        if monitors.len() > 1 {
+            for (i, m) in monitors.iter().enumerate() {
+                choices.push(ScreenChoice {
+                    source: ScreenSource::X11Monitor {
+                        display: display_name.clone(),
+                        monitor: m.name.clone(),
+                    },
+                    title: format!("Screen {}: {} ({}x{})", i + 1, m.name, m.width, m.height),
+                    thumbnail: thumbnail(Area::Monitor(&m.name)),
+                });
+            }
+        }
         for window in windows {
             choices.push(ScreenChoice {
                 source: ScreenSource::X11 {
@@ -540,7 +707,7 @@ mod x11 {
                     window: Some(window),
                 },
                 title: title(window).unwrap_or_else(|| format!("Window 0x{window:x}")),
-                thumbnail: thumbnail(Some(window)),
+                thumbnail: thumbnail(Area::Window(window)),
             });
         }
         Ok(choices)
@@ -548,7 +715,12 @@ mod x11 {
 
     pub struct X11Capturer {
         conn: RustConnection,
+        root: u32,
         drawable: u32,
+        /// The shared window, whose pointer position needs translating from the root's.
+        window: Option<u32>,
+        /// Where the captured part starts in `drawable` (a monitor's corner on the root).
+        origin: (i16, i16),
         width: u16,
         height: u16,
         shm: Option<ShmSegment>,
@@ -557,7 +729,7 @@ mod x11 {
     }
 
     impl X11Capturer {
-        pub fn open(display: Option<&str>, window: Option<u32>) -> Result<Self, MediaError> {
+        pub fn open(display: Option<&str>, area: Area) -> Result<Self, MediaError> {
             let (conn, screen_num) = x11rb::connect(display)
                 .map_err(|e| super::no_display(display, super::is_wayland_session(), e))?;
             let setup = conn.setup();
@@ -580,13 +752,36 @@ mod x11 {
                     format!("unsupported pixel format (depth {depth}, {bpp:?} bits per pixel)"),
                 ));
             }
-            let drawable = window.unwrap_or(screen.root);
-            let geometry = conn
-                .get_geometry(drawable)
-                .map_err(|e| fail("window", e))?
-                .reply()
-                .map_err(|e| fail("window", e))?;
-            let (width, height) = (geometry.width, geometry.height);
+            let root = screen.root;
+            let (drawable, window, origin, width, height) = match area {
+                Area::Screen | Area::Window(_) => {
+                    let window = match area {
+                        Area::Window(window) => Some(window),
+                        _ => None,
+                    };
+                    let drawable = window.unwrap_or(root);
+                    let geometry = conn
+                        .get_geometry(drawable)
+                        .map_err(|e| fail("window", e))?
+                        .reply()
+                        .map_err(|e| fail("window", e))?;
+                    (drawable, window, (0, 0), geometry.width, geometry.height)
+                }
+                Area::Monitor(name) => {
+                    let all = monitors(&conn, root);
+                    let Some(m) = all.iter().find(|m| m.name == name) else {
+                        let names: Vec<&str> = all.iter().map(|m| m.name.as_str()).collect();
+                        return Err(fail(
+                            "monitor",
+                            format!(
+                                "no monitor named {name} (this display has: {})",
+                                names.join(", ")
+                            ),
+                        ));
+                    };
+                    (root, None, (m.x, m.y), m.width, m.height)
+                }
+            };
             let shm = ShmSegment::attach(&conn, width as usize * height as usize * 4);
             let cursor = conn
                 .xfixes_query_version(4, 0)
@@ -602,7 +797,10 @@ mod x11 {
             );
             Ok(X11Capturer {
                 conn,
+                root,
                 drawable,
+                window,
+                origin,
                 width,
                 height,
                 shm,
@@ -619,8 +817,8 @@ mod x11 {
                     .conn
                     .shm_get_image(
                         self.drawable,
-                        0,
-                        0,
+                        self.origin.0,
+                        self.origin.1,
                         w,
                         h,
                         !0,
@@ -640,7 +838,15 @@ mod x11 {
             }
             let reply = self
                 .conn
-                .get_image(ImageFormat::Z_PIXMAP, self.drawable, 0, 0, w, h, !0)
+                .get_image(
+                    ImageFormat::Z_PIXMAP,
+                    self.drawable,
+                    self.origin.0,
+                    self.origin.1,
+                    w,
+                    h,
+                    !0,
+                )
                 .map_err(|e| fail("get image", e))?
                 .reply()
                 .map_err(|e| fail("get image", e))?;
@@ -658,10 +864,21 @@ mod x11 {
                 return;
             };
             let (w, h) = (self.width as i32, self.height as i32);
-            let (left, top) = (
-                cursor.x as i32 - cursor.xhot as i32,
-                cursor.y as i32 - cursor.yhot as i32,
-            );
+            // The pointer in the captured picture's coordinates.
+            let at = match self.window {
+                Some(window) => self
+                    .conn
+                    .translate_coordinates(self.root, window, cursor.x, cursor.y)
+                    .ok()
+                    .and_then(|c| c.reply().ok())
+                    .map(|t| (t.dst_x as i32, t.dst_y as i32)),
+                None => Some((
+                    cursor.x as i32 - self.origin.0 as i32,
+                    cursor.y as i32 - self.origin.1 as i32,
+                )),
+            };
+            let Some((x, y)) = at else { return };
+            let (left, top) = (x - cursor.xhot as i32, y - cursor.yhot as i32);
             for cy in 0..cursor.height as i32 {
                 for cx in 0..cursor.width as i32 {
                     let (x, y) = (left + cx, top + cy);

@@ -730,15 +730,10 @@ impl HuddleApp {
         self.command(Command::PlayTestSound);
     }
 
-    /// Shares the whole X screen (the display the app runs on), at most `fps` frames a second.
+    /// Shares the whole screen the app runs on (on Wayland: what the desktop's own dialog
+    /// chooses), at most `fps` frames a second.
     pub fn start_screen_share(&mut self, fps: u32) {
-        self.share(
-            crate::engine::ScreenSource::X11 {
-                display: None,
-                window: None,
-            },
-            fps,
-        );
+        self.share(crate::engine::ScreenSource::for_this_desktop(), fps);
     }
 
     /// Shares `source` (a screen or a window from the Share menu).

@@ -227,23 +227,37 @@ fn share_button(app: &mut HuddleApp, ui: &mut egui::Ui) {
     egui::Popup::menu(&response)
         .align(egui::RectAlign::TOP)
         .show(|ui| {
-            // Captured through X11: on a Wayland desktop only what runs under XWayland shows.
-            let wayland = std::env::var_os("WAYLAND_DISPLAY").is_some();
-            if wayland {
-                ui.label("On Wayland only X11 (XWayland) windows show in a share.");
-                ui.separator();
-            }
+            // On Wayland the desktop's own dialog (the portal) chooses a screen or a window.
+            let by_desktop =
+                crate::engine::ScreenSource::for_this_desktop().is_chosen_by_the_desktop();
             ui.checkbox(&mut app.share_sound, "Share computer sound")
                 .on_hover_text(
                     "What this computer plays goes with the screen. The others' voices that \
-                     Huddle plays go too, for now: best for a video, not a discussion",
+                     Huddle plays are taken out of it, so nobody hears themselves back",
                 );
             ui.separator();
-            if ui.button("Share entire screen").clicked() {
+            let (still, smooth) = if by_desktop {
+                (
+                    "Choose a screen or window…",
+                    "Choose a screen or window, smooth motion (video)…",
+                )
+            } else {
+                (
+                    "Share entire screen",
+                    "Share entire screen, smooth motion (video)",
+                )
+            };
+            let still = ui.button(still);
+            let still = if by_desktop {
+                still.on_hover_text("Your desktop asks what to share")
+            } else {
+                still
+            };
+            if still.clicked() {
                 app.start_screen_share(crate::engine::DEFAULT_SHARE_FPS);
             }
             if ui
-                .button("Share entire screen, smooth motion (video)")
+                .button(smooth)
                 .on_hover_text("Up to 30 frames a second; text is less sharp on a slow link")
                 .clicked()
             {
@@ -253,43 +267,55 @@ fn share_button(app: &mut HuddleApp, ui: &mut egui::Ui) {
         });
 }
 
-/// The windows of the display, each with its thumbnail; a click shares it.
+/// The display's monitors (when it has more than one), then its windows, each with its
+/// thumbnail; a click shares it.
 fn window_choices(app: &mut HuddleApp, ui: &mut egui::Ui) {
+    use crate::engine::ScreenSource;
     let mut chosen = None;
-    let windows: Vec<_> = app
-        .screen_choices
-        .iter()
-        .filter(|(c, _)| {
+    type Belongs = fn(&ScreenSource) -> bool;
+    let sections: [(&str, Belongs); 2] = [
+        ("Or one monitor:", |s| {
+            matches!(s, ScreenSource::X11Monitor { .. })
+        }),
+        ("Or a window:", |s| {
             matches!(
-                c.source,
-                crate::engine::ScreenSource::X11 {
+                s,
+                ScreenSource::X11 {
                     window: Some(_),
                     ..
                 }
             )
-        })
-        .collect();
-    if windows.is_empty() {
-        return;
+        }),
+    ];
+    for (heading, belongs) in sections {
+        let listed: Vec<_> = app
+            .screen_choices
+            .iter()
+            .filter(|(c, _)| belongs(&c.source))
+            .collect();
+        if listed.is_empty() {
+            continue;
+        }
+        ui.separator();
+        ui.label(heading);
+        egui::ScrollArea::vertical()
+            .id_salt(heading)
+            .max_height(320.0)
+            .show(ui, |ui| {
+                for (choice, texture) in listed {
+                    ui.horizontal(|ui| {
+                        if let Some(t) = texture {
+                            let size = t.size_vec2() * (96.0 / t.size_vec2().x.max(1.0));
+                            ui.add(egui::Image::new((t.id(), size)));
+                        }
+                        let response = ui.button(format!("Share {}", choice.title));
+                        if response.clicked() {
+                            chosen = Some(choice.source.clone());
+                        }
+                    });
+                }
+            });
     }
-    ui.separator();
-    ui.label("Or a window:");
-    egui::ScrollArea::vertical()
-        .max_height(320.0)
-        .show(ui, |ui| {
-            for (choice, texture) in windows {
-                ui.horizontal(|ui| {
-                    if let Some(t) = texture {
-                        let size = t.size_vec2() * (96.0 / t.size_vec2().x.max(1.0));
-                        ui.add(egui::Image::new((t.id(), size)));
-                    }
-                    let response = ui.button(format!("Share {}", choice.title));
-                    if response.clicked() {
-                        chosen = Some(choice.source.clone());
-                    }
-                });
-            }
-        });
     if let Some(source) = chosen {
         app.share(source, crate::engine::DEFAULT_SHARE_FPS);
     }
