@@ -3,8 +3,10 @@
 //! frame is released the moment its last packet arrives (no waiting for the next frame, which
 //! would add a whole frame interval of latency). Reordering is repaired. A gap is waited for
 //! (a NACK retransmission takes about a round trip) for `wait`, which the session sizes from the
-//! measured round-trip time and jitter; only then, or when far too much is waiting behind it, is
-//! the frame declared lost.
+//! measured round-trip time and jitter, counted from the last repair of the frame at the head
+//! (a keyframe of hundreds of packets has dozens of holes, filled over several rounds), up to a
+//! few waits in all; only then, or when far too much is waiting behind it, is the frame declared
+//! lost.
 
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -50,6 +52,9 @@ pub struct FrameAssembler {
     /// First sequence number of the next frame to release.
     next_start: Option<u64>,
     /// Since when the frame at the head has had a hole with newer packets behind it.
+    gap_first: Option<Instant>,
+    /// The last time a hole in the head frame was filled (or `gap_first`): the wait for the
+    /// remaining holes counts from here.
     gap_since: Option<Instant>,
     wait: Duration,
     stats: AssemblerStats,
@@ -61,6 +66,11 @@ pub const DEFAULT_WAIT: Duration = Duration::from_millis(150);
 const MAX_FRAMES_WAITING: usize = 45;
 /// Hard cap on buffered packets (a stream that never sets the marker bit).
 const MAX_BUFFERED: usize = 2048;
+/// A head frame that keeps being repaired is waited for at most this many waits in all. A 1080p
+/// screen keyframe is ~400 packets: at 5 % loss ~20 holes, one of which loses its retransmission
+/// too about every other keyframe. Giving up on it costs a keyframe request and another ~500 KB
+/// keyframe with its own holes: on `lossy` no share picture ever arrived that way (25 s).
+const MAX_WAITS_WHILE_REPAIRED: u32 = 4;
 
 impl Default for FrameAssembler {
     fn default() -> Self {
@@ -74,6 +84,7 @@ impl FrameAssembler {
             packets: BTreeMap::new(),
             highest: None,
             next_start: None,
+            gap_first: None,
             gap_since: None,
             wait: DEFAULT_WAIT,
             stats: AssemblerStats::default(),
@@ -95,7 +106,9 @@ impl FrameAssembler {
 
     /// When `poll` should next be called to give up on a hole, if one is open.
     pub fn deadline(&self) -> Option<Instant> {
-        self.gap_since.map(|t| t + self.wait)
+        let since = self.gap_since? + self.wait;
+        let cap = self.gap_first? + self.wait * MAX_WAITS_WHILE_REPAIRED;
+        Some(since.min(cap))
     }
 
     pub fn push(
@@ -123,6 +136,10 @@ impl FrameAssembler {
         }
         if self.highest.is_some_and(|h| ext < h) {
             self.stats.recovered += 1;
+            // A hole of the open gap was filled: the repair is progressing.
+            if self.gap_since.is_some() {
+                self.gap_since = Some(now);
+            }
         }
         self.highest = Some(self.highest.map_or(ext, |h| h.max(ext)));
         self.packets.insert(
@@ -163,6 +180,7 @@ impl FrameAssembler {
                         .map(|p| p.payload)
                         .collect();
                     self.next_start = Some(seq + 1);
+                    self.gap_first = None;
                     let repaired = self.gap_since.take().is_some();
                     self.stats.frames += 1;
                     return Some(Assembled::Frame {
@@ -178,12 +196,15 @@ impl FrameAssembler {
         // packets exist beyond the contiguous run.
         let hole = self.highest.is_some_and(|h| h >= seq);
         if !hole {
+            self.gap_first = None;
             self.gap_since = None;
             return None;
         }
+        let first_seen = *self.gap_first.get_or_insert(now);
         let since = *self.gap_since.get_or_insert(now);
         let frames_waiting = self.packets.values().filter(|p| p.marker).count();
-        let expired = now.saturating_duration_since(since) >= self.wait;
+        let expired = now.saturating_duration_since(since) >= self.wait
+            || now.saturating_duration_since(first_seen) >= self.wait * MAX_WAITS_WHILE_REPAIRED;
         if !expired && frames_waiting < MAX_FRAMES_WAITING && self.packets.len() < MAX_BUFFERED {
             return None;
         }
@@ -202,6 +223,7 @@ impl FrameAssembler {
         }
         self.next_start = Some(end + 1);
         // The next frame's hole, if any, waits afresh.
+        self.gap_first = None;
         self.gap_since = None;
         self.stats.lost += dropped;
         Some(Assembled::Lost { packets: dropped })
@@ -272,6 +294,48 @@ mod tests {
         );
         assert_eq!(a.stats().recovered, 1);
         assert_eq!(a.deadline(), None);
+    }
+
+    #[test]
+    fn a_big_frame_repaired_over_several_rounds_is_waited_for() {
+        let t = Instant::now();
+        let mut a = FrameAssembler::new();
+        a.set_wait(Duration::from_millis(100));
+        a.push(1, 0, true, pkt(0), t);
+        // A keyframe 2..=9 with holes at 3 and 7, and a frame behind it.
+        for n in [2u8, 4, 5, 6, 8] {
+            assert!(a.push(n as u16, 9, false, pkt(n), t).is_empty());
+        }
+        assert!(a.push(9, 9, true, pkt(9), t).is_empty());
+        assert!(a.push(10, 18, true, pkt(10), ms(t, 40)).is_empty());
+        // 3 comes back in the first round; 7's retransmission was lost and comes in the second,
+        // after the first wait would have run out.
+        assert!(a.push(3, 9, false, pkt(3), ms(t, 90)).is_empty());
+        assert_eq!(a.deadline(), Some(ms(t, 190)));
+        assert!(a.poll(ms(t, 150)).is_empty());
+        assert_eq!(
+            a.push(7, 9, false, pkt(7), ms(t, 170)),
+            vec![repaired(9, &[2, 3, 4, 5, 6, 7, 8, 9]), frame(18, &[10])]
+        );
+        assert_eq!(a.stats().lost, 0);
+    }
+
+    #[test]
+    fn a_frame_that_keeps_being_repaired_is_still_given_up_after_a_few_waits() {
+        let t = Instant::now();
+        let mut a = FrameAssembler::new();
+        a.set_wait(Duration::from_millis(100));
+        a.push(1, 0, true, pkt(0), t);
+        a.push(2, 9, false, pkt(2), t);
+        a.push(30, 9, true, pkt(30), t);
+        // One hole filled every 90 ms, never all of them.
+        for (i, n) in (3u8..=6).enumerate() {
+            let at = ms(t, 90 * (i as u64 + 1));
+            a.push(n as u16, 9, false, pkt(n), at);
+        }
+        assert_eq!(a.deadline(), Some(ms(t, 400)));
+        assert!(a.poll(ms(t, 399)).is_empty());
+        assert_eq!(a.poll(ms(t, 400)), vec![Assembled::Lost { packets: 23 }]);
     }
 
     #[test]

@@ -343,6 +343,12 @@ struct ChainTaps {
 /// (`RetransmissionGate`), so a retransmission that is itself lost is asked for again.
 const NACK_INTERVAL: Duration = Duration::from_millis(30);
 const NACKS_PER_PACKET: u16 = 10;
+/// Packets per stream the sender keeps for retransmission, and how far behind the newest packet
+/// a retransmission may arrive and still pass the receiver's SRTP replay check. Retransmissions
+/// are re-sends on the media SSRC (see `media_engine`), so with SRTP's default 64-packet window a
+/// hole in a 1080p screen keyframe (~400 packets in one burst) was refilled too late to be let
+/// in: under 5 % loss no share picture ever completed.
+const RETRANSMISSION_HISTORY: usize = 2048;
 
 fn media_engine() -> Result<(MediaEngine, Registry, ChainTaps), RtcError> {
     let mut me = MediaEngine::default();
@@ -382,7 +388,9 @@ fn media_engine() -> Result<(MediaEngine, Registry, ChainTaps), RtcError> {
         )
         .with(
             Slot::NackResponder,
-            NackResponderBuilder::new().with_size(2048).build(),
+            NackResponderBuilder::new()
+                .with_size(RETRANSMISSION_HISTORY as u16)
+                .build(),
         );
     // Transport-wide feedback both ways and our estimator on it; no pacer (it would queue audio
     // behind every keyframe at the estimate's pace).
@@ -691,6 +699,7 @@ impl Actor {
             // (seen on every 120 ms-RTT `4g` run). As DTLS server it waits for the offerer's
             // hello, which comes only once both sides are up.
             .with_answering_dtls_role(RTCDtlsRole::Server)
+            .with_srtp_replay_protection_window(RETRANSMISSION_HISTORY)
             .build();
         let ice_servers = config
             .ice_servers
