@@ -434,6 +434,49 @@ fn open_window(display: &str, title: &str) -> (x11rb::rust_connection::RustConne
     (conn, window)
 }
 
+/// Whether any pixel of `rgba` within `radius` of `(x, y)` differs from the window's fill.
+fn differs_from_fill_near(rgba: &RgbaFrame, x: usize, y: usize, radius: usize) -> bool {
+    let fill = [0x30, 0xa0, 0x50];
+    (y.saturating_sub(radius)..(y + radius).min(rgba.height)).any(|py| {
+        (x.saturating_sub(radius)..(x + radius).min(rgba.width)).any(|px| {
+            let i = (py * rgba.width + px) * 4;
+            (0..3).any(|c| (rgba.pixels[i + c] as i32 - fill[c]).abs() > 40)
+        })
+    })
+}
+
+#[test]
+fn the_pointer_is_drawn_where_it_is_in_a_shared_window() {
+    use x11rb::connection::Connection;
+    use x11rb::protocol::xproto::ConnectionExt as _;
+    let xvfb = Xvfb::start(1280, 720);
+    // The window sits at (100, 80) on the root; the pointer goes to (200, 150) inside it.
+    let (conn, window) = open_window(&xvfb.display, "Pointer");
+    let root = conn.setup().roots[0].root;
+    conn.warp_pointer(x11rb::NONE, root, 0, 0, 0, 0, 300, 230)
+        .unwrap();
+    conn.get_input_focus().unwrap().reply().unwrap();
+
+    let mut capturer = huddle::media::screen::open(&ScreenSource::X11 {
+        display: Some(xvfb.display.clone()),
+        window: Some(window),
+    })
+    .expect("capture opens");
+    let frame = capturer.capture(1).expect("a picture");
+    assert_eq!((frame.width, frame.height), (640, 400));
+    let mut rgba = RgbaFrame::default();
+    frame.to_rgba(&mut rgba);
+    assert!(
+        differs_from_fill_near(&rgba, 200, 150, 12),
+        "the pointer is drawn where it is in the window"
+    );
+    // Where root coordinates would put it, the window shows its plain fill.
+    assert!(
+        !differs_from_fill_near(&rgba, 300, 230, 12),
+        "no pointer at the root's coordinates"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn windows_are_offered_with_thumbnails_and_one_is_shared_at_its_size() {
     let xvfb = Xvfb::start(1280, 720);
