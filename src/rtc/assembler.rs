@@ -56,6 +56,8 @@ pub struct FrameAssembler {
     /// The last time a hole in the head frame was filled (or `gap_first`): the wait for the
     /// remaining holes counts from here.
     gap_since: Option<Instant>,
+    /// The head frame spans `BIG_FRAME_PACKETS` or more (its repair extends its wait).
+    head_is_big: bool,
     wait: Duration,
     stats: AssemblerStats,
 }
@@ -71,6 +73,11 @@ const MAX_BUFFERED: usize = 2048;
 /// too about every other keyframe. Giving up on it costs a keyframe request and another ~500 KB
 /// keyframe with its own holes: on `lossy` no share picture ever arrived that way (25 s).
 const MAX_WAITS_WHILE_REPAIRED: u32 = 4;
+/// A head frame spanning at least this many packets is a big keyframe, waited for while it is
+/// being repaired. Smaller frames (a camera's) are given up one wait after their first hole, as
+/// before: waiting on while old packets trickle back after an outage held the camera's first
+/// frame 1.4 s after the link returned (target 1 s).
+const BIG_FRAME_PACKETS: u64 = 64;
 
 impl Default for FrameAssembler {
     fn default() -> Self {
@@ -86,6 +93,7 @@ impl FrameAssembler {
             next_start: None,
             gap_first: None,
             gap_since: None,
+            head_is_big: false,
             wait: DEFAULT_WAIT,
             stats: AssemblerStats::default(),
         }
@@ -106,9 +114,12 @@ impl FrameAssembler {
 
     /// When `poll` should next be called to give up on a hole, if one is open.
     pub fn deadline(&self) -> Option<Instant> {
+        let first = self.gap_first?;
+        if !self.head_is_big {
+            return Some(first + self.wait);
+        }
         let since = self.gap_since? + self.wait;
-        let cap = self.gap_first? + self.wait * MAX_WAITS_WHILE_REPAIRED;
-        Some(since.min(cap))
+        Some(since.min(first + self.wait * MAX_WAITS_WHILE_REPAIRED))
     }
 
     pub fn push(
@@ -203,8 +214,19 @@ impl FrameAssembler {
         let first_seen = *self.gap_first.get_or_insert(now);
         let since = *self.gap_since.get_or_insert(now);
         let frames_waiting = self.packets.values().filter(|p| p.marker).count();
-        let expired = now.saturating_duration_since(since) >= self.wait
-            || now.saturating_duration_since(first_seen) >= self.wait * MAX_WAITS_WHILE_REPAIRED;
+        // The head frame's span: up to its marker when that has arrived, else what is there.
+        let head_end = self
+            .packets
+            .range(start..)
+            .find(|(_, p)| p.marker)
+            .map_or(self.highest.unwrap_or(start), |(s, _)| *s);
+        self.head_is_big = head_end + 1 - start >= BIG_FRAME_PACKETS;
+        let expired = if self.head_is_big {
+            now.saturating_duration_since(since) >= self.wait
+                || now.saturating_duration_since(first_seen) >= self.wait * MAX_WAITS_WHILE_REPAIRED
+        } else {
+            now.saturating_duration_since(first_seen) >= self.wait
+        };
         if !expired && frames_waiting < MAX_FRAMES_WAITING && self.packets.len() < MAX_BUFFERED {
             return None;
         }
@@ -302,22 +324,41 @@ mod tests {
         let mut a = FrameAssembler::new();
         a.set_wait(Duration::from_millis(100));
         a.push(1, 0, true, pkt(0), t);
-        // A keyframe 2..=9 with holes at 3 and 7, and a frame behind it.
-        for n in [2u8, 4, 5, 6, 8] {
+        // A keyframe 2..=101 with holes at 3 and 70, and a frame behind it.
+        for n in (2u8..=100).filter(|n| *n != 3 && *n != 70) {
             assert!(a.push(n as u16, 9, false, pkt(n), t).is_empty());
         }
-        assert!(a.push(9, 9, true, pkt(9), t).is_empty());
-        assert!(a.push(10, 18, true, pkt(10), ms(t, 40)).is_empty());
-        // 3 comes back in the first round; 7's retransmission was lost and comes in the second,
+        assert!(a.push(101, 9, true, pkt(101), t).is_empty());
+        assert!(a.push(102, 18, true, pkt(102), ms(t, 40)).is_empty());
+        // 3 comes back in the first round; 70's retransmission was lost and comes in the second,
         // after the first wait would have run out.
         assert!(a.push(3, 9, false, pkt(3), ms(t, 90)).is_empty());
         assert_eq!(a.deadline(), Some(ms(t, 190)));
         assert!(a.poll(ms(t, 150)).is_empty());
+        let keyframe: Vec<u8> = (2..=101).collect();
         assert_eq!(
-            a.push(7, 9, false, pkt(7), ms(t, 170)),
-            vec![repaired(9, &[2, 3, 4, 5, 6, 7, 8, 9]), frame(18, &[10])]
+            a.push(70, 9, false, pkt(70), ms(t, 170)),
+            vec![repaired(9, &keyframe), frame(18, &[102])]
         );
         assert_eq!(a.stats().lost, 0);
+    }
+
+    #[test]
+    fn a_small_frame_is_given_up_one_wait_after_its_first_hole_even_while_repaired() {
+        let t = Instant::now();
+        let mut a = FrameAssembler::new();
+        a.set_wait(Duration::from_millis(100));
+        a.push(1, 0, true, pkt(0), t);
+        a.push(2, 9, false, pkt(2), t);
+        a.push(6, 9, true, pkt(6), t);
+        a.push(7, 18, true, pkt(7), t);
+        a.poll(t);
+        a.push(3, 9, false, pkt(3), ms(t, 60));
+        assert_eq!(a.deadline(), Some(ms(t, 100)));
+        assert_eq!(
+            a.poll(ms(t, 100)),
+            vec![Assembled::Lost { packets: 2 }, frame(18, &[7])]
+        );
     }
 
     #[test]
@@ -327,7 +368,7 @@ mod tests {
         a.set_wait(Duration::from_millis(100));
         a.push(1, 0, true, pkt(0), t);
         a.push(2, 9, false, pkt(2), t);
-        a.push(30, 9, true, pkt(30), t);
+        a.push(130, 9, true, pkt(130), t);
         // One hole filled every 90 ms, never all of them.
         for (i, n) in (3u8..=6).enumerate() {
             let at = ms(t, 90 * (i as u64 + 1));
@@ -335,7 +376,7 @@ mod tests {
         }
         assert_eq!(a.deadline(), Some(ms(t, 400)));
         assert!(a.poll(ms(t, 399)).is_empty());
-        assert_eq!(a.poll(ms(t, 400)), vec![Assembled::Lost { packets: 23 }]);
+        assert_eq!(a.poll(ms(t, 400)), vec![Assembled::Lost { packets: 123 }]);
     }
 
     #[test]
