@@ -182,20 +182,6 @@ fn draw_on_root(display: &str, rgba: &[u8], width: usize, height: usize) {
         .expect("the picture is drawn");
 }
 
-/// PSNR of the luma of `got` against `want`, in dB.
-fn luma_psnr(got: &RgbaFrame, want: &RgbaFrame) -> f64 {
-    assert_eq!((got.width, got.height), (want.width, want.height));
-    let mut sum = 0.0;
-    for y in 0..got.height {
-        for x in 0..got.width {
-            let d = got.luma(x, y) as f64 - want.luma(x, y) as f64;
-            sum += d * d;
-        }
-    }
-    let mse = sum / (got.width * got.height) as f64;
-    10.0 * (255.0 * 255.0 / mse.max(1e-9)).log10()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_x_screen_arrives_sharp() {
     let (width, height) = (1920, 1080);
@@ -241,7 +227,9 @@ async fn a_shared_x_screen_arrives_sharp() {
             if (frame.width, frame.height) != (width, height) {
                 return None;
             }
-            let psnr = luma_psnr(&frame, &picture);
+            let psnr = frame
+                .luma_psnr(&picture)
+                .expect("pictures of the same size");
             best = best.max(psnr);
             eprintln!("picture {checked}: {psnr:.1} dB");
             (psnr >= 35.0).then_some(psnr)
@@ -283,7 +271,7 @@ fn the_x_capture_reads_what_is_on_the_screen() {
     let mut rgba = RgbaFrame::default();
     frame.to_rgba(&mut rgba);
     // Only colour conversion (RGB to I420 and back) stands between them.
-    let psnr = luma_psnr(&rgba, &picture);
+    let psnr = rgba.luma_psnr(&picture).expect("pictures of the same size");
     eprintln!("captured luma PSNR {psnr:.1} dB");
     assert!(psnr >= 40.0, "{psnr:.1} dB");
 }
@@ -370,7 +358,7 @@ fn one_monitor_of_two_is_listed_and_captured_alone() {
             .collect(),
         capture_us: 0,
     };
-    let psnr = luma_psnr(&rgba, &want);
+    let psnr = rgba.luma_psnr(&want).expect("pictures of the same size");
     eprintln!("right monitor luma PSNR {psnr:.1} dB");
     assert!(psnr >= 40.0, "{psnr:.1} dB");
 

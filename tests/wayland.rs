@@ -550,19 +550,6 @@ async fn serve_stand_in(bus: &str, portals: &Path, compositor: StandInCompositor
     served
 }
 
-fn luma_psnr(got: &RgbaFrame, want: &RgbaFrame) -> f64 {
-    assert_eq!((got.width, got.height), (want.width, want.height));
-    let mut sum = 0.0;
-    for y in 0..got.height {
-        for x in 0..got.width {
-            let d = got.luma(x, y) as f64 - want.luma(x, y) as f64;
-            sum += d * d;
-        }
-    }
-    let mse = sum / (got.width * got.height) as f64;
-    10.0 * (255.0 * 255.0 / mse.max(1e-9)).log10()
-}
-
 /// Opens a portal share on `bus` off the runtime (it blocks while the portal asks).
 async fn open_portal_share(
     bus: &str,
@@ -609,7 +596,7 @@ async fn a_portal_share_reads_the_picture_pipewire_carries_and_a_second_share_is
     let mut rgba = RgbaFrame::default();
     frame.to_rgba(&mut rgba);
     // Only colour conversion (RGB to I420 and back) stands between them.
-    let psnr = luma_psnr(&rgba, &want);
+    let psnr = rgba.luma_psnr(&want).expect("pictures of the same size");
     eprintln!("portal capture luma PSNR {psnr:.1} dB");
     assert!(psnr >= 40.0, "{psnr:.1} dB");
     {

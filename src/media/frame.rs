@@ -130,6 +130,23 @@ impl RgbaFrame {
         );
         ((299 * r + 587 * g + 114 * b) / 1000) as u8
     }
+
+    /// Peak signal-to-noise ratio of this picture's luma against `reference`, in dB (how close a
+    /// received or captured picture is to what was sent); `None` when the sizes differ.
+    pub fn luma_psnr(&self, reference: &RgbaFrame) -> Option<f64> {
+        if (self.width, self.height) != (reference.width, reference.height) {
+            return None;
+        }
+        let mut sum = 0.0;
+        for y in 0..self.height {
+            for x in 0..self.width {
+                let d = self.luma(x, y) as f64 - reference.luma(x, y) as f64;
+                sum += d * d;
+            }
+        }
+        let mse = sum / (self.width * self.height).max(1) as f64;
+        Some(10.0 * (255.0 * 255.0 / mse.max(1e-9)).log10())
+    }
 }
 
 /// Converts planar I420 with the given strides (luma, chroma) into `out`.

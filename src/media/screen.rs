@@ -1023,17 +1023,6 @@ mod codec_tests {
     use crate::media::codec::{H264Decoder, H264Encoder};
     use crate::media::frame::RgbaFrame;
 
-    fn luma_psnr(a: &RgbaFrame, b: &RgbaFrame) -> f64 {
-        let mut sum = 0.0;
-        for y in 0..a.height {
-            for x in 0..a.width {
-                let d = a.luma(x, y) as f64 - b.luma(x, y) as f64;
-                sum += d * d;
-            }
-        }
-        10.0 * (255.0f64 * 255.0 / (sum / (a.width * a.height) as f64).max(1e-9)).log10()
-    }
-
     /// The screen encoder on the synthetic share at the top rung's budget: the first keyframe
     /// is large (dense one-pixel text), rate control skips frames to pay for it, then every
     /// frame codes and the static text sharpens. Sizes and PSNR are printed.
@@ -1052,7 +1041,7 @@ mod codec_tests {
             coded += 1;
             assert!(dec.decode(&unit.data, &mut out).unwrap());
             frame.to_rgba(&mut src);
-            last_psnr = luma_psnr(&out, &src);
+            last_psnr = out.luma_psnr(&src).expect("same size");
             eprintln!(
                 "frame {n}: {} bytes, keyframe {}, luma PSNR {last_psnr:.1} dB",
                 unit.data.len(),

@@ -90,10 +90,7 @@ impl PortalCapturer {
     /// first picture. Blocking, for as long as the user takes in the dialog.
     pub fn open(bus: Option<&str>) -> Result<PortalCapturer, MediaError> {
         let shared = Arc::new(Shared::default());
-        let session = PortalSession::start(bus, shared.clone())?;
-        let Some(fd) = session.take_fd() else {
-            return Err(source_error("the portal gave no PipeWire connection"));
-        };
+        let (session, fd) = PortalSession::start(bus, shared.clone())?;
         let pipewire = PipeWireThread::start(fd, session.node, shared.clone())?;
         let Some(first) = shared.pictures.take_timeout(FIRST_PICTURE_TIMEOUT) else {
             let why = shared.ended().unwrap_or_else(|| {
@@ -206,14 +203,17 @@ struct Granted {
 /// ends the compositor's cast.
 struct PortalSession {
     node: u32,
-    fd: Mutex<Option<OwnedFd>>,
     close: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl PortalSession {
-    /// Asks the portal on `bus`; when the system later ends the share, says so in `shared`.
-    fn start(bus: Option<&str>, shared: Arc<Shared>) -> Result<PortalSession, MediaError> {
+    /// Asks the portal on `bus`; returns the session and the PipeWire connection it granted.
+    /// When the system later ends the share, says so in `shared`.
+    fn start(
+        bus: Option<&str>,
+        shared: Arc<Shared>,
+    ) -> Result<(PortalSession, OwnedFd), MediaError> {
         let bus = bus.map(str::to_owned);
         let (granted_tx, granted_rx) = mpsc::sync_channel(1);
         let (close_tx, close_rx) = tokio::sync::oneshot::channel::<()>();
@@ -232,16 +232,12 @@ impl PortalSession {
                 return Err(e);
             }
         };
-        Ok(PortalSession {
+        let session = PortalSession {
             node: granted.node,
-            fd: Mutex::new(Some(granted.fd)),
             close: Some(close_tx),
             thread: Some(thread),
-        })
-    }
-
-    fn take_fd(&self) -> Option<OwnedFd> {
-        self.fd.lock().ok().and_then(|mut fd| fd.take())
+        };
+        Ok((session, granted.fd))
     }
 }
 
@@ -274,18 +270,17 @@ fn run_session(
             return;
         }
     };
-    let opened = runtime.block_on(ask(bus.as_deref()));
-    let (session, answer) = match opened {
-        Ok((proxy, session, answer)) => ((proxy, session), Ok(answer)),
+    // The proxy is kept beside the session for as long as the share lasts.
+    let (_proxy, session, answer) = match runtime.block_on(ask(bus.as_deref())) {
+        Ok(opened) => opened,
         Err(e) => {
             let _ = granted.send(Err(e));
             return;
         }
     };
-    if granted.send(answer).is_err() {
+    if granted.send(Ok(answer)).is_err() {
         return;
     }
-    let (_proxy, session) = session;
     runtime.block_on(async {
         use futures_util::StreamExt;
         match session.receive_closed().await {
