@@ -1338,11 +1338,19 @@ impl Engine {
         if slowest == u64::MAX {
             return;
         }
-        let bitrate = crate::media::audio_pipeline::voice_bitrate_for(slowest);
-        // Opus sizes its in-band FEC for this loss; a floor keeps some protection on clean links.
-        let loss = ((lossiest * 100.0).ceil() as i32)
-            .clamp(crate::media::audio_pipeline::DEFAULT_EXPECTED_LOSS, 30);
-        self.audio.set_network(bitrate, loss);
+        use crate::media::audio_pipeline::{
+            DEFAULT_EXPECTED_LOSS, VoiceNetwork, voice_bitrate_for, voice_packet_samples_for,
+        };
+        let sending_video =
+            self.video.as_ref().is_some_and(|v| v.is_enabled()) || self.screen.is_some();
+        self.audio.set_network(VoiceNetwork {
+            bitrate_bps: voice_bitrate_for(slowest),
+            // Opus sizes its in-band FEC for this loss; a floor keeps some protection on clean
+            // links.
+            expected_loss_percent: ((lossiest * 100.0).ceil() as i32)
+                .clamp(DEFAULT_EXPECTED_LOSS, 30),
+            packet_samples: voice_packet_samples_for(slowest, sending_video),
+        });
     }
 
     /// While the peer stays in the room, the side with the smaller id offers a new connection

@@ -690,10 +690,14 @@ fn inner_mouth_to_ear() {
             instant_anchor.checked_sub(Duration::from_micros(back))
         })
         .collect();
-    let jitter_target = b
-        .media()
-        .remote_audio(&a_id)
-        .map(|s| (s.target_delay_ms, s.arrival_jitter_ms, s.transit_spread_ms));
+    let jitter_target = b.media().remote_audio(&a_id).map(|s| {
+        (
+            s.target_delay_ms,
+            s.arrival_jitter_ms,
+            s.transit_spread_ms,
+            s.jitter,
+        )
+    });
     let delays = gaps_ms(&mouth, &ear);
     println!(
         "measured: mouth-to-ear through the device paths: clicks at the mouth {}, at the ear {}",
@@ -717,7 +721,7 @@ fn inner_mouth_to_ear() {
         delays[delays.len() - 1]
     );
     println!(
-        "measured: listener's audio jitter buffer at the end (target, arrival jitter, transit spread): {jitter_target:?} ms"
+        "measured: listener's audio jitter buffer at the end (target ms, arrival jitter ms, transit spread ms, counts): {jitter_target:?}"
     );
     // The split is approximate: the mouth's onsets are seen through a monitor's capture delay,
     // which cancels in the whole figure but here moves from the first part to the second.

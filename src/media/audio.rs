@@ -1,17 +1,27 @@
-//! Audio sources and sinks at 48 kHz mono in 20 ms frames: the synthetic tone, a WAV file,
+//! Audio sources and sinks at 48 kHz mono, in blocks of any length (the pipeline moves 10 ms
+//! ones, `BLOCK_SAMPLES`): the synthetic tone, a WAV file,
 //! silence, and a recording sink that keeps what would have been played. Sources and sinks that
 //! stand in for devices pace themselves against the wall clock, as a sound card would.
 
 use super::MediaError;
-use super::codec::{FRAME_SAMPLES, SAMPLE_RATE};
+use super::codec::SAMPLE_RATE;
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub const FRAME_DURATION: Duration = Duration::from_millis(20);
+/// The unit audio moves through the pipeline in: 10 ms at 48 kHz. An Opus packet is one or two
+/// blocks (`codec::OpusEncoder`); the playout mixes and plays one block at a time.
+pub const BLOCK_SAMPLES: usize = 480;
+pub const BLOCK_DURATION: Duration = Duration::from_millis(10);
 
-/// Produces 20 ms frames. `next_frame` blocks until the frame is due.
+/// How long `samples` at 48 kHz last.
+pub fn span_of(samples: usize) -> Duration {
+    Duration::from_micros(samples as u64 * 1_000_000 / SAMPLE_RATE as u64)
+}
+
+/// Produces blocks of sound. `next_frame` fills `out` (any length; the pipeline asks for
+/// `BLOCK_SAMPLES`) and blocks until its last sample is due.
 pub trait AudioSource: Send {
     fn next_frame(&mut self, out: &mut [f32]) -> Result<(), MediaError>;
     /// A short description for logs and the UI.
@@ -27,14 +37,19 @@ pub trait AudioSource: Send {
     }
 }
 
-/// Consumes 20 ms frames. `play` blocks until the device (or clock) has room.
+/// Consumes blocks of sound (any length). `play` blocks until the device (or clock) has room.
 pub trait AudioSink: Send {
+    /// Blocks until the sink takes `samples` more without waiting. The playout calls it before
+    /// it mixes a block, so the block holds what arrived until the last moment (mixed first and
+    /// then held back by a full queue, it left behind packets that came meanwhile: up to a
+    /// block of delay).
+    fn wait_ready(&mut self, _samples: usize) {}
     fn play(&mut self, frame: &[f32]) -> Result<(), MediaError>;
     fn describe(&self) -> String;
 }
 
-/// Keeps a thread on a 20 ms cadence against the monotonic clock, without drift; after a long
-/// stall it skips ahead instead of bursting to catch up.
+/// Keeps a thread on a cadence against the monotonic clock, without drift; after a long stall
+/// it skips ahead instead of bursting to catch up.
 pub struct Pacer {
     next: Option<Instant>,
     period: Duration,
@@ -45,15 +60,22 @@ impl Pacer {
         Pacer { next: None, period }
     }
 
+    /// Waits for the next tick of the set period.
     pub fn wait(&mut self) {
+        self.wait_span(self.period);
+    }
+
+    /// Waits until the current tick is due; the next comes `span` after it (a sound source
+    /// paces by what it hands out, which need not be the same every time).
+    pub fn wait_span(&mut self, span: Duration) {
         let now = Instant::now();
         let due = *self.next.get_or_insert(now);
         if due > now {
             std::thread::sleep(due - now);
         }
-        let mut next = due + self.period;
-        if Instant::now() > next + self.period * 5 {
-            next = Instant::now() + self.period;
+        let mut next = due + span;
+        if Instant::now() > next + span.max(self.period) * 5 {
+            next = Instant::now() + span;
         }
         self.next = Some(next);
     }
@@ -79,17 +101,17 @@ impl ToneSource {
             frequency,
             amplitude,
             phase: 0.0,
-            pacer: Pacer::new(FRAME_DURATION),
+            pacer: Pacer::new(BLOCK_DURATION),
             click: None,
         }
     }
 
-    /// Silence broken by a full-scale 1 kHz burst (one frame) every `every`. The receiver finds
-    /// the bursts in its output to measure mouth-to-ear latency.
+    /// Silence broken by a full-scale 1 kHz burst (one block, 10 ms) every `every`. The
+    /// receiver finds the bursts in its output to measure mouth-to-ear latency.
     pub fn clicks(every: Duration) -> Self {
         let mut tone = ToneSource::new(1000.0, 0.0);
         tone.click = Some(ClickTrain {
-            every_frames: (every.as_millis() / 20).max(2) as u64,
+            every_frames: (every.as_millis() / BLOCK_DURATION.as_millis()).max(2) as u64,
             frame: 0,
         });
         tone
@@ -125,7 +147,7 @@ impl ToneSource {
 
 impl AudioSource for ToneSource {
     fn next_frame(&mut self, out: &mut [f32]) -> Result<(), MediaError> {
-        self.pacer.wait();
+        self.pacer.wait_span(span_of(out.len()));
         self.fill(out);
         Ok(())
     }
@@ -150,7 +172,7 @@ pub struct SilenceSource {
 impl SilenceSource {
     pub fn new() -> Self {
         SilenceSource {
-            pacer: Pacer::new(FRAME_DURATION),
+            pacer: Pacer::new(BLOCK_DURATION),
         }
     }
 }
@@ -163,7 +185,7 @@ impl Default for SilenceSource {
 
 impl AudioSource for SilenceSource {
     fn next_frame(&mut self, out: &mut [f32]) -> Result<(), MediaError> {
-        self.pacer.wait();
+        self.pacer.wait_span(span_of(out.len()));
         out.fill(0.0);
         Ok(())
     }
@@ -223,7 +245,7 @@ impl WavSource {
         Ok(WavSource {
             samples: samples.into(),
             pos: 0,
-            pacer: Pacer::new(FRAME_DURATION),
+            pacer: Pacer::new(BLOCK_DURATION),
             name: path.display().to_string(),
         })
     }
@@ -231,7 +253,7 @@ impl WavSource {
 
 impl AudioSource for WavSource {
     fn next_frame(&mut self, out: &mut [f32]) -> Result<(), MediaError> {
-        self.pacer.wait();
+        self.pacer.wait_span(span_of(out.len()));
         for s in out.iter_mut() {
             *s = self.samples[self.pos];
             self.pos = (self.pos + 1) % self.samples.len();
@@ -249,6 +271,8 @@ impl AudioSource for WavSource {
 pub struct RecordingSink {
     recording: Arc<Mutex<Recording>>,
     pacer: Arc<Mutex<Pacer>>,
+    /// `wait_ready` has waited for the next block already.
+    waited: bool,
 }
 
 pub struct Recording {
@@ -266,7 +290,8 @@ impl RecordingSink {
                 capacity: capacity_samples,
                 played: 0,
             })),
-            pacer: Arc::new(Mutex::new(Pacer::new(FRAME_DURATION))),
+            pacer: Arc::new(Mutex::new(Pacer::new(BLOCK_DURATION))),
+            waited: false,
         }
     }
 
@@ -285,9 +310,20 @@ impl RecordingSink {
 }
 
 impl AudioSink for RecordingSink {
-    /// Records the frame at once (this is when it is "heard"), then waits out its 20 ms, like a
-    /// device with one frame of buffer.
+    /// Waits until the block before has been "heard" for its length, like a device with one
+    /// block of buffer.
+    fn wait_ready(&mut self, samples: usize) {
+        if let Ok(mut pacer) = self.pacer.lock() {
+            pacer.wait_span(span_of(samples));
+        }
+        self.waited = true;
+    }
+
+    /// Records the block at once: this is when it is "heard".
     fn play(&mut self, frame: &[f32]) -> Result<(), MediaError> {
+        if !std::mem::take(&mut self.waited) {
+            self.wait_ready(frame.len());
+        }
         {
             let mut rec = self
                 .recording
@@ -301,9 +337,6 @@ impl AudioSink for RecordingSink {
             }
             rec.played += frame.len() as u64;
         }
-        if let Ok(mut pacer) = self.pacer.lock() {
-            pacer.wait();
-        }
         Ok(())
     }
     fn describe(&self) -> String {
@@ -314,12 +347,14 @@ impl AudioSink for RecordingSink {
 /// Discards what it is given, paced like a device (the app's speaker until one is chosen).
 pub struct NullSink {
     pacer: Pacer,
+    waited: bool,
 }
 
 impl NullSink {
     pub fn new() -> Self {
         NullSink {
-            pacer: Pacer::new(FRAME_DURATION),
+            pacer: Pacer::new(BLOCK_DURATION),
+            waited: false,
         }
     }
 }
@@ -331,8 +366,15 @@ impl Default for NullSink {
 }
 
 impl AudioSink for NullSink {
-    fn play(&mut self, _frame: &[f32]) -> Result<(), MediaError> {
-        self.pacer.wait();
+    fn wait_ready(&mut self, samples: usize) {
+        self.pacer.wait_span(span_of(samples));
+        self.waited = true;
+    }
+
+    fn play(&mut self, frame: &[f32]) -> Result<(), MediaError> {
+        if !std::mem::take(&mut self.waited) {
+            self.wait_ready(frame.len());
+        }
         Ok(())
     }
     fn describe(&self) -> String {
@@ -366,18 +408,6 @@ pub fn source_from_arg(arg: &str) -> Result<Option<Box<dyn AudioSource>>, MediaE
     }
 }
 
-/// Frame length check shared by the pipeline.
-pub fn check_frame(frame: &[f32]) -> Result<(), MediaError> {
-    if frame.len() == FRAME_SAMPLES {
-        Ok(())
-    } else {
-        Err(MediaError::Source(format!(
-            "audio frames are {FRAME_SAMPLES} samples, got {}",
-            frame.len()
-        )))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,7 +417,7 @@ mod tests {
     fn tone_has_its_frequency() {
         let mut tone = ToneSource::new(523.25, 0.5);
         let mut all = Vec::new();
-        let mut frame = vec![0.0; FRAME_SAMPLES];
+        let mut frame = vec![0.0; BLOCK_SAMPLES];
         for _ in 0..25 {
             tone.fill(&mut frame);
             all.extend_from_slice(&frame);
@@ -399,8 +429,8 @@ mod tests {
     #[test]
     fn clicks_are_spaced() {
         let mut clicks = ToneSource::clicks(Duration::from_millis(100));
-        let mut frame = vec![0.0; FRAME_SAMPLES];
-        let loud: Vec<bool> = (0..10)
+        let mut frame = vec![0.0; BLOCK_SAMPLES];
+        let loud: Vec<bool> = (0..20)
             .map(|_| {
                 let flagged = clicks.next_is_click();
                 clicks.fill(&mut frame);
@@ -409,12 +439,9 @@ mod tests {
                 loud
             })
             .collect();
-        assert_eq!(
-            loud,
-            [
-                true, false, false, false, false, true, false, false, false, false
-            ]
-        );
+        // One 10 ms block in ten.
+        let expected: Vec<bool> = (0..20).map(|i| i % 10 == 0).collect();
+        assert_eq!(loud, expected);
     }
 
     #[test]
@@ -452,9 +479,10 @@ mod tests {
     fn recording_sink_keeps_the_tail() {
         let mut sink = RecordingSink::new(1500);
         let reader = sink.clone();
-        sink.play(&[0.25; FRAME_SAMPLES]).unwrap();
-        sink.play(&[0.5; FRAME_SAMPLES]).unwrap();
-        assert_eq!(reader.played(), 2 * FRAME_SAMPLES as u64);
+        // Blocks of any length: 20 ms ones here.
+        sink.play(&[0.25; 960]).unwrap();
+        sink.play(&[0.5; 960]).unwrap();
+        assert_eq!(reader.played(), 2 * 960);
         let tail = reader.last(2000);
         assert_eq!(tail.len(), 1500);
         assert_eq!(tail[0], 0.25);

@@ -1,12 +1,17 @@
-//! The audio pipeline threads. Sending: one thread pulls 20 ms frames from the source, measures
-//! the level, and (unless muted) encodes them once with Opus for every peer. Receiving: one
-//! playout thread pulls a frame per remote stream from its jitter buffer every 20 ms, decodes
-//! (concealing losses), measures each stream, mixes them and hands the mix to the sink.
+//! The audio pipeline threads. Sending: one thread pulls 10 ms blocks from the source, measures
+//! the level, and (unless muted) encodes them once with Opus for every peer, in 10 ms packets
+//! where the links have room and 20 ms ones where they do not. Receiving: one playout thread
+//! takes a 10 ms block from each remote stream every 10 ms (decoding the stream's next packet
+//! from its jitter buffer when the last is used up, concealing losses), measures each stream,
+//! mixes them and hands the mix to the sink.
 
 use super::analysis::{click_onsets, dbfs, estimate_frequency};
 use super::apm::AudioProcessor;
-use super::audio::{AudioSink, AudioSource};
-use super::codec::{EncodedAudio, FRAME_SAMPLES, OpusDecoder, OpusEncoder, SAMPLE_RATE};
+use super::audio::{AudioSink, AudioSource, BLOCK_DURATION, BLOCK_SAMPLES};
+use super::codec::{
+    EncodedAudio, FRAME_SAMPLES, MAX_PACKET_SAMPLES, OpusDecoder, OpusEncoder, SAMPLE_RATE,
+    SHORT_FRAME_SAMPLES,
+};
 use super::jitter::{JitterBuffer, JitterConfig, JitterStats, Playout};
 use super::own_playout::{OwnPlayoutRemover, PlayoutHistory};
 use super::samples::Samples;
@@ -31,6 +36,30 @@ pub fn voice_bitrate_for(estimate_bps: u64) -> i32 {
     }
 }
 
+/// Estimates from which a call that sends video uses 10 ms audio packets. Half the packet
+/// accumulation, playout granularity and speaker queue of 20 ms ones (about 15 ms of
+/// mouth-to-ear) cost twice the packets: ~24 kbit/s more headers, 2 % of such a link, but 12 %
+/// of a 200 kbit/s uplink that video needs. Below `SHORT_PACKETS_UNTIL_BPS`, 20 ms packets again.
+pub const SHORT_PACKETS_FROM_BPS: u64 = 1_000_000;
+/// An audio-only call keeps 10 ms packets down to this estimate (its estimate stays near the
+/// start value, 300 kbit/s, as audio alone never probes for more).
+pub const SHORT_PACKETS_UNTIL_BPS: u64 = 200_000;
+
+/// Samples per Opus packet for a link whose estimate is `estimate_bps`: 10 ms where there is
+/// room, 20 ms where header overhead would take what video needs.
+pub fn voice_packet_samples_for(estimate_bps: u64, sending_video: bool) -> usize {
+    let floor = if sending_video {
+        SHORT_PACKETS_FROM_BPS
+    } else {
+        SHORT_PACKETS_UNTIL_BPS
+    };
+    if estimate_bps >= floor {
+        SHORT_FRAME_SAMPLES
+    } else {
+        FRAME_SAMPLES
+    }
+}
+
 /// Loss Opus prepares its in-band FEC for before any receiver has reported.
 pub const DEFAULT_EXPECTED_LOSS: i32 = 5;
 /// Speaker-to-microphone delay assumed before the echo canceller has measured it: the device
@@ -51,10 +80,31 @@ struct SendShared {
     /// Wall-clock times (µs) at which click frames were captured, for latency measurement.
     clicks: Mutex<Samples>,
     frames_sent: AtomicU32,
-    /// What the network asks of the encoder: bitrate (bps) and expected loss (percent).
-    network: Mutex<(i32, i32)>,
+    /// What the network asks of the encoder.
+    network: Mutex<VoiceNetwork>,
     /// Computer sound to mix in (a screen share's), replacing the current one at the next frame.
     next_system: Mutex<Option<Option<SystemSound>>>,
+}
+
+/// What the links ask of the one voice encoding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VoiceNetwork {
+    pub bitrate_bps: i32,
+    /// Loss Opus sizes its in-band FEC for (percent).
+    pub expected_loss_percent: i32,
+    /// Samples per packet: `SHORT_FRAME_SAMPLES` or `FRAME_SAMPLES`.
+    pub packet_samples: usize,
+}
+
+impl Default for VoiceNetwork {
+    fn default() -> Self {
+        VoiceNetwork {
+            bitrate_bps: VOICE_BITRATE,
+            expected_loss_percent: DEFAULT_EXPECTED_LOSS,
+            // Until a link has been measured: what a slow one needs.
+            packet_samples: FRAME_SAMPLES,
+        }
+    }
 }
 
 /// What the computer plays, shared with a screen share: the speaker's monitor. It holds what
@@ -93,99 +143,18 @@ impl AudioSender {
             ),
             clicks: Mutex::new(Samples::with_capacity(10_000)),
             frames_sent: AtomicU32::new(0),
-            network: Mutex::new((VOICE_BITRATE, DEFAULT_EXPECTED_LOSS)),
+            network: Mutex::new(VoiceNetwork::default()),
             next_system: Mutex::new(None),
         });
         let stop = Stopper::new();
-        let mut encoder = OpusEncoder::new(VOICE_BITRATE)?;
+        let encoder = OpusEncoder::new(VOICE_BITRATE)?;
         let thread = {
             let shared = shared.clone();
             let stop = stop.clone();
             let encoded = encoded.clone();
             std::thread::Builder::new()
                 .name("audio-send".into())
-                .spawn(move || {
-                    let mut source = source;
-                    let mut system: Option<SystemSound> = None;
-                    let mut silence = super::audio::SilenceSource::new();
-                    let mut frame = vec![0f32; FRAME_SAMPLES];
-                    let mut system_frame = vec![0f32; FRAME_SAMPLES];
-                    let mut network = (VOICE_BITRATE, DEFAULT_EXPECTED_LOSS);
-                    while !stop.is_stopped() {
-                        let wanted = *lock(&shared.network);
-                        if wanted != network {
-                            network = wanted;
-                            encoder.set_network(network.0, network.1);
-                        }
-                        if let Some(replacement) = lock(&shared.next_source).take() {
-                            *lock(&shared.description) = replacement
-                                .as_ref()
-                                .map(|s| s.describe())
-                                .unwrap_or_else(|| "none".into());
-                            source = replacement;
-                        }
-                        if let Some(replacement) = lock(&shared.next_system).take() {
-                            system = replacement;
-                        }
-                        let is_click = source.as_ref().is_some_and(|s| s.next_frame_is_marker());
-                        let captured = match source.as_mut() {
-                            Some(s) => s.next_frame(&mut frame),
-                            None => silence.next_frame(&mut frame),
-                        };
-                        let capture_us = now_us();
-                        if let Err(e) = captured {
-                            tracing::warn!(error = %e, "audio source failed; sending silence");
-                            source = None;
-                            continue;
-                        }
-                        if let Some(apm) = &processor
-                            && source.as_ref().is_some_and(|s| s.wants_processing())
-                        {
-                            apm.capture(&mut frame, ECHO_DELAY_HINT_MS);
-                        }
-                        shared
-                            .level
-                            .store(dbfs(&frame).to_bits(), Ordering::Relaxed);
-                        let voice = source.is_some() && !shared.muted.load(Ordering::Relaxed);
-                        if !voice {
-                            frame.fill(0.0);
-                        }
-                        // Computer sound is mixed in after the voice's processing, so the
-                        // microphone's echo canceller never takes it out; it is sent while
-                        // the microphone is muted too.
-                        let mut shared_sound = false;
-                        if let Some(sys) = system.as_mut() {
-                            match sys.source.next_frame(&mut system_frame) {
-                                Ok(()) => {
-                                    if let Some(remover) = sys.remover.as_mut() {
-                                        remover.process(&mut system_frame);
-                                    }
-                                    for (f, s) in frame.iter_mut().zip(&system_frame) {
-                                        *f = (*f + s).clamp(-1.0, 1.0);
-                                    }
-                                    shared_sound = true;
-                                }
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "computer sound failed; no longer shared");
-                                    system = None;
-                                }
-                            }
-                        }
-                        if !voice && !shared_sound {
-                            continue;
-                        }
-                        match encoder.encode(&frame) {
-                            Ok(data) => {
-                                if is_click {
-                                    lock(&shared.clicks).push(capture_us as i64);
-                                }
-                                shared.frames_sent.fetch_add(1, Ordering::Relaxed);
-                                let _ = encoded.send(Arc::new(EncodedAudio { data, capture_us }));
-                            }
-                            Err(e) => tracing::warn!(error = %e, "opus encode failed"),
-                        }
-                    }
-                })
+                .spawn(move || send_loop(source, &shared, &stop, processor, encoder, &encoded))
                 .map_err(|e| MediaError::Thread(e.to_string()))?
         };
         Ok(AudioSender {
@@ -201,8 +170,8 @@ impl AudioSender {
     }
 
     /// Adapts the encoder to the worst link among the peers (one encoding serves all).
-    pub fn set_network(&self, bitrate_bps: i32, expected_loss_percent: i32) {
-        *lock(&self.shared.network) = (bitrate_bps, expected_loss_percent);
+    pub fn set_network(&self, network: VoiceNetwork) {
+        *lock(&self.shared.network) = network;
     }
 
     /// Muted: frames are still captured (for the local meter) but nothing is sent.
@@ -252,6 +221,122 @@ impl Drop for AudioSender {
     }
 }
 
+/// The sending thread: blocks from the source, processed, metered, mixed with computer sound,
+/// gathered into packets of the length the network asks for, encoded once for every peer.
+fn send_loop(
+    mut source: Option<Box<dyn AudioSource>>,
+    shared: &SendShared,
+    stop: &Stopper,
+    processor: Option<Arc<AudioProcessor>>,
+    mut encoder: OpusEncoder,
+    encoded: &broadcast::Sender<Arc<EncodedAudio>>,
+) {
+    let mut system: Option<SystemSound> = None;
+    let mut silence = super::audio::SilenceSource::new();
+    let mut block = vec![0f32; BLOCK_SAMPLES];
+    let mut system_block = vec![0f32; BLOCK_SAMPLES];
+    let mut network = VoiceNetwork::default();
+    // The packet being gathered, whether any of its blocks carries sound to send, and when
+    // its click (if any) was captured.
+    let mut packet: Vec<f32> = Vec::with_capacity(FRAME_SAMPLES);
+    let mut packet_has_sound = false;
+    let mut packet_click_us: Option<u64> = None;
+    while !stop.is_stopped() {
+        // The packet length changes only between packets.
+        if packet.is_empty() {
+            let wanted = *lock(&shared.network);
+            if wanted != network {
+                if (wanted.bitrate_bps, wanted.expected_loss_percent)
+                    != (network.bitrate_bps, network.expected_loss_percent)
+                {
+                    encoder.set_network(wanted.bitrate_bps, wanted.expected_loss_percent);
+                }
+                network = wanted;
+            }
+        }
+        if let Some(replacement) = lock(&shared.next_source).take() {
+            *lock(&shared.description) = replacement
+                .as_ref()
+                .map(|s| s.describe())
+                .unwrap_or_else(|| "none".into());
+            source = replacement;
+        }
+        if let Some(replacement) = lock(&shared.next_system).take() {
+            system = replacement;
+        }
+        let is_click = source.as_ref().is_some_and(|s| s.next_frame_is_marker());
+        let captured = match source.as_mut() {
+            Some(s) => s.next_frame(&mut block),
+            None => silence.next_frame(&mut block),
+        };
+        let capture_us = now_us();
+        if let Err(e) = captured {
+            tracing::warn!(error = %e, "audio source failed; sending silence");
+            source = None;
+            continue;
+        }
+        if let Some(apm) = &processor
+            && source.as_ref().is_some_and(|s| s.wants_processing())
+        {
+            apm.capture(&mut block, ECHO_DELAY_HINT_MS);
+        }
+        shared
+            .level
+            .store(dbfs(&block).to_bits(), Ordering::Relaxed);
+        let voice = source.is_some() && !shared.muted.load(Ordering::Relaxed);
+        if !voice {
+            block.fill(0.0);
+        }
+        // Computer sound is mixed in after the voice's processing, so the microphone's echo
+        // canceller never takes it out; it is sent while the microphone is muted too.
+        let mut shared_sound = false;
+        if let Some(sys) = system.as_mut() {
+            match sys.source.next_frame(&mut system_block) {
+                Ok(()) => {
+                    if let Some(remover) = sys.remover.as_mut() {
+                        remover.process(&mut system_block);
+                    }
+                    for (f, s) in block.iter_mut().zip(&system_block) {
+                        *f = (*f + s).clamp(-1.0, 1.0);
+                    }
+                    shared_sound = true;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "computer sound failed; no longer shared");
+                    system = None;
+                }
+            }
+        }
+        packet.extend_from_slice(&block);
+        packet_has_sound |= voice || shared_sound;
+        if is_click {
+            packet_click_us.get_or_insert(capture_us);
+        }
+        if packet.len() < network.packet_samples {
+            continue;
+        }
+        let (has_sound, click_us) = (packet_has_sound, packet_click_us.take());
+        packet_has_sound = false;
+        if has_sound {
+            match encoder.encode(&packet) {
+                Ok(data) => {
+                    if let Some(at) = click_us {
+                        lock(&shared.clicks).push(at as i64);
+                    }
+                    shared.frames_sent.fetch_add(1, Ordering::Relaxed);
+                    let _ = encoded.send(Arc::new(EncodedAudio {
+                        data,
+                        capture_us,
+                        samples: packet.len(),
+                    }));
+                }
+                Err(e) => tracing::warn!(error = %e, "opus encode failed"),
+            }
+        }
+        packet.clear();
+    }
+}
+
 /// Measurements of one remote audio stream.
 #[derive(Debug, Clone, Default)]
 pub struct RemoteAudioStats {
@@ -271,9 +356,48 @@ pub struct RemoteAudioStats {
 struct RemoteStream {
     jitter: JitterBuffer,
     decoder: OpusDecoder,
+    /// Decoded (or concealed) samples not played yet: a packet of 20 ms is played as two
+    /// blocks.
+    pending: VecDeque<f32>,
     recent: VecDeque<f32>,
     stats: RemoteAudioStats,
-    frames_since_estimate: u32,
+    samples_since_estimate: usize,
+}
+
+impl RemoteStream {
+    /// Decodes packets from the jitter buffer until a block's worth is pending.
+    fn fill(&mut self, scratch: &mut [f32]) {
+        while self.pending.len() < BLOCK_SAMPLES {
+            // A lost frame is concealed at the length of the stream's packets.
+            let frame = self
+                .jitter
+                .frame_samples()
+                .clamp(BLOCK_SAMPLES, scratch.len());
+            let decoded = match self.jitter.pop() {
+                Playout::Frame(packet) => self.decoder.decode(Some(&packet), scratch),
+                Playout::Conceal { next: Some(next) } => {
+                    self.decoder.decode_fec(&next, &mut scratch[..frame])
+                }
+                Playout::Conceal { next: None } => self.decoder.decode(None, &mut scratch[..frame]),
+                // One block at a time: a talk spurt that starts is not held behind a frame
+                // of silence.
+                Playout::Silence => {
+                    scratch[..BLOCK_SAMPLES].fill(0.0);
+                    Ok(BLOCK_SAMPLES)
+                }
+            };
+            let n = match decoded {
+                Ok(n) if n > 0 => n.min(scratch.len()),
+                // A packet that does not decode plays as a frame of silence.
+                _ => {
+                    scratch[..frame].fill(0.0);
+                    frame
+                }
+            };
+            measure(self, n, scratch);
+            self.pending.extend(&scratch[..n]);
+        }
+    }
 }
 
 struct PlayoutShared {
@@ -347,12 +471,13 @@ impl AudioPlayout {
         let stream = RemoteStream {
             jitter: JitterBuffer::new(JitterConfig::default()),
             decoder: OpusDecoder::new()?,
+            pending: VecDeque::with_capacity(MAX_PACKET_SAMPLES + BLOCK_SAMPLES),
             recent: VecDeque::with_capacity(SAMPLE_RATE as usize),
             stats: RemoteAudioStats {
                 level_dbfs: -100.0,
                 ..Default::default()
             },
-            frames_since_estimate: 0,
+            samples_since_estimate: 0,
         };
         lock(&self.shared.streams).insert(key.to_owned(), stream);
         Ok(())
@@ -417,41 +542,29 @@ fn playout_loop(
     stop: Stopper,
     processor: Option<Arc<AudioProcessor>>,
 ) {
-    let mut mix = vec![0f32; FRAME_SAMPLES];
-    let mut frame = vec![0f32; FRAME_SAMPLES];
-    // Samples since the last click seen, so one click is not counted twice across frames.
+    let mut mix = vec![0f32; BLOCK_SAMPLES];
+    let mut scratch = vec![0f32; MAX_PACKET_SAMPLES];
+    // Samples since the last click seen, so one click is not counted twice across blocks.
     let mut quiet_run = usize::MAX / 2;
     while !stop.is_stopped() {
         if let Some(replacement) = lock(&shared.next_sink).take() {
             sink = replacement;
         }
+        sink.wait_ready(BLOCK_SAMPLES);
         mix.fill(0.0);
         {
             let mut streams = lock(&shared.streams);
             for stream in streams.values_mut() {
-                let played = match stream.jitter.pop() {
-                    Playout::Frame(packet) => stream.decoder.decode(Some(&packet), &mut frame),
-                    Playout::Conceal { next: Some(next) } => {
-                        stream.decoder.decode_fec(&next, &mut frame)
-                    }
-                    Playout::Conceal { next: None } => stream.decoder.decode(None, &mut frame),
-                    Playout::Silence => {
-                        frame.fill(0.0);
-                        Ok(0)
-                    }
-                };
-                if played.is_err() {
-                    frame.fill(0.0);
-                }
-                for (m, s) in mix.iter_mut().zip(&frame) {
+                stream.fill(&mut scratch);
+                let take = BLOCK_SAMPLES.min(stream.pending.len());
+                for (m, s) in mix.iter_mut().zip(stream.pending.drain(..take)) {
                     *m += s;
                 }
-                measure(stream, &frame);
             }
         }
         {
             let mut cue = lock(&shared.cue);
-            let take = FRAME_SAMPLES.min(cue.len());
+            let take = BLOCK_SAMPLES.min(cue.len());
             for (m, s) in mix.iter_mut().zip(cue.drain(..take)) {
                 *m += s;
             }
@@ -473,18 +586,20 @@ fn playout_loop(
                 }
                 quiet_run = 0;
             } else {
-                quiet_run += FRAME_SAMPLES;
+                quiet_run += BLOCK_SAMPLES;
             }
         }
         if let Err(e) = sink.play(&mix) {
             tracing::warn!(error = %e, "audio output failed");
             // Keep time moving so jitter buffers do not overflow while the sink is broken.
-            std::thread::sleep(super::audio::FRAME_DURATION);
+            std::thread::sleep(BLOCK_DURATION);
         }
     }
 }
 
-fn measure(stream: &mut RemoteStream, frame: &[f32]) {
+/// Meters one decoded (or concealed) frame of `n` samples at the front of `decoded`.
+fn measure(stream: &mut RemoteStream, n: usize, decoded: &[f32]) {
+    let frame = &decoded[..n];
     let level = dbfs(frame);
     stream.stats.level_dbfs = level;
     if level > -90.0 {
@@ -496,10 +611,10 @@ fn measure(stream: &mut RemoteStream, frame: &[f32]) {
         }
         stream.recent.push_back(s);
     }
-    stream.frames_since_estimate += 1;
+    stream.samples_since_estimate += n;
     // Once every 250 ms is plenty for a meter and for tests.
-    if stream.frames_since_estimate >= 12 {
-        stream.frames_since_estimate = 0;
+    if stream.samples_since_estimate >= SAMPLE_RATE as usize / 4 {
+        stream.samples_since_estimate = 0;
         let (a, b) = stream.recent.as_slices();
         let mut joined = Vec::with_capacity(a.len() + b.len());
         joined.extend_from_slice(a);

@@ -1,5 +1,5 @@
 //! Codecs: H.264 constrained baseline through openh264 (what Chromium negotiates as 42e01f,
-//! packetization-mode 1) and Opus at 48 kHz mono in 20 ms frames.
+//! packetization-mode 1) and Opus at 48 kHz mono in 10 or 20 ms packets.
 
 use super::MediaError;
 use super::frame::{I420Frame, RgbaFrame};
@@ -14,8 +14,13 @@ use openh264::formats::YUVSource;
 
 /// Audio sample rate used everywhere inside Huddle.
 pub const SAMPLE_RATE: u32 = 48_000;
-/// Samples in one 20 ms mono frame.
+/// Samples in a 20 ms Opus packet, the longest we send (on slow links: see
+/// `audio_pipeline::voice_packet_samples_for`).
 pub const FRAME_SAMPLES: usize = 960;
+/// Samples in a 10 ms Opus packet, the shortest we send.
+pub const SHORT_FRAME_SAMPLES: usize = 480;
+/// The longest packet Opus can carry (120 ms): the decoder's output buffer.
+pub const MAX_PACKET_SAMPLES: usize = 5760;
 /// Largest Opus packet we produce or accept.
 pub const MAX_OPUS_PACKET: usize = 1500;
 
@@ -29,11 +34,13 @@ pub struct EncodedVideo {
     pub height: usize,
 }
 
-/// One encoded 20 ms Opus frame.
+/// One encoded Opus packet.
 #[derive(Clone, Debug)]
 pub struct EncodedAudio {
     pub data: Bytes,
     pub capture_us: u64,
+    /// Samples at 48 kHz the packet holds (its RTP timestamp step).
+    pub samples: usize,
 }
 
 struct FrameRef<'a>(&'a I420Frame);
@@ -319,11 +326,11 @@ impl OpusEncoder {
             .set_packet_loss_perc(expected_loss_percent.clamp(0, 100));
     }
 
-    /// Encodes exactly one 20 ms frame of samples in -1.0..=1.0.
+    /// Encodes one 10 or 20 ms packet of samples in -1.0..=1.0.
     pub fn encode(&mut self, samples: &[f32]) -> Result<Bytes, MediaError> {
-        if samples.len() != FRAME_SAMPLES {
+        if samples.len() != FRAME_SAMPLES && samples.len() != SHORT_FRAME_SAMPLES {
             return Err(MediaError::Codec(format!(
-                "opus frames are {FRAME_SAMPLES} samples, got {}",
+                "opus packets here are {SHORT_FRAME_SAMPLES} or {FRAME_SAMPLES} samples, got {}",
                 samples.len()
             )));
         }
@@ -346,14 +353,16 @@ impl OpusDecoder {
         Ok(OpusDecoder { inner })
     }
 
-    /// Decodes a packet into `out` (one frame). `None` conceals a lost frame.
+    /// Decodes a packet into `out` (which must hold the packet's samples; `MAX_PACKET_SAMPLES`
+    /// holds any). `None` conceals a lost frame of `out.len()` samples.
     pub fn decode(&mut self, packet: Option<&[u8]>, out: &mut [f32]) -> Result<usize, MediaError> {
         self.inner
             .decode_float(packet.unwrap_or(&[]), out, false)
             .map_err(|e| MediaError::Codec(format!("opus decode: {e}")))
     }
 
-    /// Rebuilds the frame before `next_packet` from its in-band FEC data.
+    /// Rebuilds the frame before `next_packet` from its in-band FEC data; `out.len()` is that
+    /// frame's length.
     pub fn decode_fec(&mut self, next_packet: &[u8], out: &mut [f32]) -> Result<usize, MediaError> {
         self.inner
             .decode_float(next_packet, out, true)
@@ -438,30 +447,45 @@ mod tests {
         }
     }
 
-    #[test]
-    fn opus_round_trip_of_a_tone() {
+    /// `packet` samples per packet, 0.5 s of a 440 Hz tone: the decoded RMS after the start.
+    fn tone_through_opus(packet: usize) -> f32 {
         let mut enc = OpusEncoder::new(32_000).unwrap();
         let mut dec = OpusDecoder::new().unwrap();
-        let mut out = vec![0f32; FRAME_SAMPLES];
+        let mut out = vec![0f32; MAX_PACKET_SAMPLES];
         let mut energy = 0.0;
-        for f in 0..25 {
-            let frame: Vec<f32> = (0..FRAME_SAMPLES)
+        let packets = SAMPLE_RATE as usize / 2 / packet;
+        let skip = packets / 4;
+        for f in 0..packets {
+            let frame: Vec<f32> = (0..packet)
                 .map(|i| {
-                    let t = (f * FRAME_SAMPLES + i) as f32 / SAMPLE_RATE as f32;
+                    let t = (f * packet + i) as f32 / SAMPLE_RATE as f32;
                     0.5 * (2.0 * std::f32::consts::PI * 440.0 * t).sin()
                 })
                 .collect();
-            let packet = enc.encode(&frame).unwrap();
-            assert!(packet.len() < 400);
-            assert_eq!(dec.decode(Some(&packet), &mut out).unwrap(), FRAME_SAMPLES);
-            if f > 5 {
-                energy += out.iter().map(|s| s * s).sum::<f32>();
+            let data = enc.encode(&frame).unwrap();
+            assert!(data.len() < 400);
+            let n = dec.decode(Some(&data), &mut out).unwrap();
+            assert_eq!(n, packet);
+            if f >= skip {
+                energy += out[..n].iter().map(|s| s * s).sum::<f32>();
             }
         }
-        let rms = (energy / (19 * FRAME_SAMPLES) as f32).sqrt();
-        assert!((rms - 0.354).abs() < 0.05, "rms {rms}");
-        // Concealment of a lost frame produces a frame too.
-        assert_eq!(dec.decode(None, &mut out).unwrap(), FRAME_SAMPLES);
+        // Concealment of a lost packet produces as many samples as asked for.
+        assert_eq!(dec.decode(None, &mut out[..packet]).unwrap(), packet);
+        (energy / ((packets - skip) * packet) as f32).sqrt()
+    }
+
+    #[test]
+    fn opus_round_trip_of_a_tone_in_20_and_10_ms_packets() {
+        for packet in [FRAME_SAMPLES, SHORT_FRAME_SAMPLES] {
+            let rms = tone_through_opus(packet);
+            assert!(
+                (rms - 0.354).abs() < 0.05,
+                "{packet}-sample packets: rms {rms}"
+            );
+        }
+        let mut enc = OpusEncoder::new(32_000).unwrap();
         assert!(enc.encode(&[0.0; 10]).is_err());
+        assert!(enc.encode(&[0.0; 720]).is_err());
     }
 }

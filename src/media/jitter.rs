@@ -1,9 +1,11 @@
 //! Adaptive audio jitter buffer as a state machine without I/O: packets go in with their RTP
-//! sequence number, timestamp and arrival time; every 20 ms the playout asks for the next frame.
-//! The target delay follows the measured inter-arrival jitter (RFC 3550) and the recent spread of
-//! transit times (bursts of delay the smoothed jitter misses), between 20 and 240 ms, plus a
-//! frame for each recent loss or late packet; a buffer that holds more than its target for a
-//! second sheds a frame, at a quiet one where it can.
+//! sequence number, timestamp and arrival time; the playout asks for the next frame once it has
+//! played the last. A frame is one packet, 10 or 20 ms long (the sender chooses; the buffer
+//! follows the RTP timestamp steps). The target delay follows the measured inter-arrival jitter
+//! (RFC 3550) and the recent spread of transit times (bursts of delay the smoothed jitter
+//! misses), between one frame and 240 ms, plus a frame for each recent loss or late packet; a
+//! buffer that holds more than its target for a second sheds a frame, at a quiet one where it
+//! can.
 
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -11,6 +13,7 @@ use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug)]
 pub struct JitterConfig {
+    /// The frame length assumed until two consecutive packets show the sender's.
     pub frame: Duration,
     pub min_delay: Duration,
     pub max_delay: Duration,
@@ -22,7 +25,8 @@ impl Default for JitterConfig {
     fn default() -> Self {
         JitterConfig {
             frame: Duration::from_millis(20),
-            min_delay: Duration::from_millis(20),
+            // One frame, whichever length.
+            min_delay: Duration::from_millis(10),
             max_delay: Duration::from_millis(240),
             clock_rate: 48_000,
         }
@@ -56,6 +60,10 @@ pub struct JitterStats {
 
 pub struct JitterBuffer {
     config: JitterConfig,
+    /// The sender's packet length, from the RTP timestamp step between consecutive packets.
+    frame: Duration,
+    /// Sequence number and RTP timestamp of the last packet pushed.
+    last_pushed: Option<(u64, u32)>,
     packets: BTreeMap<u64, Bytes>,
     highest: Option<u64>,
     /// Next sequence number to play; `None` while (re)buffering.
@@ -90,22 +98,24 @@ pub struct JitterBuffer {
     stats: JitterStats,
 }
 
-/// Concealed frames in a row, with nothing buffered, before we decide the sender went quiet.
-const MAX_CONCEAL_WITH_EMPTY_BUFFER: u32 = 3;
+/// Concealment in a row, with nothing buffered, before we decide the sender went quiet.
+const MAX_CONCEAL_WITH_EMPTY_BUFFER: Duration = Duration::from_millis(60);
 /// Arrival variation under this share of a frame does not add a frame to the target, once
 /// this many arrivals (a second of audio) have been measured.
 const QUIET_PATH_SHARE: f64 = 0.25;
 const QUIET_PATH_MIN_ARRIVALS: usize = 50;
-/// Frames a loss or a late packet can add to the target, and how many pops (15 s) of calm
-/// give one back.
+/// Frames a loss or a late packet can add to the target, and how long a calm gives one back.
 const MAX_GROWN_FRAMES: usize = 3;
-const GROWN_KEEP_POPS: u64 = 750;
-/// A buffer holding more than its target at every pop for this long (1 s) sheds a frame at
-/// the next quiet packet, or at any packet once it has waited three times as long. Without it
-/// a buffer that started deep, or whose target fell, kept its extra frame for good: 20 ms of
+const GROWN_KEEP: Duration = Duration::from_secs(15);
+/// A buffer holding more than its target at every pop for this long sheds a frame at the next
+/// quiet packet, or at any packet once it has waited three times as long. Without it a buffer
+/// that started deep, or whose target fell, kept its extra frame for good: 20 ms of
 /// mouth-to-ear on every loopback call.
-const SHED_AFTER_POPS: u32 = 50;
-const SHED_ANYWAY_AFTER_POPS: u32 = 150;
+const SHED_AFTER: Duration = Duration::from_secs(1);
+const SHED_ANYWAY_AFTER: Duration = Duration::from_secs(3);
+/// Packet lengths the timestamp step is believed for (Opus: 2.5 to 120 ms).
+const FRAME_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_micros(2500)..=Duration::from_millis(120);
 /// A payload under this share of the recent largest is taken for silence.
 const QUIET_PAYLOAD_SHARE: f64 = 0.5;
 /// Seconds of arrivals the transit spread is measured over.
@@ -119,6 +129,8 @@ const TALK_SPURT_GAP: Duration = Duration::from_millis(200);
 impl JitterBuffer {
     pub fn new(config: JitterConfig) -> Self {
         JitterBuffer {
+            frame: config.frame,
+            last_pushed: None,
             config,
             packets: BTreeMap::new(),
             highest: None,
@@ -159,11 +171,22 @@ impl JitterBuffer {
 
     /// Current target delay, a whole number of frames.
     pub fn target_delay(&self) -> Duration {
-        self.config.frame * self.target_frames() as u32
+        self.frame * self.target_frames() as u32
+    }
+
+    /// The sender's packet length in samples at the stream's clock rate: how much a lost
+    /// packet's concealment must make up.
+    pub fn frame_samples(&self) -> usize {
+        (self.frame.as_secs_f64() * self.config.clock_rate as f64).round() as usize
+    }
+
+    /// Pops (frames played) in `span`, at least one.
+    fn pops_in(&self, span: Duration) -> u64 {
+        ((span.as_secs_f64() / self.frame.as_secs_f64()).round() as u64).max(1)
     }
 
     fn target_frames(&self) -> usize {
-        let frame = self.config.frame.as_secs_f64();
+        let frame = self.frame.as_secs_f64();
         let variation = (3.0 * self.jitter_secs).max(self.spread_secs);
         // Rounded up, the smallest variation would buy a whole frame of delay (on loopback a
         // millisecond cost 20 ms of mouth-to-ear). Where it is that small, one frame; a packet
@@ -208,6 +231,16 @@ impl JitterBuffer {
             ext = self.unwrap_seq(seq);
         }
         self.highest = Some(self.highest.map_or(ext, |h| h.max(ext)));
+        if let Some((last_seq, last_ts)) = self.last_pushed
+            && ext == last_seq + 1
+        {
+            let step = rtp_timestamp.wrapping_sub(last_ts) as f64 / self.config.clock_rate as f64;
+            let step = Duration::from_secs_f64(step);
+            if FRAME_RANGE.contains(&step) {
+                self.frame = step;
+            }
+        }
+        self.last_pushed = Some((ext, rtp_timestamp));
 
         // Inter-arrival jitter, RFC 3550 section 6.4.1.
         let epoch = *self.epoch.get_or_insert(now);
@@ -259,7 +292,7 @@ impl JitterBuffer {
     /// The frame to play now. Call once per frame period.
     pub fn pop(&mut self) -> Playout {
         self.pops += 1;
-        if self.grown_frames > 0 && self.pops - self.grown_at_pop > GROWN_KEEP_POPS {
+        if self.grown_frames > 0 && self.pops - self.grown_at_pop > self.pops_in(GROWN_KEEP) {
             self.grown_frames -= 1;
             self.grown_at_pop = self.pops;
         }
@@ -302,11 +335,13 @@ impl JitterBuffer {
         } else {
             self.surplus_pops = 0;
         }
-        if self.surplus_pops >= SHED_AFTER_POPS
+        let (shed_after, shed_anyway_after) =
+            (self.pops_in(SHED_AFTER), self.pops_in(SHED_ANYWAY_AFTER));
+        if u64::from(self.surplus_pops) >= shed_after
             && self.packets.contains_key(&(next + 1))
             && self.packets.get(&next).is_some_and(|p| {
                 (p.len() as f64) < self.loud_payload * QUIET_PAYLOAD_SHARE
-                    || self.surplus_pops >= SHED_ANYWAY_AFTER_POPS
+                    || u64::from(self.surplus_pops) >= shed_anyway_after
             })
         {
             self.packets.remove(&next);
@@ -336,7 +371,7 @@ impl JitterBuffer {
         }
         if self.packets.is_empty() {
             self.missing_run += 1;
-            if self.missing_run > MAX_CONCEAL_WITH_EMPTY_BUFFER {
+            if u64::from(self.missing_run) > self.pops_in(MAX_CONCEAL_WITH_EMPTY_BUFFER) {
                 self.next = None;
                 self.stats.underruns += 1;
                 return Playout::Silence;
@@ -406,6 +441,39 @@ mod tests {
         assert_eq!(played[0], Some(0));
         assert!(played.iter().zip(0..).all(|(p, i)| *p == Some(i)));
         assert_eq!(s.jb.target_delay(), Duration::from_millis(20));
+        assert_eq!(s.jb.stats().concealed, 0);
+    }
+
+    #[test]
+    fn a_stream_of_10_ms_packets_is_followed_at_its_own_frame_length() {
+        let mut s = Sim::new();
+        assert_eq!(
+            s.jb.frame_samples(),
+            960,
+            "20 ms until packets show otherwise"
+        );
+        let mut played = Vec::new();
+        // 20 ms packets first, then the sender switches to 10 ms ones (timestamps step 480).
+        let mut ts = 0u32;
+        let mut at_ms = 0u64;
+        for i in 0..200u16 {
+            let step = if i < 50 { 960 } else { 480 };
+            s.jb.push(
+                i,
+                ts,
+                Bytes::from(i.to_be_bytes().to_vec()),
+                s.start + Duration::from_millis(at_ms),
+            );
+            played.push(seq_of(&s.jb.pop()));
+            ts = ts.wrapping_add(step);
+            at_ms += step as u64 / 48;
+        }
+        assert_eq!(s.jb.frame_samples(), 480);
+        assert_eq!(s.jb.target_delay(), Duration::from_millis(10));
+        assert!(
+            played.iter().zip(0..).all(|(p, i)| *p == Some(i)),
+            "{played:?}"
+        );
         assert_eq!(s.jb.stats().concealed, 0);
     }
 

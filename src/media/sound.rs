@@ -4,7 +4,7 @@
 //! disappears is replaced by the default one, with a notice for the user.
 
 use super::MediaError;
-use super::audio::{AudioSink, AudioSource, FRAME_DURATION, Pacer};
+use super::audio::{AudioSink, AudioSource, BLOCK_DURATION, Pacer, span_of};
 use super::codec::{FRAME_SAMPLES, SAMPLE_RATE};
 use super::resample::StreamResampler;
 use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
@@ -152,6 +152,10 @@ struct StreamHealth {
     /// Callbacks so far: with `consumed`, the device's typical period. (The largest callback
     /// is not it: PulseAudio's first request fills its whole buffer, twice a period.)
     callbacks: AtomicU64,
+    /// The thread waiting for the device (samples captured, or room to play into): woken by
+    /// each callback, so it acts within a fraction of a millisecond instead of at its next
+    /// poll (a 5 ms poll cost the speaker a whole period of queue to be safe).
+    waiter: Mutex<Option<std::thread::Thread>>,
 }
 
 impl StreamHealth {
@@ -159,6 +163,27 @@ impl StreamHealth {
     fn typical_period(&self) -> u64 {
         self.consumed.load(Ordering::Relaxed) / self.callbacks.load(Ordering::Relaxed).max(1)
     }
+    /// Called by the stream's callback: wakes the waiting thread. `try_lock`, so the callback
+    /// never waits; a wake missed while the waiter registers is caught by its timeout.
+    fn wake_waiter(&self) {
+        if let Ok(waiter) = self.waiter.try_lock()
+            && let Some(thread) = waiter.as_ref()
+        {
+            thread.unpark();
+        }
+    }
+
+    /// Waits until the next callback, or `at_most`.
+    fn wait_for_callback(&self, at_most: Duration) {
+        let me = std::thread::current();
+        if let Ok(mut waiter) = self.waiter.lock()
+            && waiter.as_ref().map(|t| t.id()) != Some(me.id())
+        {
+            *waiter = Some(me);
+        }
+        std::thread::park_timeout(at_most);
+    }
+
     fn fail(&self, e: cpal::Error) {
         if let Ok(mut r) = self.reason.lock() {
             *r = Some(e.to_string());
@@ -302,6 +327,7 @@ fn open_input(id: Option<&str>) -> Result<OpenInput, MediaError> {
                         .dropped_samples
                         .fetch_add(dropped, Ordering::Relaxed);
                 }
+                cb_health.wake_waiter();
             },
             move |e| err_health.fail(e),
             Some(Duration::from_secs(3)),
@@ -348,7 +374,7 @@ impl MicSource {
             ready: VecDeque::with_capacity(FRAME_SAMPLES * 4),
             scratch: Vec::with_capacity(4096),
             notices,
-            pacer: Pacer::new(FRAME_DURATION),
+            pacer: Pacer::new(BLOCK_DURATION),
             next_retry: Instant::now(),
         })
     }
@@ -420,15 +446,15 @@ impl AudioSource for MicSource {
             if failed || waiting_since.elapsed() > Duration::from_secs(1) {
                 self.recover();
                 if self.open.is_none() {
-                    self.pacer.wait();
+                    self.pacer.wait_span(span_of(out.len()));
                     out.fill(0.0);
                     return Ok(());
                 }
             }
             if self.pull()? > 0 {
                 waiting_since = Instant::now();
-            } else {
-                std::thread::sleep(Duration::from_millis(2));
+            } else if let Some(open) = self.open.as_ref() {
+                open.health.wait_for_callback(Duration::from_millis(5));
             }
         }
     }
@@ -510,6 +536,7 @@ fn open_output(id: Option<&str>) -> Result<OpenOutput, MediaError> {
                     .largest_callback
                     .fetch_max(out.len() as u64, Ordering::Relaxed);
                 cb_health.callbacks.fetch_add(1, Ordering::Relaxed);
+                cb_health.wake_waiter();
             },
             move |e| err_health.fail(e),
             Some(Duration::from_secs(3)),
@@ -530,12 +557,13 @@ fn open_output(id: Option<&str>) -> Result<OpenOutput, MediaError> {
     })
 }
 
-/// Device periods kept queued for the speaker before a frame is added: with the frame on top,
-/// the device's next pull finds samples even when the playout thread is scheduled a period
-/// late; underruns add periods (`MAX_EXTRA_PERIODS`). Blocking only when the 100 ms ring was
-/// full kept it full: 100 ms of delay in steady state that no figure showed. Two periods, and
-/// the period read from the largest callback (PulseAudio's first, twice the others), kept 40 ms.
-const TARGET_PERIODS: usize = 1;
+/// Device periods kept queued for the speaker before the next block is added. None: the device's
+/// callback wakes the playout thread when it has taken the queue, and the thread has the rest of
+/// the device's period (10 ms) to write the next block; underruns add periods
+/// (`MAX_EXTRA_PERIODS`). One period had been the margin for a thread that polled every 5 ms;
+/// blocking only when the 100 ms ring was full had kept it full (100 ms of delay no figure
+/// showed).
+const TARGET_PERIODS: usize = 0;
 /// After underruns, up to this many periods more, one per burst; one less after each
 /// `CALM_AFTER` without any.
 const MAX_EXTRA_PERIODS: usize = 4;
@@ -562,7 +590,7 @@ impl SpeakerSink {
         Ok(SpeakerSink {
             open: Some(open),
             notices,
-            pacer: Pacer::new(FRAME_DURATION),
+            pacer: Pacer::new(BLOCK_DURATION),
             next_retry: Instant::now(),
             interleaved: Vec::with_capacity(FRAME_SAMPLES * 2),
             extra_periods: 0,
@@ -598,7 +626,79 @@ impl SpeakerSink {
     }
 }
 
+impl SpeakerSink {
+    /// Periods (interleaved samples) to keep queued before `samples` more are added, after
+    /// taking account of underruns since the last look.
+    fn queue_target(&mut self, samples: usize) -> Option<usize> {
+        let open = self.open.as_ref()?;
+        // Underruns since the last block (the device found the queue empty): keep a period
+        // more queued. A new device starts its own count.
+        let underruns = open.health.dropped_samples.load(Ordering::Relaxed);
+        let seen = *self.underruns_seen.get_or_insert(underruns);
+        if underruns > seen {
+            self.extra_periods = (self.extra_periods + 1).min(MAX_EXTRA_PERIODS);
+            self.calm_since = Instant::now();
+        } else if self.extra_periods > 0 && self.calm_since.elapsed() >= CALM_AFTER {
+            self.extra_periods -= 1;
+            self.calm_since = Instant::now();
+        }
+        self.underruns_seen = Some(underruns);
+        let capacity = open.ring.buffer().capacity();
+        let period =
+            (open.health.typical_period() as usize).max(PLAYBACK_FRAMES as usize * open.channels);
+        Some(
+            (period * (TARGET_PERIODS + self.extra_periods))
+                .min(capacity.saturating_sub(samples * open.channels)),
+        )
+    }
+}
+
+/// Waits until the device has drained `open`'s queue to `target` (interleaved samples). False
+/// when the device failed or stopped taking samples (it is then marked failed).
+fn wait_for_drain(open: &OpenOutput, target: usize) -> bool {
+    let capacity = open.ring.buffer().capacity();
+    let samples_per_ms = (open.rate as usize * open.channels / 1000).max(1);
+    let mut consumed = open.health.consumed.load(Ordering::Relaxed);
+    let mut progress_at = Instant::now();
+    loop {
+        let fill = capacity - open.ring.slots();
+        if fill <= target {
+            return true;
+        }
+        let now_consumed = open.health.consumed.load(Ordering::Relaxed);
+        if now_consumed != consumed {
+            consumed = now_consumed;
+            progress_at = Instant::now();
+        }
+        if open.health.failed.load(Ordering::Acquire) {
+            return false;
+        }
+        if progress_at.elapsed() > STALL_TIMEOUT {
+            // The device took nothing for this long: treat it as gone.
+            if let Ok(mut r) = open.health.reason.lock() {
+                *r = Some("it stopped taking audio".into());
+            }
+            open.health.failed.store(true, Ordering::Release);
+            return false;
+        }
+        // Until the device's next pull, or the queue has drained to the target at the
+        // device's rate.
+        let excess = (fill - target).max(samples_per_ms);
+        let until_drained = Duration::from_millis((excess / samples_per_ms) as u64);
+        open.health
+            .wait_for_callback(until_drained.min(Duration::from_millis(5)));
+    }
+}
+
 impl AudioSink for SpeakerSink {
+    fn wait_ready(&mut self, samples: usize) {
+        if let Some(target) = self.queue_target(samples)
+            && let Some(open) = self.open.as_ref()
+        {
+            wait_for_drain(open, target);
+        }
+    }
+
     fn play(&mut self, frame: &[f32]) -> Result<(), MediaError> {
         if self
             .open
@@ -609,7 +709,7 @@ impl AudioSink for SpeakerSink {
         }
         let Some(open) = self.open.as_mut() else {
             // Nothing to play to: keep time so the call goes on.
-            self.pacer.wait();
+            self.pacer.wait_span(span_of(frame.len()));
             return Ok(());
         };
         // Convert outside the callback: resample if the device is not at 48 kHz, then
@@ -636,34 +736,19 @@ impl AudioSink for SpeakerSink {
                 self.interleaved.push(s);
             }
         }
-        // Underruns since the last frame (the device found the queue empty): keep a period
-        // more queued. A new device starts its own count.
-        let underruns = open.health.dropped_samples.load(Ordering::Relaxed);
-        let seen = *self.underruns_seen.get_or_insert(underruns);
-        if underruns > seen {
-            self.extra_periods = (self.extra_periods + 1).min(MAX_EXTRA_PERIODS);
-            self.calm_since = Instant::now();
-        } else if self.extra_periods > 0 && self.calm_since.elapsed() >= CALM_AFTER {
-            self.extra_periods -= 1;
-            self.calm_since = Instant::now();
+        // Normally `wait_ready` has waited already and this returns at once.
+        let Some(target) = self.queue_target(frame.len()) else {
+            return Ok(());
+        };
+        let Some(open) = self.open.as_mut() else {
+            return Ok(());
+        };
+        if !wait_for_drain(open, target) {
+            return Ok(());
         }
-        self.underruns_seen = Some(underruns);
-        let capacity = open.ring.buffer().capacity();
-        let period =
-            (open.health.typical_period() as usize).max(PLAYBACK_FRAMES as usize * open.channels);
-        let target = (period * (TARGET_PERIODS + self.extra_periods))
-            .min(capacity.saturating_sub(self.interleaved.len()));
-        let samples_per_ms = (open.rate as usize * open.channels / 1000).max(1);
         let mut written = 0;
-        let mut consumed = open.health.consumed.load(Ordering::Relaxed);
-        let mut progress_at = Instant::now();
         while written < self.interleaved.len() {
-            let fill = capacity - open.ring.slots();
-            let n = if written == 0 && fill > target {
-                0
-            } else {
-                open.ring.slots().min(self.interleaved.len() - written)
-            };
+            let n = open.ring.slots().min(self.interleaved.len() - written);
             if n > 0 {
                 if let Ok(mut chunk) = open.ring.write_chunk_uninit(n) {
                     let (a, b) = chunk.as_mut_slices();
@@ -677,26 +762,11 @@ impl AudioSink for SpeakerSink {
                 written += n;
                 continue;
             }
-            let now_consumed = open.health.consumed.load(Ordering::Relaxed);
-            if now_consumed != consumed {
-                consumed = now_consumed;
-                progress_at = Instant::now();
-            }
-            if open.health.failed.load(Ordering::Acquire) {
+            // The frame is larger than the room left: wait for the device to take some.
+            let capacity = open.ring.buffer().capacity();
+            if !wait_for_drain(open, capacity - (self.interleaved.len() - written)) {
                 break;
             }
-            if progress_at.elapsed() > STALL_TIMEOUT {
-                // The device took nothing for this long: treat it as gone.
-                if let Ok(mut r) = open.health.reason.lock() {
-                    *r = Some("it stopped taking audio".into());
-                }
-                open.health.failed.store(true, Ordering::Release);
-                break;
-            }
-            // Until the queue has drained to the target (at the device's rate), or a little.
-            let excess = fill.saturating_sub(target).max(samples_per_ms);
-            let until_drained = Duration::from_millis((excess / samples_per_ms) as u64);
-            std::thread::sleep(until_drained.min(Duration::from_millis(5)));
         }
         Ok(())
     }

@@ -514,10 +514,14 @@ struct VideoReceiveShared {
 /// three re-sends through.
 const DTLS_STALL: Duration = Duration::from_millis(3500);
 
-/// Audio's share of the link, with packet overhead (IP, UDP, RTP, SRTP, extensions: ~60 bytes at
-/// 50 packets/s), at the Opus bitrate the engine picks for that estimate.
+/// Audio's share of the link, with packet overhead (IP, UDP, RTP, SRTP, extensions: ~60 bytes a
+/// packet, at 50 or 100 packets/s), at the Opus bitrate and packet length the engine picks for
+/// that estimate in a call that sends video.
 pub fn audio_reserve_bps(estimate_bps: u64) -> u64 {
-    crate::media::audio_pipeline::voice_bitrate_for(estimate_bps) as u64 + 24_000
+    use crate::media::audio_pipeline::{voice_bitrate_for, voice_packet_samples_for};
+    let packets_per_second = crate::media::codec::SAMPLE_RATE as u64
+        / voice_packet_samples_for(estimate_bps, true) as u64;
+    voice_bitrate_for(estimate_bps) as u64 + packets_per_second * 480
 }
 
 /// The video budget left by an estimate: a margin for the estimate's error and for
@@ -1322,7 +1326,7 @@ async fn send_audio(
         };
         let sample = Sample {
             data: frame.data.clone(),
-            duration: Duration::from_millis(20),
+            duration: crate::media::audio::span_of(frame.samples),
             ..Sample::new(Instant::now())
         };
         if track
