@@ -113,6 +113,8 @@ const GROWN_KEEP: Duration = Duration::from_secs(15);
 /// mouth-to-ear on every loopback call.
 const SHED_AFTER: Duration = Duration::from_secs(1);
 const SHED_ANYWAY_AFTER: Duration = Duration::from_secs(3);
+/// How far past its target the buffer may run before it skips ahead.
+const SKIP_AHEAD_SLACK: Duration = Duration::from_millis(40);
 /// Packet lengths the timestamp step is believed for (Opus: 2.5 to 120 ms).
 const FRAME_RANGE: std::ops::RangeInclusive<Duration> =
     Duration::from_micros(2500)..=Duration::from_millis(120);
@@ -319,9 +321,10 @@ impl JitterBuffer {
             self.grown_at_pop = self.pops;
         }
         let target = self.target_frames();
-        // Too much queued (a burst, or the sender's clock runs fast): skip ahead.
+        // Too much queued (a burst, or the sender's clock runs fast): skip ahead. The slack is
+        // in time (two 20 ms frames), so 10 ms packets are not dropped sooner.
         let mut next = next;
-        if self.packets.len() > target + 2 {
+        if self.packets.len() as u64 > target as u64 + self.pops_in(SKIP_AHEAD_SLACK) {
             while self.packets.len() > target {
                 self.packets.pop_first();
                 self.stats.dropped_for_latency += 1;
