@@ -15,6 +15,7 @@
 //! - `procstat`: a process's CPU and memory from /proc.
 //! - `ids`: peer ids and ICE server settings, shared by everything below the engine.
 //! - `linkemu`: a userspace link emulator (namespaces, TUN) for network tests and benchmarks.
+//! - `xvfb`: a virtual X display for the benchmark and tests.
 
 // House rule: no unwrap outside tests (clippy.toml allows it in tests).
 #![warn(clippy::unwrap_used)]
@@ -36,3 +37,4 @@ pub mod settings;
 pub mod signaling;
 pub mod transfer;
 pub mod ui;
+pub mod xvfb;

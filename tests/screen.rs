@@ -5,12 +5,12 @@
 mod common;
 
 use common::peer::{PeerOptions, TestPeer};
-use common::xvfb::Xvfb;
 use common::*;
 use huddle::engine::{Command, Event, ScreenSource};
 use huddle::media::frame::RgbaFrame;
 use huddle::media::screen::ScreenPicture;
 use huddle::signaling::protocol::PeerId;
+use huddle::xvfb::Xvfb;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -185,7 +185,7 @@ fn draw_on_root(display: &str, rgba: &[u8], width: usize, height: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_x_screen_arrives_sharp() {
     let (width, height) = (1920, 1080);
-    let xvfb = Xvfb::start(width, height);
+    let xvfb = Xvfb::start(width, height).expect("Xvfb runs (scripts/setup --test installs it)");
     let picture = RgbaFrame {
         width,
         height,
@@ -253,7 +253,7 @@ async fn a_shared_x_screen_arrives_sharp() {
 #[test]
 fn the_x_capture_reads_what_is_on_the_screen() {
     let (width, height) = (1920, 1080);
-    let xvfb = Xvfb::start(width, height);
+    let xvfb = Xvfb::start(width, height).expect("Xvfb runs (scripts/setup --test installs it)");
     let picture = RgbaFrame {
         width,
         height,
@@ -316,7 +316,7 @@ fn set_monitors(display: &str, height: u16, monitors: &[(&str, i16, u16)]) {
 #[test]
 fn one_monitor_of_two_is_listed_and_captured_alone() {
     let (width, height) = (2560, 720);
-    let xvfb = Xvfb::start(width, height);
+    let xvfb = Xvfb::start(width, height).expect("Xvfb runs (scripts/setup --test installs it)");
     let pixels = ScreenPicture::rgba(width, height);
     draw_on_root(&xvfb.display, &pixels, width, height);
     set_monitors(
@@ -437,7 +437,7 @@ fn differs_from_fill_near(rgba: &RgbaFrame, x: usize, y: usize, radius: usize) -
 fn the_pointer_is_drawn_where_it_is_in_a_shared_window() {
     use x11rb::connection::Connection;
     use x11rb::protocol::xproto::ConnectionExt as _;
-    let xvfb = Xvfb::start(1280, 720);
+    let xvfb = Xvfb::start(1280, 720).expect("Xvfb runs (scripts/setup --test installs it)");
     // The window sits at (100, 80) on the root; the pointer goes to (200, 150) inside it.
     let (conn, window) = open_window(&xvfb.display, "Pointer");
     let root = conn.setup().roots[0].root;
@@ -467,7 +467,7 @@ fn the_pointer_is_drawn_where_it_is_in_a_shared_window() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn windows_are_offered_with_thumbnails_and_one_is_shared_at_its_size() {
-    let xvfb = Xvfb::start(1280, 720);
+    let xvfb = Xvfb::start(1280, 720).expect("Xvfb runs (scripts/setup --test installs it)");
     let (_keep, window) = open_window(&xvfb.display, "Quarterly report");
     let Pair {
         server: _server,

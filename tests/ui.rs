@@ -1404,7 +1404,8 @@ fn a_shared_screen_is_shown_large_and_the_layout_comes_back_when_it_ends() {
 /// The app shares the X display it runs on (a private Xvfb here) from the Share button.
 #[test]
 fn the_share_button_shares_this_display_and_stop_ends_it() {
-    let xvfb = common::xvfb::Xvfb::start(1280, 720);
+    let xvfb =
+        huddle::xvfb::Xvfb::start(1280, 720).expect("Xvfb runs (scripts/setup --test installs it)");
     run_inner_test(
         "the_share_button_inner",
         &[("DISPLAY", std::ffi::OsStr::new(&xvfb.display))],

@@ -6,60 +6,22 @@
 use super::network::round1;
 use super::{BenchError, BenchOptions, Proc, fail, peer_args, start_server, stats};
 use crate::procstat;
+use crate::xvfb::Xvfb;
 use serde_json::{Value, json};
-use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 /// After the first painted remote frame, before measuring: the ladder climbs, caches fill.
 const WARMUP: Duration = Duration::from_secs(4);
 
-/// An Xvfb server on a display number nobody uses, stopped when dropped.
-pub(super) struct VirtualDisplay {
-    _child: Child,
-    pub(super) name: String,
-}
-
-impl VirtualDisplay {
-    pub(super) async fn start(width: usize, height: usize) -> Result<VirtualDisplay, BenchError> {
-        let number = (90..200)
-            .find(|n| {
-                !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
-                    && !Path::new(&format!("/tmp/.X{n}-lock")).exists()
-            })
-            .ok_or_else(|| fail("no free X display number in 90..200"))?;
-        let name = format!(":{number}");
-        let child = Command::new("Xvfb")
-            .args([
-                &name,
-                "-screen",
-                "0",
-                &format!("{width}x{height}x24"),
-                // The picture drawn before a share must stay when its client leaves.
-                "-noreset",
-                "-nolisten",
-                "tcp",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| fail(format!("cannot start Xvfb (install the xvfb package): {e}")))?;
-        let socket = format!("/tmp/.X11-unix/X{number}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        // Xvfb says nothing when it is ready; its socket appearing is the sign.
-        while !Path::new(&socket).exists() {
-            if Instant::now() > deadline {
-                return Err(fail(format!("Xvfb {name} did not come up within 10 s")));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(VirtualDisplay {
-            _child: child,
-            name,
-        })
-    }
+/// A virtual display for the app (or a shared screen), started off the async threads: Xvfb
+/// is waited for until it reports its display.
+pub(super) async fn virtual_display(width: usize, height: usize) -> Result<Xvfb, BenchError> {
+    tokio::task::spawn_blocking(move || Xvfb::start(width, height))
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .map_err(|e| fail(e.to_string()))
 }
 
 /// Counters of one display line, for differences over the window.
@@ -109,7 +71,7 @@ const LOBBY_STARTS: usize = 5;
 /// window geometry plays a part; the server is running already.
 async fn lobby_starts(
     opts: &BenchOptions,
-    display: &VirtualDisplay,
+    display: &Xvfb,
     server_url: &str,
 ) -> Result<Value, BenchError> {
     let mut samples = Vec::new();
@@ -120,7 +82,7 @@ async fn lobby_starts(
         cmd.args(["--server", server_url, "--display-stats"])
             .arg("--settings")
             .arg(&settings)
-            .env("DISPLAY", &display.name)
+            .env("DISPLAY", &display.display)
             .env("LIBGL_ALWAYS_SOFTWARE", "1");
         let mut app = Proc::spawn_command(cmd, "app (lobby)", Stdio::null())?;
         let (_, line) = app
@@ -142,7 +104,7 @@ async fn lobby_starts(
 }
 
 pub(super) async fn run(opts: &BenchOptions) -> Result<Value, BenchError> {
-    let display = VirtualDisplay::start(1280, 800).await?;
+    let display = virtual_display(1280, 800).await?;
     let server = start_server(&opts.exe, &[]).await?;
     let lobby = lobby_starts(opts, &display, &server.url).await?;
     let room = "app-bench";
@@ -168,7 +130,7 @@ pub(super) async fn run(opts: &BenchOptions) -> Result<Value, BenchError> {
         .arg("--settings")
         .arg(&settings)
         .arg("--display-stats")
-        .env("DISPLAY", &display.name)
+        .env("DISPLAY", &display.display)
         .env("LIBGL_ALWAYS_SOFTWARE", "1");
     let mut app = Proc::spawn_command(cmd, "app", Stdio::null())?;
     app.until(Duration::from_secs(30), |v| {

@@ -5,7 +5,7 @@
 //! Then the same page on an Xvfb display captured as a real share (`--screen x11`), for the
 //! capture's cost.
 
-use super::app::VirtualDisplay;
+use super::app::virtual_display;
 use super::network::round1;
 use super::{BenchError, BenchOptions, Proc, fail, num, peer_args, start_server, stats};
 use crate::media::screen::{ScreenPicture, show_on_x11_root};
@@ -30,12 +30,17 @@ pub(super) async fn run(opts: &BenchOptions) -> Result<Value, BenchError> {
     }
     // The same page on a real X server (Xvfb), captured through MIT-SHM: the capture's cost is
     // in the sharer's CPU. The picture carries no stamps, so there is no latency figure.
-    match VirtualDisplay::start(1920, 1080).await {
+    match virtual_display(1920, 1080).await {
         Ok(display) => {
-            show_on_x11_root(&display.name, &ScreenPicture::rgba(1920, 1080), 1920, 1080)
-                .map_err(|e| fail(e.to_string()))?;
+            show_on_x11_root(
+                &display.display,
+                &ScreenPicture::rgba(1920, 1080),
+                1920,
+                1080,
+            )
+            .map_err(|e| fail(e.to_string()))?;
             for fps in SHARE_FPS {
-                out[format!("x11_{fps}_fps")] = share(opts, fps, Some(&display.name)).await?;
+                out[format!("x11_{fps}_fps")] = share(opts, fps, Some(&display.display)).await?;
             }
         }
         Err(e) => out["x11_error"] = json!(e.to_string()),

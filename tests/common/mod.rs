@@ -227,7 +227,6 @@ fn rand_nonce() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 pub mod peer;
-pub mod xvfb;
 
 /// A `huddle serve` process, for what only a separate process shows: its memory, and what
 /// happens to others when it dies. Killed when dropped.
