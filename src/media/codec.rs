@@ -77,6 +77,29 @@ pub struct H264Encoder {
     screen: bool,
 }
 
+/// The lowest H.264 level whose frame size and macroblock rate hold `width`x`height` at `fps`,
+/// from 3.1 (what the SDP offers, `42e01f`, and what every camera size here fits) up. A 1080p
+/// share labelled 3.1 (at most 1280x720) claims less than it is, which a decoder that sizes
+/// its buffers by the level may reject.
+fn level_for(width: usize, height: usize, fps: f32) -> Level {
+    // (level, most macroblocks in a frame, most macroblocks per second): H.264 table A-1.
+    const LEVELS: [(Level, usize, f32); 7] = [
+        (Level::Level_3_1, 3_600, 108_000.0),
+        (Level::Level_3_2, 5_120, 216_000.0),
+        (Level::Level_4_0, 8_192, 245_760.0),
+        (Level::Level_4_2, 8_704, 522_240.0),
+        (Level::Level_5_0, 22_080, 589_824.0),
+        (Level::Level_5_1, 36_864, 983_040.0),
+        (Level::Level_5_2, 36_864, 2_073_600.0),
+    ];
+    let macroblocks = width.div_ceil(16) * height.div_ceil(16);
+    let rate = macroblocks as f32 * fps.max(1.0);
+    LEVELS
+        .iter()
+        .find(|(_, frame, per_second)| macroblocks <= *frame && rate <= *per_second)
+        .map_or(Level::Level_5_2, |(level, _, _)| *level)
+}
+
 impl H264Encoder {
     /// An encoder for camera pictures.
     pub fn new(
@@ -118,7 +141,7 @@ impl H264Encoder {
                 UsageType::CameraVideoRealTime
             })
             .profile(Profile::Baseline)
-            .level(Level::Level_3_1)
+            .level(level_for(width, height, fps))
             .rate_control_mode(RateControlMode::Bitrate)
             .bitrate(BitRate::from_bps(bitrate_bps))
             .max_frame_rate(FrameRate::from_hz(fps))
@@ -407,6 +430,34 @@ mod tests {
             }
         }
         assert_eq!(decoded, 30);
+    }
+
+    /// `level_idc` of the SPS in an Annex-B access unit.
+    fn sps_level(access_unit: &[u8]) -> Option<u8> {
+        access_unit
+            .windows(8)
+            .find(|w| w[..4] == [0, 0, 0, 1] && w[4] & 0x1f == 7)
+            .map(|w| w[7])
+    }
+
+    #[test]
+    fn the_sps_states_a_level_that_holds_the_picture() {
+        for (w, h, fps, screen, level) in [
+            (640, 480, 30.0, false, 31),
+            (1280, 720, 30.0, false, 31),
+            (1920, 1080, 15.0, true, 40),
+            (1920, 1080, 30.0, true, 40),
+            (1920, 1080, 60.0, true, 42),
+        ] {
+            let picture = I420Frame::new(w, h);
+            let mut enc = if screen {
+                H264Encoder::for_screen(w, h, 1_000_000, fps).unwrap()
+            } else {
+                H264Encoder::new(w, h, 1_000_000, fps).unwrap()
+            };
+            let unit = enc.encode(&picture, true).unwrap().expect("a keyframe");
+            assert_eq!(sps_level(&unit.data), Some(level), "{w}x{h} at {fps} fps");
+        }
     }
 
     #[test]
