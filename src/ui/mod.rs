@@ -6,6 +6,7 @@
 pub mod app;
 mod call;
 mod controls;
+pub mod cpu_painter;
 pub mod display_meter;
 mod lobby;
 mod settings_window;
