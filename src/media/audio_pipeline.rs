@@ -315,9 +315,8 @@ fn send_loop(
         if packet.len() < network.packet_samples {
             continue;
         }
-        let (has_sound, click_us) = (packet_has_sound, packet_click_us.take());
-        packet_has_sound = false;
-        if has_sound {
+        let click_us = packet_click_us.take();
+        if std::mem::take(&mut packet_has_sound) {
             match encoder.encode(&packet) {
                 Ok(data) => {
                     if let Some(at) = click_us {

@@ -581,6 +581,9 @@ pub struct SpeakerSink {
     extra_periods: usize,
     underruns_seen: Option<u64>,
     calm_since: Instant,
+    /// The queue target `wait_ready` waited for, which `play` then uses: worked out once per
+    /// block, since working it out also counts the underruns.
+    ready_target: Option<usize>,
 }
 
 impl SpeakerSink {
@@ -596,6 +599,7 @@ impl SpeakerSink {
             extra_periods: 0,
             underruns_seen: None,
             calm_since: Instant::now(),
+            ready_target: None,
         })
     }
 
@@ -624,9 +628,7 @@ impl SpeakerSink {
     fn recover(&mut self) {
         fall_back(&mut self.open, &mut self.next_retry, &self.notices);
     }
-}
 
-impl SpeakerSink {
     /// Periods (interleaved samples) to keep queued before `samples` more are added, after
     /// taking account of underruns since the last look.
     fn queue_target(&mut self, samples: usize) -> Option<usize> {
@@ -692,7 +694,8 @@ fn wait_for_drain(open: &OpenOutput, target: usize) -> bool {
 
 impl AudioSink for SpeakerSink {
     fn wait_ready(&mut self, samples: usize) {
-        if let Some(target) = self.queue_target(samples)
+        self.ready_target = self.queue_target(samples);
+        if let Some(target) = self.ready_target
             && let Some(open) = self.open.as_ref()
         {
             wait_for_drain(open, target);
@@ -706,6 +709,8 @@ impl AudioSink for SpeakerSink {
             .is_none_or(|o| o.health.failed.load(Ordering::Acquire))
         {
             self.recover();
+            // A target worked out for the device that failed says nothing of its successor.
+            self.ready_target = None;
         }
         let Some(open) = self.open.as_mut() else {
             // Nothing to play to: keep time so the call goes on.
@@ -737,7 +742,11 @@ impl AudioSink for SpeakerSink {
             }
         }
         // Normally `wait_ready` has waited already and this returns at once.
-        let Some(target) = self.queue_target(frame.len()) else {
+        let Some(target) = self
+            .ready_target
+            .take()
+            .or_else(|| self.queue_target(frame.len()))
+        else {
             return Ok(());
         };
         let Some(open) = self.open.as_mut() else {

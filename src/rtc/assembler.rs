@@ -211,8 +211,8 @@ impl FrameAssembler {
             self.gap_since = None;
             return None;
         }
-        let first_seen = *self.gap_first.get_or_insert(now);
-        let since = *self.gap_since.get_or_insert(now);
+        self.gap_first.get_or_insert(now);
+        self.gap_since.get_or_insert(now);
         let frames_waiting = self.packets.values().filter(|p| p.marker).count();
         // The head frame's span: up to its marker when that has arrived, else what is there.
         let head_end = self
@@ -221,12 +221,8 @@ impl FrameAssembler {
             .find(|(_, p)| p.marker)
             .map_or(self.highest.unwrap_or(start), |(s, _)| *s);
         self.head_is_big = head_end + 1 - start >= BIG_FRAME_PACKETS;
-        let expired = if self.head_is_big {
-            now.saturating_duration_since(since) >= self.wait
-                || now.saturating_duration_since(first_seen) >= self.wait * MAX_WAITS_WHILE_REPAIRED
-        } else {
-            now.saturating_duration_since(first_seen) >= self.wait
-        };
+        // The same rule `deadline` tells the caller about.
+        let expired = self.deadline().is_some_and(|due| now >= due);
         if !expired && frames_waiting < MAX_FRAMES_WAITING && self.packets.len() < MAX_BUFFERED {
             return None;
         }

@@ -514,14 +514,16 @@ struct VideoReceiveShared {
 /// three re-sends through.
 const DTLS_STALL: Duration = Duration::from_millis(3500);
 
-/// Audio's share of the link, with packet overhead (IP, UDP, RTP, SRTP, extensions: ~60 bytes a
-/// packet, at 50 or 100 packets/s), at the Opus bitrate and packet length the engine picks for
-/// that estimate in a call that sends video.
+/// Headers of one audio packet (IP, UDP, RTP, SRTP, extensions): about 60 bytes.
+const AUDIO_PACKET_OVERHEAD_BITS: u64 = 60 * 8;
+
+/// Audio's share of the link, with packet overhead at 50 or 100 packets/s, at the Opus bitrate
+/// and packet length the engine picks for that estimate in a call that sends video.
 pub fn audio_reserve_bps(estimate_bps: u64) -> u64 {
     use crate::media::audio_pipeline::{voice_bitrate_for, voice_packet_samples_for};
     let packets_per_second = crate::media::codec::SAMPLE_RATE as u64
         / voice_packet_samples_for(estimate_bps, true) as u64;
-    voice_bitrate_for(estimate_bps) as u64 + packets_per_second * 480
+    voice_bitrate_for(estimate_bps) as u64 + packets_per_second * AUDIO_PACKET_OVERHEAD_BITS
 }
 
 /// The video budget left by an estimate: a margin for the estimate's error and for

@@ -17,14 +17,6 @@ pub struct Canvas {
 }
 
 impl Canvas {
-    pub fn new(width: usize, height: usize) -> Self {
-        Canvas {
-            width,
-            height,
-            pixels: vec![[0, 0, 0, 255]; width * height],
-        }
-    }
-
     /// Resizes (contents undefined afterwards) and fills with `color`.
     pub fn clear(&mut self, width: usize, height: usize, color: Color32) {
         self.width = width;
