@@ -38,6 +38,11 @@ struct Cli {
     /// frames decoded, uploaded and painted, and capture stamp → paint latency (benchmarks).
     #[arg(long)]
     display_stats: bool,
+    /// How to paint the window: gl, or software (the CPU; the default where GL would be Mesa's
+    /// software rasteriser anyway: no GPU render node, or LIBGL_ALWAYS_SOFTWARE). Also
+    /// HUDDLE_RENDERER.
+    #[arg(long)]
+    renderer: Option<huddle::ui::Renderer>,
 }
 
 #[derive(Subcommand)]
@@ -311,6 +316,7 @@ fn main() -> anyhow::Result<()> {
                 trusted_cert: cli.trust_cert,
                 token: None,
                 display_stats: cli.display_stats,
+                renderer: cli.renderer,
             };
             if let Some(link) = &cli.link {
                 // A malformed link is a clear message, not a crash.

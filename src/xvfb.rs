@@ -20,6 +20,11 @@ pub struct Xvfb {
 }
 
 impl Xvfb {
+    /// The X server's process (for its CPU time in benchmarks).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts one with a `width`x`height` 24-bit screen and returns once it accepts
     /// connections. Blocking (until Xvfb reports its display, or exits).
     pub fn start(width: usize, height: usize) -> Result<Xvfb, XvfbError> {

@@ -1053,79 +1053,91 @@ pub fn table(report: &Value) -> String {
             ),
         );
     }
-    if let Some(a) = report.get("app") {
+    if let Some(app) = report.get("app") {
         out.push_str("Desktop app under Xvfb, 1:1 call (see `what` in the JSON)\n");
+        let lobby = &app["process_start_to_first_lobby_paint"];
         line(
             &mut out,
-            "CPU (cores) / RSS, peak (MB)",
-            format!("{} / {}, {}", a["cpu_cores"], a["rss_mb"], a["peak_rss_mb"]),
-        );
-        let files: Vec<String> = a["rss_largest_files_mb"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|f| {
-                let path = f["file"].as_str().unwrap_or("?");
-                let name = path.rsplit('/').next().unwrap_or(path);
-                format!("{name} {}", f["mb"])
-            })
-            .collect();
-        line(
-            &mut out,
-            "RSS: anonymous / file-backed / shared memory (MB)",
-            format!(
-                "{} / {} / {} (largest files: {})",
-                a["rss_anonymous_mb"],
-                a["rss_file_backed_mb"],
-                a["rss_shared_memory_mb"],
-                files.join(", ")
-            ),
-        );
-        let lobby = &a["process_start_to_first_lobby_paint_issued"];
-        line(
-            &mut out,
-            "process start → first lobby paint issued, p50 / max (ms)",
+            "process start → first lobby pass painted, p50 / max (ms)",
             format!(
                 "{} / {} of {}",
                 lobby["ms"]["p50"], lobby["ms"]["max"], lobby["ms"]["count"]
             ),
         );
-        line(
-            &mut out,
-            "process start → first remote picture in a texture (ms)",
-            format!("{}", a["process_start_to_first_remote_picture_uploaded_ms"]),
-        );
-        line(
-            &mut out,
-            "passes run / painted per s",
-            format!("{} / {}", a["passes_run_per_s"], a["passes_painted_per_s"]),
-        );
-        line(
-            &mut out,
-            "CPU per painted pass / eframe pass w/o swap (ms)",
-            format!(
-                "{} / {}",
-                a["cpu_ms_per_painted_pass"], a["eframe_pass_cpu_ms_mean_without_swap"]
+        for (renderer, a) in [
+            ("software renderer (its choice here)", app),
+            (
+                "GL renderer (Mesa llvmpipe), for comparison",
+                &app["gl_for_comparison"],
             ),
-        );
-        for s in a["streams"].as_array().into_iter().flatten() {
+        ] {
+            out.push_str(&format!("  {renderer}\n"));
             line(
                 &mut out,
-                "remote frames decoded / painted per s, never painted",
+                "CPU (cores), Xvfb's / RSS, peak (MB)",
                 format!(
-                    "{} / {}, {} of {}",
-                    s["decoded_per_s"],
-                    s["painted_per_s"],
-                    s["decoded_never_painted"],
-                    s["decoded"]
+                    "{}, {} / {}, {}",
+                    a["cpu_cores"], a["xvfb_cpu_cores"], a["rss_mb"], a["peak_rss_mb"]
                 ),
             );
+            let files: Vec<String> = a["rss_largest_files_mb"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|f| {
+                    let path = f["file"].as_str().unwrap_or("?");
+                    let name = path.rsplit('/').next().unwrap_or(path);
+                    format!("{name} {}", f["mb"])
+                })
+                .collect();
+            line(
+                &mut out,
+                "RSS: anonymous / file-backed / shared memory (MB)",
+                format!(
+                    "{} / {} / {} (largest files: {})",
+                    a["rss_anonymous_mb"],
+                    a["rss_file_backed_mb"],
+                    a["rss_shared_memory_mb"],
+                    files.join(", ")
+                ),
+            );
+            line(
+                &mut out,
+                "process start → first remote picture in a texture (ms)",
+                format!("{}", a["process_start_to_first_remote_picture_uploaded_ms"]),
+            );
+            line(
+                &mut out,
+                "passes run / painted per s",
+                format!("{} / {}", a["passes_run_per_s"], a["passes_painted_per_s"]),
+            );
+            line(
+                &mut out,
+                "CPU per painted pass / UI thread per pass (ms)",
+                format!(
+                    "{} / {}",
+                    a["cpu_ms_per_painted_pass"], a["ui_thread_ms_per_pass_mean"]
+                ),
+            );
+            for s in a["streams"].as_array().into_iter().flatten() {
+                line(
+                    &mut out,
+                    "remote frames decoded / painted per s, never painted",
+                    format!(
+                        "{} / {}, {} of {}",
+                        s["decoded_per_s"],
+                        s["painted_per_s"],
+                        s["decoded_never_painted"],
+                        s["decoded"]
+                    ),
+                );
+            }
+            line(
+                &mut out,
+                "capture stamp → painted (ms)",
+                st(&a["capture_to_paint_latency_ms"]),
+            );
         }
-        line(
-            &mut out,
-            "capture stamp → paint issued (ms)",
-            st(&a["capture_to_paint_latency_ms"]),
-        );
     }
     if let Some(k) = report.get("soak") {
         out.push_str(&format!(

@@ -1,12 +1,13 @@
 //! Paints egui's output (clipped, textured triangles in premultiplied colour) into a pixel
 //! buffer on the CPU, with the arithmetic of egui_glow's shader and blend: vertex colour times
-//! texel in gamma space, `ONE, ONE_MINUS_SRC_ALPHA`. For machines without a GPU driver, where
-//! Mesa's software GL costs the app about 78 MB of its memory (docs/benchmarks.md). Not wired
-//! into the window yet. Imports egui only.
+//! texel in gamma space, `ONE, ONE_MINUS_SRC_ALPHA`; and works out which parts of the window a
+//! pass changed, so only those are painted again. For machines without a GPU driver, where
+//! Mesa's software GL costs the app about 78 MB of its memory (docs/benchmarks.md); the window
+//! around it is `ui::software`. Imports egui only.
 
 use egui::epaint::{ClippedPrimitive, ImageDelta, Primitive, Vertex};
 use egui::{Color32, ImageData, Rect, TextureFilter, TextureId, TexturesDelta};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Premultiplied RGBA pixels, row by row.
 #[derive(Clone, Debug, Default)]
@@ -27,6 +28,193 @@ impl Canvas {
 
     pub fn pixel(&self, x: usize, y: usize) -> Option<[u8; 4]> {
         (x < self.width && y < self.height).then(|| self.pixels[y * self.width + x])
+    }
+}
+
+/// A rectangle of whole pixels, `x0..x1` by `y0..y1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PixelRect {
+    pub x0: usize,
+    pub y0: usize,
+    pub x1: usize,
+    pub y1: usize,
+}
+
+impl PixelRect {
+    pub fn whole(canvas: &Canvas) -> PixelRect {
+        PixelRect {
+            x0: 0,
+            y0: 0,
+            x1: canvas.width,
+            y1: canvas.height,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.x0 >= self.x1 || self.y0 >= self.y1
+    }
+
+    pub fn area(&self) -> usize {
+        if self.is_empty() {
+            0
+        } else {
+            (self.x1 - self.x0) * (self.y1 - self.y0)
+        }
+    }
+
+    pub fn intersect(&self, other: &PixelRect) -> PixelRect {
+        PixelRect {
+            x0: self.x0.max(other.x0),
+            y0: self.y0.max(other.y0),
+            x1: self.x1.min(other.x1),
+            y1: self.y1.min(other.y1),
+        }
+    }
+
+    fn union(&self, other: &PixelRect) -> PixelRect {
+        PixelRect {
+            x0: self.x0.min(other.x0),
+            y0: self.y0.min(other.y0),
+            x1: self.x1.max(other.x1),
+            y1: self.y1.max(other.y1),
+        }
+    }
+
+    /// Overlapping or touching: painting them as one costs no extra pixels worth a second pass.
+    fn touches(&self, other: &PixelRect) -> bool {
+        self.x0 <= other.x1 && other.x0 <= self.x1 && self.y0 <= other.y1 && other.y0 <= self.y1
+    }
+
+    /// `rect` (in points) in whole pixels covering it, widened by one pixel for anti-aliasing
+    /// feathers and rounding, inside `bounds`.
+    fn covering(rect: Rect, pixels_per_point: f32, bounds: &PixelRect) -> PixelRect {
+        if !rect.is_finite() || rect.is_negative() {
+            return PixelRect {
+                x0: 0,
+                y0: 0,
+                x1: 0,
+                y1: 0,
+            };
+        }
+        let low = |v: f32| ((v * pixels_per_point).floor() - 1.0).max(0.0) as usize;
+        let high = |v: f32| ((v * pixels_per_point).ceil() + 1.0).max(0.0) as usize;
+        PixelRect {
+            x0: low(rect.min.x),
+            y0: low(rect.min.y),
+            x1: high(rect.max.x),
+            y1: high(rect.max.y),
+        }
+        .intersect(bounds)
+    }
+}
+
+/// A paint callback for this painter: run once the pass it belongs to has been rasterised
+/// (before the picture is handed to the window system). The display meter's stamps use it.
+pub struct PaintedCallback(Box<dyn Fn() + Send + Sync>);
+
+impl PaintedCallback {
+    pub fn new(f: impl Fn() + Send + Sync + 'static) -> PaintedCallback {
+        PaintedCallback(Box::new(f))
+    }
+}
+
+/// The parts of the window a pass changed, from its primitives against the last pass's and the
+/// textures it changed. A video call changes one or two pictures per pass; repainting only
+/// those is what makes a CPU painter affordable.
+#[derive(Default)]
+pub struct DamageTracker {
+    last: Vec<ClippedPrimitive>,
+    last_frame: Option<(usize, usize, f32)>,
+}
+
+/// Separate regions kept before they are merged into one (each is a pass over the primitives).
+const MAX_REGIONS: usize = 4;
+
+impl DamageTracker {
+    /// The regions of `canvas` (already sized for this pass) to paint again. Empty when the
+    /// pass changed nothing visible; the whole canvas after a resize or a scale change.
+    pub fn damage(
+        &mut self,
+        canvas: &Canvas,
+        pixels_per_point: f32,
+        primitives: &[ClippedPrimitive],
+        textures: &TexturesDelta,
+    ) -> Vec<PixelRect> {
+        let whole = PixelRect::whole(canvas);
+        let frame = Some((canvas.width, canvas.height, pixels_per_point));
+        let everything = frame != self.last_frame || primitives.len() != self.last.len();
+        let changed_textures: HashSet<TextureId> = textures
+            .set
+            .keys()
+            .copied()
+            .chain(textures.free.iter().copied())
+            .collect();
+        let mut regions = Vec::new();
+        if everything {
+            regions.push(whole);
+        } else {
+            for (old, new) in self.last.iter().zip(primitives) {
+                if !same_primitive(old, new) {
+                    add_region(&mut regions, extent(old, pixels_per_point, &whole));
+                    add_region(&mut regions, extent(new, pixels_per_point, &whole));
+                } else if let Primitive::Mesh(mesh) = &new.primitive
+                    && changed_textures.contains(&mesh.texture_id)
+                {
+                    add_region(&mut regions, extent(new, pixels_per_point, &whole));
+                }
+            }
+        }
+        self.last.clear();
+        self.last.extend_from_slice(primitives);
+        self.last_frame = frame;
+        // Mostly everything: one pass over the whole canvas is cheaper than several.
+        let area: usize = regions.iter().map(PixelRect::area).sum();
+        if area * 4 > whole.area() * 3 {
+            return vec![whole];
+        }
+        regions
+    }
+}
+
+fn same_primitive(a: &ClippedPrimitive, b: &ClippedPrimitive) -> bool {
+    if a.clip_rect != b.clip_rect {
+        return false;
+    }
+    match (&a.primitive, &b.primitive) {
+        (Primitive::Mesh(a), Primitive::Mesh(b)) => a == b,
+        // Callbacks draw nothing here.
+        (Primitive::Callback(a), Primitive::Callback(b)) => a.rect == b.rect,
+        _ => false,
+    }
+}
+
+/// The pixels a primitive can touch: its mesh's bounds inside its clip.
+fn extent(primitive: &ClippedPrimitive, pixels_per_point: f32, whole: &PixelRect) -> PixelRect {
+    let bounds = match &primitive.primitive {
+        Primitive::Mesh(mesh) => mesh.calc_bounds(),
+        Primitive::Callback(_) => Rect::NOTHING,
+    };
+    PixelRect::covering(
+        bounds.intersect(primitive.clip_rect),
+        pixels_per_point,
+        whole,
+    )
+}
+
+/// Adds `rect`, merging it with the regions it touches; past [`MAX_REGIONS`] all become one.
+fn add_region(regions: &mut Vec<PixelRect>, rect: PixelRect) {
+    if rect.is_empty() {
+        return;
+    }
+    let mut merged = rect;
+    while let Some(i) = regions.iter().position(|r| r.touches(&merged)) {
+        merged = merged.union(&regions.swap_remove(i));
+    }
+    regions.push(merged);
+    if regions.len() > MAX_REGIONS {
+        let all = regions.iter().fold(merged, |a, r| a.union(r));
+        regions.clear();
+        regions.push(all);
     }
 }
 
@@ -103,16 +291,16 @@ impl Corner {
 }
 
 /// The clip rectangle in whole pixels, as egui_glow's scissor rounds it.
-fn clip_pixels(clip: Rect, pixels_per_point: f32, canvas: &Canvas) -> (usize, usize, usize, usize) {
+fn clip_pixels(clip: Rect, pixels_per_point: f32, canvas: &Canvas) -> PixelRect {
     let round = |v: f32, max: usize| ((v * pixels_per_point).round().max(0.0) as usize).min(max);
     let x0 = round(clip.min.x, canvas.width);
     let y0 = round(clip.min.y, canvas.height);
-    (
+    PixelRect {
         x0,
         y0,
-        round(clip.max.x, canvas.width).max(x0),
-        round(clip.max.y, canvas.height).max(y0),
-    )
+        x1: round(clip.max.x, canvas.width).max(x0),
+        y1: round(clip.max.y, canvas.height).max(y0),
+    }
 }
 
 /// `dst` under premultiplied `src`: `src + dst * (1 - src.a)`.
@@ -143,8 +331,8 @@ impl CpuPainter {
     }
 
     /// Applies egui's texture changes (taking them out of `textures`, which egui requires
-    /// handled), paints `primitives` over `canvas`, then frees what egui freed (after painting,
-    /// as egui asks). Paint callbacks (custom GL) are skipped.
+    /// handled), paints `primitives` over the whole `canvas`, then frees what egui freed (after
+    /// painting, as egui asks). Paint callbacks of other painters (custom GL) are skipped.
     pub fn paint(
         &mut self,
         canvas: &mut Canvas,
@@ -152,34 +340,94 @@ impl CpuPainter {
         primitives: &[ClippedPrimitive],
         textures: &mut TexturesDelta,
     ) {
+        let whole = PixelRect::whole(canvas);
+        self.paint_regions(
+            canvas,
+            pixels_per_point,
+            primitives,
+            textures,
+            &[whole],
+            None,
+        );
+    }
+
+    /// As [`CpuPainter::paint`], but only inside `regions`, each first cleared to `clear` when
+    /// given (the rest of the canvas keeps the last pass's pixels). [`PaintedCallback`]s run
+    /// once at the end when anything was painted.
+    pub fn paint_regions(
+        &mut self,
+        canvas: &mut Canvas,
+        pixels_per_point: f32,
+        primitives: &[ClippedPrimitive],
+        textures: &mut TexturesDelta,
+        regions: &[PixelRect],
+        clear: Option<Color32>,
+    ) {
         for (id, deltas) in textures.set.drain() {
             // In the order egui made them: a full image, then patches over it.
             for delta in &deltas {
                 self.set_texture(id, delta);
             }
         }
-        for primitive in primitives {
-            let Primitive::Mesh(mesh) = &primitive.primitive else {
-                continue;
-            };
-            let Some(texture) = self.textures.get(&mesh.texture_id) else {
-                continue;
-            };
-            let clip = clip_pixels(primitive.clip_rect, pixels_per_point, canvas);
-            if clip.0 == clip.2 || clip.1 == clip.3 {
-                continue;
+        let whole = PixelRect::whole(canvas);
+        let regions: Vec<PixelRect> = regions
+            .iter()
+            .map(|r| r.intersect(&whole))
+            .filter(|r| !r.is_empty())
+            .collect();
+        let extents: Vec<PixelRect> = if regions.len() == 1 && regions[0] == whole {
+            // Every primitive is painted anyway: no need to measure them.
+            vec![whole; primitives.len()]
+        } else {
+            primitives
+                .iter()
+                .map(|p| extent(p, pixels_per_point, &whole))
+                .collect()
+        };
+        for region in &regions {
+            if let Some(color) = clear {
+                let fill = color.to_array();
+                for y in region.y0..region.y1 {
+                    canvas.pixels[y * canvas.width + region.x0..y * canvas.width + region.x1]
+                        .fill(fill);
+                }
             }
-            for tri in mesh.indices.chunks_exact(3) {
-                let corner = |i: u32| {
-                    mesh.vertices
-                        .get(i as usize)
-                        .map(|v| Corner::new(v, pixels_per_point))
+            for (primitive, extent) in primitives.iter().zip(&extents) {
+                if extent.intersect(region).is_empty() {
+                    continue;
+                }
+                let Primitive::Mesh(mesh) = &primitive.primitive else {
+                    continue;
                 };
-                // A mesh with an index past its vertices is skipped, not a panic.
-                if let (Some(a), Some(b), Some(c)) =
-                    (corner(tri[0]), corner(tri[1]), corner(tri[2]))
+                let Some(texture) = self.textures.get(&mesh.texture_id) else {
+                    continue;
+                };
+                let clip =
+                    clip_pixels(primitive.clip_rect, pixels_per_point, canvas).intersect(region);
+                if clip.is_empty() {
+                    continue;
+                }
+                for tri in mesh.indices.chunks_exact(3) {
+                    let corner = |i: u32| {
+                        mesh.vertices
+                            .get(i as usize)
+                            .map(|v| Corner::new(v, pixels_per_point))
+                    };
+                    // A mesh with an index past its vertices is skipped, not a panic.
+                    if let (Some(a), Some(b), Some(c)) =
+                        (corner(tri[0]), corner(tri[1]), corner(tri[2]))
+                    {
+                        triangle(canvas, clip, [a, b, c], texture);
+                    }
+                }
+            }
+        }
+        if !regions.is_empty() {
+            for primitive in primitives {
+                if let Primitive::Callback(callback) = &primitive.primitive
+                    && let Some(painted) = callback.callback.downcast_ref::<PaintedCallback>()
                 {
-                    triangle(canvas, clip, [a, b, c], texture);
+                    (painted.0)();
                 }
             }
         }
@@ -227,21 +475,62 @@ impl CpuPainter {
     }
 }
 
+/// Texel coordinates in 16.16 fixed point.
+const FIXED_ONE: f32 = 65536.0;
+
+/// One row of a picture drawn at white (the texel is the colour), bilinear: texture coordinates
+/// step in 16.16 fixed point and two channels are interpolated per multiply, as one u32 holds
+/// RGBA. A third of the time of [`Texture::sample`] per pixel; within a unit of it.
+fn picture_span(row: &mut [[u8; 4]], texture: &Texture, u: f32, v: f32, du: f32, dv: f32) {
+    let (w, h) = (texture.width as f32, texture.height as f32);
+    let to_fixed = |t: f32| (t * FIXED_ONE) as i64;
+    let mut tx = to_fixed(u * w - 0.5);
+    let mut ty = to_fixed(v * h - 0.5);
+    let (dtx, dty) = (to_fixed(du * w), to_fixed(dv * h));
+    let (max_x, max_y) = (texture.width as i64 - 1, texture.height as i64 - 1);
+    let texel = |x: i64, y: i64| {
+        let (x, y) = (x.clamp(0, max_x) as usize, y.clamp(0, max_y) as usize);
+        u32::from_le_bytes(texture.texels[y * texture.width + x])
+    };
+    for dst in row {
+        let (x0, y0) = (tx >> 16, ty >> 16);
+        let fx = ((tx >> 8) & 0xff) as u32;
+        let fy = ((ty >> 8) & 0xff) as u32;
+        let top = lerp_rgba(texel(x0, y0), texel(x0 + 1, y0), fx);
+        let bottom = lerp_rgba(texel(x0, y0 + 1), texel(x0 + 1, y0 + 1), fx);
+        let src = lerp_rgba(top, bottom, fy).to_le_bytes();
+        if src[3] == 255 {
+            *dst = src;
+        } else {
+            blend(dst, src.map(f32::from));
+        }
+        tx += dtx;
+        ty += dty;
+    }
+}
+
+/// `a` toward `b` by `w`/256, per byte: red and blue in one multiply, green and alpha in another
+/// (each product stays within its 16-bit lane).
+#[inline]
+fn lerp_rgba(a: u32, b: u32, w: u32) -> u32 {
+    let keep = 256 - w;
+    // + 128 per lane: rounded, not truncated.
+    let rb = (((a & 0x00ff_00ff) * keep + (b & 0x00ff_00ff) * w + 0x0080_0080) >> 8) & 0x00ff_00ff;
+    let ga = (((a >> 8) & 0x00ff_00ff) * keep + ((b >> 8) & 0x00ff_00ff) * w + 0x0080_0080)
+        & 0xff00_ff00;
+    rb | ga
+}
+
 /// Rasterises one triangle at pixel centres inside `clip`, row span by row span.
-fn triangle(
-    canvas: &mut Canvas,
-    clip: (usize, usize, usize, usize),
-    [a, b, c]: [Corner; 3],
-    texture: &Texture,
-) {
+fn triangle(canvas: &mut Canvas, clip: PixelRect, [a, b, c]: [Corner; 3], texture: &Texture) {
     let area = (b.x - a.x) * (c.y - a.y) - (b.y - a.y) * (c.x - a.x);
     if area.abs() < 1e-6 || !area.is_finite() {
         return;
     }
-    let min_y = a.y.min(b.y).min(c.y).floor().max(clip.1 as f32) as usize;
-    let max_y = (a.y.max(b.y).max(c.y).ceil().max(0.0) as usize).min(clip.3);
-    let min_x = a.x.min(b.x).min(c.x).floor().max(clip.0 as f32) as usize;
-    let max_x = (a.x.max(b.x).max(c.x).ceil().max(0.0) as usize).min(clip.2);
+    let min_y = a.y.min(b.y).min(c.y).floor().max(clip.y0 as f32) as usize;
+    let max_y = (a.y.max(b.y).max(c.y).ceil().max(0.0) as usize).min(clip.y1);
+    let min_x = a.x.min(b.x).min(c.x).floor().max(clip.x0 as f32) as usize;
+    let max_x = (a.x.max(b.x).max(c.x).ceil().max(0.0) as usize).min(clip.x1);
     if min_x >= max_x || min_y >= max_y {
         return;
     }
@@ -292,8 +581,12 @@ fn triangle(
         let last = ((hi - 0.5).floor() as usize).min(max_x - 1);
         let row = &mut canvas.pixels[y * canvas.width + first..=y * canvas.width + last];
         if let Some(src) = constant {
-            for dst in row {
-                blend(dst, src);
+            if src[3] >= 254.5 {
+                row.fill(src.map(|v| (v + 0.5).clamp(0.0, 255.0) as u8));
+            } else {
+                for dst in row {
+                    blend(dst, src);
+                }
             }
             continue;
         }
@@ -312,6 +605,11 @@ fn triangle(
         } else {
             std::array::from_fn(|i| at(slope, &|k| k.rgba[i]))
         };
+        if plain && filter == TextureFilter::Linear {
+            // A picture at any scale: the video tiles, most of a call's pixels.
+            picture_span(row, texture, u, v, du, dv);
+            continue;
+        }
         for dst in row {
             let texel = texture.sample(u, v, filter);
             if plain && texel[3] == 255 {
@@ -491,5 +789,136 @@ mod tests {
         assert_eq!(canvas.pixel(9, 15), Some([0, 0, 0, 255]));
         assert_eq!(canvas.pixel(20, 15), Some([0, 0, 0, 255]));
         assert_eq!(canvas.pixel(15, 30), Some([0, 0, 0, 255]));
+    }
+
+    /// An image mesh over `rect` at white, with texture `id`.
+    fn image(id: TextureId, rect: Rect) -> ClippedPrimitive {
+        let mut mesh = egui::Mesh::with_texture(id);
+        mesh.add_rect_with_uv(
+            rect,
+            Rect::from_min_max(Pos2::ZERO, Pos2::new(1.0, 1.0)),
+            Color32::WHITE,
+        );
+        ClippedPrimitive {
+            clip_rect: Rect::EVERYTHING,
+            primitive: Primitive::Mesh(mesh),
+        }
+    }
+
+    fn full_image(id: TextureId, color: Color32) -> TexturesDelta {
+        let mut delta = TexturesDelta::default();
+        delta.set.entry(id).or_default().push(ImageDelta::full(
+            ColorImage::new([4, 4], vec![color; 16]),
+            TextureOptions::LINEAR,
+        ));
+        delta
+    }
+
+    #[test]
+    fn only_what_a_pass_changed_is_damaged_and_painted_again() {
+        let mut painter = CpuPainter::new();
+        let mut tracker = DamageTracker::default();
+        let mut canvas = Canvas::default();
+        canvas.clear(100, 80, Color32::BLACK);
+        let (left, right) = (TextureId::User(1), TextureId::User(2));
+        let left_rect = Rect::from_min_max(Pos2::new(10.0, 10.0), Pos2::new(40.0, 40.0));
+        let right_rect = Rect::from_min_max(Pos2::new(60.0, 10.0), Pos2::new(90.0, 40.0));
+        let scene = [image(left, left_rect), image(right, right_rect)];
+        let mut pass = |canvas: &mut Canvas, mut delta: TexturesDelta| {
+            let regions = tracker.damage(canvas, 1.0, &scene, &delta);
+            let ran = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let counter = ran.clone();
+            let mut primitives = scene.to_vec();
+            primitives.push(ClippedPrimitive {
+                clip_rect: Rect::EVERYTHING,
+                primitive: Primitive::Callback(egui::PaintCallback {
+                    rect: Rect::EVERYTHING,
+                    callback: std::sync::Arc::new(PaintedCallback::new(move || {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    })),
+                }),
+            });
+            painter.paint_regions(
+                canvas,
+                1.0,
+                &primitives,
+                &mut delta,
+                &regions,
+                Some(Color32::BLACK),
+            );
+            (regions, ran.load(std::sync::atomic::Ordering::SeqCst))
+        };
+        // The first pass is everything.
+        let mut first = full_image(left, Color32::RED);
+        first
+            .set
+            .extend(full_image(right, Color32::BLUE).set.drain());
+        let (regions, callbacks) = pass(&mut canvas, first);
+        assert_eq!(regions, vec![PixelRect::whole(&canvas)]);
+        assert_eq!(callbacks, 1, "a painted pass runs its callbacks");
+        assert_eq!(canvas.pixel(25, 25), Some([255, 0, 0, 255]));
+        assert_eq!(canvas.pixel(75, 25), Some([0, 0, 255, 255]));
+        // Nothing changed: nothing to paint, and no callback claims a paint.
+        let (regions, callbacks) = pass(&mut canvas, TexturesDelta::default());
+        assert!(regions.is_empty(), "{regions:?}");
+        assert_eq!(callbacks, 0);
+        // The right picture changed: only around it is damaged and painted.
+        let (regions, _) = pass(&mut canvas, full_image(right, Color32::GREEN));
+        assert_eq!(regions.len(), 1);
+        let r = regions[0];
+        assert!(
+            r.x0 >= 50 && r.x0 <= 60 && r.x1 >= 90 && r.x1 <= 92,
+            "{r:?}"
+        );
+        assert!(r.y0 <= 10 && r.y1 >= 40 && r.area() < 40 * 40, "{r:?}");
+        assert_eq!(canvas.pixel(75, 25), Some([0, 255, 0, 255]));
+        assert_eq!(canvas.pixel(25, 25), Some([255, 0, 0, 255]));
+        // A pixel outside every region keeps what it had, even if a pass would draw it now.
+        canvas.pixels[25 * 100 + 25] = [1, 2, 3, 255];
+        pass(&mut canvas, full_image(right, Color32::WHITE));
+        assert_eq!(canvas.pixel(25, 25), Some([1, 2, 3, 255]));
+        // A new size repaints everything.
+        canvas.clear(120, 80, Color32::BLACK);
+        let (regions, _) = pass(&mut canvas, TexturesDelta::default());
+        assert_eq!(regions, vec![PixelRect::whole(&canvas)]);
+        assert_eq!(canvas.pixel(25, 25), Some([255, 0, 0, 255]));
+    }
+
+    #[test]
+    fn a_scaled_picture_matches_the_reference_sampler_within_one_unit() {
+        // A 7x5 texture of varied colours, some translucent, stretched and shifted.
+        let texels: Vec<[u8; 4]> = (0..35u32)
+            .map(|i| {
+                let a = if i % 4 == 0 { 128 } else { 255 };
+                let c = |k: u32| (((i * k) % 251) as u8).min(a);
+                [c(37), c(91), c(53), a]
+            })
+            .collect();
+        let texture = Texture {
+            width: 7,
+            height: 5,
+            texels,
+            magnification: TextureFilter::Linear,
+            minification: TextureFilter::Linear,
+        };
+        let (u, v, du, dv) = (-0.05, 0.3, 0.013, 0.002);
+        let background = [10, 20, 30, 255];
+        let mut row = vec![background; 90];
+        picture_span(&mut row, &texture, u, v, du, dv);
+        for (i, got) in row.iter().enumerate() {
+            let texel = texture.sample(u + du * i as f32, v + dv * i as f32, TextureFilter::Linear);
+            let mut want = background;
+            if texel[3] == 255 {
+                want = texel;
+            } else {
+                blend(&mut want, texel.map(f32::from));
+            }
+            for c in 0..4 {
+                assert!(
+                    got[c].abs_diff(want[c]) <= 1,
+                    "pixel {i}: {got:?} against {want:?}"
+                );
+            }
+        }
     }
 }

@@ -1,9 +1,11 @@
 //! What reached the screen (issue 17 items 1 and 4): for each remote tile, frames painted and the
-//! capture stamp → paint latency, taken by a paint callback that egui's glow painter runs right
-//! after it has issued the tile's picture; and the painted passes themselves. Opt-in
+//! capture stamp → paint latency, taken by a paint callback that the painter runs once the
+//! tile's picture is drawn (egui's glow painter right after issuing it; the CPU painter once the
+//! pass is rasterised, before it is presented); and the painted passes themselves. Opt-in
 //! (`huddle --display-stats`): once a second one JSON line goes to stdout through a writer thread
-//! the meter owns, so a slow reader never blocks the UI. Imports egui, eframe and the clock the
-//! frame stamps use (`services::now_us`, `services::process_age`).
+//! the meter owns, so a slow reader never blocks the UI. Imports egui, eframe, the painters'
+//! callback types (`ui::Renderer`, `ui::cpu_painter`) and the clock the frame stamps use
+//! (`services::now_us`, `services::process_age`).
 
 use crate::services::now_us;
 use std::collections::BTreeMap;
@@ -43,6 +45,8 @@ pub struct StreamCounts {
 }
 
 pub struct DisplayMeter {
+    /// Whose paint callbacks the marks are.
+    renderer: super::Renderer,
     painted: Arc<Mutex<Painted>>,
     /// `ui` passes run (painted or not), and eframe's CPU time per pass (UI, tessellation and
     /// GL calls; not the buffer swap, where a software rasteriser does most of its work).
@@ -63,7 +67,7 @@ fn lock(m: &Mutex<Painted>) -> std::sync::MutexGuard<'_, Painted> {
 
 impl DisplayMeter {
     /// A meter that reports to stdout once a second.
-    pub fn to_stdout() -> Result<DisplayMeter, std::io::Error> {
+    pub fn to_stdout(renderer: super::Renderer) -> Result<DisplayMeter, std::io::Error> {
         let (tx, rx) = mpsc::sync_channel::<String>(4);
         let writer = std::thread::Builder::new()
             .name("display-stats".into())
@@ -78,6 +82,7 @@ impl DisplayMeter {
                 }
             })?;
         let mut meter = DisplayMeter::silent();
+        meter.renderer = renderer;
         meter.lines = Some(tx);
         meter.writer = Some(writer);
         Ok(meter)
@@ -86,6 +91,7 @@ impl DisplayMeter {
     /// A meter that only counts (tests read it with [`DisplayMeter::report`]).
     pub fn silent() -> DisplayMeter {
         DisplayMeter {
+            renderer: super::Renderer::Gl,
             painted: Arc::default(),
             passes_run: 0,
             pass_cpu_seconds: 0.0,
@@ -115,7 +121,7 @@ impl DisplayMeter {
     /// A shape that counts the pass when the painter reaches it.
     pub fn pass_marker(&self, rect: egui::Rect) -> egui::Shape {
         let painted = self.painted.clone();
-        callback(rect, move || {
+        callback(self.renderer, rect, move || {
             let mut p = lock(&painted);
             p.passes += 1;
             if p.first_pass.is_none() {
@@ -134,7 +140,7 @@ impl DisplayMeter {
         capture_us: u64,
     ) -> egui::Shape {
         let mark = self.tile_mark(stream, frame, capture_us);
-        callback(rect, move || mark.painted_at(now_us()))
+        callback(self.renderer, rect, move || mark.painted_at(now_us()))
     }
 
     fn tile_mark(&self, stream: &str, frame: u64, capture_us: u64) -> TileMark {
@@ -233,13 +239,18 @@ impl TileMark {
     }
 }
 
-fn callback(rect: egui::Rect, f: impl Fn() + Send + Sync + 'static) -> egui::Shape {
-    egui::Shape::Callback(egui::PaintCallback {
-        rect,
-        callback: Arc::new(eframe::egui_glow::CallbackFn::new(
+fn callback(
+    renderer: super::Renderer,
+    rect: egui::Rect,
+    f: impl Fn() + Send + Sync + 'static,
+) -> egui::Shape {
+    let callback: Arc<dyn std::any::Any + Send + Sync> = match renderer {
+        super::Renderer::Gl => Arc::new(eframe::egui_glow::CallbackFn::new(
             move |_info, _painter| f(),
         )),
-    })
+        super::Renderer::Software => Arc::new(super::cpu_painter::PaintedCallback::new(f)),
+    };
+    egui::Shape::Callback(egui::PaintCallback { rect, callback })
 }
 
 #[cfg(test)]

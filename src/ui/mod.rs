@@ -1,5 +1,6 @@
-//! The desktop app (egui/eframe, glow renderer so it also runs on Mesa's software rasteriser):
-//! lobby, call view (video grid, chat panel, file panel, controls, stats). The UI talks to the
+//! The desktop app (egui): lobby, call view (video grid, chat panel, file panel, controls,
+//! stats), in eframe's GL window where there is a GPU, and in our software-painted window
+//! (`software`, `cpu_painter`) where GL would only be Mesa's software rasteriser. The UI talks to the
 //! engine only through `engine::EngineHandle` (commands in, events out) and never blocks: the
 //! tokio runtime lives on its own threads. Widgets never import `rtc` or `signaling`.
 
@@ -10,6 +11,7 @@ pub mod cpu_painter;
 pub mod display_meter;
 mod lobby;
 mod settings_window;
+pub mod software;
 pub mod video;
 
 pub use app::{AppServices, HuddleApp, View};
@@ -41,6 +43,68 @@ pub struct LaunchOptions {
     pub token: Option<String>,
     /// Print what reached the screen to stdout once a second (JSON lines, for benchmarks).
     pub display_stats: bool,
+    /// How to paint the window; `None` chooses ([`Renderer::choose`]).
+    pub renderer: Option<Renderer>,
+}
+
+/// How the window is painted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Renderer {
+    /// OpenGL through eframe's glow painter.
+    Gl,
+    /// egui's output rasterised on the CPU (`cpu_painter`) and presented with softbuffer.
+    Software,
+}
+
+impl std::str::FromStr for Renderer {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "gl" => Ok(Renderer::Gl),
+            "software" => Ok(Renderer::Software),
+            other => Err(format!("unknown renderer {other:?} (gl or software)")),
+        }
+    }
+}
+
+impl Renderer {
+    /// `requested`, else `HUDDLE_RENDERER`, else software where GL could only be Mesa's software
+    /// rasteriser, which paints no faster than ours and costs about 78 MB: no GPU render node
+    /// (`/dev/dri/renderD*`), or `LIBGL_ALWAYS_SOFTWARE` set.
+    pub fn choose(requested: Option<Renderer>) -> Renderer {
+        Renderer::choose_from(
+            requested,
+            std::env::var("HUDDLE_RENDERER").ok().as_deref(),
+            std::env::var("LIBGL_ALWAYS_SOFTWARE").ok().as_deref(),
+            has_gpu_render_node(),
+        )
+    }
+
+    fn choose_from(
+        requested: Option<Renderer>,
+        huddle_renderer: Option<&str>,
+        libgl_always_software: Option<&str>,
+        has_gpu: bool,
+    ) -> Renderer {
+        if let Some(r) = requested.or_else(|| huddle_renderer.and_then(|v| v.parse().ok())) {
+            return r;
+        }
+        let forced_software =
+            libgl_always_software.is_some_and(|v| !v.is_empty() && v != "0" && v != "false");
+        if forced_software || !has_gpu {
+            Renderer::Software
+        } else {
+            Renderer::Gl
+        }
+    }
+}
+
+fn has_gpu_render_node() -> bool {
+    std::fs::read_dir("/dev/dri").is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("renderD"))
+    })
 }
 
 /// The local UTC offset in seconds (for chat times).
@@ -74,8 +138,16 @@ impl eframe::App for HuddleApp {
     }
 
     fn ui(&mut self, ui: &mut egui::Ui, frame: &mut eframe::Frame) {
+        self.pass(ui, frame.info().cpu_usage);
+    }
+}
+
+impl HuddleApp {
+    /// One pass of either window: `previous_pass_seconds` is what the window measured of the
+    /// last one (eframe's CPU time without the buffer swap; the software window's whole pass).
+    pub fn pass(&mut self, ui: &mut egui::Ui, previous_pass_seconds: Option<f32>) {
         if let Some(meter) = &mut self.display_meter {
-            meter.pass_ran(frame.info().cpu_usage);
+            meter.pass_ran(previous_pass_seconds);
         }
         self.draw(ui);
         if let Some(meter) = &mut self.display_meter {
@@ -180,7 +252,6 @@ pub fn run(options: LaunchOptions) -> Result<(), UiError> {
     }
     let (embedded, embedded_url) =
         crate::services::start_embedded_server(&runtime, &settings, 8787);
-    let handle = runtime.handle().clone();
     let mut viewport = egui::ViewportBuilder::default()
         .with_title("Huddle")
         .with_app_id("huddle")
@@ -192,39 +263,129 @@ pub fn run(options: LaunchOptions) -> Result<(), UiError> {
     {
         viewport = viewport.with_icon(icon);
     }
+    let startup = Startup {
+        runtime: runtime.handle().clone(),
+        settings_path,
+        settings,
+        embedded_url,
+        room: options.room.clone(),
+        token: options.token.clone(),
+        display_stats: options.display_stats,
+    };
+    let renderer = Renderer::choose(options.renderer);
+    tracing::info!(?renderer, "opening the window");
+    let result = match renderer {
+        Renderer::Software => run_software(viewport, startup),
+        Renderer::Gl => {
+            let started = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let result = run_gl(viewport.clone(), startup.clone(), started.clone());
+            match result {
+                // GL could not even open the window (no driver, no GLX/EGL): paint ourselves.
+                Err(e) if !started.load(std::sync::atomic::Ordering::SeqCst) => {
+                    tracing::warn!(error = %e, "no GL window; painting in software");
+                    run_software(viewport, startup)
+                }
+                other => other,
+            }
+        }
+    };
+    drop(embedded);
+    // Give engines and the server a moment to say goodbye, bounded.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
+}
+
+/// What building the app needs, whichever window it gets.
+#[derive(Clone)]
+struct Startup {
+    runtime: tokio::runtime::Handle,
+    settings_path: Option<PathBuf>,
+    settings: Settings,
+    embedded_url: Option<String>,
+    room: Option<String>,
+    token: Option<String>,
+    display_stats: bool,
+}
+
+impl Startup {
+    fn make_app(self, ctx: &egui::Context, renderer: Renderer) -> Result<HuddleApp, UiError> {
+        let services = AppServices {
+            runtime: self.runtime,
+            settings_path: self.settings_path,
+            embedded_url: self.embedded_url,
+            speaker_override: None,
+            discover_lan: true,
+            read_stamps: self.display_stats,
+            bind_addrs: vec!["0.0.0.0:0".into()],
+            notifier: crate::services::Notifier::desktop(),
+        };
+        let mut app = HuddleApp::new(ctx.clone(), services, self.settings);
+        app.pending_join = self.room;
+        app.lobby.token = self.token;
+        if self.display_stats {
+            app.display_meter = Some(
+                display_meter::DisplayMeter::to_stdout(renderer)
+                    .map_err(|e| UiError::Window(format!("cannot start the display meter: {e}")))?,
+            );
+        }
+        Ok(app)
+    }
+}
+
+fn run_software(viewport: egui::ViewportBuilder, startup: Startup) -> Result<(), UiError> {
+    software::run(
+        viewport,
+        Box::new(move |ctx| startup.make_app(ctx, Renderer::Software)),
+    )
+}
+
+/// eframe's GL window; `started` is set once the window is open and the app built.
+fn run_gl(
+    viewport: egui::ViewportBuilder,
+    startup: Startup,
+    started: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<(), UiError> {
     let native = eframe::NativeOptions {
         viewport,
         renderer: eframe::Renderer::Glow,
         ..Default::default()
     };
-    let room = options.room.clone();
-    let token = options.token.clone();
-    let display_stats = options.display_stats;
-    let result = eframe::run_native(
+    eframe::run_native(
         "Huddle",
         native,
         Box::new(move |cc| {
-            let services = AppServices {
-                runtime: handle,
-                settings_path,
-                embedded_url,
-                speaker_override: None,
-                discover_lan: true,
-                read_stamps: display_stats,
-                bind_addrs: vec!["0.0.0.0:0".into()],
-                notifier: crate::services::Notifier::desktop(),
-            };
-            let mut app = HuddleApp::new(cc.egui_ctx.clone(), services, settings);
-            app.pending_join = room;
-            app.lobby.token = token;
-            if display_stats {
-                app.display_meter = Some(display_meter::DisplayMeter::to_stdout()?);
-            }
+            started.store(true, std::sync::atomic::Ordering::SeqCst);
+            let app = startup.make_app(&cc.egui_ctx, Renderer::Gl)?;
             Ok(Box::new(app))
         }),
-    );
-    drop(embedded);
-    // Give engines and the server a moment to say goodbye, bounded.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
-    result.map_err(|e| UiError::Window(e.to_string()))
+    )
+    .map_err(|e| UiError::Window(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Renderer;
+
+    #[test]
+    fn software_is_chosen_where_gl_could_only_be_mesas_rasteriser() {
+        use Renderer::{Gl, Software};
+        // A GPU: GL, unless software GL is forced.
+        assert_eq!(Renderer::choose_from(None, None, None, true), Gl);
+        assert_eq!(Renderer::choose_from(None, None, Some("1"), true), Software);
+        assert_eq!(Renderer::choose_from(None, None, Some("0"), true), Gl);
+        // No GPU render node: software.
+        assert_eq!(Renderer::choose_from(None, None, None, false), Software);
+        // Asked for: the flag, then HUDDLE_RENDERER (an unknown value is ignored).
+        assert_eq!(Renderer::choose_from(None, Some("gl"), None, false), Gl);
+        assert_eq!(
+            Renderer::choose_from(None, Some("vulkan"), None, false),
+            Software
+        );
+        assert_eq!(
+            Renderer::choose_from(Some(Software), Some("gl"), None, true),
+            Software
+        );
+        assert_eq!("gl".parse::<Renderer>(), Ok(Gl));
+        assert!("GL!".parse::<Renderer>().is_err());
+    }
 }

@@ -1,0 +1,193 @@
+//! The desktop app as people run it: its own process, in a window on an X server (a private
+//! Xvfb), painted by the software window it chooses where there is no GPU. A call's pictures
+//! reach the X screen, and a key pressed in the window reaches the app. The in-process UI tests
+//! (tests/ui.rs) cover the app's behaviour; this covers the window around it.
+
+mod common;
+
+use common::peer::{PeerOptions, TestPeer};
+use common::*;
+use huddle::engine::Event;
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use x11rb::connection::Connection;
+use x11rb::protocol::xproto::{ConnectionExt, ImageFormat};
+
+const WIDTH: u16 = 1280;
+const HEIGHT: u16 = 800;
+
+/// The app's stdout lines (`--display-stats`), read on a thread that ends with the app.
+struct AppProcess {
+    child: std::process::Child,
+    lines: mpsc::Receiver<serde_json::Value>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AppProcess {
+    fn until(&self, what: &str, within: Duration, f: impl Fn(&serde_json::Value) -> bool) {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if f(&line) => return,
+                Ok(_) => {}
+                Err(e) => panic!("waiting for {what}: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for AppProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+/// Counts of the test pattern's bar colours on the X screen (each channel within 24 of it).
+fn bar_colours_on_screen(display: &str) -> Vec<(&'static str, usize)> {
+    let (conn, screen) = x11rb::connect(Some(display)).expect("connects to Xvfb");
+    let root = conn.setup().roots[screen].root;
+    let image = conn
+        .get_image(ImageFormat::Z_PIXMAP, root, 0, 0, WIDTH, HEIGHT, !0)
+        .expect("asks for the screen")
+        .reply()
+        .expect("gets the screen");
+    assert_eq!(image.depth, 24);
+    let bars: [(&str, [u8; 3]); 6] = [
+        ("yellow", [255, 255, 0]),
+        ("cyan", [0, 255, 255]),
+        ("green", [0, 255, 0]),
+        ("magenta", [255, 0, 255]),
+        ("red", [255, 0, 0]),
+        ("blue", [0, 0, 255]),
+    ];
+    bars.iter()
+        .map(|(name, rgb)| {
+            // 32 bits per pixel, blue first.
+            let count = image
+                .data
+                .chunks_exact(4)
+                .filter(|p| {
+                    [p[2], p[1], p[0]]
+                        .iter()
+                        .zip(rgb)
+                        .all(|(a, b)| a.abs_diff(*b) <= 24)
+                })
+                .count();
+            (*name, count)
+        })
+        .collect()
+}
+
+#[test]
+fn the_software_window_shows_the_call_on_the_x_screen_and_takes_a_key() {
+    let xvfb = huddle::xvfb::Xvfb::start(WIDTH.into(), HEIGHT.into())
+        .expect("Xvfb runs (scripts/setup --test installs it)");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = rt.block_on(start_server(test_config()));
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let mut peer = rt.block_on(async {
+        let mut peer = TestPeer::start(&url, PeerOptions::new(1, 660.0, dir.path().into()));
+        peer.join("window", "peer").await;
+        peer
+    });
+    let settings = dir.path().join("settings.json");
+    std::fs::write(
+        &settings,
+        r#"{"nickname": "app", "camera": "test:640x480", "microphone": "tone:440", "speaker": "none"}"#,
+    )
+    .unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_huddle"))
+        .args(["--server", &url, "--room", "window", "--nickname", "app"])
+        .args(["--display-stats", "--renderer", "software"])
+        .arg("--settings")
+        .arg(&settings)
+        .env("DISPLAY", &xvfb.display)
+        .env_remove("WAYLAND_DISPLAY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the app starts");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = mpsc::sync_channel(256);
+    let reader = std::thread::Builder::new()
+        .name("app-stdout".into())
+        .spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                // Lines nobody waits for any more are dropped, so the thread never blocks.
+                if let Ok(v) = serde_json::from_str(&line) {
+                    let _ = tx.try_send(v);
+                }
+            }
+        })
+        .unwrap();
+    let app = AppProcess {
+        child,
+        lines,
+        reader: Some(reader),
+    };
+
+    // The peer's pictures are painted, frame after frame.
+    app.until(
+        "the peer's pictures painted",
+        Duration::from_secs(60),
+        |v| v["streams"][0]["painted"].as_u64() >= Some(15),
+    );
+    // ... and are on the X screen: the remote tile is large, so each bar covers far more pixels
+    // than the self-view's whole picture (about 190x140) could.
+    let bars = bar_colours_on_screen(&xvfb.display);
+    for (name, count) in &bars {
+        assert!(
+            *count > 20_000,
+            "{name}: {count} pixels on screen ({bars:?})"
+        );
+    }
+
+    // Ctrl+D in the focused window mutes: the peer hears of it.
+    let app_id = rt.block_on(async {
+        peer.wait_for(Duration::from_secs(10), |e| match e {
+            Event::PeerMediaState {
+                peer, audio: true, ..
+            } => Some(peer.clone()),
+            _ => None,
+        })
+        .await
+    });
+    let xdotool = |args: &[&str]| {
+        let out = Command::new("xdotool")
+            .args(args)
+            .env("DISPLAY", &xvfb.display)
+            .output()
+            .expect("xdotool runs (scripts/setup --test installs it)");
+        assert!(out.status.success(), "xdotool {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let window = xdotool(&["search", "--sync", "--name", "^Huddle$"]);
+    let window = window.lines().next().unwrap_or_default().to_owned();
+    xdotool(&["windowfocus", "--sync", &window]);
+    xdotool(&["key", "--clearmodifiers", "ctrl+d"]);
+    rt.block_on(async {
+        peer.wait_for(Duration::from_secs(10), |e| match e {
+            Event::PeerMediaState {
+                peer, audio: false, ..
+            } if *peer == app_id => Some(()),
+            _ => None,
+        })
+        .await
+    });
+    drop(app);
+    rt.block_on(server.shutdown());
+}
