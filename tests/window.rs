@@ -1,6 +1,7 @@
 //! The desktop app as people run it: its own process, in a window on an X server (a private
 //! Xvfb), painted by the software window it chooses where there is no GPU. A call's pictures
-//! reach the X screen, and a key pressed in the window reaches the app. The in-process UI tests
+//! reach the X screen, a key pressed in the window reaches the app, the window manager's close
+//! ends it cleanly, and its size comes back at the next start. The in-process UI tests
 //! (tests/ui.rs) cover the app's behaviour; this covers the window around it.
 
 mod common;
@@ -23,9 +24,71 @@ struct AppProcess {
     child: std::process::Child,
     lines: mpsc::Receiver<serde_json::Value>,
     reader: Option<std::thread::JoinHandle<()>>,
+    /// Its log, for failure messages.
+    log: std::path::PathBuf,
 }
 
 impl AppProcess {
+    /// The app with `args`, on `display`, keeping its saved state and log under `home`.
+    fn start(
+        display: &str,
+        home: &std::path::Path,
+        name: &str,
+        args: &[&std::ffi::OsStr],
+    ) -> AppProcess {
+        let log = home.join(format!("{name}.log"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_huddle"))
+            .args(args)
+            .args(["--display-stats", "--renderer", "software"])
+            .env("DISPLAY", display)
+            .env_remove("WAYLAND_DISPLAY")
+            .env("XDG_DATA_HOME", home.join("data"))
+            .env("XDG_STATE_HOME", home.join("state"))
+            .env("RUST_LOG", "huddle=debug,warn")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("the app starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::sync_channel(256);
+        let reader = std::thread::Builder::new()
+            .name("app-stdout".into())
+            .spawn(move || {
+                for line in std::io::BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { return };
+                    // Lines nobody waits for any more are dropped, so the thread never blocks.
+                    if let Ok(v) = serde_json::from_str(&line) {
+                        let _ = tx.try_send(v);
+                    }
+                }
+            })
+            .unwrap();
+        AppProcess {
+            child,
+            lines,
+            reader: Some(reader),
+            log,
+        }
+    }
+
+    /// Waits for the process to end by itself.
+    fn exit_status(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+                panic!("the app did not exit; its log ends:\n{tail}");
+            }
+            // The process gives no event to wait on here; a short poll bounded by the deadline.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn until(&self, what: &str, within: Duration, f: impl Fn(&serde_json::Value) -> bool) {
         let deadline = Instant::now() + within;
         loop {
@@ -86,7 +149,7 @@ fn bar_colours_on_screen(display: &str) -> Vec<(&'static str, usize)> {
 }
 
 #[test]
-fn the_software_window_shows_the_call_on_the_x_screen_and_takes_a_key() {
+fn the_software_window_shows_a_call_takes_a_key_closes_cleanly_and_remembers_its_size() {
     let xvfb = huddle::xvfb::Xvfb::start(WIDTH.into(), HEIGHT.into())
         .expect("Xvfb runs (scripts/setup --test installs it)");
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -109,36 +172,22 @@ fn the_software_window_shows_the_call_on_the_x_screen_and_takes_a_key() {
     )
     .unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_huddle"))
-        .args(["--server", &url, "--room", "window", "--nickname", "app"])
-        .args(["--display-stats", "--renderer", "software"])
-        .arg("--settings")
-        .arg(&settings)
-        .env("DISPLAY", &xvfb.display)
-        .env_remove("WAYLAND_DISPLAY")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the app starts");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, lines) = mpsc::sync_channel(256);
-    let reader = std::thread::Builder::new()
-        .name("app-stdout".into())
-        .spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                // Lines nobody waits for any more are dropped, so the thread never blocks.
-                if let Ok(v) = serde_json::from_str(&line) {
-                    let _ = tx.try_send(v);
-                }
-            }
-        })
-        .unwrap();
-    let app = AppProcess {
-        child,
-        lines,
-        reader: Some(reader),
-    };
+    let arg = |s: &'static str| std::ffi::OsStr::new(s);
+    let mut app = AppProcess::start(
+        &xvfb.display,
+        dir.path(),
+        "app-in-call",
+        &[
+            arg("--server"),
+            std::ffi::OsStr::new(&url),
+            arg("--room"),
+            arg("window"),
+            arg("--nickname"),
+            arg("app"),
+            arg("--settings"),
+            settings.as_os_str(),
+        ],
+    );
 
     // The peer's pictures are painted, frame after frame.
     app.until(
@@ -188,6 +237,70 @@ fn the_software_window_shows_the_call_on_the_x_screen_and_takes_a_key() {
         })
         .await
     });
-    drop(app);
+
+    // A new size, then the window manager's close (WM_DELETE_WINDOW): the app ends by itself,
+    // successfully, having saved where eframe keeps a window's state.
+    xdotool(&["windowsize", "--sync", &window, "900", "620"]);
+    ask_to_close(&xvfb.display, window.parse().expect("a window id"));
+    let status = app.exit_status(Duration::from_secs(20));
+    assert!(status.success(), "{status:?}");
+    rt.block_on(async {
+        peer.wait_for(Duration::from_secs(10), |e| match e {
+            Event::PeerLeft { peer, .. } if *peer == app_id => Some(()),
+            _ => None,
+        })
+        .await
+    });
+    let saved = std::fs::read_to_string(dir.path().join("data/huddle/app.ron"))
+        .expect("the window's state is saved");
+    let saved: std::collections::HashMap<String, String> =
+        ron::from_str(&saved).expect("eframe's format");
+    let geometry: egui_winit::WindowSettings =
+        ron::from_str(&saved["window"]).expect("the window's geometry");
+    assert_eq!(geometry.inner_size_points(), egui::vec2(900.0, 620.0));
+    assert!(saved.contains_key("egui"), "egui's memory is saved too");
+
+    // The next start opens at that size.
+    let mut again = AppProcess::start(
+        &xvfb.display,
+        dir.path(),
+        "app-restarted",
+        &[
+            arg("--server"),
+            std::ffi::OsStr::new(&url),
+            arg("--settings"),
+            settings.as_os_str(),
+        ],
+    );
+    again.until("the lobby painted", Duration::from_secs(30), |v| {
+        v["passes_painted"].as_u64() >= Some(1)
+    });
+    let window = xdotool(&["search", "--sync", "--name", "^Huddle$"]);
+    let window = window.lines().next().unwrap_or_default().to_owned();
+    let geometry = xdotool(&["getwindowgeometry", &window]);
+    assert!(geometry.contains("Geometry: 900x620"), "{geometry}");
+    ask_to_close(&xvfb.display, window.parse().expect("a window id"));
+    assert!(again.exit_status(Duration::from_secs(20)).success());
     rt.block_on(server.shutdown());
+}
+
+/// What a window manager sends when the user closes a window.
+fn ask_to_close(display: &str, window: u32) {
+    use x11rb::protocol::xproto::{ClientMessageEvent, EventMask};
+    let (conn, _) = x11rb::connect(Some(display)).expect("connects to Xvfb");
+    let atom = |name: &str| {
+        conn.intern_atom(false, name.as_bytes())
+            .unwrap()
+            .reply()
+            .unwrap()
+            .atom
+    };
+    let (protocols, delete) = (atom("WM_PROTOCOLS"), atom("WM_DELETE_WINDOW"));
+    let message = ClientMessageEvent::new(32, window, protocols, [delete, 0, 0, 0, 0]);
+    conn.send_event(false, window, EventMask::NO_EVENT, message)
+        .unwrap()
+        .check()
+        // A round trip: the message is taken before this connection closes (a plain flush
+        // followed by the close lost it on a loaded machine).
+        .expect("the X server takes the message");
 }

@@ -289,9 +289,11 @@ pub fn run(options: LaunchOptions) -> Result<(), UiError> {
             }
         }
     };
+    tracing::debug!("the window's loop has ended; stopping the runtime");
     drop(embedded);
     // Give engines and the server a moment to say goodbye, bounded.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    tracing::debug!("the runtime has stopped");
     result
 }
 

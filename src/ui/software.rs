@@ -3,48 +3,75 @@
 //! window whose input egui-winit turns into egui's, painted by `cpu_painter` only where a pass
 //! changed something, and presented with softbuffer (MIT-SHM on X11, wl_shm on Wayland). It runs
 //! the same `HuddleApp` as the GL window, with the same wake-ups: the engine's repaint requests
-//! arrive as event-loop user events, and a minimised window still applies engine events.
-//! Imports egui, egui-winit (and its winit), softbuffer, and the app it drives (`ui::app`).
+//! arrive as event-loop user events, and a minimised window still applies engine events. Like
+//! eframe's window it publishes egui's accessibility tree (AccessKit), and it keeps the window's
+//! geometry and egui's memory in eframe's own saved state, so either window restores what the
+//! other saved. Imports egui, egui-winit (and its winit), softbuffer, ron, eframe's storage
+//! directory, and the app it drives (`ui::app`).
 
 use super::UiError;
 use super::app::HuddleApp;
 use super::cpu_painter::{Canvas, CpuPainter, DamageTracker};
 use egui::{Color32, ViewportId};
-use egui_winit::winit;
+use egui_winit::{WindowSettings, accesskit_winit, winit};
+use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use winit::application::ApplicationHandler;
 use winit::event::WindowEvent;
 use winit::event_loop::{ActiveEventLoop, ControlFlow, EventLoop, EventLoopProxy};
 use winit::window::{Window, WindowId};
 
-/// Sent to the event loop from any thread: egui wants a pass at this time.
-#[derive(Debug)]
-struct RepaintAt(Instant);
+/// Sent to the event loop from other threads.
+enum Wake {
+    /// egui wants a pass at this time.
+    RepaintAt(Instant),
+    /// An assistive technology asked for the tree or for an action.
+    AccessKit(accesskit_winit::Event),
+}
+
+impl From<accesskit_winit::Event> for Wake {
+    fn from(event: accesskit_winit::Event) -> Wake {
+        Wake::AccessKit(event)
+    }
+}
+
+/// How often the window's geometry and egui's memory are saved besides on closing (eframe's
+/// default).
+const SAVE_EVERY: Duration = Duration::from_secs(30);
 
 /// Builds the app once the window (and so egui's context) exists.
 pub type MakeApp = Box<dyn FnOnce(&egui::Context) -> Result<HuddleApp, UiError>>;
 
 /// Runs the app in a software-painted window until it closes.
 pub fn run(viewport: egui::ViewportBuilder, make_app: MakeApp) -> Result<(), UiError> {
-    let event_loop = EventLoop::<RepaintAt>::with_user_event()
+    let event_loop = EventLoop::<Wake>::with_user_event()
         .build()
         .map_err(|e| UiError::Window(e.to_string()))?;
     let ctx = egui::Context::default();
-    let proxy: Mutex<EventLoopProxy<RepaintAt>> = Mutex::new(event_loop.create_proxy());
+    let proxy = event_loop.create_proxy();
+    let repaint_proxy: Mutex<EventLoopProxy<Wake>> = Mutex::new(proxy.clone());
     ctx.set_request_repaint_callback(move |info| {
         // A delay too long to represent means "no repaint needed".
         if let Some(at) = Instant::now().checked_add(info.delay) {
-            let proxy = proxy.lock().unwrap_or_else(|p| p.into_inner());
+            let proxy = repaint_proxy.lock().unwrap_or_else(|p| p.into_inner());
             // Fails only once the loop has ended.
-            let _ = proxy.send_event(RepaintAt(at));
+            let _ = proxy.send_event(Wake::RepaintAt(at));
         }
     });
+    let saved = viewport
+        .app_id
+        .as_deref()
+        .and_then(SavedState::load)
+        .unwrap_or_default();
     let mut runner = Runner {
         viewport,
         make_app: Some(make_app),
         ctx,
+        proxy,
+        saved,
         live: None,
         repaint_at: None,
         error: None,
@@ -62,6 +89,8 @@ struct Runner {
     viewport: egui::ViewportBuilder,
     make_app: Option<MakeApp>,
     ctx: egui::Context,
+    proxy: EventLoopProxy<Wake>,
+    saved: SavedState,
     live: Option<Live>,
     /// The earliest pass egui asked for.
     repaint_at: Option<Instant>,
@@ -82,19 +111,42 @@ struct Live {
     damage: DamageTracker,
     /// The last pass on the UI thread, from input to presented (for `--display-stats`).
     last_pass_seconds: Option<f32>,
+    /// The window opens hidden (AccessKit needs that, and it avoids a blank flash) and is shown
+    /// once its first picture is presented, if the app wants it visible.
+    show_after_present: bool,
+    /// The size and position to restore to while maximised or full screen.
+    normal_geometry: Option<egui_winit::WindowGeometry>,
+    next_save: Instant,
 }
 
 impl Runner {
     fn open(&mut self, event_loop: &ActiveEventLoop) -> Result<(), UiError> {
         let window_error = |e: &dyn std::fmt::Display| UiError::Window(e.to_string());
+        let zoom = self.ctx.zoom_factor();
+        let mut viewport = self.viewport.clone();
+        let restored = self.saved.get::<WindowSettings>("window").map(|mut w| {
+            w.clamp_size_to_sane_values(largest_monitor_points(zoom, event_loop));
+            w.clamp_position_to_monitors(zoom, event_loop);
+            w
+        });
+        if let Some(w) = &restored {
+            viewport = w.initialize_viewport_builder(zoom, viewport);
+        }
+        if let Some(memory) = self.saved.get::<egui::Memory>("egui") {
+            self.ctx.memory_mut(|m| *m = memory);
+        }
+        let show_after_present = viewport.visible.unwrap_or(true);
         let window = Arc::new(
-            egui_winit::create_window(&self.ctx, event_loop, &self.viewport)
+            egui_winit::create_window(&self.ctx, event_loop, &viewport.with_visible(false))
                 .map_err(|e| window_error(&e))?,
         );
+        if let Some(w) = &restored {
+            w.initialize_window(&window);
+        }
         let context = softbuffer::Context::new(window.clone()).map_err(|e| window_error(&e))?;
         let surface =
             softbuffer::Surface::new(&context, window.clone()).map_err(|e| window_error(&e))?;
-        let input = egui_winit::State::new(
+        let mut input = egui_winit::State::new(
             self.ctx.clone(),
             ViewportId::ROOT,
             event_loop,
@@ -102,6 +154,7 @@ impl Runner {
             window.theme(),
             None,
         );
+        input.init_accesskit(event_loop, &window, self.proxy.clone());
         let mut info = egui::ViewportInfo::default();
         egui_winit::update_viewport_info(&mut info, &self.ctx, &window, true);
         let make_app = self
@@ -120,6 +173,9 @@ impl Runner {
             canvas: Canvas::default(),
             damage: DamageTracker::default(),
             last_pass_seconds: None,
+            show_after_present,
+            normal_geometry: restored.map(|w| w.normal_geometry()),
+            next_save: Instant::now() + SAVE_EVERY,
         });
         self.repaint_at = Some(Instant::now());
         Ok(())
@@ -198,15 +254,40 @@ impl Runner {
         );
         if !regions.is_empty() {
             present(live, width, height, &regions)?;
+            if std::mem::take(&mut live.show_after_present) {
+                window.set_visible(true);
+            }
         }
         live.last_pass_seconds = Some(started.elapsed().as_secs_f32());
         Ok(true)
     }
 
+    /// Saves the window's geometry and egui's memory where eframe keeps them.
+    fn save(&mut self) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        let window =
+            WindowSettings::from_window(self.ctx.zoom_factor(), &live.window, live.normal_geometry);
+        live.normal_geometry = Some(window.normal_geometry());
+        self.saved.set("window", &window);
+        self.ctx.memory(|m| self.saved.set("egui", m));
+        if let Err(e) = self.saved.write() {
+            tracing::warn!(error = %e, "cannot save the window's state");
+        }
+        live.next_save = Instant::now() + SAVE_EVERY;
+    }
+
+    fn close(&mut self, event_loop: &ActiveEventLoop) {
+        tracing::info!("the window is closing");
+        self.save();
+        event_loop.exit();
+    }
+
     fn finish(&mut self, event_loop: &ActiveEventLoop, result: Result<bool, UiError>) {
         match result {
             Ok(true) => {}
-            Ok(false) => event_loop.exit(),
+            Ok(false) => self.close(event_loop),
             Err(e) => {
                 tracing::error!(error = %e, "the software window failed");
                 self.error = Some(e);
@@ -265,7 +346,7 @@ fn gamma_color([r, g, b, a]: [f32; 4]) -> Color32 {
     Color32::from_rgba_premultiplied(byte(r), byte(g), byte(b), byte(a))
 }
 
-impl ApplicationHandler<RepaintAt> for Runner {
+impl ApplicationHandler<Wake> for Runner {
     fn resumed(&mut self, event_loop: &ActiveEventLoop) {
         if self.live.is_some() {
             return;
@@ -275,7 +356,29 @@ impl ApplicationHandler<RepaintAt> for Runner {
         }
     }
 
-    fn user_event(&mut self, _event_loop: &ActiveEventLoop, RepaintAt(at): RepaintAt) {
+    fn user_event(&mut self, _event_loop: &ActiveEventLoop, wake: Wake) {
+        let at = match wake {
+            Wake::RepaintAt(at) => at,
+            Wake::AccessKit(event) => {
+                let Some(live) = self.live.as_mut() else {
+                    return;
+                };
+                match event.window_event {
+                    accesskit_winit::WindowEvent::InitialTreeRequested => {
+                        // The tree goes out with the next pass's platform output.
+                        self.ctx.enable_accesskit();
+                    }
+                    accesskit_winit::WindowEvent::ActionRequested(request) => {
+                        live.input.on_accesskit_action_request(request);
+                    }
+                    accesskit_winit::WindowEvent::AccessibilityDeactivated => {
+                        self.ctx.disable_accesskit();
+                        return;
+                    }
+                }
+                Instant::now()
+            }
+        };
         self.repaint_at = Some(self.repaint_at.map_or(at, |t| t.min(at)));
     }
 
@@ -284,7 +387,11 @@ impl ApplicationHandler<RepaintAt> for Runner {
             return;
         };
         match &event {
-            WindowEvent::CloseRequested | WindowEvent::Destroyed => {
+            WindowEvent::CloseRequested => {
+                self.close(event_loop);
+                return;
+            }
+            WindowEvent::Destroyed => {
                 event_loop.exit();
                 return;
             }
@@ -314,9 +421,94 @@ impl ApplicationHandler<RepaintAt> for Runner {
                 live.window.request_redraw();
             }
         }
-        event_loop.set_control_flow(match self.repaint_at {
+        if self.live.as_ref().is_some_and(|l| l.next_save <= now) {
+            self.save();
+        }
+        let next_save = self.live.as_ref().map(|l| l.next_save);
+        let wake_at = match (self.repaint_at, next_save) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        event_loop.set_control_flow(match wake_at {
             Some(at) => ControlFlow::WaitUntil(at),
             None => ControlFlow::Wait,
         });
+    }
+}
+
+/// The largest monitor in points (a restored window is kept no larger), as eframe works it out.
+fn largest_monitor_points(zoom: f32, event_loop: &ActiveEventLoop) -> egui::Vec2 {
+    let largest = event_loop
+        .available_monitors()
+        .map(|m| {
+            let size = m
+                .size()
+                .to_logical::<f32>(f64::from(zoom) * m.scale_factor());
+            egui::vec2(size.width, size.height)
+        })
+        .fold(egui::Vec2::ZERO, egui::Vec2::max);
+    if largest == egui::Vec2::ZERO {
+        egui::Vec2::splat(16000.0)
+    } else {
+        largest
+    }
+}
+
+/// eframe's saved state: `app.ron` in eframe's storage directory for the app id, a map of keys
+/// to RON values ("window": the window's geometry, "egui": egui's memory). Written only when a
+/// value changed, through a temporary file so a crash never leaves half a file.
+#[derive(Default)]
+struct SavedState {
+    path: Option<PathBuf>,
+    values: HashMap<String, String>,
+    changed: bool,
+}
+
+impl SavedState {
+    fn load(app_id: &str) -> Option<SavedState> {
+        let path = eframe::storage_dir(app_id)?.join("app.ron");
+        let values = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| ron::from_str(&text).ok())
+            .unwrap_or_default();
+        Some(SavedState {
+            path: Some(path),
+            values,
+            changed: false,
+        })
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<T> {
+        // A value from another egui version may not parse: it is then as if never saved.
+        ron::from_str(self.values.get(key)?).ok()
+    }
+
+    fn set<T: serde::Serialize>(&mut self, key: &str, value: &T) {
+        let Ok(text) = ron::ser::to_string(value) else {
+            return;
+        };
+        if self.values.get(key) != Some(&text) {
+            self.values.insert(key.to_owned(), text);
+            self.changed = true;
+        }
+    }
+
+    fn write(&mut self) -> std::io::Result<()> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        if !self.changed {
+            return Ok(());
+        }
+        let text = ron::ser::to_string_pretty(&self.values, ron::ser::PrettyConfig::default())
+            .map_err(std::io::Error::other)?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let partial = path.with_extension("ron.partial");
+        std::fs::write(&partial, text)?;
+        std::fs::rename(&partial, path)?;
+        self.changed = false;
+        Ok(())
     }
 }
