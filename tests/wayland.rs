@@ -11,6 +11,8 @@
 //!   xdg-desktop-portal-wlr, through the session and source choice to `Start`, which the backend
 //!   refuses here; the share fails with words that say the backend failed;
 //! - no portal at all: the share says what to install.
+//!
+//! And the app's software window (what it paints with when there is no GPU) on that same sway.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixStream;
@@ -659,11 +661,10 @@ async fn without_a_portal_a_share_says_what_to_install() {
     assert!(error.contains("no ScreenCast desktop portal"), "{error}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_wlroots_portal_is_asked_as_far_as_it_goes_without_a_gpu() {
-    let mut desktop = Desktop::start();
-    // sway will not run as root; the runtime directory becomes nobody's, which root still
-    // reaches.
+/// sway, headless with the pixman renderer (no GPU here), as nobody: it will not run as root. The
+/// runtime directory becomes nobody's, which root still reaches. Returns once its Wayland socket
+/// (`wayland-1`) exists.
+fn start_sway(desktop: &mut Desktop) {
     let dir = desktop.runtime_dir().to_owned();
     std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).expect("chown");
     std::fs::write(
@@ -693,6 +694,87 @@ async fn the_wlroots_portal_is_asked_as_far_as_it_goes_without_a_gpu() {
     wait_until(Duration::from_secs(20), "sway's Wayland socket", || {
         wayland.exists()
     });
+}
+
+/// The app's software window (what it chooses with no GPU) on a real Wayland compositor: it
+/// maps as the app's toplevel, is shown, and keeps painting, its pictures handed to the
+/// compositor through wl_shm without an error. (Its pixels are not read back: no wlroots
+/// screenshot tool is installed.)
+#[test]
+fn the_software_window_maps_and_paints_on_sway() {
+    let mut desktop = Desktop::start();
+    start_sway(&mut desktop);
+    let dir = desktop.runtime_dir().to_owned();
+    let settings = dir.join("settings.json");
+    std::fs::write(&settings, r#"{"nickname": "app", "speaker": "none"}"#).expect("settings");
+    desktop.run(
+        "huddle",
+        &[
+            env!("CARGO_BIN_EXE_huddle"),
+            "--server",
+            "ws://127.0.0.1:1",
+            "--renderer",
+            "software",
+            "--display-stats",
+            "--settings",
+            &settings.to_string_lossy(),
+        ],
+        &[("WAYLAND_DISPLAY", "wayland-1")],
+    );
+    // Its display reports (stdout, in its log): passes painted, again and again.
+    let painted = || {
+        std::fs::read_to_string(desktop.log_path("huddle"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["passes_painted"].as_u64())
+            .collect::<Vec<u64>>()
+    };
+    wait_until(Duration::from_secs(30), "three display reports", || {
+        painted().len() >= 3
+    });
+    let reports = painted();
+    assert!(
+        reports.iter().all(|p| *p >= 1),
+        "{reports:?}\n{}",
+        desktop.logs()
+    );
+    // sway shows it: a visible view with the app's id.
+    let ipc = std::fs::read_dir(&dir)
+        .expect("runtime dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().contains("sway-ipc"))
+        .expect("sway's IPC socket");
+    let tree = Command::new("swaymsg")
+        .arg("-s")
+        .arg(&ipc)
+        .args(["-t", "get_tree", "-r"])
+        .output()
+        .expect("swaymsg runs");
+    let tree: serde_json::Value = serde_json::from_slice(&tree.stdout).expect("sway's tree");
+    fn find_app(node: &serde_json::Value) -> Option<&serde_json::Value> {
+        if node["app_id"] == "huddle" {
+            return Some(node);
+        }
+        ["nodes", "floating_nodes"]
+            .iter()
+            .flat_map(|k| node[*k].as_array().into_iter().flatten())
+            .find_map(find_app)
+    }
+    let view = find_app(&tree)
+        .unwrap_or_else(|| panic!("no huddle view in sway's tree\n{}", desktop.logs()));
+    assert_eq!(view["visible"], true, "{view}");
+    assert_eq!(view["name"], "Huddle", "{view}");
+    let log = std::fs::read_to_string(desktop.log_path("huddle")).unwrap_or_default();
+    assert!(!log.contains("the software window failed"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wlroots_portal_is_asked_as_far_as_it_goes_without_a_gpu() {
+    let mut desktop = Desktop::start();
+    start_sway(&mut desktop);
+    let dir = desktop.runtime_dir().to_owned();
     desktop.start_pipewire();
     let config = dir.join("config/xdg-desktop-portal-wlr");
     std::fs::create_dir_all(&config).expect("config dir");
