@@ -630,6 +630,8 @@ mod x11 {
         use x11rb::protocol::xproto::{AtomEnum, ConnectionExt as _};
         let (conn, screen_num) = x11rb::connect(display)
             .map_err(|e| super::no_display(display, super::is_wayland_session(), e))?;
+        // One connection for the list and every thumbnail.
+        let conn = std::sync::Arc::new(conn);
         let root = conn
             .setup()
             .roots
@@ -673,7 +675,7 @@ mod x11 {
         };
         let display_name = display.map(str::to_owned);
         let thumbnail = |area: Area| {
-            X11Capturer::open(display, area)
+            X11Capturer::on(conn.clone(), screen_num, area)
                 .ok()
                 .and_then(|mut c| c.thumbnail().ok())
                 .map(std::sync::Arc::new)
@@ -714,7 +716,8 @@ mod x11 {
     }
 
     pub struct X11Capturer {
-        conn: RustConnection,
+        /// Shared when the picker grabs thumbnails of every window through one connection.
+        conn: std::sync::Arc<RustConnection>,
         root: u32,
         drawable: u32,
         /// The shared window, whose pointer position needs translating from the root's.
@@ -732,6 +735,15 @@ mod x11 {
         pub fn open(display: Option<&str>, area: Area) -> Result<Self, MediaError> {
             let (conn, screen_num) = x11rb::connect(display)
                 .map_err(|e| super::no_display(display, super::is_wayland_session(), e))?;
+            X11Capturer::on(std::sync::Arc::new(conn), screen_num, area)
+        }
+
+        /// A capturer of `area` on screen `screen_num` of an open connection.
+        fn on(
+            conn: std::sync::Arc<RustConnection>,
+            screen_num: usize,
+            area: Area,
+        ) -> Result<Self, MediaError> {
             let setup = conn.setup();
             let screen = setup
                 .roots
@@ -916,6 +928,17 @@ mod x11 {
             let mut rgba = crate::media::frame::RgbaFrame::default();
             small.to_rgba(&mut rgba);
             Ok(rgba)
+        }
+    }
+
+    impl Drop for X11Capturer {
+        fn drop(&mut self) {
+            // The server's side of the segment; it would otherwise stay until the connection
+            // closes, which a shared connection does only after every thumbnail.
+            if let Some(shm) = &self.shm {
+                let _ = self.conn.shm_detach(shm.seg);
+                let _ = self.conn.flush();
+            }
         }
     }
 
