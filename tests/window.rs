@@ -29,17 +29,30 @@ struct AppProcess {
 }
 
 impl AppProcess {
-    /// The app with `args`, on `display`, keeping its saved state and log under `home`.
+    /// The app in the software window with `args`, on `display`, keeping its saved state and
+    /// log under `home`.
     fn start(
         display: &str,
         home: &std::path::Path,
         name: &str,
         args: &[&std::ffi::OsStr],
     ) -> AppProcess {
+        AppProcess::start_with(display, home, name, args, "software", &[])
+    }
+
+    fn start_with(
+        display: &str,
+        home: &std::path::Path,
+        name: &str,
+        args: &[&std::ffi::OsStr],
+        renderer: &str,
+        env: &[(&str, &str)],
+    ) -> AppProcess {
         let log = home.join(format!("{name}.log"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_huddle"))
             .args(args)
-            .args(["--display-stats", "--renderer", "software"])
+            .args(["--display-stats", "--renderer", renderer])
+            .envs(env.iter().copied())
             .env("DISPLAY", display)
             .env_remove("WAYLAND_DISPLAY")
             .env("XDG_DATA_HOME", home.join("data"))
@@ -303,4 +316,49 @@ fn ask_to_close(display: &str, window: u32) {
         // A round trip: the message is taken before this connection closes (a plain flush
         // followed by the close lost it on a loaded machine).
         .expect("the X server takes the message");
+}
+
+/// Where no GL window can be opened at all, the app asked for GL starts again with the software
+/// window instead of failing (winit allows one event loop per process, so it restarts itself).
+#[test]
+fn without_any_gl_the_app_restarts_itself_in_the_software_window() {
+    let xvfb = huddle::xvfb::Xvfb::start(WIDTH.into(), HEIGHT.into())
+        .expect("Xvfb runs (scripts/setup --test installs it)");
+    let dir = tempfile::tempdir().unwrap();
+    let arg = |s: &'static str| std::ffi::OsStr::new(s);
+    // Mesa's drivers pointed at nothing: no GLX config is left.
+    let no_gl = [("LIBGL_DRIVERS_PATH", "/nonexistent")];
+    let mut app = AppProcess::start_with(
+        &xvfb.display,
+        dir.path(),
+        "app-without-gl",
+        &[arg("--server"), arg("ws://127.0.0.1:1")],
+        "gl",
+        &no_gl,
+    );
+    app.until("a pass painted", Duration::from_secs(30), |v| {
+        v["passes_painted"].as_u64() >= Some(1)
+    });
+    assert!(
+        app.child.try_wait().unwrap().is_none(),
+        "the app is running"
+    );
+    let log = std::fs::read_to_string(&app.log).unwrap();
+    assert!(
+        log.contains("starting again with the software window"),
+        "{log}"
+    );
+    // The second window opened is the software one (the log's fields are coloured).
+    let second = log
+        .split("opening the window")
+        .nth(2)
+        .expect("a second window");
+    assert!(
+        second
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .contains("Software"),
+        "{log}"
+    );
 }

@@ -274,27 +274,67 @@ pub fn run(options: LaunchOptions) -> Result<(), UiError> {
     };
     let renderer = Renderer::choose(options.renderer);
     tracing::info!(?renderer, "opening the window");
+    let started = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let result = match renderer {
         Renderer::Software => run_software(viewport, startup),
-        Renderer::Gl => {
-            let started = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let result = run_gl(viewport.clone(), startup.clone(), started.clone());
-            match result {
-                // GL could not even open the window (no driver, no GLX/EGL): paint ourselves.
-                Err(e) if !started.load(std::sync::atomic::Ordering::SeqCst) => {
-                    tracing::warn!(error = %e, "no GL window; painting in software");
-                    run_software(viewport, startup)
-                }
-                other => other,
-            }
-        }
+        Renderer::Gl => run_gl(viewport, startup, started.clone()),
     };
     tracing::debug!("the window's loop has ended; stopping the runtime");
     drop(embedded);
     // Give engines and the server a moment to say goodbye, bounded.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     tracing::debug!("the runtime has stopped");
-    result
+    match result {
+        // GL could not even open the window (no driver, no GLX/EGL config): paint ourselves.
+        Err(e)
+            if renderer == Renderer::Gl && !started.load(std::sync::atomic::Ordering::SeqCst) =>
+        {
+            tracing::warn!(error = %e, "no GL window; starting again with the software window");
+            Err(restart_with_software_window(e))
+        }
+        other => other,
+    }
+}
+
+/// Runs this program again, as it was started but with the software window. winit allows one
+/// event loop per process and eframe's is spent, so the fallback cannot open in this one.
+/// Returns only if the restart could not happen.
+fn restart_with_software_window(gl_error: UiError) -> UiError {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        let Ok(exe) = std::env::current_exe() else {
+            return gl_error;
+        };
+        let error = std::process::Command::new(exe)
+            .args(without_renderer_flag(std::env::args_os().skip(1)))
+            .env("HUDDLE_RENDERER", "software")
+            .exec();
+        UiError::Window(format!(
+            "{gl_error}; starting again with the software window failed: {error}"
+        ))
+    }
+    #[cfg(not(unix))]
+    gl_error
+}
+
+/// `args` without `--renderer X` or `--renderer=X`.
+fn without_renderer_flag(
+    args: impl Iterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
+    let mut kept = Vec::new();
+    let mut skip_value = false;
+    for arg in args {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        if arg == "--renderer" {
+            skip_value = true;
+        } else if !arg.to_string_lossy().starts_with("--renderer=") {
+            kept.push(arg);
+        }
+    }
+    kept
 }
 
 /// What building the app needs, whichever window it gets.
@@ -367,6 +407,22 @@ fn run_gl(
 #[cfg(test)]
 mod tests {
     use super::Renderer;
+
+    #[test]
+    fn a_restart_in_software_drops_only_the_renderer_flag() {
+        let args = [
+            "--server",
+            "ws://h:1",
+            "--renderer",
+            "gl",
+            "--renderer=gl",
+            "--room",
+            "r",
+        ]
+        .map(std::ffi::OsString::from);
+        let kept = super::without_renderer_flag(args.into_iter());
+        assert_eq!(kept, ["--server", "ws://h:1", "--room", "r"]);
+    }
 
     #[test]
     fn software_is_chosen_where_gl_could_only_be_mesas_rasteriser() {
