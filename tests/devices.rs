@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::run_inner_test;
+use common::{run_inner_test, runtime};
 use huddle::media::analysis::{dbfs, estimate_frequency};
 use huddle::media::audio::{AudioSink, AudioSource, ToneSource};
 use huddle::media::audio_pipeline::AudioPlayout;
@@ -584,11 +584,7 @@ fn inner_mouth_to_ear() {
     use huddle::engine::{self, AudioInput, Command, EngineConfig, Event};
     use huddle::media::audio::RecordingSink;
     assert!(in_private_server());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let notices = Notices::default();
     let dir = tempfile::tempdir().unwrap();
     let (server, a, b, a_id) = rt.block_on(async {
@@ -813,11 +809,7 @@ fn inner_computer_sound() {
     use huddle::engine::{self, AudioInput, Command, EngineConfig, Event, ScreenSource};
     use huddle::media::audio::RecordingSink;
     assert!(in_private_server());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let notices = Notices::default();
     let dir = tempfile::tempdir().unwrap();
     let heard_by_b = RecordingSink::new(48_000 * 4);

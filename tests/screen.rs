@@ -281,17 +281,11 @@ fn the_x_capture_reads_what_is_on_the_screen() {
 fn set_monitors(display: &str, height: u16, monitors: &[(&str, i16, u16)]) {
     use x11rb::connection::Connection;
     use x11rb::protocol::randr::{ConnectionExt as _, MonitorInfo};
-    use x11rb::protocol::xproto::ConnectionExt as _;
     let (conn, screen) = x11rb::connect(Some(display)).expect("connect to Xvfb");
     let root = conn.setup().roots[screen].root;
     conn.randr_query_version(1, 5).unwrap().reply().unwrap();
     for &(name, x, width) in monitors {
-        let atom = conn
-            .intern_atom(false, name.as_bytes())
-            .unwrap()
-            .reply()
-            .unwrap()
-            .atom;
+        let atom = x11_atom(&conn, name);
         conn.randr_set_monitor(
             root,
             MonitorInfo {
@@ -400,13 +394,7 @@ fn open_window(display: &str, title: &str) -> (x11rb::rust_connection::RustConne
         &CreateWindowAux::new().background_pixel(0x00_30_a0_50),
     )
     .unwrap();
-    let atom = |name: &str| {
-        conn.intern_atom(false, name.as_bytes())
-            .unwrap()
-            .reply()
-            .unwrap()
-            .atom
-    };
+    let atom = |name: &str| x11_atom(&conn, name);
     let (net_name, utf8, list) = (
         atom("_NET_WM_NAME"),
         atom("UTF8_STRING"),

@@ -39,15 +39,6 @@ fn without_devices(server: String, nickname: &str) -> Settings {
     }
 }
 
-/// The runtime the app and the test's server and peers share, as in `huddle`.
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 struct Ui<'a> {
     harness: Harness<'a, TestApp>,
     woken: mpsc::Receiver<()>,

@@ -165,11 +165,7 @@ fn bar_colours_on_screen(display: &str) -> Vec<(&'static str, usize)> {
 fn the_software_window_shows_a_call_takes_a_key_closes_cleanly_and_remembers_its_size() {
     let xvfb = huddle::xvfb::Xvfb::start(WIDTH.into(), HEIGHT.into())
         .expect("Xvfb runs (scripts/setup --test installs it)");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let server = rt.block_on(start_server(test_config()));
     let url = server.url();
     let dir = tempfile::tempdir().unwrap();
@@ -301,14 +297,10 @@ fn the_software_window_shows_a_call_takes_a_key_closes_cleanly_and_remembers_its
 fn ask_to_close(display: &str, window: u32) {
     use x11rb::protocol::xproto::{ClientMessageEvent, EventMask};
     let (conn, _) = x11rb::connect(Some(display)).expect("connects to Xvfb");
-    let atom = |name: &str| {
-        conn.intern_atom(false, name.as_bytes())
-            .unwrap()
-            .reply()
-            .unwrap()
-            .atom
-    };
-    let (protocols, delete) = (atom("WM_PROTOCOLS"), atom("WM_DELETE_WINDOW"));
+    let (protocols, delete) = (
+        x11_atom(&conn, "WM_PROTOCOLS"),
+        x11_atom(&conn, "WM_DELETE_WINDOW"),
+    );
     let message = ClientMessageEvent::new(32, window, protocols, [delete, 0, 0, 0, 0]);
     conn.send_event(false, window, EventMask::NO_EVENT, message)
         .unwrap()

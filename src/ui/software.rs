@@ -219,7 +219,9 @@ impl Runner {
         let (Some(width), Some(height)) =
             (NonZeroU32::new(size.width), NonZeroU32::new(size.height))
         else {
-            // Nothing to show (minimised on some platforms); textures still follow egui.
+            // Nothing to show (minimised on some platforms); textures still follow egui. The
+            // canvas no longer matches the last pass the tracker saw, so the next is painted
+            // whole.
             live.painter.paint_regions(
                 &mut live.canvas,
                 output.pixels_per_point,
@@ -228,6 +230,7 @@ impl Runner {
                 &[],
                 None,
             );
+            live.damage = DamageTracker::default();
             return Ok(true);
         };
         let clear = gamma_color(eframe::App::clear_color(

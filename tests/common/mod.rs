@@ -54,6 +54,25 @@ pub fn test_config() -> ServerConfig {
     }
 }
 
+/// A runtime like the app's own: two worker threads.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The X atom called `name`, created if it is new.
+pub fn x11_atom(conn: &impl x11rb::connection::Connection, name: &str) -> u32 {
+    use x11rb::protocol::xproto::ConnectionExt as _;
+    conn.intern_atom(false, name.as_bytes())
+        .unwrap()
+        .reply()
+        .unwrap()
+        .atom
+}
+
 pub async fn start_server(config: ServerConfig) -> ServerHandle {
     server::start(config).await.expect("server starts")
 }
