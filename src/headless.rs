@@ -66,6 +66,9 @@ pub struct HeadlessOptions {
     pub screen_fps: u32,
     /// Share what the computer plays with it (the default speaker's monitor).
     pub screen_sound: bool,
+    /// Compare the screen shares received with the synthetic page (`--screen test`) and log
+    /// their PSNR (benchmarks of sharpness on a slow link).
+    pub compare_screen: bool,
 }
 
 /// `--screen`: `test` (1920x1080), `test:WxH`, `x11`, `x11:MONITOR` (one RandR monitor, e.g.
@@ -190,6 +193,8 @@ struct PeerView {
     screen: StreamView,
     /// The peer says it is sharing its screen.
     sharing: bool,
+    /// With `compare_screen`: the share's last picture compared, and how close it was (dB).
+    share_psnr: Option<(u64, f64)>,
     files_sent: bool,
     /// The connection's latest figures.
     network: Option<crate::engine::PeerStats>,
@@ -205,6 +210,7 @@ impl PeerView {
             camera: StreamView::default(),
             screen: StreamView::default(),
             sharing: false,
+            share_psnr: None,
             files_sent: false,
             network: None,
             known_at: Instant::now(),
@@ -357,6 +363,8 @@ struct HeadlessPeer<W: Write> {
     pending_send: HashSet<PeerId>,
     warmed_up: bool,
     usage_at_join: Option<crate::procstat::Usage>,
+    /// The synthetic page at the size last compared (`compare_screen`).
+    share_reference: Option<crate::media::frame::RgbaFrame>,
 }
 
 impl<W: Write> HeadlessPeer<W> {
@@ -373,6 +381,7 @@ impl<W: Write> HeadlessPeer<W> {
             files_received: 0,
             pending_send: HashSet::new(),
             usage_at_join: None,
+            share_reference: None,
         }
     }
 
@@ -415,6 +424,11 @@ impl<W: Write> HeadlessPeer<W> {
                 && let Some(mut screen) = video_stats_json(&mut view.screen, interval)
             {
                 screen["sharing"] = json!(view.sharing);
+                if self.opts.compare_screen
+                    && let Some(psnr) = share_psnr(view, &mut self.share_reference)
+                {
+                    screen["psnr_db"] = json!((psnr * 10.0).round() / 10.0);
+                }
                 record["screen"] = screen;
             }
             if let Some(n) = &view.network {
@@ -426,7 +440,8 @@ impl<W: Write> HeadlessPeer<W> {
             }
             if let Some(e) = self.engine.media().screen_encoder_stats() {
                 record["screen_encoder"] = json!({"frames": e.frames, "keyframes": e.keyframes,
-                    "bytes": e.bytes, "width": e.width, "height": e.height});
+                    "bytes": e.bytes, "width": e.width, "height": e.height,
+                    "reveal_pending_rows": e.reveal_pending_rows});
             }
             if let Some(a) = self.engine.media().remote_audio(peer) {
                 record["audio"] = json!({
@@ -672,6 +687,25 @@ fn ms_summary(sorted_us: &[i64]) -> serde_json::Value {
 
 /// A stream's stats object (`video` for the camera, `screen` for a share): frames, fps over the
 /// last interval, latency over the run and over the interval, freezes.
+/// The PSNR of the peer's latest share picture against the synthetic page, computed again only
+/// when a new picture has been decoded since.
+fn share_psnr(
+    view: &mut PeerView,
+    reference: &mut Option<crate::media::frame::RgbaFrame>,
+) -> Option<f64> {
+    let video = view.screen.video.as_ref()?;
+    let decoded = video.latest.put_count();
+    if let Some((at, psnr)) = view.share_psnr
+        && at == decoded
+    {
+        return Some(psnr);
+    }
+    let picture = video.latest.peek()?;
+    let psnr = crate::media::screen::synthetic_share_psnr(&picture, reference)?;
+    view.share_psnr = Some((decoded, psnr));
+    Some(psnr)
+}
+
 fn video_stats_json(view: &mut StreamView, interval_secs: f64) -> Option<serde_json::Value> {
     let v = view.video.as_ref()?;
     let s = v.stats();

@@ -154,6 +154,10 @@ struct JoinArgs {
     /// Share what the computer plays with the screen (the default speaker's monitor).
     #[arg(long)]
     screen_sound: bool,
+    /// Compare the screen shares received with the synthetic page a `--screen test` peer shares
+    /// and log how close they are (`screen.psnr_db`, luma PSNR below the stamp), for benchmarks.
+    #[arg(long)]
+    compare_screen: bool,
     /// Audio source: `tone`, `tone:HZ`, `clicks`, a WAV file, or `none`.
     #[arg(long, default_value = "tone")]
     audio: String,
@@ -481,6 +485,7 @@ fn join(args: JoinArgs) -> anyhow::Result<()> {
         screen: args.screen,
         screen_fps: args.screen_fps,
         screen_sound: args.screen_sound,
+        compare_screen: args.compare_screen,
         audio: args.audio,
         accept_files: args.recv_dir.is_some() && !args.decline_files,
         recv_dir: args.recv_dir.unwrap_or_else(|| ".".into()),

@@ -145,6 +145,12 @@ async fn a_share_starts_stops_and_restarts_beside_the_camera_and_reaches_a_late_
     carl.join("share", "carl").await;
     carl.connected_to(&ann_id).await;
     screen_frames_beyond(&mut carl, &ann_id, 0, 3).await;
+    // A late joiner's keyframe may start the share's reveal over (`media::reveal`): the first
+    // pictures can be the blurred page, the stamp at its top sharp a few frames later.
+    carl.until(Duration::from_secs(20), |p| {
+        (!p.screens.get(&ann_id)?.stats().sources.is_empty()).then_some(())
+    })
+    .await;
     assert_eq!(carl.screens[&ann_id].stats().sources, vec![SHARE_SOURCE]);
 
     // Stopping: the others are told, the camera keeps coming, the share's pictures stop.

@@ -20,7 +20,7 @@ pub(super) async fn run(opts: &BenchOptions) -> Result<Value, BenchError> {
         opts.profiles.clone()
     };
     let mut out = json!({
-        "what": "two headless peers (640x480 synthetic scene at 30 fps, Opus tone) in two network namespaces joined by Huddle's userspace link emulator; per direction, figures from the receiver",
+        "what": "two headless peers (640x480 synthetic scene at 30 fps, Opus tone) in two network namespaces joined by Huddle's userspace link emulator; per direction, figures from the receiver. With --network-screen-fps, A also shares the synthetic 1920x1080 text page (--screen test) and B compares every share picture it decodes with that page (psnr_*: luma PSNR below the stamp, against the page after the sharer's RGB to I420 conversion; *_at_s: seconds since both peers had joined and the link profile started, at the first receiver stats line that reached it)",
         "profiles": {},
     });
     for name in names {
@@ -88,8 +88,14 @@ async fn profile_run(
             "1",
             "--decline-files",
         ]);
-        if let (Side::A, Some(fps)) = (side, opts.network_screen_fps) {
-            cmd.args(["--screen", "test", "--screen-fps", &fps.to_string()]);
+        match (side, opts.network_screen_fps) {
+            (Side::A, Some(fps)) => {
+                cmd.args(["--screen", "test", "--screen-fps", &fps.to_string()]);
+            }
+            (Side::B, Some(_)) => {
+                cmd.arg("--compare-screen");
+            }
+            _ => {}
         }
         // Each peer's own log (RUST_LOG applies), for a closer look at a failed run.
         let stderr = std::fs::File::create(
@@ -278,8 +284,20 @@ fn screen_direction(rx: &[Line], tx: &[Line], sender_id: &str) -> Option<Value> 
         )),
         _ => None,
     };
+    // Sharpness: the receiver compares what it decodes with the page shared.
+    let psnr = |l: &Line| l.value["screen"]["psnr_db"].as_f64();
+    let sharp_at = |db: f64| {
+        lines
+            .iter()
+            .find(|l| psnr(l).is_some_and(|p| p >= db))
+            .map(|l| round1(l.at))
+    };
     Some(json!({
         "first_picture_at_s": round1(first.at),
+        "psnr_first_picture_db": psnr(first),
+        "psnr_30db_at_s": sharp_at(30.0),
+        "psnr_35db_at_s": sharp_at(35.0),
+        "psnr_last_db": psnr(last),
         "fps_mean_from_first_picture": (span > 0.0).then(|| round1((frames(last) - frames(first)) / span)),
         "fps_slowest_second": slowest_second.map(round1),
         "latency_p50_ms": last.value["screen"]["latency_p50_ms"],
@@ -558,9 +576,10 @@ pub(super) fn table(n: &Value) -> String {
             ));
             if let Some(sc) = d.get("screen").filter(|v| v.is_object()) {
                 out.push_str(&format!(
-                    "                screen share: {}x{}, fps from first picture {} (slowest second {}), first picture at {} s, latency p50/p95 {}/{} ms, freezes {} ({} ms), encoder {} kbit/s\n",
+                    "                screen share: {}x{}, fps from first picture {} (slowest second {}), first picture at {} s ({} dB), PSNR >= 30 dB at {} s, >= 35 dB at {} s, last {} dB, latency p50/p95 {}/{} ms, freezes {} ({} ms), encoder {} kbit/s\n",
                     sc["width"], sc["height"], sc["fps_mean_from_first_picture"], sc["fps_slowest_second"],
-                    sc["first_picture_at_s"], sc["latency_p50_ms"], sc["latency_p95_ms"], sc["freezes"],
+                    sc["first_picture_at_s"], sc["psnr_first_picture_db"], sc["psnr_30db_at_s"],
+                    sc["psnr_35db_at_s"], sc["psnr_last_db"], sc["latency_p50_ms"], sc["latency_p95_ms"], sc["freezes"],
                     sc["frozen_ms"], sc["encoder_kbps"],
                 ));
             }

@@ -134,17 +134,31 @@ impl RgbaFrame {
     /// Peak signal-to-noise ratio of this picture's luma against `reference`, in dB (how close a
     /// received or captured picture is to what was sent); `None` when the sizes differ.
     pub fn luma_psnr(&self, reference: &RgbaFrame) -> Option<f64> {
+        self.luma_psnr_rows(reference, 0..self.height)
+    }
+
+    /// The same over the rows in `rows` only (parts of a picture that change, such as a stamp,
+    /// left out); `None` when the sizes differ or no row is left.
+    pub fn luma_psnr_rows(
+        &self,
+        reference: &RgbaFrame,
+        rows: std::ops::Range<usize>,
+    ) -> Option<f64> {
         if (self.width, self.height) != (reference.width, reference.height) {
             return None;
         }
+        let rows = rows.start.min(self.height)..rows.end.min(self.height);
+        if rows.is_empty() {
+            return None;
+        }
         let mut sum = 0.0;
-        for y in 0..self.height {
+        for y in rows.clone() {
             for x in 0..self.width {
                 let d = self.luma(x, y) as f64 - reference.luma(x, y) as f64;
                 sum += d * d;
             }
         }
-        let mse = sum / (self.width * self.height).max(1) as f64;
+        let mse = sum / (self.width * rows.len()).max(1) as f64;
         Some(10.0 * (255.0 * 255.0 / mse.max(1e-9)).log10())
     }
 }

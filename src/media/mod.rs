@@ -17,6 +17,7 @@ pub mod own_playout;
 pub mod pattern;
 pub mod playout;
 pub mod resample;
+pub mod reveal;
 pub mod samples;
 pub mod scene;
 pub mod screen;

@@ -8,7 +8,7 @@ mod portal;
 
 use super::MediaError;
 use super::convert::I420Scaler;
-use super::frame::I420Frame;
+use super::frame::{I420Frame, RgbaFrame};
 use super::stamp::{FrameStamp, TIME_MODULUS, write_stamp};
 
 /// The largest picture a share sends; larger screens are scaled down to fit, keeping the aspect.
@@ -313,6 +313,36 @@ fn hash(v: usize) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// How close a received picture of the synthetic share ([`SyntheticScreen`], 1920x1080) is to
+/// what was shared: luma PSNR against the page as the sharer encodes it (after its RGB to I420
+/// conversion, and scaled as its encoder would for a smaller picture), over the rows between
+/// the stamp at the top and the moving block at the bottom. `reference` keeps the page at the
+/// size last asked for.
+pub fn synthetic_share_psnr(
+    received: &RgbaFrame,
+    reference: &mut Option<RgbaFrame>,
+) -> Option<f64> {
+    let (w, h) = (received.width, received.height);
+    if reference
+        .as_ref()
+        .is_none_or(|r| (r.width, r.height) != (w, h))
+    {
+        if w < 64 || h < 64 || !w.is_multiple_of(2) || !h.is_multiple_of(2) {
+            return None;
+        }
+        let (pw, ph) = (w.max(1920), h.max(1080));
+        let mut page = I420Frame::from_rgba(&ScreenPicture::rgba(pw, ph), pw, ph);
+        if (pw, ph) != (w, h) {
+            page = I420Scaler::default().scale(&page, w, h).ok()?;
+        }
+        let mut rgba = RgbaFrame::default();
+        page.to_rgba(&mut rgba);
+        *reference = Some(rgba);
+    }
+    let top = super::stamp::stamp_rows() * super::stamp::cell_size(w);
+    received.luma_psnr_rows(reference.as_ref()?, top..h.saturating_sub(24))
 }
 
 /// The synthetic share: [`ScreenPicture`] with a stamp (for latency) and a small block that moves
@@ -1037,6 +1067,35 @@ mod tests {
             err.to_string().contains("cannot open display :9999"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_synthetic_share_is_compared_with_the_page_whatever_its_stamp_and_size() {
+        let mut reference = None;
+        let mut share = SyntheticScreen::new(1920, 1080, 3);
+        let mut rgba = RgbaFrame::default();
+        share.capture(123_456).expect("picture").to_rgba(&mut rgba);
+        // The stamp and the moving block are left out: the rest is the page itself.
+        let same = synthetic_share_psnr(&rgba, &mut reference).expect("comparable");
+
+        assert!(same > 90.0, "{same}");
+        // A blank picture is far from it.
+        let blank = RgbaFrame {
+            pixels: vec![255; rgba.pixels.len()],
+            ..rgba.clone()
+        };
+        let far = synthetic_share_psnr(&blank, &mut reference).expect("comparable");
+        assert!(far < 15.0, "{far}");
+        // A half-size picture is compared with the page scaled as the encoder scales it.
+        let picture = share.capture(0).expect("picture");
+        let half = I420Scaler::default()
+            .scale(&picture, 960, 540)
+            .expect("scaled");
+        half.to_rgba(&mut rgba);
+        let scaled = synthetic_share_psnr(&rgba, &mut reference).expect("comparable");
+        // The scaler's filter spreads the stamp's edge a row into the compared area: close to
+        // the page, not identical.
+        assert!(scaled > 45.0, "{scaled}");
     }
 }
 

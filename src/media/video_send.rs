@@ -14,6 +14,7 @@ use super::convert::I420Scaler;
 use super::frame::FramePool;
 use super::frame::{I420Frame, RgbaFrame};
 use super::ladder::{Ladder, VideoTarget};
+use super::reveal::Reveal;
 use super::samples::Samples;
 use super::slot::LatestSlot;
 use std::collections::hash_map::Entry;
@@ -36,6 +37,9 @@ pub struct EncoderStats {
     pub height: usize,
     /// Encodings running (one per ladder rung some peer is on).
     pub encodings: usize,
+    /// A screen share: macroblock rows of the picture not yet revealed to the encoder (see
+    /// `reveal`), after the last frame.
+    pub reveal_pending_rows: usize,
 }
 
 /// Encoded frames queued for one peer's connection before older ones are dropped.
@@ -172,6 +176,8 @@ struct Encoding {
     /// When the last forced keyframe was sent, and how long until the next may be forced.
     last_keyframe: Option<(Instant, Duration)>,
     last_used: Instant,
+    /// A screen's encoding takes the picture in band by band, as its budget allows.
+    reveal: Option<Reveal>,
 }
 
 /// Whether to force a keyframe now: one is wanted, and either the last forced one's hold has
@@ -379,6 +385,7 @@ impl EncoderThread {
                             next_due_us: 0,
                             last_keyframe: None,
                             last_used: now,
+                            reveal: self.screen_fps.map(|_| Reveal::new()),
                         },
                     );
                 }
@@ -422,9 +429,22 @@ impl EncoderThread {
                 return;
             }
         };
+        // A new encoder's first frame is a keyframe whether forced or not.
+        let keyframe = force || fresh;
+        let input = match enc.reveal.as_mut() {
+            Some(reveal) => reveal.next(
+                input,
+                Reveal::allowance_bytes(enc.encoder.bitrate(), t.fps),
+                keyframe,
+            ),
+            None => input,
+        };
         let started = Instant::now();
         match enc.encoder.encode(input, force) {
             Ok(Some(out)) => {
+                if let Some(reveal) = enc.reveal.as_mut() {
+                    reveal.encoded(out.data.len(), out.keyframe);
+                }
                 // Requests are settled by a keyframe that came out, not by asking: rate control
                 // may skip the very frame that was to be one.
                 if out.keyframe {
@@ -446,6 +466,10 @@ impl EncoderThread {
                     s.encode_us.push(started.elapsed().as_micros() as i64);
                     if rung == 0 || s.width * s.height <= size.0 * size.1 {
                         (s.width, s.height) = size;
+                        s.reveal_pending_rows = enc
+                            .reveal
+                            .as_ref()
+                            .map_or(0, |r| r.last_step().pending_bands);
                     }
                 }
                 let out = Arc::new(out);
