@@ -535,11 +535,16 @@ pub fn video_budget_bps(estimate_bps: u64) -> u32 {
 
 /// A screen share's part of the video budget: it keeps priority over the camera under
 /// congestion (slides and code are what the call is about), leaving the camera a quarter, or
-/// what a small camera picture needs when that is more, or half on a very slow link.
+/// what its smallest picture needs (160x120) when that is more, or half on a very slow link.
 pub fn screen_share_bps(video_budget_bps: u32) -> u32 {
-    let camera = (video_budget_bps / 4).max(60_000).min(video_budget_bps / 2);
+    let camera = (video_budget_bps / 4)
+        .max(CAMERA_BESIDE_SHARE_MIN_BPS)
+        .min(video_budget_bps / 2);
     video_budget_bps - camera
 }
+
+/// What the camera keeps beside a share at least (while the budget is more than twice this).
+const CAMERA_BESIDE_SHARE_MIN_BPS: u32 = 30_000;
 
 /// The camera's budget: all of it without a share, else what the share leaves unused.
 pub fn camera_budget_bps(video_budget_bps: u32, screen_uses_bps: Option<u32>) -> u32 {
@@ -1504,4 +1509,24 @@ async fn receive_audio(track: Arc<dyn TrackRemote>, playout: Arc<AudioPlayout>, 
         }
     }
     playout.remove_stream(&key);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_share_keeps_priority_over_the_camera_and_the_camera_keeps_a_small_picture() {
+        // A good link: the camera gets a quarter.
+        assert_eq!(screen_share_bps(2_000_000), 1_500_000);
+        assert_eq!(camera_budget_bps(2_000_000, Some(1_500_000)), 500_000);
+        // A 200 kbit/s uplink (about 85 kbit/s for video): the camera keeps its floor.
+        assert_eq!(screen_share_bps(85_000), 55_000);
+        assert_eq!(camera_budget_bps(85_000, Some(55_000)), 30_000);
+        // Less than twice the floor: half each.
+        assert_eq!(screen_share_bps(40_000), 20_000);
+        // What the share leaves unused goes to the camera; without a share, all of it.
+        assert_eq!(camera_budget_bps(2_000_000, Some(300_000)), 1_700_000);
+        assert_eq!(camera_budget_bps(2_000_000, None), 2_000_000);
+    }
 }
