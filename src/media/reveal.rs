@@ -91,8 +91,9 @@ impl Reveal {
     }
 
     /// New picture a frame may carry, in bytes, at `bitrate_bps` and `fps`: one frame's share
-    /// of the budget and half as much again, so rate control raises the quantiser while a page
-    /// is revealed (coarse first, refined once it stands still) instead of taking longer.
+    /// of the budget and half as much again. Rate control fills most frames to its target with
+    /// refinement whatever they carry, so an allowance of exactly one frame's share would
+    /// rarely be reached and the cost estimate (see `encoded`) would only climb.
     pub fn allowance_bytes(bitrate_bps: u32, fps: u32) -> f64 {
         bitrate_bps as f64 / 8.0 / fps.max(1) as f64 * 1.5
     }
@@ -196,10 +197,10 @@ impl Reveal {
     /// The size the last picture came out at. Rate control fills a frame with refinement of
     /// what is shown whatever the new picture in it, so a frame's size says little about what
     /// the new part cost: only a frame over its allowance does (the new part was too much).
-    /// So the estimate rises to what such a frame says and otherwise falls slowly, admitting
-    /// more until frames reach their allowance; rate control answers that with a coarser
-    /// quantiser, which is what reveals a page quickly on a slow link (refined once it stands
-    /// still).
+    /// So the estimate rises by the share a frame went over and otherwise falls slowly,
+    /// admitting more until frames reach their allowance. (Measured at 100 kbit/s: the page
+    /// comes in at about the quality it then keeps, 43 dB after a minute; letting rate control
+    /// go coarse first and refine later took as long to reach 34 dB.)
     pub fn encoded(&mut self, bytes: usize, keyframe: bool) {
         let units = if keyframe {
             self.shown_units.iter().sum()
