@@ -132,25 +132,36 @@ impl TestClient {
             .expect("send");
     }
 
-    /// Next protocol message; panics on timeout or close.
+    /// Next protocol message; panics on timeout or close, saying which.
     pub async fn recv(&mut self) -> ServerMessage {
-        self.try_recv(WAIT)
-            .await
-            .expect("a message before timeout/close")
+        match self.recv_or_why(WAIT).await {
+            Ok(message) => message,
+            Err(why) => panic!("no message from the server: {why}"),
+        }
     }
 
     /// Next protocol message, or `None` on close or when `within` passes.
     pub async fn try_recv(&mut self, within: Duration) -> Option<ServerMessage> {
+        self.recv_or_why(within).await.ok()
+    }
+
+    /// Next protocol message, or why there was none.
+    async fn recv_or_why(&mut self, within: Duration) -> Result<ServerMessage, String> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let frame = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .ok()??;
+            let frame = match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return Err(format!("nothing within {within:?}")),
+                Ok(None) => return Err("the connection ended".into()),
+                Ok(Some(frame)) => frame,
+            };
             match frame {
                 Ok(Message::Text(t)) => {
-                    return Some(protocol::decode_server(&t).expect("server sends valid JSON"));
+                    return Ok(protocol::decode_server(&t).expect("server sends valid JSON"));
                 }
-                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(Message::Close(close)) => {
+                    return Err(format!("closed by the server: {close:?}"));
+                }
+                Err(e) => return Err(format!("socket error: {e}")),
                 Ok(_) => continue,
             }
         }
