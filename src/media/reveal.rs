@@ -545,6 +545,21 @@ mod tests {
     }
 
     #[test]
+    fn a_picture_of_partial_macroblocks_is_revealed_whole() {
+        // 100x70: the last column and row of macroblocks are partial.
+        let source = page(100, 70);
+        let mut reveal = Reveal::new();
+        // A tiny allowance: a macroblock or so a frame, so every partial one is copied alone.
+        let mut frames = 0;
+        while reveal.next(&source, 1.0, frames == 0) != &source {
+            frames += 1;
+            assert!(frames < 100, "not revealed after {frames} frames");
+        }
+        assert_eq!(reveal.last_step().pending_bands, 0);
+        assert!(frames > 1, "revealed in {frames} frames");
+    }
+
+    #[test]
     fn another_size_starts_over() {
         let mut reveal = Reveal::new();
         reveal.next(&page(640, 360), 10_000_000.0, false);
