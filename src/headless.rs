@@ -66,8 +66,8 @@ pub struct HeadlessOptions {
     pub screen_fps: u32,
     /// Share what the computer plays with it (the default speaker's monitor).
     pub screen_sound: bool,
-    /// Compare the screen shares received with the synthetic page (`--screen test`) and log
-    /// their PSNR (benchmarks of sharpness on a slow link).
+    /// Compare the screen shares received with the default synthetic page (`--screen test`,
+    /// 1920x1080) and log their PSNR (benchmarks of sharpness on a slow link).
     pub compare_screen: bool,
 }
 
@@ -685,8 +685,6 @@ fn ms_summary(sorted_us: &[i64]) -> serde_json::Value {
         "p95": to_ms(percentile(sorted_us, 0.95)), "max": to_ms(sorted_us.last().copied())})
 }
 
-/// A stream's stats object (`video` for the camera, `screen` for a share): frames, fps over the
-/// last interval, latency over the run and over the interval, freezes.
 /// The PSNR of the peer's latest share picture against the synthetic page, computed again only
 /// when a new picture has been decoded since.
 fn share_psnr(
@@ -706,6 +704,8 @@ fn share_psnr(
     Some(psnr)
 }
 
+/// A stream's stats object (`video` for the camera, `screen` for a share): frames, fps over the
+/// last interval, latency over the run and over the interval, freezes.
 fn video_stats_json(view: &mut StreamView, interval_secs: f64) -> Option<serde_json::Value> {
     let v = view.video.as_ref()?;
     let s = v.stats();

@@ -155,7 +155,8 @@ struct JoinArgs {
     #[arg(long)]
     screen_sound: bool,
     /// Compare the screen shares received with the synthetic page a `--screen test` peer shares
-    /// and log how close they are (`screen.psnr_db`, luma PSNR below the stamp), for benchmarks.
+    /// (the default 1920x1080 one, not `test:WxH`) and log how close they are
+    /// (`screen.psnr_db`, luma PSNR below the stamp), for benchmarks.
     #[arg(long)]
     compare_screen: bool,
     /// Audio source: `tone`, `tone:HZ`, `clicks`, a WAV file, or `none`.

@@ -251,6 +251,11 @@ impl H264Encoder {
         Ok(())
     }
 
+    /// Whether the next frame will be a keyframe: forced, or the encoder's first.
+    pub fn next_is_keyframe(&self, force_keyframe: bool) -> bool {
+        force_keyframe || self.frames == 0
+    }
+
     /// Encodes one frame; `None` when the encoder chose to skip it.
     pub fn encode(
         &mut self,
@@ -263,7 +268,7 @@ impl H264Encoder {
                 frame.width, frame.height, self.width, self.height
             )));
         }
-        if force_keyframe || self.frames == 0 {
+        if self.next_is_keyframe(force_keyframe) {
             self.inner.force_intra_frame();
         }
         self.frames += 1;

@@ -98,11 +98,6 @@ impl Reveal {
         bitrate_bps as f64 / 8.0 / fps.max(1) as f64 * 1.5
     }
 
-    /// The encoder's estimated cost of new picture, bytes per complexity unit.
-    pub fn bytes_per_unit(&self) -> f64 {
-        self.bytes_per_unit
-    }
-
     /// What the last call of [`Reveal::next`] did.
     pub fn last_step(&self) -> RevealStep {
         self.last
@@ -530,10 +525,10 @@ mod tests {
     fn frames_over_their_allowance_make_the_estimate_dearer_and_frames_within_it_cheaper() {
         let source = page(640, 360);
         let mut reveal = Reveal::new();
-        let start = reveal.bytes_per_unit();
+        let start = reveal.bytes_per_unit;
         reveal.next(&source, 5_000.0, true);
         reveal.encoded(10_000, true);
-        let dearer = reveal.bytes_per_unit();
+        let dearer = reveal.bytes_per_unit;
         assert!((dearer - start * 2.0).abs() < 1e-9, "{start} -> {dearer}");
         // The picture keeps changing (new content every frame), each frame well within.
         let blank = flat_like(&source);
@@ -541,7 +536,7 @@ mod tests {
             reveal.next(if i % 2 == 0 { &blank } else { &source }, 5_000.0, false);
             reveal.encoded(1_000, false);
         }
-        assert_eq!(reveal.bytes_per_unit(), MIN_BYTES_PER_UNIT);
+        assert_eq!(reveal.bytes_per_unit, MIN_BYTES_PER_UNIT);
     }
 
     #[test]

@@ -429,13 +429,11 @@ impl EncoderThread {
                 return;
             }
         };
-        // A new encoder's first frame is a keyframe whether forced or not.
-        let keyframe = force || fresh;
         let input = match enc.reveal.as_mut() {
             Some(reveal) => reveal.next(
                 input,
                 Reveal::allowance_bytes(enc.encoder.bitrate(), t.fps),
-                keyframe,
+                enc.encoder.next_is_keyframe(force),
             ),
             None => input,
         };
