@@ -66,17 +66,7 @@ fn percent_decode(s: &str) -> Result<String, InviteError> {
     String::from_utf8(out).map_err(|_| InviteError::BadEscape)
 }
 
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+use crate::signaling::web::percent_encode;
 
 fn valid_host(host: &str) -> bool {
     if host.parse::<std::net::IpAddr>().is_ok() {
@@ -193,6 +183,30 @@ impl Invite {
     }
 }
 
+impl Invite {
+    /// The same room's page for a guest with only a browser, on the same server and port:
+    /// `https://HOST:PORT/ROOM` (`http://` when the server speaks plain `ws://`), carrying the
+    /// join token if the invite has one.
+    pub fn guest_url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let mut url = format!(
+            "{scheme}://{host}:{}/{}",
+            self.port,
+            percent_encode(&self.room)
+        );
+        if let Some(token) = &self.token {
+            url.push_str("?token=");
+            url.push_str(&percent_encode(token));
+        }
+        url
+    }
+}
+
 impl fmt::Display for Invite {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let host = if self.host.contains(':') {
@@ -243,6 +257,14 @@ mod tests {
         assert_eq!(Invite::parse(&i.to_string()).unwrap(), i);
         let made = Invite::for_server("ws://192.168.1.20:8787", "Team sync").unwrap();
         assert_eq!(made.to_string(), "huddle://192.168.1.20:8787/Team%20sync");
+    }
+
+    #[test]
+    fn guest_links_point_at_the_same_server_over_http() {
+        let lan = Invite::for_server("ws://192.168.1.20:8787", "Team sync").unwrap();
+        assert_eq!(lan.guest_url(), "http://192.168.1.20:8787/Team%20sync");
+        let i = Invite::parse("huddle://[::1]:443/r?token=abc.def&tls=1").unwrap();
+        assert_eq!(i.guest_url(), "https://[::1]:443/r?token=abc.def");
     }
 
     #[test]

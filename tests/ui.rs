@@ -943,13 +943,31 @@ fn an_invite_link_opens_straight_into_its_room() {
         ui.harness.state().app().call.as_ref().unwrap().room,
         "Design review"
     );
-    // The call offers the same kind of link back.
+    // The call offers the same kind of link back, and a browser link to the guest page.
     ui.harness.get_by_label("Copy invite link").click();
+    ui.harness.run_steps(2);
+    ui.harness.get_by_label("Copy app link").click();
     ui.until("the copied link", Duration::from_secs(5), |h| {
         h.state().app().last_invite.is_some()
     });
     let copied = ui.harness.state().app().last_invite.clone().unwrap();
+    ui.harness.state_mut().app.as_mut().unwrap().last_invite = None;
     assert_eq!(huddle::invite::Invite::parse(&copied).unwrap(), invite);
+    ui.harness.get_by_label("Copy invite link").click();
+    ui.harness.run_steps(2);
+    ui.harness.get_by_label("Copy browser link").click();
+    ui.until("the copied browser link", Duration::from_secs(5), |h| {
+        h.state().app().last_invite.is_some()
+    });
+    let guest = ui.harness.state().app().last_invite.clone().unwrap();
+    assert_eq!(
+        guest,
+        format!("http://{}/Design%20review", server.local_addr())
+    );
+    // The server answers that link with the guest page.
+    let page = rt.block_on(http_get(&guest));
+    assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
+    assert!(page.contains("<title>Huddle</title>"), "{page}");
     drop(ui);
     rt.block_on(server.shutdown());
 }

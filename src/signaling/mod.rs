@@ -1,7 +1,8 @@
 //! Signaling: the WebSocket protocol (`protocol`), the room state machine (`hub`), the server
 //! (`server`), join rules (`access`), the Redis cluster hub (`cluster`), what connections and a
 //! hub backend exchange (`hub_link`, which keeps `server` and `cluster` from using each other),
-//! TURN credentials (`turn`) and the client actor (`client`). Depends on nothing else in the
+//! TURN credentials (`turn`), the guest page served on the same port (`web`) and the client
+//! actor (`client`). Depends on nothing else in the
 //! crate.
 
 pub mod access;
@@ -12,6 +13,7 @@ mod hub_link;
 pub mod protocol;
 pub mod server;
 pub mod turn;
+pub mod web;
 
 pub use protocol::{PROTOCOL_VERSION, PeerId};
 pub use server::{ServerConfig, ServerHandle};

@@ -13,6 +13,7 @@ use super::hub_link::{HubMsg, Outgoing, now_ms};
 use super::protocol::{
     self, ClientMessage, ErrorCode, IceServer, JoinAccess, LeaveReason, Limits, ServerMessage,
 };
+use super::web;
 use futures_util::{SinkExt, StreamExt};
 use std::collections::HashMap;
 use std::fmt;
@@ -233,6 +234,13 @@ impl ServerHandle {
         format!("{scheme}://{}", self.local_addr)
     }
 
+    /// `http://` (or `https://`) URL of the guest page for `room` (`None`: the room picker).
+    pub fn page_url(&self, room: Option<&str>) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        let path = room.map(web::percent_encode).unwrap_or_default();
+        format!("{scheme}://{}/{path}", self.local_addr)
+    }
+
     /// Stops accepting, tells every client the server is going away, and waits for all tasks.
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
@@ -427,9 +435,35 @@ async fn connection<S: Stream>(
     hub_tx: mpsc::Sender<HubMsg>,
     cancel: CancellationToken,
 ) {
-    match refusal {
-        Some((code, message)) => reject(stream, &config, code, message).await,
-        None => serve_connection(stream, addr, conn, config, hub_tx, cancel).await,
+    // The port serves the guest page too: read the request head to tell a WebSocket upgrade
+    // from a page request, then hand the upgrade to the handshake with those bytes replayed.
+    let mut stream = stream;
+    let head = match web::read_head(&mut stream, config.hello_timeout).await {
+        Ok(head) => head,
+        Err(e) => {
+            debug!(%addr, error = %e, "no request");
+            return;
+        }
+    };
+    match web::route(&head) {
+        web::Request::Page(response) => {
+            let response = match refusal {
+                Some((_, message)) => web::unavailable(message),
+                None => response,
+            };
+            match tokio::time::timeout(config.write_timeout, response.send(&mut stream)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(%addr, error = %e, "page not sent"),
+                Err(_) => debug!(%addr, "page write timed out"),
+            }
+        }
+        web::Request::Upgrade => {
+            let stream = web::Rewound::new(head.freeze(), stream);
+            match refusal {
+                Some((code, message)) => reject(stream, &config, code, message).await,
+                None => serve_connection(stream, addr, conn, config, hub_tx, cancel).await,
+            }
+        }
     }
 }
 
@@ -465,11 +499,13 @@ pub fn origin_allowed(origin: Option<&str>, allowed: &[String]) -> bool {
 #[allow(clippy::result_large_err)]
 async fn handshake<S: Stream>(stream: S, config: &ServerConfig) -> Option<WebSocketStream<S>> {
     let check_origin = |request: &Request, response: Response| {
-        let origin = request
-            .headers()
+        let headers = request.headers();
+        let origin = headers
             .get(header::ORIGIN)
             .map(|o| o.to_str().unwrap_or("(not text)"));
-        if origin_allowed(origin, &config.allowed_origins) {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let own_page = origin.is_some_and(|o| web::is_own_origin(o, host, config.tls.is_some()));
+        if own_page || origin_allowed(origin, &config.allowed_origins) {
             return Ok(response);
         }
         debug!(
@@ -477,7 +513,8 @@ async fn handshake<S: Stream>(stream: S, config: &ServerConfig) -> Option<WebSoc
             "refusing a WebSocket upgrade from an origin not allowed"
         );
         let mut refusal = ErrorResponse::new(Some(
-            "origin not allowed: start the server with --allowed-origin for this site\n".into(),
+            "origin not allowed: the server takes its own page's origin (over TLS, or by IP address) \
+             and those listed with --allowed-origin\n".into(),
         ));
         *refusal.status_mut() = StatusCode::FORBIDDEN;
         Err(refusal)

@@ -492,11 +492,19 @@ impl HuddleApp {
         }
     }
 
-    /// An invite link to the current room, for the clipboard.
-    pub fn invite_link(&self) -> Option<String> {
+    fn invite(&self) -> Option<crate::invite::Invite> {
         let room = self.call.as_ref()?.room.clone();
         crate::invite::Invite::for_server(&self.shareable_server_url(), &room)
-            .map(|i| i.to_string())
+    }
+
+    /// A `huddle://` invite link to the current room, for the clipboard.
+    pub fn invite_link(&self) -> Option<String> {
+        self.invite().map(|i| i.to_string())
+    }
+
+    /// The current room's guest page, for someone with only a browser.
+    pub fn guest_link(&self) -> Option<String> {
+        self.invite().map(|i| i.guest_url())
     }
 
     /// Offers the built-in server to the local network: listens on all interfaces and announces

@@ -174,16 +174,30 @@ fn top_bar(app: &mut HuddleApp, ui: &mut egui::Ui) {
                     );
                 }
                 ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
-                    if ui
-                        .button("Copy invite link")
-                        .on_hover_text("A huddle:// link others can open to join this room")
-                        .clicked()
-                        && let Some(link) = app.invite_link()
-                    {
-                        ui.ctx().copy_text(link.clone());
-                        app.toast(format!("Copied {link}"));
-                        app.last_invite = Some(link);
-                    }
+                    ui.menu_button("Copy invite link", |ui| {
+                        let links = [
+                            (
+                                "Copy app link",
+                                "A huddle:// link that opens this room in Huddle",
+                                app.invite_link(),
+                            ),
+                            (
+                                "Copy browser link",
+                                "A web link: a guest without Huddle joins from a browser",
+                                app.guest_link(),
+                            ),
+                        ];
+                        for (label, hint, link) in links {
+                            if ui.button(label).on_hover_text(hint).clicked()
+                                && let Some(link) = link
+                            {
+                                ui.ctx().copy_text(link.clone());
+                                app.toast(format!("Copied {link}"));
+                                app.last_invite = Some(link);
+                                ui.close();
+                            }
+                        }
+                    });
                     if let Some(call) = app.call.as_mut() {
                         let (label, hint, next) = match call.layout {
                             CallLayout::Grid => (

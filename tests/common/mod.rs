@@ -256,6 +256,7 @@ fn rand_nonce() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
+pub mod browser;
 pub mod peer;
 
 /// A `huddle serve` process, for what only a separate process shows: its memory, and what
@@ -328,4 +329,24 @@ pub async fn first_message(ws: &mut WebSocketStream<MaybeTlsStream<TcpStream>>) 
             return protocol::decode_server(&t).expect("server sends valid JSON");
         }
     }
+}
+
+/// A plain-HTTP GET of `url` (`http://HOST:PORT/PATH`) over a fresh connection: the whole
+/// response, head and body, as text.
+pub async fn http_get(url: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut stream = tokio::time::timeout(WAIT, TcpStream::connect(authority))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let request = format!("GET /{path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+        .await
+        .expect("the response in time")
+        .unwrap();
+    String::from_utf8_lossy(&response).into_owned()
 }

@@ -21,6 +21,8 @@ pub struct PeerOptions {
     pub event_queue: Option<usize>,
     /// How long a peer the server stops listing keeps its place (`None`: the default).
     pub missing_peer_grace: Option<Duration>,
+    /// A certificate to trust for a `wss://` server (a self-signed test server).
+    pub trusted_cert: Option<PathBuf>,
 }
 
 impl PeerOptions {
@@ -33,6 +35,7 @@ impl PeerOptions {
             tamper: None,
             event_queue: None,
             missing_peer_grace: None,
+            trusted_cert: None,
         }
     }
 }
@@ -68,6 +71,7 @@ impl TestPeer {
         if let Some(n) = opts.event_queue {
             config.event_queue = n;
         }
+        config.trusted_cert = opts.trusted_cert;
         if let Some(grace) = opts.missing_peer_grace {
             config.missing_peer_grace = grace;
         }

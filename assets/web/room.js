@@ -1,0 +1,454 @@
+// Signaling and the mesh: one WebSocket to the Huddle server, one RTCPeerConnection per other
+// participant, following the rules Huddle's native client follows (docs/protocol.md): the
+// newcomer offers, `session` numbers name connections, perfect negotiation on glare (the peer
+// whose id sorts later is polite), trickle ICE, `media_state`, `bye`, and rebuilding a failed
+// connection from the side whose id sorts first.
+
+import { CHANNEL_LABEL } from './files.js';
+
+const PROTOCOL_VERSION = 1;
+const SCREEN_STREAM = 'huddle-screen';
+const RETRYABLE = new Set(['shutting_down', 'unavailable', 'slow_reader', 'rate_limited', 'hello_timeout']);
+
+/** The stream ids of an SDP's media sections that carry a screen share, by mid. */
+function screenMids(sdp) {
+  const mids = new Set();
+  for (const section of sdp.split(/\r?\nm=/).slice(1)) {
+    const mid = /\r?\na=mid:(\S+)/.exec(section);
+    if (mid && new RegExp(`\\r?\\na=msid:${SCREEN_STREAM} `).test(section)) mids.add(mid[1]);
+  }
+  return mids;
+}
+
+function randomSession() {
+  return crypto.getRandomValues(new Uint32Array(1))[0];
+}
+
+/**
+ * The room as this page takes part in it. `ui` receives what happened:
+ * status(text, kind), joined(info), error(code, message, fatal), chat(message), peers(),
+ * peer(peer), track(peer), fileChannel(peer, channel), peerGone(peer).
+ */
+export class Room {
+  constructor({ serverUrl, room, nickname, password, token, media, ui }) {
+    Object.assign(this, { serverUrl, room, nickname, password, token, media, ui });
+    this.ws = null;
+    this.myId = null;
+    this.iceServers = [];
+    this.peers = new Map();
+    this.rejoinToken = null;
+    this.joined = false;
+    this.leaving = false;
+    this.reconnects = 0;
+    this.metrics = { joinStartedAt: performance.now() };
+  }
+
+  // --- signaling ---
+
+  start() {
+    this.connect(null);
+  }
+
+  connect(resume) {
+    const ws = new WebSocket(this.serverUrl);
+    this.ws = ws;
+    ws.onopen = () => {
+      const hello = { type: 'hello', version: PROTOCOL_VERSION, client: `huddle-web ${navigator.userAgent.split(' ').pop()}` };
+      if (resume) hello.resume = resume;
+      ws.send(JSON.stringify(hello));
+    };
+    ws.onmessage = (ev) => {
+      let msg;
+      try {
+        msg = JSON.parse(ev.data);
+      } catch {
+        return;
+      }
+      if (this.ws !== ws) return; // left, or replaced by a reconnect
+      this.onServer(msg).catch((e) => console.warn('handling', msg.type, e));
+    };
+    ws.onclose = () => {
+      if (this.ws !== ws || this.leaving) return;
+      this.ws = null;
+      if (!this.joined) {
+        this.ui.error('closed', 'The server closed the connection.', true);
+        return;
+      }
+      // Back into the room with the rejoin token; peer connections may survive.
+      const delay = Math.min(10000, 500 * 2 ** this.reconnects++);
+      this.ui.status(`Connection to the server lost; trying again in ${Math.round(delay / 1000)} s…`, 'warn');
+      setTimeout(() => this.leaving || this.connect(this.rejoinToken), delay);
+    };
+  }
+
+  send(msg) {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg));
+  }
+
+  relay(to, session, signal) {
+    this.send({ type: 'relay', to, payload: { session, ...signal } });
+  }
+
+  async onServer(msg) {
+    switch (msg.type) {
+      case 'welcome': {
+        const sameId = this.myId === msg.peer_id;
+        if (this.myId && !sameId) {
+          // A new identity: every connection has to start over.
+          for (const peer of this.peers.values()) this.dropPeer(peer.id, 'reconnected');
+        }
+        this.myId = msg.peer_id;
+        this.iceServers = (msg.ice_servers || []).map((s) => ({ urls: s.urls, username: s.username, credential: s.credential }));
+        const join = { type: 'join', room: this.room, nickname: this.nickname };
+        if (this.rejoinToken) join.rejoin_token = this.rejoinToken;
+        else {
+          if (this.password) join.password = this.password;
+          if (this.token) join.token = this.token;
+        }
+        this.send(join);
+        break;
+      }
+      case 'joined': {
+        const rejoin = this.joined;
+        this.joined = true;
+        this.reconnects = 0;
+        this.room = msg.room;
+        this.nickname = msg.you.nickname;
+        this.rejoinToken = msg.rejoin_token || null;
+        this.metrics.joinedAt = performance.now();
+        const listed = new Set(msg.peers.map((p) => p.id));
+        for (const id of [...this.peers.keys()]) if (!listed.has(id)) this.dropPeer(id, 'gone');
+        for (const p of msg.peers) {
+          const known = this.peers.get(p.id);
+          if (known) {
+            known.nickname = p.nickname;
+            continue;
+          }
+          // The newcomer offers to everyone already there.
+          this.addPeer(p.id, p.nickname).newSession(true);
+        }
+        this.ui.joined({ room: msg.room, you: msg.you, history: msg.history || [], rejoin, capacity: msg.capacity });
+        this.ui.peers();
+        break;
+      }
+      case 'rejoin_token':
+        this.rejoinToken = msg.token;
+        break;
+      case 'peer_joined':
+        if (!this.peers.has(msg.peer.id)) this.addPeer(msg.peer.id, msg.peer.nickname);
+        this.ui.peers();
+        break;
+      case 'peer_left':
+        this.dropPeer(msg.peer_id, msg.reason);
+        break;
+      case 'nickname_changed': {
+        if (msg.peer_id === this.myId) this.nickname = msg.nickname;
+        const peer = this.peers.get(msg.peer_id);
+        if (peer) peer.nickname = msg.nickname;
+        this.ui.peers();
+        break;
+      }
+      case 'chat':
+        this.ui.chat(msg.message);
+        break;
+      case 'relay': {
+        const peer = this.peers.get(msg.from);
+        const payload = msg.payload;
+        if (peer && payload && typeof payload === 'object' && Number.isInteger(payload.session)) {
+          await peer.onSignal(payload);
+        }
+        break;
+      }
+      case 'error':
+        // Fatal errors a reconnect can cure (the server restarting, a hiccup) are retried.
+        if (msg.fatal && !RETRYABLE.has(msg.code)) this.leaving = true;
+        this.ui.error(msg.code, msg.message, msg.fatal);
+        break;
+      case 'left':
+        break;
+    }
+  }
+
+  addPeer(id, nickname) {
+    const peer = new Peer(this, id, nickname);
+    this.peers.set(id, peer);
+    return peer;
+  }
+
+  dropPeer(id, reason) {
+    const peer = this.peers.get(id);
+    if (!peer) return;
+    peer.close(false);
+    this.peers.delete(id);
+    this.ui.peerGone(peer, reason);
+    this.ui.peers();
+  }
+
+  sendChat(text) {
+    this.send({ type: 'chat', text });
+  }
+
+  /** The local tracks changed (device switched, mute, camera off): every connection follows. */
+  tracksChanged() {
+    for (const peer of this.peers.values()) peer.attachTracks();
+    for (const peer of this.peers.values()) peer.sendMediaState();
+  }
+
+  leave() {
+    this.leaving = true;
+    for (const id of [...this.peers.keys()]) {
+      const peer = this.peers.get(id);
+      peer.close(false);
+      this.peers.delete(id);
+    }
+    if (this.joined) this.send({ type: 'leave' });
+    const ws = this.ws;
+    this.ws = null;
+    if (ws) setTimeout(() => ws.close(), 100);
+  }
+}
+
+/** One other participant and our current connection (session) with them. */
+class Peer {
+  constructor(room, id, nickname) {
+    this.room = room;
+    this.id = id;
+    this.nickname = nickname;
+    this.polite = room.myId > id;
+    this.session = null;
+    this.pc = null;
+    this.closedSessions = new Set();
+    this.failures = 0;
+    this.rebuildTimer = null;
+    this.state = 'waiting';
+    this.remote = { audio: true, video: true, screen: false };
+    this.camera = new MediaStream();
+    this.screen = new MediaStream();
+    this.channel = null;
+    this.connectedAt = null;
+  }
+
+  /** Starts a new connection; the initiator offers (with the file channel), the other answers. */
+  newSession(initiator, session = randomSession()) {
+    if (this.session != null) this.closedSessions.add(this.session);
+    this.closePc();
+    this.session = session;
+    this.initiator = initiator;
+    this.makingOffer = false;
+    this.ignoreOffer = false;
+    this.pendingCandidates = [];
+    this.screenMids = new Set();
+    this.disconnectedTimer = null;
+    this.state = 'connecting';
+    const pc = new RTCPeerConnection({ iceServers: this.room.iceServers });
+    this.pc = pc;
+    this.camera = new MediaStream();
+    this.screen = new MediaStream();
+    const live = () => this.pc === pc;
+    pc.onicecandidate = ({ candidate }) => {
+      if (!live() || !candidate || !candidate.candidate) return;
+      const c = { kind: 'candidate', candidate: candidate.candidate };
+      if (candidate.sdpMid != null) c.sdp_mid = candidate.sdpMid;
+      if (candidate.sdpMLineIndex != null) c.sdp_mline_index = candidate.sdpMLineIndex;
+      if (candidate.usernameFragment) c.username_fragment = candidate.usernameFragment;
+      this.room.relay(this.id, session, c);
+    };
+    pc.ontrack = (ev) => live() && this.onTrack(ev);
+    pc.ondatachannel = (ev) => live() && ev.channel.label === CHANNEL_LABEL && this.useChannel(ev.channel);
+    pc.onconnectionstatechange = () => live() && this.onConnectionState();
+    pc.oniceconnectionstatechange = () => live() && this.onIceState();
+    pc.onnegotiationneeded = () => live() && this.offer();
+    if (initiator) {
+      // The same order as the native client: camera, microphone, screen.
+      this.cameraTx = pc.addTransceiver('video', { direction: 'sendrecv' });
+      this.audioTx = pc.addTransceiver('audio', { direction: 'sendrecv' });
+      this.screenTx = pc.addTransceiver('video', { direction: 'recvonly' });
+      this.attachTracks();
+      this.useChannel(pc.createDataChannel(CHANNEL_LABEL, { ordered: true }));
+    } else {
+      this.cameraTx = this.audioTx = this.screenTx = null;
+    }
+    this.room.ui.peer(this);
+  }
+
+  /** Puts our current microphone and camera tracks (or nothing) on this connection. */
+  attachTracks() {
+    const media = this.room.media;
+    this.cameraTx?.sender.replaceTrack(media.sendingVideo()).catch((e) => console.warn(e));
+    this.audioTx?.sender.replaceTrack(media.sendingAudio()).catch((e) => console.warn(e));
+  }
+
+  sendMediaState() {
+    if (!this.session || this.state !== 'connected') return;
+    const m = this.room.media;
+    this.room.relay(this.id, this.session, { kind: 'media_state', audio: m.audioOn, video: m.videoOn, screen: false });
+  }
+
+  async offer() {
+    try {
+      this.makingOffer = true;
+      await this.pc.setLocalDescription();
+      this.room.relay(this.id, this.session, { kind: 'offer', sdp: this.pc.localDescription.sdp });
+    } catch (e) {
+      console.warn('offer failed', e);
+    } finally {
+      this.makingOffer = false;
+    }
+  }
+
+  async onSignal(payload) {
+    const { session, kind } = payload;
+    if (session !== this.session) {
+      if (kind !== 'offer') return; // stale
+      if (this.closedSessions.has(session)) {
+        this.room.relay(this.id, session, { kind: 'bye' });
+        return;
+      }
+      // The other side started a fresh connection: answer it, dropping ours.
+      this.newSession(false, session);
+    }
+    const pc = this.pc;
+    switch (kind) {
+      case 'offer':
+      case 'answer': {
+        if (typeof payload.sdp !== 'string') return;
+        const offer = kind === 'offer';
+        const collision = offer && (this.makingOffer || pc.signalingState !== 'stable');
+        this.ignoreOffer = !this.polite && collision;
+        if (this.ignoreOffer) return;
+        if (!offer && pc.signalingState !== 'have-local-offer') return; // a stale answer
+        if (offer) for (const mid of screenMids(payload.sdp)) this.screenMids.add(mid);
+        await pc.setRemoteDescription({ type: kind, sdp: payload.sdp });
+        for (const c of this.pendingCandidates.splice(0)) await this.addCandidate(c);
+        if (offer) {
+          if (!this.cameraTx) this.takeTransceivers();
+          await pc.setLocalDescription();
+          this.room.relay(this.id, this.session, { kind: 'answer', sdp: pc.localDescription.sdp });
+        }
+        break;
+      }
+      case 'candidate':
+        if (typeof payload.candidate !== 'string') return;
+        if (!pc.remoteDescription) this.pendingCandidates.push(payload);
+        else await this.addCandidate(payload);
+        break;
+      case 'media_state':
+        this.remote = { audio: !!payload.audio, video: !!payload.video, screen: !!payload.screen };
+        this.room.ui.peer(this);
+        break;
+      case 'bye':
+        // The other side closed this connection; the side whose id sorts first starts a new one.
+        this.failures++;
+        this.close(false);
+        this.scheduleRebuild();
+        break;
+    }
+  }
+
+  /** Answering: our tracks go on the transceivers the offer made, matched as the native does. */
+  takeTransceivers() {
+    const ts = this.pc.getTransceivers();
+    const videos = ts.filter((t) => t.receiver.track.kind === 'video');
+    this.screenTx = videos.find((t) => this.screenMids.has(t.mid)) || videos[1] || null;
+    this.cameraTx = videos.find((t) => t !== this.screenTx) || null;
+    this.audioTx = ts.find((t) => t.receiver.track.kind === 'audio') || null;
+    if (this.cameraTx) this.cameraTx.direction = 'sendrecv';
+    if (this.audioTx) this.audioTx.direction = 'sendrecv';
+    if (this.screenTx) this.screenTx.direction = 'recvonly';
+    this.attachTracks();
+  }
+
+  async addCandidate(c) {
+    try {
+      // An empty mid means "no mid": find the section by index instead.
+      const sdpMid = c.sdp_mid ? c.sdp_mid : null;
+      const sdpMLineIndex = c.sdp_mline_index ?? (sdpMid == null ? 0 : null);
+      await this.pc.addIceCandidate({ candidate: c.candidate, sdpMid, sdpMLineIndex, usernameFragment: c.username_fragment });
+    } catch (e) {
+      if (!this.ignoreOffer) console.warn('candidate refused', e);
+    }
+  }
+
+  onTrack(ev) {
+    const t = ev.transceiver;
+    const isScreen = t === this.screenTx || this.screenMids.has(t.mid) || ev.streams.some((s) => s.id === SCREEN_STREAM);
+    const stream = isScreen ? this.screen : this.camera;
+    stream.addTrack(ev.track);
+    this.room.ui.track(this);
+  }
+
+  useChannel(channel) {
+    this.channel = channel;
+    const opened = () => this.room.ui.fileChannel(this, channel);
+    if (channel.readyState === 'open') opened();
+    else channel.addEventListener('open', opened, { once: true });
+  }
+
+  onConnectionState() {
+    const s = this.pc.connectionState;
+    if (s === 'connected') {
+      if (this.state !== 'connected') {
+        this.state = 'connected';
+        this.failures = 0;
+        this.connectedAt = this.connectedAt ?? performance.now();
+        this.room.metrics.firstConnectedAt ??= performance.now();
+        this.sendMediaState();
+        this.room.ui.peer(this);
+      }
+    } else if (s === 'failed') {
+      this.failures++;
+      this.close(true);
+      this.scheduleRebuild();
+    }
+  }
+
+  onIceState() {
+    const s = this.pc.iceConnectionState;
+    if (s === 'disconnected') {
+      this.state = 'reconnecting';
+      this.room.ui.peer(this);
+      // A path down for 2 s gets one ICE restart, from the side that offered first.
+      clearTimeout(this.disconnectedTimer);
+      this.disconnectedTimer = setTimeout(() => {
+        if (this.pc && this.initiator && this.pc.iceConnectionState === 'disconnected') this.pc.restartIce();
+      }, 2000);
+    } else if (s === 'connected' || s === 'completed') {
+      clearTimeout(this.disconnectedTimer);
+      if (this.state === 'reconnecting') {
+        this.state = 'connected';
+        this.room.ui.peer(this);
+      }
+    }
+  }
+
+  scheduleRebuild() {
+    if (!this.room.peers.has(this.id) || this.room.myId >= this.id) return;
+    clearTimeout(this.rebuildTimer);
+    const backoff = Math.min(10000, 250 * 2 ** Math.min(6, Math.max(0, this.failures - 1)));
+    this.rebuildTimer = setTimeout(() => {
+      if (this.room.peers.get(this.id) === this && !this.pc) this.newSession(true);
+    }, backoff);
+  }
+
+  closePc() {
+    if (!this.pc) return;
+    clearTimeout(this.disconnectedTimer);
+    this.pc.close();
+    this.pc = null;
+    this.channel = null;
+    for (const s of [this.camera, this.screen]) for (const t of s.getTracks()) s.removeTrack(t);
+  }
+
+  /** Ends the current connection; `bye` tells the other side unless it is the one leaving. */
+  close(sayBye) {
+    if (this.session != null) {
+      this.closedSessions.add(this.session);
+      if (sayBye) this.room.relay(this.id, this.session, { kind: 'bye' });
+    }
+    this.closePc();
+    this.session = null;
+    this.state = 'waiting';
+    clearTimeout(this.rebuildTimer);
+    this.room.ui.peer(this);
+  }
+}
