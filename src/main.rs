@@ -295,6 +295,18 @@ struct ServeArgs {
     /// How long handed-out TURN credentials stay valid: 90s, 30m, 12h, 1d.
     #[arg(long, default_value = "12h", value_parser = access::parse_ttl)]
     turn_ttl: Duration,
+    /// POST each room event (room started or finished, participant joined or left) as signed
+    /// JSON to this URL. Repeatable; needs --webhook-secret.
+    #[arg(long = "webhook", requires = "webhook_secret")]
+    webhooks: Vec<String>,
+    /// Key for the webhooks' HMAC-SHA256 signature (the `Huddle-Signature` header).
+    #[arg(
+        long,
+        env = "HUDDLE_WEBHOOK_SECRET",
+        hide_env_values = true,
+        requires = "webhooks"
+    )]
+    webhook_secret: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -439,6 +451,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             )?),
             None => None,
         },
+        webhooks: args.webhook_secret.as_ref().map(|secret| {
+            signaling::webhook::WebhookConfig::new(args.webhooks.clone(), secret.clone())
+        }),
         ..Default::default()
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;

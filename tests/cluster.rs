@@ -429,3 +429,97 @@ async fn losing_redis_closes_clients_with_unavailable_and_they_rejoin_when_it_is
     drop(client);
     server.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_send_each_webhook_event_once_in_order_even_when_one_dies() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let redis = Redis::start().await;
+    let receiver = common::receiver::Receiver::start(
+        "127.0.0.1:0",
+        common::receiver::Behaviour {
+            status: 200,
+            delay: Duration::ZERO,
+        },
+    )
+    .await;
+    let secret = "cluster webhook secret";
+    let args = [
+        "--redis",
+        &redis.url,
+        "--heartbeat-secs",
+        HEARTBEAT_SECS,
+        "--webhook",
+        &receiver.url,
+        "--webhook-secret",
+        secret,
+    ];
+    let one = ServeProcess::start(&args).await;
+    let two = ServeProcess::start(&args).await;
+
+    // Ann on one process, Bob on the other: a room's whole life.
+    let mut ann = TestClient::connect(&one.url).await;
+    let mut bob = TestClient::connect(&two.url).await;
+    ann.join("Standup", "ann").await;
+    bob.join("Standup", "bob").await;
+    ann.send(&ClientMessage::Leave).await;
+    ann.recv_until(|m| matches!(m, ServerMessage::Left { .. }))
+        .await;
+    drop(bob);
+    let got = receiver.wait_for(6, WAIT).await;
+
+    // Cat on the second process, which then dies: the first reaps Cat and finishes the room.
+    let mut cat = TestClient::connect(&two.url).await;
+    cat.join("Later", "cat").await;
+    receiver.wait_for(8, WAIT).await;
+    two.kill().await;
+    let got_all = receiver.wait_for(10, Duration::from_secs(20)).await;
+    assert_eq!(got_all[..6].len(), got.len());
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let seen: Vec<(String, String, String, String)> = got_all
+        .iter()
+        .map(|d| {
+            let header = d.headers.get("huddle-signature").expect("signed");
+            assert!(huddle::signaling::webhook::verify(
+                secret, header, &d.body, now, 300
+            ));
+            let j = d.json();
+            let text = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
+            (
+                text(&j["event"]),
+                text(&j["room"]),
+                text(&j["participant"]["nickname"]),
+                text(&j["reason"]),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String, String, String)> = [
+        ("room_started", "Standup", "", ""),
+        ("participant_joined", "Standup", "ann", ""),
+        ("participant_joined", "Standup", "bob", ""),
+        ("participant_left", "Standup", "ann", "left"),
+        ("participant_left", "Standup", "bob", "disconnected"),
+        ("room_finished", "Standup", "", ""),
+        ("room_started", "Later", "", ""),
+        ("participant_joined", "Later", "cat", ""),
+        ("participant_left", "Later", "cat", "timed_out"),
+        ("room_finished", "Later", "", ""),
+    ]
+    .iter()
+    .map(|(a, b, c, d)| (a.to_string(), b.to_string(), c.to_string(), d.to_string()))
+    .collect();
+    assert_eq!(seen, want);
+    let ids: std::collections::HashSet<_> =
+        got_all.iter().map(|d| d.json()["id"].clone()).collect();
+    assert_eq!(ids.len(), 10, "ten distinct events");
+    // Nothing else comes: another room's first event is the eleventh delivery.
+    let mut dan = TestClient::connect(&one.url).await;
+    dan.join("Last", "dan").await;
+    let got = receiver.wait_for(11, WAIT).await;
+    assert_eq!(got.len(), 11);
+    assert_eq!(got[10].json()["room"], "Last");
+    drop(one);
+}

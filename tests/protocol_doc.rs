@@ -7,7 +7,8 @@ use huddle::signaling::protocol::{
 };
 use std::collections::BTreeSet;
 
-/// (kind, body) for each fenced block tagged `json client` or `json server`.
+/// (kind, body) for each fenced block tagged `json KIND` (client, server, payload, transfer,
+/// webhook).
 fn examples(doc: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut lines = doc.lines();
@@ -38,6 +39,7 @@ fn every_documented_example_round_trips() {
     let mut server_types = BTreeSet::new();
     let mut payload_kinds = BTreeSet::new();
     let mut transfer_types = BTreeSet::new();
+    let mut webhook_events = BTreeSet::new();
     for (kind, body) in examples {
         let original: serde_json::Value =
             serde_json::from_str(&body).unwrap_or_else(|e| panic!("{body}: {e}"));
@@ -62,6 +64,11 @@ fn every_documented_example_round_trips() {
                     .unwrap_or_else(|e| panic!("{body}: {e}"));
                 huddle::transfer::protocol::encode_control(&msg)
             }
+            "webhook" => {
+                let body: huddle::signaling::webhook::WebhookBody =
+                    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{body}: {e}"));
+                serde_json::to_string(&body).unwrap()
+            }
             other => panic!("unknown example kind {other}"),
         };
         let back: serde_json::Value = serde_json::from_str(&reencoded).unwrap();
@@ -75,6 +82,9 @@ fn every_documented_example_round_trips() {
             }
             "payload" => {
                 payload_kinds.insert(original["kind"].as_str().unwrap().to_owned());
+            }
+            "webhook" => {
+                webhook_events.insert(original["event"].as_str().unwrap().to_owned());
             }
             _ => {
                 transfer_types.insert(original["type"].as_str().unwrap().to_owned());
@@ -110,6 +120,19 @@ fn every_documented_example_round_trips() {
     assert_eq!(
         server_types, server_expected,
         "every server message has an example"
+    );
+    let webhook_expected: BTreeSet<String> = [
+        "room_started",
+        "participant_joined",
+        "participant_left",
+        "room_finished",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(
+        webhook_events, webhook_expected,
+        "every webhook event a server sends today has an example"
     );
 }
 

@@ -8,6 +8,9 @@ import { Transfers, save } from './files.js';
 const $ = (id) => document.getElementById(id);
 const wsUrl = () => `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/`;
 const NAME_KEY = 'huddle.nickname';
+// Errors that answer a join: the page cannot be in the room.
+const REFUSALS = new Set(['room_full', 'nickname_taken', 'bad_nickname', 'bad_room_name', 'password_required',
+  'wrong_password', 'token_required', 'bad_token', 'token_expired', 'token_wrong_room', 'too_many_rooms']);
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -178,7 +181,8 @@ class LocalMedia {
 
 /** One AnalyserNode per audible stream, read ten times a second for the speaking ring. */
 class Meters {
-  constructor() {
+  constructor(selfAudible) {
+    this.selfAudible = selfAudible;
     this.ctx = null;
     this.meters = new Map(); // key -> { source, analyser, track, level, loudUntil }
     this.timer = setInterval(() => this.tick(), 100);
@@ -217,7 +221,7 @@ class Meters {
       for (const x of m.samples) sum += x * x;
       m.level = 10 * Math.log10(sum / m.samples.length + 1e-12);
       if (m.level > -50) m.loudUntil = now + 400;
-      const speaking = m.loudUntil > now && m.track.enabled;
+      const speaking = m.loudUntil > now && m.track.enabled && (key !== 'self' || this.selfAudible());
       document.querySelector(`.tile[data-key="${CSS.escape(key)}"]`)?.classList.toggle('speaking', speaking);
     }
   }
@@ -230,7 +234,10 @@ class Call {
     this.roomName = roomName;
     this.params = params;
     this.media = new LocalMedia();
-    this.meters = new Meters();
+    this.meters = new Meters(() => this.media.audioOn);
+    // Without a click (a link with ?name= joins at once) the audio context may start
+    // suspended: the first click anywhere starts it.
+    document.addEventListener('pointerdown', () => this.meters.ctx?.resume(), { once: true });
     this.transfers = new Transfers((t) => this.showTransfer(t));
     this.room = null;
     this.tiles = new Map();
@@ -273,6 +280,13 @@ class Call {
   }
 
   error(code, message, fatal) {
+    const refused = REFUSALS.has(code) && this.room?.joined && !this.room.inRoom;
+    if (refused) {
+      // A rejoin after a long absence was refused: back to the door, with the reason.
+      this.room.leave();
+      location.replace(roomPath(this.roomName, ''));
+      return;
+    }
     if (!this.room?.joined) {
       // Still at the door: say why and let the person fix it.
       if (code === 'password_required' || code === 'wrong_password') $('password-row').hidden = false;
@@ -458,8 +472,8 @@ class Call {
     for (const [id, kind] of [['camera-select', 'video'], ['mic-select', 'audio']]) {
       $(id).addEventListener('change', async (ev) => {
         try {
-          await this.media.acquire(kind, ev.target.value);
-          if (kind === 'video' && !this.media.videoOn) this.media.videoTrack.stop();
+          if (kind === 'video' && !this.media.videoOn) this.media.lastCamera = ev.target.value;
+          else await this.media.acquire(kind, ev.target.value);
         } catch (e) {
           this.status(`Cannot switch: ${e.message || e.name}`, 'error');
         }

@@ -148,6 +148,8 @@ export class Transfers {
     const out = t.direction === 'out';
     switch (m.type) {
       case 'accept':
+        if (out && isCount(m.offset) && t.state === 'offered') this.startSending(t, m.offset);
+        break;
       case 'resume':
         if (out && isCount(m.offset) && ['offered', 'paused', 'sending'].includes(t.state)) {
           this.startSending(t, m.offset);
@@ -186,11 +188,15 @@ export class Transfers {
     if (known) {
       if (known.peer !== peer || known.direction !== 'in') return;
       // The sender offers again after a reconnect: go on from what we hold.
-      if (known.state === 'receiving' || known.state === 'paused') {
+      if (m.size !== known.size) {
+        this.fail(known, 'offered again with another size');
+      } else if (known.state === 'receiving' || known.state === 'paused') {
         known.state = 'receiving';
         this.control(peer, { type: 'resume', id, offset: known.done });
       } else if (known.state === 'complete') {
         this.control(peer, { type: 'complete', id });
+      } else if (FINISHED.has(known.state)) {
+        this.control(peer, { type: 'cancel', id, reason: known.reason || 'cancelled' });
       }
       return;
     }
@@ -284,6 +290,8 @@ export class Transfers {
   startSending(t, offset) {
     if (offset > t.size) return this.fail(t, 'asked to go on past the end of the file');
     t.state = 'sending';
+    // A pump still waiting on a read from before sees this and starts over.
+    t.generation = (t.generation || 0) + 1;
     t.done = offset;
     t.acked = Math.max(t.acked, offset);
     t.doneSent = false;
@@ -309,9 +317,13 @@ export class Transfers {
   async pump(t) {
     if (t.pumping) return;
     t.pumping = true;
+    const generation = t.generation;
+    const stale = () => t.generation !== generation;
+    let again = false;
     try {
       while (t.hashedTo < t.done) {
         await this.read(t, t.hashedTo);
+        if ((again = stale())) return;
         const take = t.block.subarray(0, Math.min(t.block.length, t.done - t.hashedTo));
         t.hash.update(take);
         t.hashedTo += take.length;
@@ -324,6 +336,7 @@ export class Transfers {
         const inBlock = t.block && t.done >= t.blockStart && t.done < t.blockStart + t.block.length;
         if (!inBlock) {
           await this.read(t, t.done);
+          if ((again = stale())) return;
           continue;
         }
         const from = t.done - t.blockStart;
@@ -342,12 +355,13 @@ export class Transfers {
       }
       if (t.state === 'sending' && t.done === t.size && !t.doneSent) {
         t.doneSent = this.control(t.peer, { type: 'done', id: t.id, sha256: t.hash.hex() });
-        t.block = null;
+        if (t.doneSent) t.block = null;
       }
     } catch (e) {
       this.fail(t, `cannot read the file: ${e.message || e}`);
     } finally {
       t.pumping = false;
+      if (again) this.pump(t);
     }
   }
 

@@ -8,6 +8,8 @@ import { CHANNEL_LABEL } from './files.js';
 
 const PROTOCOL_VERSION = 1;
 const SCREEN_STREAM = 'huddle-screen';
+// How long a peer the room stopped listing (after our reconnect) keeps its place.
+const MISSING_PEER_GRACE_MS = 20000;
 const RETRYABLE = new Set(['shutting_down', 'unavailable', 'slow_reader', 'rate_limited', 'hello_timeout']);
 
 /** The stream ids of an SDP's media sections that carry a screen share, by mid. */
@@ -37,7 +39,8 @@ export class Room {
     this.iceServers = [];
     this.peers = new Map();
     this.rejoinToken = null;
-    this.joined = false;
+    this.joined = false; // has been in the room
+    this.inRoom = false; // is in it now (not reconnecting)
     this.leaving = false;
     this.reconnects = 0;
     this.metrics = { joinStartedAt: performance.now() };
@@ -70,6 +73,7 @@ export class Room {
     ws.onclose = () => {
       if (this.ws !== ws || this.leaving) return;
       this.ws = null;
+      this.inRoom = false;
       if (!this.joined) {
         this.ui.error('closed', 'The server closed the connection.', true);
         return;
@@ -99,29 +103,41 @@ export class Room {
         }
         this.myId = msg.peer_id;
         this.iceServers = (msg.ice_servers || []).map((s) => ({ urls: s.urls, username: s.username, credential: s.credential }));
+        // The rejoin token gets back in without the password or join token for 5 minutes;
+        // after that the server applies the ordinary checks, so those go along too.
         const join = { type: 'join', room: this.room, nickname: this.nickname };
         if (this.rejoinToken) join.rejoin_token = this.rejoinToken;
-        else {
-          if (this.password) join.password = this.password;
-          if (this.token) join.token = this.token;
-        }
+        if (this.password) join.password = this.password;
+        if (this.token) join.token = this.token;
         this.send(join);
         break;
       }
       case 'joined': {
         const rejoin = this.joined;
         this.joined = true;
+        this.inRoom = true;
         this.reconnects = 0;
         this.room = msg.room;
         this.nickname = msg.you.nickname;
         this.rejoinToken = msg.rejoin_token || null;
         this.metrics.joinedAt = performance.now();
         const listed = new Set(msg.peers.map((p) => p.id));
-        for (const id of [...this.peers.keys()]) if (!listed.has(id)) this.dropPeer(id, 'gone');
+        // A peer the room does not list may be reconnecting too (a server restart): it keeps
+        // its place and connection for a while, as in the native client.
+        for (const peer of this.peers.values()) {
+          if (!listed.has(peer.id)) peer.markMissing();
+        }
         for (const p of msg.peers) {
           const known = this.peers.get(p.id);
           if (known) {
             known.nickname = p.nickname;
+            known.found();
+            // It may have seen us leave and forgotten us: a connection that is not up starts
+            // over, from us.
+            if (known.state !== 'connected') {
+              known.close(false);
+              known.newSession(true);
+            }
             continue;
           }
           // The newcomer offers to everyone already there.
@@ -134,10 +150,16 @@ export class Room {
       case 'rejoin_token':
         this.rejoinToken = msg.token;
         break;
-      case 'peer_joined':
-        if (!this.peers.has(msg.peer.id)) this.addPeer(msg.peer.id, msg.peer.nickname);
+      case 'peer_joined': {
+        const known = this.peers.get(msg.peer.id);
+        if (known) {
+          // Back under the id we know (after its reconnect): keep what works.
+          known.found();
+          known.nickname = msg.peer.nickname;
+        } else this.addPeer(msg.peer.id, msg.peer.nickname);
         this.ui.peers();
         break;
+      }
       case 'peer_left':
         this.dropPeer(msg.peer_id, msg.reason);
         break;
@@ -178,6 +200,7 @@ export class Room {
   dropPeer(id, reason) {
     const peer = this.peers.get(id);
     if (!peer) return;
+    peer.found();
     peer.close(false);
     this.peers.delete(id);
     this.ui.peerGone(peer, reason);
@@ -226,6 +249,18 @@ class Peer {
     this.screen = new MediaStream();
     this.channel = null;
     this.connectedAt = null;
+  }
+
+  markMissing() {
+    if (this.missingTimer) return;
+    this.missingTimer = setTimeout(() => {
+      if (this.room.peers.get(this.id) === this) this.room.dropPeer(this.id, 'gone');
+    }, MISSING_PEER_GRACE_MS);
+  }
+
+  found() {
+    clearTimeout(this.missingTimer);
+    this.missingTimer = null;
   }
 
   /** Starts a new connection; the initiator offers (with the file channel), the other answers. */
@@ -285,20 +320,28 @@ class Peer {
   }
 
   async offer() {
+    const { pc, session } = this;
     try {
       this.makingOffer = true;
-      await this.pc.setLocalDescription();
-      this.room.relay(this.id, this.session, { kind: 'offer', sdp: this.pc.localDescription.sdp });
+      await pc.setLocalDescription();
+      if (this.pc !== pc) return; // replaced meanwhile
+      this.room.relay(this.id, session, { kind: 'offer', sdp: pc.localDescription.sdp });
     } catch (e) {
-      console.warn('offer failed', e);
+      if (this.pc === pc) console.warn('offer failed', e);
     } finally {
-      this.makingOffer = false;
+      if (this.pc === pc) this.makingOffer = false;
     }
   }
 
   async onSignal(payload) {
     const { session, kind } = payload;
     if (session !== this.session) {
+      if (kind === 'bye' && this.session == null) {
+        // It closed a connection we no longer have (we lost ours first): one side must
+        // start anew, as after any bye.
+        this.scheduleRebuild();
+        return;
+      }
       if (kind !== 'offer') return; // stale
       if (this.closedSessions.has(session)) {
         this.room.relay(this.id, session, { kind: 'bye' });
@@ -318,19 +361,24 @@ class Peer {
         if (this.ignoreOffer) return;
         if (!offer && pc.signalingState !== 'have-local-offer') return; // a stale answer
         if (offer) for (const mid of screenMids(payload.sdp)) this.screenMids.add(mid);
+        const pending = this.pendingCandidates;
         await pc.setRemoteDescription({ type: kind, sdp: payload.sdp });
-        for (const c of this.pendingCandidates.splice(0)) await this.addCandidate(c);
-        if (offer) {
+        // Every await may have seen the session replaced (a bye, a newer offer): then this
+        // one's work is over.
+        if (this.pc !== pc) return;
+        for (const c of pending.splice(0)) await this.addCandidate(pc, c);
+        if (offer && this.pc === pc) {
           if (!this.cameraTx) this.takeTransceivers();
           await pc.setLocalDescription();
-          this.room.relay(this.id, this.session, { kind: 'answer', sdp: pc.localDescription.sdp });
+          if (this.pc !== pc) return;
+          this.room.relay(this.id, session, { kind: 'answer', sdp: pc.localDescription.sdp });
         }
         break;
       }
       case 'candidate':
         if (typeof payload.candidate !== 'string') return;
         if (!pc.remoteDescription) this.pendingCandidates.push(payload);
-        else await this.addCandidate(payload);
+        else await this.addCandidate(pc, payload);
         break;
       case 'media_state':
         this.remote = { audio: !!payload.audio, video: !!payload.video, screen: !!payload.screen };
@@ -358,14 +406,14 @@ class Peer {
     this.attachTracks();
   }
 
-  async addCandidate(c) {
+  async addCandidate(pc, c) {
     try {
       // An empty mid means "no mid": find the section by index instead.
       const sdpMid = c.sdp_mid ? c.sdp_mid : null;
       const sdpMLineIndex = c.sdp_mline_index ?? (sdpMid == null ? 0 : null);
-      await this.pc.addIceCandidate({ candidate: c.candidate, sdpMid, sdpMLineIndex, usernameFragment: c.username_fragment });
+      await pc.addIceCandidate({ candidate: c.candidate, sdpMid, sdpMLineIndex, usernameFragment: c.username_fragment });
     } catch (e) {
-      if (!this.ignoreOffer) console.warn('candidate refused', e);
+      if (!this.ignoreOffer && this.pc === pc) console.warn('candidate refused', e);
     }
   }
 

@@ -43,8 +43,22 @@ export class Sha256 {
     }
   }
 
-  /** The digest as 64 lower-case hex digits. Ends this hash. */
+  /** A copy that goes on independently. */
+  clone() {
+    const c = new Sha256();
+    c.h.set(this.h);
+    c.block.set(this.block);
+    c.filled = this.filled;
+    c.length = this.length;
+    return c;
+  }
+
+  /** The digest so far as 64 lower-case hex digits; hashing may go on after it. */
   hex() {
+    return this.clone().finish();
+  }
+
+  finish() {
     const bits = this.length * 8;
     const tail = new Uint8Array((this.filled < 56 ? 64 : 128) - this.filled);
     tail[0] = 0x80;

@@ -8,6 +8,9 @@
 --   P.rooms           set of room keys
 --   P.nodes           set of live node ids; P.node:<id> expires unless the node beats
 --   P.node-peers:<id> set of "<room key>\n<peer id>" the node's clients hold
+--   P.webhook-queue   list of webhook events (JSON), oldest first, at most 10000
+--   P.webhooks-on     exists while some node delivers webhooks (events are queued only then)
+--   P.webhook-leader  the node that delivers them (expires unless it polls)
 -- Channels: P.ev:room (room events, every node filters by its local members),
 --           P.ev:list (room list changes), P.ev:node:<id> (relays to that node's clients).
 -- Keys are derived here rather than passed as KEYS: this targets a single Redis server, not
@@ -32,6 +35,19 @@ local function publish_room(key, exclude, msg_json)
   redis.call('PUBLISH', P .. 'ev:room',
     '{"room":' .. cjson.encode(key) .. ',"seq":' .. seq .. ex .. ',"msg":' .. msg_json .. '}')
   return seq
+end
+
+-- Queues a webhook event for the delivering node, in the order changes happen, if any node
+-- delivers webhooks. Ids are cluster-wide, so each event is one delivery however many nodes run.
+local HOOKS = P .. 'webhook-queue'
+local HOOKS_MAX = 10000
+local function hook(ev)
+  if redis.call('EXISTS', P .. 'webhooks-on') == 0 then return end
+  local t = redis.call('TIME')
+  ev.id = 'c-' .. redis.call('INCR', P .. 'webhook-seq')
+  ev.time_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('RPUSH', HOOKS, cjson.encode(ev))
+  redis.call('LTRIM', HOOKS, -HOOKS_MAX, -1)
 end
 
 local function publish_list(msg_json)
@@ -69,7 +85,10 @@ local function leave(key, peer, node, reason, capacity)
   end
   redis.call('SREM', node_peers_key(node), key .. '\n' .. peer)
   local name = redis.call('HGET', room_key(key), 'name')
+  hook({ event = 'participant_left', room = name, reason = reason,
+    participant = { id = peer, nickname = cjson.decode(member).nickname } })
   if redis.call('HLEN', members_key(key)) == 0 then
+    hook({ event = 'room_finished', room = name })
     local private = redis.call('HGET', room_key(key), 'private')
     redis.call('DEL', room_key(key), members_key(key), nicks_key(key), history_key(key))
     redis.call('SREM', ROOMS, key)
@@ -125,6 +144,7 @@ if op == 'join' then
     if rejoining then private, pw = ARGV[14], ARGV[15] end
     redis.call('HSET', room_key(key), 'name', name, 'private', private, 'pw', pw, 'seq', 0)
     redis.call('SADD', ROOMS, key)
+    hook({ event = 'room_started', room = name })
   end
   local peers = redis.call('HGETALL', members_key(key))
   redis.call('HSET', members_key(key), peer,
@@ -132,6 +152,8 @@ if op == 'join' then
   redis.call('HSET', nicks_key(key), nick_key, peer)
   redis.call('SADD', node_peers_key(node), key .. '\n' .. peer)
   local room_name = redis.call('HGET', room_key(key), 'name')
+  hook({ event = 'participant_joined', room = room_name,
+    participant = { id = peer, nickname = nick } })
   local seq = publish_room(key, peer, cjson.encode({
     type = 'peer_joined', room = room_name, peer = { id = peer, nickname = nick },
   }))
@@ -143,6 +165,17 @@ if op == 'join' then
     peers,
     redis.call('LRANGE', history_key(key), 0, -1),
   }
+elseif op == 'hooks' then
+  -- A node that delivers webhooks polls: it keeps events queued, and the leader (the first
+  -- to poll while none holds the lease) takes up to `count` of them, oldest first.
+  local node, lead_ms, on_ms, count = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+  redis.call('SET', P .. 'webhooks-on', '1', 'PX', on_ms)
+  local leader = redis.call('GET', P .. 'webhook-leader')
+  if leader and leader ~= node then return {} end
+  redis.call('SET', P .. 'webhook-leader', node, 'PX', lead_ms)
+  local out = redis.call('LRANGE', HOOKS, 0, count - 1)
+  if #out > 0 then redis.call('LTRIM', HOOKS, #out, -1) end
+  return out
 elseif op == 'leave' then
   return leave(ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]))
 elseif op == 'chat' then

@@ -12,6 +12,7 @@ use super::protocol::{
     self, ChatMessage, ClientMessage, ErrorCode, JoinAccess, LeaveReason, PeerId, PeerInfo,
     RoomInfo, ServerMessage, validate_chat, validate_nickname, validate_reaction,
 };
+use super::webhook::{WebhookBody, Webhooks};
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
@@ -95,7 +96,15 @@ pub struct ClusterHub {
     rooms: HashMap<String, HashSet<ConnId>>,
     /// Leaves Redis did not take (it was briefly unreachable); retried on every beat.
     pending_leaves: Vec<(String, PeerId, LeaveReason)>,
+    /// Where this node delivers the cluster's webhook events, if it delivers them.
+    webhooks: Option<Webhooks>,
 }
+
+/// How often a node that delivers webhooks polls the cluster's queue, and how long its lease
+/// as the one that delivers lasts without a poll.
+const WEBHOOK_POLL: Duration = Duration::from_millis(250);
+const WEBHOOK_LEASE: Duration = Duration::from_secs(3);
+const WEBHOOKS_PER_POLL: usize = 200;
 
 /// What the cluster hub reads of the server's configuration.
 #[derive(Clone, Debug)]
@@ -161,6 +170,7 @@ impl ClusterHub {
             by_peer: HashMap::new(),
             rooms: HashMap::new(),
             pending_leaves: Vec::new(),
+            webhooks: None,
         };
         let status = cluster.beat(true).await.map_err(err)?;
         if status != "ok" {
@@ -174,6 +184,39 @@ impl ClusterHub {
         &self.node_id
     }
 
+    /// Makes this node one that delivers the cluster's webhook events: the Lua script queues
+    /// every room event once in Redis, and one node at a time (a lease) takes them from there.
+    pub fn deliver_webhooks(&mut self, webhooks: Webhooks) {
+        self.webhooks = Some(webhooks);
+    }
+
+    async fn poll_webhooks(&mut self) {
+        let Some(webhooks) = self.webhooks.clone() else {
+            return;
+        };
+        let polled = self
+            .script
+            .arg("hooks")
+            .arg(PREFIX)
+            .arg(&self.node_id)
+            .arg(WEBHOOK_LEASE.as_millis() as u64)
+            .arg((self.beat_interval * BEATS_TO_DEATH).as_millis() as u64)
+            .arg(WEBHOOKS_PER_POLL)
+            .invoke_async::<Vec<String>>(&mut self.redis)
+            .await;
+        match polled {
+            Ok(events) => {
+                for json in events {
+                    match serde_json::from_str::<WebhookBody>(&json) {
+                        Ok(body) => webhooks.send(body),
+                        Err(e) => warn!(error = %e, "unreadable webhook event in Redis"),
+                    }
+                }
+            }
+            Err(e) => debug!(error = %e, "webhook poll failed; trying again"),
+        }
+    }
+
     /// The actor loop: connection messages in, Redis events in, deliveries out.
     pub(super) async fn run(mut self, mut rx: mpsc::Receiver<HubMsg>) {
         let mut events = match self.subscribe().await {
@@ -185,6 +228,8 @@ impl ClusterHub {
         };
         let mut beat = tokio::time::interval(self.beat_interval);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut hooks = tokio::time::interval(WEBHOOK_POLL);
+        hooks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -201,6 +246,7 @@ impl ClusterHub {
                         self.close_all("this server lost its room service; reconnecting will recover");
                     }
                 },
+                _ = hooks.tick(), if self.webhooks.is_some() => self.poll_webhooks().await,
                 _ = beat.tick() => {
                     if events.is_none() {
                         events = self.subscribe().await.ok();

@@ -7,6 +7,7 @@ use super::protocol::{
     ChatMessage, ClientMessage, ErrorCode, JoinAccess, LeaveReason, PeerId, PeerInfo, RoomInfo,
     ServerMessage, validate_chat, validate_nickname, validate_reaction,
 };
+use super::webhook::{EventKind, RoomEvent};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 /// A connection's handle inside one server process.
@@ -55,6 +56,9 @@ pub enum HubInput {
 pub enum HubOutput {
     /// Deliver one message to each listed connection (encode once, send to all).
     Deliver { to: Vec<ConnId>, msg: ServerMessage },
+    /// Something operators hear about (webhooks): a room started or finished, someone joined
+    /// or left.
+    Room(RoomEvent),
 }
 
 struct Conn {
@@ -292,6 +296,10 @@ impl Hub {
                 } else {
                     (access.private, admission.password_hash.clone())
                 };
+                out.push(HubOutput::Room(RoomEvent::room(
+                    EventKind::RoomStarted,
+                    &room_name,
+                )));
                 self.rooms.insert(
                     key.clone(),
                     Room {
@@ -329,6 +337,12 @@ impl Hub {
         let Some(room) = self.rooms.get(&key) else {
             return Ok(());
         };
+        out.push(HubOutput::Room(RoomEvent::participant(
+            EventKind::ParticipantJoined,
+            &room.display_name,
+            &you.id,
+            &you.nickname,
+        )));
         let rejoin_token = self.config.access.rejoin_token(
             &key,
             room.private,
@@ -588,13 +602,27 @@ impl Hub {
         };
         me.hand_raised_at_ms = None;
         let peer_id = me.peer_id.clone();
+        let nickname = me.nickname.clone().unwrap_or_default();
         let Some(room) = self.rooms.get_mut(&key) else {
             return;
         };
         room.members.retain(|m| *m != conn);
+        out.push(HubOutput::Room(RoomEvent {
+            reason: Some(reason),
+            ..RoomEvent::participant(
+                EventKind::ParticipantLeft,
+                &room.display_name,
+                &peer_id,
+                &nickname,
+            )
+        }));
         if room.members.is_empty() {
             let name = room.display_name.clone();
             let private = room.private;
+            out.push(HubOutput::Room(RoomEvent::room(
+                EventKind::RoomFinished,
+                &name,
+            )));
             self.rooms.remove(&key);
             if !private {
                 self.announce(ServerMessage::RoomClosed { name }, out);
@@ -719,8 +747,52 @@ mod tests {
 
     fn to_conn(outs: &[HubOutput], conn: ConnId) -> Vec<&ServerMessage> {
         outs.iter()
-            .filter_map(|HubOutput::Deliver { to, msg }| to.contains(&conn).then_some(msg))
+            .filter_map(|o| match o {
+                HubOutput::Deliver { to, msg } => to.contains(&conn).then_some(msg),
+                HubOutput::Room(_) => None,
+            })
             .collect()
+    }
+
+    fn room_events(outs: &[HubOutput]) -> Vec<(EventKind, Option<String>)> {
+        outs.iter()
+            .filter_map(|o| match o {
+                HubOutput::Room(e) => Some((e.event, e.participant.clone().map(|p| p.nickname))),
+                HubOutput::Deliver { .. } => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_rooms_life_is_reported_for_webhooks_in_order() {
+        let mut h = Harness::new(HubConfig::default());
+        let (a, b, c, d) = (1, 2, 3, 4);
+        for conn in [a, b, c, d] {
+            h.connect(conn);
+        }
+        let mut events = room_events(&h.join(a, "Standup", "ann"));
+        events.extend(room_events(&h.join(b, "standup", "bob")));
+        events.extend(room_events(&h.input(HubInput::Disconnected {
+            conn: a,
+            reason: LeaveReason::TimedOut,
+        })));
+        events.extend(room_events(&h.msg(b, ClientMessage::Leave)));
+        use EventKind::*;
+        let named = |e, n: &str| (e, Some(n.to_owned()));
+        assert_eq!(
+            events,
+            vec![
+                (RoomStarted, None),
+                named(ParticipantJoined, "ann"),
+                named(ParticipantJoined, "bob"),
+                named(ParticipantLeft, "ann"),
+                named(ParticipantLeft, "bob"),
+                (RoomFinished, None),
+            ]
+        );
+        // A refused join (the nickname is taken) reports nothing.
+        h.join(c, "Full", "cat");
+        assert!(room_events(&h.join(d, "Full", "cat")).is_empty());
     }
 
     fn error_code(outs: &[HubOutput], conn: ConnId) -> Option<ErrorCode> {

@@ -14,6 +14,7 @@ use super::protocol::{
     self, ClientMessage, ErrorCode, IceServer, JoinAccess, LeaveReason, Limits, ServerMessage,
 };
 use super::web;
+use super::webhook::{WebhookBody, WebhookConfig, WebhookError, Webhooks};
 use futures_util::{SinkExt, StreamExt};
 use std::collections::HashMap;
 use std::fmt;
@@ -49,6 +50,8 @@ pub enum ServerError {
     PlainOnPublicAddress(SocketAddr),
     #[error("cluster: {0}")]
     Cluster(String),
+    #[error("webhooks: {0}")]
+    Webhook(#[from] WebhookError),
 }
 
 /// The server's certificate chain and key, ready for rustls. `Debug` shows no key material.
@@ -189,6 +192,8 @@ pub struct ServerConfig {
     pub redis_url: Option<String>,
     /// Hand every client its own time-limited TURN credentials.
     pub turn: Option<super::turn::TurnConfig>,
+    /// POST signed room events to these URLs.
+    pub webhooks: Option<WebhookConfig>,
 }
 
 impl Default for ServerConfig {
@@ -211,6 +216,7 @@ impl Default for ServerConfig {
             allow_plain_public: false,
             redis_url: None,
             turn: None,
+            webhooks: None,
         }
     }
 }
@@ -310,21 +316,29 @@ async fn start_hub_backend(
     cancel: &CancellationToken,
     tasks: &mut JoinSet<()>,
 ) -> Result<(), ServerError> {
+    let webhooks = match &config.webhooks {
+        Some(w) => Some(Webhooks::spawn(w.clone(), tasks, cancel.clone())?),
+        None => None,
+    };
     match &config.redis_url {
         Some(url) => {
             let cluster_config = ClusterConfig {
                 hub: config.hub.clone(),
                 heartbeat_interval: config.heartbeat_interval,
             };
-            let cluster = ClusterHub::connect(url, &cluster_config, cancel.clone())
+            let mut cluster = ClusterHub::connect(url, &cluster_config, cancel.clone())
                 .await
                 .map_err(|e| ServerError::Cluster(e.to_string()))?;
+            if let Some(webhooks) = webhooks {
+                cluster.deliver_webhooks(webhooks);
+            }
             tasks.spawn(cluster.run(hub_rx));
         }
         None => {
             tasks.spawn(run_hub(
                 Hub::new(config.hub.clone()),
                 hub_rx,
+                webhooks,
                 cancel.clone(),
             ));
         }
@@ -438,7 +452,10 @@ async fn connection<S: Stream>(
     // The port serves the guest page too: read the request head to tell a WebSocket upgrade
     // from a page request, then hand the upgrade to the handshake with those bytes replayed.
     let mut stream = stream;
-    let head = match web::read_head(&mut stream, config.hello_timeout).await {
+    // A browser or client sends its request at once; a connection that trickles it holds a
+    // slot, so it gets less time than the handshakes after it.
+    let head_timeout = config.hello_timeout.min(Duration::from_secs(5));
+    let head = match web::read_head(&mut stream, head_timeout).await {
         Ok(head) => head,
         Err(e) => {
             debug!(%addr, error = %e, "no request");
@@ -955,8 +972,16 @@ impl<S: Stream> Session<'_, S> {
 /// How often hubs look for rejoin tokens to renew.
 pub(super) const REJOIN_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 
-async fn run_hub(mut hub: Hub, mut rx: mpsc::Receiver<HubMsg>, cancel: CancellationToken) {
+async fn run_hub(
+    mut hub: Hub,
+    mut rx: mpsc::Receiver<HubMsg>,
+    webhooks: Option<Webhooks>,
+    cancel: CancellationToken,
+) {
     let mut outboxes: HashMap<ConnId, mpsc::Sender<Outgoing>> = HashMap::new();
+    // Webhook event ids: this process's tag and a counter.
+    let process_tag = hex::encode(rand::random::<[u8; 4]>());
+    let mut webhook_seq = 0u64;
     let mut outputs = Vec::new();
     let mut pending = Vec::new();
     let mut refresh = tokio::time::interval(REJOIN_REFRESH_INTERVAL);
@@ -998,7 +1023,21 @@ async fn run_hub(mut hub: Hub, mut rx: mpsc::Receiver<HubMsg>, cancel: Cancellat
         // through a queue until everything settles.
         while let Some(input) = pending.pop() {
             hub.handle(input, now_ms(), &mut outputs);
-            for HubOutput::Deliver { to, msg } in outputs.drain(..) {
+            for output in outputs.drain(..) {
+                let (to, msg) = match output {
+                    HubOutput::Deliver { to, msg } => (to, msg),
+                    HubOutput::Room(event) => {
+                        if let Some(webhooks) = &webhooks {
+                            webhook_seq += 1;
+                            webhooks.send(WebhookBody {
+                                id: format!("{process_tag}-{webhook_seq}"),
+                                time_ms: now_ms(),
+                                event,
+                            });
+                        }
+                        continue;
+                    }
+                };
                 let frame = Utf8Bytes::from(protocol::encode(&msg));
                 for conn in to {
                     let Some(outbox) = outboxes.get(&conn) else {

@@ -69,6 +69,8 @@ pub struct Response {
     pub body: Bytes,
     /// `HEAD`: send the headers only.
     pub head_only: bool,
+    /// The `Allow` header of a 405.
+    pub allow: Option<&'static str>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,10 +91,14 @@ pub async fn read_head<S: AsyncRead + Unpin>(
 ) -> Result<BytesMut, WebError> {
     let read = async {
         let mut buf = BytesMut::with_capacity(1024);
+        // Where the blank line could start, so a head trickled a byte at a time is scanned
+        // once, not once per read.
+        let mut scanned = 0;
         loop {
-            if head_end(&buf).is_some() || buf.len() >= MAX_HEAD {
+            if head_end(&buf[scanned..]).is_some() || buf.len() >= MAX_HEAD {
                 return Ok(buf);
             }
+            scanned = buf.len().saturating_sub(3);
             if stream.read_buf(&mut buf).await? == 0 {
                 return Err(WebError::Truncated);
             }
@@ -130,7 +136,11 @@ pub fn route(head: &[u8]) -> Request {
     let head_only = match request.method {
         Some("GET") => false,
         Some("HEAD") => true,
-        _ => return Request::Page(error(405, "Method Not Allowed")),
+        _ => {
+            let mut refusal = error(405, "Method Not Allowed");
+            refusal.allow = Some("GET, HEAD");
+            return Request::Page(refusal);
+        }
     };
     let path = request.path.unwrap_or("/");
     let path = path.split(['?', '#']).next().unwrap_or("/");
@@ -156,6 +166,7 @@ fn ok(content_type: &'static str, body: &'static [u8]) -> Response {
         content_type,
         body: Bytes::from_static(body),
         head_only: false,
+        allow: None,
     }
 }
 
@@ -166,6 +177,7 @@ fn error(status: u16, reason: &'static str) -> Response {
         content_type: "text/plain; charset=utf-8",
         body: Bytes::from(format!("{status} {reason}\n")),
         head_only: false,
+        allow: None,
     }
 }
 
@@ -180,12 +192,15 @@ impl Response {
             "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
              Cache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\n\
              Referrer-Policy: no-referrer\r\nContent-Security-Policy: {}\r\n\
-             Connection: close\r\n\r\n",
+             Connection: close\r\n{}\r\n",
             self.status,
             self.reason,
             self.content_type,
             self.body.len(),
             CONTENT_SECURITY_POLICY,
+            self.allow
+                .map(|a| format!("Allow: {a}\r\n"))
+                .unwrap_or_default(),
         );
         let mut out = head.into_bytes();
         if !self.head_only {
@@ -209,6 +224,7 @@ pub fn unavailable(message: &str) -> Response {
         content_type: "text/plain; charset=utf-8",
         body: Bytes::from(format!("{message}\n")),
         head_only: false,
+        allow: None,
     }
 }
 
@@ -334,7 +350,13 @@ mod tests {
         assert!(!js.body.is_empty());
         assert_eq!(page("GET /_/nope.js HTTP/1.1\r\n\r\n").status, 404);
         assert_eq!(page("GET /a/b HTTP/1.1\r\n\r\n").status, 404);
-        assert_eq!(page("POST / HTTP/1.1\r\n\r\n").status, 405);
+        let post = page("POST / HTTP/1.1\r\n\r\n");
+        assert_eq!(post.status, 405);
+        assert!(
+            String::from_utf8(post.encode())
+                .unwrap()
+                .contains("Allow: GET, HEAD\r\n")
+        );
         assert_eq!(page("garbage\r\n\r\n").status, 400);
         let head = page("HEAD /_/huddle.css HTTP/1.1\r\n\r\n");
         let wire = String::from_utf8(head.encode()).unwrap();

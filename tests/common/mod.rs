@@ -257,7 +257,9 @@ fn rand_nonce() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 pub mod browser;
+pub mod janus;
 pub mod peer;
+pub mod receiver;
 
 /// A `huddle serve` process, for what only a separate process shows: its memory, and what
 /// happens to others when it dies. Killed when dropped.
