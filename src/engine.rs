@@ -20,7 +20,7 @@ use crate::rtc::session::{
 };
 use crate::signaling::access::room_key;
 use crate::signaling::client::{ClientCommand, ClientConfig, ClientEvent, SignalingClient};
-use crate::signaling::protocol::{IceServer, ServerMessage};
+use crate::signaling::protocol::{ClientMessage, IceServer, ServerMessage, SfuStream, SfuTarget};
 // The types front ends need, so they never import `signaling` or `rtc` themselves.
 pub use crate::signaling::protocol::{
     ChatMessage, ErrorCode, JoinAccess, LeaveReason, PeerId, PeerInfo, REACTIONS, RoomInfo,
@@ -475,6 +475,7 @@ pub fn spawn(
         joined_as: None,
         missing_peer_grace: config.missing_peer_grace,
         peers: HashMap::new(),
+        sfu: None,
         transfers,
         audio_muted: false,
         processor,
@@ -571,6 +572,8 @@ struct Engine {
     joined_as: Option<PeerId>,
     missing_peer_grace: Duration,
     peers: HashMap<PeerId, PeerEntry>,
+    /// While the room runs on the server's SFU: our connections with it (no peer sessions).
+    sfu: Option<SfuLink>,
     transfers: TransferManager,
     audio_muted: bool,
     processor: Option<Arc<crate::media::apm::AudioProcessor>>,
@@ -580,6 +583,21 @@ struct Engine {
     /// A microphone to open once the actor runs.
     open_mic: Option<Option<String>>,
 }
+
+/// Our two connections with the server's SFU while the room runs on it: one publishes our
+/// camera and microphone, one receives everyone else's.
+struct SfuLink {
+    publisher: Option<SessionHandle>,
+    subscriber: Option<SessionHandle>,
+    /// Whose each track on the subscribing connection is, by its mid (from `sfu_offer`).
+    owners: tokio::sync::watch::Sender<HashMap<String, PeerId>>,
+}
+
+/// The names the two SFU connections go by among sessions (never a peer id: those are
+/// letters and digits). The publishing connection's figures come as `PeerStats` for
+/// `SFU_PUBLISHER`.
+pub const SFU_PUBLISHER: &str = "~sfu-publisher";
+const SFU_SUBSCRIBER: &str = "~sfu-subscriber";
 
 /// Results of blocking device work done off the actor.
 enum Opened {
@@ -1108,7 +1126,10 @@ impl Engine {
                 })
                 .await;
             }
-            ServerMessage::Left { .. } => self.emit(Event::Left).await,
+            ServerMessage::Left { .. } => {
+                self.leave_sfu().await;
+                self.emit(Event::Left).await;
+            }
             ServerMessage::PeerJoined { peer, .. } => {
                 if let Some(entry) = self.peers.get_mut(&peer.id) {
                     // Back after a server restart, with the id and the connection it had (if
@@ -1163,6 +1184,14 @@ impl Engine {
                 .await;
             }
             ServerMessage::Chat { message } => self.emit(Event::Chat(message)).await,
+            ServerMessage::RoomMode { sfu: true } => self.enter_sfu().await,
+            ServerMessage::RoomMode { sfu: false } => {}
+            ServerMessage::SfuPublished { sdp } => {
+                if let Some(p) = self.sfu.as_ref().and_then(|l| l.publisher.as_ref()) {
+                    p.signal(Signal::Answer { sdp });
+                }
+            }
+            ServerMessage::SfuOffer { sdp, streams } => self.sfu_offer(sdp, streams),
             ServerMessage::Relay { from, payload } => self.on_relay(from, payload).await,
             ServerMessage::Error { code, message, .. } => {
                 self.emit(Event::ServerError { code, message }).await;
@@ -1217,6 +1246,10 @@ impl Engine {
     }
 
     fn start_session(&mut self, peer: &PeerId, session_id: u32, initiator: bool) {
+        if self.sfu.is_some() {
+            // Media goes through the SFU; no peer-to-peer connections.
+            return;
+        }
         let Some(me) = self.my_id.clone() else { return };
         let mut config = SessionConfig::new(me, peer.clone(), session_id, initiator);
         config.ice_servers = self.ice_servers.clone();
@@ -1241,7 +1274,161 @@ impl Engine {
         }
     }
 
+    /// The room moved onto the SFU: the peer-to-peer connections give way to one publishing
+    /// connection now and one subscribing connection when the first `sfu_offer` comes.
+    async fn enter_sfu(&mut self) {
+        if self.sfu.is_some() {
+            return;
+        }
+        let peers: Vec<PeerId> = self.peers.keys().cloned().collect();
+        for peer in &peers {
+            self.drop_session(peer).await;
+            if let Some(entry) = self.peers.get_mut(peer) {
+                entry.rebuild_at = None;
+            }
+        }
+        let (owners, _) = tokio::sync::watch::channel(HashMap::new());
+        self.sfu = Some(SfuLink {
+            publisher: None,
+            subscriber: None,
+            owners,
+        });
+        let publisher = self.start_sfu_session(true);
+        if let Some(link) = self.sfu.as_mut() {
+            link.publisher = publisher;
+        }
+    }
+
+    async fn leave_sfu(&mut self) {
+        if let Some(link) = self.sfu.take() {
+            for session in [link.publisher, link.subscriber].into_iter().flatten() {
+                session.close().await;
+            }
+        }
+    }
+
+    fn start_sfu_session(&mut self, publisher: bool) -> Option<SessionHandle> {
+        let me = self.my_id.clone()?;
+        let name = if publisher {
+            SFU_PUBLISHER
+        } else {
+            SFU_SUBSCRIBER
+        };
+        let mut config = SessionConfig::new(me, PeerId(name.into()), rand::random(), publisher);
+        config.ice_servers = self.ice_servers.clone();
+        config.bind_addrs = self.bind_addrs.clone();
+        config.read_stamps = self.read_stamps;
+        config.relay_only = self.relay_only;
+        let media = if publisher {
+            let initial_budget =
+                session::video_budget_bps(crate::rtc::estimator::INITIAL_BPS as u64);
+            SessionMedia {
+                video: self.video.as_ref().map(|v| v.subscribe(initial_budget)),
+                screen: None,
+                audio: Some(self.audio.subscribe()),
+                playout: self.playout.clone(),
+                on_video_frame: self.wake.clone(),
+            }
+        } else {
+            config.stream_owners = self.sfu.as_ref().map(|l| l.owners.subscribe());
+            SessionMedia {
+                video: None,
+                screen: None,
+                audio: None,
+                playout: self.playout.clone(),
+                on_video_frame: self.wake.clone(),
+            }
+        };
+        Some(session::spawn(config, media, self.session_tx.clone()))
+    }
+
+    /// The SFU offers the others' media (first, or again as publishers come and go).
+    fn sfu_offer(&mut self, sdp: String, streams: Vec<SfuStream>) {
+        let Some(link) = self.sfu.as_mut() else {
+            return;
+        };
+        link.owners.send_modify(|owners| {
+            for s in streams {
+                owners.insert(s.mid, s.peer_id);
+            }
+        });
+        if link.subscriber.is_none() {
+            let subscriber = self.start_sfu_session(false);
+            if let Some(link) = self.sfu.as_mut() {
+                link.subscriber = subscriber;
+            }
+        }
+        if let Some(s) = self.sfu.as_ref().and_then(|l| l.subscriber.as_ref()) {
+            s.signal(Signal::Offer { sdp });
+        }
+    }
+
+    async fn on_sfu_session(&mut self, name: &PeerId, session_id: u32, ev: SessionEvent) {
+        let publisher = name.as_str() == SFU_PUBLISHER;
+        let Some(link) = self.sfu.as_mut() else {
+            return;
+        };
+        let slot = if publisher {
+            &mut link.publisher
+        } else {
+            &mut link.subscriber
+        };
+        if slot.as_ref().map(|s| s.session_id()) != Some(session_id) {
+            return;
+        }
+        let target = if publisher {
+            SfuTarget::Publisher
+        } else {
+            SfuTarget::Subscriber
+        };
+        match ev {
+            SessionEvent::Signal(envelope) => {
+                let msg = match envelope.signal {
+                    Signal::Offer { sdp } if publisher => ClientMessage::SfuPublish { sdp },
+                    Signal::Answer { sdp } if !publisher => ClientMessage::SfuAnswer { sdp },
+                    Signal::Candidate(c) => ClientMessage::SfuCandidate {
+                        target,
+                        candidate: c.candidate,
+                        sdp_mid: c.sdp_mid,
+                        sdp_mline_index: c.sdp_mline_index,
+                    },
+                    _ => return,
+                };
+                let _ = self.signaling.send(ClientCommand::Sfu(msg));
+            }
+            SessionEvent::RemoteVideoOf { peer, video } => {
+                self.emit(Event::PeerVideo { peer, video }).await;
+            }
+            SessionEvent::Connected { setup, .. } => {
+                tracing::info!(publisher, ?setup, "connected to the SFU");
+            }
+            // What we send the SFU, as a peer's figures under the publishing connection's name.
+            SessionEvent::Stats(stats) if publisher => {
+                self.emit(Event::PeerStats {
+                    peer: name.clone(),
+                    stats: *stats,
+                })
+                .await;
+            }
+            SessionEvent::Closed(reason) => {
+                slot.take();
+                let reason = match reason {
+                    CloseReason::Closed => "closed".to_owned(),
+                    CloseReason::Failed(r) | CloseReason::SetupFailed(r) => r,
+                };
+                self.emit(Event::Problem(format!(
+                    "The connection to the server's SFU ended: {reason}"
+                )))
+                .await;
+            }
+            _ => {}
+        }
+    }
+
     async fn on_session(&mut self, peer: PeerId, session_id: u32, ev: SessionEvent) {
+        if matches!(peer.as_str(), SFU_PUBLISHER | SFU_SUBSCRIBER) {
+            return self.on_sfu_session(&peer, session_id, ev).await;
+        }
         let Some(entry) = self.peers.get_mut(&peer) else {
             return;
         };
@@ -1273,6 +1460,8 @@ impl Engine {
             SessionEvent::RemoteVideo(video) => {
                 self.emit(Event::PeerVideo { peer, video }).await;
             }
+            // Only connections with the SFU carry other peers' tracks.
+            SessionEvent::RemoteVideoOf { .. } => {}
             SessionEvent::FileChannel(channel) => {
                 self.transfers.send(TransferCommand::PeerConnected {
                     peer: peer.clone(),

@@ -224,6 +224,7 @@ fn network_json(n: &crate::engine::PeerStats) -> serde_json::Value {
     json!({
         "estimate_kbps": round(n.estimate_kbps), "video_budget_kbps": round(n.video_budget_kbps),
         "send_kbps": round(n.send_kbps), "receive_kbps": round(n.receive_kbps),
+        "bytes_sent": n.bytes_sent, "bytes_received": n.bytes_received,
         "rtt_ms": n.rtt_ms.map(round), "jitter_ms": n.jitter_ms.map(round),
         "packets_received": n.packets_received, "packets_lost": n.packets_lost,
         "loss_reported": n.loss_reported, "loss_estimated": n.loss_estimated,
@@ -359,6 +360,8 @@ struct HeadlessPeer<W: Write> {
     peers: HashMap<PeerId, PeerView>,
     chat_sent: bool,
     files_received: u32,
+    /// The figures of our publishing connection while the room runs on the SFU.
+    sfu_publisher: Option<crate::engine::PeerStats>,
     /// Peers whose connection is up and who are still to be sent `--send` files.
     pending_send: HashSet<PeerId>,
     warmed_up: bool,
@@ -379,6 +382,7 @@ impl<W: Write> HeadlessPeer<W> {
             peers: HashMap::new(),
             chat_sent: false,
             files_received: 0,
+            sfu_publisher: None,
             pending_send: HashSet::new(),
             usage_at_join: None,
             share_reference: None,
@@ -520,7 +524,9 @@ impl<W: Write> HeadlessPeer<W> {
             Event::LocalMedia(state) => self.log(json!({"event": "local_media", "audio_muted": state.audio_muted,
                 "video_enabled": state.video_enabled, "screen_share": state.screen_share}))?,
             Event::PeerStats { peer, stats } => {
-                if let Some(view) = self.peers.get_mut(&peer) {
+                if peer.as_str() == crate::engine::SFU_PUBLISHER {
+                    self.sfu_publisher = Some(stats);
+                } else if let Some(view) = self.peers.get_mut(&peer) {
                     view.network = Some(stats);
                 }
             }
@@ -667,6 +673,7 @@ impl<W: Write> HeadlessPeer<W> {
             "cpu_seconds_in_room": usage.zip(self.usage_at_join).map(|(u, j)| u.cpu_seconds - j.cpu_seconds),
             "rss_mb": usage.map(|u| u.rss_mb), "peak_rss_mb": usage.map(|u| u.peak_rss_mb),
             "encoder": encoder, "screen_encoder": screen_encoder, "peers": peer_summaries,
+            "sfu_publisher": self.sfu_publisher.as_ref().map(network_json),
             "click_times_us": self.engine.click_times(), "onset_times_us": self.engine.media().click_onsets(),
         });
         self.log(summary)?;

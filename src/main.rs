@@ -73,7 +73,8 @@ struct TokenArgs {
 #[derive(Args)]
 struct BenchArgs {
     /// Sections to run, comma-separated: join, video, audio, mesh, transfer, big-transfer,
-    /// signaling, network, churn, app, screen (default: all of these), and soak (only when named).
+    /// signaling, network, churn, app, screen (default: all of these), and soak and sfu (only when
+    /// named; sfu needs `janus`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// How many joins to time.
@@ -299,6 +300,21 @@ struct ServeArgs {
     /// JSON to this URL. Repeatable; needs --webhook-secret.
     #[arg(long = "webhook", requires = "webhook_secret")]
     webhooks: Vec<String>,
+    /// A Janus gateway (its WebSocket API, `ws://HOST:8188`) to put big rooms on: a room with
+    /// more than --sfu-above people moves onto it. Not with --redis (yet).
+    #[arg(long)]
+    sfu: Option<String>,
+    /// The Janus VideoRoom plugin's `admin_key`, which lets only this server create rooms there.
+    #[arg(
+        long,
+        env = "HUDDLE_SFU_SECRET",
+        hide_env_values = true,
+        requires = "sfu"
+    )]
+    sfu_secret: Option<String>,
+    /// Rooms move onto the SFU once they have more people than this (0: every room).
+    #[arg(long, default_value_t = 4, requires = "sfu")]
+    sfu_above: usize,
     /// Key for the webhooks' HMAC-SHA256 signature (the `Huddle-Signature` header).
     #[arg(
         long,
@@ -422,6 +438,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 rejoin_secret,
                 joins_per_minute: args.joins_per_minute,
             },
+            sfu_above: args.sfu.as_ref().map(|_| args.sfu_above),
             ..Default::default()
         },
         max_connections: args.max_connections,
@@ -451,6 +468,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             )?),
             None => None,
         },
+        sfu: args.sfu.as_ref().map(|url| signaling::sfu::SfuConfig {
+            janus: signaling::janus::JanusConfig {
+                url: url.clone(),
+                admin_key: args.sfu_secret.clone(),
+                api_secret: None,
+            },
+            publishers: args.max_room_size,
+        }),
         webhooks: args.webhook_secret.as_ref().map(|secret| {
             signaling::webhook::WebhookConfig::new(args.webhooks.clone(), secret.clone())
         }),

@@ -694,3 +694,103 @@ async fn the_room_picker_lists_rooms_and_takes_the_guest_in() {
     drop(browser);
     server.shutdown().await;
 }
+
+/// What the page decodes through the SFU: frames per other participant's camera, once every
+/// one of them has at least `frames` (null before).
+fn sfu_decoding(others: usize, frames: u64) -> String {
+    format!(
+        r#"(async () => {{
+            const room = huddle.call.room;
+            if (!room?.sfu?.sub || room.peers.size !== {others}) return null;
+            const out = {{}};
+            for (const p of room.peers.values()) {{
+                const track = p.camera.getVideoTracks()[0];
+                if (!track) return null;
+                const stats = await room.sfu.sub.getStats(track);
+                let decoded = 0;
+                stats.forEach((r) => {{ if (r.type === 'inbound-rtp' && r.kind === 'video') decoded = r.framesDecoded; }});
+                if (decoded < {frames}) return null;
+                out[p.nickname] = decoded;
+            }}
+            return out;
+        }})()"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_move_onto_the_janus_sfu_when_the_room_grows_and_see_each_other() {
+    let janus = common::janus::JanusProcess::start().await;
+    let mut config = test_config();
+    config.hub.sfu_above = Some(2);
+    config.sfu = Some(huddle::signaling::sfu::SfuConfig {
+        janus: huddle::signaling::janus::JanusConfig {
+            url: janus.url.clone(),
+            admin_key: Some(common::janus::ADMIN_KEY.into()),
+            api_secret: None,
+        },
+        publishers: 6,
+    });
+    let server = start_server(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let browser = launch(dir.path(), false).await;
+    let room = server.page_url(Some("Big room"));
+
+    // Two meet in a mesh.
+    let ann = browser.open(&format!("{room}?name=ann")).await;
+    joined(&ann).await;
+    let bob = browser.open(&format!("{room}?name=bob")).await;
+    let bob_id = joined(&bob).await;
+    browser_decodes(&ann, &bob_id, 10).await;
+    assert_eq!(
+        ann.eval("huddle.call.room.sfu").await,
+        Value::Null,
+        "a mesh"
+    );
+
+    // The third moves the room onto the SFU: everyone publishes once and receives the others
+    // on one connection.
+    let cat = browser.open(&format!("{room}?name=cat")).await;
+    joined(&cat).await;
+    for (page, name) in [(&ann, "ann"), (&bob, "bob"), (&cat, "cat")] {
+        let decoded = page.wait_for(&sfu_decoding(2, 20), WAIT_MEDIA).await;
+        eprintln!("{name} decodes through the SFU: {decoded}");
+        let mesh = page
+            .eval("[...huddle.call.room.peers.values()].filter((p) => p.pc).length")
+            .await;
+        assert_eq!(mesh, 0, "no peer-to-peer connections left");
+    }
+
+    // A fourth joins the room on the SFU; one leaves; the others keep decoding.
+    let dan = browser.open(&format!("{room}?name=dan")).await;
+    joined(&dan).await;
+    dan.wait_for(&sfu_decoding(3, 20), WAIT_MEDIA).await;
+    ann.wait_for(&sfu_decoding(3, 20), WAIT_MEDIA).await;
+    bob.eval("document.querySelector('#leave').click(); true")
+        .await;
+    cat.wait_for("huddle.call.room.peers.size === 2 ? true : null", WAIT)
+        .await;
+    let before = cat.wait_for(&sfu_decoding(2, 20), WAIT).await;
+    let more = before
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .min()
+        .unwrap()
+        + 20;
+    cat.wait_for(&sfu_decoding(2, more), WAIT_MEDIA).await;
+
+    // A client in a mesh room cannot use the SFU messages.
+    let mut outsider = TestClient::connect(&server.url()).await;
+    outsider.join("Small room", "eve").await;
+    outsider
+        .send(&huddle::signaling::protocol::ClientMessage::SfuPublish {
+            sdp: "v=0\r\n".into(),
+        })
+        .await;
+    outsider
+        .expect_error(huddle::signaling::protocol::ErrorCode::NotSfuRoom)
+        .await;
+    drop(browser);
+    server.shutdown().await;
+}

@@ -113,6 +113,9 @@ fn every_documented_example_round_trips() {
         "reaction",
         "pong",
         "error",
+        "room_mode",
+        "sfu_published",
+        "sfu_offer",
     ]
     .iter()
     .map(|s| s.to_string())

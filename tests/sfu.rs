@@ -109,3 +109,119 @@ async fn the_server_alone_creates_guards_and_destroys_janus_rooms() {
     let gone = server.room_exists(admin, room).await.unwrap_err();
     assert!(gone.is_retryable(), "{gone}");
 }
+
+/// Janus (libnice) offers no loopback candidates, so peers talk to it over this machine's own
+/// interface addresses; the packets still never leave the machine.
+const JANUS_REACHABLE: &[&str] = &["0.0.0.0:0"];
+
+fn sfu_server_config(janus: &JanusProcess, above: usize) -> huddle::signaling::ServerConfig {
+    let mut config = common::test_config();
+    config.hub.sfu_above = Some(above);
+    config.sfu = Some(huddle::signaling::sfu::SfuConfig {
+        janus: JanusConfig {
+            url: janus.url.clone(),
+            admin_key: Some(ADMIN_KEY.into()),
+            api_secret: None,
+        },
+        publishers: 16,
+    });
+    config
+}
+
+fn sfu_peer(server: &str, i: usize, dir: &std::path::Path) -> common::peer::TestPeer {
+    let mut opts = common::peer::PeerOptions::new(i as u8 + 1, 300.0 + 50.0 * i as f32, dir.into());
+    opts.bind_addrs = Some(JANUS_REACHABLE.iter().map(|a| a.to_string()).collect());
+    common::peer::TestPeer::start(server, opts)
+}
+
+/// Waits until every peer decodes at least `frames` frames from every other one, on a video
+/// output that is not one of `stale` (the mesh's, before a room moved onto the SFU).
+async fn all_decode_all(
+    peers: &mut [common::peer::TestPeer],
+    frames: u64,
+    stale: &std::collections::HashSet<*const huddle::media::video::RemoteVideo>,
+) {
+    let ids: Vec<_> = peers.iter().map(|p| p.id.clone().unwrap()).collect();
+    for (i, p) in peers.iter_mut().enumerate() {
+        for other in ids.iter().filter(|id| **id != ids[i]) {
+            p.until(std::time::Duration::from_secs(40), |p| {
+                p.videos
+                    .get(other)
+                    .filter(|v| !stale.contains(&std::sync::Arc::as_ptr(v)))
+                    .filter(|v| v.stats().frames_decoded >= frames)
+                    .map(|_| ())
+            })
+            .await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_native_peers_on_the_sfu_all_decode_everyone_and_hear_each_other() {
+    let janus = JanusProcess::start().await;
+    let mut config = sfu_server_config(&janus, 0);
+    config.hub.max_room_size = 16;
+    let server = common::start_server(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut peers = Vec::new();
+    for i in 0..8 {
+        let mut p = sfu_peer(&server.url(), i, dir.path());
+        p.join("eight", &format!("peer{i}")).await;
+        peers.push(p);
+    }
+    all_decode_all(&mut peers, 15, &Default::default()).await;
+    // Sound through the SFU: the first hears the last one's tone.
+    let last = peers[7].id.clone().unwrap();
+    let hz = 300.0 + 50.0 * 7.0;
+    let f = peers[0]
+        .until(std::time::Duration::from_secs(20), |p| {
+            let f = p.engine.media().remote_audio(&last)?.frequency?;
+            ((f - hz).abs() / hz < 0.02).then_some(f)
+        })
+        .await;
+    eprintln!("peer0 hears peer7's {hz} Hz tone as {f:.1} Hz through the SFU");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_that_grows_from_three_to_six_moves_onto_the_sfu_and_everyone_still_decodes() {
+    let janus = JanusProcess::start().await;
+    let server = common::start_server(sfu_server_config(&janus, 4)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut peers = Vec::new();
+    for i in 0..3 {
+        let mut p = sfu_peer(&server.url(), i, dir.path());
+        p.join("growing", &format!("peer{i}")).await;
+        peers.push(p);
+    }
+    all_decode_all(&mut peers, 15, &Default::default()).await;
+    // The mesh's video outputs: after the move, pictures must come on new ones.
+    let mut stale = std::collections::HashSet::new();
+    for i in 3..6 {
+        let mut p = sfu_peer(&server.url(), i, dir.path());
+        p.join("growing", &format!("peer{i}")).await;
+        peers.push(p);
+        if i == 3 {
+            // Four people: still a mesh.
+            all_decode_all(&mut peers, 15, &Default::default()).await;
+            for p in &mut peers {
+                p.drain();
+                stale.extend(p.videos.values().map(std::sync::Arc::as_ptr));
+            }
+        }
+    }
+    all_decode_all(&mut peers, 15, &stale).await;
+    for p in &peers {
+        assert!(
+            !p.seen
+                .iter()
+                .any(|e| matches!(e, huddle::engine::Event::Problem(_))),
+            "no problem reported: {:?}",
+            p.seen
+                .iter()
+                .filter(|e| matches!(e, huddle::engine::Event::Problem(_)))
+                .collect::<Vec<_>>()
+        );
+    }
+    server.shutdown().await;
+}

@@ -39,6 +39,7 @@ export class Room {
     this.iceServers = [];
     this.peers = new Map();
     this.rejoinToken = null;
+    this.sfu = null; // the SFU link, while the room is on the SFU
     this.joined = false; // has been in the room
     this.inRoom = false; // is in it now (not reconnecting)
     this.leaving = false;
@@ -181,6 +182,15 @@ export class Room {
         }
         break;
       }
+      case 'room_mode':
+        if (msg.sfu && !this.sfu) this.enterSfu();
+        break;
+      case 'sfu_published':
+        await this.sfu?.published(msg.sdp);
+        break;
+      case 'sfu_offer':
+        await this.sfu?.offered(msg.sdp, Array.isArray(msg.streams) ? msg.streams : []);
+        break;
       case 'error':
         // Fatal errors a reconnect can cure (the server restarting, a hiccup) are retried.
         if (msg.fatal && !RETRYABLE.has(msg.code)) this.leaving = true;
@@ -189,6 +199,15 @@ export class Room {
       case 'left':
         break;
     }
+  }
+
+  /** The room moved onto the SFU: the mesh connections give way to one publishing and one
+   * subscribing connection with the server's SFU. */
+  enterSfu() {
+    for (const peer of this.peers.values()) peer.close(false);
+    this.sfu = new SfuLink(this);
+    this.sfu.publish().catch((e) => this.ui.status(`Cannot publish to the SFU: ${e.message || e}`, 'error'));
+    this.ui.peers();
   }
 
   addPeer(id, nickname) {
@@ -213,12 +232,15 @@ export class Room {
 
   /** The local tracks changed (device switched, mute, camera off): every connection follows. */
   tracksChanged() {
+    this.sfu?.attachTracks();
     for (const peer of this.peers.values()) peer.attachTracks();
     for (const peer of this.peers.values()) peer.sendMediaState();
   }
 
   leave() {
     this.leaving = true;
+    this.sfu?.close();
+    this.sfu = null;
     for (const id of [...this.peers.keys()]) {
       const peer = this.peers.get(id);
       peer.close(false);
@@ -265,6 +287,7 @@ class Peer {
 
   /** Starts a new connection; the initiator offers (with the file channel), the other answers. */
   newSession(initiator, session = randomSession()) {
+    if (this.room.sfu) return; // media goes through the SFU
     if (this.session != null) this.closedSessions.add(this.session);
     this.closePc();
     this.session = session;
@@ -334,6 +357,7 @@ class Peer {
   }
 
   async onSignal(payload) {
+    if (this.room.sfu) return; // no peer-to-peer media in a room on the SFU
     const { session, kind } = payload;
     if (session !== this.session) {
       if (kind === 'bye' && this.session == null) {
@@ -498,5 +522,92 @@ class Peer {
     this.state = 'waiting';
     clearTimeout(this.rebuildTimer);
     this.room.ui.peer(this);
+  }
+}
+
+/** Resolves once `pc` has gathered its candidates (the SFU exchange carries complete SDPs). */
+function gathered(pc) {
+  return new Promise((resolve) => {
+    if (pc.iceGatheringState === 'complete') return resolve();
+    const check = () => pc.iceGatheringState === 'complete' && resolve();
+    pc.addEventListener('icegatheringstatechange', check);
+    setTimeout(resolve, 3000); // whatever was found by then
+  });
+}
+
+/** Our two connections with the SFU: one publishes our camera and microphone, one receives
+ * everyone else's, its media sections named by the server's `streams`. */
+class SfuLink {
+  constructor(room) {
+    this.room = room;
+    this.pub = null;
+    this.sub = null;
+    this.mids = new Map(); // mid -> { peer_id, kind }
+  }
+
+  async publish() {
+    const pc = new RTCPeerConnection({ iceServers: this.room.iceServers });
+    this.pub = pc;
+    this.cameraTx = pc.addTransceiver('video', { direction: 'sendonly' });
+    this.audioTx = pc.addTransceiver('audio', { direction: 'sendonly' });
+    this.attachTracks();
+    await pc.setLocalDescription();
+    await gathered(pc);
+    if (this.pub !== pc) return;
+    this.room.send({ type: 'sfu_publish', sdp: pc.localDescription.sdp });
+  }
+
+  attachTracks() {
+    const media = this.room.media;
+    this.cameraTx?.sender.replaceTrack(media.sendingVideo()).catch((e) => console.warn(e));
+    this.audioTx?.sender.replaceTrack(media.sendingAudio()).catch((e) => console.warn(e));
+  }
+
+  async published(sdp) {
+    if (typeof sdp === 'string' && this.pub?.signalingState === 'have-local-offer') {
+      await this.pub.setRemoteDescription({ type: 'answer', sdp });
+    }
+  }
+
+  async offered(sdp, streams) {
+    if (typeof sdp !== 'string') return;
+    if (!this.sub) {
+      const pc = new RTCPeerConnection({ iceServers: this.room.iceServers });
+      this.sub = pc;
+      pc.ontrack = (ev) => this.sub === pc && this.onTrack(ev);
+      pc.onconnectionstatechange = () => {
+        if (this.sub !== pc) return;
+        const state = pc.connectionState === 'connected' ? 'connected' : 'connecting';
+        for (const peer of this.room.peers.values()) {
+          peer.state = state;
+          this.room.ui.peer(peer);
+        }
+        if (state === 'connected') this.room.metrics.firstConnectedAt ??= performance.now();
+      };
+    }
+    const pc = this.sub;
+    for (const s of streams) this.mids.set(String(s.mid), s);
+    await pc.setRemoteDescription({ type: 'offer', sdp });
+    await pc.setLocalDescription();
+    await gathered(pc);
+    if (this.sub !== pc) return;
+    this.room.send({ type: 'sfu_answer', sdp: pc.localDescription.sdp });
+  }
+
+  onTrack(ev) {
+    const stream = this.mids.get(ev.transceiver.mid);
+    const peer = stream && this.room.peers.get(stream.peer_id);
+    if (!peer) return;
+    for (const old of peer.camera.getTracks().filter((t) => t.kind === ev.track.kind)) {
+      peer.camera.removeTrack(old);
+    }
+    peer.camera.addTrack(ev.track);
+    this.room.ui.track(peer);
+  }
+
+  close() {
+    this.pub?.close();
+    this.sub?.close();
+    this.pub = this.sub = null;
   }
 }

@@ -6,6 +6,7 @@
 mod app;
 mod network;
 mod screen;
+mod sfu;
 mod soak;
 
 use crate::procstat;
@@ -45,6 +46,8 @@ pub enum Section {
     Screen,
     /// Opt-in: not in `ALL`.
     Soak,
+    /// Mesh against the Janus SFU. Opt-in (needs `janus`): not in `ALL`.
+    Sfu,
 }
 
 impl Section {
@@ -76,6 +79,7 @@ impl Section {
             "app" => Section::App,
             "screen" => Section::Screen,
             "soak" => Section::Soak,
+            "sfu" => Section::Sfu,
             _ => return None,
         })
     }
@@ -342,6 +346,7 @@ pub async fn run(opts: BenchOptions) -> Result<Value, BenchError> {
             Section::App => app::run(&opts).await,
             Section::Screen => screen::run(&opts).await,
             Section::Soak => soak::run(&opts).await,
+            Section::Sfu => sfu::run(&opts).await,
         };
         let key = format!("{section:?}").to_lowercase();
         let mut value = result.unwrap_or_else(|e| json!({"error": e.to_string()}));

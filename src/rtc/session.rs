@@ -33,6 +33,7 @@ use rtc::rtp_transceiver::rtp_sender::{
     RtpCodecKind,
 };
 use rtc::statistics::report::RTCStatsReportEntry;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -82,6 +83,9 @@ pub struct SessionConfig {
     pub ice_check_interval: Duration,
     /// Use only TURN relay candidates (a network that allows nothing else, or privacy).
     pub relay_only: bool,
+    /// A connection with the SFU that receives several peers' media: whose each received
+    /// track is, by its track id (the SFU names tracks by their `mid`).
+    pub stream_owners: Option<watch::Receiver<HashMap<String, PeerId>>>,
 }
 
 impl SessionConfig {
@@ -96,6 +100,7 @@ impl SessionConfig {
             read_stamps: false,
             ice_check_interval: Duration::from_millis(20),
             relay_only: false,
+            stream_owners: None,
         }
     }
 }
@@ -194,6 +199,11 @@ pub enum SessionEvent {
     /// Connectivity lost; it may come back (ICE restart) or end in `Closed`.
     Disconnected,
     RemoteVideo(Arc<RemoteVideo>),
+    /// On a connection with the SFU: `peer`'s camera arrived.
+    RemoteVideoOf {
+        peer: PeerId,
+        video: Arc<RemoteVideo>,
+    },
     /// The peer's screen-share track arrived (its pictures come while the peer shares).
     RemoteScreen(Arc<RemoteVideo>),
     /// The file data channel is open; the receiver of this event owns it from now on.
@@ -1049,6 +1059,15 @@ impl Actor {
     }
 
     async fn receive_track(&mut self, track: Arc<dyn TrackRemote>) {
+        if let Some(owners) = &self.config.stream_owners {
+            let mid = track.track_id().await;
+            let owner = owners.borrow().get(mid.as_str()).cloned();
+            let Some(owner) = owner else {
+                tracing::warn!(mid = %mid, "a track from the SFU that no stream names");
+                return;
+            };
+            return self.receive_track_of(owner, track).await;
+        }
         let is_screen = track.stream_id().await == SCREEN_STREAM_ID
             || track.track_id().await.starts_with("screen-");
         match track.kind().await {
@@ -1085,6 +1104,29 @@ impl Actor {
     /// Five times a second: the congestion controller's estimate becomes this peer's video
     /// budget, and the measured round trip and jitter size the receive side's wait for
     /// retransmissions.
+    /// A track on a connection with the SFU, from `owner`.
+    async fn receive_track_of(&mut self, owner: PeerId, track: Arc<dyn TrackRemote>) {
+        match track.kind().await {
+            RtpCodecKind::Video => {
+                let shared = Arc::new(VideoReceiveShared::default());
+                if let Some(video) = self.start_video_receive(track, owner.as_str(), shared) {
+                    self.emit(SessionEvent::RemoteVideoOf { peer: owner, video })
+                        .await;
+                }
+            }
+            RtpCodecKind::Audio => {
+                let key = owner.to_string();
+                if let Err(e) = self.playout.add_stream(&key) {
+                    tracing::error!(error = %e, "cannot start audio decoder");
+                    return;
+                }
+                self.tasks
+                    .spawn(receive_audio(track, self.playout.clone(), key));
+            }
+            _ => {}
+        }
+    }
+
     fn steer(&mut self) {
         let estimate = self.taps.estimate.target_bps_at(Instant::now());
         let budget = video_budget_bps(estimate);

@@ -107,6 +107,9 @@ pub enum ClientCommand {
     /// the server stamps the time anew).
     SetHand(bool),
     React(String),
+    /// An SFU exchange message (`sfu_publish`, `sfu_answer`, `sfu_candidate`), sent as is;
+    /// like a relay, it is not replayed after a reconnect.
+    Sfu(ClientMessage),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -301,7 +304,8 @@ fn remember(wanted: &mut Wanted, cmd: &ClientCommand) -> bool {
         ClientCommand::ListRooms
         | ClientCommand::Chat(_)
         | ClientCommand::Relay { .. }
-        | ClientCommand::React(_) => {
+        | ClientCommand::React(_)
+        | ClientCommand::Sfu(_) => {
             return false;
         }
     }
@@ -332,6 +336,7 @@ fn to_message(cmd: &ClientCommand) -> ClientMessage {
         ClientCommand::SetNickname(nickname) => ClientMessage::SetNickname { nickname },
         ClientCommand::SetHand(raised) => ClientMessage::SetHand { raised },
         ClientCommand::React(emoji) => ClientMessage::React { emoji },
+        ClientCommand::Sfu(msg) => msg,
     }
 }
 

@@ -610,6 +610,14 @@ impl ClusterHub {
             },
             ClientMessage::Ping { nonce } => self.send(conn, &ServerMessage::Pong { nonce }),
             ClientMessage::Hello { .. } => {}
+            // Rooms never move onto an SFU in a cluster (yet): every room is a mesh.
+            ClientMessage::SfuPublish { .. }
+            | ClientMessage::SfuAnswer { .. }
+            | ClientMessage::SfuCandidate { .. } => self.error(
+                conn,
+                ErrorCode::NotSfuRoom,
+                "rooms on this server are meshes: connect to each peer instead",
+            ),
         }
     }
 

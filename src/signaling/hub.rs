@@ -5,7 +5,7 @@
 use super::access::{AccessConfig, JoinRate, Refusal, ScreenedJoin};
 use super::protocol::{
     ChatMessage, ClientMessage, ErrorCode, JoinAccess, LeaveReason, PeerId, PeerInfo, RoomInfo,
-    ServerMessage, validate_chat, validate_nickname, validate_reaction,
+    ServerMessage, SfuTarget, validate_chat, validate_nickname, validate_reaction,
 };
 use super::webhook::{EventKind, RoomEvent};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -19,6 +19,9 @@ pub struct HubConfig {
     pub max_rooms: usize,
     pub history_len: usize,
     pub access: AccessConfig,
+    /// With an SFU: a room moves onto it once it has more people than this (0: every room).
+    /// `None`: no SFU, every room is a mesh.
+    pub sfu_above: Option<usize>,
 }
 
 impl Default for HubConfig {
@@ -28,6 +31,7 @@ impl Default for HubConfig {
             max_rooms: 1000,
             history_len: super::protocol::CHAT_HISTORY_LEN,
             access: AccessConfig::default(),
+            sfu_above: None,
         }
     }
 }
@@ -59,6 +63,45 @@ pub enum HubOutput {
     /// Something operators hear about (webhooks): a room started or finished, someone joined
     /// or left.
     Room(RoomEvent),
+    /// Work for the SFU orchestrator (rooms on Janus).
+    Sfu(SfuWork),
+}
+
+/// What the SFU orchestrator must do; room keys are the hub's (lower-cased names).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SfuWork {
+    /// A room moved onto the SFU with these members.
+    RoomOn {
+        room: String,
+        members: Vec<(ConnId, PeerId)>,
+    },
+    Joined {
+        room: String,
+        conn: ConnId,
+        peer: PeerId,
+    },
+    Left {
+        room: String,
+        conn: ConnId,
+    },
+    /// The last member left.
+    RoomOff {
+        room: String,
+    },
+    Publish {
+        conn: ConnId,
+        sdp: String,
+    },
+    Answer {
+        conn: ConnId,
+        sdp: String,
+    },
+    Candidate {
+        conn: ConnId,
+        target: SfuTarget,
+        /// As Janus takes it: `{candidate, sdpMid, sdpMLineIndex}`.
+        candidate: serde_json::Value,
+    },
 }
 
 struct Conn {
@@ -82,6 +125,8 @@ struct Room {
     /// Not in the public list.
     private: bool,
     password_hash: Option<String>,
+    /// Media goes through the SFU instead of a mesh.
+    sfu: bool,
 }
 
 #[derive(Default)]
@@ -212,6 +257,33 @@ impl Hub {
             ClientMessage::SetNickname { nickname } => self.set_nickname(conn, &nickname, out),
             ClientMessage::SetHand { raised } => self.set_hand(conn, raised, now_ms, out),
             ClientMessage::React { emoji } => self.react(conn, emoji, out),
+            ClientMessage::SfuPublish { sdp } => {
+                self.sfu_message(conn, SfuWork::Publish { conn, sdp }, out)
+            }
+            ClientMessage::SfuAnswer { sdp } => {
+                self.sfu_message(conn, SfuWork::Answer { conn, sdp }, out)
+            }
+            ClientMessage::SfuCandidate {
+                target,
+                candidate,
+                sdp_mid,
+                sdp_mline_index,
+            } => {
+                let candidate = serde_json::json!({
+                    "candidate": candidate,
+                    "sdpMid": sdp_mid,
+                    "sdpMLineIndex": sdp_mline_index,
+                });
+                self.sfu_message(
+                    conn,
+                    SfuWork::Candidate {
+                        conn,
+                        target,
+                        candidate,
+                    },
+                    out,
+                )
+            }
             // Answered here, not by the connection, so the pong follows everything the hub has
             // already queued for this client: a ping is an ordering barrier.
             ClientMessage::Ping { nonce } => send(out, conn, ServerMessage::Pong { nonce }),
@@ -308,6 +380,7 @@ impl Hub {
                         history: VecDeque::new(),
                         private,
                         password_hash,
+                        sfu: false,
                     },
                 );
             }
@@ -363,6 +436,7 @@ impl Hub {
                 rejoin_token,
             },
         );
+        let you_id = you.id.clone();
         if !others.is_empty() {
             out.push(HubOutput::Deliver {
                 to: others,
@@ -372,8 +446,64 @@ impl Hub {
                 },
             });
         }
+        self.sfu_after_join(&key, conn, you_id, out);
         self.announce_room(&key, out);
         Ok(())
+    }
+
+    /// A room that grew past the SFU threshold moves onto the SFU, everyone in it told; a
+    /// newcomer to a room already there is told and added.
+    fn sfu_after_join(&mut self, key: &str, conn: ConnId, peer: PeerId, out: &mut Vec<HubOutput>) {
+        let Some(above) = self.config.sfu_above else {
+            return;
+        };
+        let Some(room) = self.rooms.get_mut(key) else {
+            return;
+        };
+        if room.sfu {
+            send(out, conn, ServerMessage::RoomMode { sfu: true });
+            out.push(HubOutput::Sfu(SfuWork::Joined {
+                room: key.to_owned(),
+                conn,
+                peer,
+            }));
+        } else if room.members.len() > above {
+            room.sfu = true;
+            let members = room.members.clone();
+            out.push(HubOutput::Deliver {
+                to: members.clone(),
+                msg: ServerMessage::RoomMode { sfu: true },
+            });
+            let members = members
+                .into_iter()
+                .filter_map(|m| Some((m, self.conns.get(&m)?.peer_id.clone())))
+                .collect();
+            out.push(HubOutput::Sfu(SfuWork::RoomOn {
+                room: key.to_owned(),
+                members,
+            }));
+        }
+    }
+
+    /// `sfu_publish` and `sfu_answer` are for members of a room on the SFU only; the
+    /// orchestrator knows each connection's room, so nothing in them can point elsewhere.
+    fn sfu_message(&mut self, conn: ConnId, work: SfuWork, out: &mut Vec<HubOutput>) {
+        let in_sfu_room = self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.room.as_ref())
+            .and_then(|key| self.rooms.get(key))
+            .is_some_and(|r| r.sfu);
+        if in_sfu_room {
+            out.push(HubOutput::Sfu(work));
+        } else {
+            error(
+                out,
+                conn,
+                ErrorCode::NotSfuRoom,
+                "your room is not on the SFU: connect to each peer instead",
+            );
+        }
     }
 
     fn chat(&mut self, conn: ConnId, text: &str, now_ms: u64, out: &mut Vec<HubOutput>) {
@@ -607,6 +737,16 @@ impl Hub {
             return;
         };
         room.members.retain(|m| *m != conn);
+        if room.sfu {
+            out.push(HubOutput::Sfu(if room.members.is_empty() {
+                SfuWork::RoomOff { room: key.clone() }
+            } else {
+                SfuWork::Left {
+                    room: key.clone(),
+                    conn,
+                }
+            }));
+        }
         out.push(HubOutput::Room(RoomEvent {
             reason: Some(reason),
             ..RoomEvent::participant(
@@ -749,7 +889,7 @@ mod tests {
         outs.iter()
             .filter_map(|o| match o {
                 HubOutput::Deliver { to, msg } => to.contains(&conn).then_some(msg),
-                HubOutput::Room(_) => None,
+                HubOutput::Room(_) | HubOutput::Sfu(_) => None,
             })
             .collect()
     }
@@ -758,9 +898,85 @@ mod tests {
         outs.iter()
             .filter_map(|o| match o {
                 HubOutput::Room(e) => Some((e.event, e.participant.clone().map(|p| p.nickname))),
-                HubOutput::Deliver { .. } => None,
+                HubOutput::Deliver { .. } | HubOutput::Sfu(_) => None,
             })
             .collect()
+    }
+
+    fn sfu_work(outs: &[HubOutput]) -> Vec<SfuWork> {
+        outs.iter()
+            .filter_map(|o| match o {
+                HubOutput::Sfu(w) => Some(w.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_room_moves_onto_the_sfu_past_the_threshold_and_only_its_members_use_it() {
+        let mut h = Harness::new(HubConfig {
+            sfu_above: Some(2),
+            ..HubConfig::default()
+        });
+        for conn in 1..=5 {
+            h.connect(conn);
+        }
+        assert!(sfu_work(&h.join(1, "big", "ann")).is_empty());
+        assert!(sfu_work(&h.join(2, "big", "bob")).is_empty());
+        let third = h.join(3, "big", "cat");
+        assert_eq!(
+            sfu_work(&third),
+            vec![SfuWork::RoomOn {
+                room: "big".into(),
+                members: vec![
+                    (1, PeerId("p1".into())),
+                    (2, PeerId("p2".into())),
+                    (3, PeerId("p3".into()))
+                ],
+            }]
+        );
+        for conn in [1, 2, 3] {
+            assert!(to_conn(&third, conn).contains(&&ServerMessage::RoomMode { sfu: true }));
+        }
+        let fourth = h.join(4, "big", "dan");
+        assert_eq!(
+            sfu_work(&fourth),
+            vec![SfuWork::Joined {
+                room: "big".into(),
+                conn: 4,
+                peer: PeerId("p4".into())
+            }]
+        );
+        assert!(to_conn(&fourth, 4).contains(&&ServerMessage::RoomMode { sfu: true }));
+        let publish = h.msg(4, ClientMessage::SfuPublish { sdp: "o".into() });
+        assert_eq!(
+            sfu_work(&publish),
+            vec![SfuWork::Publish {
+                conn: 4,
+                sdp: "o".into()
+            }]
+        );
+        // Someone in a mesh room cannot reach the SFU.
+        h.join(5, "small", "eve");
+        let refused = h.msg(5, ClientMessage::SfuAnswer { sdp: "a".into() });
+        assert!(sfu_work(&refused).is_empty());
+        assert_eq!(error_code(&refused, 5), Some(ErrorCode::NotSfuRoom));
+        let left = h.msg(4, ClientMessage::Leave);
+        assert_eq!(
+            sfu_work(&left),
+            vec![SfuWork::Left {
+                room: "big".into(),
+                conn: 4
+            }]
+        );
+        for conn in [1, 2] {
+            h.msg(conn, ClientMessage::Leave);
+        }
+        let last = h.msg(3, ClientMessage::Leave);
+        assert_eq!(
+            sfu_work(&last),
+            vec![SfuWork::RoomOff { room: "big".into() }]
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::warn;
 
 pub const VIDEOROOM: &str = "janus.plugin.videoroom";
 /// Janus drops a session that is silent for 60 s (its default `session_timeout`).
@@ -69,6 +69,8 @@ enum Input {
     Call {
         request: Value,
         reply: oneshot::Sender<Result<Value, JanusError>>,
+        /// Janus's `ack` is the whole answer (a trickled candidate).
+        ack_answers: bool,
     },
     /// The session exists now: keep it alive, and destroy it at the end.
     Session(u64),
@@ -89,6 +91,27 @@ impl Janus {
         config: JanusConfig,
         tasks: &mut JoinSet<()>,
         cancel: CancellationToken,
+    ) -> Result<Janus, JanusError> {
+        Self::connect_inner(config, tasks, cancel, None).await
+    }
+
+    /// As `connect`, and hands over what Janus sends unasked (a subscription's new offer, a
+    /// handle's media coming up or hanging up), each with its `sender` handle.
+    pub async fn connect_with_events(
+        config: JanusConfig,
+        tasks: &mut JoinSet<()>,
+        cancel: CancellationToken,
+    ) -> Result<(Janus, mpsc::Receiver<Value>), JanusError> {
+        let (tx, rx) = mpsc::channel(1024);
+        let janus = Self::connect_inner(config, tasks, cancel, Some(tx)).await?;
+        Ok((janus, rx))
+    }
+
+    async fn connect_inner(
+        config: JanusConfig,
+        tasks: &mut JoinSet<()>,
+        cancel: CancellationToken,
+        events: Option<mpsc::Sender<Value>>,
     ) -> Result<Janus, JanusError> {
         let connect_err = |reason: String| JanusError::Connect {
             url: config.url.clone(),
@@ -116,6 +139,7 @@ impl Janus {
             next_transaction: 0,
             session: None,
             api_secret: config.api_secret.clone(),
+            events,
             cancel,
         };
         tasks.spawn(actor.run());
@@ -140,9 +164,17 @@ impl Janus {
     }
 
     async fn call(&self, request: Value) -> Result<Value, JanusError> {
+        self.call_inner(request, false).await
+    }
+
+    async fn call_inner(&self, request: Value, ack_answers: bool) -> Result<Value, JanusError> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Input::Call { request, reply })
+            .send(Input::Call {
+                request,
+                reply,
+                ack_answers,
+            })
             .await
             .map_err(|_| JanusError::Gone)?;
         tokio::time::timeout(ANSWER_TIMEOUT, answer)
@@ -157,6 +189,17 @@ impl Janus {
             .call(json!({ "janus": "attach", "session_id": self.session, "plugin": VIDEOROOM }))
             .await?;
         id_of(&attached)
+    }
+
+    /// Hands Janus one ICE candidate (`{candidate, sdpMid, sdpMLineIndex}`) for `handle`.
+    pub async fn trickle(&self, handle: u64, candidate: Value) -> Result<(), JanusError> {
+        let request = json!({
+            "janus": "trickle",
+            "session_id": self.session,
+            "handle_id": handle,
+            "candidate": candidate,
+        });
+        self.call_inner(request, true).await.map(|_| ())
     }
 
     pub async fn detach(&self, handle: u64) -> Result<(), JanusError> {
@@ -266,6 +309,66 @@ impl Janus {
     }
 }
 
+/// Configuration files for a Janus that serves this machine only, for tests and benchmarks:
+/// its WebSocket API on `127.0.0.1:port`, the VideoRoom plugin guarded by `admin_key`, every
+/// other plugin and transport off. Write them into `dir` and run
+/// `janus -C DIR/janus.jcfg -F DIR -o`.
+pub fn local_config_files(
+    dir: &std::path::Path,
+    port: u16,
+    admin_key: &str,
+) -> Vec<(&'static str, String)> {
+    const LIBS: &str = "/usr/lib/x86_64-linux-gnu/janus";
+    let conf = dir.display();
+    let off = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| format!("libjanus_{n}.so"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let plugins = off(&[
+        "audiobridge",
+        "echotest",
+        "duktape",
+        "lua",
+        "nosip",
+        "recordplay",
+        "sip",
+        "streaming",
+        "textroom",
+        "videocall",
+        "voicemail",
+    ]);
+    let transports = off(&["http", "mqtt", "nanomsg", "pfunix", "rabbitmq"]);
+    vec![
+        (
+            "janus.jcfg",
+            format!(
+                "general: {{\n  configs_folder = \"{conf}\"\n  plugins_folder = \"{LIBS}/plugins\"\n  \
+                 transports_folder = \"{LIBS}/transports\"\n  events_folder = \"{LIBS}/events\"\n  \
+                 loggers_folder = \"{LIBS}/loggers\"\n  debug_level = 4\n  session_timeout = 60\n}}\n\
+                 media: {{ rtp_port_range = \"30000-39999\" }}\n\
+                 plugins: {{ disable = \"{plugins}\" }}\n\
+                 transports: {{ disable = \"{transports}\" }}\n\
+                 events: {{ broadcast = false }}\n\
+                 loggers: {{ disable = \"libjanus_jsonlog.so\" }}\n"
+            ),
+        ),
+        (
+            "janus.transport.websockets.jcfg",
+            format!(
+                "general: {{ ws = true, ws_port = {port}, ws_ip = \"127.0.0.1\", wss = false }}\n\
+                 admin: {{ admin_ws = false, admin_wss = false }}\n"
+            ),
+        ),
+        (
+            "janus.plugin.videoroom.jcfg",
+            format!("general: {{ admin_key = \"{admin_key}\", lock_rtp_forward = true }}\n"),
+        ),
+    ]
+}
+
 fn id_of(answer: &Value) -> Result<u64, JanusError> {
     answer
         .pointer("/data/id")
@@ -279,10 +382,12 @@ type Socket =
 struct Actor {
     ws: Socket,
     rx: mpsc::Receiver<Input>,
-    pending: HashMap<String, oneshot::Sender<Result<Value, JanusError>>>,
+    /// Requests waiting for their answer, and whether an `ack` is that answer.
+    pending: HashMap<String, (oneshot::Sender<Result<Value, JanusError>>, bool)>,
     next_transaction: u64,
     session: Option<u64>,
     api_secret: Option<String>,
+    events: Option<mpsc::Sender<Value>>,
     cancel: CancellationToken,
 }
 
@@ -294,8 +399,8 @@ impl Actor {
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
                 input = self.rx.recv() => match input {
-                    Some(Input::Call { request, reply }) => {
-                        if self.write(request, Some(reply)).await.is_err() {
+                    Some(Input::Call { request, reply, ack_answers }) => {
+                        if self.write(request, Some((reply, ack_answers))).await.is_err() {
                             warn!("cannot write to Janus");
                             break;
                         }
@@ -336,7 +441,7 @@ impl Actor {
     async fn write(
         &mut self,
         mut request: Value,
-        reply: Option<oneshot::Sender<Result<Value, JanusError>>>,
+        reply: Option<(oneshot::Sender<Result<Value, JanusError>>, bool)>,
     ) -> Result<(), ()> {
         self.next_transaction += 1;
         let transaction = format!("h{}", self.next_transaction);
@@ -359,16 +464,28 @@ impl Actor {
             return;
         };
         let kind = answer["janus"].as_str().unwrap_or("");
-        let Some(transaction) = answer["transaction"].as_str() else {
-            // Events nobody asked for (a media event, a handle hung up): not used yet.
-            debug!(kind, "Janus event");
-            return;
-        };
-        // An `ack` only says an asynchronous request was taken; its answer comes later.
-        if kind == "ack" && answer.get("plugindata").is_none() {
+        let unasked = answer["transaction"]
+            .as_str()
+            .is_none_or(|t| !self.pending.contains_key(t));
+        if unasked {
+            if kind != "ack"
+                && let Some(events) = &self.events
+                && events.try_send(answer.clone()).is_err()
+            {
+                warn!(kind, "Janus event dropped: its reader is not keeping up");
+            }
             return;
         }
-        let Some(reply) = self.pending.remove(transaction) else {
+        let Some(transaction) = answer["transaction"].as_str() else {
+            return;
+        };
+        // An `ack` only says an asynchronous request was taken; its answer comes later (but
+        // for a trickle, the ack is all there is).
+        let ack_answers = self.pending.get(transaction).is_some_and(|(_, a)| *a);
+        if kind == "ack" && answer.get("plugindata").is_none() && !ack_answers {
+            return;
+        }
+        let Some((reply, _)) = self.pending.remove(transaction) else {
             return;
         };
         let result = if kind == "error" {

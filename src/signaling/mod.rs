@@ -2,7 +2,8 @@
 //! (`server`), join rules (`access`), the Redis cluster hub (`cluster`), what connections and a
 //! hub backend exchange (`hub_link`, which keeps `server` and `cluster` from using each other),
 //! TURN credentials (`turn`), the guest page served on the same port (`web`), webhooks for
-//! operators (`webhook`), the Janus SFU's control client (`janus`) and the client actor
+//! operators (`webhook`), the Janus SFU's control client (`janus`) and the
+//! orchestrator that puts big rooms on it (`sfu`), and the client actor
 //! (`client`). Depends on nothing else in the crate.
 
 pub mod access;
@@ -13,6 +14,7 @@ mod hub_link;
 pub mod janus;
 pub mod protocol;
 pub mod server;
+pub mod sfu;
 pub mod turn;
 pub mod web;
 pub mod webhook;

@@ -78,6 +78,42 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         nonce: Option<u64>,
     },
+    /// In a room on the SFU: our offer to publish camera and microphone, as a complete SDP
+    /// (candidates gathered), answered with `sfu_published`.
+    SfuPublish {
+        sdp: String,
+    },
+    /// In a room on the SFU: our answer to the latest `sfu_offer`.
+    SfuAnswer {
+        sdp: String,
+    },
+    /// In a room on the SFU: a trickled ICE candidate of our publishing or subscribing
+    /// connection (clients that send complete SDPs need none).
+    SfuCandidate {
+        target: SfuTarget,
+        candidate: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sdp_mid: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sdp_mline_index: Option<u16>,
+    },
+}
+
+/// Which of a client's two connections with the SFU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SfuTarget {
+    Publisher,
+    Subscriber,
+}
+
+/// One media section of an `sfu_offer`: whose media it carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SfuStream {
+    pub mid: String,
+    pub peer_id: PeerId,
+    /// `audio` or `video`.
+    pub kind: String,
 }
 
 /// The `type` tags of [`ClientMessage`], used to tell an unknown type from a malformed message.
@@ -94,6 +130,9 @@ pub const CLIENT_MESSAGE_TYPES: &[&str] = &[
     "set_hand",
     "react",
     "ping",
+    "sfu_publish",
+    "sfu_answer",
+    "sfu_candidate",
 ];
 
 /// Messages the server sends.
@@ -172,6 +211,21 @@ pub enum ServerMessage {
     Reaction {
         peer_id: PeerId,
         emoji: String,
+    },
+    /// Your room runs on the SFU (`sfu: true`): publish with `sfu_publish` and take the
+    /// others' media from `sfu_offer`, instead of connecting to each peer.
+    RoomMode {
+        sfu: bool,
+    },
+    /// The SFU's answer to your `sfu_publish`.
+    SfuPublished {
+        sdp: String,
+    },
+    /// The others' media on one connection: answer with `sfu_answer`. Sent again whenever a
+    /// publisher comes or goes.
+    SfuOffer {
+        sdp: String,
+        streams: Vec<SfuStream>,
     },
     Pong {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -307,6 +361,8 @@ pub enum ErrorCode {
     TooManyJoins,
     TooManyConnections,
     Unavailable,
+    NotSfuRoom,
+    SfuUnavailable,
 }
 
 impl ErrorCode {
@@ -342,6 +398,8 @@ impl ErrorCode {
         ErrorCode::TooManyJoins,
         ErrorCode::TooManyConnections,
         ErrorCode::Unavailable,
+        ErrorCode::NotSfuRoom,
+        ErrorCode::SfuUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -376,6 +434,8 @@ impl ErrorCode {
             ErrorCode::TooManyJoins => "too_many_joins",
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::NotSfuRoom => "not_sfu_room",
+            ErrorCode::SfuUnavailable => "sfu_unavailable",
         }
     }
 
@@ -655,6 +715,14 @@ mod tests {
                 emoji: "👍".into()
             },
             ClientMessage::Ping { nonce: None },
+            ClientMessage::SfuPublish { sdp: "o".into() },
+            ClientMessage::SfuAnswer { sdp: "a".into() },
+            ClientMessage::SfuCandidate {
+                target: SfuTarget::Subscriber,
+                candidate: "candidate:1".into(),
+                sdp_mid: None,
+                sdp_mline_index: None,
+            },
         ];
         assert_eq!(samples.len(), CLIENT_MESSAGE_TYPES.len());
         for msg in samples {

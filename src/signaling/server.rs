@@ -8,11 +8,12 @@
 
 use super::access;
 use super::cluster::{ClusterConfig, ClusterHub};
-use super::hub::{ConnId, Hub, HubConfig, HubInput, HubOutput};
+use super::hub::{ConnId, Hub, HubConfig, HubInput, HubOutput, SfuWork};
 use super::hub_link::{HubMsg, Outgoing, now_ms};
 use super::protocol::{
     self, ClientMessage, ErrorCode, IceServer, JoinAccess, LeaveReason, Limits, ServerMessage,
 };
+use super::sfu::{self, SfuConfig};
 use super::web;
 use super::webhook::{WebhookBody, WebhookConfig, WebhookError, Webhooks};
 use futures_util::{SinkExt, StreamExt};
@@ -52,6 +53,8 @@ pub enum ServerError {
     Cluster(String),
     #[error("webhooks: {0}")]
     Webhook(#[from] WebhookError),
+    #[error("SFU: {0}")]
+    Sfu(String),
 }
 
 /// The server's certificate chain and key, ready for rustls. `Debug` shows no key material.
@@ -194,6 +197,8 @@ pub struct ServerConfig {
     pub turn: Option<super::turn::TurnConfig>,
     /// POST signed room events to these URLs.
     pub webhooks: Option<WebhookConfig>,
+    /// Put rooms past `hub.sfu_above` people on this Janus SFU.
+    pub sfu: Option<SfuConfig>,
 }
 
 impl Default for ServerConfig {
@@ -217,6 +222,7 @@ impl Default for ServerConfig {
             redis_url: None,
             turn: None,
             webhooks: None,
+            sfu: None,
         }
     }
 }
@@ -320,6 +326,19 @@ async fn start_hub_backend(
         Some(w) => Some(Webhooks::spawn(w.clone(), tasks, cancel.clone())?),
         None => None,
     };
+    let sfu = match (&config.sfu, &config.redis_url) {
+        (Some(_), Some(_)) => {
+            return Err(ServerError::Sfu(
+                "rooms on an SFU are not available with --redis yet".into(),
+            ));
+        }
+        (Some(sfu_config), None) => Some(
+            super::sfu::spawn(sfu_config.clone(), tasks, cancel.clone())
+                .await
+                .map_err(|e| ServerError::Sfu(e.to_string()))?,
+        ),
+        (None, _) => None,
+    };
     match &config.redis_url {
         Some(url) => {
             let cluster_config = ClusterConfig {
@@ -335,10 +354,15 @@ async fn start_hub_backend(
             tasks.spawn(cluster.run(hub_rx));
         }
         None => {
+            let mut hub_config = config.hub.clone();
+            if sfu.is_none() {
+                hub_config.sfu_above = None;
+            }
             tasks.spawn(run_hub(
-                Hub::new(config.hub.clone()),
+                Hub::new(hub_config),
                 hub_rx,
                 webhooks,
+                sfu,
                 cancel.clone(),
             ));
         }
@@ -976,8 +1000,13 @@ async fn run_hub(
     mut hub: Hub,
     mut rx: mpsc::Receiver<HubMsg>,
     webhooks: Option<Webhooks>,
+    sfu: Option<(mpsc::Sender<SfuWork>, mpsc::Receiver<sfu::Delivery>)>,
     cancel: CancellationToken,
 ) {
+    let (sfu_work, mut sfu_deliveries) = match sfu {
+        Some((work, deliveries)) => (Some(work), Some(deliveries)),
+        None => (None, None),
+    };
     let mut outboxes: HashMap<ConnId, mpsc::Sender<Outgoing>> = HashMap::new();
     // Webhook event ids: this process's tag and a counter.
     let process_tag = hex::encode(rand::random::<[u8; 4]>());
@@ -994,6 +1023,23 @@ async fn run_hub(
                 None => break,
             },
             _ = refresh.tick() => HubMsg::Input(HubInput::RefreshRejoinTokens),
+            Some((conn, msg)) = next_delivery(&mut sfu_deliveries) => {
+                // From the SFU orchestrator, for one client.
+                if let Some(outbox) = outboxes.get(&conn) {
+                    let frame = Utf8Bytes::from(protocol::encode(&msg));
+                    if outbox.try_send(Outgoing::Frame(frame)).is_err() {
+                        outboxes.remove(&conn);
+                        HubMsg::Input(HubInput::Disconnected {
+                            conn,
+                            reason: LeaveReason::Dropped,
+                        })
+                    } else {
+                        continue;
+                    }
+                } else {
+                    continue;
+                }
+            }
         };
         let input = match msg {
             HubMsg::Register {
@@ -1026,6 +1072,14 @@ async fn run_hub(
             for output in outputs.drain(..) {
                 let (to, msg) = match output {
                     HubOutput::Deliver { to, msg } => (to, msg),
+                    HubOutput::Sfu(work) => {
+                        if let Some(sfu_work) = &sfu_work
+                            && sfu_work.try_send(work).is_err()
+                        {
+                            warn!("the SFU orchestrator is not keeping up: work dropped");
+                        }
+                        continue;
+                    }
                     HubOutput::Room(event) => {
                         if let Some(webhooks) = &webhooks {
                             webhook_seq += 1;
@@ -1054,6 +1108,15 @@ async fn run_hub(
                 }
             }
         }
+    }
+}
+
+async fn next_delivery(
+    deliveries: &mut Option<mpsc::Receiver<sfu::Delivery>>,
+) -> Option<sfu::Delivery> {
+    match deliveries {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

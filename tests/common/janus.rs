@@ -6,7 +6,6 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 pub const ADMIN_KEY: &str = "janus test admin key";
-const LIBS: &str = "/usr/lib/x86_64-linux-gnu/janus";
 
 pub struct JanusProcess {
     child: tokio::process::Child,
@@ -22,62 +21,12 @@ impl JanusProcess {
             .local_addr()
             .unwrap()
             .port();
-        let conf = dir.path().display().to_string();
-        let disabled_plugins = [
-            "audiobridge",
-            "echotest",
-            "duktape",
-            "lua",
-            "nosip",
-            "recordplay",
-            "sip",
-            "streaming",
-            "textroom",
-            "videocall",
-            "voicemail",
-        ]
-        .map(|p| format!("libjanus_{p}.so"))
-        .join(",");
-        let disabled_transports = ["http", "mqtt", "nanomsg", "pfunix", "rabbitmq"]
-            .map(|p| format!("libjanus_{p}.so"))
-            .join(",");
-        let files = [
-            (
-                "janus.jcfg",
-                format!(
-                    r#"general: {{
-  configs_folder = "{conf}"
-  plugins_folder = "{LIBS}/plugins"
-  transports_folder = "{LIBS}/transports"
-  events_folder = "{LIBS}/events"
-  loggers_folder = "{LIBS}/loggers"
-  debug_level = 4
-  session_timeout = 60
-}}
-media: {{ rtp_port_range = "30000-39999" }}
-nat: {{ ice_enforce_list = "lo" }}
-plugins: {{ disable = "{disabled_plugins}" }}
-transports: {{ disable = "{disabled_transports}" }}
-events: {{ broadcast = false }}
-loggers: {{ disable = "libjanus_jsonlog.so" }}
-"#
-                ),
-            ),
-            (
-                "janus.transport.websockets.jcfg",
-                format!(
-                    "general: {{ ws = true, ws_port = {port}, ws_ip = \"127.0.0.1\", wss = false }}\n\
-                     admin: {{ admin_ws = false, admin_wss = false }}\n"
-                ),
-            ),
-            (
-                "janus.plugin.videoroom.jcfg",
-                format!("general: {{ admin_key = \"{ADMIN_KEY}\", lock_rtp_forward = true }}\n"),
-            ),
-        ];
-        for (name, text) in files {
+        for (name, text) in
+            huddle::signaling::janus::local_config_files(dir.path(), port, ADMIN_KEY)
+        {
             std::fs::write(dir.path().join(name), text).unwrap();
         }
+        let conf = dir.path().display().to_string();
         let mut child = tokio::process::Command::new("janus")
             .args(["-C", &format!("{conf}/janus.jcfg"), "-F", &conf, "-o"])
             .stdout(std::process::Stdio::piped())

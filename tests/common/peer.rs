@@ -23,6 +23,8 @@ pub struct PeerOptions {
     pub missing_peer_grace: Option<Duration>,
     /// A certificate to trust for a `wss://` server (a self-signed test server).
     pub trusted_cert: Option<PathBuf>,
+    /// Local addresses for peer connections (`None`: 127.0.0.1 only).
+    pub bind_addrs: Option<Vec<String>>,
 }
 
 impl PeerOptions {
@@ -36,6 +38,7 @@ impl PeerOptions {
             event_queue: None,
             missing_peer_grace: None,
             trusted_cert: None,
+            bind_addrs: None,
         }
     }
 }
@@ -59,7 +62,10 @@ impl TestPeer {
     pub fn start(server_url: &str, opts: PeerOptions) -> TestPeer {
         let sink = RecordingSink::new(48_000 * 10);
         let mut config = EngineConfig::new(server_url, Box::new(sink.clone()), opts.download_dir);
-        config.bind_addrs = vec!["127.0.0.1:0".into()];
+        config.bind_addrs = opts
+            .bind_addrs
+            .clone()
+            .unwrap_or_else(|| vec!["127.0.0.1:0".into()]);
         config.video = opts.video;
         config.audio = match opts.tone_hz {
             Some(hz) => AudioInput::Source(Box::new(ToneSource::new(hz, 0.5))),

@@ -1,0 +1,180 @@
+//! `bench --only sfu`: the same call with 4, 6, 8 and 12 headless peers as a peer-to-peer mesh
+//! (where the mesh goes: up to 6) and on a local Janus SFU, everything on this machine. Per
+//! peer: CPU, upload bitrate and received frame rate; and Janus's own CPU.
+
+use super::{BenchError, BenchOptions, Proc, fail, num, peer_args, start_server, stats};
+use crate::procstat;
+use crate::signaling::janus;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const ADMIN_KEY: &str = "huddle bench admin key";
+const SIZES: [usize; 4] = [4, 6, 8, 12];
+const MESH_UP_TO: usize = 6;
+
+/// A Janus on this machine for the run, killed when dropped.
+struct Janus {
+    child: tokio::process::Child,
+    url: String,
+}
+
+impl Janus {
+    /// Writes its configuration into `dir` (the bench's work folder).
+    async fn start(dir: &std::path::Path) -> Result<Janus, BenchError> {
+        std::fs::create_dir_all(dir)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        for (name, text) in janus::local_config_files(dir, port, ADMIN_KEY) {
+            std::fs::write(dir.join(name), text)?;
+        }
+        let conf = dir.display().to_string();
+        let mut child = tokio::process::Command::new("janus")
+            .args(["-C", &format!("{conf}/janus.jcfg"), "-F", &conf, "-o"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                fail(format!(
+                    "cannot start janus ({e}): scripts/setup --test installs it"
+                ))
+            })?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| fail("janus has no stdout"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("WebSockets thread started") {
+                    return true;
+                }
+            }
+            false
+        };
+        match tokio::time::timeout(Duration::from_secs(20), ready).await {
+            Ok(true) => {}
+            _ => return Err(fail("janus did not start")),
+        }
+        // Keep reading its log so it never blocks on a full pipe; ends with the process.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Janus {
+            child,
+            url: format!("ws://127.0.0.1:{port}"),
+        })
+    }
+
+    fn cpu_seconds(&self) -> f64 {
+        self.child
+            .id()
+            .and_then(|pid| procstat::usage(Some(pid)))
+            .map_or(f64::NAN, |u| u.cpu_seconds)
+    }
+}
+
+pub async fn run(opts: &BenchOptions) -> Result<Value, BenchError> {
+    let janus = Janus::start(&opts.work_dir.join("janus")).await?;
+    let mut out = json!({
+        "what": "one call of N headless peers (640x480 test pattern at 30 fps, a tone each), all on this machine with the server and Janus, for the call length after everyone joined. cpu: the peer process's CPU time over its time in the room / that time (1.0 = one core). upload_kbps: bytes the peer sent on its media connections (mesh: its connections to every other peer; SFU: its one publishing connection) over its time in the room. received_fps: frames decoded per other peer over the time in the room (the first second or two without pictures included). janus_cpu: Janus's CPU time over the same call / its length.",
+        "call_seconds": opts.call_seconds,
+    });
+    for n in SIZES {
+        for sfu in [false, true] {
+            if !sfu && n > MESH_UP_TO {
+                continue;
+            }
+            let label = format!("{}-{n}", if sfu { "sfu" } else { "mesh" });
+            let result = one_call(opts, &janus, n, sfu).await;
+            eprintln!("bench: sfu section, {label} done");
+            out[label] = result.unwrap_or_else(|e| json!({"error": e.to_string()}));
+        }
+    }
+    Ok(out)
+}
+
+async fn one_call(
+    opts: &BenchOptions,
+    janus: &Janus,
+    n: usize,
+    sfu: bool,
+) -> Result<Value, BenchError> {
+    let size = n.to_string();
+    let mut server_args = vec!["--max-room-size", size.as_str()];
+    if sfu {
+        server_args.extend([
+            "--sfu",
+            janus.url.as_str(),
+            "--sfu-secret",
+            ADMIN_KEY,
+            "--sfu-above",
+            "0",
+        ]);
+    }
+    let server = start_server(&opts.exe, &server_args).await?;
+    let room = format!("{}-{n}", if sfu { "sfu" } else { "mesh" });
+    let mut peers = Vec::new();
+    for i in 0..n {
+        let name = format!("p{i}");
+        let tone = format!("tone:{}", 300 + 40 * i);
+        let source = (i + 1).to_string();
+        let mut args = peer_args(
+            &server.url,
+            &room,
+            &name,
+            &["--source-id", &source, "--audio", &tone],
+        );
+        if sfu {
+            // Janus offers no loopback candidates: the peers use this machine's addresses.
+            if let Some(bind) = args.iter().position(|a| a == "--bind") {
+                args[bind + 1] = "0.0.0.0:0".into();
+            }
+        }
+        let mut p = Proc::spawn(&opts.exe, &args, &name)?;
+        p.event(Duration::from_secs(15), "joined").await?;
+        peers.push(p);
+    }
+    let janus_before = janus.cpu_seconds();
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(opts.call_seconds)).await;
+    for p in &peers {
+        p.interrupt();
+    }
+    let mut summaries = Vec::new();
+    for p in peers.iter_mut() {
+        summaries.push(p.summary().await?);
+    }
+    let janus_cores = (janus.cpu_seconds() - janus_before) / started.elapsed().as_secs_f64();
+    drop(server);
+    let mut cpu = Vec::new();
+    let mut upload = Vec::new();
+    let mut fps = Vec::new();
+    let mut streams_missing = 0;
+    for s in &summaries {
+        let seconds = num(&s["seconds_in_room"]);
+        cpu.push(num(&s["cpu_seconds_in_room"]) / seconds);
+        let sent: f64 = if sfu {
+            num(&s["sfu_publisher"]["bytes_sent"])
+        } else {
+            s["peers"]
+                .as_array()
+                .map(|ps| ps.iter().map(|p| num(&p["network"]["bytes_sent"])).sum())
+                .unwrap_or(f64::NAN)
+        };
+        upload.push(sent * 8.0 / 1000.0 / seconds);
+        let decoding = s["peers"].as_array().cloned().unwrap_or_default();
+        streams_missing += (n - 1).saturating_sub(decoding.len());
+        for p in decoding {
+            fps.push(num(&p["frames_decoded"]) / seconds);
+        }
+    }
+    Ok(json!({
+        "peers": n,
+        "cpu_per_peer": stats(cpu),
+        "upload_kbps_per_peer": stats(upload),
+        "received_fps_per_stream": stats(fps),
+        "streams_never_decoded": streams_missing,
+        "janus_cpu": if sfu { json!((janus_cores * 100.0).round() / 100.0) } else { Value::Null },
+    }))
+}

@@ -1,0 +1,542 @@
+//! The SFU orchestrator: puts rooms that the hub moves onto the SFU into Janus VideoRoom rooms,
+//! and carries each member's publish and subscribe exchanges with Janus inside Huddle's own
+//! protocol (`sfu_publish`, `sfu_published`, `sfu_offer`, `sfu_answer`). Clients never reach
+//! Janus: this actor alone holds the admin key, the rooms' secrets and the members' tokens, and
+//! picks every Janus id, so a client can only publish as itself into its own room and subscribe
+//! to its own room's publishers. Depends on `signaling::{protocol, hub, janus}`.
+//!
+//! One actor per server process, working through its inputs in order: simple and enough for
+//! tests and small deployments; a room-per-task split is the step for thousands of rooms.
+
+use super::hub::{ConnId, SfuWork};
+use super::janus::{Janus, JanusConfig, JanusError};
+use super::protocol::{ErrorCode, PeerId, ServerMessage, SfuStream, SfuTarget};
+use serde_json::{Value, json};
+use std::collections::{BTreeSet, HashMap};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+#[derive(Clone, Debug)]
+pub struct SfuConfig {
+    pub janus: JanusConfig,
+    /// Publishers a Janus room admits (the room's capacity on the SFU).
+    pub publishers: usize,
+}
+
+/// What the orchestrator sends a client (through the hub's outboxes).
+pub type Delivery = (ConnId, ServerMessage);
+
+struct Member {
+    peer: PeerId,
+    token: String,
+    /// The Janus publisher id this member publishes as (chosen here).
+    feed: u64,
+    publisher: u64,
+    subscriber: Option<u64>,
+    published: bool,
+    /// Janus announced the feed (its media is up): others can subscribe to it.
+    live: bool,
+    /// Feeds the subscriber connection has asked for.
+    subscribed: BTreeSet<u64>,
+    /// An offer sent to the client and not yet answered: further changes wait for it.
+    offer_pending: bool,
+    /// Feeds to add once the pending offer is answered.
+    waiting: BTreeSet<u64>,
+}
+
+struct Room {
+    janus_room: u64,
+    secret: String,
+    members: HashMap<ConnId, Member>,
+}
+
+struct Actor {
+    janus: Janus,
+    admin: u64,
+    config: SfuConfig,
+    rooms: HashMap<String, Room>,
+    room_of: HashMap<ConnId, String>,
+    deliver: mpsc::Sender<Delivery>,
+}
+
+fn random_token() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// A Janus id that fits JavaScript's safe integers (Janus itself uses such ids).
+fn random_id() -> u64 {
+    rand::random::<u64>() & ((1 << 53) - 1)
+}
+
+/// Connects to Janus and starts the orchestrator in `tasks`. Its input is the hub's SFU work;
+/// its output, messages for clients.
+pub async fn spawn(
+    config: SfuConfig,
+    tasks: &mut JoinSet<()>,
+    cancel: CancellationToken,
+) -> Result<(mpsc::Sender<SfuWork>, mpsc::Receiver<Delivery>), JanusError> {
+    let (janus, events) =
+        Janus::connect_with_events(config.janus.clone(), tasks, cancel.clone()).await?;
+    let admin = janus.attach().await?;
+    info!(url = %config.janus.url, "connected to the Janus SFU");
+    let (work_tx, work_rx) = mpsc::channel(4096);
+    let (deliver, deliveries) = mpsc::channel(4096);
+    let actor = Actor {
+        janus,
+        admin,
+        config,
+        rooms: HashMap::new(),
+        room_of: HashMap::new(),
+        deliver,
+    };
+    tasks.spawn(actor.run(work_rx, events, cancel));
+    Ok((work_tx, deliveries))
+}
+
+impl Actor {
+    async fn run(
+        mut self,
+        mut work: mpsc::Receiver<SfuWork>,
+        mut events: mpsc::Receiver<Value>,
+        cancel: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                w = work.recv() => match w {
+                    Some(w) => self.on_work(w).await,
+                    None => break,
+                },
+                e = events.recv() => match e {
+                    Some(e) => self.on_janus_event(e).await,
+                    None => {
+                        warn!("lost the connection to Janus; rooms on the SFU stop working");
+                        break;
+                    }
+                },
+            }
+        }
+        for room in std::mem::take(&mut self.rooms).into_values() {
+            let _ = self
+                .janus
+                .destroy_room(self.admin, room.janus_room, &room.secret)
+                .await;
+        }
+    }
+
+    async fn on_work(&mut self, work: SfuWork) {
+        match work {
+            SfuWork::RoomOn { room, members } => {
+                let janus_room = random_id();
+                let secret = random_token();
+                let created = self
+                    .janus
+                    .create_room(self.admin, janus_room, &secret, self.config.publishers, &[])
+                    .await;
+                if let Err(e) = created {
+                    warn!(error = %e, room, "cannot create the room on Janus");
+                    for (conn, _) in members {
+                        self.refuse(conn, &e).await;
+                    }
+                    return;
+                }
+                self.rooms.insert(
+                    room.clone(),
+                    Room {
+                        janus_room,
+                        secret,
+                        members: HashMap::new(),
+                    },
+                );
+                for (conn, peer) in members {
+                    self.add_member(&room, conn, peer).await;
+                }
+            }
+            SfuWork::Joined { room, conn, peer } => self.add_member(&room, conn, peer).await,
+            SfuWork::Left { room, conn } => self.remove_member(&room, conn).await,
+            SfuWork::RoomOff { room } => {
+                if let Some(r) = self.rooms.remove(&room) {
+                    for (conn, m) in r.members {
+                        self.room_of.remove(&conn);
+                        self.detach(&m).await;
+                    }
+                    let _ = self
+                        .janus
+                        .destroy_room(self.admin, r.janus_room, &r.secret)
+                        .await;
+                }
+            }
+            SfuWork::Publish { conn, sdp } => self.publish(conn, sdp).await,
+            SfuWork::Answer { conn, sdp } => self.answer(conn, sdp).await,
+            SfuWork::Candidate {
+                conn,
+                target,
+                candidate,
+            } => {
+                let handle = self.member(conn).and_then(|(r, _)| {
+                    let m = r.members.get(&conn)?;
+                    match target {
+                        SfuTarget::Publisher => Some(m.publisher),
+                        SfuTarget::Subscriber => m.subscriber,
+                    }
+                });
+                if let Some(handle) = handle
+                    && let Err(e) = self.janus.trickle(handle, candidate).await
+                {
+                    debug!(error = %e, "Janus did not take a candidate");
+                }
+            }
+        }
+    }
+
+    async fn refuse(&self, conn: ConnId, e: &JanusError) {
+        let message = ServerMessage::Error {
+            code: ErrorCode::SfuUnavailable,
+            message: format!("the SFU cannot take this room's media: {e}"),
+            fatal: false,
+        };
+        let _ = self.deliver.send((conn, message)).await;
+    }
+
+    /// Lets `conn` into the room's Janus room under a token and a publisher id of our choosing.
+    async fn add_member(&mut self, room: &str, conn: ConnId, peer: PeerId) {
+        let Some(r) = self.rooms.get(room) else {
+            return;
+        };
+        let (janus_room, secret) = (r.janus_room, r.secret.clone());
+        let token = random_token();
+        let feed = random_id();
+        let joined = async {
+            self.janus
+                .allow(
+                    self.admin,
+                    janus_room,
+                    &secret,
+                    true,
+                    std::slice::from_ref(&token),
+                )
+                .await?;
+            let publisher = self.janus.attach().await?;
+            let body = json!({
+                "request": "join",
+                "ptype": "publisher",
+                "room": janus_room,
+                "id": feed,
+                "display": peer.as_str(),
+                "token": token,
+            });
+            let (data, _) = self.janus.message(publisher, body, None).await?;
+            // The publishers already there whose media is up.
+            let live: Vec<u64> = data["publishers"]
+                .as_array()
+                .map(|ps| ps.iter().filter_map(|p| p["id"].as_u64()).collect())
+                .unwrap_or_default();
+            Ok::<_, JanusError>((publisher, live))
+        };
+        match joined.await {
+            Ok((publisher, live)) => {
+                self.room_of.insert(conn, room.to_owned());
+                if let Some(r) = self.rooms.get_mut(room) {
+                    r.members.insert(
+                        conn,
+                        Member {
+                            peer,
+                            token,
+                            feed,
+                            publisher,
+                            subscriber: None,
+                            published: false,
+                            live: false,
+                            subscribed: BTreeSet::new(),
+                            offer_pending: false,
+                            waiting: BTreeSet::new(),
+                        },
+                    );
+                }
+                self.feeds_live(live).await;
+            }
+            Err(e) => {
+                warn!(error = %e, room, "cannot add a member on Janus");
+                self.refuse(conn, &e).await;
+            }
+        }
+    }
+
+    async fn remove_member(&mut self, room: &str, conn: ConnId) {
+        self.room_of.remove(&conn);
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
+        let Some(m) = r.members.remove(&conn) else {
+            return;
+        };
+        let (janus_room, secret) = (r.janus_room, r.secret.clone());
+        // Its token is no good any more, so it cannot come back in with it.
+        let _ = self
+            .janus
+            .allow(
+                self.admin,
+                janus_room,
+                &secret,
+                false,
+                std::slice::from_ref(&m.token),
+            )
+            .await;
+        self.detach(&m).await;
+    }
+
+    async fn detach(&self, m: &Member) {
+        let _ = self.janus.detach(m.publisher).await;
+        if let Some(s) = m.subscriber {
+            let _ = self.janus.detach(s).await;
+        }
+    }
+
+    fn member(&mut self, conn: ConnId) -> Option<(&mut Room, String)> {
+        let room = self.room_of.get(&conn)?.clone();
+        let r = self.rooms.get_mut(&room)?;
+        Some((r, room))
+    }
+
+    async fn publish(&mut self, conn: ConnId, sdp: String) {
+        let Some((r, room)) = self.member(conn) else {
+            return;
+        };
+        let Some(m) = r.members.get(&conn) else {
+            return;
+        };
+        let publisher = m.publisher;
+        let body = json!({ "request": "publish", "audio": true, "video": true, "data": false });
+        let jsep = json!({ "type": "offer", "sdp": sdp });
+        match self.janus.message(publisher, body, Some(jsep)).await {
+            Ok((_, Some(answer))) => {
+                let sdp = answer["sdp"].as_str().unwrap_or("").to_owned();
+                let _ = self
+                    .deliver
+                    .send((conn, ServerMessage::SfuPublished { sdp }))
+                    .await;
+            }
+            Ok((data, None)) => {
+                warn!(%data, "Janus answered a publish without an SDP");
+                return;
+            }
+            Err(e) => {
+                self.refuse(conn, &e).await;
+                return;
+            }
+        }
+        let Some(r) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        let Some(m) = r.members.get_mut(&conn) else {
+            return;
+        };
+        m.published = true;
+        // The newcomer takes everyone whose media is up; the others take the newcomer when
+        // Janus announces its feed (`on_janus_event`): before that Janus knows no such feed.
+        let live: BTreeSet<u64> = r
+            .members
+            .iter()
+            .filter(|(c, m)| **c != conn && m.live)
+            .map(|(_, m)| m.feed)
+            .collect();
+        if !live.is_empty() {
+            self.subscribe(&room, conn, live).await;
+        }
+    }
+
+    /// Janus announced publishers whose media is up: everyone else in their room takes them.
+    async fn feeds_live(&mut self, feeds: Vec<u64>) {
+        for feed in feeds {
+            let found = self.rooms.iter_mut().find_map(|(room, r)| {
+                let (conn, m) = r.members.iter_mut().find(|(_, m)| m.feed == feed)?;
+                m.live = true;
+                let conn = *conn;
+                let others: Vec<ConnId> =
+                    r.members.keys().copied().filter(|c| *c != conn).collect();
+                Some((room.clone(), others))
+            });
+            if let Some((room, others)) = found {
+                for other in others {
+                    self.subscribe(&room, other, [feed].into()).await;
+                }
+            }
+        }
+    }
+
+    /// Adds `feeds` to `conn`'s subscription: a first join, or an update (after any offer
+    /// still waiting for its answer).
+    async fn subscribe(&mut self, room: &str, conn: ConnId, feeds: BTreeSet<u64>) {
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
+        let janus_room = r.janus_room;
+        let Some(m) = r.members.get_mut(&conn) else {
+            return;
+        };
+        let new: BTreeSet<u64> = feeds.difference(&m.subscribed).copied().collect();
+        if new.is_empty() {
+            return;
+        }
+        if m.offer_pending {
+            m.waiting.extend(new);
+            return;
+        }
+        // Each publisher's camera and microphone: the first two media sections of its offer
+        // (Huddle's third is the screen, which this does not carry yet; its fourth data).
+        let streams: Vec<Value> = new
+            .iter()
+            .flat_map(|f| {
+                [
+                    json!({ "feed": f, "mid": "0" }),
+                    json!({ "feed": f, "mid": "1" }),
+                ]
+            })
+            .collect();
+        let (handle, body) = match m.subscriber {
+            Some(h) => (h, json!({ "request": "update", "subscribe": streams })),
+            None => {
+                let handle = match self.janus.attach().await {
+                    Ok(h) => h,
+                    Err(e) => return self.refuse(conn, &e).await,
+                };
+                m.subscriber = Some(handle);
+                let body = json!({
+                    "request": "join",
+                    "ptype": "subscriber",
+                    "room": janus_room,
+                    "streams": streams,
+                    "token": m.token,
+                    "use_msid": true,
+                });
+                (handle, body)
+            }
+        };
+        m.subscribed.extend(new.iter().copied());
+        m.offer_pending = true;
+        match self.janus.message(handle, body, None).await {
+            Ok((data, Some(jsep))) => self.offer(room, conn, &data, &jsep).await,
+            // An update's offer may come as a later event (`on_janus_event`).
+            Ok((_, None)) => {}
+            Err(e) => {
+                if let Some(m) = self
+                    .rooms
+                    .get_mut(room)
+                    .and_then(|r| r.members.get_mut(&conn))
+                {
+                    m.offer_pending = false;
+                    m.subscribed.retain(|f| !new.contains(f));
+                }
+                warn!(error = %e, "cannot subscribe on Janus");
+                self.refuse(conn, &e).await;
+            }
+        }
+    }
+
+    /// Passes Janus's subscriber offer on, naming whose media each section carries.
+    async fn offer(&mut self, room: &str, conn: ConnId, data: &Value, jsep: &Value) {
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
+        let by_feed: HashMap<u64, PeerId> = r
+            .members
+            .values()
+            .map(|m| (m.feed, m.peer.clone()))
+            .collect();
+        let streams = data["streams"]
+            .as_array()
+            .map(|streams| {
+                streams
+                    .iter()
+                    .filter(|s| s["active"].as_bool() != Some(false))
+                    .filter_map(|s| {
+                        let kind = s["type"].as_str()?;
+                        let peer = by_feed.get(&s["feed_id"].as_u64()?)?;
+                        Some(SfuStream {
+                            mid: s["mid"].as_str()?.to_owned(),
+                            peer_id: peer.clone(),
+                            kind: kind.to_owned(),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(m) = r.members.get_mut(&conn) {
+            m.offer_pending = true;
+        }
+        let sdp = jsep["sdp"].as_str().unwrap_or("").to_owned();
+        let _ = self
+            .deliver
+            .send((conn, ServerMessage::SfuOffer { sdp, streams }))
+            .await;
+    }
+
+    async fn answer(&mut self, conn: ConnId, sdp: String) {
+        let Some((r, room)) = self.member(conn) else {
+            return;
+        };
+        let Some(m) = r.members.get_mut(&conn) else {
+            return;
+        };
+        let Some(subscriber) = m.subscriber else {
+            return;
+        };
+        let jsep = json!({ "type": "answer", "sdp": sdp });
+        let started = self
+            .janus
+            .message(subscriber, json!({ "request": "start" }), Some(jsep))
+            .await;
+        if let Err(e) = started {
+            warn!(error = %e, "Janus refused a subscriber's answer");
+            return self.refuse(conn, &e).await;
+        }
+        let Some(m) = self
+            .rooms
+            .get_mut(&room)
+            .and_then(|r| r.members.get_mut(&conn))
+        else {
+            return;
+        };
+        m.offer_pending = false;
+        let waiting = std::mem::take(&mut m.waiting);
+        if !waiting.is_empty() {
+            self.subscribe(&room, conn, waiting).await;
+        }
+    }
+
+    /// Janus's unasked messages: publishers whose media came up, a subscription's new offer
+    /// after a publisher left.
+    async fn on_janus_event(&mut self, event: Value) {
+        let Some(sender) = event["sender"].as_u64() else {
+            return;
+        };
+        if let Some(publishers) = event
+            .pointer("/plugindata/data/publishers")
+            .and_then(Value::as_array)
+        {
+            let feeds = publishers.iter().filter_map(|p| p["id"].as_u64()).collect();
+            self.feeds_live(feeds).await;
+            return;
+        }
+        let Some(jsep) = event.get("jsep").filter(|j| j["type"] == "offer") else {
+            debug!(kind = %event["janus"], "Janus event");
+            return;
+        };
+        let found = self.rooms.iter().find_map(|(room, r)| {
+            r.members
+                .iter()
+                .find(|(_, m)| m.subscriber == Some(sender))
+                .map(|(conn, _)| (room.clone(), *conn))
+        });
+        if let Some((room, conn)) = found {
+            let data = event
+                .pointer("/plugindata/data")
+                .cloned()
+                .unwrap_or(Value::Null);
+            let jsep = jsep.clone();
+            self.offer(&room, conn, &data, &jsep).await;
+        }
+    }
+}
