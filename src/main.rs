@@ -300,6 +300,14 @@ struct ServeArgs {
     /// JSON to this URL. Repeatable; needs --webhook-secret.
     #[arg(long = "webhook", requires = "webhook_secret")]
     webhooks: Vec<String>,
+    /// Key for the webhooks' HMAC-SHA256 signature (the `Huddle-Signature` header).
+    #[arg(
+        long,
+        env = "HUDDLE_WEBHOOK_SECRET",
+        hide_env_values = true,
+        requires = "webhooks"
+    )]
+    webhook_secret: Option<String>,
     /// A Janus gateway (its WebSocket API, `ws://HOST:8188`) to put big rooms on: a room with
     /// more than --sfu-above people moves onto it. Not with --redis (yet).
     #[arg(long)]
@@ -315,14 +323,6 @@ struct ServeArgs {
     /// Rooms move onto the SFU once they have more people than this (0: every room).
     #[arg(long, default_value_t = 4, requires = "sfu")]
     sfu_above: usize,
-    /// Key for the webhooks' HMAC-SHA256 signature (the `Huddle-Signature` header).
-    #[arg(
-        long,
-        env = "HUDDLE_WEBHOOK_SECRET",
-        hide_env_values = true,
-        requires = "webhooks"
-    )]
-    webhook_secret: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {

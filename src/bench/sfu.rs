@@ -77,7 +77,7 @@ impl Janus {
 pub async fn run(opts: &BenchOptions) -> Result<Value, BenchError> {
     let janus = Janus::start(&opts.work_dir.join("janus")).await?;
     let mut out = json!({
-        "what": "one call of N headless peers (640x480 test pattern at 30 fps, a tone each), all on this machine with the server and Janus, for the call length after everyone joined. cpu: the peer process's CPU time over its time in the room / that time (1.0 = one core). upload_kbps: bytes the peer sent on its media connections (mesh: its connections to every other peer; SFU: its one publishing connection) over its time in the room. received_fps: frames decoded per other peer over the time in the room (the first second or two without pictures included). janus_cpu: Janus's CPU time over the same call / its length.",
+        "what": "one call of N headless peers (640x480 test pattern at 30 fps, a tone each), all on this machine with the server and Janus, for the call length after everyone joined. cpu: the peer process's CPU time over its time in the room / that time (1.0 = one core). upload_kbps: bytes the peer sent on its media connections (mesh: its connections to every other peer; SFU: its one publishing connection) over its time in the room. received_fps: frames decoded per other peer over the time in the room (the first second or two without pictures included; only peers still in the room when the summary was written). streams_never_decoded: other peers a peer never got a first frame from. janus_cpu: Janus's CPU time over the same call / its length.",
         "call_seconds": opts.call_seconds,
     });
     for n in SIZES {
@@ -123,7 +123,14 @@ async fn one_call(
             &server.url,
             &room,
             &name,
-            &["--source-id", &source, "--audio", &tone],
+            &[
+                "--source-id",
+                &source,
+                "--audio",
+                &tone,
+                "--stats-interval",
+                "5",
+            ],
         );
         if sfu {
             // Janus offers no loopback candidates: the peers use this machine's addresses.
@@ -137,7 +144,12 @@ async fn one_call(
     }
     let janus_before = janus.cpu_seconds();
     let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs_f64(opts.call_seconds)).await;
+    // Every peer's log is read meanwhile, so no child ever blocks on a full pipe.
+    let call = Duration::from_secs_f64(opts.call_seconds);
+    let reads = futures_util::future::join_all(peers.iter_mut().map(|p| p.read_for(call))).await;
+    for read in reads {
+        read?;
+    }
     for p in &peers {
         p.interrupt();
     }
@@ -150,7 +162,20 @@ async fn one_call(
     let mut cpu = Vec::new();
     let mut upload = Vec::new();
     let mut fps = Vec::new();
-    let mut streams_missing = 0;
+    // Streams a peer decoded at least once (its `first_frame` events): the summary lists only
+    // the peers still in the room when it was written.
+    let streams_missing: usize = peers
+        .iter()
+        .map(|p| {
+            let seen: std::collections::HashSet<String> = p
+                .log
+                .iter()
+                .filter(|(_, v)| v["event"] == "first_frame")
+                .filter_map(|(_, v)| v["peer"].as_str().map(str::to_owned))
+                .collect();
+            (n - 1).saturating_sub(seen.len())
+        })
+        .sum();
     for s in &summaries {
         let seconds = num(&s["seconds_in_room"]);
         cpu.push(num(&s["cpu_seconds_in_room"]) / seconds);
@@ -163,9 +188,7 @@ async fn one_call(
                 .unwrap_or(f64::NAN)
         };
         upload.push(sent * 8.0 / 1000.0 / seconds);
-        let decoding = s["peers"].as_array().cloned().unwrap_or_default();
-        streams_missing += (n - 1).saturating_sub(decoding.len());
-        for p in decoding {
+        for p in s["peers"].as_array().cloned().unwrap_or_default() {
             fps.push(num(&p["frames_decoded"]) / seconds);
         }
     }

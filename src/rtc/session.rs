@@ -668,7 +668,10 @@ async fn run(
                 // rtc-dtls 0.21 can stall for good when a flight is lost: a side that receives
                 // the peer's repeated flight drops its own retransmit timer and never answers.
                 // Connectivity is there (ICE is up), so a fresh connection fixes it at once.
+                // Not on a receiving connection with the SFU: webrtc 0.21 may never report one
+                // connected although its media flows (seen with Janus), and nothing waits on it.
                 if !*actor.connected.borrow()
+                    && actor.config.stream_owners.is_none()
                     && actor
                         .ice_connected_at
                         .is_some_and(|at| at.elapsed() > DTLS_STALL)
@@ -1090,20 +1093,12 @@ impl Actor {
             }
             RtpCodecKind::Audio => {
                 let key = self.config.remote.to_string();
-                if let Err(e) = self.playout.add_stream(&key) {
-                    tracing::error!(error = %e, "cannot start audio decoder");
-                    return;
-                }
-                self.tasks
-                    .spawn(receive_audio(track, self.playout.clone(), key));
+                self.start_audio_receive(track, key);
             }
             _ => {}
         }
     }
 
-    /// Five times a second: the congestion controller's estimate becomes this peer's video
-    /// budget, and the measured round trip and jitter size the receive side's wait for
-    /// retransmissions.
     /// A track on a connection with the SFU, from `owner`.
     async fn receive_track_of(&mut self, owner: PeerId, track: Arc<dyn TrackRemote>) {
         match track.kind().await {
@@ -1114,19 +1109,24 @@ impl Actor {
                         .await;
                 }
             }
-            RtpCodecKind::Audio => {
-                let key = owner.to_string();
-                if let Err(e) = self.playout.add_stream(&key) {
-                    tracing::error!(error = %e, "cannot start audio decoder");
-                    return;
-                }
-                self.tasks
-                    .spawn(receive_audio(track, self.playout.clone(), key));
-            }
+            RtpCodecKind::Audio => self.start_audio_receive(track, owner.to_string()),
             _ => {}
         }
     }
 
+    /// Plays `track` into the mix as the stream `key` (a peer's id).
+    fn start_audio_receive(&mut self, track: Arc<dyn TrackRemote>, key: String) {
+        if let Err(e) = self.playout.add_stream(&key) {
+            tracing::error!(error = %e, "cannot start audio decoder");
+            return;
+        }
+        self.tasks
+            .spawn(receive_audio(track, self.playout.clone(), key));
+    }
+
+    /// Five times a second: the congestion controller's estimate becomes this peer's video
+    /// budget, and the measured round trip and jitter size the receive side's wait for
+    /// retransmissions.
     fn steer(&mut self) {
         let estimate = self.taps.estimate.target_bps_at(Instant::now());
         let budget = video_budget_bps(estimate);

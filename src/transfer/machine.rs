@@ -612,7 +612,9 @@ impl PeerTransfers {
             if t.state != TransferState::Transferring || t.reading || t.hashing {
                 continue;
             }
-            if t.size == 0 && t.next_read == 0 {
+            // An empty file, or a resume from a receiver that holds every byte (our `done`
+            // was lost with the connection): only `done` is left to send.
+            if t.next_read == t.size {
                 t.state = TransferState::Verifying;
                 out.push(Action::SendControl(Control::Done {
                     id,

@@ -346,6 +346,42 @@ fn connection_loss_at_random_points_resumes_without_resending_much() {
 }
 
 #[test]
+fn a_done_lost_with_the_connection_is_sent_again_when_everything_had_arrived() {
+    let mut receiver = config();
+    receiver.auto_accept = true;
+    let mut sim = Sim::new(7, receiver);
+    let data = random_bytes(&mut sim.rng, 100_000);
+    let id = sim.send(1, data.clone());
+    // Everything happens but the delivery of `done`.
+    for _ in 0..100_000 {
+        if let Some(input) = sim.a.io.pop_front() {
+            sim.input(true, input);
+        } else if let Some(input) = sim.b.io.pop_front() {
+            sim.input(false, input);
+        } else if let Some(msg) = sim.ba.pop_front() {
+            sim.deliver(true, msg);
+        } else if matches!(
+            sim.ab.front(),
+            Some(Msg::Control(Control::Done { .. })) | None
+        ) {
+            break;
+        } else {
+            let msg = sim.ab.pop_front().unwrap();
+            sim.deliver(false, msg);
+        }
+    }
+    assert!(
+        matches!(sim.ab.front(), Some(Msg::Control(Control::Done { .. }))),
+        "stopped just before done"
+    );
+    sim.disconnect();
+    sim.connect();
+    sim.settle();
+    assert_eq!(sim.b.state(id), Some(TransferState::Completed));
+    assert_eq!(sim.b.disk.saved[&id], data);
+}
+
+#[test]
 fn cancel_at_random_points_leaves_nothing_behind() {
     for seed in 0..40u64 {
         let mut receiver = config();
