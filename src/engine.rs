@@ -1185,7 +1185,7 @@ impl Engine {
             }
             ServerMessage::Chat { message } => self.emit(Event::Chat(message)).await,
             ServerMessage::RoomMode { sfu: true } => self.enter_sfu().await,
-            ServerMessage::RoomMode { sfu: false } => {}
+            ServerMessage::RoomMode { sfu: false } => self.leave_sfu_for_mesh().await,
             ServerMessage::SfuPublished { sdp } => {
                 if let Some(p) = self.sfu.as_ref().and_then(|l| l.publisher.as_ref()) {
                     p.signal(Signal::Answer { sdp });
@@ -1296,6 +1296,22 @@ impl Engine {
         let publisher = self.start_sfu_session(true);
         if let Some(link) = self.sfu.as_mut() {
             link.publisher = publisher;
+        }
+    }
+
+    /// The room shrank back to a mesh: the SFU connections close and each pair of peers
+    /// connects again, offered by the side whose id sorts first (as after a failure).
+    async fn leave_sfu_for_mesh(&mut self) {
+        if self.sfu.is_none() {
+            return;
+        }
+        self.leave_sfu().await;
+        let Some(me) = self.my_id.clone() else {
+            return;
+        };
+        let peers: Vec<PeerId> = self.peers.keys().filter(|p| me < **p).cloned().collect();
+        for peer in peers {
+            self.start_session(&peer, rand::random(), true);
         }
     }
 

@@ -225,3 +225,39 @@ async fn a_room_that_grows_from_three_to_six_moves_onto_the_sfu_and_everyone_sti
     }
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_that_shrinks_moves_back_to_a_mesh_and_the_call_goes_on() {
+    let janus = JanusProcess::start().await;
+    let server = common::start_server(sfu_server_config(&janus, 3)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut peers = Vec::new();
+    for i in 0..4 {
+        let mut p = sfu_peer(&server.url(), i, dir.path());
+        p.join("shrinking", &format!("peer{i}")).await;
+        peers.push(p);
+    }
+    // Four: on the SFU.
+    all_decode_all(&mut peers, 15, &Default::default()).await;
+    // Three (the threshold): still there. Two: back to a mesh.
+    peers.pop();
+    peers.pop();
+    let mut stale = std::collections::HashSet::new();
+    let mut seen_before = Vec::new();
+    for p in &mut peers {
+        p.drain();
+        stale.extend(p.videos.values().map(std::sync::Arc::as_ptr));
+        seen_before.push(p.seen.len());
+    }
+    all_decode_all(&mut peers, 15, &stale).await;
+    // The pictures come over a peer-to-peer connection again.
+    for (p, before) in peers.iter().zip(seen_before) {
+        assert!(
+            p.seen[before..]
+                .iter()
+                .any(|e| matches!(e, huddle::engine::Event::PeerConnected { .. })),
+            "a peer-to-peer connection came up after the move back"
+        );
+    }
+    server.shutdown().await;
+}

@@ -184,6 +184,7 @@ export class Room {
       }
       case 'room_mode':
         if (msg.sfu && !this.sfu) this.enterSfu();
+        else if (!msg.sfu && this.sfu) this.leaveSfu();
         break;
       case 'sfu_published':
         await this.sfu?.published(msg.sdp);
@@ -207,6 +208,17 @@ export class Room {
     for (const peer of this.peers.values()) peer.close(false);
     this.sfu = new SfuLink(this);
     this.sfu.publish().catch((e) => this.ui.status(`Cannot publish to the SFU: ${e.message || e}`, 'error'));
+    this.ui.peers();
+  }
+
+  /** The room shrank back to a mesh: each pair connects again, offered by the side whose id
+   * sorts first (as after a failure). */
+  leaveSfu() {
+    this.sfu.close();
+    this.sfu = null;
+    for (const peer of this.peers.values()) {
+      if (this.myId < peer.id) peer.newSession(true);
+    }
     this.ui.peers();
   }
 

@@ -482,6 +482,10 @@ impl Hub {
                 room: key.to_owned(),
                 members,
             }));
+            out.push(HubOutput::Room(RoomEvent {
+                sfu: Some(true),
+                ..RoomEvent::room(EventKind::SfuSwitch, &room.display_name)
+            }));
         }
     }
 
@@ -777,6 +781,25 @@ impl Hub {
                 reason,
             },
         });
+        // Back to a mesh once the room is below the threshold by one: a room that hovers at
+        // the threshold does not move back and forth with every join and leave.
+        if room.sfu
+            && self
+                .config
+                .sfu_above
+                .is_some_and(|above| room.members.len() < above)
+        {
+            room.sfu = false;
+            out.push(HubOutput::Deliver {
+                to: room.members.clone(),
+                msg: ServerMessage::RoomMode { sfu: false },
+            });
+            out.push(HubOutput::Sfu(SfuWork::RoomOff { room: key.clone() }));
+            out.push(HubOutput::Room(RoomEvent {
+                sfu: Some(false),
+                ..RoomEvent::room(EventKind::SfuSwitch, &room.display_name)
+            }));
+        }
         self.announce_room(&key, out);
     }
 
@@ -969,13 +992,35 @@ mod tests {
                 conn: 4
             }]
         );
-        for conn in [1, 2] {
-            h.msg(conn, ClientMessage::Leave);
-        }
-        let last = h.msg(3, ClientMessage::Leave);
+        // Down to the threshold (two): it stays on the SFU (hysteresis) ...
+        let at = h.msg(1, ClientMessage::Leave);
         assert_eq!(
-            sfu_work(&last),
-            vec![SfuWork::RoomOff { room: "big".into() }]
+            sfu_work(&at),
+            vec![SfuWork::Left {
+                room: "big".into(),
+                conn: 1
+            }]
+        );
+        assert!(!to_conn(&at, 2).contains(&&ServerMessage::RoomMode { sfu: false }));
+        // ... and moves back to a mesh below it, everyone told.
+        let back = h.msg(2, ClientMessage::Leave);
+        assert_eq!(
+            sfu_work(&back),
+            vec![
+                SfuWork::Left {
+                    room: "big".into(),
+                    conn: 2
+                },
+                SfuWork::RoomOff { room: "big".into() }
+            ]
+        );
+        assert!(to_conn(&back, 3).contains(&&ServerMessage::RoomMode { sfu: false }));
+        let events = room_events(&back);
+        assert!(events.contains(&(EventKind::SfuSwitch, None)), "{events:?}");
+        let last = h.msg(3, ClientMessage::Leave);
+        assert!(
+            sfu_work(&last).is_empty(),
+            "a mesh again: nothing for the SFU"
         );
     }
 
