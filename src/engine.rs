@@ -597,6 +597,9 @@ struct SfuLink {
 /// letters and digits). The publishing connection's figures come as `PeerStats` for
 /// `SFU_PUBLISHER`.
 pub const SFU_PUBLISHER: &str = "~sfu-publisher";
+/// The `session` of a `media_state` relayed in a room on the SFU, where peers share no
+/// connection.
+const SFU_MEDIA_STATE_SESSION: u32 = 0;
 const SFU_SUBSCRIBER: &str = "~sfu-subscriber";
 
 /// Results of blocking device work done off the actor.
@@ -707,7 +710,16 @@ impl Engine {
             if only.is_some_and(|o| o != peer) {
                 continue;
             }
-            if let Some(session) = &entry.session {
+            if self.sfu.is_some() {
+                // No connection to name in a room on the SFU: session 0.
+                self.relay(
+                    peer,
+                    &Envelope {
+                        session: SFU_MEDIA_STATE_SESSION,
+                        signal: signal.clone(),
+                    },
+                );
+            } else if let Some(session) = &entry.session {
                 self.relay(
                     peer,
                     &Envelope {
@@ -1148,6 +1160,9 @@ impl Engine {
                 }
                 self.peers
                     .insert(peer.id.clone(), PeerEntry::new(peer.clone()));
+                if self.sfu.is_some() {
+                    self.announce_media_state(Some(&peer.id));
+                }
                 self.emit(Event::PeerJoined(peer)).await;
             }
             ServerMessage::PeerLeft {
@@ -1208,6 +1223,25 @@ impl Engine {
                 return;
             }
         };
+        if self.sfu.is_some() {
+            // In a room on the SFU only media states travel between peers.
+            if let Signal::MediaState {
+                audio,
+                video,
+                screen,
+            } = envelope.signal
+                && self.peers.contains_key(&from)
+            {
+                self.emit(Event::PeerMediaState {
+                    peer: from,
+                    audio,
+                    video,
+                    screen,
+                })
+                .await;
+            }
+            return;
+        }
         let Some(entry) = self.peers.get_mut(&from) else {
             return;
         };
@@ -1297,6 +1331,7 @@ impl Engine {
         if let Some(link) = self.sfu.as_mut() {
             link.publisher = publisher;
         }
+        self.announce_media_state(None);
     }
 
     /// The room shrank back to a mesh: the SFU connections close and each pair of peers

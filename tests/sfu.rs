@@ -180,6 +180,17 @@ async fn eight_native_peers_on_the_sfu_all_decode_everyone_and_hear_each_other()
         })
         .await;
     eprintln!("peer0 hears peer7's {hz} Hz tone as {f:.1} Hz through the SFU");
+    // Muting shows on the others' side (a media state relayed without a connection).
+    let peer0 = peers[0].id.clone().unwrap();
+    peers[0].send(huddle::engine::Command::SetAudioMuted(true));
+    peers[5]
+        .wait_for(std::time::Duration::from_secs(10), |e| match e {
+            huddle::engine::Event::PeerMediaState {
+                peer, audio: false, ..
+            } if *peer == peer0 => Some(()),
+            _ => None,
+        })
+        .await;
     server.shutdown().await;
 }
 

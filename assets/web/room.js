@@ -158,6 +158,7 @@ export class Room {
           known.found();
           known.nickname = msg.peer.nickname;
         } else this.addPeer(msg.peer.id, msg.peer.nickname);
+        if (this.sfu) this.peers.get(msg.peer.id).sendMediaState();
         this.ui.peers();
         break;
       }
@@ -177,9 +178,16 @@ export class Room {
       case 'relay': {
         const peer = this.peers.get(msg.from);
         const payload = msg.payload;
-        if (peer && payload && typeof payload === 'object' && Number.isInteger(payload.session)) {
-          await peer.onSignal(payload);
+        if (!peer || !payload || typeof payload !== 'object' || !Number.isInteger(payload.session)) break;
+        if (this.sfu) {
+          // In a room on the SFU only media states travel between peers.
+          if (payload.kind === 'media_state') {
+            peer.remote = { audio: !!payload.audio, video: !!payload.video, screen: !!payload.screen };
+            this.ui.peer(peer);
+          }
+          break;
         }
+        await peer.onSignal(payload);
         break;
       }
       case 'room_mode':
@@ -208,6 +216,7 @@ export class Room {
     for (const peer of this.peers.values()) peer.close(false);
     this.sfu = new SfuLink(this);
     this.sfu.publish().catch((e) => this.ui.status(`Cannot publish to the SFU: ${e.message || e}`, 'error'));
+    for (const peer of this.peers.values()) peer.sendMediaState();
     this.ui.peers();
   }
 
@@ -349,9 +358,11 @@ class Peer {
   }
 
   sendMediaState() {
-    if (!this.session || this.state !== 'connected') return;
     const m = this.room.media;
-    this.room.relay(this.id, this.session, { kind: 'media_state', audio: m.audioOn, video: m.videoOn, screen: false });
+    const state = { kind: 'media_state', audio: m.audioOn, video: m.videoOn, screen: false };
+    // In a room on the SFU there is no connection to name: session 0.
+    if (this.room.sfu) this.room.relay(this.id, 0, state);
+    else if (this.session && this.state === 'connected') this.room.relay(this.id, this.session, state);
   }
 
   async offer() {
