@@ -457,14 +457,7 @@ async fn two_processes_send_each_webhook_event_once_in_order_even_when_one_dies(
     let two = ServeProcess::start(&args).await;
 
     // Ann on one process, Bob on the other: a room's whole life.
-    let mut ann = TestClient::connect(&one.url).await;
-    let mut bob = TestClient::connect(&two.url).await;
-    ann.join("Standup", "ann").await;
-    bob.join("Standup", "bob").await;
-    ann.send(&ClientMessage::Leave).await;
-    ann.recv_until(|m| matches!(m, ServerMessage::Left { .. }))
-        .await;
-    drop(bob);
+    common::receiver::a_rooms_life(&one.url, &two.url).await;
     let got = receiver.wait_for(6, WAIT).await;
 
     // Cat on the second process, which then dies: the first reaps Cat and finishes the room.
@@ -475,28 +468,8 @@ async fn two_processes_send_each_webhook_event_once_in_order_even_when_one_dies(
     let got_all = receiver.wait_for(10, Duration::from_secs(20)).await;
     assert_eq!(got_all[..6].len(), got.len());
 
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let seen: Vec<(String, String, String, String)> = got_all
-        .iter()
-        .map(|d| {
-            let header = d.headers.get("huddle-signature").expect("signed");
-            assert!(huddle::signaling::webhook::verify(
-                secret, header, &d.body, now, 300
-            ));
-            let j = d.json();
-            let text = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
-            (
-                text(&j["event"]),
-                text(&j["room"]),
-                text(&j["participant"]["nickname"]),
-                text(&j["reason"]),
-            )
-        })
-        .collect();
-    let want: Vec<(String, String, String, String)> = [
+    let seen: Vec<_> = got_all.iter().map(|d| d.signed_event(secret)).collect();
+    let want = common::receiver::event_lines(&[
         ("room_started", "Standup", "", ""),
         ("participant_joined", "Standup", "ann", ""),
         ("participant_joined", "Standup", "bob", ""),
@@ -507,10 +480,7 @@ async fn two_processes_send_each_webhook_event_once_in_order_even_when_one_dies(
         ("participant_joined", "Later", "cat", ""),
         ("participant_left", "Later", "cat", "timed_out"),
         ("room_finished", "Later", "", ""),
-    ]
-    .iter()
-    .map(|(a, b, c, d)| (a.to_string(), b.to_string(), c.to_string(), d.to_string()))
-    .collect();
+    ]);
     assert_eq!(seen, want);
     let ids: std::collections::HashSet<_> =
         got_all.iter().map(|d| d.json()["id"].clone()).collect();

@@ -134,6 +134,33 @@ fn sfu_peer(server: &str, i: usize, dir: &std::path::Path) -> common::peer::Test
     common::peer::TestPeer::start(server, opts)
 }
 
+/// Starts peers `range` (each with its own source and tone) and joins them to `room` in turn.
+async fn join_sfu_peers(
+    server: &str,
+    room: &str,
+    range: std::ops::Range<usize>,
+    dir: &std::path::Path,
+    peers: &mut Vec<common::peer::TestPeer>,
+) {
+    for i in range {
+        let mut p = sfu_peer(server, i, dir);
+        p.join(room, &format!("peer{i}")).await;
+        peers.push(p);
+    }
+}
+
+/// The video outputs the peers have now (after handling their queued events).
+fn video_outputs(
+    peers: &mut [common::peer::TestPeer],
+) -> std::collections::HashSet<*const huddle::media::video::RemoteVideo> {
+    let mut outputs = std::collections::HashSet::new();
+    for p in peers {
+        p.drain();
+        outputs.extend(p.videos.values().map(std::sync::Arc::as_ptr));
+    }
+    outputs
+}
+
 /// Waits until every peer decodes at least `frames` frames from every other one, on a video
 /// output that is not one of `stale` (the mesh's, before a room moved onto the SFU).
 async fn all_decode_all(
@@ -164,11 +191,7 @@ async fn eight_native_peers_on_the_sfu_all_decode_everyone_and_hear_each_other()
     let server = common::start_server(config).await;
     let dir = tempfile::tempdir().unwrap();
     let mut peers = Vec::new();
-    for i in 0..8 {
-        let mut p = sfu_peer(&server.url(), i, dir.path());
-        p.join("eight", &format!("peer{i}")).await;
-        peers.push(p);
-    }
+    join_sfu_peers(&server.url(), "eight", 0..8, dir.path(), &mut peers).await;
     all_decode_all(&mut peers, 15, &Default::default()).await;
     // Sound through the SFU: the first hears the last one's tone.
     let last = peers[7].id.clone().unwrap();
@@ -200,27 +223,14 @@ async fn a_room_that_grows_from_three_to_six_moves_onto_the_sfu_and_everyone_sti
     let server = common::start_server(sfu_server_config(&janus, 4)).await;
     let dir = tempfile::tempdir().unwrap();
     let mut peers = Vec::new();
-    for i in 0..3 {
-        let mut p = sfu_peer(&server.url(), i, dir.path());
-        p.join("growing", &format!("peer{i}")).await;
-        peers.push(p);
-    }
+    join_sfu_peers(&server.url(), "growing", 0..3, dir.path(), &mut peers).await;
+    all_decode_all(&mut peers, 15, &Default::default()).await;
+    // Four people: still a mesh.
+    join_sfu_peers(&server.url(), "growing", 3..4, dir.path(), &mut peers).await;
     all_decode_all(&mut peers, 15, &Default::default()).await;
     // The mesh's video outputs: after the move, pictures must come on new ones.
-    let mut stale = std::collections::HashSet::new();
-    for i in 3..6 {
-        let mut p = sfu_peer(&server.url(), i, dir.path());
-        p.join("growing", &format!("peer{i}")).await;
-        peers.push(p);
-        if i == 3 {
-            // Four people: still a mesh.
-            all_decode_all(&mut peers, 15, &Default::default()).await;
-            for p in &mut peers {
-                p.drain();
-                stale.extend(p.videos.values().map(std::sync::Arc::as_ptr));
-            }
-        }
-    }
+    let stale = video_outputs(&mut peers);
+    join_sfu_peers(&server.url(), "growing", 4..6, dir.path(), &mut peers).await;
     all_decode_all(&mut peers, 15, &stale).await;
     for p in &peers {
         assert!(
@@ -243,23 +253,14 @@ async fn a_room_that_shrinks_moves_back_to_a_mesh_and_the_call_goes_on() {
     let server = common::start_server(sfu_server_config(&janus, 3)).await;
     let dir = tempfile::tempdir().unwrap();
     let mut peers = Vec::new();
-    for i in 0..4 {
-        let mut p = sfu_peer(&server.url(), i, dir.path());
-        p.join("shrinking", &format!("peer{i}")).await;
-        peers.push(p);
-    }
+    join_sfu_peers(&server.url(), "shrinking", 0..4, dir.path(), &mut peers).await;
     // Four: on the SFU.
     all_decode_all(&mut peers, 15, &Default::default()).await;
+    // The SFU's outputs and what each has seen, taken before anyone leaves.
+    let stale = video_outputs(&mut peers);
+    peers.truncate(2);
+    let seen_before: Vec<usize> = peers.iter().map(|p| p.seen.len()).collect();
     // Three (the threshold): still there. Two: back to a mesh.
-    peers.pop();
-    peers.pop();
-    let mut stale = std::collections::HashSet::new();
-    let mut seen_before = Vec::new();
-    for p in &mut peers {
-        p.drain();
-        stale.extend(p.videos.values().map(std::sync::Arc::as_ptr));
-        seen_before.push(p.seen.len());
-    }
     all_decode_all(&mut peers, 15, &stale).await;
     // The pictures come over a peer-to-peer connection again.
     for (p, before) in peers.iter().zip(seen_before) {

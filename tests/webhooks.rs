@@ -3,10 +3,9 @@
 
 mod common;
 
-use common::receiver::{Behaviour, Delivery, Receiver};
+use common::receiver::{Behaviour, Delivery, EventLine, Receiver, a_rooms_life, event_lines};
 use common::*;
-use huddle::signaling::protocol::{ClientMessage, ServerMessage};
-use huddle::signaling::webhook::{self, SIGNATURE_HEADER, WebhookConfig};
+use huddle::signaling::webhook::WebhookConfig;
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "webhook test secret";
@@ -15,62 +14,20 @@ const OK: Behaviour = Behaviour {
     delay: Duration::ZERO,
 };
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+/// Each delivery in short, after checking its signature.
+fn events(deliveries: &[Delivery]) -> Vec<EventLine> {
+    deliveries.iter().map(|d| d.signed_event(SECRET)).collect()
 }
 
-/// (event, participant's nickname, reason) of each delivery, after checking its signature.
-fn events(deliveries: &[Delivery]) -> Vec<(String, String, String)> {
-    deliveries
-        .iter()
-        .map(|d| {
-            let header = d
-                .headers
-                .get(&SIGNATURE_HEADER.to_ascii_lowercase())
-                .unwrap();
-            assert!(
-                webhook::verify(SECRET, header, &d.body, unix_now(), 300),
-                "a valid signature on {}",
-                String::from_utf8_lossy(&d.body)
-            );
-            let j = d.json();
-            let text = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
-            (
-                text(&j["event"]),
-                text(&j["participant"]["nickname"]),
-                text(&j["reason"]),
-            )
-        })
-        .collect()
-}
-
-fn life() -> Vec<(String, String, String)> {
-    [
-        ("room_started", "", ""),
-        ("participant_joined", "ann", ""),
-        ("participant_joined", "bob", ""),
-        ("participant_left", "ann", "left"),
-        ("participant_left", "bob", "disconnected"),
-        ("room_finished", "", ""),
-    ]
-    .iter()
-    .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
-    .collect()
-}
-
-/// Ann and Bob meet in "Standup": Ann leaves, Bob's connection drops.
-async fn a_rooms_life(url: &str) {
-    let mut ann = TestClient::connect(url).await;
-    let mut bob = TestClient::connect(url).await;
-    ann.join("Standup", "ann").await;
-    bob.join("Standup", "bob").await;
-    ann.send(&ClientMessage::Leave).await;
-    ann.recv_until(|m| matches!(m, ServerMessage::Left { .. }))
-        .await;
-    drop(bob);
+fn life() -> Vec<EventLine> {
+    event_lines(&[
+        ("room_started", "Standup", "", ""),
+        ("participant_joined", "Standup", "ann", ""),
+        ("participant_joined", "Standup", "bob", ""),
+        ("participant_left", "Standup", "ann", "left"),
+        ("participant_left", "Standup", "bob", "disconnected"),
+        ("room_finished", "Standup", "", ""),
+    ])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,7 +48,7 @@ async fn every_event_of_a_rooms_life_arrives_once_in_order_and_signed_even_after
     config.webhooks = Some(hooks);
     let server = start_server(config).await;
 
-    a_rooms_life(&server.url()).await;
+    a_rooms_life(&server.url(), &server.url()).await;
     let got = good.wait_for(6, WAIT).await;
     assert_eq!(events(&got), life());
     // Ids are unique, times do not go back.
@@ -142,7 +99,7 @@ async fn a_slow_receiver_slows_neither_the_server_nor_the_other_receiver() {
     ));
     let server = start_server(config).await;
     let started = Instant::now();
-    a_rooms_life(&server.url()).await;
+    a_rooms_life(&server.url(), &server.url()).await;
     // The server answered every join and leave while the slow receiver held the first event.
     let mut probe = TestClient::connect(&server.url()).await;
     probe.sync().await;
@@ -187,7 +144,7 @@ async fn a_receiver_that_refuses_is_not_retried_and_bad_settings_are_refused() {
         SECRET.into(),
     ));
     let server = start_server(config).await;
-    a_rooms_life(&server.url()).await;
+    a_rooms_life(&server.url(), &server.url()).await;
     // Six requests, each refused once and not tried again; then the receiver accepts, and
     // only later events come.
     refusing.wait_for_requests(6, WAIT).await;

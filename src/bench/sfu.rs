@@ -7,68 +7,26 @@ use crate::procstat;
 use crate::signaling::janus;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const ADMIN_KEY: &str = "huddle bench admin key";
 const SIZES: [usize; 4] = [4, 6, 8, 12];
 const MESH_UP_TO: usize = 6;
 
 /// A Janus on this machine for the run, killed when dropped.
-struct Janus {
-    child: tokio::process::Child,
-    url: String,
-}
+struct Janus(janus::LocalJanus);
 
 impl Janus {
     /// Writes its configuration into `dir` (the bench's work folder).
     async fn start(dir: &std::path::Path) -> Result<Janus, BenchError> {
-        std::fs::create_dir_all(dir)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        for (name, text) in janus::local_config_files(dir, port, ADMIN_KEY) {
-            std::fs::write(dir.join(name), text)?;
-        }
-        let conf = dir.display().to_string();
-        let mut child = tokio::process::Command::new("janus")
-            .args(["-C", &format!("{conf}/janus.jcfg"), "-F", &conf, "-o"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                fail(format!(
-                    "cannot start janus ({e}): scripts/setup --test installs it"
-                ))
-            })?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| fail("janus has no stdout"))?;
-        let mut lines = BufReader::new(stdout).lines();
-        let ready = async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("WebSockets thread started") {
-                    return true;
-                }
-            }
-            false
-        };
-        match tokio::time::timeout(Duration::from_secs(20), ready).await {
-            Ok(true) => {}
-            _ => return Err(fail("janus did not start")),
-        }
-        // Keep reading its log so it never blocks on a full pipe; ends with the process.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Janus {
-            child,
-            url: format!("ws://127.0.0.1:{port}"),
-        })
+        janus::LocalJanus::start(dir, ADMIN_KEY)
+            .await
+            .map(Janus)
+            .map_err(|e| fail(e.to_string()))
     }
 
     fn cpu_seconds(&self) -> f64 {
-        self.child
-            .id()
+        self.0
+            .pid()
             .and_then(|pid| procstat::usage(Some(pid)))
             .map_or(f64::NAN, |u| u.cpu_seconds)
     }
@@ -105,7 +63,7 @@ async fn one_call(
     if sfu {
         server_args.extend([
             "--sfu",
-            janus.url.as_str(),
+            janus.0.url.as_str(),
             "--sfu-secret",
             ADMIN_KEY,
             "--sfu-above",

@@ -41,6 +41,9 @@ pub enum JanusError {
     Plugin { code: i64, reason: String },
     #[error("unexpected answer from Janus: {0}")]
     Unexpected(String),
+    /// A local Janus process (tests, benchmarks) did not start.
+    #[error("cannot start janus: {0}")]
+    Launch(String),
 }
 
 impl JanusError {
@@ -157,10 +160,6 @@ impl Janus {
             .await
             .map_err(|_| JanusError::Gone)?;
         Ok(janus)
-    }
-
-    pub fn session(&self) -> u64 {
-        self.session
     }
 
     async fn call(&self, request: Value) -> Result<Value, JanusError> {
@@ -367,6 +366,82 @@ pub fn local_config_files(
             format!("general: {{ admin_key = \"{admin_key}\", lock_rtp_forward = true }}\n"),
         ),
     ]
+}
+
+/// A Janus process serving this machine only (tests, benchmarks): `local_config_files` written
+/// into a folder, its WebSocket API on a free loopback port. Killed when dropped.
+pub struct LocalJanus {
+    child: tokio::process::Child,
+    /// `ws://127.0.0.1:PORT`.
+    pub url: String,
+    /// Reads Janus's log so it never blocks on a full pipe.
+    log_reader: tokio::task::JoinHandle<()>,
+}
+
+impl LocalJanus {
+    /// Starts `janus` with its configuration in `dir` and waits until its WebSocket API is up.
+    pub async fn start(dir: &std::path::Path, admin_key: &str) -> Result<LocalJanus, JanusError> {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let launch = |what: String| JanusError::Launch(what);
+        std::fs::create_dir_all(dir).map_err(|e| launch(e.to_string()))?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| launch(e.to_string()))?
+            .port();
+        for (name, text) in local_config_files(dir, port, admin_key) {
+            std::fs::write(dir.join(name), text).map_err(|e| launch(e.to_string()))?;
+        }
+        let conf = dir.display().to_string();
+        let mut child = tokio::process::Command::new("janus")
+            .args(["-C", &format!("{conf}/janus.jcfg"), "-F", &conf, "-o"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| launch(format!("{e} (scripts/setup --test installs it)")))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| launch("no stdout".into()))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let mut seen = Vec::new();
+        let ready = async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("WebSockets thread started") {
+                    return true;
+                }
+                seen.push(line);
+            }
+            false
+        };
+        let started = tokio::time::timeout(Duration::from_secs(20), ready).await;
+        if started != Ok(true) {
+            let why = if started.is_err() {
+                "not ready in 20 s"
+            } else {
+                "exited"
+            };
+            return Err(launch(format!("{why}; its log:\n{}", seen.join("\n"))));
+        }
+        let log_reader =
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(LocalJanus {
+            child,
+            url: format!("ws://127.0.0.1:{port}"),
+            log_reader,
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
+
+impl Drop for LocalJanus {
+    fn drop(&mut self) {
+        // The child is killed by `kill_on_drop`.
+        self.log_reader.abort();
+    }
 }
 
 fn id_of(answer: &Value) -> Result<u64, JanusError> {

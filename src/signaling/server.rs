@@ -1019,66 +1019,59 @@ async fn run_hub(
         let msg = tokio::select! {
             _ = cancel.cancelled() => break,
             msg = rx.recv() => match msg {
-                Some(m) => m,
+                Some(m) => Some(m),
                 None => break,
             },
-            _ = refresh.tick() => HubMsg::Input(HubInput::RefreshRejoinTokens),
+            _ = refresh.tick() => Some(HubMsg::Input(HubInput::RefreshRejoinTokens)),
             Some((conn, msg)) = next_delivery(&mut sfu_deliveries) => {
                 // From the SFU orchestrator, for one client.
-                if let Some(outbox) = outboxes.get(&conn) {
-                    let frame = Utf8Bytes::from(protocol::encode(&msg));
-                    if outbox.try_send(Outgoing::Frame(frame)).is_err() {
-                        outboxes.remove(&conn);
-                        HubMsg::Input(HubInput::Disconnected {
-                            conn,
-                            reason: LeaveReason::Dropped,
-                        })
-                    } else {
+                let frame = Utf8Bytes::from(protocol::encode(&msg));
+                deliver(&mut outboxes, &[conn], &frame, &mut pending);
+                None
+            }
+        };
+        if let Some(msg) = msg {
+            let input = match msg {
+                HubMsg::Register {
+                    conn,
+                    fresh,
+                    resume,
+                    outbox,
+                    assigned,
+                } => {
+                    let peer_id = resume.filter(|p| !hub.is_live(p)).unwrap_or(fresh);
+                    if assigned.send(peer_id.clone()).is_err() {
+                        // The connection ended while waiting: nothing to register.
                         continue;
                     }
-                } else {
-                    continue;
+                    outboxes.insert(conn, outbox);
+                    HubInput::Connected { conn, peer_id }
                 }
-            }
-        };
-        let input = match msg {
-            HubMsg::Register {
-                conn,
-                fresh,
-                resume,
-                outbox,
-                assigned,
-            } => {
-                let peer_id = resume.filter(|p| !hub.is_live(p)).unwrap_or(fresh);
-                if assigned.send(peer_id.clone()).is_err() {
-                    // The connection ended while waiting: nothing to register.
-                    continue;
+                HubMsg::Input(input) => {
+                    if let HubInput::Disconnected { conn, .. } = &input {
+                        outboxes.remove(conn);
+                    }
+                    input
                 }
-                outboxes.insert(conn, outbox);
-                HubInput::Connected { conn, peer_id }
-            }
-            HubMsg::Input(input) => {
-                if let HubInput::Disconnected { conn, .. } = &input {
-                    outboxes.remove(conn);
-                }
-                input
-            }
-        };
-        pending.push(input);
+            };
+            pending.push(input);
+        }
         // Dropping a slow client produces more input (its peers must hear it left), so work
         // through a queue until everything settles.
         while let Some(input) = pending.pop() {
             hub.handle(input, now_ms(), &mut outputs);
             for output in outputs.drain(..) {
-                let (to, msg) = match output {
-                    HubOutput::Deliver { to, msg } => (to, msg),
+                match output {
+                    HubOutput::Deliver { to, msg } => {
+                        let frame = Utf8Bytes::from(protocol::encode(&msg));
+                        deliver(&mut outboxes, &to, &frame, &mut pending);
+                    }
                     HubOutput::Sfu(work) => {
                         if let Some(sfu_work) = &sfu_work
                             && sfu_work.try_send(work).is_err()
                         {
                             warn!("the SFU orchestrator is not keeping up: work dropped");
                         }
-                        continue;
                     }
                     HubOutput::Room(event) => {
                         if let Some(webhooks) = &webhooks {
@@ -1089,24 +1082,31 @@ async fn run_hub(
                                 event,
                             });
                         }
-                        continue;
-                    }
-                };
-                let frame = Utf8Bytes::from(protocol::encode(&msg));
-                for conn in to {
-                    let Some(outbox) = outboxes.get(&conn) else {
-                        continue;
-                    };
-                    if outbox.try_send(Outgoing::Frame(frame.clone())).is_err() {
-                        // Full or closed: let go of the outbox so its task closes the socket.
-                        outboxes.remove(&conn);
-                        pending.push(HubInput::Disconnected {
-                            conn,
-                            reason: LeaveReason::Dropped,
-                        });
                     }
                 }
             }
+        }
+    }
+}
+
+/// Hands `frame` to the outbox of each connection in `to`. A full or closed outbox is let go,
+/// so its task closes the socket, and that client's leaving is queued in `pending`.
+fn deliver(
+    outboxes: &mut HashMap<ConnId, mpsc::Sender<Outgoing>>,
+    to: &[ConnId],
+    frame: &Utf8Bytes,
+    pending: &mut Vec<HubInput>,
+) {
+    for conn in to {
+        let Some(outbox) = outboxes.get(conn) else {
+            continue;
+        };
+        if outbox.try_send(Outgoing::Frame(frame.clone())).is_err() {
+            outboxes.remove(conn);
+            pending.push(HubInput::Disconnected {
+                conn: *conn,
+                reason: LeaveReason::Dropped,
+            });
         }
     }
 }

@@ -14,10 +14,47 @@ pub struct Delivery {
     pub body: Vec<u8>,
 }
 
+/// A webhook event in short: (event, room, participant's nickname, reason), "" where absent.
+pub type EventLine = (String, String, String, String);
+
 impl Delivery {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).expect("a JSON body")
     }
+
+    /// The event in short, after checking its signature with `secret` (panics if it is not
+    /// valid now).
+    pub fn signed_event(&self, secret: &str) -> EventLine {
+        let header = self
+            .headers
+            .get(&huddle::signaling::webhook::SIGNATURE_HEADER.to_ascii_lowercase())
+            .expect("signed");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(
+            huddle::signaling::webhook::verify(secret, header, &self.body, now, 300),
+            "a valid signature on {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        let j = self.json();
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
+        (
+            text(&j["event"]),
+            text(&j["room"]),
+            text(&j["participant"]["nickname"]),
+            text(&j["reason"]),
+        )
+    }
+}
+
+/// Event lines from string literals, for expectations.
+pub fn event_lines(lines: &[(&str, &str, &str, &str)]) -> Vec<EventLine> {
+    lines
+        .iter()
+        .map(|(a, b, c, d)| (a.to_string(), b.to_string(), c.to_string(), d.to_string()))
+        .collect()
 }
 
 #[derive(Clone, Copy)]
@@ -179,4 +216,18 @@ async fn serve(
         .unwrap()
         .push((status, Delivery { headers, body }));
     changed.notify_waiters();
+}
+
+/// A room's whole life as webhooks see it: Ann (on `ann_server`) and Bob (on `bob_server`,
+/// the same one or another process) meet in "Standup"; Ann leaves, Bob's connection drops.
+pub async fn a_rooms_life(ann_server: &str, bob_server: &str) {
+    use huddle::signaling::protocol::{ClientMessage, ServerMessage};
+    let mut ann = super::TestClient::connect(ann_server).await;
+    let mut bob = super::TestClient::connect(bob_server).await;
+    ann.join("Standup", "ann").await;
+    bob.join("Standup", "bob").await;
+    ann.send(&ClientMessage::Leave).await;
+    ann.recv_until(|m| matches!(m, ServerMessage::Left { .. }))
+        .await;
+    drop(bob);
 }
