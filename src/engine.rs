@@ -175,6 +175,9 @@ pub enum Command {
     RestartIce(PeerId),
     /// Tears down the connection to a peer as if the network had failed; it is rebuilt.
     DropConnection(PeerId),
+    /// How wide each peer's tile is drawn, in physical pixels (rooms on the SFU receive the
+    /// simulcast layer a tile needs). Peers not listed have no tile size: the largest layer.
+    SetTileWidths(HashMap<PeerId, u32>),
 }
 
 /// What the front end is told.
@@ -475,6 +478,7 @@ pub fn spawn(
         joined_as: None,
         missing_peer_grace: config.missing_peer_grace,
         peers: HashMap::new(),
+        tile_widths: HashMap::new(),
         sfu: None,
         transfers,
         audio_muted: false,
@@ -572,6 +576,8 @@ struct Engine {
     joined_as: Option<PeerId>,
     missing_peer_grace: Duration,
     peers: HashMap<PeerId, PeerEntry>,
+    /// The front end's tile widths, physical pixels (`Command::SetTileWidths`).
+    tile_widths: HashMap<PeerId, u32>,
     /// While the room runs on the server's SFU: our connections with it (no peer sessions).
     sfu: Option<SfuLink>,
     transfers: TransferManager,
@@ -591,6 +597,10 @@ struct SfuLink {
     subscriber: Option<SessionHandle>,
     /// Whose each track on the subscribing connection is, by its mid (from `sfu_offer`).
     owners: tokio::sync::watch::Sender<HashMap<String, PeerId>>,
+    /// Which simulcast layer of each peer to receive.
+    layers: crate::media::simulcast::LayerChooser<PeerId>,
+    /// The subscribing connection's cumulative packets lost and received at its last figures.
+    last_counts: Option<(i64, u64)>,
 }
 
 /// The names the two SFU connections go by among sessions (never a peer id: those are
@@ -1041,6 +1051,15 @@ impl Engine {
                     s.restart_ice();
                 }
             }
+            Command::SetTileWidths(widths) => {
+                if let Some(link) = self.sfu.as_mut() {
+                    for (peer, width) in &widths {
+                        link.layers.set_tile(peer.clone(), Some(*width));
+                    }
+                }
+                self.tile_widths = widths;
+                self.ask_for_layers();
+            }
             Command::DropConnection(peer) => {
                 let Some(entry) = self.peers.get_mut(&peer) else {
                     return;
@@ -1293,6 +1312,7 @@ impl Engine {
         let initial_budget = session::video_budget_bps(crate::rtc::estimator::INITIAL_BPS as u64);
         let media = SessionMedia {
             video: self.video.as_ref().map(|v| v.subscribe(initial_budget)),
+            video_layers: Vec::new(),
             screen: self
                 .screen
                 .as_ref()
@@ -1326,6 +1346,8 @@ impl Engine {
             publisher: None,
             subscriber: None,
             owners,
+            layers: Default::default(),
+            last_counts: None,
         });
         let publisher = self.start_sfu_session(true);
         if let Some(link) = self.sfu.as_mut() {
@@ -1371,10 +1393,15 @@ impl Engine {
         config.read_stamps = self.read_stamps;
         config.relay_only = self.relay_only;
         let media = if publisher {
-            let initial_budget =
-                session::video_budget_bps(crate::rtc::estimator::INITIAL_BPS as u64);
+            // The SFU forwards one of three layers to each receiver, as its tile and link call
+            // for.
             SessionMedia {
-                video: self.video.as_ref().map(|v| v.subscribe(initial_budget)),
+                video: None,
+                video_layers: self
+                    .video
+                    .as_ref()
+                    .map(|v| v.subscribe_layers())
+                    .unwrap_or_default(),
                 screen: None,
                 audio: Some(self.audio.subscribe()),
                 playout: self.playout.clone(),
@@ -1384,6 +1411,7 @@ impl Engine {
             config.stream_owners = self.sfu.as_ref().map(|l| l.owners.subscribe());
             SessionMedia {
                 video: None,
+                video_layers: Vec::new(),
                 screen: None,
                 audio: None,
                 playout: self.playout.clone(),
@@ -1398,6 +1426,12 @@ impl Engine {
         let Some(link) = self.sfu.as_mut() else {
             return;
         };
+        for s in streams.iter().filter(|s| s.kind == "video") {
+            link.layers.add(s.peer_id.clone());
+            if let Some(width) = self.tile_widths.get(&s.peer_id) {
+                link.layers.set_tile(s.peer_id.clone(), Some(*width));
+            }
+        }
         link.owners.send_modify(|owners| {
             for s in streams {
                 owners.insert(s.mid, s.peer_id);
@@ -1412,6 +1446,7 @@ impl Engine {
         if let Some(s) = self.sfu.as_ref().and_then(|l| l.subscriber.as_ref()) {
             s.signal(Signal::Offer { sdp });
         }
+        self.ask_for_layers();
     }
 
     async fn on_sfu_session(&mut self, name: &PeerId, session_id: u32, ev: SessionEvent) {
@@ -1460,6 +1495,22 @@ impl Engine {
                     stats: *stats,
                 })
                 .await;
+            }
+            // What arrives tells how much the downlink carries: the layers follow.
+            SessionEvent::Stats(stats) => {
+                let counts = (stats.packets_lost, stats.packets_received);
+                if let Some((lost, received)) = link.last_counts.replace(counts) {
+                    let lost = (counts.0 - lost).max(0) as f64;
+                    let received = counts.1.saturating_sub(received) as f64;
+                    let loss = if lost + received > 0.0 {
+                        lost / (lost + received)
+                    } else {
+                        0.0
+                    };
+                    link.layers
+                        .observe(Instant::now(), loss, stats.receive_kbps * 1000.0);
+                    self.ask_for_layers();
+                }
             }
             SessionEvent::Closed(reason) => {
                 slot.take();
@@ -1728,8 +1779,27 @@ impl Engine {
         }
     }
 
+    /// In a room on the SFU: asks for the layers that changed.
+    fn ask_for_layers(&mut self) {
+        let Some(link) = self.sfu.as_mut() else {
+            return;
+        };
+        for (peer_id, layer) in link.layers.changes() {
+            tracing::debug!(%peer_id, layer, "asking the SFU for a layer");
+            let _ = self
+                .signaling
+                .send(ClientCommand::Sfu(ClientMessage::SfuLayer {
+                    peer_id,
+                    layer,
+                }));
+        }
+    }
+
     /// `peer` left the room: its connection closes, its transfers end, the front end is told.
     async fn remove_peer(&mut self, peer: PeerId, reason: LeaveReason) {
+        if let Some(link) = self.sfu.as_mut() {
+            link.layers.remove(&peer);
+        }
         if let Some(entry) = self.peers.remove(&peer)
             && let Some(s) = entry.session
         {

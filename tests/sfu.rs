@@ -273,3 +273,62 @@ async fn a_room_that_shrinks_moves_back_to_a_mesh_and_the_call_goes_on() {
     }
     server.shutdown().await;
 }
+
+/// Waits until `p` decodes `from`'s camera at `size`, and returns how many frames it had then.
+async fn decodes_at(
+    p: &mut common::peer::TestPeer,
+    from: &huddle::signaling::protocol::PeerId,
+    size: (usize, usize),
+) -> u64 {
+    p.until(std::time::Duration::from_secs(30), |p| {
+        let stats = p.videos.get(from)?.stats();
+        ((stats.width, stats.height) == size).then_some(stats.frames_decoded)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_receiver_gets_the_simulcast_layer_its_tiles_need() {
+    let janus = JanusProcess::start().await;
+    let server = common::start_server(sfu_server_config(&janus, 0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut peers = Vec::new();
+    join_sfu_peers(&server.url(), "layers", 0..3, dir.path(), &mut peers).await;
+    all_decode_all(&mut peers, 15, &Default::default()).await;
+    let ids: Vec<_> = peers.iter().map(|p| p.id.clone().unwrap()).collect();
+    // Every publisher sends all three layers on a loopback uplink.
+    peers[1]
+        .wait_for(std::time::Duration::from_secs(20), |e| match e {
+            huddle::engine::Event::PeerStats { peer, stats }
+                if peer.as_str() == huddle::engine::SFU_PUBLISHER =>
+            {
+                let sizes: Vec<_> = stats
+                    .layers_sending
+                    .iter()
+                    .map(|t| (t.width, t.height))
+                    .collect();
+                (sizes == [(160, 120), (320, 240), (640, 480)]).then_some(())
+            }
+            _ => None,
+        })
+        .await;
+    // Peer 0 draws peer 1 small and peer 2 at middle size; peer 1 has no window (top layer).
+    peers[0].send(huddle::engine::Command::SetTileWidths(
+        [(ids[1].clone(), 150), (ids[2].clone(), 330)].into(),
+    ));
+    decodes_at(&mut peers[0], &ids[1], (160, 120)).await;
+    decodes_at(&mut peers[0], &ids[2], (320, 240)).await;
+    decodes_at(&mut peers[1], &ids[0], (640, 480)).await;
+    decodes_at(&mut peers[1], &ids[2], (640, 480)).await;
+    // Peer 1 becomes the speaker view: its layer goes up, and the picture keeps coming.
+    peers[0].send(huddle::engine::Command::SetTileWidths(
+        [(ids[1].clone(), 1000), (ids[2].clone(), 330)].into(),
+    ));
+    let at = decodes_at(&mut peers[0], &ids[1], (640, 480)).await;
+    peers[0]
+        .until(std::time::Duration::from_secs(10), |p| {
+            (p.videos.get(&ids[1])?.stats().frames_decoded >= at + 30).then_some(())
+        })
+        .await;
+    server.shutdown().await;
+}

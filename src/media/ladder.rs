@@ -158,7 +158,9 @@ impl Ladder {
         Self::from_rungs(source, initial_bps, &rungs, (1920, 1080))
     }
 
-    fn from_rungs(
+    /// A ladder over any table of rungs made for a `table_size` source (budgets scale with the
+    /// source's pixel count).
+    pub(crate) fn from_rungs(
         source: (usize, usize),
         initial_bps: u32,
         table: &[Rung],

@@ -21,6 +21,7 @@ pub mod reveal;
 pub mod samples;
 pub mod scene;
 pub mod screen;
+pub mod simulcast;
 pub mod slot;
 pub mod sound;
 pub mod stamp;

@@ -206,6 +206,14 @@ impl VideoSender {
         self.subscribers.subscribe(initial_budget_bps)
     }
 
+    /// An SFU publisher's simulcast layers, lowest first (`simulcast::LAYERS`), each with its
+    /// own encoder; paused until given a budget.
+    pub fn subscribe_layers(&self) -> Vec<VideoFeed> {
+        (0..super::simulcast::LAYERS.len())
+            .map(|layer| self.subscribers.subscribe_layer(layer))
+            .collect()
+    }
+
     /// Asks every peer's next frame to be a keyframe (the source changed).
     pub fn request_keyframe(&self) {
         self.subscribers.request_keyframes();

@@ -73,6 +73,8 @@ pub struct VideoDemand {
     /// 1080p screen at a starting budget).
     ready: AtomicBool,
     sending: Mutex<Option<VideoTarget>>,
+    /// The size of the pictures the encoder takes in (the camera's).
+    source: Mutex<Option<(usize, usize)>>,
 }
 
 impl VideoDemand {
@@ -86,6 +88,7 @@ impl VideoDemand {
             first_keyframe: AtomicBool::new(false),
             ready: AtomicBool::new(false),
             sending: Mutex::new(None),
+            source: Mutex::new(None),
         }
     }
 
@@ -114,6 +117,11 @@ impl VideoDemand {
     pub fn sending(&self) -> Option<VideoTarget> {
         self.sending.lock().ok().and_then(|s| *s)
     }
+
+    /// The size of the source pictures, once one has been encoded.
+    pub fn source(&self) -> Option<(usize, usize)> {
+        self.source.lock().ok().and_then(|s| *s)
+    }
 }
 
 /// A peer's end: its encoded frames and its demand.
@@ -126,9 +134,15 @@ struct Subscriber {
     demand: Arc<VideoDemand>,
     frames: mpsc::Sender<Arc<EncodedVideo>>,
     ladder: Option<Ladder>,
+    /// A simulcast layer (`simulcast::LAYERS`): a fixed size and frame rate, no ladder; a
+    /// budget of 0 pauses it.
+    layer: Option<usize>,
     /// The encoding (`VideoTarget::encoding`) this peer gets.
     encoding: Option<u8>,
 }
+
+/// Encodings of simulcast layers are numbered from here, apart from the ladder's rungs.
+const LAYER_ENCODING_BASE: u8 = 100;
 
 /// Subscribers shared between `VideoSender` (adds) and the encoder thread (reads, prunes).
 #[derive(Clone, Default)]
@@ -137,6 +151,16 @@ pub struct Subscribers(Arc<Mutex<Vec<Subscriber>>>);
 impl Subscribers {
     /// A new peer, starting from `initial_budget_bps`.
     pub fn subscribe(&self, initial_budget_bps: u32) -> VideoFeed {
+        self.add(initial_budget_bps, None)
+    }
+
+    /// One simulcast layer for an SFU publisher (`simulcast::LAYERS[layer]`), paused until its
+    /// budget is set above 0.
+    pub fn subscribe_layer(&self, layer: usize) -> VideoFeed {
+        self.add(0, Some(layer.min(super::simulcast::LAYERS.len() - 1)))
+    }
+
+    fn add(&self, initial_budget_bps: u32, layer: Option<usize>) -> VideoFeed {
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
         let demand = Arc::new(VideoDemand::new(initial_budget_bps));
         if let Ok(mut subs) = self.0.lock() {
@@ -144,6 +168,7 @@ impl Subscribers {
                 demand: demand.clone(),
                 frames: tx,
                 ladder: None,
+                layer,
                 encoding: None,
             });
         }
@@ -309,6 +334,44 @@ impl EncoderThread {
             .filter(|s| s.demand.ready.load(Ordering::Relaxed))
         {
             let budget = s.demand.budget();
+            if let Ok(mut seen) = s.demand.source.lock() {
+                *seen = Some(source);
+            }
+            if let Some(layer) = s.layer {
+                if budget == 0 {
+                    // Paused: it starts again from a keyframe.
+                    s.encoding = None;
+                    if let Ok(mut sending) = s.demand.sending.lock() {
+                        *sending = None;
+                    }
+                    continue;
+                }
+                let spec = super::simulcast::LAYERS[layer];
+                let (width, height) = super::simulcast::layer_size(source, layer);
+                let target = VideoTarget {
+                    rung: layer as u8,
+                    encoding: LAYER_ENCODING_BASE + layer as u8,
+                    width,
+                    height,
+                    fps: spec.fps,
+                    bitrate_bps: budget,
+                };
+                if s.encoding.replace(target.encoding).is_none() {
+                    s.demand.request_keyframe();
+                }
+                if let Ok(mut sending) = s.demand.sending.lock() {
+                    *sending = Some(target);
+                }
+                groups
+                    .entry(target.encoding)
+                    .or_insert_with(|| Group {
+                        target,
+                        members: Vec::new(),
+                    })
+                    .members
+                    .push((s.demand.clone(), s.frames.clone()));
+                continue;
+            }
             let target = match self.fixed_bitrate {
                 Some(bps) => VideoTarget {
                     rung: 0,

@@ -14,6 +14,7 @@ use crate::ids::{IceServer, PeerId};
 use crate::media::audio_pipeline::AudioPlayout;
 use crate::media::codec::EncodedAudio;
 use crate::media::ladder::VideoTarget;
+use crate::media::simulcast::{LAYERS, PublishLayers};
 use crate::media::video::{AccessUnit, Callback, RemoteVideo, VideoReceiver};
 use crate::media::video_send::{VideoDemand, VideoFeed};
 use bytes::BytesMut;
@@ -27,11 +28,13 @@ use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYP
 use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp::codec::h264::H264Packet;
+use rtc::rtp::extension::HeaderExtension;
 use rtc::rtp::packetizer::Depacketizer;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
     RtpCodecKind,
 };
+use rtc::sdp::extmap::{SDES_MID_URI, SDES_RTP_STREAM_ID_URI};
 use rtc::statistics::report::RTCStatsReportEntry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -109,6 +112,9 @@ impl SessionConfig {
 pub struct SessionMedia {
     /// This peer's own feed from the video encoder (its frames, its bitrate budget).
     pub video: Option<VideoFeed>,
+    /// Instead of `video`, on a connection with the SFU: the camera's simulcast layers,
+    /// lowest first (`VideoSender::subscribe_layers`), sent as one track with a rid each.
+    pub video_layers: Vec<VideoFeed>,
     /// The same from the screen-share encoder, while we share.
     pub screen: Option<VideoFeed>,
     pub audio: Option<broadcast::Receiver<Arc<EncodedAudio>>>,
@@ -134,8 +140,11 @@ pub struct PeerStats {
     /// Our bandwidth estimate towards this peer (all media), and the share left for video.
     pub estimate_kbps: f64,
     pub video_budget_kbps: f64,
-    /// What we send this peer: resolution, frame rate, encoder bitrate.
+    /// What we send this peer: resolution, frame rate, encoder bitrate (the top running layer
+    /// when sending simulcast).
     pub sending: Option<VideoTarget>,
+    /// Sending simulcast (to the SFU): the layers running now, lowest first.
+    pub layers_sending: Vec<VideoTarget>,
     /// Share of our video packets the peer last reported lost (before retransmission).
     pub loss_reported: Option<f64>,
     /// Our smoothed view of that loss, from congestion-control feedback.
@@ -434,6 +443,29 @@ fn local_track(
     codec: RTCRtpCodec,
     ssrc: u32,
 ) -> Result<Arc<TrackLocalStaticSample>, RtcError> {
+    track_with_encodings(name, kind, codec, &[(String::new(), ssrc)])
+}
+
+/// Our camera as simulcast layers, one encoding per `(ssrc, layer)`, listed highest layer
+/// first (the rid order Janus reads by default).
+fn simulcast_track(ssrcs: &[u32]) -> Result<Arc<TrackLocalStaticSample>, RtcError> {
+    let encodings: Vec<(String, u32)> = ssrcs
+        .iter()
+        .zip(LAYERS.iter())
+        .rev()
+        .map(|(ssrc, layer)| (layer.rid.to_owned(), *ssrc))
+        .collect();
+    track_with_encodings("video", RtpCodecKind::Video, h264_codec(), &encodings)
+}
+
+/// A track sending one stream per `(rid, ssrc)` (the rid empty for a plain track).
+fn track_with_encodings(
+    name: &str,
+    kind: RtpCodecKind,
+    codec: RTCRtpCodec,
+    encodings: &[(String, u32)],
+) -> Result<Arc<TrackLocalStaticSample>, RtcError> {
+    let ssrc = encodings.first().map_or(0, |(_, s)| *s);
     let stream = if name == "screen" {
         SCREEN_STREAM_ID
     } else {
@@ -447,14 +479,18 @@ fn local_track(
         format!("{name}-{ssrc:08x}"),
         name.to_owned(),
         kind,
-        vec![RTCRtpEncodingParameters {
-            rtp_coding_parameters: RTCRtpCodingParameters {
-                ssrc: Some(ssrc),
+        encodings
+            .iter()
+            .map(|(rid, ssrc)| RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    rid: rid.clone(),
+                    ssrc: Some(*ssrc),
+                    ..Default::default()
+                },
+                codec: codec.clone(),
                 ..Default::default()
-            },
-            codec,
-            ..Default::default()
-        }],
+            })
+            .collect(),
     );
     TrackLocalStaticSample::new(Instant::now(), track)
         .map(Arc::new)
@@ -481,6 +517,8 @@ struct Actor {
     taps: ChainTaps,
     video_demand: Option<Arc<VideoDemand>>,
     video_ssrc: u32,
+    /// Sending the camera as simulcast layers (to the SFU).
+    simulcast: Option<SimulcastSend>,
     /// Shared with the video receive task: its hole wait, its counters.
     receive: Arc<VideoReceiveShared>,
     rtt: Option<Duration>,
@@ -772,6 +810,7 @@ impl Actor {
             taps,
             video_demand: None,
             video_ssrc: 0,
+            simulcast: None,
             receive: Arc::new(VideoReceiveShared::default()),
             rtt: None,
             jitter: None,
@@ -797,7 +836,12 @@ impl Actor {
     async fn add_media(&mut self, media: SessionMedia) -> Result<(), RtcError> {
         let video_ssrc: u32 = rand::random();
         self.video_ssrc = video_ssrc;
-        let video = local_track("video", RtpCodecKind::Video, h264_codec(), video_ssrc)?;
+        let layer_ssrcs: Vec<u32> = media.video_layers.iter().map(|_| rand::random()).collect();
+        let video = if layer_ssrcs.is_empty() {
+            local_track("video", RtpCodecKind::Video, h264_codec(), video_ssrc)?
+        } else {
+            simulcast_track(&layer_ssrcs)?
+        };
         let video_sender = self
             .pc
             .add_track(video.clone() as Arc<dyn TrackLocal>)
@@ -825,8 +869,10 @@ impl Actor {
             self.attach_screen(Some(feed));
         }
 
-        self.video_track = Some((video, video_sender));
-        if let Some(feed) = media.video {
+        self.video_track = Some((video.clone(), video_sender.clone()));
+        if !layer_ssrcs.is_empty() {
+            self.attach_layers(media.video_layers, layer_ssrcs, video, video_sender);
+        } else if let Some(feed) = media.video {
             self.attach_video(feed);
         }
         if let Some(rx) = media.audio {
@@ -1008,8 +1054,45 @@ impl Actor {
             self.video_ssrc,
             feed,
             self.connected.subscribe(),
+            None,
         ));
-        self.tasks.spawn(watch_keyframe_requests(track, demand));
+        self.tasks.spawn(watch_keyframe_requests(
+            track,
+            vec![(self.video_ssrc, demand)],
+        ));
+    }
+
+    /// Starts sending the camera's simulcast layers on `track`, one stream each.
+    fn attach_layers(
+        &mut self,
+        feeds: Vec<VideoFeed>,
+        ssrcs: Vec<u32>,
+        track: Arc<TrackLocalStaticSample>,
+        sender: Arc<dyn RtpSender>,
+    ) {
+        let mut layers = Vec::new();
+        for ((feed, ssrc), spec) in feeds.into_iter().zip(ssrcs).zip(LAYERS.iter()) {
+            layers.push((ssrc, feed.demand.clone()));
+            let tag = LayerTag {
+                rid: spec.rid,
+                pc: self.pc.clone(),
+            };
+            self.tasks.spawn(send_video(
+                track.clone(),
+                sender.clone(),
+                ssrc,
+                feed,
+                self.connected.subscribe(),
+                Some(tag),
+            ));
+        }
+        self.tasks
+            .spawn(watch_keyframe_requests(track, layers.clone()));
+        let initial = video_budget_bps(estimator::INITIAL_BPS as u64);
+        self.simulcast = Some(SimulcastSend {
+            layers,
+            split: PublishLayers::new((640, 480), initial),
+        });
     }
 
     /// Starts (or, with `None`, stops) sending a screen share on our screen track. A new share
@@ -1030,9 +1113,13 @@ impl Actor {
             self.screen_ssrc,
             feed,
             self.connected.subscribe(),
+            None,
         )));
         self.screen_tasks
-            .push(self.tasks.spawn(watch_keyframe_requests(track, demand)));
+            .push(self.tasks.spawn(watch_keyframe_requests(
+                track,
+                vec![(self.screen_ssrc, demand)],
+            )));
     }
 
     /// A decoder for a remote video track (camera or screen) and the task feeding it.
@@ -1139,6 +1226,21 @@ impl Actor {
         if let Some(demand) = &self.video_demand {
             demand.set_budget(camera_budget_bps(budget, screen_wants));
         }
+        if let Some(sim) = &mut self.simulcast {
+            let source = sim
+                .layers
+                .iter()
+                .find_map(|(_, d)| d.source())
+                .unwrap_or((640, 480));
+            let budgets = sim.split.update(
+                Instant::now(),
+                source,
+                camera_budget_bps(budget, screen_wants),
+            );
+            for ((_, demand), bps) in sim.layers.iter().zip(budgets) {
+                demand.set_budget(bps);
+            }
+        }
         if let Ok(feedback) = self.taps.feedback.lock()
             && feedback.rtt.is_some()
         {
@@ -1229,6 +1331,16 @@ impl Actor {
             stats.video_budget_kbps = demand.budget() as f64 / 1000.0;
             stats.sending = demand.sending();
         }
+        if let Some(sim) = &self.simulcast {
+            stats.video_budget_kbps = sim
+                .layers
+                .iter()
+                .map(|(_, d)| d.budget() as f64)
+                .sum::<f64>()
+                / 1000.0;
+            stats.layers_sending = sim.layers.iter().filter_map(|(_, d)| d.sending()).collect();
+            stats.sending = stats.layers_sending.last().copied();
+        }
         if let Ok(feedback) = self.taps.feedback.lock() {
             stats.loss_reported = feedback
                 .reports
@@ -1286,12 +1398,59 @@ async fn wait_connected(connected: &mut watch::Receiver<bool>) -> bool {
     connected.wait_for(|c| *c).await.is_ok()
 }
 
+/// What a simulcast layer's packets carry besides the media: its rid, and the mid of the
+/// track's media section (the SDP lists no SSRCs for simulcast, so the SFU tells the streams
+/// apart by these two).
+struct LayerTag {
+    rid: &'static str,
+    pc: Arc<dyn PeerConnection>,
+}
+
+/// An SDES item as an RTP header extension (mid, rid): the text itself.
+struct SdesText(bytes::Bytes);
+
+impl rtc::shared::marshal::MarshalSize for SdesText {
+    fn marshal_size(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl rtc::shared::marshal::Marshal for SdesText {
+    fn marshal_to(&self, buf: &mut [u8]) -> Result<usize, rtc::shared::error::Error> {
+        let out = buf
+            .get_mut(..self.0.len())
+            .ok_or(rtc::shared::error::Error::ErrBufferTooSmall)?;
+        out.copy_from_slice(&self.0);
+        Ok(self.0.len())
+    }
+}
+
+fn sdes_extension(uri: &'static str, text: &bytes::Bytes) -> HeaderExtension {
+    HeaderExtension::Custom {
+        uri: uri.into(),
+        extension: Box::new(SdesText(text.clone())),
+    }
+}
+
+/// The mid negotiated for `sender`'s media section.
+async fn mid_of(pc: &Arc<dyn PeerConnection>, sender: &Arc<dyn RtpSender>) -> Option<String> {
+    for transceiver in pc.get_transceivers().await {
+        if let Ok(Some(s)) = transceiver.sender().await
+            && s.id() == sender.id()
+        {
+            return transceiver.mid().await.ok().flatten();
+        }
+    }
+    None
+}
+
 async fn send_video(
     track: Arc<TrackLocalStaticSample>,
     sender: Arc<dyn RtpSender>,
     ssrc: u32,
     feed: VideoFeed,
     mut connected: watch::Receiver<bool>,
+    layer: Option<LayerTag>,
 ) {
     let VideoFeed { mut frames, demand } = feed;
     // Nothing is encoded for this peer before the connection is up (`VideoDemand`); any frame
@@ -1315,6 +1474,20 @@ async fn send_video(
         tracing::warn!("no H.264 payload type negotiated; not sending video");
         return;
     };
+    let tags = match &layer {
+        None => None,
+        Some(tag) => {
+            let Some(mid) = mid_of(&tag.pc, &sender).await else {
+                tracing::warn!("the simulcast track has no mid; not sending video");
+                return;
+            };
+            Some((
+                bytes::Bytes::from(mid),
+                bytes::Bytes::from_static(tag.rid.as_bytes()),
+            ))
+        }
+    };
+    drop(layer);
     // Frames queued before the connection was up are stale: start from a fresh keyframe.
     while frames.try_recv().is_ok() {}
     demand.request_first_keyframe();
@@ -1339,12 +1512,13 @@ async fn send_video(
             duration,
             ..Sample::new(Instant::now())
         };
-        if track
-            .sample_writer(ssrc, pt)
-            .write_sample(&sample)
-            .await
-            .is_err()
-        {
+        let mut writer = track.sample_writer(ssrc, pt);
+        if let Some((mid, rid)) = &tags {
+            writer = writer
+                .with_extension(sdes_extension(SDES_MID_URI, mid))
+                .with_extension(sdes_extension(SDES_RTP_STREAM_ID_URI, rid));
+        }
+        if writer.write_sample(&sample).await.is_err() {
             return;
         }
     }
@@ -1389,15 +1563,41 @@ async fn send_audio(
     }
 }
 
-/// Turns PLI/FIR from the remote into a keyframe request to our encoder.
-async fn watch_keyframe_requests(track: Arc<TrackLocalStaticSample>, demand: Arc<VideoDemand>) {
+/// Turns PLI/FIR from the remote into a keyframe request to the encoder of the stream it
+/// names (`streams`: SSRC and demand; a request naming none of them goes to the first).
+async fn watch_keyframe_requests(
+    track: Arc<TrackLocalStaticSample>,
+    streams: Vec<(u32, Arc<VideoDemand>)>,
+) {
     while let Some(event) = track.poll().await {
-        if let TrackLocalEvent::OnRtcpPacket(packets) = event
-            && packets.iter().any(|p| is_keyframe_request(p.as_ref()))
-        {
-            demand.request_keyframe();
+        let TrackLocalEvent::OnRtcpPacket(packets) = event else {
+            continue;
+        };
+        for p in packets.iter().filter(|p| is_keyframe_request(p.as_ref())) {
+            let named = p.destination_ssrc();
+            let mut asked = streams
+                .iter()
+                .filter(|(ssrc, _)| named.contains(ssrc))
+                .peekable();
+            if asked.peek().is_none() {
+                if let Some((_, demand)) = streams.first() {
+                    demand.request_keyframe();
+                }
+                continue;
+            }
+            for (_, demand) in asked {
+                demand.request_keyframe();
+            }
         }
     }
+}
+
+/// Our camera's simulcast layers on a connection with the SFU.
+struct SimulcastSend {
+    /// Per layer, lowest first: its SSRC and its encoder's demand.
+    layers: Vec<(u32, Arc<VideoDemand>)>,
+    /// How the uplink's budget is split among them.
+    split: PublishLayers,
 }
 
 /// Whether an Annex-B access unit holds an IDR slice (a picture that decodes on its own).

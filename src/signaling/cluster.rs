@@ -613,7 +613,8 @@ impl ClusterHub {
             // Rooms never move onto an SFU in a cluster (yet): every room is a mesh.
             ClientMessage::SfuPublish { .. }
             | ClientMessage::SfuAnswer { .. }
-            | ClientMessage::SfuCandidate { .. } => self.error(
+            | ClientMessage::SfuCandidate { .. }
+            | ClientMessage::SfuLayer { .. } => self.error(
                 conn,
                 ErrorCode::NotSfuRoom,
                 "rooms on this server are meshes: connect to each peer instead",

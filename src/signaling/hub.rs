@@ -102,6 +102,12 @@ pub enum SfuWork {
         /// As Janus takes it: `{candidate, sdpMid, sdpMLineIndex}`.
         candidate: serde_json::Value,
     },
+    /// Receive this layer (0..=2) of `peer`'s camera.
+    Layer {
+        conn: ConnId,
+        peer: PeerId,
+        layer: u8,
+    },
 }
 
 struct Conn {
@@ -280,6 +286,20 @@ impl Hub {
                         conn,
                         target,
                         candidate,
+                    },
+                    out,
+                )
+            }
+            ClientMessage::SfuLayer { peer_id, layer } => {
+                if layer > super::protocol::SFU_TOP_LAYER {
+                    return error(out, conn, ErrorCode::Malformed, "layer must be 0, 1 or 2");
+                }
+                self.sfu_message(
+                    conn,
+                    SfuWork::Layer {
+                        conn,
+                        peer: peer_id,
+                        layer,
                     },
                     out,
                 )

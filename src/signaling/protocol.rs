@@ -97,7 +97,16 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sdp_mline_index: Option<u16>,
     },
+    /// In a room on the SFU: which simulcast layer of `peer_id`'s camera to receive, 0 the
+    /// smallest to 2 the largest (as its tile's size and our downlink allow).
+    SfuLayer {
+        peer_id: PeerId,
+        layer: u8,
+    },
 }
+
+/// The highest `sfu_layer` (layers are 0, 1 and 2).
+pub const SFU_TOP_LAYER: u8 = 2;
 
 /// Which of a client's two connections with the SFU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +142,7 @@ pub const CLIENT_MESSAGE_TYPES: &[&str] = &[
     "sfu_publish",
     "sfu_answer",
     "sfu_candidate",
+    "sfu_layer",
 ];
 
 /// Messages the server sends.
@@ -722,6 +732,10 @@ mod tests {
                 candidate: "candidate:1".into(),
                 sdp_mid: None,
                 sdp_mline_index: None,
+            },
+            ClientMessage::SfuLayer {
+                peer_id: "p".into(),
+                layer: 1,
             },
         ];
         assert_eq!(samples.len(), CLIENT_MESSAGE_TYPES.len());

@@ -44,6 +44,12 @@ struct Member {
     offer_pending: bool,
     /// Feeds to add once the pending offer is answered.
     waiting: BTreeSet<u64>,
+    /// The mid of each subscribed feed's camera on the subscriber connection (from the last
+    /// offer).
+    video_mids: HashMap<u64, String>,
+    /// The simulcast layer the member wants of each feed, and the one Janus was last told.
+    layers_wanted: HashMap<u64, u8>,
+    layers_set: HashMap<u64, u8>,
 }
 
 struct Room {
@@ -188,6 +194,51 @@ impl Actor {
                     debug!(error = %e, "Janus did not take a candidate");
                 }
             }
+            SfuWork::Layer { conn, peer, layer } => {
+                let Some((r, room)) = self.member(conn) else {
+                    return;
+                };
+                let Some(feed) = r.members.values().find(|m| m.peer == peer).map(|m| m.feed) else {
+                    return;
+                };
+                if let Some(m) = r.members.get_mut(&conn) {
+                    m.layers_wanted.insert(feed, layer);
+                }
+                self.apply_layers(&room, conn).await;
+            }
+        }
+    }
+
+    /// Tells Janus the layers `conn` wants that it has not been told yet, for the feeds its
+    /// subscriber connection carries now (not while an offer waits for its answer: the mids
+    /// may change).
+    async fn apply_layers(&mut self, room: &str, conn: ConnId) {
+        let Some(m) = self
+            .rooms
+            .get_mut(room)
+            .and_then(|r| r.members.get_mut(&conn))
+        else {
+            return;
+        };
+        let Some(subscriber) = m.subscriber.filter(|_| !m.offer_pending) else {
+            return;
+        };
+        let mut streams = Vec::new();
+        for (feed, layer) in &m.layers_wanted {
+            if m.layers_set.get(feed) == Some(layer) {
+                continue;
+            }
+            if let Some(mid) = m.video_mids.get(feed) {
+                streams.push(json!({ "mid": mid, "substream": layer }));
+                m.layers_set.insert(*feed, *layer);
+            }
+        }
+        if streams.is_empty() {
+            return;
+        }
+        let body = json!({ "request": "configure", "streams": streams });
+        if let Err(e) = self.janus.message(subscriber, body, None).await {
+            debug!(error = %e, "Janus did not take a layer choice");
         }
     }
 
@@ -252,6 +303,9 @@ impl Actor {
                             subscribed: BTreeSet::new(),
                             offer_pending: false,
                             waiting: BTreeSet::new(),
+                            video_mids: HashMap::new(),
+                            layers_wanted: HashMap::new(),
+                            layers_set: HashMap::new(),
                         },
                     );
                 }
@@ -445,6 +499,7 @@ impl Actor {
             .values()
             .map(|m| (m.feed, m.peer.clone()))
             .collect();
+        let mut video_mids = HashMap::new();
         let streams = data["streams"]
             .as_array()
             .map(|streams| {
@@ -453,9 +508,14 @@ impl Actor {
                     .filter(|s| s["active"].as_bool() != Some(false))
                     .filter_map(|s| {
                         let kind = s["type"].as_str()?;
-                        let peer = by_feed.get(&s["feed_id"].as_u64()?)?;
+                        let feed = s["feed_id"].as_u64()?;
+                        let peer = by_feed.get(&feed)?;
+                        let mid = s["mid"].as_str()?.to_owned();
+                        if kind == "video" {
+                            video_mids.insert(feed, mid.clone());
+                        }
                         Some(SfuStream {
-                            mid: s["mid"].as_str()?.to_owned(),
+                            mid,
                             peer_id: peer.clone(),
                             kind: kind.to_owned(),
                         })
@@ -465,6 +525,10 @@ impl Actor {
             .unwrap_or_default();
         if let Some(m) = r.members.get_mut(&conn) {
             m.offer_pending = true;
+            // A feed on a new mid (or back after leaving) starts at Janus's default layer.
+            m.layers_set
+                .retain(|feed, _| video_mids.get(feed) == m.video_mids.get(feed));
+            m.video_mids = video_mids;
         }
         let sdp = jsep["sdp"].as_str().unwrap_or("").to_owned();
         let _ = self
@@ -501,6 +565,7 @@ impl Actor {
         };
         m.offer_pending = false;
         let waiting = std::mem::take(&mut m.waiting);
+        self.apply_layers(&room, conn).await;
         if !waiting.is_empty() {
             self.subscribe(&room, conn, waiting).await;
         }
