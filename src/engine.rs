@@ -265,7 +265,7 @@ pub enum Event {
     },
     PeerStats {
         peer: PeerId,
-        stats: PeerStats,
+        stats: Box<PeerStats>,
     },
     Chat(ChatMessage),
     /// A chat could not be sent (not connected).
@@ -599,9 +599,15 @@ struct SfuLink {
     owners: tokio::sync::watch::Sender<HashMap<String, PeerId>>,
     /// Which simulcast layer of each peer to receive.
     layers: crate::media::simulcast::LayerChooser<PeerId>,
-    /// The subscribing connection's cumulative packets lost and received at its last figures.
-    last_counts: Option<(i64, u64)>,
+    /// The publishing connection's last estimate (bits per second) and loss, for the audio.
+    uplink: Option<(u64, f64)>,
+    /// When we last asked the server for a keyframe of each peer's camera.
+    keyframes_asked: HashMap<PeerId, Instant>,
 }
+
+/// Keyframe requests through the server, per peer, at most this often (Janus itself sends a
+/// publisher at most one a second).
+const SFU_KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The names the two SFU connections go by among sessions (never a peer id: those are
 /// letters and digits). The publishing connection's figures come as `PeerStats` for
@@ -1251,6 +1257,10 @@ impl Engine {
             } = envelope.signal
                 && self.peers.contains_key(&from)
             {
+                if let Some(link) = self.sfu.as_mut() {
+                    link.layers.set_sending(from.clone(), video);
+                }
+                self.ask_for_layers();
                 self.emit(Event::PeerMediaState {
                     peer: from,
                     audio,
@@ -1347,7 +1357,8 @@ impl Engine {
             subscriber: None,
             owners,
             layers: Default::default(),
-            last_counts: None,
+            uplink: None,
+            keyframes_asked: HashMap::new(),
         });
         let publisher = self.start_sfu_session(true);
         if let Some(link) = self.sfu.as_mut() {
@@ -1488,27 +1499,44 @@ impl Engine {
             SessionEvent::Connected { setup, .. } => {
                 tracing::info!(publisher, ?setup, "connected to the SFU");
             }
+            SessionEvent::KeyframeWanted { peer } => {
+                let now = Instant::now();
+                let recent = link
+                    .keyframes_asked
+                    .get(&peer)
+                    .is_some_and(|at| now.duration_since(*at) < SFU_KEYFRAME_INTERVAL);
+                if !recent {
+                    link.keyframes_asked.insert(peer.clone(), now);
+                    let _ = self
+                        .signaling
+                        .send(ClientCommand::Sfu(ClientMessage::SfuKeyframe {
+                            peer_id: peer,
+                        }));
+                }
+            }
             // What we send the SFU, as a peer's figures under the publishing connection's name.
             SessionEvent::Stats(stats) if publisher => {
+                link.uplink = Some(((stats.estimate_kbps * 1000.0) as u64, stats.loss_estimated));
+                self.adapt_audio();
                 self.emit(Event::PeerStats {
                     peer: name.clone(),
-                    stats: *stats,
+                    stats,
                 })
                 .await;
             }
             // What arrives tells how much the downlink carries: the layers follow.
             SessionEvent::Stats(stats) => {
-                let counts = (stats.packets_lost, stats.packets_received);
-                if let Some((lost, received)) = link.last_counts.replace(counts) {
-                    let lost = (counts.0 - lost).max(0) as f64;
-                    let received = counts.1.saturating_sub(received) as f64;
-                    let loss = if lost + received > 0.0 {
-                        lost / (lost + received)
-                    } else {
-                        0.0
-                    };
+                // Loss on every stream is our downlink's; loss on one publisher's streams
+                // happened before the SFU and is none of our layers' doing.
+                if let Some(loss) = stats.least_stream_loss {
                     link.layers
                         .observe(Instant::now(), loss, stats.receive_kbps * 1000.0);
+                    tracing::debug!(
+                        loss,
+                        receive_kbps = stats.receive_kbps,
+                        ceiling_kbps = link.layers.ceiling_bps() / 1000.0,
+                        "the SFU downlink"
+                    );
                     self.ask_for_layers();
                 }
             }
@@ -1563,7 +1591,7 @@ impl Engine {
                 self.emit(Event::PeerVideo { peer, video }).await;
             }
             // Only connections with the SFU carry other peers' tracks.
-            SessionEvent::RemoteVideoOf { .. } => {}
+            SessionEvent::RemoteVideoOf { .. } | SessionEvent::KeyframeWanted { .. } => {}
             SessionEvent::FileChannel(channel) => {
                 self.transfers.send(TransferCommand::PeerConnected {
                     peer: peer.clone(),
@@ -1589,11 +1617,7 @@ impl Engine {
             SessionEvent::Stats(stats) => {
                 entry.last_stats = Some((*stats).clone());
                 self.adapt_audio();
-                self.emit(Event::PeerStats {
-                    peer,
-                    stats: *stats,
-                })
-                .await;
+                self.emit(Event::PeerStats { peer, stats }).await;
             }
             SessionEvent::Closed(reason) => {
                 // The actor has ended already; this only releases the handle.
@@ -1626,6 +1650,11 @@ impl Engine {
             slowest = slowest.min((stats.estimate_kbps * 1000.0) as u64);
             lossiest = lossiest.max(stats.loss_estimated);
         }
+        // On the SFU: one uplink, and receivers whose links we cannot see.
+        let on_sfu = self.sfu.is_some();
+        if let Some(link) = &self.sfu {
+            (slowest, lossiest) = link.uplink.unwrap_or((u64::MAX, 0.0));
+        }
         if slowest == u64::MAX {
             return;
         }
@@ -1640,7 +1669,13 @@ impl Engine {
             // links.
             expected_loss_percent: ((lossiest * 100.0).ceil() as i32)
                 .clamp(DEFAULT_EXPECTED_LOSS, 30),
-            packet_samples: voice_packet_samples_for(slowest, sending_video),
+            // Through the SFU every packet reaches every receiver, the slowest downlink
+            // among them unknown to us: 20 ms packets, half the headers of 10 ms ones.
+            packet_samples: if on_sfu {
+                crate::media::codec::FRAME_SAMPLES
+            } else {
+                voice_packet_samples_for(slowest, sending_video)
+            },
         });
     }
 

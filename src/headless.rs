@@ -525,9 +525,9 @@ impl<W: Write> HeadlessPeer<W> {
                 "video_enabled": state.video_enabled, "screen_share": state.screen_share}))?,
             Event::PeerStats { peer, stats } => {
                 if peer.as_str() == crate::engine::SFU_PUBLISHER {
-                    self.sfu_publisher = Some(stats);
+                    self.sfu_publisher = Some(*stats);
                 } else if let Some(view) = self.peers.get_mut(&peer) {
-                    view.network = Some(stats);
+                    view.network = Some(*stats);
                 }
             }
             Event::PeerMediaState { peer, audio, video, screen } => {

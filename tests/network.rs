@@ -350,3 +350,126 @@ async fn a_thirty_second_outage_rebuilds_the_call_without_anyone_acting() {
         assert!(slow.is_empty(), "{}: still slow at {slow:?}", p.name);
     }
 }
+
+/// Whether `v` is a stats line about `nickname`'s camera decoded at `width` with new frames.
+fn decoding_at(v: &Value, nickname: &str, width: u64) -> bool {
+    v["event"] == "stats"
+        && v["nickname"] == nickname
+        && v["video"]["width"].as_u64() == Some(width)
+        && v["video"]["fps"].as_f64().is_some_and(|fps| fps > 3.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_sfu_a_receiver_behind_a_slow_link_gets_the_low_layer_and_others_the_high_one() {
+    let _one = ONE_CALL_AT_A_TIME.lock().await;
+    let Some(emu) = emulator("slow-uplink") else {
+        return;
+    };
+    // Janus and the server in namespace A, as at a data centre; a1 and a2 beside them on
+    // clean links, b behind the 200 kbit/s link (both ways).
+    let dir = tempfile::tempdir().unwrap();
+    let key = "network test janus key";
+    let janus = huddle::signaling::janus::LocalJanus::start_in(
+        dir.path(),
+        key,
+        Some(emu.namespace(Side::A)),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut server = Process::start(
+        &emu,
+        Side::A,
+        "server",
+        &[
+            "serve",
+            "--bind",
+            "198.18.0.1:8787",
+            "--insecure",
+            "--sfu",
+            &janus.url,
+            "--sfu-secret",
+            key,
+            "--sfu-above",
+            "0",
+        ],
+    );
+    server
+        .until(Duration::from_secs(20), |v| {
+            v.as_str().is_some_and(|s| s.contains("ws://"))
+        })
+        .await;
+    // a1 is read only at the end: it reports rarely, so its output never fills the pipe.
+    let peer = |side: Side, name: &'static str, source: &str, camera: bool, every: &str| {
+        let mut args: Vec<String> = [
+            "join",
+            "--headless",
+            "--server",
+            "ws://198.18.0.1:8787",
+            "--room",
+            "sfu-net",
+            "--name",
+            name,
+            "--source-id",
+            source,
+            "--duration",
+            "120",
+            "--stats-interval",
+            every,
+            "--decline-files",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(["--bind".to_string(), format!("{}:0", side.addr())]);
+        if !camera {
+            args.extend(["--video".to_string(), "none".to_string()]);
+        }
+        Process::start(&emu, side, name, &args)
+    };
+    let mut a1 = peer(Side::A, "a1", "1", true, "4");
+    let mut a2 = peer(Side::A, "a2", "2", false, "0.5");
+    let mut b = peer(Side::B, "b", "3", true, "0.5");
+    for p in [&mut a1, &mut a2, &mut b] {
+        p.until(Duration::from_secs(30), |v| v["event"] == "joined")
+            .await;
+    }
+    emu.arm();
+    // a2 gets a1's top layer; b, whose downlink cannot carry it, a1's lowest.
+    a2.until(Duration::from_secs(40), |v| decoding_at(v, "a1", 640))
+        .await;
+    b.until(Duration::from_secs(40), |v| decoding_at(v, "a1", 160))
+        .await;
+    // And keeps getting it for ten seconds while a2 keeps the top one (read side by side).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let (mut b_lines, mut a2_lines) = (Vec::new(), Vec::new());
+    loop {
+        tokio::select! {
+            v = b.next(deadline) => match v {
+                Some(v) if v["event"] == "stats" && v["nickname"] == "a1" => b_lines.push(v),
+                Some(_) => {}
+                None => break,
+            },
+            v = a2.next(deadline) => match v {
+                Some(v) if v["event"] == "stats" && v["nickname"] == "a1" => a2_lines.push(v),
+                Some(_) => {}
+                None => break,
+            },
+        }
+    }
+    let share = |lines: &[Value], width: u64| {
+        lines.iter().filter(|v| decoding_at(v, "a1", width)).count() as f64
+            / lines.len().max(1) as f64
+    };
+    assert!(
+        share(&b_lines, 160) >= 0.8,
+        "b decodes a1 at 160x120 and moving most of the time: {b_lines:#?}"
+    );
+    assert!(
+        share(&a2_lines, 640) >= 0.8,
+        "a2 decodes a1 at 640x480 and moving most of the time: {a2_lines:#?}"
+    );
+    // b's own uplink carries only its lowest layer, so that is what a1 gets of b.
+    a1.until(Duration::from_secs(20), |v| decoding_at(v, "b", 160))
+        .await;
+    drop(janus);
+}

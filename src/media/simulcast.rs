@@ -144,9 +144,14 @@ fn layer_cost_bps(layer: u8) -> f64 {
 /// a few percent whatever the rate; an overfull bottleneck loses far more).
 const CONGESTION_LOSS: f64 = 0.10;
 /// After a cut, how long the downlink must stay clean before a step up is tried; doubled each
-/// time the step up has to be undone, up to the maximum.
+/// time the step up has to be undone, up to the maximum, and stretched by how far beyond what
+/// the link carried the step would go (`MAX_PROBE_STRETCH` times at most). A failed step costs
+/// the picture: the overfull link loses the keyframe of the layer it goes back to. On a 200
+/// kbit/s downlink where one step up needs three times what arrives, a try every 4-8 s kept the
+/// picture frozen a third of the time.
 const FIRST_PROBE_WAIT: Duration = Duration::from_secs(4);
 const MAX_PROBE_WAIT: Duration = Duration::from_secs(64);
+const MAX_PROBE_STRETCH: f64 = 8.0;
 /// A step up that lasts this long without a cut succeeded.
 const PROBE_HELD: Duration = Duration::from_secs(10);
 /// What the downlink is trusted with before it has shown anything: enough for several peers'
@@ -160,6 +165,8 @@ struct Feed {
     width_px: u32,
     /// The layer last asked for.
     asked: Option<u8>,
+    /// The peer's camera is on (it has no layers to ask for while off).
+    sending: bool,
 }
 
 /// The receiver's side: which layer of each peer to ask the SFU for. Each peer's tile sets
@@ -200,6 +207,7 @@ impl<K: Ord + Clone> LayerChooser<K> {
             wanted,
             width_px,
             asked: None,
+            sending: true,
         });
         feed.wanted = wanted;
         feed.width_px = width_px;
@@ -214,6 +222,14 @@ impl<K: Ord + Clone> LayerChooser<K> {
 
     pub fn remove(&mut self, peer: &K) {
         self.feeds.remove(peer);
+    }
+
+    /// Whether the peer's camera is on: one that is off costs nothing and is asked nothing.
+    pub fn set_sending(&mut self, peer: K, sending: bool) {
+        self.add(peer.clone());
+        if let Some(feed) = self.feeds.get_mut(&peer) {
+            feed.sending = sending;
+        }
     }
 
     /// The ceiling on what the peers' layers may cost together, bits per second.
@@ -239,7 +255,11 @@ impl<K: Ord + Clone> LayerChooser<K> {
                 if self.last_probe.take().is_some() {
                     self.probe_wait = (self.probe_wait * 2).min(MAX_PROBE_WAIT);
                 }
-                self.next_probe_at = Some(now + self.probe_wait);
+                let stretch = self.next_step_cost().map_or(1.0, |next| {
+                    (next / self.ceiling_bps.max(1.0)).clamp(1.0, MAX_PROBE_STRETCH)
+                });
+                let wait = self.probe_wait.mul_f64(stretch).min(MAX_PROBE_WAIT);
+                self.next_probe_at = Some(now + wait);
             }
             return;
         }
@@ -266,10 +286,10 @@ impl<K: Ord + Clone> LayerChooser<K> {
         Some(total - before + layer_cost_bps(*layer))
     }
 
-    /// Peers, widest tile first.
+    /// Peers whose camera is on, widest tile first.
     fn by_priority(&self) -> Vec<K> {
-        let mut keys: Vec<(&K, &Feed)> = self.feeds.iter().collect();
-        keys.sort_by(|a, b| b.1.width_px.cmp(&a.1.width_px));
+        let mut keys: Vec<(&K, &Feed)> = self.feeds.iter().filter(|(_, f)| f.sending).collect();
+        keys.sort_by_key(|(_, f)| std::cmp::Reverse(f.width_px));
         keys.into_iter().map(|(k, _)| k.clone()).collect()
     }
 
@@ -279,6 +299,7 @@ impl<K: Ord + Clone> LayerChooser<K> {
         let mut layers: BTreeMap<K, u8> = self
             .feeds
             .iter()
+            .filter(|(_, f)| f.sending)
             .map(|(k, f)| (k.clone(), f.wanted))
             .collect();
         let order = self.by_priority();
@@ -414,28 +435,40 @@ mod tests {
         let start = Instant::now();
         let mut c = LayerChooser::default();
         c.add("a");
+        // 150 kbit/s arrive with heavy loss: the ceiling is cut to 127.5k, the lowest layer.
         c.observe(start, 0.5, 150_000.0);
         assert_eq!(c.changes(), vec![("a", 0)]);
-        // Clean, but not for long enough.
-        c.observe(at(start, 2_000), 0.0, 120_000.0);
-        assert!(c.changes().is_empty());
-        // Four clean seconds after the cut: one step up.
-        c.observe(at(start, 4_000), 0.0, 120_000.0);
-        assert_eq!(c.changes(), vec![("a", 1)]);
-        // It overloads the link: back down, and the next try waits twice as long.
-        c.observe(at(start, 5_000), 0.3, 180_000.0);
-        assert_eq!(c.changes(), vec![("a", 0)]);
+        // The next step needs 390k, three times that: the first try waits 4 s x 3.06.
         c.observe(at(start, 12_000), 0.0, 120_000.0);
-        assert!(c.changes().is_empty(), "waits 8 s after the failed try");
+        assert!(c.changes().is_empty());
         c.observe(at(start, 13_000), 0.0, 120_000.0);
         assert_eq!(c.changes(), vec![("a", 1)]);
+        // It overloads the link: back down, and the next try waits twice as long (8 s x 2.55).
+        c.observe(at(start, 14_000), 0.3, 180_000.0);
+        assert_eq!(c.changes(), vec![("a", 0)]);
+        c.observe(at(start, 34_000), 0.0, 120_000.0);
+        assert!(c.changes().is_empty(), "waits 20 s after the failed try");
+        c.observe(at(start, 35_000), 0.0, 120_000.0);
+        assert_eq!(c.changes(), vec![("a", 1)]);
         // This time it holds; once it has held for 10 s the next step follows.
-        for s in 14..=22 {
+        for s in 36..=44 {
             c.observe(at(start, s * 1_000), 0.01, 400_000.0);
             assert!(c.changes().is_empty());
         }
-        c.observe(at(start, 23_000), 0.0, 400_000.0);
+        c.observe(at(start, 45_000), 0.0, 400_000.0);
         assert_eq!(c.changes(), vec![("a", 2)]);
+    }
+
+    #[test]
+    fn a_peer_with_its_camera_off_costs_nothing() {
+        let mut c = LayerChooser::default();
+        c.set_tile("a", Some(900));
+        c.set_tile("b", Some(900));
+        c.set_sending("b", false);
+        // 1050k for a alone fits the initial ceiling; with b it would not.
+        assert_eq!(c.changes(), vec![("a", 2)]);
+        c.set_sending("b", true);
+        assert_eq!(c.changes(), vec![("b", 1)]);
     }
 
     #[test]

@@ -137,6 +137,11 @@ pub struct PeerStats {
     /// cumulative.
     pub packets_lost: i64,
     pub packets_received: u64,
+    /// The lowest share of packets lost (before retransmission) since the last figures among
+    /// the received streams that carried at least `LEAST_LOSS_MIN_PACKETS` in that time. On a
+    /// connection with the SFU this tells our own downlink's congestion, which every stream
+    /// shows, from loss on a publisher's uplink before the SFU, which only its streams show.
+    pub least_stream_loss: Option<f64>,
     /// Our bandwidth estimate towards this peer (all media), and the share left for video.
     pub estimate_kbps: f64,
     pub video_budget_kbps: f64,
@@ -221,6 +226,12 @@ pub enum SessionEvent {
         audio: bool,
         video: bool,
         screen: bool,
+    },
+    /// On a connection with the SFU: `peer`'s camera needs a keyframe (asked through the
+    /// signaling server as well: RTCP keyframe requests from these connections have not been
+    /// seen to reach Janus).
+    KeyframeWanted {
+        peer: PeerId,
     },
     Stats(Box<PeerStats>),
     Closed(CloseReason),
@@ -539,7 +550,12 @@ struct Actor {
     quality: QualityMeter,
     /// What the connection's sockets run on; counts the handshake copies.
     runtime: Arc<HandshakeCopyRuntime>,
+    /// Each received stream's cumulative packets received and lost at the last figures.
+    stream_counts: HashMap<u32, (u64, i64)>,
 }
+
+/// Streams with fewer packets than this since the last figures say too little about loss.
+const LEAST_LOSS_MIN_PACKETS: u64 = 10;
 
 /// What the video receive task and the session share.
 #[derive(Default)]
@@ -824,6 +840,7 @@ impl Actor {
             remote_sending: true,
             quality: QualityMeter::new(),
             runtime,
+            stream_counts: HashMap::new(),
         };
         if let Err(e) = actor.add_media(media).await {
             let _ = actor.pc.close().await;
@@ -1128,6 +1145,7 @@ impl Actor {
         track: Arc<dyn TrackRemote>,
         name: &str,
         shared: Arc<VideoReceiveShared>,
+        also_ask: Option<Callback>,
     ) -> Option<Arc<RemoteVideo>> {
         let keyframe_needed = Arc::new(Notify::new());
         let on_keyframe: Callback = {
@@ -1143,8 +1161,13 @@ impl Actor {
         .inspect_err(|e| tracing::error!(error = %e, name, "cannot start a video decoder"))
         .ok()?;
         let output = receiver.output();
-        self.tasks
-            .spawn(receive_video(track, receiver, keyframe_needed, shared));
+        self.tasks.spawn(receive_video(
+            track,
+            receiver,
+            keyframe_needed,
+            shared,
+            also_ask,
+        ));
         Some(output)
     }
 
@@ -1168,7 +1191,7 @@ impl Actor {
                 } else {
                     (remote.to_string(), self.receive.clone())
                 };
-                let Some(output) = self.start_video_receive(track, &name, shared) else {
+                let Some(output) = self.start_video_receive(track, &name, shared, None) else {
                     return;
                 };
                 if is_screen {
@@ -1191,7 +1214,18 @@ impl Actor {
         match track.kind().await {
             RtpCodecKind::Video => {
                 let shared = Arc::new(VideoReceiveShared::default());
-                if let Some(video) = self.start_video_receive(track, owner.as_str(), shared) {
+                let ask: Callback = {
+                    let events = self.events.clone();
+                    let (remote, id) = (self.config.remote.clone(), self.config.session_id);
+                    let peer = owner.clone();
+                    Arc::new(move || {
+                        let wanted = SessionEvent::KeyframeWanted { peer: peer.clone() };
+                        let _ = events.try_send((remote.clone(), id, wanted));
+                    })
+                };
+                if let Some(video) =
+                    self.start_video_receive(track, owner.as_str(), shared, Some(ask))
+                {
                     self.emit(SessionEvent::RemoteVideoOf { peer: owner, video })
                         .await;
                 }
@@ -1299,8 +1333,19 @@ impl Actor {
             self.rtt = ice_rtt;
         }
         stats.rtt_ms = self.rtt.or(ice_rtt).map(|d| d.as_secs_f64() * 1000.0);
+        let mut least_loss: Option<f64> = None;
         for inbound in report.inbound_rtp_streams() {
             let received = &inbound.received_rtp_stream_stats;
+            let counts = (received.packets_received, received.packets_lost);
+            let ssrc = received.rtp_stream_stats.ssrc;
+            if let Some((was_received, was_lost)) = self.stream_counts.insert(ssrc, counts) {
+                let got = counts.0.saturating_sub(was_received);
+                let lost = (counts.1 - was_lost).max(0) as u64;
+                if got + lost >= LEAST_LOSS_MIN_PACKETS {
+                    let share = lost as f64 / (got + lost) as f64;
+                    least_loss = Some(least_loss.map_or(share, |l| l.min(share)));
+                }
+            }
             stats.bytes_received += inbound.bytes_received;
             stats.packets_received += received.packets_received;
             stats.packets_lost += received.packets_lost;
@@ -1312,6 +1357,7 @@ impl Actor {
                 stats.jitter_ms = Some(jitter.as_secs_f64() * 1000.0);
             }
         }
+        stats.least_stream_loss = least_loss;
         for outbound in report.outbound_rtp_streams() {
             stats.bytes_sent += outbound.sent_rtp_stream_stats.bytes_sent;
         }
@@ -1615,6 +1661,7 @@ async fn receive_video(
     receiver: VideoReceiver,
     keyframe_needed: Arc<Notify>,
     shared: Arc<VideoReceiveShared>,
+    also_ask: Option<Callback>,
 ) {
     let media_ssrc = track.ssrcs().await.first().copied().unwrap_or(0);
     let mut assembler = FrameAssembler::new();
@@ -1625,14 +1672,20 @@ async fn receive_video(
     // Until the first keyframe, likewise: the stream's first packets may have been lost before
     // we knew the stream, and no NACK can ask for packets before the first one seen.
     let mut had_keyframe = false;
+    // Not 0: Janus drops feedback whose sender SSRC is 0 (webrtc's NACK generator picks a
+    // random one too).
+    let sender_ssrc: u32 = rand::random::<u32>().max(1);
     let send_pli = async |last_pli: &mut Option<Instant>| {
         if last_pli.is_some_and(|t| t.elapsed() < PLI_INTERVAL) {
             return;
         }
         *last_pli = Some(Instant::now());
         shared.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+        if let Some(ask) = &also_ask {
+            ask();
+        }
         let pli = PictureLossIndication {
-            sender_ssrc: 0,
+            sender_ssrc,
             media_ssrc,
         };
         let _ = track.write_rtcp(vec![Box::new(pli)]).await;

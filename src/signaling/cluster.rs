@@ -614,7 +614,8 @@ impl ClusterHub {
             ClientMessage::SfuPublish { .. }
             | ClientMessage::SfuAnswer { .. }
             | ClientMessage::SfuCandidate { .. }
-            | ClientMessage::SfuLayer { .. } => self.error(
+            | ClientMessage::SfuLayer { .. }
+            | ClientMessage::SfuKeyframe { .. } => self.error(
                 conn,
                 ErrorCode::NotSfuRoom,
                 "rooms on this server are meshes: connect to each peer instead",

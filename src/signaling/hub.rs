@@ -108,6 +108,11 @@ pub enum SfuWork {
         peer: PeerId,
         layer: u8,
     },
+    /// `conn` needs a keyframe of `peer`'s camera.
+    Keyframe {
+        conn: ConnId,
+        peer: PeerId,
+    },
 }
 
 struct Conn {
@@ -304,6 +309,14 @@ impl Hub {
                     out,
                 )
             }
+            ClientMessage::SfuKeyframe { peer_id } => self.sfu_message(
+                conn,
+                SfuWork::Keyframe {
+                    conn,
+                    peer: peer_id,
+                },
+                out,
+            ),
             // Answered here, not by the connection, so the pong follows everything the hub has
             // already queued for this client: a ping is an ordering barrier.
             ClientMessage::Ping { nonce } => send(out, conn, ServerMessage::Pong { nonce }),

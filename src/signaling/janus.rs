@@ -319,6 +319,11 @@ pub fn local_config_files(
 ) -> Vec<(&'static str, String)> {
     const LIBS: &str = "/usr/lib/x86_64-linux-gnu/janus";
     let conf = dir.display();
+    // HUDDLE_JANUS_DEBUG=N: Janus's log level (4, its default, unless set).
+    let level = std::env::var("HUDDLE_JANUS_DEBUG")
+        .ok()
+        .and_then(|l| l.parse::<u8>().ok())
+        .unwrap_or(4);
     let off = |names: &[&str]| {
         names
             .iter()
@@ -346,7 +351,7 @@ pub fn local_config_files(
             format!(
                 "general: {{\n  configs_folder = \"{conf}\"\n  plugins_folder = \"{LIBS}/plugins\"\n  \
                  transports_folder = \"{LIBS}/transports\"\n  events_folder = \"{LIBS}/events\"\n  \
-                 loggers_folder = \"{LIBS}/loggers\"\n  debug_level = 4\n  session_timeout = 60\n}}\n\
+                 loggers_folder = \"{LIBS}/loggers\"\n  debug_level = {level}\n  session_timeout = 60\n}}\n\
                  media: {{ rtp_port_range = \"30000-39999\" }}\n\
                  plugins: {{ disable = \"{plugins}\" }}\n\
                  transports: {{ disable = \"{transports}\" }}\n\
@@ -381,6 +386,16 @@ pub struct LocalJanus {
 impl LocalJanus {
     /// Starts `janus` with its configuration in `dir` and waits until its WebSocket API is up.
     pub async fn start(dir: &std::path::Path, admin_key: &str) -> Result<LocalJanus, JanusError> {
+        Self::start_in(dir, admin_key, None).await
+    }
+
+    /// The same inside network namespace `netns` (`ip netns exec`; needs root): its WebSocket
+    /// API on that namespace's loopback, its media on that namespace's interfaces.
+    pub async fn start_in(
+        dir: &std::path::Path,
+        admin_key: &str,
+        netns: Option<&str>,
+    ) -> Result<LocalJanus, JanusError> {
         use tokio::io::{AsyncBufReadExt, BufReader};
         let launch = |what: String| JanusError::Launch(what);
         std::fs::create_dir_all(dir).map_err(|e| launch(e.to_string()))?;
@@ -392,7 +407,15 @@ impl LocalJanus {
             std::fs::write(dir.join(name), text).map_err(|e| launch(e.to_string()))?;
         }
         let conf = dir.display().to_string();
-        let mut child = tokio::process::Command::new("janus")
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = tokio::process::Command::new("ip");
+                c.args(["netns", "exec", ns, "janus"]);
+                c
+            }
+            None => tokio::process::Command::new("janus"),
+        };
+        let mut child = command
             .args(["-C", &format!("{conf}/janus.jcfg"), "-F", &conf, "-o"])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -423,8 +446,17 @@ impl LocalJanus {
             };
             return Err(launch(format!("{why}; its log:\n{}", seen.join("\n"))));
         }
-        let log_reader =
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // HUDDLE_JANUS_LOG=FILE keeps Janus's log there (debugging a test or a benchmark).
+        let mut keep =
+            std::env::var_os("HUDDLE_JANUS_LOG").and_then(|path| std::fs::File::create(path).ok());
+        let log_reader = tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(file) = keep.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(file, "{line}");
+                }
+            }
+        });
         Ok(LocalJanus {
             child,
             url: format!("ws://127.0.0.1:{port}"),

@@ -103,6 +103,11 @@ pub enum ClientMessage {
         peer_id: PeerId,
         layer: u8,
     },
+    /// In a room on the SFU: `peer_id`'s camera arrived damaged here; the server asks its
+    /// encoder for a keyframe (at most twice a second per publisher).
+    SfuKeyframe {
+        peer_id: PeerId,
+    },
 }
 
 /// The highest `sfu_layer` (layers are 0, 1 and 2).
@@ -143,6 +148,7 @@ pub const CLIENT_MESSAGE_TYPES: &[&str] = &[
     "sfu_answer",
     "sfu_candidate",
     "sfu_layer",
+    "sfu_keyframe",
 ];
 
 /// Messages the server sends.
@@ -736,6 +742,9 @@ mod tests {
             ClientMessage::SfuLayer {
                 peer_id: "p".into(),
                 layer: 1,
+            },
+            ClientMessage::SfuKeyframe {
+                peer_id: "p".into(),
             },
         ];
         assert_eq!(samples.len(), CLIENT_MESSAGE_TYPES.len());

@@ -50,7 +50,12 @@ struct Member {
     /// The simulcast layer the member wants of each feed, and the one Janus was last told.
     layers_wanted: HashMap<u64, u8>,
     layers_set: HashMap<u64, u8>,
+    /// When Janus last asked this member's encoder for a keyframe on someone's behalf.
+    keyframe_asked: Option<std::time::Instant>,
 }
+
+/// Keyframe requests for one publisher at most this often, however many ask.
+const KEYFRAME_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 struct Room {
     janus_room: u64,
@@ -206,6 +211,26 @@ impl Actor {
                 }
                 self.apply_layers(&room, conn).await;
             }
+            SfuWork::Keyframe { conn, peer } => {
+                let Some((r, _)) = self.member(conn) else {
+                    return;
+                };
+                let now = std::time::Instant::now();
+                let Some(m) = r.members.values_mut().find(|m| m.peer == peer) else {
+                    return;
+                };
+                if m.keyframe_asked
+                    .is_some_and(|at| now.duration_since(at) < KEYFRAME_INTERVAL)
+                {
+                    return;
+                }
+                m.keyframe_asked = Some(now);
+                let publisher = m.publisher;
+                let body = json!({ "request": "configure", "keyframe": true });
+                if let Err(e) = self.janus.message(publisher, body, None).await {
+                    debug!(error = %e, "Janus did not take a keyframe request");
+                }
+            }
         }
     }
 
@@ -306,6 +331,7 @@ impl Actor {
                             video_mids: HashMap::new(),
                             layers_wanted: HashMap::new(),
                             layers_set: HashMap::new(),
+                            keyframe_asked: None,
                         },
                     );
                 }

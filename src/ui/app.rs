@@ -367,6 +367,8 @@ pub struct HuddleApp {
     /// A room to join as soon as the server connection is up (from the command line or a link).
     pub pending_join: Option<String>,
     pub show_stats: bool,
+    /// The tile widths last sent to the engine (physical pixels), for the SFU's layers.
+    pub tile_widths_sent: std::collections::HashMap<PeerId, u32>,
     /// Frame counter, for tests and the stats view.
     pub frames_drawn: u64,
     /// The first remote picture's time from process start has been logged.
@@ -430,6 +432,7 @@ impl HuddleApp {
         };
         let mut app = HuddleApp {
             show_stats: settings.show_stats,
+            tile_widths_sent: Default::default(),
             services,
             settings_draft: None,
             settings,
@@ -1200,7 +1203,7 @@ impl HuddleApp {
                     call.note_sharing(&peer, screen);
                 }
             }
-            Event::PeerStats { peer, stats } => self.on_peer_stats(&peer, stats),
+            Event::PeerStats { peer, stats } => self.on_peer_stats(&peer, *stats),
             Event::Chat(message) => self.on_chat(message),
             Event::ChatNotSent(text) => self.toast(format!("Not sent (offline): {text}")),
             Event::LocalMedia(state) => {

@@ -535,6 +535,8 @@ fn video_grid(app: &mut HuddleApp, ui: &mut egui::Ui) {
     let meter = app.display_meter.as_ref();
     let muted = app.local.audio_muted && !app.push_to_talk;
     let now = std::time::Instant::now();
+    let pixels_per_point = ui.ctx().pixels_per_point();
+    let mut tile_widths = std::collections::HashMap::new();
     let Some(call) = app.call.as_mut() else {
         return;
     };
@@ -616,6 +618,10 @@ fn video_grid(app: &mut HuddleApp, ui: &mut egui::Ui) {
         }
         let mut pin = None;
         for ((p, rect), speaking) in call.peers.iter().zip(rects).zip(speaking) {
+            tile_widths.insert(
+                p.info.id.clone(),
+                (rect.width() * pixels_per_point).round().max(0.0) as u32,
+            );
             let hand = call.hand_position(&p.info.id);
             let tile = draw_tile(
                 ui,
@@ -694,6 +700,19 @@ fn video_grid(app: &mut HuddleApp, ui: &mut egui::Ui) {
     }
     if let Some(place) = new_self_place {
         app.self_view = place;
+    }
+    // In a room on the SFU each peer's picture comes in the size its tile needs: tell the
+    // engine when a tile changes size noticeably (a window dragged wider sends a few, not one
+    // per frame).
+    let changed = tile_widths.len() != app.tile_widths_sent.len()
+        || tile_widths.iter().any(|(peer, w)| {
+            app.tile_widths_sent
+                .get(peer)
+                .is_none_or(|old| (*w as f32 - *old as f32).abs() > *old as f32 * 0.15)
+        });
+    if changed {
+        app.tile_widths_sent = tile_widths.clone();
+        app.command(crate::engine::Command::SetTileWidths(tile_widths));
     }
     if toggle_fullscreen {
         app.toggle_fullscreen();
