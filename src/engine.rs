@@ -596,7 +596,7 @@ struct SfuLink {
     publisher: Option<SessionHandle>,
     subscriber: Option<SessionHandle>,
     /// Whose each track on the subscribing connection is, by its mid (from `sfu_offer`).
-    owners: tokio::sync::watch::Sender<HashMap<String, PeerId>>,
+    owners: tokio::sync::watch::Sender<HashMap<String, session::StreamOwner>>,
     /// Which simulcast layer of each peer to receive.
     layers: crate::media::simulcast::LayerChooser<PeerId>,
     /// The publishing connection's last estimate (bits per second) and loss, for the audio.
@@ -843,7 +843,7 @@ impl Engine {
             None => {}
         }
         let budget = session::video_budget_bps(crate::rtc::estimator::INITIAL_BPS as u64);
-        for session in self.peers.values().filter_map(|e| e.session.as_ref()) {
+        for session in self.media_sessions() {
             session.attach_screen(Some(share.subscribe(session::screen_share_bps(budget))));
         }
         self.screen = Some(share);
@@ -864,13 +864,25 @@ impl Engine {
             }));
     }
 
+    /// The connections our media goes out on: one per peer, or the one publishing to the SFU.
+    fn media_sessions(&self) -> Vec<&SessionHandle> {
+        match &self.sfu {
+            Some(link) => link.publisher.iter().collect(),
+            None => self
+                .peers
+                .values()
+                .filter_map(|e| e.session.as_ref())
+                .collect(),
+        }
+    }
+
     /// Ends our screen share: its capture and encoder stop, and peers are told.
     async fn stop_screen_share(&mut self) {
         if self.screen.take().is_none() {
             return;
         }
         self.set_system_sound(None);
-        for session in self.peers.values().filter_map(|e| e.session.as_ref()) {
+        for session in self.media_sessions() {
             session.attach_screen(None);
         }
         self.announce_media_state(None);
@@ -1044,14 +1056,27 @@ impl Engine {
             Command::Transfer(TransferCommand::SendFiles { paths, to: None })
                 if !self.peers.is_empty() =>
             {
-                for peer in self.peers.keys() {
+                let peers: Vec<PeerId> = self.peers.keys().cloned().collect();
+                for peer in peers {
+                    self.ensure_file_connection(&peer);
                     self.transfers.send(TransferCommand::SendFiles {
                         paths: paths.clone(),
-                        to: Some(peer.clone()),
+                        to: Some(peer),
                     });
                 }
             }
-            Command::Transfer(cmd) => self.transfers.send(cmd),
+            Command::Transfer(cmd) => {
+                // In a room on the SFU the connection for files is made when needed.
+                match &cmd {
+                    TransferCommand::SendFiles { to: Some(peer), .. }
+                    | TransferCommand::Retry { peer, .. } => {
+                        let peer = peer.clone();
+                        self.ensure_file_connection(&peer);
+                    }
+                    _ => {}
+                }
+                self.transfers.send(cmd);
+            }
             Command::RestartIce(peer) => {
                 if let Some(s) = self.peers.get(&peer).and_then(|e| e.session.as_ref()) {
                     s.restart_ice();
@@ -1248,8 +1273,9 @@ impl Engine {
                 return;
             }
         };
-        if self.sfu.is_some() {
-            // In a room on the SFU only media states travel between peers.
+        // In a room on the SFU media states travel with session 0; other signals are for the
+        // connections two peers make for files (below, as in a mesh).
+        if self.sfu.is_some() && envelope.session == SFU_MEDIA_STATE_SESSION {
             if let Signal::MediaState {
                 audio,
                 video,
@@ -1308,19 +1334,48 @@ impl Engine {
         }
     }
 
+    /// A connection to `peer`: for our media in a mesh; in a room on the SFU, whose media goes
+    /// through the SFU, only for files.
     fn start_session(&mut self, peer: &PeerId, session_id: u32, initiator: bool) {
-        if self.sfu.is_some() {
-            // Media goes through the SFU; no peer-to-peer connections.
-            return;
-        }
         let Some(me) = self.my_id.clone() else { return };
         let mut config = SessionConfig::new(me, peer.clone(), session_id, initiator);
         config.ice_servers = self.ice_servers.clone();
         config.bind_addrs = self.bind_addrs.clone();
         config.read_stamps = self.read_stamps;
         config.relay_only = self.relay_only;
+        config.data_only = self.sfu.is_some();
         let initial_budget = session::video_budget_bps(crate::rtc::estimator::INITIAL_BPS as u64);
-        let media = SessionMedia {
+        let media = if config.data_only {
+            SessionMedia {
+                video: None,
+                video_layers: Vec::new(),
+                screen: None,
+                audio: None,
+                playout: self.playout.clone(),
+                on_video_frame: self.wake.clone(),
+            }
+        } else {
+            self.mesh_media(initial_budget)
+        };
+        let handle = session::spawn(config, media, self.session_tx.clone());
+        if let Some(entry) = self.peers.get_mut(peer) {
+            entry.session = Some(handle);
+            entry.rebuild_at = None;
+        }
+    }
+
+    /// In a room on the SFU: a file connection to `peer` unless there is one.
+    fn ensure_file_connection(&mut self, peer: &PeerId) {
+        let needed =
+            self.sfu.is_some() && self.peers.get(peer).is_some_and(|e| e.session.is_none());
+        if needed {
+            self.start_session(peer, rand::random(), true);
+        }
+    }
+
+    /// What a mesh connection sends: our camera, screen and microphone.
+    fn mesh_media(&self, initial_budget: u32) -> SessionMedia {
+        SessionMedia {
             video: self.video.as_ref().map(|v| v.subscribe(initial_budget)),
             video_layers: Vec::new(),
             screen: self
@@ -1330,11 +1385,6 @@ impl Engine {
             audio: Some(self.audio.subscribe()),
             playout: self.playout.clone(),
             on_video_frame: self.wake.clone(),
-        };
-        let handle = session::spawn(config, media, self.session_tx.clone());
-        if let Some(entry) = self.peers.get_mut(peer) {
-            entry.session = Some(handle);
-            entry.rebuild_at = None;
         }
     }
 
@@ -1374,6 +1424,11 @@ impl Engine {
             return;
         }
         self.leave_sfu().await;
+        // Connections made for files give way to full ones.
+        let peers: Vec<PeerId> = self.peers.keys().cloned().collect();
+        for peer in &peers {
+            self.drop_session(peer).await;
+        }
         let Some(me) = self.my_id.clone() else {
             return;
         };
@@ -1413,7 +1468,11 @@ impl Engine {
                     .as_ref()
                     .map(|v| v.subscribe_layers())
                     .unwrap_or_default(),
-                screen: None,
+                screen: self.screen.as_ref().map(|s| {
+                    let initial =
+                        session::video_budget_bps(crate::rtc::estimator::INITIAL_BPS as u64);
+                    s.subscribe(session::screen_share_bps(initial))
+                }),
                 audio: Some(self.audio.subscribe()),
                 playout: self.playout.clone(),
                 on_video_frame: self.wake.clone(),
@@ -1445,7 +1504,11 @@ impl Engine {
         }
         link.owners.send_modify(|owners| {
             for s in streams {
-                owners.insert(s.mid, s.peer_id);
+                let owner = session::StreamOwner {
+                    peer: s.peer_id,
+                    screen: s.kind == "screen",
+                };
+                owners.insert(s.mid, owner);
             }
         });
         if link.subscriber.is_none() {
@@ -1495,6 +1558,9 @@ impl Engine {
             }
             SessionEvent::RemoteVideoOf { peer, video } => {
                 self.emit(Event::PeerVideo { peer, video }).await;
+            }
+            SessionEvent::RemoteScreenOf { peer, video } => {
+                self.emit(Event::PeerScreen { peer, video }).await;
             }
             SessionEvent::Connected { setup, .. } => {
                 tracing::info!(publisher, ?setup, "connected to the SFU");
@@ -1591,7 +1657,9 @@ impl Engine {
                 self.emit(Event::PeerVideo { peer, video }).await;
             }
             // Only connections with the SFU carry other peers' tracks.
-            SessionEvent::RemoteVideoOf { .. } | SessionEvent::KeyframeWanted { .. } => {}
+            SessionEvent::RemoteVideoOf { .. }
+            | SessionEvent::RemoteScreenOf { .. }
+            | SessionEvent::KeyframeWanted { .. } => {}
             SessionEvent::FileChannel(channel) => {
                 self.transfers.send(TransferCommand::PeerConnected {
                     peer: peer.clone(),
@@ -1685,6 +1753,10 @@ impl Engine {
         let Some(me) = self.my_id.as_ref() else {
             return;
         };
+        if self.sfu.is_some() {
+            // A connection for files is made again when a file needs it.
+            return;
+        }
         if me >= peer {
             return;
         }

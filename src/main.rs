@@ -309,9 +309,10 @@ struct ServeArgs {
     )]
     webhook_secret: Option<String>,
     /// A Janus gateway (its WebSocket API, `ws://HOST:8188`) to put big rooms on: a room with
-    /// more than --sfu-above people moves onto it. Not with --redis (yet).
+    /// more than --sfu-above people moves onto it. Repeatable: each room goes on the instance
+    /// carrying the fewest people. Not with --redis (yet).
     #[arg(long)]
-    sfu: Option<String>,
+    sfu: Vec<String>,
     /// The Janus VideoRoom plugin's `admin_key`, which lets only this server create rooms there.
     #[arg(
         long,
@@ -438,7 +439,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 rejoin_secret,
                 joins_per_minute: args.joins_per_minute,
             },
-            sfu_above: args.sfu.as_ref().map(|_| args.sfu_above),
+            sfu_above: (!args.sfu.is_empty()).then_some(args.sfu_above),
             ..Default::default()
         },
         max_connections: args.max_connections,
@@ -468,12 +469,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             )?),
             None => None,
         },
-        sfu: args.sfu.as_ref().map(|url| signaling::sfu::SfuConfig {
-            janus: signaling::janus::JanusConfig {
-                url: url.clone(),
-                admin_key: args.sfu_secret.clone(),
-                api_secret: None,
-            },
+        sfu: (!args.sfu.is_empty()).then(|| signaling::sfu::SfuConfig {
+            janus: args
+                .sfu
+                .iter()
+                .map(|url| signaling::janus::JanusConfig {
+                    url: url.clone(),
+                    admin_key: args.sfu_secret.clone(),
+                    api_secret: None,
+                })
+                .collect(),
             publishers: args.max_room_size,
         }),
         webhooks: args.webhook_secret.as_ref().map(|secret| {

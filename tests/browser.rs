@@ -723,11 +723,11 @@ async fn browsers_move_onto_the_janus_sfu_when_the_room_grows_and_see_each_other
     let mut config = test_config();
     config.hub.sfu_above = Some(2);
     config.sfu = Some(huddle::signaling::sfu::SfuConfig {
-        janus: huddle::signaling::janus::JanusConfig {
+        janus: vec![huddle::signaling::janus::JanusConfig {
             url: janus.url.clone(),
             admin_key: Some(common::janus::ADMIN_KEY.into()),
             api_secret: None,
-        },
+        }],
         publishers: 6,
     });
     let server = start_server(config).await;

@@ -118,11 +118,11 @@ fn sfu_server_config(janus: &JanusProcess, above: usize) -> huddle::signaling::S
     let mut config = common::test_config();
     config.hub.sfu_above = Some(above);
     config.sfu = Some(huddle::signaling::sfu::SfuConfig {
-        janus: JanusConfig {
+        janus: vec![JanusConfig {
             url: janus.url.clone(),
             admin_key: Some(ADMIN_KEY.into()),
             api_secret: None,
-        },
+        }],
         publishers: 16,
     });
     config
@@ -330,5 +330,135 @@ async fn each_receiver_gets_the_simulcast_layer_its_tiles_need() {
             (p.videos.get(&ids[1])?.stats().frames_decoded >= at + 30).then_some(())
         })
         .await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_screen_shared_in_a_room_on_the_sfu_reaches_everyone_and_ends() {
+    let janus = JanusProcess::start().await;
+    let server = common::start_server(sfu_server_config(&janus, 0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut peers = Vec::new();
+    join_sfu_peers(&server.url(), "sharing", 0..3, dir.path(), &mut peers).await;
+    all_decode_all(&mut peers, 15, &Default::default()).await;
+    let sharer = peers[0].id.clone().unwrap();
+    peers[0].send(huddle::engine::Command::StartScreenShare {
+        source: huddle::engine::ScreenSource::Test {
+            width: 1280,
+            height: 720,
+            source_id: 9,
+        },
+        fps: 10,
+        sound: false,
+    });
+    for p in &mut peers[1..] {
+        // The share arrives as the sharer's screen, apart from its camera.
+        let frames = p
+            .until(std::time::Duration::from_secs(30), |p| {
+                let s = p.screens.get(&sharer)?.stats();
+                (s.frames_decoded >= 5 && (s.width, s.height) == (1280, 720))
+                    .then_some(s.frames_decoded)
+            })
+            .await;
+        assert!(frames >= 5);
+        let (camera, screen) = (&p.videos[&sharer], &p.screens[&sharer]);
+        assert!(
+            !std::sync::Arc::ptr_eq(camera, screen),
+            "the camera stays apart"
+        );
+        // The others learnt it is a share (it may have come before the pictures).
+        let told = |e: &huddle::engine::Event| matches!(e, huddle::engine::Event::PeerMediaState { peer, screen: true, .. } if *peer == sharer);
+        if !p.seen.iter().any(told) {
+            p.wait_for(std::time::Duration::from_secs(10), |e| {
+                told(e).then_some(())
+            })
+            .await;
+        }
+    }
+    peers[0].send(huddle::engine::Command::StopScreenShare);
+    for p in &mut peers[1..] {
+        p.wait_for(std::time::Duration::from_secs(10), |e| match e {
+            huddle::engine::Event::PeerMediaState {
+                peer,
+                screen: false,
+                ..
+            } if *peer == sharer => Some(()),
+            _ => None,
+        })
+        .await;
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_in_a_room_on_the_sfu_goes_peer_to_peer_on_a_connection_made_for_it() {
+    use huddle::transfer::{Direction, TransferCommand, TransferState};
+    use sha2::Digest;
+    let janus = JanusProcess::start().await;
+    let server = common::start_server(sfu_server_config(&janus, 0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut peers = Vec::new();
+    join_sfu_peers(&server.url(), "files", 0..3, dir.path(), &mut peers).await;
+    all_decode_all(&mut peers, 15, &Default::default()).await;
+    let receiver = peers[1].id.clone().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join("notes.bin");
+    let data: Vec<u8> = (0..400_000u32).map(|i| (i * 7 + i / 13) as u8).collect();
+    std::fs::write(&path, &data).unwrap();
+    peers[0].send(huddle::engine::Command::Transfer(
+        TransferCommand::SendFiles {
+            paths: vec![path],
+            to: Some(receiver.clone()),
+        },
+    ));
+    peers[1]
+        .transfer_update(std::time::Duration::from_secs(30), |u| {
+            assert!(!matches!(u.state, TransferState::Failed(_)), "{u:?}");
+            u.direction == Direction::Incoming && u.state == TransferState::Completed
+        })
+        .await;
+    let got = std::fs::read(dir.path().join("notes.bin")).unwrap();
+    assert_eq!(sha2::Sha256::digest(&got), sha2::Sha256::digest(&data));
+    // The connection carried only the file: the pictures still come through the SFU.
+    let sender = peers[0].id.clone().unwrap();
+    let before = peers[1].videos[&sender].stats().frames_decoded;
+    peers[1]
+        .until(std::time::Duration::from_secs(10), |p| {
+            (p.videos[&sender].stats().frames_decoded >= before + 15).then_some(())
+        })
+        .await;
+    server.shutdown().await;
+}
+
+/// How many VideoRoom rooms a Janus instance holds (private ones too: the admin key lists them).
+async fn rooms_on(janus: &JanusProcess, tasks: &mut JoinSet<()>) -> usize {
+    let client = connect(&janus.url, Some(ADMIN_KEY), tasks).await;
+    let handle = client.attach().await.unwrap();
+    let body = json!({ "request": "list", "admin_key": ADMIN_KEY });
+    let (data, _) = client.message(handle, body, None).await.unwrap();
+    data["list"].as_array().map_or(0, |l| l.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_spread_over_two_janus_instances_and_each_works() {
+    let (first, second) = (JanusProcess::start().await, JanusProcess::start().await);
+    let mut config = sfu_server_config(&first, 0);
+    if let Some(sfu) = config.sfu.as_mut() {
+        sfu.janus.push(JanusConfig {
+            url: second.url.clone(),
+            admin_key: Some(ADMIN_KEY.into()),
+            api_secret: None,
+        });
+    }
+    let server = common::start_server(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut east, mut west) = (Vec::new(), Vec::new());
+    join_sfu_peers(&server.url(), "east", 0..2, dir.path(), &mut east).await;
+    join_sfu_peers(&server.url(), "west", 2..4, dir.path(), &mut west).await;
+    all_decode_all(&mut east, 15, &Default::default()).await;
+    all_decode_all(&mut west, 15, &Default::default()).await;
+    let mut tasks = JoinSet::new();
+    assert_eq!(rooms_on(&first, &mut tasks).await, 1, "one room on each");
+    assert_eq!(rooms_on(&second, &mut tasks).await, 1, "one room on each");
     server.shutdown().await;
 }

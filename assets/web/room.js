@@ -621,10 +621,12 @@ class SfuLink {
     const stream = this.mids.get(ev.transceiver.mid);
     const peer = stream && this.room.peers.get(stream.peer_id);
     if (!peer) return;
-    for (const old of peer.camera.getTracks().filter((t) => t.kind === ev.track.kind)) {
-      peer.camera.removeTrack(old);
+    // A screen share goes where the mesh puts one: the peer's presentation.
+    const target = stream.kind === 'screen' ? peer.screen : peer.camera;
+    for (const old of target.getTracks().filter((t) => t.kind === ev.track.kind)) {
+      target.removeTrack(old);
     }
-    peer.camera.addTrack(ev.track);
+    target.addTrack(ev.track);
     this.room.ui.track(peer);
   }
 

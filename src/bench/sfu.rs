@@ -1,5 +1,5 @@
 //! `bench --only sfu`: the same call with 4, 6, 8 and 12 headless peers as a peer-to-peer mesh
-//! (where the mesh goes: up to 6) and on a local Janus SFU, everything on this machine. Per
+//! (where the mesh goes: up to 8, past which it has no use on this machine) and on a local Janus SFU, everything on this machine. Per
 //! peer: CPU, upload bitrate and received frame rate; and Janus's own CPU.
 
 use super::{BenchError, BenchOptions, Proc, fail, num, peer_args, start_server, stats};
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 const ADMIN_KEY: &str = "huddle bench admin key";
 const SIZES: [usize; 4] = [4, 6, 8, 12];
-const MESH_UP_TO: usize = 6;
+const MESH_UP_TO: usize = 8;
 
 /// A Janus on this machine for the run, killed when dropped.
 struct Janus(janus::LocalJanus);

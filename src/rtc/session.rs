@@ -88,7 +88,17 @@ pub struct SessionConfig {
     pub relay_only: bool,
     /// A connection with the SFU that receives several peers' media: whose each received
     /// track is, by its track id (the SFU names tracks by their `mid`).
-    pub stream_owners: Option<watch::Receiver<HashMap<String, PeerId>>>,
+    pub stream_owners: Option<watch::Receiver<HashMap<String, StreamOwner>>>,
+    /// Only the file data channel, no media sections (two peers in a room on the SFU, whose
+    /// media goes through the SFU, sending each other files).
+    pub data_only: bool,
+}
+
+/// Whose a track received from the SFU is, and whether it is their screen share.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamOwner {
+    pub peer: PeerId,
+    pub screen: bool,
 }
 
 impl SessionConfig {
@@ -104,6 +114,7 @@ impl SessionConfig {
             ice_check_interval: Duration::from_millis(20),
             relay_only: false,
             stream_owners: None,
+            data_only: false,
         }
     }
 }
@@ -220,6 +231,11 @@ pub enum SessionEvent {
     },
     /// The peer's screen-share track arrived (its pictures come while the peer shares).
     RemoteScreen(Arc<RemoteVideo>),
+    /// On a connection with the SFU: `peer`'s screen-share track arrived.
+    RemoteScreenOf {
+        peer: PeerId,
+        video: Arc<RemoteVideo>,
+    },
     /// The file data channel is open; the receiver of this event owns it from now on.
     FileChannel(Arc<dyn DataChannel>),
     RemoteMediaState {
@@ -851,6 +867,28 @@ impl Actor {
 
     /// Adds our two tracks and the pre-negotiated file channel, and starts their tasks.
     async fn add_media(&mut self, media: SessionMedia) -> Result<(), RtcError> {
+        if !self.config.data_only {
+            self.add_tracks(media).await?;
+        }
+        if self.config.initiator {
+            let channel = self
+                .pc
+                .create_data_channel(
+                    FILE_CHANNEL_LABEL,
+                    Some(RTCDataChannelInit {
+                        ordered: true,
+                        ..Default::default()
+                    }),
+                )
+                .await
+                .map_err(|e| RtcError::Setup(format!("data channel: {e}")))?;
+            self.watch_file_channel(channel);
+        }
+        Ok(())
+    }
+
+    /// Our camera, microphone and screen tracks, and their sending tasks.
+    async fn add_tracks(&mut self, media: SessionMedia) -> Result<(), RtcError> {
         let video_ssrc: u32 = rand::random();
         self.video_ssrc = video_ssrc;
         let layer_ssrcs: Vec<u32> = media.video_layers.iter().map(|_| rand::random()).collect();
@@ -900,21 +938,6 @@ impl Actor {
                 rx,
                 self.connected.subscribe(),
             ));
-        }
-
-        if self.config.initiator {
-            let channel = self
-                .pc
-                .create_data_channel(
-                    FILE_CHANNEL_LABEL,
-                    Some(RTCDataChannelInit {
-                        ordered: true,
-                        ..Default::default()
-                    }),
-                )
-                .await
-                .map_err(|e| RtcError::Setup(format!("data channel: {e}")))?;
-            self.watch_file_channel(channel);
         }
         Ok(())
     }
@@ -1209,8 +1232,12 @@ impl Actor {
         }
     }
 
-    /// A track on a connection with the SFU, from `owner`.
-    async fn receive_track_of(&mut self, owner: PeerId, track: Arc<dyn TrackRemote>) {
+    /// A track on a connection with the SFU: `owner`'s camera, screen or microphone.
+    async fn receive_track_of(&mut self, owner: StreamOwner, track: Arc<dyn TrackRemote>) {
+        let StreamOwner {
+            peer: owner,
+            screen,
+        } = owner;
         match track.kind().await {
             RtpCodecKind::Video => {
                 let shared = Arc::new(VideoReceiveShared::default());
@@ -1223,11 +1250,18 @@ impl Actor {
                         let _ = events.try_send((remote.clone(), id, wanted));
                     })
                 };
-                if let Some(video) =
-                    self.start_video_receive(track, owner.as_str(), shared, Some(ask))
-                {
-                    self.emit(SessionEvent::RemoteVideoOf { peer: owner, video })
-                        .await;
+                let name = if screen {
+                    format!("{owner}-screen")
+                } else {
+                    owner.to_string()
+                };
+                if let Some(video) = self.start_video_receive(track, &name, shared, Some(ask)) {
+                    let event = if screen {
+                        SessionEvent::RemoteScreenOf { peer: owner, video }
+                    } else {
+                        SessionEvent::RemoteVideoOf { peer: owner, video }
+                    };
+                    self.emit(event).await;
                 }
             }
             RtpCodecKind::Audio => self.start_audio_receive(track, owner.to_string()),

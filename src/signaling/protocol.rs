@@ -126,7 +126,7 @@ pub enum SfuTarget {
 pub struct SfuStream {
     pub mid: String,
     pub peer_id: PeerId,
-    /// `audio` or `video`.
+    /// `audio`, `video` (the camera) or `screen` (a screen share's video).
     pub kind: String,
 }
 

@@ -20,7 +20,8 @@ use tracing::{debug, info, warn};
 
 #[derive(Clone, Debug)]
 pub struct SfuConfig {
-    pub janus: JanusConfig,
+    /// One or more Janus instances: each room goes on the one carrying the fewest people.
+    pub janus: Vec<JanusConfig>,
     /// Publishers a Janus room admits (the room's capacity on the SFU).
     pub publishers: usize,
 }
@@ -38,6 +39,8 @@ struct Member {
     published: bool,
     /// Janus announced the feed (its media is up): others can subscribe to it.
     live: bool,
+    /// The media sections Janus has of its feed (a browser guest publishes no screen section).
+    mids: Vec<String>,
     /// Feeds the subscriber connection has asked for.
     subscribed: BTreeSet<u64>,
     /// An offer sent to the client and not yet answered: further changes wait for it.
@@ -54,22 +57,58 @@ struct Member {
     keyframe_asked: Option<std::time::Instant>,
 }
 
+/// The media section a Huddle publisher (native or browser) sends its screen share in: after
+/// camera and microphone.
+const SCREEN_MID: &str = "2";
+
 /// Keyframe requests for one publisher at most this often, however many ask.
 const KEYFRAME_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 struct Room {
+    /// Which Janus instance it is on (`Actor::instances`).
+    instance: usize,
     janus_room: u64,
     secret: String,
     members: HashMap<ConnId, Member>,
 }
 
-struct Actor {
+/// One Janus gateway and the handle the orchestrator administers its rooms through.
+struct Instance {
     janus: Janus,
     admin: u64,
+    url: String,
+    /// Its connection is up (a lost one takes no new rooms).
+    up: bool,
+}
+
+struct Actor {
+    instances: Vec<Instance>,
     config: SfuConfig,
     rooms: HashMap<String, Room>,
     room_of: HashMap<ConnId, String>,
     deliver: mpsc::Sender<Delivery>,
+}
+
+/// Publishers in a Janus answer or event: each feed's id and the mids of its media sections.
+fn feeds_of(publishers: &Value) -> Vec<(u64, Vec<String>)> {
+    let Some(list) = publishers.as_array() else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(|p| {
+            let mids = p["streams"]
+                .as_array()
+                .map(|streams| {
+                    streams
+                        .iter()
+                        .filter(|s| s["disabled"].as_bool() != Some(true))
+                        .filter_map(|s| s["mid"].as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            Some((p["id"].as_u64()?, mids))
+        })
+        .collect()
 }
 
 fn random_token() -> String {
@@ -81,22 +120,53 @@ fn random_id() -> u64 {
     rand::random::<u64>() & ((1 << 53) - 1)
 }
 
-/// Connects to Janus and starts the orchestrator in `tasks`. Its input is the hub's SFU work;
-/// its output, messages for clients.
+/// A Janus instance's unasked message, or `None` when its connection ended.
+type InstanceEvent = (usize, Option<Value>);
+
+/// Connects to every Janus instance and starts the orchestrator in `tasks`. Its input is the
+/// hub's SFU work; its output, messages for clients. Fails if any instance cannot be reached
+/// (a configuration mistake is better found at start).
 pub async fn spawn(
     config: SfuConfig,
     tasks: &mut JoinSet<()>,
     cancel: CancellationToken,
 ) -> Result<(mpsc::Sender<SfuWork>, mpsc::Receiver<Delivery>), JanusError> {
-    let (janus, events) =
-        Janus::connect_with_events(config.janus.clone(), tasks, cancel.clone()).await?;
-    let admin = janus.attach().await?;
-    info!(url = %config.janus.url, "connected to the Janus SFU");
+    let (events_tx, events) = mpsc::channel::<InstanceEvent>(4096);
+    let mut instances = Vec::new();
+    for (index, janus_config) in config.janus.iter().enumerate() {
+        let (janus, mut from_janus) =
+            Janus::connect_with_events(janus_config.clone(), tasks, cancel.clone()).await?;
+        let admin = janus.attach().await?;
+        info!(url = %janus_config.url, "connected to a Janus SFU");
+        let events_tx = events_tx.clone();
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    e = from_janus.recv() => {
+                        let ended = e.is_none();
+                        if events_tx.send((index, e)).await.is_err() || ended {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        instances.push(Instance {
+            janus,
+            admin,
+            url: janus_config.url.clone(),
+            up: true,
+        });
+    }
+    if instances.is_empty() {
+        return Err(JanusError::Launch("no Janus instance configured".into()));
+    }
     let (work_tx, work_rx) = mpsc::channel(4096);
     let (deliver, deliveries) = mpsc::channel(4096);
     let actor = Actor {
-        janus,
-        admin,
+        instances,
         config,
         rooms: HashMap::new(),
         room_of: HashMap::new(),
@@ -110,7 +180,7 @@ impl Actor {
     async fn run(
         mut self,
         mut work: mpsc::Receiver<SfuWork>,
-        mut events: mpsc::Receiver<Value>,
+        mut events: mpsc::Receiver<InstanceEvent>,
         cancel: CancellationToken,
     ) {
         loop {
@@ -121,20 +191,67 @@ impl Actor {
                     None => break,
                 },
                 e = events.recv() => match e {
-                    Some(e) => self.on_janus_event(e).await,
-                    None => {
-                        warn!("lost the connection to Janus; rooms on the SFU stop working");
-                        break;
-                    }
+                    Some((instance, Some(e))) => self.on_janus_event(instance, e).await,
+                    Some((instance, None)) => self.instance_lost(instance).await,
+                    None => break,
                 },
             }
         }
         for room in std::mem::take(&mut self.rooms).into_values() {
-            let _ = self
-                .janus
-                .destroy_room(self.admin, room.janus_room, &room.secret)
-                .await;
+            if let Some(at) = self.instances.get(room.instance) {
+                let _ = at
+                    .janus
+                    .destroy_room(at.admin, room.janus_room, &room.secret)
+                    .await;
+            }
         }
+    }
+
+    /// An instance's connection ended: its rooms' media stops, and their members are told;
+    /// new rooms go elsewhere.
+    async fn instance_lost(&mut self, instance: usize) {
+        let Some(at) = self.instances.get_mut(instance) else {
+            return;
+        };
+        at.up = false;
+        warn!(url = %at.url, "lost the connection to a Janus SFU; its rooms' media stops");
+        let lost = JanusError::Connect {
+            url: at.url.clone(),
+            reason: "connection lost".into(),
+        };
+        let conns: Vec<ConnId> = self
+            .rooms
+            .values()
+            .filter(|r| r.instance == instance)
+            .flat_map(|r| r.members.keys().copied())
+            .collect();
+        for conn in conns {
+            self.refuse(conn, &lost).await;
+        }
+    }
+
+    /// The instance with the fewest people on it among those up.
+    fn least_loaded(&self) -> Option<usize> {
+        let load = |i: usize| -> usize {
+            self.rooms
+                .values()
+                .filter(|r| r.instance == i)
+                .map(|r| r.members.len().max(1))
+                .sum()
+        };
+        (0..self.instances.len())
+            .filter(|i| self.instances[*i].up)
+            .min_by_key(|i| load(*i))
+    }
+
+    /// The Janus instance `room` is on.
+    fn janus_of(&self, room: &str) -> Option<&Instance> {
+        self.instances.get(self.rooms.get(room)?.instance)
+    }
+
+    /// The Janus instance `conn`'s room is on.
+    fn janus_for(&self, conn: ConnId) -> Option<&Instance> {
+        self.janus_of(self.room_of.get(&conn)?)
     }
 
     async fn on_work(&mut self, work: SfuWork) {
@@ -142,10 +259,16 @@ impl Actor {
             SfuWork::RoomOn { room, members } => {
                 let janus_room = random_id();
                 let secret = random_token();
-                let created = self
-                    .janus
-                    .create_room(self.admin, janus_room, &secret, self.config.publishers, &[])
-                    .await;
+                let instance = self.least_loaded();
+                let created = match instance.and_then(|i| self.instances.get(i)) {
+                    Some(at) => {
+                        at.janus
+                            .create_room(at.admin, janus_room, &secret, self.config.publishers, &[])
+                            .await
+                    }
+                    None => Err(JanusError::Launch("no Janus instance is up".into())),
+                };
+                let instance = instance.unwrap_or_default();
                 if let Err(e) = created {
                     warn!(error = %e, room, "cannot create the room on Janus");
                     for (conn, _) in members {
@@ -156,6 +279,7 @@ impl Actor {
                 self.rooms.insert(
                     room.clone(),
                     Room {
+                        instance,
                         janus_room,
                         secret,
                         members: HashMap::new(),
@@ -171,12 +295,14 @@ impl Actor {
                 if let Some(r) = self.rooms.remove(&room) {
                     for (conn, m) in r.members {
                         self.room_of.remove(&conn);
-                        self.detach(&m).await;
+                        self.detach(r.instance, &m).await;
                     }
-                    let _ = self
-                        .janus
-                        .destroy_room(self.admin, r.janus_room, &r.secret)
-                        .await;
+                    if let Some(at) = self.instances.get(r.instance) {
+                        let _ = at
+                            .janus
+                            .destroy_room(at.admin, r.janus_room, &r.secret)
+                            .await;
+                    }
                 }
             }
             SfuWork::Publish { conn, sdp } => self.publish(conn, sdp).await,
@@ -194,7 +320,8 @@ impl Actor {
                     }
                 });
                 if let Some(handle) = handle
-                    && let Err(e) = self.janus.trickle(handle, candidate).await
+                    && let Some(at) = self.janus_for(conn)
+                    && let Err(e) = at.janus.trickle(handle, candidate).await
                 {
                     debug!(error = %e, "Janus did not take a candidate");
                 }
@@ -212,7 +339,7 @@ impl Actor {
                 self.apply_layers(&room, conn).await;
             }
             SfuWork::Keyframe { conn, peer } => {
-                let Some((r, _)) = self.member(conn) else {
+                let Some((r, room)) = self.member(conn) else {
                     return;
                 };
                 let now = std::time::Instant::now();
@@ -227,7 +354,10 @@ impl Actor {
                 m.keyframe_asked = Some(now);
                 let publisher = m.publisher;
                 let body = json!({ "request": "configure", "keyframe": true });
-                if let Err(e) = self.janus.message(publisher, body, None).await {
+                let Some(at) = self.janus_of(&room) else {
+                    return;
+                };
+                if let Err(e) = at.janus.message(publisher, body, None).await {
                     debug!(error = %e, "Janus did not take a keyframe request");
                 }
             }
@@ -262,7 +392,10 @@ impl Actor {
             return;
         }
         let body = json!({ "request": "configure", "streams": streams });
-        if let Err(e) = self.janus.message(subscriber, body, None).await {
+        let Some(at) = self.janus_of(room) else {
+            return;
+        };
+        if let Err(e) = at.janus.message(subscriber, body, None).await {
             debug!(error = %e, "Janus did not take a layer choice");
         }
     }
@@ -282,19 +415,22 @@ impl Actor {
             return;
         };
         let (janus_room, secret) = (r.janus_room, r.secret.clone());
+        let Some(at) = self.instances.get(r.instance) else {
+            return;
+        };
         let token = random_token();
         let feed = random_id();
         let joined = async {
-            self.janus
+            at.janus
                 .allow(
-                    self.admin,
+                    at.admin,
                     janus_room,
                     &secret,
                     true,
                     std::slice::from_ref(&token),
                 )
                 .await?;
-            let publisher = self.janus.attach().await?;
+            let publisher = at.janus.attach().await?;
             let body = json!({
                 "request": "join",
                 "ptype": "publisher",
@@ -303,12 +439,9 @@ impl Actor {
                 "display": peer.as_str(),
                 "token": token,
             });
-            let (data, _) = self.janus.message(publisher, body, None).await?;
+            let (data, _) = at.janus.message(publisher, body, None).await?;
             // The publishers already there whose media is up.
-            let live: Vec<u64> = data["publishers"]
-                .as_array()
-                .map(|ps| ps.iter().filter_map(|p| p["id"].as_u64()).collect())
-                .unwrap_or_default();
+            let live = feeds_of(&data["publishers"]);
             Ok::<_, JanusError>((publisher, live))
         };
         match joined.await {
@@ -325,6 +458,7 @@ impl Actor {
                             subscriber: None,
                             published: false,
                             live: false,
+                            mids: Vec::new(),
                             subscribed: BTreeSet::new(),
                             offer_pending: false,
                             waiting: BTreeSet::new(),
@@ -335,7 +469,8 @@ impl Actor {
                         },
                     );
                 }
-                self.feeds_live(live).await;
+                let instance = self.rooms.get(room).map_or(0, |r| r.instance);
+                self.feeds_live(instance, live).await;
             }
             Err(e) => {
                 warn!(error = %e, room, "cannot add a member on Janus");
@@ -352,25 +487,30 @@ impl Actor {
         let Some(m) = r.members.remove(&conn) else {
             return;
         };
-        let (janus_room, secret) = (r.janus_room, r.secret.clone());
+        let (instance, janus_room, secret) = (r.instance, r.janus_room, r.secret.clone());
         // Its token is no good any more, so it cannot come back in with it.
-        let _ = self
-            .janus
-            .allow(
-                self.admin,
-                janus_room,
-                &secret,
-                false,
-                std::slice::from_ref(&m.token),
-            )
-            .await;
-        self.detach(&m).await;
+        if let Some(at) = self.instances.get(instance) {
+            let _ = at
+                .janus
+                .allow(
+                    at.admin,
+                    janus_room,
+                    &secret,
+                    false,
+                    std::slice::from_ref(&m.token),
+                )
+                .await;
+        }
+        self.detach(instance, &m).await;
     }
 
-    async fn detach(&self, m: &Member) {
-        let _ = self.janus.detach(m.publisher).await;
+    async fn detach(&self, instance: usize, m: &Member) {
+        let Some(at) = self.instances.get(instance) else {
+            return;
+        };
+        let _ = at.janus.detach(m.publisher).await;
         if let Some(s) = m.subscriber {
-            let _ = self.janus.detach(s).await;
+            let _ = at.janus.detach(s).await;
         }
     }
 
@@ -390,7 +530,10 @@ impl Actor {
         let publisher = m.publisher;
         let body = json!({ "request": "publish", "audio": true, "video": true, "data": false });
         let jsep = json!({ "type": "offer", "sdp": sdp });
-        match self.janus.message(publisher, body, Some(jsep)).await {
+        let Some(at) = self.janus_of(&room) else {
+            return;
+        };
+        match at.janus.message(publisher, body, Some(jsep)).await {
             Ok((_, Some(answer))) => {
                 let sdp = answer["sdp"].as_str().unwrap_or("").to_owned();
                 let _ = self
@@ -427,12 +570,18 @@ impl Actor {
         }
     }
 
-    /// Janus announced publishers whose media is up: everyone else in their room takes them.
-    async fn feeds_live(&mut self, feeds: Vec<u64>) {
-        for feed in feeds {
-            let found = self.rooms.iter_mut().find_map(|(room, r)| {
+    /// Janus `instance` announced publishers whose media is up: everyone else in their room
+    /// takes them.
+    async fn feeds_live(&mut self, instance: usize, feeds: Vec<(u64, Vec<String>)>) {
+        for (feed, mids) in feeds {
+            let mut on_instance = self
+                .rooms
+                .iter_mut()
+                .filter(|(_, r)| r.instance == instance);
+            let found = on_instance.find_map(|(room, r)| {
                 let (conn, m) = r.members.iter_mut().find(|(_, m)| m.feed == feed)?;
                 m.live = true;
+                m.mids = mids.clone();
                 let conn = *conn;
                 let others: Vec<ConnId> =
                     r.members.keys().copied().filter(|c| *c != conn).collect();
@@ -453,6 +602,14 @@ impl Actor {
             return;
         };
         let janus_room = r.janus_room;
+        let mids_of: HashMap<u64, Vec<String>> = r
+            .members
+            .values()
+            .map(|m| (m.feed, m.mids.clone()))
+            .collect();
+        let Some(at) = self.instances.get(r.instance) else {
+            return;
+        };
         let Some(m) = r.members.get_mut(&conn) else {
             return;
         };
@@ -464,21 +621,23 @@ impl Actor {
             m.waiting.extend(new);
             return;
         }
-        // Each publisher's camera and microphone: the first two media sections of its offer
-        // (Huddle's third is the screen, which this does not carry yet; its fourth data).
+        // Each publisher's camera, microphone and screen: the first three media sections of its
+        // offer (the fourth is data; files go peer to peer), those it has. The screen's sends
+        // nothing until its owner shares.
         let streams: Vec<Value> = new
             .iter()
             .flat_map(|f| {
-                [
-                    json!({ "feed": f, "mid": "0" }),
-                    json!({ "feed": f, "mid": "1" }),
-                ]
+                let has = |mid: &str| mids_of.get(f).is_some_and(|m| m.iter().any(|x| x == mid));
+                ["0", "1", SCREEN_MID]
+                    .into_iter()
+                    .filter(move |mid| *mid != SCREEN_MID || has(mid))
+                    .map(move |mid| json!({ "feed": f, "mid": mid }))
             })
             .collect();
         let (handle, body) = match m.subscriber {
             Some(h) => (h, json!({ "request": "update", "subscribe": streams })),
             None => {
-                let handle = match self.janus.attach().await {
+                let handle = match at.janus.attach().await {
                     Ok(h) => h,
                     Err(e) => return self.refuse(conn, &e).await,
                 };
@@ -496,7 +655,7 @@ impl Actor {
         };
         m.subscribed.extend(new.iter().copied());
         m.offer_pending = true;
-        match self.janus.message(handle, body, None).await {
+        match at.janus.message(handle, body, None).await {
             Ok((data, Some(jsep))) => self.offer(room, conn, &data, &jsep).await,
             // An update's offer may come as a later event (`on_janus_event`).
             Ok((_, None)) => {}
@@ -533,10 +692,13 @@ impl Actor {
                     .iter()
                     .filter(|s| s["active"].as_bool() != Some(false))
                     .filter_map(|s| {
-                        let kind = s["type"].as_str()?;
+                        let mut kind = s["type"].as_str()?;
                         let feed = s["feed_id"].as_u64()?;
                         let peer = by_feed.get(&feed)?;
                         let mid = s["mid"].as_str()?.to_owned();
+                        if kind == "video" && s["feed_mid"].as_str() == Some(SCREEN_MID) {
+                            kind = "screen";
+                        }
                         if kind == "video" {
                             video_mids.insert(feed, mid.clone());
                         }
@@ -574,7 +736,10 @@ impl Actor {
             return;
         };
         let jsep = json!({ "type": "answer", "sdp": sdp });
-        let started = self
+        let Some(at) = self.janus_of(&room) else {
+            return;
+        };
+        let started = at
             .janus
             .message(subscriber, json!({ "request": "start" }), Some(jsep))
             .await;
@@ -599,7 +764,7 @@ impl Actor {
 
     /// Janus's unasked messages: publishers whose media came up, a subscription's new offer
     /// after a publisher left.
-    async fn on_janus_event(&mut self, event: Value) {
+    async fn on_janus_event(&mut self, instance: usize, event: Value) {
         let Some(sender) = event["sender"].as_u64() else {
             return;
         };
@@ -607,15 +772,16 @@ impl Actor {
             .pointer("/plugindata/data/publishers")
             .and_then(Value::as_array)
         {
-            let feeds = publishers.iter().filter_map(|p| p["id"].as_u64()).collect();
-            self.feeds_live(feeds).await;
+            let feeds = feeds_of(&Value::Array(publishers.clone()));
+            self.feeds_live(instance, feeds).await;
             return;
         }
         let Some(jsep) = event.get("jsep").filter(|j| j["type"] == "offer") else {
             debug!(kind = %event["janus"], "Janus event");
             return;
         };
-        let found = self.rooms.iter().find_map(|(room, r)| {
+        let on_instance = self.rooms.iter().filter(|(_, r)| r.instance == instance);
+        let found = on_instance.into_iter().find_map(|(room, r)| {
             r.members
                 .iter()
                 .find(|(_, m)| m.subscriber == Some(sender))
