@@ -200,6 +200,10 @@ struct JoinArgs {
     /// A join token from `huddle token`.
     #[arg(long)]
     token: Option<String>,
+    /// Create the room large: on the server's SFU from the start, for up to its large-room
+    /// capacity (ignored by a server without an SFU).
+    #[arg(long)]
+    large: bool,
     /// Create the room private (not in the public list).
     #[arg(long)]
     private: bool,
@@ -222,6 +226,9 @@ struct ServeArgs {
     /// Most people in one room.
     #[arg(long, default_value_t = 6)]
     max_room_size: usize,
+    /// Most people in a room created large (with --sfu: on the SFU from the start).
+    #[arg(long, default_value_t = 50)]
+    max_large_room_size: usize,
     /// Most rooms on this server.
     #[arg(long, default_value_t = 1000)]
     max_rooms: usize,
@@ -433,6 +440,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ice_servers: args.ice_servers,
         hub: signaling::hub::HubConfig {
             max_room_size: args.max_room_size,
+            max_large_room_size: args.max_large_room_size.max(args.max_room_size),
             max_rooms: args.max_rooms,
             access: access::AccessConfig {
                 token_secret,
@@ -479,7 +487,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     api_secret: None,
                 })
                 .collect(),
-            publishers: args.max_room_size,
+            publishers: args.max_room_size.max(args.max_large_room_size),
         }),
         webhooks: args.webhook_secret.as_ref().map(|secret| {
             signaling::webhook::WebhookConfig::new(args.webhooks.clone(), secret.clone())
@@ -551,6 +559,7 @@ fn join(args: JoinArgs) -> anyhow::Result<()> {
             token: args.token,
             rejoin_token: None,
             private: args.private,
+            large: args.large,
             ..Default::default()
         },
         trusted_cert: args.trust_cert,

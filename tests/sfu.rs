@@ -462,3 +462,40 @@ async fn rooms_spread_over_two_janus_instances_and_each_works() {
     assert_eq!(rooms_on(&second, &mut tasks).await, 1, "one room on each");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_created_large_is_on_the_sfu_from_the_start() {
+    let janus = JanusProcess::start().await;
+    let server = common::start_server(sfu_server_config(&janus, 4)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut peers = Vec::new();
+    for i in 0..2 {
+        let mut p = sfu_peer(&server.url(), i, dir.path());
+        p.send(huddle::engine::Command::Join {
+            room: "Town hall".into(),
+            nickname: format!("peer{i}"),
+            access: huddle::engine::JoinAccess {
+                large: true,
+                ..Default::default()
+            },
+        });
+        p.wait_for(std::time::Duration::from_secs(10), |e| match e {
+            huddle::engine::Event::Joined { .. } => Some(()),
+            _ => None,
+        })
+        .await;
+        peers.push(p);
+    }
+    // Two people, far below the threshold of four, and their pictures come through the SFU:
+    // they never connect to each other.
+    all_decode_all(&mut peers, 15, &Default::default()).await;
+    for p in &peers {
+        assert!(
+            !p.seen
+                .iter()
+                .any(|e| matches!(e, huddle::engine::Event::PeerConnected { .. })),
+            "no peer-to-peer connection"
+        );
+    }
+    server.shutdown().await;
+}

@@ -16,6 +16,8 @@ pub type ConnId = u64;
 #[derive(Clone, Debug)]
 pub struct HubConfig {
     pub max_room_size: usize,
+    /// Capacity of a room created `large` (on the SFU from the start).
+    pub max_large_room_size: usize,
     pub max_rooms: usize,
     pub history_len: usize,
     pub access: AccessConfig,
@@ -28,6 +30,7 @@ impl Default for HubConfig {
     fn default() -> Self {
         HubConfig {
             max_room_size: 6,
+            max_large_room_size: 50,
             max_rooms: 1000,
             history_len: super::protocol::CHAT_HISTORY_LEN,
             access: AccessConfig::default(),
@@ -138,6 +141,8 @@ struct Room {
     password_hash: Option<String>,
     /// Media goes through the SFU instead of a mesh.
     sfu: bool,
+    /// Created large: on the SFU from the start, whatever its size, with the large capacity.
+    large: bool,
 }
 
 #[derive(Default)]
@@ -357,14 +362,14 @@ impl Hub {
                 self.config
                     .access
                     .check_password(existing.password_hash.as_deref(), &admission)?;
-                if existing.members.len() >= self.config.max_room_size {
+                let capacity = self.capacity(existing);
+                if existing.members.len() >= capacity {
                     return Err(Refusal::new(
                         ErrorCode::RoomFull,
                         format!(
-                            "room {:?} is full ({} of {})",
+                            "room {:?} is full ({} of {capacity})",
                             existing.display_name,
                             existing.members.len(),
-                            self.config.max_room_size
                         ),
                     ));
                 }
@@ -414,6 +419,7 @@ impl Hub {
                         private,
                         password_hash,
                         sfu: false,
+                        large: access.large && self.config.sfu_above.is_some(),
                     },
                 );
             }
@@ -464,7 +470,7 @@ impl Hub {
                 you: you.clone(),
                 peers,
                 history: room.history.iter().cloned().collect(),
-                capacity: self.config.max_room_size,
+                capacity: self.capacity(room),
                 private: room.private,
                 rejoin_token,
             },
@@ -500,7 +506,7 @@ impl Hub {
                 conn,
                 peer,
             }));
-        } else if room.members.len() > above {
+        } else if room.members.len() > above || room.large {
             room.sfu = true;
             let members = room.members.clone();
             out.push(HubOutput::Deliver {
@@ -817,6 +823,7 @@ impl Hub {
         // Back to a mesh once the room is below the threshold by one: a room that hovers at
         // the threshold does not move back and forth with every join and leave.
         if room.sfu
+            && !room.large
             && self
                 .config
                 .sfu_above
@@ -853,11 +860,19 @@ impl Hub {
         out.push(HubOutput::Deliver { to, msg });
     }
 
+    fn capacity(&self, room: &Room) -> usize {
+        if room.large {
+            self.config.max_large_room_size
+        } else {
+            self.config.max_room_size
+        }
+    }
+
     fn room_info(&self, room: &Room) -> RoomInfo {
         RoomInfo {
             name: room.display_name.clone(),
             people: room.members.len(),
-            capacity: self.config.max_room_size,
+            capacity: self.capacity(room),
             locked: room.password_hash.is_some(),
         }
     }
@@ -966,6 +981,62 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_room_created_large_is_on_the_sfu_from_its_first_member_and_holds_more() {
+        let mut h = Harness::new(HubConfig {
+            sfu_above: Some(4),
+            max_room_size: 6,
+            max_large_room_size: 8,
+            ..HubConfig::default()
+        });
+        for conn in 1..=10 {
+            h.connect(conn);
+        }
+        let large = JoinAccess {
+            large: true,
+            ..JoinAccess::default()
+        };
+        let join = |room: &str, nick: &str| ClientMessage::Join {
+            room: room.into(),
+            nickname: nick.into(),
+            access: large.clone(),
+        };
+        let first = h.msg(1, join("Town hall", "ann"));
+        assert!(to_conn(&first, 1).contains(&&ServerMessage::RoomMode { sfu: true }));
+        assert_eq!(
+            sfu_work(&first),
+            vec![SfuWork::RoomOn {
+                room: "town hall".into(),
+                members: vec![(1, PeerId("p1".into()))],
+            }]
+        );
+        let capacity = to_conn(&first, 1).iter().find_map(|m| match m {
+            ServerMessage::Joined { capacity, .. } => Some(*capacity),
+            _ => None,
+        });
+        assert_eq!(capacity, Some(8));
+        // Later joiners need not ask: the room is large. Eight fit, the ninth does not.
+        for conn in 2..=8 {
+            let joined = h.join(conn, "town hall", &format!("n{conn}"));
+            assert!(error_code(&joined, conn).is_none(), "{joined:?}");
+        }
+        assert_eq!(
+            error_code(&h.join(9, "town hall", "late"), 9),
+            Some(ErrorCode::RoomFull)
+        );
+        // Emptying down to one does not move it back to a mesh.
+        for conn in 2..=8 {
+            let left = h.msg(conn, ClientMessage::Leave);
+            assert!(!to_conn(&left, 1).contains(&&ServerMessage::RoomMode { sfu: false }));
+        }
+        // Without an SFU, `large` is a plain room.
+        let mut plain = Harness::new(HubConfig::default());
+        plain.connect(1);
+        let joined = plain.msg(1, join("Town hall", "ann"));
+        assert!(sfu_work(&joined).is_empty());
+        assert!(!to_conn(&joined, 1).contains(&&ServerMessage::RoomMode { sfu: true }));
     }
 
     #[test]

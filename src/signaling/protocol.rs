@@ -280,6 +280,10 @@ pub struct JoinAccess {
     /// When the room is created: keep it out of the public list.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub private: bool,
+    /// When the room is created on a server with an SFU: a large room, on the SFU from its
+    /// first member, up to the server's large-room capacity. Ignored without an SFU.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub large: bool,
     /// Server-side only, never on the wire: the password's hash, put here (and the password
     /// taken out) by the connection before the join reaches the hub, so the slow hashing runs
     /// off the hub (`access::hash_join_password`).

@@ -71,6 +71,8 @@ pub struct LobbyState {
     pub password_field: String,
     /// Create the new room private (not listed).
     pub private_new_room: bool,
+    /// Create the new room large (through the server's SFU, for many people).
+    pub large_new_room: bool,
     /// A join token from an invite link, sent with joins.
     pub token: Option<String>,
     /// Only rooms whose name contains this (any case) are listed.
@@ -426,6 +428,7 @@ impl HuddleApp {
             joining: None,
             password_field: String::new(),
             private_new_room: false,
+            large_new_room: false,
             token: None,
             filter: String::new(),
             preview: VideoTile::new("preview"),
@@ -642,11 +645,12 @@ impl HuddleApp {
     }
 
     pub fn join(&mut self, room: &str) {
-        self.join_with(room, false);
+        self.join_with(room, false, false);
     }
 
-    /// Joins (or creates, `private` if asked) a room with the lobby's password and token.
-    pub fn join_with(&mut self, room: &str, private: bool) {
+    /// Joins (or creates, `private` and `large` if asked) a room with the lobby's password and
+    /// token.
+    pub fn join_with(&mut self, room: &str, private: bool, large: bool) {
         let nickname = self.lobby.nickname_field.trim().to_owned();
         if nickname.is_empty() {
             // Keep the room: joining goes ahead once a nickname is chosen.
@@ -681,6 +685,7 @@ impl HuddleApp {
                 token: self.lobby.token.clone(),
                 rejoin_token: None,
                 private,
+                large,
                 ..Default::default()
             },
         });

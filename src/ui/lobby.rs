@@ -114,6 +114,10 @@ pub fn lobby_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
             let enter = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
             ui.checkbox(&mut app.lobby.private_new_room, "Private")
                 .on_hover_text("Keep the room out of the public list; share an invite link");
+            ui.checkbox(&mut app.lobby.large_new_room, "Large")
+                .on_hover_text(
+                    "For many people: everyone's video goes through the server (if it has an SFU)",
+                );
             let can =
                 !app.lobby.new_room.trim().is_empty() && app.connection == Connection::Connected;
             if (ui
@@ -123,8 +127,8 @@ pub fn lobby_ui(app: &mut HuddleApp, ui: &mut egui::Ui) {
                 && app.lobby.joining.is_none()
             {
                 let room = app.lobby.new_room.trim().to_owned();
-                let private = app.lobby.private_new_room;
-                app.join_with(&room, private);
+                let (private, large) = (app.lobby.private_new_room, app.lobby.large_new_room);
+                app.join_with(&room, private, large);
             }
         });
         ui.horizontal(|ui| {
