@@ -760,6 +760,63 @@ async fn browsers_move_onto_the_janus_sfu_when_the_room_grows_and_see_each_other
         assert_eq!(mesh, 0, "no peer-to-peer connections left");
     }
 
+    // Simulcast from the page: it offers three layers (the whole picture, a half, a quarter);
+    // Chrome encodes at most two for a 640x480 camera (its simulcast limit by resolution: the
+    // quarter is never started), which Janus copes with: a receiver asking for the missing
+    // smallest layer keeps the next one up ...
+    let layers = ann
+        .wait_for(
+            r#"(async () => {
+                const pc = huddle.call.room.sfu?.pub;
+                if (!pc) return null;
+                const out = [];
+                (await pc.getStats()).forEach((r) => {
+                    if (r.type === 'outbound-rtp' && r.kind === 'video' && r.rid && r.framesEncoded > 10) {
+                        out.push(`${r.rid}:${r.frameWidth}`);
+                    }
+                });
+                return out.length >= 2 ? out.sort() : null;
+            })()"#,
+            WAIT_MEDIA,
+        )
+        .await;
+    let layers: Vec<&str> = layers
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.as_str())
+        .collect();
+    assert!(
+        layers.contains(&"h:640") && layers.contains(&"m:320"),
+        "{layers:?}"
+    );
+    // ... and each received picture in the size its tile asked for.
+    let received = ann
+        .wait_for(
+            r#"(async () => {
+                const room = huddle.call.room;
+                const sizes = [160, 320, 640];
+                const out = {};
+                for (const p of room.peers.values()) {
+                    const layer = room.sfu?.layers.get(p.id);
+                    const track = p.camera.getVideoTracks()[0];
+                    if (layer == null || !track) return null;
+                    let width = 0;
+                    (await room.sfu.sub.getStats(track)).forEach((r) => {
+                        if (r.type === 'inbound-rtp' && r.kind === 'video') width = r.frameWidth;
+                    });
+                    // The quarter layer, when the publisher does not send it: the half.
+                    const ok = layer === 0 ? [160, 320] : [sizes[layer]];
+                    if (!ok.includes(width)) return null;
+                    out[p.nickname] = { layer, width, tile: huddle.call.tileWidth?.(p.id) ?? null };
+                }
+                return out;
+            })()"#,
+            WAIT_MEDIA,
+        )
+        .await;
+    eprintln!("ann receives the layers her tiles asked for: {received}");
+
     // A fourth joins the room on the SFU; one leaves; the others keep decoding.
     let dan = browser.open(&format!("{room}?name=dan")).await;
     joined(&dan).await;

@@ -367,6 +367,13 @@ class Call {
     this.transfers.attach(p.id, channel);
   }
 
+  /** How wide a peer's camera tile is drawn, in device pixels (null: no tile). */
+  tileWidth(id) {
+    const video = this.tiles.get(id)?.querySelector('video');
+    if (!video || !video.clientWidth) return null;
+    return Math.round(video.clientWidth * (window.devicePixelRatio || 1));
+  }
+
   peerGone(p) {
     this.transfers.peerGone(p.id);
     this.meters.unwatch(p.id);

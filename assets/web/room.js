@@ -566,12 +566,26 @@ class SfuLink {
     this.pub = null;
     this.sub = null;
     this.mids = new Map(); // mid -> { peer_id, kind }
+    this.layers = new Map(); // peer id -> the simulcast layer last asked for
+    // Each peer's layer follows its tile's size (checked every second: tiles change with the
+    // window and the number of people).
+    this.layerTimer = setInterval(() => this.askLayers(), 1000);
   }
 
   async publish() {
     const pc = new RTCPeerConnection({ iceServers: this.room.iceServers });
     this.pub = pc;
-    this.cameraTx = pc.addTransceiver('video', { direction: 'sendonly' });
+    // Simulcast as the native client sends it: the whole picture, a half and a quarter at
+    // 15 fps, highest first (the order the SFU reads), each receiver getting the one its tile
+    // needs.
+    this.cameraTx = pc.addTransceiver('video', {
+      direction: 'sendonly',
+      sendEncodings: [
+        { rid: 'h', maxBitrate: 900000 },
+        { rid: 'm', scaleResolutionDownBy: 2, maxBitrate: 300000 },
+        { rid: 'l', scaleResolutionDownBy: 4, maxBitrate: 60000, maxFramerate: 15 },
+      ],
+    });
     this.audioTx = pc.addTransceiver('audio', { direction: 'sendonly' });
     this.attachTracks();
     await pc.setLocalDescription();
@@ -630,7 +644,22 @@ class SfuLink {
     this.room.ui.track(peer);
   }
 
+  /** The layer of each peer's camera its tile needs: the smallest at least about as wide
+   * (160, 320 or 640 device pixels for a 640x480 camera, a quarter more allowed). */
+  askLayers() {
+    for (const s of this.mids.values()) {
+      if (s.kind !== 'video') continue;
+      const width = this.room.ui.tileWidth?.(s.peer_id);
+      if (width == null) continue;
+      const layer = width <= 200 ? 0 : width <= 400 ? 1 : 2;
+      if (this.layers.get(s.peer_id) === layer) continue;
+      this.layers.set(s.peer_id, layer);
+      this.room.send({ type: 'sfu_layer', peer_id: s.peer_id, layer });
+    }
+  }
+
   close() {
+    clearInterval(this.layerTimer);
     this.pub?.close();
     this.sub?.close();
     this.pub = this.sub = null;
