@@ -997,20 +997,29 @@ impl Engine {
                 self.emit_local_media().await;
             }
             Command::SetVideoSource(spec) => {
+                let first_camera = self.video.is_none();
                 let result = match self.video.as_mut() {
                     Some(video) => video.set_source(spec),
                     None => VideoSender::start(spec, None, Some(self.self_view.clone())).map(|v| {
                         // Peers already connected started without our video: give each its feed.
                         let budget =
                             session::video_budget_bps(crate::rtc::estimator::INITIAL_BPS as u64);
-                        for session in self.peers.values().filter_map(|e| e.session.as_ref()) {
-                            session.attach_video(v.subscribe(budget));
+                        if self.sfu.is_none() {
+                            for session in self.peers.values().filter_map(|e| e.session.as_ref()) {
+                                session.attach_video(v.subscribe(budget));
+                            }
                         }
                         self.video = Some(v);
                     }),
                 };
-                if let Err(e) = result {
-                    self.emit(Event::Problem(format!("camera: {e}"))).await;
+                match result {
+                    Err(e) => self.emit(Event::Problem(format!("camera: {e}"))).await,
+                    // On the SFU the publication was made without a camera: publish again,
+                    // now with its layers.
+                    Ok(()) if first_camera && self.sfu.is_some() => {
+                        self.publish_to_sfu_again().await
+                    }
+                    Ok(()) => {}
                 }
                 self.emit_local_media().await;
             }
@@ -1436,6 +1445,19 @@ impl Engine {
         for peer in peers {
             self.start_session(&peer, rand::random(), true);
         }
+    }
+
+    /// Replaces our publishing connection with the SFU (the server ends the old publication).
+    async fn publish_to_sfu_again(&mut self) {
+        let old = self.sfu.as_mut().and_then(|l| l.publisher.take());
+        if let Some(old) = old {
+            old.close().await;
+        }
+        let publisher = self.start_sfu_session(true);
+        if let Some(link) = self.sfu.as_mut() {
+            link.publisher = publisher;
+        }
+        self.announce_media_state(None);
     }
 
     async fn leave_sfu(&mut self) {

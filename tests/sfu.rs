@@ -499,3 +499,40 @@ async fn a_room_created_large_is_on_the_sfu_from_the_start() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_turned_on_after_the_room_moved_onto_the_sfu_reaches_the_others() {
+    let janus = JanusProcess::start().await;
+    let server = common::start_server(sfu_server_config(&janus, 0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut peers = Vec::new();
+    join_sfu_peers(&server.url(), "late", 0..2, dir.path(), &mut peers).await;
+    // A third without a camera: it publishes its microphone only.
+    let mut opts = common::peer::PeerOptions::new(9, 700.0, dir.path().into());
+    opts.video = None;
+    opts.bind_addrs = Some(JANUS_REACHABLE.iter().map(|a| a.to_string()).collect());
+    let mut late = common::peer::TestPeer::start(&server.url(), opts);
+    late.join("late", "late").await;
+    all_decode_all(&mut peers, 15, &Default::default()).await;
+    let late_id = late.id.clone().unwrap();
+    late.send(huddle::engine::Command::SetVideoSource(
+        huddle::media::video::VideoSourceSpec::test_pattern(9),
+    ));
+    for p in &mut peers {
+        p.until(std::time::Duration::from_secs(30), |p| {
+            (p.videos.get(&late_id)?.stats().frames_decoded >= 15).then_some(())
+        })
+        .await;
+    }
+    // And it still receives the others, whose pictures keep coming.
+    late.drain();
+    for p in &peers {
+        let id = p.id.clone().unwrap();
+        let before = late.videos[&id].stats().frames_decoded;
+        late.until(std::time::Duration::from_secs(20), |l| {
+            (l.videos[&id].stats().frames_decoded >= before + 15).then_some(())
+        })
+        .await;
+    }
+    server.shutdown().await;
+}

@@ -524,15 +524,33 @@ impl Actor {
         let Some((r, room)) = self.member(conn) else {
             return;
         };
-        let Some(m) = r.members.get(&conn) else {
+        let Some(m) = r.members.get_mut(&conn) else {
             return;
         };
         let publisher = m.publisher;
+        let (feed, republish) = (m.feed, m.published);
+        if republish {
+            // Publishing again (a camera turned up after the room moved): the old publication
+            // ends first, and everyone else takes the feed anew once Janus announces it again.
+            m.published = false;
+            m.live = false;
+            for other in r.members.values_mut() {
+                other.subscribed.remove(&feed);
+                other.waiting.remove(&feed);
+                other.layers_set.remove(&feed);
+            }
+        }
         let body = json!({ "request": "publish", "audio": true, "video": true, "data": false });
         let jsep = json!({ "type": "offer", "sdp": sdp });
         let Some(at) = self.janus_of(&room) else {
             return;
         };
+        if republish {
+            let unpublish = json!({ "request": "unpublish" });
+            if let Err(e) = at.janus.message(publisher, unpublish, None).await {
+                debug!(error = %e, "Janus did not take an unpublish");
+            }
+        }
         match at.janus.message(publisher, body, Some(jsep)).await {
             Ok((_, Some(answer))) => {
                 let sdp = answer["sdp"].as_str().unwrap_or("").to_owned();
