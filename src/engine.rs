@@ -1355,14 +1355,7 @@ impl Engine {
         config.data_only = self.sfu.is_some();
         let initial_budget = session::video_budget_bps(crate::rtc::estimator::INITIAL_BPS as u64);
         let media = if config.data_only {
-            SessionMedia {
-                video: None,
-                video_layers: Vec::new(),
-                screen: None,
-                audio: None,
-                playout: self.playout.clone(),
-                on_video_frame: self.wake.clone(),
-            }
+            self.nothing_to_send()
         } else {
             self.mesh_media(initial_budget)
         };
@@ -1379,6 +1372,18 @@ impl Engine {
             self.sfu.is_some() && self.peers.get(peer).is_some_and(|e| e.session.is_none());
         if needed {
             self.start_session(peer, rand::random(), true);
+        }
+    }
+
+    /// A connection that sends no media (receiving from the SFU, or only files).
+    fn nothing_to_send(&self) -> SessionMedia {
+        SessionMedia {
+            video: None,
+            video_layers: Vec::new(),
+            screen: None,
+            audio: None,
+            playout: self.playout.clone(),
+            on_video_frame: self.wake.clone(),
         }
     }
 
@@ -1501,14 +1506,7 @@ impl Engine {
             }
         } else {
             config.stream_owners = self.sfu.as_ref().map(|l| l.owners.subscribe());
-            SessionMedia {
-                video: None,
-                video_layers: Vec::new(),
-                screen: None,
-                audio: None,
-                playout: self.playout.clone(),
-                on_video_frame: self.wake.clone(),
-            }
+            self.nothing_to_send()
         };
         Some(session::spawn(config, media, self.session_tx.clone()))
     }

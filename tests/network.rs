@@ -94,44 +94,53 @@ struct Call {
     b: Process,
 }
 
-async fn call(profile: &str, extra: &[&str]) -> Option<Call> {
-    let emu = emulator(profile)?;
-    let mut server = Process::start(
-        &emu,
-        Side::A,
-        "server",
-        &["serve", "--bind", "198.18.0.1:8787", "--insecure"],
-    );
+/// `huddle serve` on side A at 198.18.0.1:8787 with `extra` arguments, once it listens.
+async fn server_in_a(emu: &LinkEmulator, extra: &[&str]) -> Process {
+    let mut args = vec!["serve", "--bind", "198.18.0.1:8787", "--insecure"];
+    args.extend_from_slice(extra);
+    let mut server = Process::start(emu, Side::A, "server", &args);
     // The server prints its URL once it listens.
     server
         .until(Duration::from_secs(20), |v| {
             v.as_str().is_some_and(|s| s.contains("ws://"))
         })
         .await;
+    server
+}
+
+/// A headless peer's arguments: joining `room` on that server as `name`, bound to its side's
+/// address, a stats line every `stats_every` seconds.
+fn peer_args(room: &str, name: &str, source: &str, side: Side, stats_every: &str) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "join",
+        "--headless",
+        "--server",
+        "ws://198.18.0.1:8787",
+        "--room",
+        room,
+        "--name",
+        name,
+        "--source-id",
+        source,
+        "--duration",
+        "120",
+        "--stats-interval",
+        stats_every,
+        "--decline-files",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(["--bind".to_string(), format!("{}:0", side.addr())]);
+    args
+}
+
+async fn call(profile: &str, extra: &[&str]) -> Option<Call> {
+    let emu = emulator(profile)?;
+    let server = server_in_a(&emu, &[]).await;
     let peer = |side: Side, name: &'static str, source: &'static str| {
-        let mut args: Vec<String> = [
-            "join",
-            "--headless",
-            "--server",
-            "ws://198.18.0.1:8787",
-            "--room",
-            "net",
-            "--name",
-            name,
-            "--video",
-            "scene",
-            "--source-id",
-            source,
-            "--duration",
-            "120",
-            "--stats-interval",
-            "0.25",
-            "--decline-files",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(["--bind".to_string(), format!("{}:0", side.addr())]);
+        let mut args = peer_args("net", name, source, side, "0.25");
+        args.extend(["--video".to_string(), "scene".to_string()]);
         args.extend(extra.iter().map(|s| s.to_string()));
         Process::start(&emu, side, name, &args)
     };
@@ -376,51 +385,14 @@ async fn on_the_sfu_a_receiver_behind_a_slow_link_gets_the_low_layer_and_others_
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    let mut server = Process::start(
+    let _server = server_in_a(
         &emu,
-        Side::A,
-        "server",
-        &[
-            "serve",
-            "--bind",
-            "198.18.0.1:8787",
-            "--insecure",
-            "--sfu",
-            &janus.url,
-            "--sfu-secret",
-            key,
-            "--sfu-above",
-            "0",
-        ],
-    );
-    server
-        .until(Duration::from_secs(20), |v| {
-            v.as_str().is_some_and(|s| s.contains("ws://"))
-        })
-        .await;
+        &["--sfu", &janus.url, "--sfu-secret", key, "--sfu-above", "0"],
+    )
+    .await;
     // a1 is read only at the end: it reports rarely, so its output never fills the pipe.
     let peer = |side: Side, name: &'static str, source: &str, camera: bool, every: &str| {
-        let mut args: Vec<String> = [
-            "join",
-            "--headless",
-            "--server",
-            "ws://198.18.0.1:8787",
-            "--room",
-            "sfu-net",
-            "--name",
-            name,
-            "--source-id",
-            source,
-            "--duration",
-            "120",
-            "--stats-interval",
-            every,
-            "--decline-files",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(["--bind".to_string(), format!("{}:0", side.addr())]);
+        let mut args = peer_args("sfu-net", name, source, side, every);
         if !camera {
             args.extend(["--video".to_string(), "none".to_string()]);
         }

@@ -89,6 +89,28 @@ struct Actor {
     deliver: mpsc::Sender<Delivery>,
 }
 
+/// A new handle in `janus_room` as publisher `feed` (our choice of id), admitted by `token`;
+/// with the feeds already there whose media is up.
+async fn join_as_publisher(
+    at: &Instance,
+    janus_room: u64,
+    feed: u64,
+    peer: &PeerId,
+    token: &str,
+) -> Result<(u64, Vec<(u64, Vec<String>)>), JanusError> {
+    let publisher = at.janus.attach().await?;
+    let body = json!({
+        "request": "join",
+        "ptype": "publisher",
+        "room": janus_room,
+        "id": feed,
+        "display": peer.as_str(),
+        "token": token,
+    });
+    let (data, _) = at.janus.message(publisher, body, None).await?;
+    Ok((publisher, feeds_of(&data["publishers"])))
+}
+
 /// Publishers in a Janus answer or event: each feed's id and the mids of its media sections.
 fn feeds_of(publishers: &Value) -> Vec<(u64, Vec<String>)> {
     let Some(list) = publishers.as_array() else {
@@ -430,19 +452,7 @@ impl Actor {
                     std::slice::from_ref(&token),
                 )
                 .await?;
-            let publisher = at.janus.attach().await?;
-            let body = json!({
-                "request": "join",
-                "ptype": "publisher",
-                "room": janus_room,
-                "id": feed,
-                "display": peer.as_str(),
-                "token": token,
-            });
-            let (data, _) = at.janus.message(publisher, body, None).await?;
-            // The publishers already there whose media is up.
-            let live = feeds_of(&data["publishers"]);
-            Ok::<_, JanusError>((publisher, live))
+            join_as_publisher(at, janus_room, feed, &peer, &token).await
         };
         match joined.await {
             Ok((publisher, live)) => {
@@ -527,31 +537,45 @@ impl Actor {
         let Some(m) = r.members.get_mut(&conn) else {
             return;
         };
-        let publisher = m.publisher;
-        let (feed, republish) = (m.feed, m.published);
-        if republish {
-            // Publishing again (a camera turned up after the room moved): the old publication
-            // ends first, and everyone else takes the feed anew once Janus announces it again.
-            m.published = false;
-            m.live = false;
-            for other in r.members.values_mut() {
-                other.subscribed.remove(&feed);
-                other.waiting.remove(&feed);
-                other.layers_set.remove(&feed);
+        let mut publisher = m.publisher;
+        let mut retired = None;
+        if m.published {
+            // Publishing again (a camera turned up after the room moved): as a new publisher
+            // on a new handle, the old one leaving once the new one is in; everyone takes the
+            // new feed when Janus announces it. (Publishing again on the same handle right
+            // after an unpublish raced with Janus's hangup of the old connection.)
+            let (peer, token, janus_room) = (m.peer.clone(), m.token.clone(), r.janus_room);
+            let new_feed = random_id();
+            let Some(at) = self.janus_of(&room) else {
+                return;
+            };
+            match join_as_publisher(at, janus_room, new_feed, &peer, &token).await {
+                Ok((handle, _)) => {
+                    retired = Some(publisher);
+                    publisher = handle;
+                }
+                Err(e) => return self.refuse(conn, &e).await,
             }
+            let Some(m) = self
+                .rooms
+                .get_mut(&room)
+                .and_then(|r| r.members.get_mut(&conn))
+            else {
+                return;
+            };
+            (m.publisher, m.feed, m.published, m.live) = (publisher, new_feed, false, false);
+            m.mids.clear();
         }
         let body = json!({ "request": "publish", "audio": true, "video": true, "data": false });
         let jsep = json!({ "type": "offer", "sdp": sdp });
         let Some(at) = self.janus_of(&room) else {
             return;
         };
-        if republish {
-            let unpublish = json!({ "request": "unpublish" });
-            if let Err(e) = at.janus.message(publisher, unpublish, None).await {
-                debug!(error = %e, "Janus did not take an unpublish");
-            }
+        let published = at.janus.message(publisher, body, Some(jsep)).await;
+        if let Some(old) = retired {
+            let _ = at.janus.detach(old).await;
         }
-        match at.janus.message(publisher, body, Some(jsep)).await {
+        match published {
             Ok((_, Some(answer))) => {
                 let sdp = answer["sdp"].as_str().unwrap_or("").to_owned();
                 let _ = self
