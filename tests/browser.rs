@@ -805,17 +805,22 @@ async fn browsers_move_onto_the_janus_sfu_when_the_room_grows_and_see_each_other
                     (await room.sfu.sub.getStats(track)).forEach((r) => {
                         if (r.type === 'inbound-rtp' && r.kind === 'video') width = r.frameWidth;
                     });
-                    // The quarter layer, when the publisher does not send it: the half.
-                    const ok = layer === 0 ? [160, 320] : [sizes[layer]];
-                    if (!ok.includes(width)) return null;
-                    out[p.nickname] = { layer, width, tile: huddle.call.tileWidth?.(p.id) ?? null };
+                    // The layer the tile's width calls for ...
+                    const tile = huddle.call.tileWidth?.(p.id);
+                    if (tile == null || layer !== (tile <= 200 ? 0 : tile <= 400 ? 1 : 2)) return null;
+                    // ... and never a bigger picture than it (less when the publisher sends less:
+                    // Chrome drops or scales down its top layer when short of CPU or bandwidth,
+                    // and for layer 0 sends the half instead of the missing quarter).
+                    const most = layer === 0 ? 320 : sizes[layer];
+                    if (!(width > 0 && width <= most)) return null;
+                    out[p.nickname] = { layer, width, tile };
                 }
                 return out;
             })()"#,
             WAIT_MEDIA,
         )
         .await;
-    eprintln!("ann receives the layers her tiles asked for: {received}");
+    eprintln!("ann asks for the layers her tiles need and gets no bigger: {received}");
 
     // A fourth joins the room on the SFU; one leaves; the others keep decoding.
     let dan = browser.open(&format!("{room}?name=dan")).await;

@@ -567,6 +567,7 @@ class SfuLink {
     this.sub = null;
     this.mids = new Map(); // mid -> { peer_id, kind }
     this.layers = new Map(); // peer id -> the simulcast layer last asked for
+    this.tooBig = new Map(); // peer id -> seconds its picture has been bigger than asked
     // Each peer's layer follows its tile's size (checked every second: tiles change with the
     // window and the number of people).
     this.layerTimer = setInterval(() => this.askLayers(), 1000);
@@ -654,7 +655,32 @@ class SfuLink {
       const layer = width <= 200 ? 0 : width <= 400 ? 1 : 2;
       if (this.layers.get(s.peer_id) === layer) continue;
       this.layers.set(s.peer_id, layer);
+      this.tooBig.delete(s.peer_id);
       this.room.send({ type: 'sfu_layer', peer_id: s.peer_id, layer });
+    }
+    this.checkLayers().catch(() => {});
+  }
+
+  /** The SFU moves to a smaller layer at that layer's next keyframe. One requested before the
+   * connection was up can be missed, and a camera sends no other keyframe unasked: a picture
+   * still bigger than asked for three seconds running asks the publisher for one. */
+  async checkLayers() {
+    if (!this.sub) return;
+    const most = [320, 320, 640]; // layer 0 may come as the half: the quarter is optional
+    for (const peer of this.room.peers.values()) {
+      const layer = this.layers.get(peer.id);
+      const track = peer.camera.getVideoTracks()[0];
+      if (layer == null || !track || !this.sub) continue;
+      let width = 0;
+      (await this.sub.getStats(track)).forEach((r) => {
+        if (r.type === 'inbound-rtp' && r.kind === 'video') width = r.frameWidth || 0;
+      });
+      const late = width > most[layer] ? (this.tooBig.get(peer.id) || 0) + 1 : 0;
+      this.tooBig.set(peer.id, late);
+      if (late >= 3) {
+        this.tooBig.set(peer.id, 0);
+        this.room.send({ type: 'sfu_keyframe', peer_id: peer.id });
+      }
     }
   }
 
