@@ -603,7 +603,28 @@ struct SfuLink {
     uplink: Option<(u64, f64)>,
     /// When we last asked the server for a keyframe of each peer's camera.
     keyframes_asked: HashMap<PeerId, Instant>,
+    /// Each peer's camera as received, and the layer change we wait to see in it.
+    videos: HashMap<PeerId, Arc<crate::media::video::RemoteVideo>>,
+    switches: HashMap<PeerId, LayerSwitch>,
 }
+
+/// A layer change asked of the SFU and not yet seen in the picture: the SFU switches at the
+/// new layer's next keyframe, and a camera sends none unasked, so one asked for before the
+/// connection was up (or lost on the way) would leave the old layer in place.
+struct LayerSwitch {
+    /// Towards a smaller picture.
+    down: bool,
+    /// The picture's width when it was asked for.
+    from_width: usize,
+    since: Instant,
+    /// Keyframes asked for it so far.
+    tries: u8,
+}
+
+/// How long a layer change may take before a keyframe is asked for it, and how many are asked
+/// (the publisher may not send that layer at all: its uplink paused it, or a browser skipped it).
+const LAYER_SWITCH_WAIT: Duration = Duration::from_secs(3);
+const LAYER_SWITCH_TRIES: u8 = 3;
 
 /// Keyframe requests through the server, per peer, at most this often (Janus itself sends a
 /// publisher at most one a second).
@@ -1423,6 +1444,8 @@ impl Engine {
             layers: Default::default(),
             uplink: None,
             keyframes_asked: HashMap::new(),
+            videos: HashMap::new(),
+            switches: HashMap::new(),
         });
         let publisher = self.start_sfu_session(true);
         if let Some(link) = self.sfu.as_mut() {
@@ -1577,6 +1600,7 @@ impl Engine {
                 let _ = self.signaling.send(ClientCommand::Sfu(msg));
             }
             SessionEvent::RemoteVideoOf { peer, video } => {
+                link.videos.insert(peer.clone(), video.clone());
                 self.emit(Event::PeerVideo { peer, video }).await;
             }
             SessionEvent::RemoteScreenOf { peer, video } => {
@@ -1789,8 +1813,44 @@ impl Engine {
         }
     }
 
+    /// Layer changes not seen in the picture after a while get a keyframe asked for.
+    fn check_layer_switches(&mut self) {
+        let Some(link) = self.sfu.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        let mut ask = Vec::new();
+        let videos = &link.videos;
+        link.switches.retain(|peer, switch| {
+            if now.duration_since(switch.since) < LAYER_SWITCH_WAIT {
+                return true;
+            }
+            let width = videos.get(peer).map_or(0, |v| v.stats().width);
+            let switched = if switch.down {
+                width < switch.from_width
+            } else {
+                width > switch.from_width
+            };
+            if switched || switch.tries >= LAYER_SWITCH_TRIES {
+                return false;
+            }
+            switch.tries += 1;
+            switch.since = now;
+            ask.push(peer.clone());
+            true
+        });
+        for peer_id in ask {
+            tracing::debug!(%peer_id, "a layer change has not arrived: asking for a keyframe");
+            link.keyframes_asked.insert(peer_id.clone(), now);
+            let _ = self
+                .signaling
+                .send(ClientCommand::Sfu(ClientMessage::SfuKeyframe { peer_id }));
+        }
+    }
+
     async fn on_tick(&mut self) {
         self.drop_missing_peers().await;
+        self.check_layer_switches();
         let due: Vec<PeerId> = self
             .peers
             .iter()
@@ -1913,6 +1973,24 @@ impl Engine {
         };
         for (peer_id, layer) in link.layers.changes() {
             tracing::debug!(%peer_id, layer, "asking the SFU for a layer");
+            let width = link.videos.get(&peer_id).map_or(0, |v| v.stats().width);
+            match link.layers.asked_before(&peer_id) {
+                // The first layer asked for is whatever comes.
+                Some(before) if width > 0 => {
+                    link.switches.insert(
+                        peer_id.clone(),
+                        LayerSwitch {
+                            down: layer < before,
+                            from_width: width,
+                            since: Instant::now(),
+                            tries: 0,
+                        },
+                    );
+                }
+                _ => {
+                    link.switches.remove(&peer_id);
+                }
+            }
             let _ = self
                 .signaling
                 .send(ClientCommand::Sfu(ClientMessage::SfuLayer {

@@ -163,8 +163,9 @@ struct Feed {
     /// The layer its tile needs, and the tile's width (a wider tile is served first).
     wanted: u8,
     width_px: u32,
-    /// The layer last asked for.
+    /// The layer last asked for, and the one before it.
     asked: Option<u8>,
+    previous: Option<u8>,
     /// The peer's camera is on (it has no layers to ask for while off).
     sending: bool,
 }
@@ -207,6 +208,7 @@ impl<K: Ord + Clone> LayerChooser<K> {
             wanted,
             width_px,
             asked: None,
+            previous: None,
             sending: true,
         });
         feed.wanted = wanted;
@@ -230,6 +232,11 @@ impl<K: Ord + Clone> LayerChooser<K> {
         if let Some(feed) = self.feeds.get_mut(&peer) {
             feed.sending = sending;
         }
+    }
+
+    /// The layer asked for `peer` before the last change `changes` reported.
+    pub fn asked_before(&self, peer: &K) -> Option<u8> {
+        self.feeds.get(peer).and_then(|f| f.previous)
     }
 
     /// The ceiling on what the peers' layers may cost together, bits per second.
@@ -330,7 +337,7 @@ impl<K: Ord + Clone> LayerChooser<K> {
             if let Some(feed) = self.feeds.get_mut(&k)
                 && feed.asked != Some(layer)
             {
-                feed.asked = Some(layer);
+                feed.previous = feed.asked.replace(layer);
                 changes.push((k, layer));
             }
         }
@@ -469,6 +476,17 @@ mod tests {
         assert_eq!(c.changes(), vec![("a", 2)]);
         c.set_sending("b", true);
         assert_eq!(c.changes(), vec![("b", 1)]);
+    }
+
+    #[test]
+    fn the_layer_before_a_change_is_known_to_check_the_change_arrived() {
+        let mut c = LayerChooser::default();
+        c.set_tile("a", Some(900));
+        assert_eq!(c.changes(), vec![("a", 2)]);
+        assert_eq!(c.asked_before(&"a"), None);
+        c.set_tile("a", Some(150));
+        assert_eq!(c.changes(), vec![("a", 0)]);
+        assert_eq!(c.asked_before(&"a"), Some(2));
     }
 
     #[test]
