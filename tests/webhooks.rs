@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::receiver::{Behaviour, Delivery, EventLine, Receiver, a_rooms_life, event_lines};
+use common::receiver::{
+    Behaviour, Delivery, EventLine, Receiver, a_rooms_life, a_rooms_life_events,
+};
 use common::*;
 use huddle::signaling::webhook::WebhookConfig;
 use std::time::{Duration, Instant};
@@ -17,17 +19,6 @@ const OK: Behaviour = Behaviour {
 /// Each delivery in short, after checking its signature.
 fn events(deliveries: &[Delivery]) -> Vec<EventLine> {
     deliveries.iter().map(|d| d.signed_event(SECRET)).collect()
-}
-
-fn life() -> Vec<EventLine> {
-    event_lines(&[
-        ("room_started", "Standup", "", ""),
-        ("participant_joined", "Standup", "ann", ""),
-        ("participant_joined", "Standup", "bob", ""),
-        ("participant_left", "Standup", "ann", "left"),
-        ("participant_left", "Standup", "bob", "disconnected"),
-        ("room_finished", "Standup", "", ""),
-    ])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,7 +41,7 @@ async fn every_event_of_a_rooms_life_arrives_once_in_order_and_signed_even_after
 
     a_rooms_life(&server.url(), &server.url()).await;
     let got = good.wait_for(6, WAIT).await;
-    assert_eq!(events(&got), life());
+    assert_eq!(events(&got), a_rooms_life_events());
     // Ids are unique, times do not go back.
     let ids: std::collections::HashSet<_> = got.iter().map(|d| d.json()["id"].clone()).collect();
     assert_eq!(ids.len(), 6);
@@ -70,7 +61,7 @@ async fn every_event_of_a_rooms_life_arrives_once_in_order_and_signed_even_after
     // The receiver that was down comes up: retries bring it the whole life, in order, once.
     let late = Receiver::start(&format!("127.0.0.1:{down_port}"), OK).await;
     let got = late.wait_for(6, WAIT).await;
-    assert_eq!(events(&got), life());
+    assert_eq!(events(&got), a_rooms_life_events());
     // Nothing more arrives at either (no duplicates): a ping-synchronised pause is not a
     // proof, so check again after the next room's first event instead.
     let mut cat = TestClient::connect(&server.url()).await;
@@ -106,7 +97,7 @@ async fn a_slow_receiver_slows_neither_the_server_nor_the_other_receiver() {
     let served = started.elapsed();
     let got = fast.wait_for(6, WAIT).await;
     let fast_done = started.elapsed();
-    assert_eq!(events(&got), life());
+    assert_eq!(events(&got), a_rooms_life_events());
     assert!(
         slow.deliveries().len() < 6,
         "the slow receiver cannot have taken six 3-second requests yet"
@@ -118,7 +109,7 @@ async fn a_slow_receiver_slows_neither_the_server_nor_the_other_receiver() {
     );
     // And the slow one gets them all, in order, eventually.
     let got = slow.wait_for(6, Duration::from_secs(30)).await;
-    assert_eq!(events(&got), life());
+    assert_eq!(events(&got), a_rooms_life_events());
     server.shutdown().await;
 }
 

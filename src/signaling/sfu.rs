@@ -812,9 +812,9 @@ impl Actor {
         };
         if let Some(publishers) = event
             .pointer("/plugindata/data/publishers")
-            .and_then(Value::as_array)
+            .filter(|p| p.is_array())
         {
-            let feeds = feeds_of(&Value::Array(publishers.clone()));
+            let feeds = feeds_of(publishers);
             self.feeds_live(instance, feeds).await;
             return;
         }

@@ -220,6 +220,18 @@ async fn serve(
     let _ = stream.shutdown().await;
 }
 
+/// The events of `a_rooms_life`, in order.
+pub fn a_rooms_life_events() -> Vec<EventLine> {
+    event_lines(&[
+        ("room_started", "Standup", "", ""),
+        ("participant_joined", "Standup", "ann", ""),
+        ("participant_joined", "Standup", "bob", ""),
+        ("participant_left", "Standup", "ann", "left"),
+        ("participant_left", "Standup", "bob", "disconnected"),
+        ("room_finished", "Standup", "", ""),
+    ])
+}
+
 /// A room's whole life as webhooks see it: Ann (on `ann_server`) and Bob (on `bob_server`,
 /// the same one or another process) meet in "Standup"; Ann leaves, Bob's connection drops.
 pub async fn a_rooms_life(ann_server: &str, bob_server: &str) {
