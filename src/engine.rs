@@ -1813,6 +1813,31 @@ impl Engine {
         }
     }
 
+    /// A step up in the layers whose picture stalls is undone at once: the new layer does not
+    /// get through, and the loss it causes would show only in the next second's figures.
+    fn check_layer_probe(&mut self) {
+        let Some(link) = self.sfu.as_mut() else {
+            return;
+        };
+        let Some((since, raised)) = link.layers.probe() else {
+            return;
+        };
+        let now = Instant::now();
+        let stalled = raised.iter().find(|peer| {
+            link.videos
+                .get(*peer)
+                .and_then(|v| v.last_frame_at())
+                .is_some_and(|last| {
+                    now.duration_since(last.max(since)) >= crate::media::simulcast::PROBE_STALL
+                })
+        });
+        if let Some(peer_id) = stalled {
+            tracing::debug!(%peer_id, "a step up in layers stalled the picture: undone");
+            link.layers.probe_failed(now);
+            self.ask_for_layers();
+        }
+    }
+
     /// Layer changes not seen in the picture after a while get a keyframe asked for.
     fn check_layer_switches(&mut self) {
         let Some(link) = self.sfu.as_mut() else {
@@ -1850,6 +1875,7 @@ impl Engine {
 
     async fn on_tick(&mut self) {
         self.drop_missing_peers().await;
+        self.check_layer_probe();
         self.check_layer_switches();
         let due: Vec<PeerId> = self
             .peers

@@ -154,6 +154,11 @@ const MAX_PROBE_WAIT: Duration = Duration::from_secs(64);
 const MAX_PROBE_STRETCH: f64 = 8.0;
 /// A step up that lasts this long without a cut succeeded.
 const PROBE_HELD: Duration = Duration::from_secs(10);
+/// A picture a step up raised that shows no new frame for this long has failed it: the new
+/// layer does not get through. Undone then rather than at the next second's loss figures.
+/// The SFU keeps relaying the old layer until the new one's keyframe, so a gap this long is
+/// the new layer stalling, not the switch.
+pub const PROBE_STALL: Duration = Duration::from_millis(500);
 /// What the downlink is trusted with before it has shown anything: enough for several peers'
 /// middle layers.
 pub const INITIAL_DOWNLINK_BPS: f64 = 2_000_000.0;
@@ -170,6 +175,15 @@ struct Feed {
     sending: bool,
 }
 
+/// A step up being tried.
+struct Probe<K> {
+    since: Instant,
+    /// The ceiling before it, restored if it fails.
+    ceiling_before: f64,
+    /// The peers whose layer it raised.
+    raised: Vec<K>,
+}
+
 /// The receiver's side: which layer of each peer to ask the SFU for. Each peer's tile sets
 /// the layer it needs; the downlink sets a ceiling on the sum, learnt from loss (the SFU does
 /// not estimate bandwidth towards us): congestion cuts the ceiling to what actually arrived,
@@ -177,8 +191,8 @@ struct Feed {
 pub struct LayerChooser<K: Ord + Clone> {
     feeds: BTreeMap<K, Feed>,
     ceiling_bps: f64,
-    /// A step up being tried, since when (it is judged before the next one).
-    last_probe: Option<Instant>,
+    /// A step up being tried (it is judged before the next one).
+    probe: Option<Probe<K>>,
     /// No step up before this (after a cut).
     next_probe_at: Option<Instant>,
     probe_wait: Duration,
@@ -189,7 +203,7 @@ impl<K: Ord + Clone> Default for LayerChooser<K> {
         LayerChooser {
             feeds: BTreeMap::new(),
             ceiling_bps: INITIAL_DOWNLINK_BPS,
-            last_probe: None,
+            probe: None,
             next_probe_at: None,
             probe_wait: FIRST_PROBE_WAIT,
         }
@@ -248,34 +262,66 @@ impl<K: Ord + Clone> LayerChooser<K> {
     /// arrived.
     pub fn observe(&mut self, now: Instant, loss: f64, received_bps: f64) {
         if self
-            .last_probe
-            .is_some_and(|at| now.duration_since(at) >= PROBE_HELD)
+            .probe
+            .as_ref()
+            .is_some_and(|p| now.duration_since(p.since) >= PROBE_HELD)
         {
             // The last step up held: the next may follow at once.
-            self.last_probe = None;
+            self.probe = None;
             self.probe_wait = FIRST_PROBE_WAIT;
         }
         if loss > CONGESTION_LOSS {
             let cut = received_bps * 0.85;
             if cut < self.ceiling_bps {
                 self.ceiling_bps = cut.max(0.0);
-                if self.last_probe.take().is_some() {
-                    self.probe_wait = (self.probe_wait * 2).min(MAX_PROBE_WAIT);
-                }
-                let stretch = self.next_step_cost().map_or(1.0, |next| {
-                    (next / self.ceiling_bps.max(1.0)).clamp(1.0, MAX_PROBE_STRETCH)
-                });
-                let wait = self.probe_wait.mul_f64(stretch).min(MAX_PROBE_WAIT);
-                self.next_probe_at = Some(now + wait);
+                self.back_off(now);
             }
             return;
         }
-        let may_probe = self.last_probe.is_none() && self.next_probe_at.is_none_or(|at| now >= at);
+        let may_probe = self.probe.is_none() && self.next_probe_at.is_none_or(|at| now >= at);
         if may_probe && let Some(next) = self.next_step_cost() {
             // Try the next step: raise the ceiling to exactly what it needs.
-            self.ceiling_bps = next;
-            self.last_probe = Some(now);
+            let before = self.fit();
+            let ceiling_before = std::mem::replace(&mut self.ceiling_bps, next);
+            let raised = self
+                .fit()
+                .into_iter()
+                .filter(|(k, layer)| before.get(k).is_some_and(|b| layer > b))
+                .map(|(k, _)| k)
+                .collect();
+            self.probe = Some(Probe {
+                since: now,
+                ceiling_before,
+                raised,
+            });
         }
+    }
+
+    /// The step up being tried: since when, and whose layers it raised.
+    pub fn probe(&self) -> Option<(Instant, &[K])> {
+        self.probe.as_ref().map(|p| (p.since, p.raised.as_slice()))
+    }
+
+    /// The step up being tried failed before any loss was counted (a picture it raised
+    /// stalled): the ceiling goes back to what it was and the next try waits longer.
+    pub fn probe_failed(&mut self, now: Instant) {
+        if let Some(probe) = &self.probe {
+            self.ceiling_bps = self.ceiling_bps.min(probe.ceiling_before);
+            self.back_off(now);
+        }
+    }
+
+    /// After a cut: a step up that was being tried failed, so the next waits twice as long,
+    /// and longer still the further beyond the ceiling it would go.
+    fn back_off(&mut self, now: Instant) {
+        if self.probe.take().is_some() {
+            self.probe_wait = (self.probe_wait * 2).min(MAX_PROBE_WAIT);
+        }
+        let stretch = self.next_step_cost().map_or(1.0, |next| {
+            (next / self.ceiling_bps.max(1.0)).clamp(1.0, MAX_PROBE_STRETCH)
+        });
+        let wait = self.probe_wait.mul_f64(stretch).min(MAX_PROBE_WAIT);
+        self.next_probe_at = Some(now + wait);
     }
 
     /// What the layers would cost with one more step up (the widest tile below its need
@@ -464,6 +510,41 @@ mod tests {
         }
         c.observe(at(start, 45_000), 0.0, 400_000.0);
         assert_eq!(c.changes(), vec![("a", 2)]);
+    }
+
+    #[test]
+    fn a_step_up_whose_picture_stalls_is_undone_before_any_loss_is_counted() {
+        let start = Instant::now();
+        let mut c = LayerChooser::default();
+        c.set_tile("wide", Some(900));
+        c.set_tile("narrow", Some(150));
+        c.observe(start, 0.5, 150_000.0);
+        let _ = c.changes();
+        assert!(c.probe().is_none());
+        // Both on the lowest layer (252k, over the 127.5k ceiling, but there is no lower).
+        // The next step needs 516k, 4.05 times the ceiling: the first try waits 4 s x 4.05.
+        c.observe(at(start, 16_000), 0.0, 120_000.0);
+        assert!(c.probe().is_none());
+        c.observe(at(start, 20_000), 0.0, 120_000.0);
+        let (since, raised) = c.probe().expect("a step up after the wait");
+        assert_eq!(since, at(start, 20_000));
+        // The widest tile below its need is raised first.
+        assert_eq!(raised, ["wide"]);
+        assert_eq!(c.changes(), vec![("wide", 1)]);
+        let ceiling_tried = c.ceiling_bps();
+        // Its picture stalls: back to where it was, and no step up for twice as long.
+        c.probe_failed(at(start, 21_000));
+        assert!(c.probe().is_none());
+        assert!(c.ceiling_bps() < ceiling_tried);
+        assert_eq!(c.changes(), vec![("wide", 0)]);
+        c.observe(at(start, 52_000), 0.0, 120_000.0);
+        assert!(c.probe().is_none(), "waits 8 s x 4.05 after the failed try");
+        // A failure reported with no step up on changes nothing.
+        let ceiling = c.ceiling_bps();
+        c.probe_failed(at(start, 52_500));
+        assert_eq!(c.ceiling_bps(), ceiling);
+        c.observe(at(start, 54_000), 0.0, 120_000.0);
+        assert!(c.probe().is_some());
     }
 
     #[test]

@@ -480,6 +480,11 @@ impl RemoteVideo {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// When the last frame was decoded, without copying the samples.
+    pub fn last_frame_at(&self) -> Option<Instant> {
+        self.stats.lock().ok().and_then(|s| s.last_frame_at)
+    }
+
     /// Freezes so far and their total length in microseconds, without copying the samples.
     pub fn freezes(&self) -> (u64, u64) {
         self.stats
