@@ -1281,6 +1281,7 @@ impl Engine {
             ServerMessage::Chat { message } => self.emit(Event::Chat(message)).await,
             ServerMessage::RoomMode { sfu: true } => self.enter_sfu().await,
             ServerMessage::RoomMode { sfu: false } => self.leave_sfu_for_mesh().await,
+            ServerMessage::SfuMoved => self.restart_sfu().await,
             ServerMessage::SfuPublished { sdp } => {
                 if let Some(p) = self.sfu.as_ref().and_then(|l| l.publisher.as_ref()) {
                     p.signal(Signal::Answer { sdp });
@@ -1436,6 +1437,22 @@ impl Engine {
                 entry.rebuild_at = None;
             }
         }
+        self.open_sfu_link();
+    }
+
+    /// The room's media moved to another SFU: both SFU connections start over there. The
+    /// connections made for files stay.
+    async fn restart_sfu(&mut self) {
+        if self.sfu.is_none() {
+            return;
+        }
+        tracing::info!("the room's media moved to another SFU: connecting again");
+        self.leave_sfu().await;
+        self.open_sfu_link();
+    }
+
+    /// A fresh link with the SFU, starting with the publishing connection.
+    fn open_sfu_link(&mut self) {
         let (owners, _) = tokio::sync::watch::channel(HashMap::new());
         self.sfu = Some(SfuLink {
             publisher: None,

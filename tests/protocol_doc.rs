@@ -114,6 +114,7 @@ fn every_documented_example_round_trips() {
         "pong",
         "error",
         "room_mode",
+        "sfu_moved",
         "sfu_published",
         "sfu_offer",
     ]

@@ -536,3 +536,51 @@ async fn a_camera_turned_on_after_the_room_moved_onto_the_sfu_reaches_the_others
     }
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_whose_janus_dies_moves_to_another_and_back_when_that_one_dies_too() {
+    let (mut first, mut second) = (JanusProcess::start().await, JanusProcess::start().await);
+    let mut config = sfu_server_config(&first, 0);
+    if let Some(sfu) = config.sfu.as_mut() {
+        sfu.janus.push(JanusConfig {
+            url: second.url.clone(),
+            admin_key: Some(ADMIN_KEY.into()),
+            api_secret: None,
+        });
+    }
+    let server = common::start_server(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut peers = Vec::new();
+    join_sfu_peers(&server.url(), "sturdy", 0..3, dir.path(), &mut peers).await;
+    all_decode_all(&mut peers, 15, &Default::default()).await;
+    let mut tasks = JoinSet::new();
+    // Both were empty: the room went on the first.
+    assert_eq!(rooms_on(&first, &mut tasks).await, 1);
+    assert_eq!(rooms_on(&second, &mut tasks).await, 0);
+
+    // The first Janus crashes: the room moves to the second, everyone's new connections carry
+    // everyone again, and nobody left the room.
+    let stale = video_outputs(&mut peers);
+    first.kill().await;
+    all_decode_all(&mut peers, 15, &stale).await;
+    assert_eq!(rooms_on(&second, &mut tasks).await, 1);
+
+    // The first comes back (empty, as a restarted Janus is) and then the second crashes. The
+    // server reaches the first again on its own; the room moves back onto it, either at once
+    // or, if the first is not reached yet, as soon as it is.
+    first.restart().await;
+    let stale = video_outputs(&mut peers);
+    second.kill().await;
+    all_decode_all(&mut peers, 15, &stale).await;
+    assert_eq!(rooms_on(&first, &mut tasks).await, 1);
+    for p in &mut peers {
+        p.drain();
+        let left: Vec<_> = p
+            .seen
+            .iter()
+            .filter(|e| matches!(e, huddle::engine::Event::PeerLeft { .. }))
+            .collect();
+        assert!(left.is_empty(), "nobody left the room: {left:?}");
+    }
+    server.shutdown().await;
+}

@@ -194,6 +194,9 @@ export class Room {
         if (msg.sfu && !this.sfu) this.enterSfu();
         else if (!msg.sfu && this.sfu) this.leaveSfu();
         break;
+      case 'sfu_moved':
+        if (this.sfu) this.restartSfu();
+        break;
       case 'sfu_published':
         await this.sfu?.published(msg.sdp);
         break;
@@ -217,6 +220,15 @@ export class Room {
     this.sfu = new SfuLink(this);
     this.sfu.publish().catch((e) => this.ui.status(`Cannot publish to the SFU: ${e.message || e}`, 'error'));
     for (const peer of this.peers.values()) peer.sendMediaState();
+    this.ui.peers();
+  }
+
+  /** The room's media moved to another SFU (the one it was on was lost): both SFU connections
+   * start over there. */
+  restartSfu() {
+    this.sfu.close();
+    this.sfu = new SfuLink(this);
+    this.sfu.publish().catch((e) => this.ui.status(`Cannot publish to the SFU: ${e.message || e}`, 'error'));
     this.ui.peers();
   }
 

@@ -379,6 +379,7 @@ pub struct LocalJanus {
     child: tokio::process::Child,
     /// `ws://127.0.0.1:PORT`.
     pub url: String,
+    pub port: u16,
     /// Reads Janus's log so it never blocks on a full pipe.
     log_reader: tokio::task::JoinHandle<()>,
 }
@@ -396,13 +397,26 @@ impl LocalJanus {
         admin_key: &str,
         netns: Option<&str>,
     ) -> Result<LocalJanus, JanusError> {
+        Self::start_at(dir, admin_key, netns, None).await
+    }
+
+    /// The same on `port` (`None`: a free one), e.g. to start again where a stopped one was.
+    pub async fn start_at(
+        dir: &std::path::Path,
+        admin_key: &str,
+        netns: Option<&str>,
+        port: Option<u16>,
+    ) -> Result<LocalJanus, JanusError> {
         use tokio::io::{AsyncBufReadExt, BufReader};
         let launch = |what: String| JanusError::Launch(what);
         std::fs::create_dir_all(dir).map_err(|e| launch(e.to_string()))?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| launch(e.to_string()))?
-            .port();
+        let port = match port {
+            Some(port) => port,
+            None => std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| launch(e.to_string()))?
+                .port(),
+        };
         for (name, text) in local_config_files(dir, port, admin_key) {
             std::fs::write(dir.join(name), text).map_err(|e| launch(e.to_string()))?;
         }
@@ -460,12 +474,18 @@ impl LocalJanus {
         Ok(LocalJanus {
             child,
             url: format!("ws://127.0.0.1:{port}"),
+            port,
             log_reader,
         })
     }
 
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
+    }
+
+    /// Kills it (as a crash would) and waits until it is gone.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
     }
 }
 

@@ -233,6 +233,9 @@ pub enum ServerMessage {
     RoomMode {
         sfu: bool,
     },
+    /// Your room's media moved to another SFU (the one it was on was lost): close both SFU
+    /// connections and publish again; `sfu_offer` follows as after `room_mode`.
+    SfuMoved,
     /// The SFU's answer to your `sfu_publish`.
     SfuPublished {
         sdp: String,

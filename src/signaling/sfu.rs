@@ -76,10 +76,20 @@ struct Room {
 struct Instance {
     janus: Janus,
     admin: u64,
-    url: String,
-    /// Its connection is up (a lost one takes no new rooms).
+    config: JanusConfig,
+    /// Its connection is up (a lost one takes no new rooms until it is back).
     up: bool,
+    /// Which connection to it this is: events from an earlier one are stale.
+    generation: u64,
+    /// The connection's keep-alive and the forwarding of its events (stopped when replaced).
+    _tasks: JoinSet<()>,
 }
+
+/// First wait before connecting again to a lost instance, and the longest.
+const RECONNECT_FIRST: std::time::Duration = std::time::Duration::from_millis(500);
+const RECONNECT_MAX: std::time::Duration = std::time::Duration::from_secs(15);
+/// How long one attempt to reach an instance may take (an unreachable host never answers).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 struct Actor {
     instances: Vec<Instance>,
@@ -87,6 +97,14 @@ struct Actor {
     rooms: HashMap<String, Room>,
     room_of: HashMap<ConnId, String>,
     deliver: mpsc::Sender<Delivery>,
+    /// Where every instance's events go (a new connection's too).
+    events: mpsc::Sender<InstanceEvent>,
+    /// Attempts to reach lost instances again; each ends with the instance back, or with
+    /// the orchestrator.
+    reconnects: JoinSet<Option<(usize, Instance)>>,
+    /// Rooms left behind on an instance whose connection was lost, destroyed when it is back.
+    orphans: Vec<(usize, u64, String)>,
+    cancel: CancellationToken,
 }
 
 /// A new handle in `janus_room` as publisher `feed` (our choice of id), admitted by `token`;
@@ -142,8 +160,85 @@ fn random_id() -> u64 {
     rand::random::<u64>() & ((1 << 53) - 1)
 }
 
-/// A Janus instance's unasked message, or `None` when its connection ended.
-type InstanceEvent = (usize, Option<Value>);
+/// A Janus instance's unasked message, or `None` when its connection ended; with the
+/// instance's index and the generation of the connection it came on.
+type InstanceEvent = (usize, u64, Option<Value>);
+
+/// Connects to Janus instance `index` for the `generation`th time: its client, the handle to
+/// administer rooms with, and its events forwarded to `events`.
+async fn connect_instance(
+    index: usize,
+    generation: u64,
+    config: JanusConfig,
+    events: mpsc::Sender<InstanceEvent>,
+    cancel: CancellationToken,
+) -> Result<Instance, JanusError> {
+    let mut tasks = JoinSet::new();
+    let connected = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        Janus::connect_with_events(config.clone(), &mut tasks, cancel.clone()),
+    )
+    .await
+    .map_err(|_| JanusError::Connect {
+        url: config.url.clone(),
+        reason: format!("no answer in {CONNECT_TIMEOUT:?}"),
+    })?;
+    let (janus, mut from_janus) = connected?;
+    let admin = janus.attach().await?;
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                e = from_janus.recv() => {
+                    let ended = e.is_none();
+                    if events.send((index, generation, e)).await.is_err() || ended {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    Ok(Instance {
+        janus,
+        admin,
+        config,
+        up: true,
+        generation,
+        _tasks: tasks,
+    })
+}
+
+/// Tries to reach a lost instance again, waiting longer after each failure, until it answers
+/// or the orchestrator stops.
+async fn reconnect(
+    index: usize,
+    generation: u64,
+    config: JanusConfig,
+    events: mpsc::Sender<InstanceEvent>,
+    cancel: CancellationToken,
+) -> Option<(usize, Instance)> {
+    let mut wait = RECONNECT_FIRST;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let attempt = connect_instance(
+            index,
+            generation,
+            config.clone(),
+            events.clone(),
+            cancel.clone(),
+        );
+        match attempt.await {
+            Ok(instance) => return Some((index, instance)),
+            Err(e) => {
+                debug!(error = %e, url = %config.url, "a lost Janus SFU is still out of reach");
+                wait = (wait * 2).min(RECONNECT_MAX);
+            }
+        }
+    }
+}
 
 /// Connects to every Janus instance and starts the orchestrator in `tasks`. Its input is the
 /// hub's SFU work; its output, messages for clients. Fails if any instance cannot be reached
@@ -156,31 +251,16 @@ pub async fn spawn(
     let (events_tx, events) = mpsc::channel::<InstanceEvent>(4096);
     let mut instances = Vec::new();
     for (index, janus_config) in config.janus.iter().enumerate() {
-        let (janus, mut from_janus) =
-            Janus::connect_with_events(janus_config.clone(), tasks, cancel.clone()).await?;
-        let admin = janus.attach().await?;
+        let instance = connect_instance(
+            index,
+            0,
+            janus_config.clone(),
+            events_tx.clone(),
+            cancel.clone(),
+        )
+        .await?;
         info!(url = %janus_config.url, "connected to a Janus SFU");
-        let events_tx = events_tx.clone();
-        let cancel = cancel.clone();
-        tasks.spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    e = from_janus.recv() => {
-                        let ended = e.is_none();
-                        if events_tx.send((index, e)).await.is_err() || ended {
-                            return;
-                        }
-                    }
-                }
-            }
-        });
-        instances.push(Instance {
-            janus,
-            admin,
-            url: janus_config.url.clone(),
-            up: true,
-        });
+        instances.push(instance);
     }
     if instances.is_empty() {
         return Err(JanusError::Launch("no Janus instance configured".into()));
@@ -193,6 +273,10 @@ pub async fn spawn(
         rooms: HashMap::new(),
         room_of: HashMap::new(),
         deliver,
+        events: events_tx,
+        reconnects: JoinSet::new(),
+        orphans: Vec::new(),
+        cancel: cancel.clone(),
     };
     tasks.spawn(actor.run(work_rx, events, cancel));
     Ok((work_tx, deliveries))
@@ -213,10 +297,23 @@ impl Actor {
                     None => break,
                 },
                 e = events.recv() => match e {
-                    Some((instance, Some(e))) => self.on_janus_event(instance, e).await,
-                    Some((instance, None)) => self.instance_lost(instance).await,
+                    Some((instance, generation, e)) => {
+                        let current = self.instances.get(instance).map(|i| i.generation);
+                        if current != Some(generation) {
+                            continue;
+                        }
+                        match e {
+                            Some(e) => self.on_janus_event(instance, e).await,
+                            None => self.instance_lost(instance).await,
+                        }
+                    }
                     None => break,
                 },
+                Some(back) = self.reconnects.join_next() => {
+                    if let Ok(Some((index, instance))) = back {
+                        self.instance_back(index, instance).await;
+                    }
+                }
             }
         }
         for room in std::mem::take(&mut self.rooms).into_values() {
@@ -229,26 +326,132 @@ impl Actor {
         }
     }
 
-    /// An instance's connection ended: its rooms' media stops, and their members are told;
-    /// new rooms go elsewhere.
+    /// An instance's connection ended: its rooms move to another instance (their members
+    /// publish and subscribe again there), or wait for one to be up; it takes no new rooms
+    /// until it is reached again.
     async fn instance_lost(&mut self, instance: usize) {
         let Some(at) = self.instances.get_mut(instance) else {
             return;
         };
+        if !at.up {
+            return;
+        }
         at.up = false;
-        warn!(url = %at.url, "lost the connection to a Janus SFU; its rooms' media stops");
-        let lost = JanusError::Connect {
-            url: at.url.clone(),
-            reason: "connection lost".into(),
-        };
-        let conns: Vec<ConnId> = self
+        warn!(url = %at.config.url, "lost the connection to a Janus SFU; moving its rooms");
+        self.reconnects.spawn(reconnect(
+            instance,
+            at.generation + 1,
+            at.config.clone(),
+            self.events.clone(),
+            self.cancel.clone(),
+        ));
+        let stranded: Vec<String> = self
             .rooms
-            .values()
-            .filter(|r| r.instance == instance)
-            .flat_map(|r| r.members.keys().copied())
+            .iter()
+            .filter(|(_, r)| r.instance == instance)
+            .map(|(name, _)| name.clone())
             .collect();
-        for conn in conns {
-            self.refuse(conn, &lost).await;
+        for room in stranded {
+            self.move_room(&room).await;
+        }
+    }
+
+    /// A lost instance answers again: it takes rooms again, what was left on it goes, and
+    /// rooms that found no other instance move onto it.
+    async fn instance_back(&mut self, index: usize, instance: Instance) {
+        info!(url = %instance.config.url, "reached a lost Janus SFU again");
+        let Some(slot) = self.instances.get_mut(index) else {
+            return;
+        };
+        *slot = instance;
+        let (left_here, elsewhere): (Vec<_>, Vec<_>) = std::mem::take(&mut self.orphans)
+            .into_iter()
+            .partition(|(i, _, _)| *i == index);
+        self.orphans = elsewhere;
+        if let Some(at) = self.instances.get(index) {
+            for (_, janus_room, secret) in left_here {
+                // Gone already if Janus restarted; there if only the connection broke.
+                let _ = at.janus.destroy_room(at.admin, janus_room, &secret).await;
+            }
+        }
+        let stranded: Vec<String> = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| self.instances.get(r.instance).is_none_or(|i| !i.up))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for room in stranded {
+            self.move_room(&room).await;
+        }
+    }
+
+    /// Moves `room` off its lost instance onto the least loaded one that is up: a new Janus
+    /// room there, every member in it again, and each told (`sfu_moved`) to publish and
+    /// subscribe anew. With no instance up, the members are told the SFU is unavailable and
+    /// the room waits for one.
+    async fn move_room(&mut self, room: &str) {
+        let Some(from) = self.rooms.get(room).map(|r| r.instance) else {
+            return;
+        };
+        let url = self
+            .instances
+            .get(from)
+            .map(|i| i.config.url.clone())
+            .unwrap_or_default();
+        let lost = JanusError::Connect {
+            url,
+            reason: "connection lost, and no other Janus instance is up".into(),
+        };
+        let members_of = |rooms: &HashMap<String, Room>| -> Vec<ConnId> {
+            rooms
+                .get(room)
+                .map(|r| r.members.keys().copied().collect())
+                .unwrap_or_default()
+        };
+        let Some((target, at)) = self
+            .least_loaded()
+            .and_then(|i| Some((i, self.instances.get(i)?)))
+        else {
+            for conn in members_of(&self.rooms) {
+                self.refuse(conn, &lost).await;
+            }
+            return;
+        };
+        let (janus_room, secret) = (random_id(), random_token());
+        let target_url = at.config.url.clone();
+        let created = at
+            .janus
+            .create_room(at.admin, janus_room, &secret, self.config.publishers, &[])
+            .await;
+        if let Err(e) = created {
+            warn!(error = %e, room, "cannot create the room on another Janus");
+            for conn in members_of(&self.rooms) {
+                self.refuse(conn, &e).await;
+            }
+            return;
+        }
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
+        self.orphans.push((
+            r.instance,
+            std::mem::replace(&mut r.janus_room, janus_room),
+            std::mem::replace(&mut r.secret, secret),
+        ));
+        r.instance = target;
+        // Their handles went with the lost connection; each member starts over.
+        let members: Vec<(ConnId, PeerId)> =
+            r.members.drain().map(|(conn, m)| (conn, m.peer)).collect();
+        info!(room, url = %target_url, members = members.len(), "room moved to another Janus SFU");
+        for (conn, peer) in members {
+            self.add_member(room, conn, peer).await;
+            let in_again = self
+                .rooms
+                .get(room)
+                .is_some_and(|r| r.members.contains_key(&conn));
+            if in_again {
+                let _ = self.deliver.send((conn, ServerMessage::SfuMoved)).await;
+            }
         }
     }
 

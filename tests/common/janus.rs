@@ -8,7 +8,7 @@ pub const ADMIN_KEY: &str = "janus test admin key";
 pub struct JanusProcess {
     janus: LocalJanus,
     pub url: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl JanusProcess {
@@ -20,8 +20,20 @@ impl JanusProcess {
         JanusProcess {
             url: janus.url.clone(),
             janus,
-            _dir: dir,
+            dir,
         }
+    }
+
+    /// Kills it, as a crash would.
+    pub async fn kill(&mut self) {
+        self.janus.kill().await;
+    }
+
+    /// Starts it again on the same port (after `kill`), empty as a restarted Janus is.
+    pub async fn restart(&mut self) {
+        self.janus = LocalJanus::start_at(self.dir.path(), ADMIN_KEY, None, Some(self.janus.port))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     pub fn pid(&self) -> u32 {
