@@ -1188,6 +1188,12 @@ impl Engine {
                         .as_deref()
                         .is_some_and(|r| room_key(r) == room_key(&room));
                 if resumed {
+                    // The server ended our SFU membership with the old connection: its
+                    // connections are dead. If the room is still on the SFU, `room_mode`
+                    // follows and a new link is made.
+                    if self.sfu.is_some() {
+                        self.leave_sfu().await;
+                    }
                     // Hands may have changed while we were away.
                     let hands: Vec<_> = peers
                         .iter()

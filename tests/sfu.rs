@@ -584,3 +584,53 @@ async fn a_room_whose_janus_dies_moves_to_another_and_back_when_that_one_dies_to
     }
     server.shutdown().await;
 }
+
+/// Participants in each VideoRoom room on a Janus instance.
+async fn participants_on(janus: &JanusProcess, tasks: &mut JoinSet<()>) -> Vec<u64> {
+    let client = connect(&janus.url, Some(ADMIN_KEY), tasks).await;
+    let handle = client.attach().await.unwrap();
+    let body = json!({ "request": "list", "admin_key": ADMIN_KEY });
+    let (data, _) = client.message(handle, body, None).await.unwrap();
+    data["list"]
+        .as_array()
+        .map(|rooms| {
+            rooms
+                .iter()
+                .filter_map(|r| r["num_participants"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_signaling_server_restart_a_room_on_the_sfu_gets_its_media_back() {
+    let janus = JanusProcess::start().await;
+    let mut config = sfu_server_config(&janus, 0);
+    config.hub.access.rejoin_secret =
+        huddle::signaling::access::Secret::new("the same secret after the restart").unwrap();
+    let server = common::start_server(config.clone()).await;
+    config.bind = server.local_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let mut peers = Vec::new();
+    join_sfu_peers(&server.url(), "steady", 0..3, dir.path(), &mut peers).await;
+    all_decode_all(&mut peers, 15, &Default::default()).await;
+    let mut tasks = JoinSet::new();
+    assert_eq!(participants_on(&janus, &mut tasks).await, [3]);
+
+    // The server restarts (a new version deployed): its Janus rooms go with it. Everyone takes
+    // their id back, and the room is on the SFU again with everyone publishing into it.
+    let stale = video_outputs(&mut peers);
+    server.shutdown().await;
+    let server = common::start_server(config).await;
+    for p in &mut peers {
+        p.wait_for(std::time::Duration::from_secs(30), |e| match e {
+            huddle::engine::Event::Resumed { .. } => Some(()),
+            huddle::engine::Event::Joined { you, .. } => panic!("joined afresh as {}", you.id),
+            _ => None,
+        })
+        .await;
+    }
+    all_decode_all(&mut peers, 15, &stale).await;
+    assert_eq!(participants_on(&janus, &mut tasks).await, [3]);
+    server.shutdown().await;
+}

@@ -122,6 +122,12 @@ export class Room {
         this.nickname = msg.you.nickname;
         this.rejoinToken = msg.rejoin_token || null;
         this.metrics.joinedAt = performance.now();
+        // The server ended our SFU membership with the old connection; if the room is still on
+        // the SFU, room_mode follows and a new link is made.
+        if (this.sfu) {
+          this.sfu.close();
+          this.sfu = null;
+        }
         const listed = new Set(msg.peers.map((p) => p.id));
         // A peer the room does not list may be reconnecting too (a server restart): it keeps
         // its place and connection for a while, as in the native client.

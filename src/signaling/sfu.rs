@@ -105,7 +105,12 @@ struct Actor {
     /// Rooms left behind on an instance whose connection was lost, destroyed when it is back.
     orphans: Vec<(usize, u64, String)>,
     cancel: CancellationToken,
+    /// Ends every Janus connection; cancelled once the rooms are destroyed at shutdown.
+    connections: CancellationToken,
 }
+
+/// How long the orchestrator may spend destroying its Janus rooms when the server stops.
+const SHUTDOWN_CLEANUP: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// A new handle in `janus_room` as publisher `feed` (our choice of id), admitted by `token`;
 /// with the feeds already there whose media is up.
@@ -165,7 +170,7 @@ fn random_id() -> u64 {
 type InstanceEvent = (usize, u64, Option<Value>);
 
 /// Connects to Janus instance `index` for the `generation`th time: its client, the handle to
-/// administer rooms with, and its events forwarded to `events`.
+/// administer rooms with, and its events forwarded to `events`; all of it until `cancel`.
 async fn connect_instance(
     index: usize,
     generation: u64,
@@ -209,13 +214,14 @@ async fn connect_instance(
 }
 
 /// Tries to reach a lost instance again, waiting longer after each failure, until it answers
-/// or the orchestrator stops.
+/// or `cancel` (the server stopping); the new connection lasts until `connection`.
 async fn reconnect(
     index: usize,
     generation: u64,
     config: JanusConfig,
     events: mpsc::Sender<InstanceEvent>,
     cancel: CancellationToken,
+    connection: CancellationToken,
 ) -> Option<(usize, Instance)> {
     let mut wait = RECONNECT_FIRST;
     loop {
@@ -228,7 +234,7 @@ async fn reconnect(
             generation,
             config.clone(),
             events.clone(),
-            cancel.clone(),
+            connection.clone(),
         );
         match attempt.await {
             Ok(instance) => return Some((index, instance)),
@@ -249,6 +255,9 @@ pub async fn spawn(
     cancel: CancellationToken,
 ) -> Result<(mpsc::Sender<SfuWork>, mpsc::Receiver<Delivery>), JanusError> {
     let (events_tx, events) = mpsc::channel::<InstanceEvent>(4096);
+    // The Janus connections outlive the server's cancellation until the orchestrator has
+    // destroyed its rooms on them; they stop with it (or with their instance) in any case.
+    let connections = CancellationToken::new();
     let mut instances = Vec::new();
     for (index, janus_config) in config.janus.iter().enumerate() {
         let instance = connect_instance(
@@ -256,7 +265,7 @@ pub async fn spawn(
             0,
             janus_config.clone(),
             events_tx.clone(),
-            cancel.clone(),
+            connections.clone(),
         )
         .await?;
         info!(url = %janus_config.url, "connected to a Janus SFU");
@@ -277,6 +286,7 @@ pub async fn spawn(
         reconnects: JoinSet::new(),
         orphans: Vec::new(),
         cancel: cancel.clone(),
+        connections,
     };
     tasks.spawn(actor.run(work_rx, events, cancel));
     Ok((work_tx, deliveries))
@@ -316,14 +326,24 @@ impl Actor {
                 }
             }
         }
-        for room in std::mem::take(&mut self.rooms).into_values() {
-            if let Some(at) = self.instances.get(room.instance) {
-                let _ = at
-                    .janus
-                    .destroy_room(at.admin, room.janus_room, &room.secret)
-                    .await;
+        // Rooms left on Janus would outlive the server: a restarted one makes new ones.
+        let cleanup = async {
+            for room in std::mem::take(&mut self.rooms).into_values() {
+                if let Some(at) = self.instances.get(room.instance).filter(|i| i.up) {
+                    let _ = at
+                        .janus
+                        .destroy_room(at.admin, room.janus_room, &room.secret)
+                        .await;
+                }
             }
+        };
+        if tokio::time::timeout(SHUTDOWN_CLEANUP, cleanup)
+            .await
+            .is_err()
+        {
+            warn!("Janus did not destroy every room in time; some are left behind");
         }
+        self.connections.cancel();
     }
 
     /// An instance's connection ended: its rooms move to another instance (their members
@@ -344,6 +364,7 @@ impl Actor {
             at.config.clone(),
             self.events.clone(),
             self.cancel.clone(),
+            self.connections.clone(),
         ));
         let stranded: Vec<String> = self
             .rooms
