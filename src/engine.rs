@@ -606,6 +606,8 @@ struct SfuLink {
     /// Each peer's camera as received, and the layer change we wait to see in it.
     videos: HashMap<PeerId, Arc<crate::media::video::RemoteVideo>>,
     switches: HashMap<PeerId, LayerSwitch>,
+    /// Offers from the SFU so far on this link.
+    offers: u64,
 }
 
 /// A layer change asked of the SFU and not yet seen in the picture: the SFU switches at the
@@ -1469,6 +1471,7 @@ impl Engine {
             keyframes_asked: HashMap::new(),
             videos: HashMap::new(),
             switches: HashMap::new(),
+            offers: 0,
         });
         let publisher = self.start_sfu_session(true);
         if let Some(link) = self.sfu.as_mut() {
@@ -1562,17 +1565,32 @@ impl Engine {
         let Some(link) = self.sfu.as_mut() else {
             return;
         };
+        tracing::debug!(
+            streams = ?streams.iter().map(|s| (&s.mid, &s.kind, s.peer_id.as_str())).collect::<Vec<_>>(),
+            "an offer from the SFU"
+        );
         for s in streams.iter().filter(|s| s.kind == "video") {
             link.layers.add(s.peer_id.clone());
             if let Some(width) = self.tile_widths.get(&s.peer_id) {
                 link.layers.set_tile(s.peer_id.clone(), Some(*width));
             }
         }
+        // The offer lists every active stream: one that was not active in the last offer is
+        // new (maybe in a media section an ended stream had; see `StreamOwner::since`).
+        link.offers += 1;
+        let offer = link.offers;
         link.owners.send_modify(|owners| {
+            let before = std::mem::take(owners);
             for s in streams {
+                let screen = s.kind == "screen";
+                let since = before
+                    .get(&s.mid)
+                    .filter(|o| o.peer == s.peer_id && o.screen == screen)
+                    .map_or(offer, |o| o.since);
                 let owner = session::StreamOwner {
                     peer: s.peer_id,
-                    screen: s.kind == "screen",
+                    screen,
+                    since,
                 };
                 owners.insert(s.mid, owner);
             }

@@ -458,3 +458,116 @@ async fn on_the_sfu_a_receiver_behind_a_slow_link_gets_the_low_layer_and_others_
         .await;
     drop(janus);
 }
+
+/// Whether `v` is a stats line showing `nickname`'s camera with new frames.
+fn moving(v: &Value, nickname: &str) -> bool {
+    v["event"] == "stats"
+        && v["nickname"] == nickname
+        && v["video"]["fps"].as_f64().is_some_and(|fps| fps > 3.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_sfu_a_thirty_second_outage_brings_the_call_back_without_anyone_acting() {
+    let _one = ONE_CALL_AT_A_TIME.lock().await;
+    // Janus and the server in A; a beside them, b behind a link that carries nothing for 30 s
+    // from 8 s after it is armed: b's connections with Janus and with the server both die.
+    let Some(emu) = emulator("long-outage") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let key = "network test janus key";
+    let janus = huddle::signaling::janus::LocalJanus::start_in(
+        dir.path(),
+        key,
+        Some(emu.namespace(Side::A)),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let server = server_in_a(
+        &emu,
+        &["--sfu", &janus.url, "--sfu-secret", key, "--sfu-above", "0"],
+    )
+    .await;
+    let mut a = Process::start(
+        &emu,
+        Side::A,
+        "a",
+        &peer_args("sfu-outage", "a", "1", Side::A, "0.5"),
+    );
+    let mut b = Process::start(
+        &emu,
+        Side::B,
+        "b",
+        &peer_args("sfu-outage", "b", "2", Side::B, "0.5"),
+    );
+    for p in [&mut a, &mut b] {
+        p.until(Duration::from_secs(30), |v| v["event"] == "joined")
+            .await;
+    }
+    a.until(Duration::from_secs(40), |v| moving(v, "b")).await;
+    b.until(Duration::from_secs(40), |v| moving(v, "a")).await;
+    emu.arm();
+    let back = a.started.elapsed().as_secs_f64() + 38.0;
+    let mut call = Call {
+        emu,
+        _server: server,
+        a,
+        b,
+    };
+    run_for(&mut call, Duration::from_secs(60)).await;
+    let other_of = |p: &Process| if p.name == "a" { &call.b } else { &call.a };
+    for (p, other) in [(&call.a, "b"), (&call.b, "a")] {
+        let again = p
+            .log
+            .iter()
+            .find(|(t, v)| t.as_secs_f64() > back && moving(v, other))
+            .map(|(t, _)| t.as_secs_f64() - back)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: no video after the outage (back at {back:.1} s):\n{}\n{}:\n{}",
+                    p.name,
+                    summary(p),
+                    other_of(p).name,
+                    summary(other_of(p))
+                )
+            });
+        assert!(again < 20.0, "{}: video again after {again:.1} s", p.name);
+        eprintln!(
+            "{}: {other}'s video again {again:.1} s after the link came back",
+            p.name
+        );
+        // And it keeps coming at the end.
+        let last: Vec<_> = p
+            .log
+            .iter()
+            .rev()
+            .filter(|(_, v)| v["event"] == "stats" && v["nickname"] == other)
+            .take(4)
+            .collect();
+        assert!(
+            last.len() == 4 && last.iter().all(|(_, v)| moving(v, other)),
+            "{}: {other}'s video at the end: {last:#?}",
+            p.name
+        );
+    }
+    drop(janus);
+}
+
+/// One short line per logged event: stats lines as the peer's video width and fps.
+fn summary(p: &Process) -> String {
+    p.log
+        .iter()
+        .map(|(t, v)| {
+            let t = t.as_secs_f64();
+            if v["event"] == "stats" {
+                format!(
+                    "{t:.1} stats {} {}@{}",
+                    v["nickname"], v["video"]["width"], v["video"]["fps"]
+                )
+            } else {
+                format!("{t:.1} {v}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}

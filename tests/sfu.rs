@@ -634,3 +634,28 @@ async fn after_a_signaling_server_restart_a_room_on_the_sfu_gets_its_media_back(
     assert_eq!(participants_on(&janus, &mut tasks).await, [3]);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn someone_who_joins_after_someone_left_reaches_everyone() {
+    // Janus gives the newcomer's streams the media sections the leaver's had: the receivers
+    // must see the new stream in them.
+    let janus = JanusProcess::start().await;
+    let server = common::start_server(sfu_server_config(&janus, 0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut peers = Vec::new();
+    join_sfu_peers(&server.url(), "turnover", 0..3, dir.path(), &mut peers).await;
+    all_decode_all(&mut peers, 15, &Default::default()).await;
+    let leaver = peers.pop().unwrap();
+    let leaver_id = leaver.id.clone().unwrap();
+    leaver.engine.shutdown().await;
+    for p in &mut peers {
+        p.wait_for(std::time::Duration::from_secs(10), |e| match e {
+            huddle::engine::Event::PeerLeft { peer, .. } if *peer == leaver_id => Some(()),
+            _ => None,
+        })
+        .await;
+    }
+    join_sfu_peers(&server.url(), "turnover", 3..4, dir.path(), &mut peers).await;
+    all_decode_all(&mut peers, 15, &Default::default()).await;
+    server.shutdown().await;
+}

@@ -99,6 +99,20 @@ pub struct SessionConfig {
 pub struct StreamOwner {
     pub peer: PeerId,
     pub screen: bool,
+    /// Which offer made the stream active for this owner. Janus reuses the media section of
+    /// a stream that ended for the next one it adds, with the same SSRC, so webrtc 0.21
+    /// announces no new track: a different number here means the track now carries a new
+    /// stream, and its receiver starts over for its new owner.
+    pub since: u64,
+}
+
+/// A track received from the SFU, the offer it was last started for, and its receive task.
+struct SfuReceive {
+    track: Arc<dyn TrackRemote>,
+    since: u64,
+    task: tokio::task::AbortHandle,
+    /// The playout stream an audio track feeds (removed when it starts over).
+    audio_key: Option<String>,
 }
 
 impl SessionConfig {
@@ -538,6 +552,8 @@ struct Actor {
     ice_connected_at: Option<Instant>,
     connected: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// On a connection with the SFU: each track by its mid.
+    sfu_receives: HashMap<String, SfuReceive>,
     playout: Arc<AudioPlayout>,
     on_video_frame: Callback,
     last_stats: Option<(Instant, u64, u64)>,
@@ -665,8 +681,15 @@ async fn run(
     control_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u64 = 0;
     let mut disconnected_since: Option<Instant> = None;
+    let mut stream_owners = actor.config.stream_owners.clone();
     let reason = loop {
         tokio::select! {
+            Ok(()) = async {
+                match stream_owners.as_mut() {
+                    Some(owners) => owners.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => actor.rebind_sfu_receives().await,
             cmd = commands.recv() => match cmd {
                 None => break CloseReason::Closed,
                 // The owner handles bye (it replaces the session); nothing to do here.
@@ -836,6 +859,7 @@ impl Actor {
             ice_connected_at: None,
             connected,
             tasks: JoinSet::new(),
+            sfu_receives: HashMap::new(),
             playout: media.playout.clone(),
             on_video_frame: media.on_video_frame.clone(),
             last_stats: None,
@@ -1169,7 +1193,7 @@ impl Actor {
         name: &str,
         shared: Arc<VideoReceiveShared>,
         also_ask: Option<Callback>,
-    ) -> Option<Arc<RemoteVideo>> {
+    ) -> Option<(Arc<RemoteVideo>, tokio::task::AbortHandle)> {
         let keyframe_needed = Arc::new(Notify::new());
         let on_keyframe: Callback = {
             let n = keyframe_needed.clone();
@@ -1184,25 +1208,26 @@ impl Actor {
         .inspect_err(|e| tracing::error!(error = %e, name, "cannot start a video decoder"))
         .ok()?;
         let output = receiver.output();
-        self.tasks.spawn(receive_video(
+        let task = self.tasks.spawn(receive_video(
             track,
             receiver,
             keyframe_needed,
             shared,
             also_ask,
         ));
-        Some(output)
+        Some((output, task))
     }
 
     async fn receive_track(&mut self, track: Arc<dyn TrackRemote>) {
         if let Some(owners) = &self.config.stream_owners {
             let mid = track.track_id().await;
             let owner = owners.borrow().get(mid.as_str()).cloned();
+            tracing::debug!(mid = %mid, owner = ?owner, "a track from the SFU");
             let Some(owner) = owner else {
                 tracing::warn!(mid = %mid, "a track from the SFU that no stream names");
                 return;
             };
-            return self.receive_track_of(owner, track).await;
+            return self.receive_track_of(mid, owner, track).await;
         }
         let is_screen = track.stream_id().await == SCREEN_STREAM_ID
             || track.track_id().await.starts_with("screen-");
@@ -1214,7 +1239,7 @@ impl Actor {
                 } else {
                     (remote.to_string(), self.receive.clone())
                 };
-                let Some(output) = self.start_video_receive(track, &name, shared, None) else {
+                let Some((output, _)) = self.start_video_receive(track, &name, shared, None) else {
                     return;
                 };
                 if is_screen {
@@ -1226,18 +1251,59 @@ impl Actor {
             }
             RtpCodecKind::Audio => {
                 let key = self.config.remote.to_string();
-                self.start_audio_receive(track, key);
+                let _ = self.start_audio_receive(track, key);
             }
             _ => {}
         }
     }
 
+    /// The SFU's streams changed: a track whose media section now carries a new stream
+    /// (see `StreamOwner::since`) starts over for its new owner.
+    async fn rebind_sfu_receives(&mut self) {
+        let Some(owners) = &self.config.stream_owners else {
+            return;
+        };
+        let moved: Vec<(String, StreamOwner)> = {
+            let owners = owners.borrow();
+            self.sfu_receives
+                .iter()
+                .filter_map(|(mid, r)| {
+                    let owner = owners.get(mid)?;
+                    (owner.since != r.since).then(|| (mid.clone(), owner.clone()))
+                })
+                .collect()
+        };
+        for (mid, owner) in moved {
+            let Some(old) = self.sfu_receives.remove(&mid) else {
+                continue;
+            };
+            tracing::debug!(mid = %mid, owner = ?owner, "a track from the SFU carries a new stream");
+            old.task.abort();
+            if let Some(key) = &old.audio_key {
+                self.playout.remove_stream(key);
+            }
+            self.receive_track_of(mid, owner, old.track).await;
+        }
+    }
+
     /// A track on a connection with the SFU: `owner`'s camera, screen or microphone.
-    async fn receive_track_of(&mut self, owner: StreamOwner, track: Arc<dyn TrackRemote>) {
+    async fn receive_track_of(
+        &mut self,
+        mid: String,
+        owner: StreamOwner,
+        track: Arc<dyn TrackRemote>,
+    ) {
         let StreamOwner {
             peer: owner,
             screen,
+            since,
         } = owner;
+        let remember = |task: tokio::task::AbortHandle, audio_key: Option<String>| SfuReceive {
+            track: track.clone(),
+            since,
+            task,
+            audio_key,
+        };
         match track.kind().await {
             RtpCodecKind::Video => {
                 let shared = Arc::new(VideoReceiveShared::default());
@@ -1255,7 +1321,10 @@ impl Actor {
                 } else {
                     owner.to_string()
                 };
-                if let Some(video) = self.start_video_receive(track, &name, shared, Some(ask)) {
+                if let Some((video, task)) =
+                    self.start_video_receive(track.clone(), &name, shared, Some(ask))
+                {
+                    self.sfu_receives.insert(mid, remember(task, None));
                     let event = if screen {
                         SessionEvent::RemoteScreenOf { peer: owner, video }
                     } else {
@@ -1264,19 +1333,30 @@ impl Actor {
                     self.emit(event).await;
                 }
             }
-            RtpCodecKind::Audio => self.start_audio_receive(track, owner.to_string()),
+            RtpCodecKind::Audio => {
+                let key = owner.to_string();
+                if let Some(task) = self.start_audio_receive(track.clone(), key.clone()) {
+                    self.sfu_receives.insert(mid, remember(task, Some(key)));
+                }
+            }
             _ => {}
         }
     }
 
     /// Plays `track` into the mix as the stream `key` (a peer's id).
-    fn start_audio_receive(&mut self, track: Arc<dyn TrackRemote>, key: String) {
+    fn start_audio_receive(
+        &mut self,
+        track: Arc<dyn TrackRemote>,
+        key: String,
+    ) -> Option<tokio::task::AbortHandle> {
         if let Err(e) = self.playout.add_stream(&key) {
             tracing::error!(error = %e, "cannot start audio decoder");
-            return;
+            return None;
         }
-        self.tasks
-            .spawn(receive_audio(track, self.playout.clone(), key));
+        Some(
+            self.tasks
+                .spawn(receive_audio(track, self.playout.clone(), key)),
+        )
     }
 
     /// Five times a second: the congestion controller's estimate becomes this peer's video
