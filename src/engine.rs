@@ -480,6 +480,8 @@ pub fn spawn(
         peers: HashMap::new(),
         tile_widths: HashMap::new(),
         sfu: None,
+        sfu_restart_at: None,
+        sfu_failures: 0,
         transfers,
         audio_muted: false,
         processor,
@@ -580,6 +582,10 @@ struct Engine {
     tile_widths: HashMap<PeerId, u32>,
     /// While the room runs on the server's SFU: our connections with it (no peer sessions).
     sfu: Option<SfuLink>,
+    /// Our SFU connections failed: when to ask the server to start our membership over, and
+    /// how many times they failed since they last came up (the wait doubles with each).
+    sfu_restart_at: Option<Instant>,
+    sfu_failures: u32,
     transfers: TransferManager,
     audio_muted: bool,
     processor: Option<Arc<crate::media::apm::AudioProcessor>>,
@@ -627,6 +633,11 @@ struct LayerSwitch {
 /// (the publisher may not send that layer at all: its uplink paused it, or a browser skipped it).
 const LAYER_SWITCH_WAIT: Duration = Duration::from_secs(3);
 const LAYER_SWITCH_TRIES: u8 = 3;
+
+/// After an SFU connection fails, the first wait before asking the server to start our
+/// membership over, and the longest.
+const SFU_RESTART_FIRST: Duration = Duration::from_secs(1);
+const SFU_RESTART_MAX: Duration = Duration::from_secs(30);
 
 /// Keyframe requests through the server, per peer, at most this often (Janus itself sends a
 /// publisher at most one a second).
@@ -1448,13 +1459,14 @@ impl Engine {
         self.open_sfu_link();
     }
 
-    /// The room's media moved to another SFU: both SFU connections start over there. The
-    /// connections made for files stay.
+    /// The room's media moved to another SFU, or our membership started over: both SFU
+    /// connections start over. The connections made for files stay.
     async fn restart_sfu(&mut self) {
         if self.sfu.is_none() {
             return;
         }
-        tracing::info!("the room's media moved to another SFU: connecting again");
+        self.sfu_restart_at = None;
+        tracing::info!("the server moved or restarted our SFU membership: connecting again");
         self.leave_sfu().await;
         self.open_sfu_link();
     }
@@ -1515,6 +1527,7 @@ impl Engine {
     }
 
     async fn leave_sfu(&mut self) {
+        self.sfu_restart_at = None;
         if let Some(link) = self.sfu.take() {
             for session in [link.publisher, link.subscriber].into_iter().flatten() {
                 session.close().await;
@@ -1649,6 +1662,7 @@ impl Engine {
             }
             SessionEvent::Connected { setup, .. } => {
                 tracing::info!(publisher, ?setup, "connected to the SFU");
+                self.sfu_failures = 0;
             }
             SessionEvent::KeyframeWanted { peer } => {
                 let now = Instant::now();
@@ -1697,8 +1711,17 @@ impl Engine {
                     CloseReason::Closed => "closed".to_owned(),
                     CloseReason::Failed(r) | CloseReason::SetupFailed(r) => r,
                 };
+                // The path stopped carrying media: the server starts our membership over
+                // (both connections), after a wait that doubles with each failure in a row.
+                if self.sfu_restart_at.is_none() {
+                    let wait = SFU_RESTART_FIRST * 2u32.pow(self.sfu_failures.min(5));
+                    let wait = wait.min(SFU_RESTART_MAX);
+                    self.sfu_failures += 1;
+                    self.sfu_restart_at = Some(Instant::now() + wait);
+                    tracing::info!(?wait, %reason, "an SFU connection failed: connecting again");
+                }
                 self.emit(Event::Problem(format!(
-                    "The connection to the server's SFU ended: {reason}"
+                    "The connection to the server's SFU ended ({reason}); connecting again"
                 )))
                 .await;
             }
@@ -1916,6 +1939,14 @@ impl Engine {
 
     async fn on_tick(&mut self) {
         self.drop_missing_peers().await;
+        if self.sfu_restart_at.is_some_and(|at| at <= Instant::now()) {
+            self.sfu_restart_at = None;
+            if self.sfu.is_some() {
+                let _ = self
+                    .signaling
+                    .send(ClientCommand::Sfu(ClientMessage::SfuRestart));
+            }
+        }
         self.check_layer_probe();
         self.check_layer_switches();
         let due: Vec<PeerId> = self

@@ -229,8 +229,22 @@ export class Room {
     this.ui.peers();
   }
 
-  /** The room's media moved to another SFU (the one it was on was lost): both SFU connections
-   * start over there. */
+  /** A connection with the SFU failed (the path stopped carrying media): after a wait that
+   * doubles with each failure in a row, the server is asked to start our membership over, and
+   * answers sfu_moved. */
+  sfuFailed() {
+    if (this.sfuRestartTimer) return;
+    const failures = this.sfuFailures || 0;
+    this.sfuFailures = failures + 1;
+    const wait = Math.min(30000, 1000 * 2 ** Math.min(failures, 5));
+    this.sfuRestartTimer = setTimeout(() => {
+      this.sfuRestartTimer = null;
+      if (this.sfu) this.send({ type: 'sfu_restart' });
+    }, wait);
+  }
+
+  /** The room's media moved to another SFU (the one it was on was lost), or our membership
+   * started over: both SFU connections start over. */
   restartSfu() {
     this.sfu.close();
     this.sfu = new SfuLink(this);
@@ -594,6 +608,11 @@ class SfuLink {
   async publish() {
     const pc = new RTCPeerConnection({ iceServers: this.room.iceServers });
     this.pub = pc;
+    pc.onconnectionstatechange = () => {
+      if (this.pub !== pc) return;
+      if (pc.connectionState === 'failed') this.room.sfuFailed();
+      else if (pc.connectionState === 'connected') this.room.sfuFailures = 0;
+    };
     // Simulcast as the native client sends it: the whole picture, a half and a quarter at
     // 15 fps, highest first (the order the SFU reads), each receiver getting the one its tile
     // needs.
@@ -633,6 +652,7 @@ class SfuLink {
       pc.ontrack = (ev) => this.sub === pc && this.onTrack(ev);
       pc.onconnectionstatechange = () => {
         if (this.sub !== pc) return;
+        if (pc.connectionState === 'failed') this.room.sfuFailed();
         const state = pc.connectionState === 'connected' ? 'connected' : 'connecting';
         for (const peer of this.room.peers.values()) {
           peer.state = state;

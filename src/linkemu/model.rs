@@ -65,6 +65,9 @@ pub struct LinkSpec {
     pub queue: Duration,
     /// Total outages: `(from, length)`, measured from when the schedule is armed.
     pub outages: Vec<(Duration, Duration)>,
+    /// Outages for UDP only, TCP still passing: a middlebox that stops carrying media while
+    /// the signaling connection stays up.
+    pub udp_outages: Vec<(Duration, Duration)>,
 }
 
 impl Default for LinkSpec {
@@ -77,6 +80,7 @@ impl Default for LinkSpec {
             rate: Vec::new(),
             queue: Duration::from_millis(300),
             outages: Vec::new(),
+            udp_outages: Vec::new(),
         }
     }
 }
@@ -93,6 +97,12 @@ impl LinkSpec {
 
     pub fn in_outage(&self, t: Duration) -> bool {
         self.outages
+            .iter()
+            .any(|(from, len)| t >= *from && t < *from + *len)
+    }
+
+    pub fn in_udp_outage(&self, t: Duration) -> bool {
+        self.udp_outages
             .iter()
             .any(|(from, len)| t >= *from && t < *from + *len)
     }
@@ -167,6 +177,11 @@ impl LinkProfile {
                 outages: vec![(s(8), s(30))],
                 ..LinkSpec::default()
             },
+            "udp-outage" => LinkSpec {
+                delay: ms(20),
+                udp_outages: vec![(s(8), s(30))],
+                ..LinkSpec::default()
+            },
             "4g" => LinkSpec {
                 delay: ms(60),
                 jitter: ms(20),
@@ -179,7 +194,7 @@ impl LinkProfile {
         };
         let run = match name {
             "capacity-drop" => 40,
-            "long-outage" => 50,
+            "long-outage" | "udp-outage" => 50,
             _ => 25,
         };
         Some(LinkProfile::symmetric(name, spec, run))
@@ -276,6 +291,17 @@ impl Direction {
         now.saturating_sub(self.armed_at)
     }
 
+    /// An IP packet arrives at `now`: a UDP one also meets the UDP-only outages.
+    pub fn offer_packet(&mut self, now: Duration, packet: &[u8]) -> Verdict {
+        if is_udp(packet) && self.spec.in_udp_outage(self.schedule_time(now)) {
+            self.stats.packets_in += 1;
+            self.stats.bytes_in += packet.len() as u64;
+            self.stats.dropped_outage += 1;
+            return Verdict::Drop(Drop::Outage);
+        }
+        self.offer(now, packet.len())
+    }
+
     /// A packet of `len` bytes arrives at `now`.
     pub fn offer(&mut self, now: Duration, len: usize) -> Verdict {
         self.stats.packets_in += 1;
@@ -349,6 +375,16 @@ impl Direction {
                 self.rng.random_bool(p.clamp(0.0, 1.0))
             }
         }
+    }
+}
+
+/// Whether an IP packet (IPv4 or IPv6, as a TUN device gives it) carries UDP.
+fn is_udp(packet: &[u8]) -> bool {
+    const UDP: u8 = 17;
+    match packet.first().map(|b| b >> 4) {
+        Some(4) => packet.get(9) == Some(&UDP),
+        Some(6) => packet.get(6) == Some(&UDP),
+        _ => false,
     }
 }
 
@@ -472,6 +508,47 @@ mod tests {
         assert_eq!(d.offer(ms(15_999), 100), Verdict::Drop(Drop::Outage));
         assert!(matches!(d.offer(ms(16_000), 100), Verdict::Deliver(_)));
         assert_eq!(d.stats.dropped(), 2);
+    }
+
+    #[test]
+    fn a_udp_outage_stops_udp_and_lets_tcp_through() {
+        // Minimal IPv4 headers: protocol 17 (UDP) and 6 (TCP) at byte 9; and an IPv6 UDP one.
+        let v4 = |protocol: u8| {
+            let mut p = vec![0u8; 40];
+            p[0] = 0x45;
+            p[9] = protocol;
+            p
+        };
+        let mut v6_udp = vec![0u8; 60];
+        v6_udp[0] = 0x60;
+        v6_udp[6] = 17;
+        let mut d = Direction::new(LinkProfile::named("udp-outage").unwrap().a_to_b, 0);
+        d.arm(ms(0));
+        assert!(matches!(
+            d.offer_packet(ms(7_000), &v4(17)),
+            Verdict::Deliver(_)
+        ));
+        assert_eq!(
+            d.offer_packet(ms(9_000), &v4(17)),
+            Verdict::Drop(Drop::Outage)
+        );
+        assert_eq!(
+            d.offer_packet(ms(9_000), &v6_udp),
+            Verdict::Drop(Drop::Outage)
+        );
+        assert!(matches!(
+            d.offer_packet(ms(9_000), &v4(6)),
+            Verdict::Deliver(_)
+        ));
+        assert!(matches!(
+            d.offer_packet(ms(38_000), &v4(17)),
+            Verdict::Deliver(_)
+        ));
+        // Too short to be an IP packet: not UDP.
+        assert!(matches!(
+            d.offer_packet(ms(9_000), &[0x45]),
+            Verdict::Deliver(_)
+        ));
     }
 
     #[test]

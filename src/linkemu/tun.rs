@@ -340,7 +340,7 @@ fn forward(
             };
             let now = epoch.elapsed();
             let Ok(mut d) = direction.lock() else { return };
-            if let Verdict::Deliver(due) = d.offer(now, n) {
+            if let Verdict::Deliver(due) = d.offer_packet(now, &buf[..n]) {
                 if queue.len() >= MAX_IN_FLIGHT {
                     d.overflowed(n);
                 } else {

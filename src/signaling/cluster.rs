@@ -615,7 +615,8 @@ impl ClusterHub {
             | ClientMessage::SfuAnswer { .. }
             | ClientMessage::SfuCandidate { .. }
             | ClientMessage::SfuLayer { .. }
-            | ClientMessage::SfuKeyframe { .. } => self.error(
+            | ClientMessage::SfuKeyframe { .. }
+            | ClientMessage::SfuRestart => self.error(
                 conn,
                 ErrorCode::NotSfuRoom,
                 "rooms on this server are meshes: connect to each peer instead",

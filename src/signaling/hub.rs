@@ -116,6 +116,10 @@ pub enum SfuWork {
         conn: ConnId,
         peer: PeerId,
     },
+    /// `conn`'s connections with the SFU failed: its membership starts over.
+    Restart {
+        conn: ConnId,
+    },
 }
 
 struct Conn {
@@ -322,6 +326,7 @@ impl Hub {
                 },
                 out,
             ),
+            ClientMessage::SfuRestart => self.sfu_message(conn, SfuWork::Restart { conn }, out),
             // Answered here, not by the connection, so the pong follows everything the hub has
             // already queued for this client: a ping is an ordering barrier.
             ClientMessage::Ping { nonce } => send(out, conn, ServerMessage::Pong { nonce }),

@@ -108,6 +108,9 @@ pub enum ClientMessage {
     SfuKeyframe {
         peer_id: PeerId,
     },
+    /// In a room on the SFU: our connections with it failed (a path that stopped carrying
+    /// media); the server starts our membership over and answers `sfu_moved`.
+    SfuRestart,
 }
 
 /// The highest `sfu_layer` (layers are 0, 1 and 2).
@@ -149,6 +152,7 @@ pub const CLIENT_MESSAGE_TYPES: &[&str] = &[
     "sfu_candidate",
     "sfu_layer",
     "sfu_keyframe",
+    "sfu_restart",
 ];
 
 /// Messages the server sends.
@@ -753,6 +757,7 @@ mod tests {
             ClientMessage::SfuKeyframe {
                 peer_id: "p".into(),
             },
+            ClientMessage::SfuRestart,
         ];
         assert_eq!(samples.len(), CLIENT_MESSAGE_TYPES.len());
         for msg in samples {

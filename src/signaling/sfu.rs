@@ -465,14 +465,10 @@ impl Actor {
             r.members.drain().map(|(conn, m)| (conn, m.peer)).collect();
         info!(room, url = %target_url, members = members.len(), "room moved to another Janus SFU");
         for (conn, peer) in members {
+            // Told before it is in again: joining may bring it an offer, which belongs on its
+            // new connections.
+            let _ = self.deliver.send((conn, ServerMessage::SfuMoved)).await;
             self.add_member(room, conn, peer).await;
-            let in_again = self
-                .rooms
-                .get(room)
-                .is_some_and(|r| r.members.contains_key(&conn));
-            if in_again {
-                let _ = self.deliver.send((conn, ServerMessage::SfuMoved)).await;
-            }
         }
     }
 
@@ -550,6 +546,20 @@ impl Actor {
                             .await;
                     }
                 }
+            }
+            SfuWork::Restart { conn } => {
+                let Some((r, room)) = self.member(conn) else {
+                    return;
+                };
+                let Some(peer) = r.members.get(&conn).map(|m| m.peer.clone()) else {
+                    return;
+                };
+                debug!(room, %peer, "a member's SFU connections failed: starting it over");
+                self.remove_member(&room, conn).await;
+                // Told before it is in again: joining brings it an offer of everyone's media,
+                // which belongs on its new connections.
+                let _ = self.deliver.send((conn, ServerMessage::SfuMoved)).await;
+                self.add_member(&room, conn, peer).await;
             }
             SfuWork::Publish { conn, sdp } => self.publish(conn, sdp).await,
             SfuWork::Answer { conn, sdp } => self.answer(conn, sdp).await,
