@@ -360,6 +360,25 @@ async fn a_thirty_second_outage_rebuilds_the_call_without_anyone_acting() {
     }
 }
 
+/// Janus (its files in `dir`) and a server putting every room on it, both in namespace A, as
+/// at a data centre.
+async fn janus_and_server_in_a(
+    emu: &LinkEmulator,
+    dir: &std::path::Path,
+) -> (huddle::signaling::janus::LocalJanus, Process) {
+    let key = "network test janus key";
+    let janus =
+        huddle::signaling::janus::LocalJanus::start_in(dir, key, Some(emu.namespace(Side::A)))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    let server = server_in_a(
+        emu,
+        &["--sfu", &janus.url, "--sfu-secret", key, "--sfu-above", "0"],
+    )
+    .await;
+    (janus, server)
+}
+
 /// Whether `v` is a stats line about `nickname`'s camera decoded at `width` with new frames.
 fn decoding_at(v: &Value, nickname: &str, width: u64) -> bool {
     v["event"] == "stats"
@@ -377,19 +396,7 @@ async fn on_the_sfu_a_receiver_behind_a_slow_link_gets_the_low_layer_and_others_
     // Janus and the server in namespace A, as at a data centre; a1 and a2 beside them on
     // clean links, b behind the 200 kbit/s link (both ways).
     let dir = tempfile::tempdir().unwrap();
-    let key = "network test janus key";
-    let janus = huddle::signaling::janus::LocalJanus::start_in(
-        dir.path(),
-        key,
-        Some(emu.namespace(Side::A)),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    let _server = server_in_a(
-        &emu,
-        &["--sfu", &janus.url, "--sfu-secret", key, "--sfu-above", "0"],
-    )
-    .await;
+    let (janus, _server) = janus_and_server_in_a(&emu, dir.path()).await;
     // a1 is read only at the end: it reports rarely, so its output never fills the pipe.
     let peer = |side: Side, name: &'static str, source: &str, camera: bool, every: &str| {
         let mut args = peer_args("sfu-net", name, source, side, every);
@@ -475,19 +482,7 @@ async fn on_the_sfu_video_comes_back_after(profile: &str) {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let key = "network test janus key";
-    let janus = huddle::signaling::janus::LocalJanus::start_in(
-        dir.path(),
-        key,
-        Some(emu.namespace(Side::A)),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    let server = server_in_a(
-        &emu,
-        &["--sfu", &janus.url, "--sfu-secret", key, "--sfu-above", "0"],
-    )
-    .await;
+    let (janus, server) = janus_and_server_in_a(&emu, dir.path()).await;
     let room = format!("sfu-{profile}");
     let mut a = Process::start(
         &emu,

@@ -115,14 +115,25 @@ async fn the_server_alone_creates_guards_and_destroys_janus_rooms() {
 const JANUS_REACHABLE: &[&str] = &["0.0.0.0:0"];
 
 fn sfu_server_config(janus: &JanusProcess, above: usize) -> huddle::signaling::ServerConfig {
+    sfu_server_config_on(&[janus], above)
+}
+
+/// A server with rooms past `above` people on these Janus instances.
+fn sfu_server_config_on(
+    instances: &[&JanusProcess],
+    above: usize,
+) -> huddle::signaling::ServerConfig {
     let mut config = common::test_config();
     config.hub.sfu_above = Some(above);
     config.sfu = Some(huddle::signaling::sfu::SfuConfig {
-        janus: vec![JanusConfig {
-            url: janus.url.clone(),
-            admin_key: Some(ADMIN_KEY.into()),
-            api_secret: None,
-        }],
+        janus: instances
+            .iter()
+            .map(|janus| JanusConfig {
+                url: janus.url.clone(),
+                admin_key: Some(ADMIN_KEY.into()),
+                api_secret: None,
+            })
+            .collect(),
         publishers: 16,
     });
     config
@@ -432,25 +443,13 @@ async fn a_file_in_a_room_on_the_sfu_goes_peer_to_peer_on_a_connection_made_for_
 
 /// How many VideoRoom rooms a Janus instance holds (private ones too: the admin key lists them).
 async fn rooms_on(janus: &JanusProcess, tasks: &mut JoinSet<()>) -> usize {
-    let client = connect(&janus.url, Some(ADMIN_KEY), tasks).await;
-    let handle = client.attach().await.unwrap();
-    let body = json!({ "request": "list", "admin_key": ADMIN_KEY });
-    let (data, _) = client.message(handle, body, None).await.unwrap();
-    data["list"].as_array().map_or(0, |l| l.len())
+    participants_on(janus, tasks).await.len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_spread_over_two_janus_instances_and_each_works() {
     let (first, second) = (JanusProcess::start().await, JanusProcess::start().await);
-    let mut config = sfu_server_config(&first, 0);
-    if let Some(sfu) = config.sfu.as_mut() {
-        sfu.janus.push(JanusConfig {
-            url: second.url.clone(),
-            admin_key: Some(ADMIN_KEY.into()),
-            api_secret: None,
-        });
-    }
-    let server = common::start_server(config).await;
+    let server = common::start_server(sfu_server_config_on(&[&first, &second], 0)).await;
     let dir = tempfile::tempdir().unwrap();
     let (mut east, mut west) = (Vec::new(), Vec::new());
     join_sfu_peers(&server.url(), "east", 0..2, dir.path(), &mut east).await;
@@ -540,15 +539,7 @@ async fn a_camera_turned_on_after_the_room_moved_onto_the_sfu_reaches_the_others
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_whose_janus_dies_moves_to_another_and_back_when_that_one_dies_too() {
     let (mut first, mut second) = (JanusProcess::start().await, JanusProcess::start().await);
-    let mut config = sfu_server_config(&first, 0);
-    if let Some(sfu) = config.sfu.as_mut() {
-        sfu.janus.push(JanusConfig {
-            url: second.url.clone(),
-            admin_key: Some(ADMIN_KEY.into()),
-            api_secret: None,
-        });
-    }
-    let server = common::start_server(config).await;
+    let server = common::start_server(sfu_server_config_on(&[&first, &second], 0)).await;
     let dir = tempfile::tempdir().unwrap();
     let mut peers = Vec::new();
     join_sfu_peers(&server.url(), "sturdy", 0..3, dir.path(), &mut peers).await;
@@ -585,7 +576,8 @@ async fn a_room_whose_janus_dies_moves_to_another_and_back_when_that_one_dies_to
     server.shutdown().await;
 }
 
-/// Participants in each VideoRoom room on a Janus instance.
+/// Participants in each VideoRoom room on a Janus instance (private ones too: the admin key
+/// lists them).
 async fn participants_on(janus: &JanusProcess, tasks: &mut JoinSet<()>) -> Vec<u64> {
     let client = connect(&janus.url, Some(ADMIN_KEY), tasks).await;
     let handle = client.attach().await.unwrap();
