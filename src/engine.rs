@@ -1193,6 +1193,7 @@ impl Engine {
                 you,
                 peers,
                 history,
+                sfu,
                 ..
             } => {
                 let resumed = self.joined_as.as_ref() == Some(&you.id)
@@ -1202,10 +1203,14 @@ impl Engine {
                         .is_some_and(|r| room_key(r) == room_key(&room));
                 if resumed {
                     // The server ended our SFU membership with the old connection: its
-                    // connections are dead. If the room is still on the SFU, `room_mode`
-                    // follows and a new link is made.
-                    if self.sfu.is_some() {
-                        self.leave_sfu().await;
+                    // connections are dead. If the room is still on the SFU they are made
+                    // again (connections for files stay); if it went back to a mesh meanwhile,
+                    // the resumed room connects to each peer.
+                    match (sfu, self.sfu.is_some()) {
+                        (true, true) => self.restart_sfu().await,
+                        (true, false) => self.enter_sfu().await,
+                        (false, true) => self.leave_sfu().await,
+                        (false, false) => {}
                     }
                     // Hands may have changed while we were away.
                     let hands: Vec<_> = peers
@@ -1226,8 +1231,13 @@ impl Engine {
                 for peer in &peers {
                     self.peers
                         .insert(peer.id.clone(), PeerEntry::new(peer.clone()));
-                    // The newcomer offers to everyone already there.
-                    self.start_session(&peer.id, rand::random(), true);
+                    // The newcomer offers to everyone already there (in a mesh).
+                    if !sfu {
+                        self.start_session(&peer.id, rand::random(), true);
+                    }
+                }
+                if sfu {
+                    self.enter_sfu().await;
                 }
                 self.emit(Event::Joined {
                     room,
@@ -2028,7 +2038,8 @@ impl Engine {
             if let Some(entry) = self.peers.get_mut(&peer.id) {
                 entry.missing_since = None;
                 entry.info = peer.clone();
-                if entry.connected {
+                // On the SFU nobody connects to anybody (but for files, on demand).
+                if entry.connected || self.sfu.is_some() {
                     continue;
                 }
                 // Our connection to it did not survive (a long outage on our side): it may have
@@ -2043,7 +2054,9 @@ impl Engine {
             }
             self.peers
                 .insert(peer.id.clone(), PeerEntry::new(peer.clone()));
-            self.start_session(&peer.id, rand::random(), true);
+            if self.sfu.is_none() {
+                self.start_session(&peer.id, rand::random(), true);
+            }
             self.emit(Event::PeerJoined(peer)).await;
         }
         self.room = Some(room.clone());

@@ -80,8 +80,9 @@ async fn join_chat_history_and_leave() {
             capacity,
             private,
             rejoin_token,
+            sfu,
         } => {
-            assert!(!private && rejoin_token.is_some());
+            assert!(!private && rejoin_token.is_some() && !sfu);
             assert_eq!(room, "Standup");
             assert_eq!(you.id, ann.peer_id);
             assert_eq!(you.nickname, "Ann");

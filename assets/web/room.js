@@ -123,7 +123,8 @@ export class Room {
         this.rejoinToken = msg.rejoin_token || null;
         this.metrics.joinedAt = performance.now();
         // The server ended our SFU membership with the old connection; if the room is still on
-        // the SFU, room_mode follows and a new link is made.
+        // the SFU (msg.sfu), a new link is made below. On the SFU nobody connects to anybody.
+        const onSfu = !!msg.sfu;
         if (this.sfu) {
           this.sfu.close();
           this.sfu = null;
@@ -141,15 +142,17 @@ export class Room {
             known.found();
             // It may have seen us leave and forgotten us: a connection that is not up starts
             // over, from us.
-            if (known.state !== 'connected') {
+            if (known.state !== 'connected' && !onSfu) {
               known.close(false);
               known.newSession(true);
             }
             continue;
           }
-          // The newcomer offers to everyone already there.
-          this.addPeer(p.id, p.nickname).newSession(true);
+          // The newcomer offers to everyone already there (in a mesh).
+          const peer = this.addPeer(p.id, p.nickname);
+          if (!onSfu) peer.newSession(true);
         }
+        if (onSfu) this.enterSfu();
         this.ui.joined({ room: msg.room, you: msg.you, history: msg.history || [], rejoin, capacity: msg.capacity });
         this.ui.peers();
         break;

@@ -805,6 +805,7 @@ impl ClusterHub {
                 capacity: self.hub.max_room_size,
                 private,
                 rejoin_token,
+                sfu: false,
             },
         );
         Ok(())

@@ -478,6 +478,7 @@ impl Hub {
                 capacity: self.capacity(room),
                 private: room.private,
                 rejoin_token,
+                sfu: self.on_sfu_after_join(room),
             },
         );
         let you_id = you.id.clone();
@@ -495,6 +496,14 @@ impl Hub {
         Ok(())
     }
 
+    /// Whether `room`, with its newest member in, is on the SFU (`sfu_after_join` puts it
+    /// there if it is not yet).
+    fn on_sfu_after_join(&self, room: &Room) -> bool {
+        self.config
+            .sfu_above
+            .is_some_and(|above| room.sfu || room.members.len() > above || room.large)
+    }
+
     /// A room that grew past the SFU threshold moves onto the SFU, everyone in it told; a
     /// newcomer to a room already there is told and added.
     fn sfu_after_join(&mut self, key: &str, conn: ConnId, peer: PeerId, out: &mut Vec<HubOutput>) {
@@ -505,6 +514,7 @@ impl Hub {
             return;
         };
         if room.sfu {
+            // Also said in `joined`; kept for clients that do not read it there.
             send(out, conn, ServerMessage::RoomMode { sfu: true });
             out.push(HubOutput::Sfu(SfuWork::Joined {
                 room: key.to_owned(),
@@ -1053,9 +1063,19 @@ mod tests {
         for conn in 1..=5 {
             h.connect(conn);
         }
-        assert!(sfu_work(&h.join(1, "big", "ann")).is_empty());
+        let joined_on_sfu = |outs: &[HubOutput], conn: ConnId| {
+            to_conn(outs, conn).iter().find_map(|m| match m {
+                ServerMessage::Joined { sfu, .. } => Some(*sfu),
+                _ => None,
+            })
+        };
+        let first = h.join(1, "big", "ann");
+        assert!(sfu_work(&first).is_empty());
+        assert_eq!(joined_on_sfu(&first, 1), Some(false));
         assert!(sfu_work(&h.join(2, "big", "bob")).is_empty());
         let third = h.join(3, "big", "cat");
+        // The join that moves the room says so in `joined` too, as does every later one.
+        assert_eq!(joined_on_sfu(&third, 3), Some(true));
         assert_eq!(
             sfu_work(&third),
             vec![SfuWork::RoomOn {
@@ -1080,6 +1100,7 @@ mod tests {
             }]
         );
         assert!(to_conn(&fourth, 4).contains(&&ServerMessage::RoomMode { sfu: true }));
+        assert_eq!(joined_on_sfu(&fourth, 4), Some(true));
         let publish = h.msg(4, ClientMessage::SfuPublish { sdp: "o".into() });
         assert_eq!(
             sfu_work(&publish),

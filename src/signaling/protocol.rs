@@ -189,6 +189,9 @@ pub enum ServerMessage {
         /// join token, for a few minutes. Send it as `rejoin_token` in `join`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rejoin_token: Option<String>,
+        /// The room is on the SFU (`room_mode` follows): connect to no one; publish instead.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        sfu: bool,
     },
     /// A fresh rejoin token replacing the one from `joined`, sent while you stay in the room
     /// so a reconnect after a long call still gets back in.
