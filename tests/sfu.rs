@@ -651,3 +651,24 @@ async fn someone_who_joins_after_someone_left_reaches_everyone() {
     all_decode_all(&mut peers, 15, &Default::default()).await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_starts_its_sfu_membership_over_at_most_every_two_seconds() {
+    use huddle::signaling::protocol::{ClientMessage, ErrorCode, ServerMessage};
+    let janus = JanusProcess::start().await;
+    let server = common::start_server(sfu_server_config(&janus, 0)).await;
+    let mut eve = common::TestClient::connect(&server.url()).await;
+    eve.join("restless", "eve").await;
+    eve.recv_until(|m| matches!(m, ServerMessage::RoomMode { sfu: true }))
+        .await;
+    // Each restart ends the member's streams for everyone and brings everyone a new offer: a
+    // client that repeats it is refused, not obeyed.
+    eve.send(&ClientMessage::SfuRestart).await;
+    eve.recv_until(|m| matches!(m, ServerMessage::SfuMoved))
+        .await;
+    eve.send(&ClientMessage::SfuRestart).await;
+    eve.expect_error(ErrorCode::RateLimited).await;
+    let mut tasks = JoinSet::new();
+    assert_eq!(participants_on(&janus, &mut tasks).await, [1]);
+    server.shutdown().await;
+}

@@ -55,11 +55,18 @@ struct Member {
     layers_set: HashMap<u64, u8>,
     /// When Janus last asked this member's encoder for a keyframe on someone's behalf.
     keyframe_asked: Option<std::time::Instant>,
+    /// When its membership last started over (`sfu_restart`).
+    restarted_at: Option<std::time::Instant>,
 }
 
 /// The media section a Huddle publisher (native or browser) sends its screen share in: after
 /// camera and microphone.
 const SCREEN_MID: &str = "2";
+
+/// A member's `sfu_restart` at most this often: each one ends its streams for everyone and
+/// brings them all a new offer, so a client repeating it would keep the whole room busy. The
+/// engine waits at least 1 s after a failure, and new connections take longer to fail.
+const RESTART_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Keyframe requests for one publisher at most this often, however many ask.
 const KEYFRAME_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
@@ -551,15 +558,39 @@ impl Actor {
                 let Some((r, room)) = self.member(conn) else {
                     return;
                 };
-                let Some(peer) = r.members.get(&conn).map(|m| m.peer.clone()) else {
+                let Some((peer, restarted_at)) = r
+                    .members
+                    .get(&conn)
+                    .map(|m| (m.peer.clone(), m.restarted_at))
+                else {
                     return;
                 };
+                let now = std::time::Instant::now();
+                if restarted_at.is_some_and(|at| now.duration_since(at) < RESTART_INTERVAL) {
+                    let refusal = ServerMessage::Error {
+                        code: ErrorCode::RateLimited,
+                        message: format!(
+                            "sfu_restart at most every {} s",
+                            RESTART_INTERVAL.as_secs()
+                        ),
+                        fatal: false,
+                    };
+                    let _ = self.deliver.send((conn, refusal)).await;
+                    return;
+                }
                 debug!(room, %peer, "a member's SFU connections failed: starting it over");
                 self.remove_member(&room, conn).await;
                 // Told before it is in again: joining brings it an offer of everyone's media,
                 // which belongs on its new connections.
                 let _ = self.deliver.send((conn, ServerMessage::SfuMoved)).await;
                 self.add_member(&room, conn, peer).await;
+                if let Some(m) = self
+                    .rooms
+                    .get_mut(&room)
+                    .and_then(|r| r.members.get_mut(&conn))
+                {
+                    m.restarted_at = Some(now);
+                }
             }
             SfuWork::Publish { conn, sdp } => self.publish(conn, sdp).await,
             SfuWork::Answer { conn, sdp } => self.answer(conn, sdp).await,
@@ -710,6 +741,7 @@ impl Actor {
                             layers_wanted: HashMap::new(),
                             layers_set: HashMap::new(),
                             keyframe_asked: None,
+                            restarted_at: None,
                         },
                     );
                 }
