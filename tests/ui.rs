@@ -26,6 +26,10 @@ impl TestApp {
     fn app(&self) -> &HuddleApp {
         self.app.as_ref().expect("app created")
     }
+
+    fn app_mut(&mut self) -> &mut HuddleApp {
+        self.app.as_mut().expect("app created")
+    }
 }
 
 /// Settings for an app with no camera and no microphone.
@@ -425,6 +429,15 @@ fn app_harness_with(
         read_stamps: false,
         notifier,
     };
+    harness_for(services, settings, pending_join)
+}
+
+/// The app with these services in a test window of 1180x760.
+fn harness_for(
+    services: AppServices,
+    settings: Settings,
+    pending_join: Option<String>,
+) -> Ui<'static> {
     let harness = Harness::builder()
         .with_size([1180.0, 760.0])
         .build_ui_state(
@@ -1474,4 +1487,87 @@ fn the_share_button_inner() {
         bob.engine.shutdown().await;
         server.shutdown().await;
     });
+}
+
+#[test]
+fn a_hidden_window_takes_the_smallest_pictures_on_the_sfu_and_the_tiles_sizes_once_shown() {
+    let rt = runtime();
+    let janus = rt.block_on(common::janus::JanusProcess::start());
+    let mut config = test_config();
+    config.hub.sfu_above = Some(0);
+    config.sfu = Some(huddle::signaling::sfu::SfuConfig {
+        janus: vec![huddle::signaling::janus::JanusConfig {
+            url: janus.url.clone(),
+            admin_key: Some(common::janus::ADMIN_KEY.into()),
+            api_secret: None,
+        }],
+        publishers: 16,
+    });
+    let server = rt.block_on(start_server(config));
+    let url = server.url();
+    // Janus (libnice) offers no loopback candidates: everyone binds the machine's addresses.
+    let any = vec!["0.0.0.0:0".to_string()];
+    let bob_dir = tempfile::tempdir().unwrap();
+    let bob = rt.block_on(async {
+        let mut options = PeerOptions::new(2, 660.0, bob_dir.path().into());
+        options.bind_addrs = Some(any.clone());
+        let mut bob = TestPeer::start(&url, options);
+        bob.join("hidden", "bob").await;
+        bob
+    });
+    let settings = Settings {
+        server: url.clone(),
+        nickname: "ann".into(),
+        camera: "test:640x480".into(),
+        microphone: "tone:440".into(),
+        ..Default::default()
+    };
+    let services = AppServices {
+        runtime: rt.handle().clone(),
+        settings_path: None,
+        embedded_url: None,
+        speaker_override: Some(Box::new(|| Box::new(NullSink::new()))),
+        bind_addrs: any,
+        discover_lan: false,
+        read_stamps: false,
+        notifier: Notifier::none(),
+    };
+    let mut ui = harness_for(services, settings, Some("hidden".into()));
+    // Bob's picture, in the layer its tile needs: wider than the smallest (the 1180 px
+    // window gives one remote tile far more than 200 px).
+    let width = |h: &Harness<'_, TestApp>| {
+        h.state()
+            .app()
+            .call
+            .as_ref()
+            .and_then(|c| c.peers.first())
+            .map_or(0, |p| p.tile.decoded_width())
+    };
+    ui.until("bob at his tile's size", Duration::from_secs(30), |h| {
+        width(h) > 160
+    });
+    // Minimised: the smallest layer, still moving.
+    ui.harness.state_mut().app_mut().set_window_hidden(true);
+    ui.until("bob at the smallest size", Duration::from_secs(20), |h| {
+        width(h) == 160
+    });
+    let decoded = |h: &Harness<'_, TestApp>| {
+        h.state().app().call.as_ref().unwrap().peers[0]
+            .tile
+            .frames_decoded()
+    };
+    let before = decoded(&ui.harness);
+    ui.until("bob still moving", Duration::from_secs(10), |h| {
+        decoded(h) >= before + 10
+    });
+    // Shown again: the tile's size again.
+    ui.harness.state_mut().app_mut().set_window_hidden(false);
+    ui.until(
+        "bob at his tile's size again",
+        Duration::from_secs(20),
+        |h| width(h) > 160,
+    );
+    rt.block_on(bob.engine.shutdown());
+    drop(ui);
+    rt.block_on(server.shutdown());
 }

@@ -371,6 +371,8 @@ pub struct HuddleApp {
     pub show_stats: bool,
     /// The tile widths last sent to the engine (physical pixels), for the SFU's layers.
     pub tile_widths_sent: std::collections::HashMap<PeerId, u32>,
+    /// The window is minimised or hidden: no picture is seen (`set_window_hidden`).
+    pub window_hidden: bool,
     /// Frame counter, for tests and the stats view.
     pub frames_drawn: u64,
     /// The first remote picture's time from process start has been logged.
@@ -436,6 +438,7 @@ impl HuddleApp {
         let mut app = HuddleApp {
             show_stats: settings.show_stats,
             tile_widths_sent: Default::default(),
+            window_hidden: false,
             services,
             settings_draft: None,
             settings,
@@ -1048,6 +1051,31 @@ impl HuddleApp {
         }
         // Budget spent: come back next frame for the rest.
         self.ctx.request_repaint();
+    }
+
+    /// Whether the window is minimised or hidden, said before each pass and whenever the
+    /// engine wakes the app meanwhile. While hidden, nothing of the call is seen: in a room on
+    /// the SFU every peer's picture comes in its smallest layer (a 1-pixel tile, newcomers
+    /// included), saving the downlink and the decoding; once shown, the next pass sends the
+    /// tiles' real widths.
+    pub fn set_window_hidden(&mut self, hidden: bool) {
+        let was_hidden = std::mem::replace(&mut self.window_hidden, hidden);
+        if !hidden {
+            if was_hidden {
+                self.tile_widths_sent.clear();
+            }
+            return;
+        }
+        let smallest: std::collections::HashMap<PeerId, u32> = self
+            .call
+            .iter()
+            .flat_map(|c| &c.peers)
+            .map(|p| (p.info.id.clone(), 1))
+            .collect();
+        if smallest != self.tile_widths_sent {
+            self.tile_widths_sent = smallest.clone();
+            self.command(crate::engine::Command::SetTileWidths(smallest));
+        }
     }
 
     fn peer_name(&self, id: &PeerId) -> String {

@@ -710,7 +710,8 @@ fn video_grid(app: &mut HuddleApp, ui: &mut egui::Ui) {
                 .get(peer)
                 .is_none_or(|old| (*w as f32 - *old as f32).abs() > *old as f32 * 0.15)
         });
-    if changed {
+    // A hidden window keeps the smallest layers (`HuddleApp::set_window_hidden`).
+    if changed && !app.window_hidden {
         app.tile_widths_sent = tile_widths.clone();
         app.command(crate::engine::Command::SetTileWidths(tile_widths));
     }

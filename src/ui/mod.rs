@@ -127,8 +127,9 @@ pub fn utc_offset_secs() -> i64 {
 impl eframe::App for HuddleApp {
     /// Runs before every frame and also while the window is minimised or hidden (when the
     /// engine's wake-up asks for a repaint), so events keep being applied with nothing drawn.
-    fn logic(&mut self, _ctx: &egui::Context, _frame: &mut eframe::Frame) {
+    fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
         self.pump();
+        self.set_window_hidden(ctx.input(|i| i.viewport().minimized == Some(true)));
     }
 
     /// The call view's panels are left unfilled (`call::unfilled`): clearing to the panel colour

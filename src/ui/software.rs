@@ -417,12 +417,14 @@ impl ApplicationHandler<Wake> for Runner {
             && at <= now
         {
             self.repaint_at = None;
-            if live.window.is_minimized() == Some(true) {
+            let minimized = live.window.is_minimized() == Some(true);
+            if minimized {
                 // Nothing is drawn, but the engine's events are still applied (issue 17 item 6).
                 live.app.pump();
             } else {
                 live.window.request_redraw();
             }
+            live.app.set_window_hidden(minimized);
         }
         if self.live.as_ref().is_some_and(|l| l.next_save <= now) {
             self.save();

@@ -50,6 +50,11 @@ impl VideoTile {
         self.size
     }
 
+    /// The width of the pictures decoded for it (0 before the first).
+    pub fn decoded_width(&self) -> usize {
+        self.source.as_ref().map_or(0, |s| s.stats().width)
+    }
+
     pub fn frames_decoded(&self) -> u64 {
         self.source
             .as_ref()
