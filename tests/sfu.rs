@@ -672,3 +672,21 @@ async fn a_member_starts_its_sfu_membership_over_at_most_every_two_seconds() {
     assert_eq!(participants_on(&janus, &mut tasks).await, [1]);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_on_the_only_janus_gets_its_media_back_when_that_janus_restarts() {
+    let mut janus = JanusProcess::start().await;
+    let server = common::start_server(sfu_server_config(&janus, 0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut peers = Vec::new();
+    join_sfu_peers(&server.url(), "patient", 0..2, dir.path(), &mut peers).await;
+    all_decode_all(&mut peers, 15, &Default::default()).await;
+    // Janus crashes and is restarted (as systemd would): the room waits, then moves onto it.
+    let stale = video_outputs(&mut peers);
+    janus.kill().await;
+    janus.restart().await;
+    all_decode_all(&mut peers, 15, &stale).await;
+    let mut tasks = JoinSet::new();
+    assert_eq!(participants_on(&janus, &mut tasks).await, [2]);
+    server.shutdown().await;
+}

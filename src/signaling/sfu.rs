@@ -388,6 +388,14 @@ impl Actor {
     /// rooms that found no other instance move onto it.
     async fn instance_back(&mut self, index: usize, instance: Instance) {
         info!(url = %instance.config.url, "reached a lost Janus SFU again");
+        // Rooms waiting for an instance, this one's included (before it is marked up): their
+        // members' handles went with the lost connection, so they start over even here.
+        let stranded: Vec<String> = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| self.instances.get(r.instance).is_none_or(|i| !i.up))
+            .map(|(name, _)| name.clone())
+            .collect();
         let Some(slot) = self.instances.get_mut(index) else {
             return;
         };
@@ -402,12 +410,6 @@ impl Actor {
                 let _ = at.janus.destroy_room(at.admin, janus_room, &secret).await;
             }
         }
-        let stranded: Vec<String> = self
-            .rooms
-            .iter()
-            .filter(|(_, r)| self.instances.get(r.instance).is_none_or(|i| !i.up))
-            .map(|(name, _)| name.clone())
-            .collect();
         for room in stranded {
             self.move_room(&room).await;
         }
@@ -461,11 +463,11 @@ impl Actor {
         let Some(r) = self.rooms.get_mut(room) else {
             return;
         };
-        self.orphans.push((
+        let old = (
             r.instance,
             std::mem::replace(&mut r.janus_room, janus_room),
             std::mem::replace(&mut r.secret, secret),
-        ));
+        );
         r.instance = target;
         // Their handles went with the lost connection; each member starts over.
         let members: Vec<(ConnId, PeerId)> =
@@ -476,6 +478,15 @@ impl Actor {
             // new connections.
             let _ = self.deliver.send((conn, ServerMessage::SfuMoved)).await;
             self.add_member(room, conn, peer).await;
+        }
+        // The old Janus room goes now if its instance is reachable (it came back after a
+        // broken connection), or once that instance is back.
+        let (old_instance, old_room, old_secret) = old;
+        match self.instances.get(old_instance).filter(|i| i.up) {
+            Some(at) => {
+                let _ = at.janus.destroy_room(at.admin, old_room, &old_secret).await;
+            }
+            None => self.orphans.push((old_instance, old_room, old_secret)),
         }
     }
 
