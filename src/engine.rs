@@ -1495,6 +1495,11 @@ impl Engine {
             switches: HashMap::new(),
             offers: 0,
         });
+        self.publish_to_sfu();
+    }
+
+    /// Our publishing connection with the SFU, and our media state to everyone.
+    fn publish_to_sfu(&mut self) {
         let publisher = self.start_sfu_session(true);
         if let Some(link) = self.sfu.as_mut() {
             link.publisher = publisher;
@@ -1529,11 +1534,7 @@ impl Engine {
         if let Some(old) = old {
             old.close().await;
         }
-        let publisher = self.start_sfu_session(true);
-        if let Some(link) = self.sfu.as_mut() {
-            link.publisher = publisher;
-        }
-        self.announce_media_state(None);
+        self.publish_to_sfu();
     }
 
     async fn leave_sfu(&mut self) {

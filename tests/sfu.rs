@@ -115,28 +115,7 @@ async fn the_server_alone_creates_guards_and_destroys_janus_rooms() {
 const JANUS_REACHABLE: &[&str] = &["0.0.0.0:0"];
 
 fn sfu_server_config(janus: &JanusProcess, above: usize) -> huddle::signaling::ServerConfig {
-    sfu_server_config_on(&[janus], above)
-}
-
-/// A server with rooms past `above` people on these Janus instances.
-fn sfu_server_config_on(
-    instances: &[&JanusProcess],
-    above: usize,
-) -> huddle::signaling::ServerConfig {
-    let mut config = common::test_config();
-    config.hub.sfu_above = Some(above);
-    config.sfu = Some(huddle::signaling::sfu::SfuConfig {
-        janus: instances
-            .iter()
-            .map(|janus| JanusConfig {
-                url: janus.url.clone(),
-                admin_key: Some(ADMIN_KEY.into()),
-                api_secret: None,
-            })
-            .collect(),
-        publishers: 16,
-    });
-    config
+    common::janus::server_config(&[janus], above)
 }
 
 fn sfu_peer(server: &str, i: usize, dir: &std::path::Path) -> common::peer::TestPeer {
@@ -449,7 +428,7 @@ async fn rooms_on(janus: &JanusProcess, tasks: &mut JoinSet<()>) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_spread_over_two_janus_instances_and_each_works() {
     let (first, second) = (JanusProcess::start().await, JanusProcess::start().await);
-    let server = common::start_server(sfu_server_config_on(&[&first, &second], 0)).await;
+    let server = common::start_server(common::janus::server_config(&[&first, &second], 0)).await;
     let dir = tempfile::tempdir().unwrap();
     let (mut east, mut west) = (Vec::new(), Vec::new());
     join_sfu_peers(&server.url(), "east", 0..2, dir.path(), &mut east).await;
@@ -539,7 +518,7 @@ async fn a_camera_turned_on_after_the_room_moved_onto_the_sfu_reaches_the_others
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_whose_janus_dies_moves_to_another_and_back_when_that_one_dies_too() {
     let (mut first, mut second) = (JanusProcess::start().await, JanusProcess::start().await);
-    let server = common::start_server(sfu_server_config_on(&[&first, &second], 0)).await;
+    let server = common::start_server(common::janus::server_config(&[&first, &second], 0)).await;
     let dir = tempfile::tempdir().unwrap();
     let mut peers = Vec::new();
     join_sfu_peers(&server.url(), "sturdy", 0..3, dir.path(), &mut peers).await;

@@ -1493,16 +1493,7 @@ fn the_share_button_inner() {
 fn a_hidden_window_takes_the_smallest_pictures_on_the_sfu_and_the_tiles_sizes_once_shown() {
     let rt = runtime();
     let janus = rt.block_on(common::janus::JanusProcess::start());
-    let mut config = test_config();
-    config.hub.sfu_above = Some(0);
-    config.sfu = Some(huddle::signaling::sfu::SfuConfig {
-        janus: vec![huddle::signaling::janus::JanusConfig {
-            url: janus.url.clone(),
-            admin_key: Some(common::janus::ADMIN_KEY.into()),
-            api_secret: None,
-        }],
-        publishers: 16,
-    });
+    let config = common::janus::server_config(&[&janus], 0);
     let server = rt.block_on(start_server(config));
     let url = server.url();
     // Janus (libnice) offers no loopback candidates: everyone binds the machine's addresses.

@@ -295,7 +295,7 @@ pub async fn spawn(
         cancel: cancel.clone(),
         connections,
     };
-    tasks.spawn(actor.run(work_rx, events, cancel));
+    tasks.spawn(actor.run(work_rx, events));
     Ok((work_tx, deliveries))
 }
 
@@ -304,8 +304,8 @@ impl Actor {
         mut self,
         mut work: mpsc::Receiver<SfuWork>,
         mut events: mpsc::Receiver<InstanceEvent>,
-        cancel: CancellationToken,
     ) {
+        let cancel = self.cancel.clone();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -595,11 +595,7 @@ impl Actor {
                 // which belongs on its new connections.
                 let _ = self.deliver.send((conn, ServerMessage::SfuMoved)).await;
                 self.add_member(&room, conn, peer).await;
-                if let Some(m) = self
-                    .rooms
-                    .get_mut(&room)
-                    .and_then(|r| r.members.get_mut(&conn))
-                {
+                if let Some(m) = self.member_in(&room, conn) {
                     m.restarted_at = Some(now);
                 }
             }
@@ -666,11 +662,7 @@ impl Actor {
     /// subscriber connection carries now (not while an offer waits for its answer: the mids
     /// may change).
     async fn apply_layers(&mut self, room: &str, conn: ConnId) {
-        let Some(m) = self
-            .rooms
-            .get_mut(room)
-            .and_then(|r| r.members.get_mut(&conn))
-        else {
+        let Some(m) = self.member_in(room, conn) else {
             return;
         };
         let Some(subscriber) = m.subscriber.filter(|_| !m.offer_pending) else {
@@ -801,6 +793,11 @@ impl Actor {
         }
     }
 
+    /// `conn`'s membership of `room`, if it is (still) a member.
+    fn member_in(&mut self, room: &str, conn: ConnId) -> Option<&mut Member> {
+        self.rooms.get_mut(room)?.members.get_mut(&conn)
+    }
+
     fn member(&mut self, conn: ConnId) -> Option<(&mut Room, String)> {
         let room = self.room_of.get(&conn)?.clone();
         let r = self.rooms.get_mut(&room)?;
@@ -833,11 +830,7 @@ impl Actor {
                 }
                 Err(e) => return self.refuse(conn, &e).await,
             }
-            let Some(m) = self
-                .rooms
-                .get_mut(&room)
-                .and_then(|r| r.members.get_mut(&conn))
-            else {
+            let Some(m) = self.member_in(&room, conn) else {
                 return;
             };
             (m.publisher, m.feed, m.published, m.live) = (publisher, new_feed, false, false);
@@ -979,11 +972,7 @@ impl Actor {
             // An update's offer may come as a later event (`on_janus_event`).
             Ok((_, None)) => {}
             Err(e) => {
-                if let Some(m) = self
-                    .rooms
-                    .get_mut(room)
-                    .and_then(|r| r.members.get_mut(&conn))
-                {
+                if let Some(m) = self.member_in(room, conn) {
                     m.offer_pending = false;
                     m.subscribed.retain(|f| !new.contains(f));
                 }
@@ -1066,11 +1055,7 @@ impl Actor {
             warn!(error = %e, "Janus refused a subscriber's answer");
             return self.refuse(conn, &e).await;
         }
-        let Some(m) = self
-            .rooms
-            .get_mut(&room)
-            .and_then(|r| r.members.get_mut(&conn))
-        else {
+        let Some(m) = self.member_in(&room, conn) else {
             return;
         };
         m.offer_pending = false;

@@ -40,3 +40,22 @@ impl JanusProcess {
         self.janus.pid().expect("janus still running")
     }
 }
+
+/// A test server (`super::test_config`) putting rooms past `above` people on these instances,
+/// with room for 16 publishers in each Janus room.
+pub fn server_config(instances: &[&JanusProcess], above: usize) -> huddle::signaling::ServerConfig {
+    let mut config = super::test_config();
+    config.hub.sfu_above = Some(above);
+    config.sfu = Some(huddle::signaling::sfu::SfuConfig {
+        janus: instances
+            .iter()
+            .map(|janus| huddle::signaling::janus::JanusConfig {
+                url: janus.url.clone(),
+                admin_key: Some(ADMIN_KEY.into()),
+                api_secret: None,
+            })
+            .collect(),
+        publishers: 16,
+    });
+    config
+}
