@@ -96,7 +96,8 @@ struct BenchArgs {
     #[arg(long, default_value = "/tmp/huddle-bench")]
     work_dir: std::path::PathBuf,
     /// Link profiles for the network section, comma-separated (default: clean, lossy, bursty,
-    /// slow-uplink, capacity-drop, outage, 4g). Needs root (network namespaces).
+    /// slow-uplink, capacity-drop, outage, 4g; long-outage and udp-outage only when named).
+    /// Needs root (network namespaces).
     #[arg(long, value_delimiter = ',')]
     profiles: Vec<String>,
     /// Seconds per network profile (default: each profile's own, 25-40 s).
